@@ -1,0 +1,5 @@
+import sys
+
+from mamf.cli import main
+
+sys.exit(main())

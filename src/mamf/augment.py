@@ -1,0 +1,32 @@
+"""Training-time augmentation, drawn afresh every step from a seeded generator (never at build time).
+
+Random resized crop (area fraction in [crop_scale, 1]) and horizontal flip, on preprocessed tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_crop_flip(pixels: torch.Tensor, generator: torch.Generator,
+                     crop_scale: float = 0.8) -> torch.Tensor:
+    """pixels [B, 3, S, S] -> same shape; each image gets its own crop and flip."""
+    b, _, h, w = pixels.shape
+    r = torch.rand(b, 4, generator=generator).tolist()
+    out = []
+    for i in range(b):
+        img = pixels[i : i + 1]
+        if crop_scale < 1.0:
+            area = crop_scale + (1.0 - crop_scale) * r[i][0]
+            side_h = max(1, round(h * area**0.5))
+            side_w = max(1, round(w * area**0.5))
+            top = int(r[i][1] * (h - side_h + 1))
+            left = int(r[i][2] * (w - side_w + 1))
+            img = img[:, :, top : top + side_h, left : left + side_w]
+            if (side_h, side_w) != (h, w):
+                img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)
+        if r[i][3] < 0.5:
+            img = img.flip(-1)
+        out.append(img)
+    return torch.cat(out)

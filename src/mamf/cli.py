@@ -1,0 +1,189 @@
+"""The `mamf` command. Thin: it parses arguments into a Config and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mamf.config import build_config, load_yaml, to_dict
+from mamf.errors import MamfError
+
+log = logging.getLogger("mamf")
+
+# flag dest -> dotted config key
+COMMON_FLAGS = {
+    "model": "model", "seed": "seed", "device": "device", "precision": "precision",
+    "data": "data.root", "subdataset": "data.subdataset", "template": "data.template",
+    "protocol": "data.protocol", "shots": "data.shots", "queries": "data.queries",
+    "tasks": "data.tasks",
+}
+TRAIN_FLAGS = {
+    "method": "train.method", "lr": "train.lr", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "steps": "train.steps", "heads": "train.heads",
+    "schedule": "train.schedule", "candidates": "train.candidates", "ways": "data.ways",
+}
+EVAL_FLAGS = {"split": "metatest.split"}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
+                   "<root>/<subdataset>/<label>/<image>")
+    p.add_argument("--subdataset", help="which subdataset of a nested folder")
+    p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
+                   "{label}.'); a label_to_text.json beside the data wins")
+    p.add_argument("--protocol", choices=["paper", "episodic"],
+                   help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
+                   "class-disjoint splits, N-way K-shot episodes")
+    p.add_argument("--seed", type=int, help="seed for tasks, training and adaptation (default 312)")
+    p.add_argument("--shots", type=int, help="episodic: support images per class")
+    p.add_argument("--queries", type=int, help="episodic: query images per class")
+    p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    from mamf.models.registry import model_names
+
+    models = "; ".join(f"{k}: {v}" for k, v in model_names().items())
+    ap = argparse.ArgumentParser(
+        prog="mamf", description="Few-shot transfer of vision-language models: MAMF, classical "
+        "fine-tuning, FOMAML and zero-shot, measured the same way.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="fine-tune a model with classical, mamf or fomaml",
+                        description="Train on the training split; writes model.safetensors, "
+                        "config.yaml and train.json to --out.")
+    tr.add_argument("--method", choices=["classical", "mamf", "fomaml"])
+    tr.add_argument("--model", help=f"built-in name, CLIP folder or hub id ({models})")
+    tr.add_argument("--out", required=True, help="run folder to write")
+    tr.add_argument("--ways", type=int, help="task size n for mamf/fomaml (default 5)")
+    tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-6)")
+    tr.add_argument("--epochs", type=float, help="passes over the training pool (default 8)")
+    tr.add_argument("--batch-size", type=int, help="default 32")
+    tr.add_argument("--steps", type=int, help="optimiser steps (default: from --epochs)")
+    tr.add_argument("--heads", choices=["pretrained", "random"],
+                    help="random reproduces the official code's fresh projection heads")
+    tr.add_argument("--schedule", choices=["sampled", "sequential"],
+                    help="mamf: tasks drawn per step (default) or the official K tasks in turn")
+    tr.add_argument("--candidates", choices=["task", "batch"],
+                    help="loss over the task's classes (default) or only the batch's (official)")
+    _common(tr)
+
+    ev = sub.add_parser("evaluate", help="meta-test a trained run, or a model zero-shot",
+                        description="Adapt on each test task's support set and score its query "
+                        "set; appends rows to --out/results.jsonl.")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="a folder written by `mamf train`")
+    src.add_argument("--model", help=f"evaluate this model zero-shot ({models})")
+    ev.add_argument("--out", required=True, help="folder for results.jsonl")
+    ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1)")
+    ev.add_argument("--split", choices=["dev", "test"], help="default test")
+    _common(ev)
+
+    sub.add_parser("models", help="list the built-in models")
+    return ap
+
+
+def _overrides(args: argparse.Namespace, flags: dict) -> dict:
+    out = {}
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out[key] = value
+    for item in args.set:
+        if "=" not in item:
+            raise MamfError(f"--set takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def _config(args, flags: dict, base: dict | None = None):
+    merged = dict(base or {})
+    if args.config:
+        merged = _deep_merge(merged, load_yaml(args.config))
+    return build_config(merged, _overrides(args, flags))
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                             dict) else v
+    return out
+
+
+def cmd_train(args) -> None:
+    from mamf.run import train_run
+
+    config = _config(args, {**COMMON_FLAGS, **TRAIN_FLAGS})
+    summary = train_run(config, Path(args.out), progress=not args.quiet)
+    print(f"trained {summary['method']} on {summary['dataset']} ({summary['steps']} steps, "
+          f"{summary['train_time_s']:.1f} s): loss {summary['mean_loss_first_tenth']:.4f} -> "
+          f"{summary['mean_loss_last_tenth']:.4f} (first -> last tenth of steps)")
+    print(f"weights and config in {args.out}")
+
+
+def cmd_evaluate(args) -> None:
+    from mamf.run import evaluate, load_run, ways_list
+
+    model, method, run_dir = None, "zeroshot", None
+    if args.run:
+        run_config, model = load_run(Path(args.run))
+        method, run_dir = run_config.train.method, Path(args.run)
+        config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS}, to_dict(run_config))
+        if config.model != run_config.model:
+            raise MamfError("--model cannot change the model of a trained --run")
+    else:
+        config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS})
+    from mamf.data.folder import scan_folder
+
+    if not config.data.root:
+        raise MamfError("no data folder given: pass --data DIR")
+    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
+    ways = ways_list(config, n_classes, args.ways)
+    rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
+                    progress=not args.quiet)
+    for r in rows:
+        print(f"{r['method']:>9} {r['dataset']} {r['protocol']} {r['ways']}-way "
+              f"{r['split']}: acc {r['acc_mean']:.4f} +- {r['acc_ci95']:.4f} "
+              f"over {r['n_tasks']} tasks")
+    print(f"results appended to {Path(args.out) / 'results.jsonl'}")
+
+
+def cmd_models(args) -> None:
+    from mamf.models.registry import model_names
+
+    for name, text in model_names().items():
+        print(f"{name:18} {text}")
+    print("or a local CLIPModel folder / hub id, e.g. openai/clip-vit-base-patch32")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="mamf: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except MamfError as e:
+        print(f"mamf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mamf: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

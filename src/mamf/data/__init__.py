@@ -1,0 +1,1 @@
+"""Image folders -> an indexed dataset over a uint8 image cache."""

@@ -1,0 +1,106 @@
+"""Decode every image once per (file set, resolution) into a memory-mapped uint8 array.
+
+Training never decodes an image file: it slices this array. Memory stays flat as datasets grow
+because the array is read lazily from disk. The cache key hashes paths, sizes and mtimes, so an
+edited folder gets a fresh cache; the array is written to a temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mamf.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MAMF_CACHE_DIR", Path.home() / ".cache" / "mamf"))
+
+
+def _key(files: list[Path], size: int) -> str:
+    h = hashlib.sha256(f"v1:{size}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, LA, I;16, CMYK, ...) -> RGB; transparency goes on white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() if arr.max() > 0 else 1.0
+        img = Image.fromarray((arr / top * 255.0).round().astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = arr.min(), arr.max()
+        img = Image.fromarray(((arr - lo) / ((hi - lo) or 1.0) * 255).round().astype(np.uint8))
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode(path: Path, size: int) -> np.ndarray:
+    """Resize the shorter side to `size` (bicubic) and centre-crop: CLIP's own preprocessing."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+    img = to_rgb(img)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_or_build(files: list[Path], size: int, name: str = "data",
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images [M, size, size, 3] uint8 memmap, ok [M] bool). Unreadable files get ok=False."""
+    root = cache_root()
+    key = _key(files, size)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+    array_path = root / f"{safe}-{size}-{key}.npy"
+    meta_path = root / f"{safe}-{size}-{key}.json"
+    if array_path.exists() and meta_path.exists():
+        ok = np.array(json.loads(meta_path.read_text())["ok"], dtype=bool)
+        return np.load(array_path, mmap_mode="r"), ok
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                      shape=(len(files), size, size, 3))
+    ok = np.ones(len(files), dtype=bool)
+    bad: list[str] = []
+    from tqdm import tqdm
+
+    try:
+        for i, f in enumerate(tqdm(files, desc=f"caching {name} at {size}px", unit="img",
+                                   disable=None if progress else True, leave=False)):
+            try:
+                array[i] = decode(f, size)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                    Image.DecompressionBombError) as e:
+                ok[i] = False
+                bad.append(f"{f}: {type(e).__name__}")
+        array.flush()
+        del array
+        os.replace(tmp, array_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    atomic_write_text(meta_path, json.dumps({"ok": ok.tolist(), "bad": bad, "size": size}))
+    if bad:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), bad[0])
+    return np.load(array_path, mmap_mode="r"), ok

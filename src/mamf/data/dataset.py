@@ -1,0 +1,99 @@
+"""A labelled image dataset over the uint8 cache, and the per-split pools the protocols draw from."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mamf.data.cache import load_or_build
+from mamf.data.folder import scan_folder
+from mamf.data.prompts import DEFAULT_TEMPLATE, class_prompts
+from mamf.data.splits import class_split, paper_image_split, paper_min_images
+from mamf.errors import MamfError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What one split offers: global class ids and, for each, its image indices in file order."""
+
+    classes: np.ndarray
+    images: tuple[np.ndarray, ...]
+
+    def all_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """(image indices, position of each image's class in `classes`)."""
+        idx = np.concatenate(self.images)
+        pos = np.concatenate([np.full(len(x), i) for i, x in enumerate(self.images)])
+        return idx, pos
+
+
+class ImageDataset:
+    """Classes, prompts and images (a memory-mapped uint8 array [M, S, S, 3]) of one folder."""
+
+    def __init__(self, name: str, root: Path, classes: list[str], prompts: list[str],
+                 images: np.ndarray, class_images: list[np.ndarray], file_names: list[str]):
+        self.name = name
+        self.root = root
+        self.classes = classes
+        self.prompts = prompts
+        self.images = images
+        self.class_images = class_images
+        self.file_names = file_names
+
+    @classmethod
+    def load(cls, root: str | Path, image_size: int, subdataset: str | None = None,
+             template: str = DEFAULT_TEMPLATE) -> ImageDataset:
+        scan = scan_folder(root, subdataset)
+        prompts = class_prompts(scan.root, scan.classes, template)
+        files = [f for group in scan.files for f in group]
+        images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"))
+        classes, kept_prompts, class_images, start = [], [], [], 0
+        for label, prompt, group in zip(scan.classes, prompts, scan.files):
+            idx = np.arange(start, start + len(group))
+            start += len(group)
+            idx = idx[ok[idx]]
+            if len(idx) == 0:
+                log.warning("label %r has no readable image: skipped", label)
+                continue
+            classes.append(label)
+            kept_prompts.append(prompt)
+            class_images.append(idx)
+        if not classes:
+            raise MamfError(f"no readable images in {scan.root}")
+        return cls(scan.name, scan.root, classes, kept_prompts, images, class_images,
+                   [f.name for f in files])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """uint8 [B, S, S, 3]; memmap reads are fastest in sorted order, so sort then un-permute."""
+        indices = np.asarray(indices)
+        order = np.argsort(indices, kind="stable")
+        out = np.empty((len(indices), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[indices[order]]
+        return torch.from_numpy(out)
+
+    def pool(self, protocol: str, split: str, fractions=(0.6, 0.2, 0.2),
+             split_seed: int = 0) -> Pool:
+        if protocol == "paper":
+            need = paper_min_images()
+            short = [(c, len(x)) for c, x in zip(self.classes, self.class_images) if len(x) < need]
+            if short:
+                label, n = short[0]
+                raise MamfError(f"label {label!r} has {n} image(s); the paper protocol needs at "
+                                f"least {need} per class (60/20/20 split, support and query in "
+                                f"dev and test)" + (f"; {len(short)} labels are short"
+                                                    if len(short) > 1 else ""))
+            images = tuple(x[paper_image_split(len(x))[split]] for x in self.class_images)
+            return Pool(np.arange(self.n_classes), images)
+        if protocol == "episodic":
+            ids = class_split(self.n_classes, tuple(fractions), split_seed)[split]
+            return Pool(ids, tuple(self.class_images[i] for i in ids))
+        raise MamfError(f"unknown protocol {protocol!r}: use paper or episodic")

@@ -1,0 +1,74 @@
+"""The minibatch fine-tuning step, shared by classical, MAMF, FOMAML's inner loop and the meta-test.
+
+A `Batch` names its images, their labels and the candidate classes the loss ranges over; the
+methods differ only in how they produce batches (SPEC.md section 2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mamf.errors import MamfError
+from mamf.inputs import ModelInputs, autocast
+from mamf.loss import restrict_to_batch, task_loss
+from mamf.models.base import DualEncoder
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Image indices, labels as positions in `classes`, and `classes` as global class ids."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    new_task: bool = False
+
+
+def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates: str = "task",
+               augment: bool = False) -> torch.Tensor:
+    classes, labels = batch.classes, batch.labels
+    if candidates == "batch":
+        classes, labels = restrict_to_batch(classes, labels)
+    with autocast(inputs.device, inputs.precision):
+        image_emb = inputs.images(model, batch.images, augment=augment)
+        text_emb = inputs.texts(model, classes)
+    target = torch.as_tensor(labels, dtype=torch.long, device=image_emb.device)
+    return task_loss(model.logit_scale(), image_emb, text_emb, target)
+
+
+def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch.optim.Optimizer,
+         candidates: str = "task", augment: bool = False) -> float:
+    """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = batch_loss(model, inputs, batch, candidates, augment)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise MamfError(f"the training loss became {value}: lower the learning rate")
+    loss.backward()
+    optimizer.step()
+    return value
+
+
+def epoch_batches(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
+                  classes: np.ndarray, batch_size: int, epochs: int) -> Iterator[Batch]:
+    """`epochs` passes over (images, labels) in a fresh random order each pass."""
+    for _ in range(epochs):
+        order = rng.permutation(len(images))
+        for start in range(0, len(order), batch_size):
+            pick = order[start : start + batch_size]
+            yield Batch(images[pick], labels[pick], classes)
+
+
+def run_batches(model: DualEncoder, inputs: ModelInputs, batches: Iterable[Batch],
+                optimizer: torch.optim.Optimizer, candidates: str = "task",
+                augment: bool = False) -> list[float]:
+    return [step(model, inputs, b, optimizer, candidates, augment) for b in batches]

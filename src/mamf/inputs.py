@@ -1,0 +1,94 @@
+"""Feeds a model: image indices -> image embeddings, class ids -> text embeddings.
+
+Prompts are tokenised once per dataset; a step encodes each of its candidate classes' prompts once,
+never once per image. With a frozen image backbone, its outputs are computed once for every cached
+image and the step runs only the image head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import torch
+
+from mamf.augment import random_crop_flip
+from mamf.data.dataset import ImageDataset
+from mamf.models.base import DualEncoder
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from mamf.errors import MamfError
+
+        raise MamfError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast where asked for (on CPU only bf16 is offered); fp32 otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and dtype is torch.float16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class ModelInputs:
+    """Everything a step needs from the data, for one model and one dataset."""
+
+    def __init__(self, model: DualEncoder, dataset: ImageDataset, device: torch.device,
+                 precision: str = "fp32", freeze_image_backbone: bool = False,
+                 crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64):
+        self.dataset = dataset
+        self.device = device
+        self.precision = precision
+        self.crop_scale = crop_scale
+        self.generator = torch.Generator().manual_seed(seed)
+        tokens = model.tokenize(dataset.prompts)
+        self.tokens = {k: v.to(device) for k, v in tokens.items()}
+        self.features: torch.Tensor | None = None
+        if freeze_image_backbone:
+            self.features = self._backbone_features(model, feature_batch)
+
+    def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
+        from tqdm import tqdm
+
+        freeze_backbone(model)
+        n = len(self.dataset.images)
+        chunks = []
+        with torch.no_grad(), autocast(self.device, self.precision):
+            for start in tqdm(range(0, n, batch), desc="frozen image backbone, once", leave=False,
+                              disable=None):
+                idx = np.arange(start, min(n, start + batch))
+                px = model.preprocess(self.dataset.batch(idx).to(self.device))
+                chunks.append(model.image_backbone(px).float())
+        return torch.cat(chunks)
+
+    def images(self, model: DualEncoder, indices: np.ndarray, augment: bool = False) -> torch.Tensor:
+        if self.features is not None:
+            return model.image_head(self.features[torch.as_tensor(indices, device=self.device)])
+        pixels = model.preprocess(self.dataset.batch(indices).to(self.device))
+        if augment:
+            pixels = random_crop_flip(pixels, self.generator, self.crop_scale)
+        return model.encode_images(pixels)
+
+    def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
+        rows = torch.as_tensor(np.asarray(class_ids), device=self.device)
+        tokens = {k: v[rows] for k, v in self.tokens.items()}
+        if "attention_mask" in tokens:
+            width = int(tokens["attention_mask"].sum(1).max())
+            tokens = {k: v[:, :width] for k, v in tokens.items()}
+        return model.encode_texts(tokens)
+
+
+def freeze_backbone(model: DualEncoder) -> None:
+    """Stop gradients into the image backbone (its outputs are cached instead)."""
+    for p in model.image_backbone_parameters():
+        p.requires_grad_(False)

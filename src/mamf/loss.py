@@ -1,0 +1,33 @@
+"""The one classification loss every method shares (SPEC.md section 2).
+
+logits = exp(logit_scale) * cos(image embedding, text embedding of each candidate class);
+cross-entropy from each image to its candidate class prompts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def task_logits(logit_scale: torch.Tensor, image_emb: torch.Tensor,
+                text_emb: torch.Tensor) -> torch.Tensor:
+    """[B, D] x [C, D] -> [B, C] scaled cosine similarities (computed in float32)."""
+    image_emb = F.normalize(image_emb.float(), dim=-1)
+    text_emb = F.normalize(text_emb.float(), dim=-1)
+    return logit_scale.float() * image_emb @ text_emb.T
+
+
+def task_loss(logit_scale: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
+              labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(task_logits(logit_scale, image_emb, text_emb), labels)
+
+
+def restrict_to_batch(classes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The official code's candidates: only classes present in the batch (`candidates=batch`).
+
+    A batch holding a single class then has a loss of exactly zero, as in the official code.
+    """
+    present = np.unique(labels)
+    return classes[present], np.searchsorted(present, labels)

@@ -1,0 +1,64 @@
+"""The dual-encoder interface every model implements (CLIP, the offline default, the tiny test model).
+
+Methods, the loss and the meta-test only ever talk to this interface, so a new model family is one
+new file. Images arrive as uint8 tensors [B, H, W, 3] already resized to `image_size` by the image
+cache; `preprocess` turns them into the float input the image tower expects.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DualEncoder(nn.Module):
+    """An image tower and a text tower that embed into one space, plus a learned temperature.
+
+    Subclasses set `image_size`, `image_mean`, `image_std`, own a parameter `log_logit_scale`
+    (the natural log of the logit scale, as in CLIP) and implement `tokenize`, `image_backbone`,
+    `image_head` and `encode_texts`. Embeddings need not be normalised; the loss normalises them.
+    """
+
+    image_size: int = 224
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    log_logit_scale: nn.Parameter
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> float [B, 3, H, W] normalised with the model's own statistics."""
+        x = images.to(self.log_logit_scale.device).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def image_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image tower up to its projection head; frozen-backbone training caches this output."""
+        raise NotImplementedError
+
+    def image_backbone_parameters(self):
+        """The parameters `image_backbone` uses, frozen when its outputs are cached."""
+        raise NotImplementedError
+
+    def image_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Maps backbone features to the joint embedding space."""
+        raise NotImplementedError
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.image_head(self.image_backbone(pixel_values))
+
+    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.log_logit_scale.exp()
+
+    def reset_heads(self, generator: torch.Generator) -> None:
+        """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no projection heads to reset")
+
+    def describe(self) -> dict:
+        """A JSON-able description sufficient to rebuild this model before loading its weights."""
+        raise NotImplementedError

@@ -1,0 +1,109 @@
+"""Any transformers `CLIPModel` (a local folder or, where there is network, a hub id) as a DualEncoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mamf.errors import MamfError
+from mamf.models.base import DualEncoder
+
+
+class HFClip(DualEncoder):
+    """Wraps a `transformers.CLIPModel` and a tokenizer callable.
+
+    `tokenizer` maps a list of strings to a dict with `input_ids` (and optionally `attention_mask`).
+    """
+
+    def __init__(self, clip, tokenizer, name: str, image_mean=None, image_std=None):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.name = name
+        self.image_size = int(clip.config.vision_config.image_size)
+        if image_mean is not None:
+            self.image_mean = tuple(image_mean)
+        if image_std is not None:
+            self.image_std = tuple(image_std)
+        # CLIPModel already owns the learned temperature; expose it under the interface's name.
+        self.log_logit_scale = clip.logit_scale
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(list(texts))
+        device = self.log_logit_scale.device
+        return {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+
+    def image_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.clip.vision_model(pixel_values=pixel_values).pooler_output
+
+    def image_backbone_parameters(self):
+        return self.clip.vision_model.parameters()
+
+    def image_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.clip.visual_projection(features)
+
+    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        pooled = self.clip.text_model(**tokens).pooler_output
+        return self.clip.text_projection(pooled)
+
+    def reset_heads(self, generator: torch.Generator) -> None:
+        for head in (self.clip.visual_projection, self.clip.text_projection):
+            bound = 1.0 / head.in_features**0.5
+            with torch.no_grad():
+                head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class _HFTokenizer:
+    """Adapts a transformers tokenizer to the `texts -> dict of tensors` callable HFClip expects."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+
+def load_hf_clip(name_or_path: str) -> HFClip:
+    """Load a CLIPModel and its tokenizer from a local folder or a hub id, with one-line errors."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MamfError(f"model folder {path} has no config.json: not a transformers CLIP model")
+        try:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        except (OSError, json.JSONDecodeError) as e:
+            raise MamfError(f"model folder {path}: unreadable config.json ({e})") from None
+        if model_type != "clip":
+            raise MamfError(f"model folder {path} holds a {model_type!r} model, not a CLIP model")
+        source = str(path)
+    else:
+        source = name_or_path
+    try:
+        clip = CLIPModel.from_pretrained(source, use_safetensors=None)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MamfError(f"cannot load CLIP model {name_or_path!r}: {first}") from None
+    mean = std = None
+    pre = path / "preprocessor_config.json" if path.exists() else None
+    if pre is not None and pre.is_file():
+        cfg = json.loads(pre.read_text())
+        mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    max_len = int(clip.config.text_config.max_position_embeddings)
+    return HFClip(clip, _HFTokenizer(tokenizer, max_len), name=name_or_path, image_mean=mean,
+                  image_std=std)
+
+
+def freeze_module(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)

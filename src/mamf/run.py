@@ -1,0 +1,164 @@
+"""The library's two verbs, `train_run` and `evaluate`, as the CLI and experiments call them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
+from mamf.data.dataset import ImageDataset
+from mamf.data.splits import halves, paper_image_split
+from mamf.errors import MamfError
+from mamf.inputs import ModelInputs, resolve_device
+from mamf.io import append_jsonl, atomic_write_text
+from mamf.metatest import evaluation_tasks, meta_test, summarize
+from mamf.models import load_model as build_model
+from mamf.models.base import DualEncoder
+from mamf.training import train
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+RUN_CONFIG = "config.yaml"
+RESULTS = "results.jsonl"
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def config_id(config: Config) -> str:
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def prepare(config: Config, model: DualEncoder | None = None):
+    """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs."""
+    if not config.data.root:
+        raise MamfError("no data folder given: pass --data DIR")
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    if model is None:
+        model = build_model(config.model)
+    model.to(device).eval()
+    dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
+                                config.data.template)
+    freeze = config.train.freeze_image_backbone
+    inputs = ModelInputs(model, dataset, device, config.precision, freeze,
+                         config.train.crop_scale, seed=config.seed)
+    return model, dataset, inputs
+
+
+def save_weights(model: DualEncoder, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_model(model, str(tmp))
+    tmp.replace(path)
+
+
+def train_run(config: Config, out: Path, progress: bool = True) -> dict:
+    """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / RUN_CONFIG, dump_yaml(config))
+    model, dataset, inputs = prepare(config)
+    if config.train.heads == "random":
+        model.reset_heads(torch.Generator().manual_seed(config.seed))
+    if config.train.freeze_image_backbone and config.train.augment:
+        log.info("image backbone frozen and cached: training-time augmentation is off")
+    result = train(model, inputs, dataset, config, progress)
+    save_weights(model, out / WEIGHTS)
+    summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
+               "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
+               "train_time_s": round(result.seconds, 3), "first_loss": result.losses[0],
+               "last_loss": result.losses[-1],
+               "mean_loss_first_tenth": _mean_part(result.losses, first=True),
+               "mean_loss_last_tenth": _mean_part(result.losses, first=False),
+               "losses": result.losses}
+    atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _mean_part(losses: list[float], first: bool) -> float:
+    k = max(1, len(losses) // 10)
+    return float(np.mean(losses[:k] if first else losses[-k:]))
+
+
+def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
+    """A trained run's resolved config and its model with the trained weights (safetensors only)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
+        raise MamfError(f"{run_dir} is not a finished training run (needs {RUN_CONFIG} and "
+                        f"{WEIGHTS})")
+    config = build_config(load_yaml(run_dir / RUN_CONFIG))
+    model = build_model(config.model)
+    try:
+        missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise MamfError(f"cannot read {run_dir / WEIGHTS}: {e}") from None
+    if missing or unexpected:
+        raise MamfError(f"{run_dir / WEIGHTS} does not match model {config.model!r}")
+    return config, model
+
+
+def ways_list(config: Config, n_classes: int, value) -> list[int]:
+    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep)."""
+    if value in (None, ""):
+        return [config.data.ways]
+    if isinstance(value, str) and value.strip().lower() in ("all", "paper"):
+        top = n_classes - 1
+        if config.data.start_n > top:
+            raise MamfError(f"start_n={config.data.start_n} leaves no task size below N={n_classes}")
+        return list(range(config.data.start_n, top + 1))
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        out = [int(v) for v in items]
+    except ValueError:
+        raise MamfError(f"--ways must be integers, a comma list, or 'all'; got {value!r}") from None
+    if any(w < 2 for w in out):
+        raise MamfError(f"ways must be at least 2, got {value!r}")
+    return out
+
+
+def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[int, int]:
+    """Under the paper protocol shots/queries follow from images per class: report the minimum."""
+    d = config.data
+    if d.protocol == "episodic":
+        return d.shots, d.queries
+    sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
+    return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
+
+
+def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
+             ways: list[int] | None = None, run_dir: Path | None = None,
+             progress: bool = True) -> list[dict]:
+    """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
+    model, dataset, inputs = prepare(config, model)
+    split = config.metatest.split
+    rows = []
+    for n in ways or [config.data.ways]:
+        tasks = evaluation_tasks(dataset, config, split, n)
+        started = time.perf_counter()
+        accs = meta_test(model, inputs, tasks, method, config, n, progress)
+        mean, ci = summarize(accs)
+        shots, queries = shots_queries(dataset, config, split)
+        row = {"method": method, "model": config.model, "dataset": dataset.name,
+               "protocol": config.data.protocol, "ways": n, "shots": shots, "queries": queries,
+               "seed": config.seed, "split": split, "n_tasks": len(tasks), "acc_mean": mean,
+               "acc_ci95": ci, "task_accs": accs,
+               "time_s": round(time.perf_counter() - started, 3),
+               "run": str(run_dir) if run_dir else None, "config_id": config_id(config),
+               "host": platform.node(), "torch": torch.__version__}
+        append_jsonl(out / "results.jsonl", row)
+        rows.append(row)
+    return rows

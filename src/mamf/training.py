@@ -1,0 +1,96 @@
+"""Train a model with one of the three trained methods on a dataset's training pool."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mamf.config import Config
+from mamf.data.dataset import ImageDataset, Pool
+from mamf.errors import MamfError
+from mamf.finetune import step, trainable
+from mamf.inputs import ModelInputs
+from mamf.methods import classical, fomaml, mamf
+from mamf.models.base import DualEncoder
+from mamf.tasks import Task, episodic_task, paper_task
+
+
+@dataclass
+class TrainResult:
+    method: str
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+def make_optimizer(model: DualEncoder, lr: float, weight_decay: float = 0.0):
+    params = trainable(model)
+    if not params:
+        raise MamfError("nothing to train: every parameter is frozen")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def train_pool(dataset: ImageDataset, config: Config) -> Pool:
+    d = config.data
+    return dataset.pool(d.protocol, "train", d.class_split, d.split_seed)
+
+
+def fomaml_task(rng: np.random.Generator, pool: Pool, config: Config) -> Task:
+    """Training tasks take the same shape as test tasks under the chosen protocol."""
+    d = config.data
+    if d.protocol == "paper":
+        return paper_task(rng, pool, d.ways)
+    return episodic_task(rng, pool, d.ways, d.shots, d.queries)
+
+
+def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
+          progress: bool = True) -> TrainResult:
+    """Run `config.train.method`; deterministic given `config.seed` on CPU."""
+    t, d = config.train, config.data
+    pool = train_pool(dataset, config)
+    if t.method != "classical" and d.ways > len(pool.classes):
+        raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
+    rng = np.random.default_rng([config.seed, 11, d.ways])
+    n_images = sum(len(x) for x in pool.images)
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    losses: list[float] = []
+    if t.method == "fomaml":
+        per_task = (d.ways * d.shots + d.ways * d.queries if d.protocol == "episodic"
+                    else n_images * d.ways / len(pool.classes))
+        n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
+        steps = t.steps or math.ceil(n_tasks / t.meta_batch)
+        learner = fomaml.clone_learner(model)
+        outer = make_optimizer(model, t.lr, t.weight_decay)
+        bar = tqdm(range(steps), desc="fomaml", disable=None if progress else True, leave=False)
+        for _ in bar:
+            tasks = [fomaml_task(rng, pool, config) for _ in range(t.meta_batch)]
+            losses.append(fomaml.outer_step(model, learner, inputs, tasks, outer, t.inner_lr,
+                                            t.inner_epochs, t.inner_batch_size, rng, t.augment))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        del learner
+        return TrainResult(t.method, steps, time.perf_counter() - started, losses)
+
+    steps = t.steps or math.ceil(t.epochs * classical.steps_per_epoch(pool, t.batch_size))
+    if t.method == "classical":
+        batches = classical.batches(rng, pool, t.batch_size, steps)
+    elif t.schedule == "sampled":
+        batches = mamf.sampled_batches(rng, pool, d.ways, t.batch_size, steps)
+    else:
+        batches = mamf.sequential_batches(rng, pool, d.ways, t.batch_size,
+                                          max(1, round(t.epochs)))
+        steps = None
+    optimizer = make_optimizer(model, t.lr, t.weight_decay)
+    bar = tqdm(batches, total=steps, desc=t.method, disable=None if progress else True,
+               leave=False)
+    for batch in bar:
+        if batch.new_task and losses:
+            optimizer = make_optimizer(model, t.lr, t.weight_decay)
+        losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)
