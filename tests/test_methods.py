@@ -11,9 +11,10 @@ import torch
 
 from mamf.config import build_config
 from mamf.finetune import Batch, batch_loss, epoch_batches
-from mamf.methods import fomaml
 from mamf.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
+from mamf.methods import fomaml
 from mamf.run import prepare
+from mamf.tasks import paper_task
 from mamf.training import train
 
 FAST = {"train.lr": 3e-3, "train.batch_size": 16, "train.epochs": 15, "train.augment": False,
@@ -97,10 +98,9 @@ def test_weight_snapshot_round_trip(shared_colour_folder):
 
 
 def test_fomaml_applies_the_query_gradient_taken_at_the_adapted_weights(shared_colour_folder):
-    config, model, dataset, inputs = setup(shared_colour_folder, **{"train.method": "fomaml"})
+    _, model, dataset, inputs = setup(shared_colour_folder, **{"train.method": "fomaml"})
     pool = dataset.pool("paper", "train")
-    task = __import__("mamf.tasks", fromlist=["paper_task"]).paper_task(
-        np.random.default_rng(0), pool, 3)
+    task = paper_task(np.random.default_rng(0), pool, 3)
     lr_in, batch = 0.1, 4
     # by hand: copy, SGD on support minibatches, gradient of the query loss at the adapted copy
     manual = copy.deepcopy(model)

@@ -108,9 +108,9 @@ def _coerce(key: str, value, annotation):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-            if type(None) in args:
-                return None
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
+        if is_null and type(None) in args:
+            return None
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is list:
