@@ -58,6 +58,7 @@ class TrainConfig:
     augment: bool = True
     crop_scale: float = 0.8
     freeze_image_backbone: bool = False
+    freeze_text_tower: bool = False
     weight_decay: float = 0.0
     log_every: int = 10
 
@@ -202,6 +203,9 @@ def validate(config: Config) -> Config:
             raise MamfError(f"config {key} must not be negative, got {_get(flat, key)!r}")
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
+    if config.train.heads == "random" and config.train.freeze_text_tower:
+        raise MamfError("train.heads=random cannot go with train.freeze_text_tower: the cached "
+                        "text embeddings would pass through an untrained head")
     if config.train.crop_scale > 1:
         raise MamfError("config train.crop_scale is the smallest crop area fraction, at most 1")
     if config.data.start_n < 2:

@@ -45,6 +45,7 @@ class ModelInputs:
 
     def __init__(self, model: DualEncoder, dataset: ImageDataset, device: torch.device,
                  precision: str = "fp32", freeze_image_backbone: bool = False,
+                 freeze_text_tower: bool = False,
                  crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64):
         self.dataset = dataset
         self.device = device
@@ -56,6 +57,17 @@ class ModelInputs:
         self.features: torch.Tensor | None = None
         if freeze_image_backbone:
             self.features = self._backbone_features(model, feature_batch)
+        self.text_cache: torch.Tensor | None = None
+        if freeze_text_tower:
+            self.text_cache = self._text_embeddings(model, feature_batch)
+
+    def _text_embeddings(self, model: DualEncoder, batch: int) -> torch.Tensor:
+        for p in model.text_parameters():
+            p.requires_grad_(False)
+        ids = np.arange(len(self.dataset.prompts))
+        with torch.no_grad(), autocast(self.device, self.precision):
+            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float()
+                              for i in range(0, len(ids), batch)])
 
     def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
         from tqdm import tqdm
@@ -80,6 +92,11 @@ class ModelInputs:
         return model.encode_images(pixels)
 
     def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
+        if self.text_cache is not None:
+            return self.text_cache[torch.as_tensor(np.asarray(class_ids), device=self.device)]
+        return self._encode_texts(model, class_ids)
+
+    def _encode_texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         rows = torch.as_tensor(np.asarray(class_ids), device=self.device)
         tokens = {k: v[rows] for k, v in self.tokens.items()}
         if "attention_mask" in tokens:

@@ -40,20 +40,26 @@ def config_id(config: Config) -> str:
     return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def prepare(config: Config, model: DualEncoder | None = None):
-    """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs."""
+def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False):
+    """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs.
+
+    `fresh`: the model is about to be trained from its pretrained weights, so `heads=random`
+    applies (before any frozen tower's outputs are cached).
+    """
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
     device = resolve_device(config.device)
     seed_everything(config.seed)
     if model is None:
         model = build_model(config.model)
+    if fresh and config.train.heads == "random":
+        model.reset_heads(torch.Generator().manual_seed(config.seed))
     model.to(device).eval()
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
                                 config.data.template)
     freeze = config.train.freeze_image_backbone
     inputs = ModelInputs(model, dataset, device, config.precision, freeze,
-                         config.train.crop_scale, seed=config.seed)
+                         config.train.freeze_text_tower, config.train.crop_scale, seed=config.seed)
     return model, dataset, inputs
 
 
@@ -68,9 +74,7 @@ def train_run(config: Config, out: Path, progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RUN_CONFIG, dump_yaml(config))
-    model, dataset, inputs = prepare(config)
-    if config.train.heads == "random":
-        model.reset_heads(torch.Generator().manual_seed(config.seed))
+    model, dataset, inputs = prepare(config, fresh=True)
     if config.train.freeze_image_backbone and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
     result = train(model, inputs, dataset, config, progress)
@@ -144,21 +148,27 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
-    split = config.metatest.split
     rows = []
     for n in ways or [config.data.ways]:
-        tasks = evaluation_tasks(dataset, config, split, n)
-        started = time.perf_counter()
-        accs = meta_test(model, inputs, tasks, method, config, n, progress)
-        mean, ci = summarize(accs)
-        shots, queries = shots_queries(dataset, config, split)
-        row = {"method": method, "model": config.model, "dataset": dataset.name,
-               "protocol": config.data.protocol, "ways": n, "shots": shots, "queries": queries,
-               "seed": config.seed, "split": split, "n_tasks": len(tasks), "acc_mean": mean,
-               "acc_ci95": ci, "task_accs": accs,
-               "time_s": round(time.perf_counter() - started, 3),
-               "run": str(run_dir) if run_dir else None, "config_id": config_id(config),
-               "host": platform.node(), "torch": torch.__version__}
-        append_jsonl(out / "results.jsonl", row)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
+        row["run"] = str(run_dir) if run_dir else None
+        append_jsonl(out / RESULTS, row)
         rows.append(row)
     return rows
+
+
+def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
+                      config: Config, method: str, ways: int, progress: bool = True) -> dict:
+    """Meta-test one task size on an already prepared model; returns the results row."""
+    split = config.metatest.split
+    tasks = evaluation_tasks(dataset, config, split, ways)
+    started = time.perf_counter()
+    accs = meta_test(model, inputs, tasks, method, config, ways, progress)
+    mean, ci = summarize(accs)
+    shots, queries = shots_queries(dataset, config, split)
+    return {"method": method, "model": config.model, "dataset": dataset.name,
+            "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
+            "seed": config.seed, "split": split, "n_tasks": len(tasks), "acc_mean": mean,
+            "acc_ci95": ci, "task_accs": accs,
+            "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
+            "host": platform.node(), "torch": torch.__version__}

@@ -49,6 +49,10 @@ class DualEncoder(nn.Module):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.image_head(self.image_backbone(pixel_values))
 
+    def text_parameters(self):
+        """The parameters `encode_texts` uses, frozen when text embeddings are cached."""
+        raise NotImplementedError
+
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 

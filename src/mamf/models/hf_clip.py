@@ -45,6 +45,9 @@ class HFClip(DualEncoder):
     def image_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.clip.visual_projection(features)
 
+    def text_parameters(self):
+        return [*self.clip.text_model.parameters(), *self.clip.text_projection.parameters()]
+
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = self.clip.text_model(**tokens).pooler_output
         return self.clip.text_projection(pooled)

@@ -1,0 +1,81 @@
+"""Experiment grids: expansion, resumption without duplicates, shared test tasks, the summary."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from mamf.cli import main
+from mamf.errors import MamfError
+from mamf.experiment import load_experiment, parse_experiment, run_experiment
+from mamf.io import read_jsonl
+from mamf.report import summary_table
+
+
+def experiment_file(tmp_path, folder, **extra):
+    raw = {
+        "name": "tiny", "model": "tiny-random-clip", "methods": ["zeroshot", "classical", "mamf"],
+        "seeds": [1, 2],
+        "settings": {"train": {"lr": 1e-3, "epochs": 1, "augment": False},
+                     "metatest": {"epochs": 1, "lr": 1e-3}},
+        "datasets": {"colours": {"root": str(folder), "ways": [2, 3]}},
+        **extra,
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_grid_runs_once_and_resumes_without_duplicates(tmp_path, colour_folder):
+    exp = load_experiment(experiment_file(tmp_path, colour_folder))
+    out = tmp_path / "out"
+    rows = run_experiment(exp, out, progress=False)
+    keys = [(r["method"], r["ways"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 3 * 2 * 2
+    # methods of one (ways, seed) meet the same tasks: same count, same query sizes
+    by = {}
+    for r in rows:
+        by.setdefault((r["ways"], r["seed"]), set()).add(r["n_tasks"])
+    assert all(len(v) == 1 for v in by.values())
+    # a rerun does nothing; deleting rows recomputes exactly those, with the same numbers
+    assert run_experiment(exp, out, progress=False) == rows
+    kept = [r for r in rows if not (r["method"] == "mamf" and r["seed"] == 2)]
+    (out / "results.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in kept))
+    again = run_experiment(exp, out, progress=False)
+    assert len(again) == len(rows)
+    redone = {(r["ways"]): r["task_accs"] for r in again if r["method"] == "mamf" and r["seed"] == 2}
+    first = {(r["ways"]): r["task_accs"] for r in rows if r["method"] == "mamf" and r["seed"] == 2}
+    assert redone == first
+    table = summary_table(again)
+    assert "MAMF" in table and "colours" in table
+
+
+def test_a_failing_run_does_not_stop_the_grid(tmp_path, colour_folder):
+    path = experiment_file(tmp_path, colour_folder, datasets={
+        "colours": {"root": str(colour_folder), "ways": [2, 9]}})
+    rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    assert {r["ways"] for r in rows} == {2}
+    failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
+    assert failures and "ways=9" in failures[0]["error"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"datasets": {"a": {"root": "x"}}, "methods": ["sgd"]}, "unknown method"),
+    ({"datasets": {"a": {"root": "x"}}, "colour": 1}, "unknown experiment key"),
+    ({"datasets": {"a": {}}}, "exactly one of 'root'"),
+    ({"datasets": {"a": {"root": "x", "settings": {"train": {"lr": "x"}}}}}, "train.lr"),
+    ({"datasets": {"a": {"root": "x"}}, "method_settings": {"mamf": {"data": {}}}},
+     "only hold train and metatest"),
+])
+def test_bad_experiment_files_are_refused(raw, message):
+    with pytest.raises(MamfError, match=message):
+        parse_experiment(raw)
+
+
+def test_experiment_and_report_commands(tmp_path, colour_folder, capsys):
+    path = experiment_file(tmp_path, colour_folder, methods=["zeroshot"], seeds=[1])
+    out = tmp_path / "out"
+    assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
+    assert (out / "summary.png").stat().st_size > 0
+    assert main(["report", str(out)]) == 0
+    assert "zero-shot" in capsys.readouterr().out
