@@ -76,6 +76,8 @@ def test_experiment_and_report_commands(tmp_path, colour_folder, capsys):
     path = experiment_file(tmp_path, colour_folder, methods=["zeroshot"], seeds=[1])
     out = tmp_path / "out"
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
-    assert (out / "summary.png").stat().st_size > 0
+    assert (out / "figures" / "summary.png").stat().st_size > 0
+    assert "Claim 1" in (out / "report.md").read_text()
+    assert "data:image/png;base64" in (out / "report.html").read_text()
     assert main(["report", str(out)]) == 0
     assert "zero-shot" in capsys.readouterr().out

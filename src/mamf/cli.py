@@ -203,14 +203,15 @@ def cmd_experiment(args) -> None:
 
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
-    from mamf.report import bar_figure, settings_line, summary_table
+    from mamf.report import settings_line, summary_table, write_report
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
     print(summary_table(rows))
     print(f"\n({settings_line(rows)})")
-    figure = bar_figure(rows, out / "summary.png", title)
-    print(f"results: {out / 'results.jsonl'}; figure: {figure}")
+    files = write_report(rows, out, title)
+    print(f"results: {out / 'results.jsonl'}")
+    print(f"report: {files['md']} and {files['html']}; figure: {files['summary']}")
     failures = out / "failures.jsonl"
     if failures.exists() and failures.stat().st_size:
         print(f"some runs failed: see {failures}")

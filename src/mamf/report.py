@@ -100,9 +100,163 @@ def bar_figure(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_title(title or "few-shot accuracy (dotted: chance)")
     ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _dataset(row: dict) -> str:
+    return row.get("experiment_dataset", row["dataset"])
+
+
+def paired(rows: list[dict], a: str, b: str) -> dict:
+    """Per dataset: accuracy of `a` minus `b` over the same test tasks (paired by ways, seed and
+    task order), with its mean, 95 % CI, count and a plain verdict."""
+    index = {(_dataset(r), r["ways"], r["seed"], r["split"], r["method"]): r for r in rows}
+    diffs: dict[str, list[float]] = OrderedDict()
+    for (d, ways, seed, split, m), ra in index.items():
+        if m != a:
+            continue
+        rb = index.get((d, ways, seed, split, b))
+        if rb is None or len(rb["task_accs"]) != len(ra["task_accs"]):
+            continue
+        diffs.setdefault(d, []).extend(x - y for x, y in zip(ra["task_accs"], rb["task_accs"]))
+    out = {}
+    for d, values in diffs.items():
+        v = np.asarray(values)
+        ci = 1.96 * v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else float("inf")
+        mean = float(v.mean())
+        if mean - ci > 0:
+            verdict = "holds"
+        elif mean + ci < 0:
+            verdict = "does not hold"
+        else:
+            verdict = "inconclusive"
+        out[d] = {"mean": mean, "ci95": float(ci), "pairs": len(v), "verdict": verdict}
+    return out
+
+
+def curve_figure(rows: list[dict], dataset: str, path: Path) -> Path:
+    """Accuracy against task size n, one line per method with its 95 % CI band (paper's form)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"zeroshot": "#9e9e9e", "classical": "#1f77b4", "mamf": "#d62728",
+               "fomaml": "#2ca02c"}
+    mine = [r for r in rows if _dataset(r) == dataset]
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
+    for m in [m for m in METHODS if any(r["method"] == m for r in mine)]:
+        by_n: dict[int, list[float]] = {}
+        for r in mine:
+            if r["method"] == m:
+                by_n.setdefault(r["ways"], []).extend(r["task_accs"])
+        ns = sorted(by_n)
+        means = np.array([np.mean(by_n[n]) for n in ns])
+        cis = np.array([1.96 * np.std(by_n[n], ddof=1) / math.sqrt(len(by_n[n]))
+                        if len(by_n[n]) > 1 else 0.0 for n in ns])
+        ax.plot(ns, means, marker="o", color=colours[m], label=METHOD_LABELS[m])
+        ax.fill_between(ns, means - cis, means + cis, color=colours[m], alpha=0.18)
+    ns_all = sorted({r["ways"] for r in mine})
+    ax.plot(ns_all, [1 / n for n in ns_all], color="black", linestyle="dotted", label="chance")
+    ax.set_xlabel("task size n (ways)")
+    ax.set_ylabel("query accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(dataset)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def fomaml_figure(rows: list[dict], path: Path) -> Path:
+    """FOMAML's paired gain over zero-shot against zero-shot accuracy, one point per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = paired(rows, "fomaml", "zeroshot")
+    stats = pooled(rows)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
+    for d, g in gains.items():
+        x = stats[(d, "zeroshot")][0]
+        ax.errorbar([x], [g["mean"]], yerr=[g["ci95"]], fmt="o", capsize=3, color="#2ca02c")
+        ax.annotate(d, (x, g["mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("zero-shot accuracy")
+    ax.set_ylabel("FOMAML − zero-shot (paired, 95% CI)")
+    ax.set_title("Does FOMAML help only where zero-shot is high?")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: Path) -> Path:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    lines = ["## The paper's claims on this data", "",
+             "**Claim 1: MAMF beats classical fine-tuning.** Paired over the same test tasks:", "",
+             "| dataset | MAMF − classical | pairs | verdict |", "|---|---|---|---|"]
+    for d, g in paired(rows, "mamf", "classical").items():
+        lines.append(f"| {d} | {g['mean']:+.3f} ± {g['ci95']:.3f} | {g['pairs']} | "
+                     f"{g['verdict']} |")
+    stats = pooled(rows)
+    lines += ["", "**Claim 2: FOMAML helps only where zero-shot accuracy is already high.**", "",
+              "| dataset | zero-shot | FOMAML − zero-shot | FOMAML − MAMF | verdict (vs zero-shot) |",
+              "|---|---|---|---|---|"]
+    vs_mamf = paired(rows, "fomaml", "mamf")
+    for d, g in paired(rows, "fomaml", "zeroshot").items():
+        z = stats[(d, "zeroshot")][0]
+        vm = vs_mamf.get(d)
+        vm_text = f"{vm['mean']:+.3f} ± {vm['ci95']:.3f}" if vm else "–"
+        helps = {"holds": "helps", "does not hold": "hurts", "inconclusive": "inconclusive"}
+        lines.append(f"| {d} | {z:.3f} | {g['mean']:+.3f} ± {g['ci95']:.3f} | {vm_text} | "
+                     f"{helps[g['verdict']]} |")
+    lines += ["", "Verdicts: *holds* when the 95 % CI of the paired difference lies above 0, "
+              "*does not hold* when below, *inconclusive* when it straddles 0."]
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dict[str, Path]:
+    """report.md, report.html (figures embedded) and the PNGs, in `out`."""
+    import base64
+    import html
+
+    out = Path(out)
+    figures = out / "figures"
+    pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
+    for d in OrderedDict.fromkeys(_dataset(r) for r in rows):
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
+        pngs[f"curve-{safe}"] = curve_figure(rows, d, figures / f"curve-{safe}.png")
+    if any(r["method"] == "fomaml" for r in rows) and any(r["method"] == "zeroshot"
+                                                         for r in rows):
+        pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
+    hosts = sorted({r.get("host", "?") for r in rows})
+    md = [f"# {title}", "", f"{len(rows)} result rows; hosts: {', '.join(hosts)}.", "",
+          "## Accuracy (mean ± 95 % CI over all test tasks)", "", summary_table(rows), "",
+          f"Settings: {settings_line(rows)}.", "", claims_markdown(rows), "", "## Figures", ""]
+    for name, p in pngs.items():
+        md.append(f"![{name}](figures/{p.name})")
+    text = "\n".join(md) + "\n"
+    from mamf.io import atomic_write_text
+
+    atomic_write_text(out / "report.md", text)
+    body = []
+    for line in text.splitlines():
+        if line.startswith("![") and "](figures/" in line:
+            name = line.split("](figures/")[1].rstrip(")")
+            data = base64.b64encode((figures / name).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        else:
+            body.append(html.escape(line))
+    page = ("<!doctype html><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            "pre{white-space:pre-wrap}</style><pre>" + "\n".join(body) + "</pre>")
+    atomic_write_text(out / "report.html", page)
+    return {"md": out / "report.md", "html": out / "report.html", **pngs}
