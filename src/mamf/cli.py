@@ -227,20 +227,15 @@ def cmd_report(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from mamf.data.builders import BUILDERS
+    from mamf.data.builders import build
 
-    if args.name not in BUILDERS:
-        raise MamfError(f"unknown dataset {args.name!r}: use {', '.join(BUILDERS)}")
     options = {}
     for item in args.set:
         if "=" not in item:
             raise MamfError(f"--set takes KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         options[key.strip()] = _literal(value)
-    try:
-        root = BUILDERS[args.name](Path(args.out), log=lambda m: print(f"mamf: {m}"), **options)
-    except TypeError as e:
-        raise MamfError(f"bad option for {args.name}: {e}") from None
+    root = build(args.name, Path(args.out), log=lambda m: print(f"mamf: {m}"), **options)
     print(f"{args.name} is ready in {root}")
 
 

@@ -142,12 +142,9 @@ def row_key(row: dict) -> tuple:
 def dataset_root(ds: DatasetSpec, out: Path) -> str:
     if ds.root:
         return ds.root
-    from mamf.data.builders import BUILDERS
+    from mamf.data.builders import build
 
-    if ds.build not in BUILDERS:
-        raise MamfError(f"dataset {ds.name!r}: unknown builder {ds.build!r} "
-                        f"(use {', '.join(BUILDERS)})")
-    return str(BUILDERS[ds.build](out / "data" / ds.name, log=log.info, **ds.build_options))
+    return str(build(ds.build, out / "data" / ds.name, log=log.info, **ds.build_options))
 
 
 def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:

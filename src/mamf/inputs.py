@@ -8,7 +8,10 @@ image and the step runs only the image head.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,9 +73,32 @@ class ModelInputs:
                               for i in range(0, len(ids), batch)])
 
     def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
+        """Backbone outputs for every cached image, kept on disk beside the image cache and
+        keyed by the images, the backbone's exact weights and the precision."""
+        freeze_backbone(model)
+        path = self._feature_cache_path(model)
+        if path is not None and path.exists():
+            return torch.from_numpy(np.load(path)).to(self.device)
+        features = self._compute_backbone_features(model, batch)
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+            np.save(tmp, features.cpu().numpy())
+            os.replace(tmp, path)
+        return features
+
+    def _feature_cache_path(self, model: DualEncoder) -> Path | None:
+        source = getattr(self.dataset.images, "filename", None)
+        if source is None:
+            return None
+        h = hashlib.sha256(f"{Path(source).name}|{self.precision}|{self.device.type}".encode())
+        with torch.no_grad():
+            for p in model.image_backbone_parameters():
+                h.update(p.detach().float().cpu().numpy().tobytes())
+        return Path(source).with_name(f"features-{h.hexdigest()[:20]}.npy")
+
+    def _compute_backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
         from tqdm import tqdm
 
-        freeze_backbone(model)
         n = len(self.dataset.images)
         chunks = []
         with torch.no_grad(), autocast(self.device, self.precision):

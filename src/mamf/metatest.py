@@ -54,7 +54,11 @@ def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: in
 
 
 class WeightSnapshot:
-    """The trained weights held in memory; `restore` copies them back in place."""
+    """The trained weights held in memory; `restore` copies them back in place.
+
+    Only what adaptation can change is kept: trainable parameters, and buffers (batch-norm
+    statistics). Frozen parameters never change, so copying them would only cost time.
+    """
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -62,12 +66,15 @@ class WeightSnapshot:
 
     @torch.no_grad()
     def restore(self) -> None:
-        for t, saved in zip(_state(self.model), self.tensors):
+        live = _state(self.model)
+        if len(live) != len(self.tensors):
+            raise RuntimeError("the set of trainable parameters changed after the snapshot")
+        for t, saved in zip(live, self.tensors):
             t.copy_(saved)
 
 
 def _state(model: torch.nn.Module) -> list[torch.Tensor]:
-    return list(model.parameters()) + list(model.buffers())
+    return [p for p in model.parameters() if p.requires_grad] + list(model.buffers())
 
 
 def adapt(model: DualEncoder, inputs: ModelInputs, task: Task, method: str, config: Config,
