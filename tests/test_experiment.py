@@ -81,3 +81,30 @@ def test_experiment_and_report_commands(tmp_path, colour_folder, capsys):
     assert "data:image/png;base64" in (out / "report.html").read_text()
     assert main(["report", str(out)]) == 0
     assert "zero-shot" in capsys.readouterr().out
+
+
+def test_killed_experiment_resumes_without_duplicates(tmp_path, colour_folder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = experiment_file(tmp_path, colour_folder, seeds=[1, 2, 3])
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "mamf", "experiment", str(path), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not results.exists() or len(read_jsonl(results)) < 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(read_jsonl(results))
+    assert 2 <= partial < 18
+    with results.open("a") as f:
+        f.write('{"method": "torn')  # as if killed mid-write
+    rows = run_experiment(load_experiment(path), out, progress=False)
+    keys = [(r["method"], r["ways"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 18

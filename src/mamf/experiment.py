@@ -183,6 +183,7 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
     log.info("%d row(s) to compute (%d already done)", total, len(done))
     bar = tqdm(total=total, desc=f"experiment {exp.name}", unit="row",
                disable=None if progress else True)
+    clock = _Clock(total)
     prepared: dict[str, tuple] = {}
     for ds, root, seed, method, todo in plans:
         key = ds.name
@@ -201,8 +202,10 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
         units = [todo] if method in ("zeroshot", "classical") else [[n] for n in todo]
         for unit in units:
             try:
-                _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs, pretrained,
-                          results, progress)
+                for row in _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs,
+                                     pretrained, results, progress):
+                    log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name, method,
+                             row["ways"], seed, row["acc_mean"], row["acc_ci95"], clock.tick())
             except MamfError as e:
                 log.error("%s %s seed %d ways %s failed: %s", ds.name, method, seed, unit, e)
                 _failure(out, {"dataset": ds.name, "method": method, "seed": seed,
@@ -217,8 +220,21 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
     return read_jsonl(results)
 
 
+class _Clock:
+    """Rows done of the total and the estimated time left, for log lines."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def tick(self) -> str:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * (self.total - self.done)
+        return f"{self.done}/{self.total}, about {left / 60:.1f} min left"
+
+
 def _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs, pretrained, results,
-              progress) -> None:
+              progress):
     """Train once (per task size for task-based methods), then meta-test every size in `unit`."""
     pretrained.restore()
     config = run_config(exp, ds, method, seed, root, ways=unit[0])
@@ -240,6 +256,7 @@ def _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs, pretrai
         if not config_file.exists():
             atomic_write_text(config_file, dump_yaml(config))
         append_jsonl(results, row)
+        yield row
 
 
 def _failure(out: Path, record: dict) -> None:

@@ -1,0 +1,76 @@
+"""Model loading: a CLIPModel folder with its tokenizer, the tiny model, and refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mamf.errors import MamfError
+from mamf.models import load_model
+
+
+def save_clip_folder(path):
+    """A tiny CLIPModel plus a real word-level tokenizer, saved as transformers would."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>", "a", "photo", "of", "red", "green", "blue", "."]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    from tokenizers.processors import TemplateProcessing
+
+    tok.post_processor = TemplateProcessing(single="<s> $A </s>",
+                                            special_tokens=[("<s>", 1), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+    config = CLIPConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "max_position_embeddings": 16, "pad_token_id": 0, "bos_token_id": 1,
+                     "eos_token_id": 2},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.2, 0.2]}))
+    return path
+
+
+def test_a_clip_folder_loads_with_its_tokenizer_and_statistics(tmp_path):
+    folder = save_clip_folder(tmp_path / "clip")
+    model = load_model(str(folder))
+    assert model.image_size == 32 and model.image_mean == (0.5, 0.4, 0.3)
+    tokens = model.tokenize(["a photo of red .", "blue"])
+    texts = model.encode_texts(tokens)
+    images = model.encode_images(model.preprocess(torch.zeros(3, 32, 32, 3, dtype=torch.uint8)))
+    assert texts.shape == (2, 16) and images.shape == (3, 16)
+    assert torch.isfinite(texts).all() and torch.isfinite(images).all()
+
+
+def test_a_folder_that_is_not_clip_is_refused(tmp_path):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(MamfError, match="holds a 'bert' model, not a CLIP model"):
+        load_model(str(tmp_path / "bert"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MamfError, match="no config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_a_hub_id_without_network_is_one_clear_error():
+    with pytest.raises(MamfError, match="cannot load CLIP model"):
+        load_model("openai/clip-vit-base-patch32")
+
+
+def test_tiny_random_clip_is_seeded_and_random_heads_differ():
+    a, b = load_model("tiny-random-clip"), load_model("tiny-random-clip")
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+    before = a.clip.visual_projection.weight.detach().clone()
+    a.reset_heads(torch.Generator().manual_seed(1))
+    assert not torch.equal(before, a.clip.visual_projection.weight)
