@@ -49,6 +49,10 @@ def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys):
     again = rows(out / "results.jsonl")[-1]
     assert again["task_accs"] == got[0]["task_accs"]
     assert "acc" in capsys.readouterr().out
+    # the report reads what evaluate wrote
+    assert main(["report", str(out)]) == 0
+    assert "| colours |" in (out / "report.md").read_text()
+    assert (out / "figures" / "curve-colours.png").is_file()
 
 
 def test_episodic_evaluate_uses_the_requested_shape(shared_colour_folder, tmp_path):
