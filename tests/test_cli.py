@@ -123,3 +123,17 @@ def test_paper_protocol_names_a_label_with_too_few_images(tmp_path, capsys):
     assert code == 2
     assert "label 'green' has 6 image(s); the paper protocol needs at least" in \
         capsys.readouterr().err
+
+
+def test_a_second_writer_to_the_same_folder_is_refused(colour_folder, tmp_path, capsys):
+    from mamf.lock import exclusive
+
+    out = tmp_path / "eval"
+    with exclusive(out):
+        code = main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                     "--out", str(out), "--ways", "2", "--quiet"])
+    assert code == 2
+    assert "another mamf process" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
+    assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", str(out), "--ways", "2", "--quiet"]) == 0

@@ -45,8 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int, help="episodic: query images per class")
     p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision (default fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (default auto: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

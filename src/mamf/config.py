@@ -80,7 +80,7 @@ class Config:
     model: str = "effnet-minilm"
     seed: int = 312
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
@@ -94,7 +94,7 @@ CHOICES = {
     "train.candidates": ("task", "batch"),
     "metatest.split": ("dev", "test"),
     "device": ("auto", "cpu", "cuda") ,
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",

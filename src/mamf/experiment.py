@@ -17,6 +17,7 @@ from pathlib import Path
 from mamf.config import METHODS, Config, build_config, dump_yaml, load_yaml
 from mamf.errors import MamfError
 from mamf.io import append_jsonl, atomic_write_text, read_jsonl
+from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.run import RESULTS, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
@@ -51,7 +52,7 @@ class Experiment:
     method_settings: dict
     datasets: list[DatasetSpec]
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     source: Path | None = None
 
 
@@ -106,7 +107,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     exp = Experiment(str(raw.get("name", source.stem if source else "experiment")),
                      str(raw.get("model", "effnet-minilm")), methods, seeds,
                      raw.get("settings") or {}, method_settings, datasets,
-                     str(raw.get("device", "auto")), str(raw.get("precision", "fp32")), source)
+                     str(raw.get("device", "auto")), str(raw.get("precision", "auto")), source)
     for ds in datasets:
         for m in methods:
             run_config(exp, ds, m, seeds[0], "/placeholder")
@@ -149,10 +150,13 @@ def dataset_root(ds: DatasetSpec, out: Path) -> str:
 
 def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:
     """Run every missing row of the grid; returns all rows of `out/results.jsonl`."""
+    with exclusive(out):
+        return _run_experiment(exp, Path(out), progress)
+
+
+def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
     from tqdm import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if exp.source is not None:
         atomic_write_text(out / "experiment.yaml", exp.source.read_text(encoding="utf-8"))
     results = out / RESULTS

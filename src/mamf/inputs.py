@@ -33,6 +33,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast on a GPU (where it pays), plain fp32 on a CPU (exact, reproducible)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast where asked for (on CPU only bf16 is offered); fp32 otherwise."""
     if precision == "fp32":
@@ -52,7 +59,7 @@ class ModelInputs:
                  crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64):
         self.dataset = dataset
         self.device = device
-        self.precision = precision
+        self.precision = resolve_precision(precision, device)
         self.crop_scale = crop_scale
         self.generator = torch.Generator().manual_seed(seed)
         tokens = model.tokenize(dataset.prompts)

@@ -19,6 +19,7 @@ from mamf.data.splits import halves, paper_image_split
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text
+from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
@@ -71,8 +72,11 @@ def save_weights(model: DualEncoder, path: Path) -> None:
 
 def train_run(config: Config, out: Path, progress: bool = True) -> dict:
     """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        return _train_run(config, Path(out), progress)
+
+
+def _train_run(config: Config, out: Path, progress: bool) -> dict:
     atomic_write_text(out / RUN_CONFIG, dump_yaml(config))
     model, dataset, inputs = prepare(config, fresh=True)
     if config.train.freeze_image_backbone and config.train.augment:
@@ -145,7 +149,11 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
              progress: bool = True) -> list[dict]:
     """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out):
+        return _evaluate(config, out, method, model, ways, run_dir, progress)
+
+
+def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
     atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
     rows = []
