@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from mamf.checkpoint import Checkpointer
 from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import halves, paper_image_split
@@ -77,11 +78,23 @@ def train_run(config: Config, out: Path, progress: bool = True) -> dict:
 
 
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
-    atomic_write_text(out / RUN_CONFIG, dump_yaml(config))
+    """A run folder holds one run: the same settings resume it (or report it done), other
+    settings are refused so that nothing finished is overwritten."""
+    resolved = dump_yaml(config)
+    if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_text() != resolved:
+        raise MamfError(f"{out} holds a training run with other settings: choose another --out "
+                        "(or delete it to start over)")
+    if (out / "train.json").is_file() and (out / WEIGHTS).is_file():
+        log.info("%s is already trained with these settings; nothing to do", out)
+        return json.loads((out / "train.json").read_text())
+    atomic_write_text(out / RUN_CONFIG, resolved)
+    checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
+    if (out / "checkpoints" / "latest.json").is_file():
+        log.info("resuming from the checkpoint in %s", out / "checkpoints")
     model, dataset, inputs = prepare(config, fresh=True)
     if config.train.freeze_image_backbone and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
-    result = train(model, inputs, dataset, config, progress)
+    result = train(model, inputs, dataset, config, progress, checkpointer)
     save_weights(model, out / WEIGHTS)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
                "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
@@ -91,6 +104,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
                "mean_loss_last_tenth": _mean_part(result.losses, first=False),
                "losses": result.losses}
     atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
+    checkpointer.clear()
     return summary
 
 

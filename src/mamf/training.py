@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
@@ -48,18 +49,31 @@ def fomaml_task(rng: np.random.Generator, pool: Pool, config: Config) -> Task:
 
 
 def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
-          progress: bool = True) -> TrainResult:
-    """Run `config.train.method`; deterministic given `config.seed` on CPU."""
+          progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
+    """Run `config.train.method`; deterministic given `config.seed` on CPU.
+
+    With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from
+    the newest checkpoint, ending with the same weights as an uninterrupted run.
+    """
     t, d = config.train, config.data
     pool = train_pool(dataset, config)
     if t.method != "classical" and d.ways > len(pool.classes):
         raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
     rng = np.random.default_rng([config.seed, 11, d.ways])
     n_images = sum(len(x) for x in pool.images)
+    resume = checkpointer.restore(model) if checkpointer else None
+    start = resume.step if resume else 0
+    losses: list[float] = list(resume.losses) if resume else []
+    if resume:
+        inputs.generator.set_state(resume.generator_state)
     from tqdm import tqdm
 
     started = time.perf_counter()
-    losses: list[float] = []
+
+    def save(step_count: int, optimizer) -> None:
+        if checkpointer and checkpointer.due(step_count):
+            checkpointer.save(step_count, model, optimizer, rng, inputs.generator, losses)
+
     if t.method == "fomaml":
         per_task = (d.ways * d.shots + d.ways * d.queries if d.protocol == "episodic"
                     else n_images * d.ways / len(pool.classes))
@@ -67,12 +81,17 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         steps = t.steps or math.ceil(n_tasks / t.meta_batch)
         learner = fomaml.clone_learner(model)
         outer = make_optimizer(model, t.lr, t.weight_decay)
-        bar = tqdm(range(steps), desc="fomaml", disable=None if progress else True, leave=False)
-        for _ in bar:
+        if resume:
+            rng.bit_generator.state = resume.rng_state
+            outer.load_state_dict(resume.optimizer_state)
+        bar = tqdm(range(start, steps), desc="fomaml", disable=None if progress else True,
+                   leave=False)
+        for i in bar:
             tasks = [fomaml_task(rng, pool, config) for _ in range(t.meta_batch)]
             losses.append(fomaml.outer_step(model, learner, inputs, tasks, outer, t.inner_lr,
                                             t.inner_epochs, t.inner_batch_size, rng, t.augment))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            save(i + 1, outer)
         del learner
         return TrainResult(t.method, steps, time.perf_counter() - started, losses)
 
@@ -86,11 +105,17 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                                           max(1, round(t.epochs)))
         steps = None
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
-    bar = tqdm(batches, total=steps, desc=t.method, disable=None if progress else True,
-               leave=False)
+    if resume:
+        # replay the batch stream up to the checkpoint: it draws from `rng` exactly as before
+        for _ in zip(range(start), batches):
+            pass
+        optimizer.load_state_dict(resume.optimizer_state)
+    bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
+               disable=None if progress else True, leave=False)
     for batch in bar:
         if batch.new_task and losses:
             optimizer = make_optimizer(model, t.lr, t.weight_decay)
         losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        save(len(losses), optimizer)
     return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)

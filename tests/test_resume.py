@@ -1,0 +1,69 @@
+"""Interrupted training resumes from its last checkpoint and ends exactly as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mamf.cli import main
+
+
+def train_args(method, folder, out, extra=()):
+    return ["train", "--method", method, "--model", "tiny-random-clip", "--data", str(folder),
+            "--out", str(out), "--ways", "3", "--lr", "1e-3", "--steps", "40", "--quiet",
+            "--set", "train.checkpoint_every=4", "--set", "train.augment=true",
+            "--batch-size", "8", *extra]
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("classical", ()), ("mamf", ()), ("mamf", ("--schedule", "sequential", "--epochs", "2")),
+    ("fomaml", ("--set", "train.inner_lr=0.01")),
+])
+def test_killed_training_resumes_to_the_same_weights(shared_colour_folder, tmp_path, method,
+                                                     extra):
+    if "sequential" in extra:
+        extra = (*extra, "--set", "train.steps=null")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(train_args(method, shared_colour_folder, whole, extra)) == 0
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mamf",
+                             *train_args(method, shared_colour_folder, killed, extra)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = killed / "checkpoints" / "latest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not pointer.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (killed / "train.json").exists():
+        pytest.skip("the child finished before it could be killed")
+    assert pointer.exists()
+    step = json.loads((killed / "checkpoints" / pointer.read_text().split('"')[3] /
+                       "state.json").read_text())["step"]
+    assert step >= 4
+    assert main(train_args(method, shared_colour_folder, killed, extra)) == 0
+
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses_a = json.loads((whole / "train.json").read_text())["losses"]
+    losses_b = json.loads((killed / "train.json").read_text())["losses"]
+    assert losses_a == losses_b
+    assert not (killed / "checkpoints").exists()
+
+
+def test_a_run_folder_with_other_settings_is_refused(shared_colour_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args("classical", shared_colour_folder, out)) == 0
+    assert main(train_args("classical", shared_colour_folder, out)) == 0  # done: nothing to do
+    assert main(train_args("mamf", shared_colour_folder, out)) == 2
+    assert "holds a training run with other settings" in capsys.readouterr().err
