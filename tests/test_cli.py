@@ -79,7 +79,7 @@ def test_yaml_config_and_overrides(tmp_path, colour_folder):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"train.lrr": 1}, "unknown config key 'train.lrr'"),
-    ({"train.lr": "fast"}, "train.lr must be a number"),
+    ({"train.lr": "fast"}, "train.lr must be a finite number"),
     ({"train.method": "sgd"}, "train.method must be one of"),
     ({"data.ways": 0}, "data.ways must be positive"),
     ({"train.augment": "maybe"}, "true or false"),

@@ -6,7 +6,9 @@ read with `safe_load`, so a config file can never import or execute anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -144,16 +146,15 @@ def _coerce(key: str, value, annotation):
                 pass
         raise MamfError(f"config {key} must be an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, bool):
-            raise MamfError(f"config {key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise MamfError(f"config {key} must be a number, got {value!r}")
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None or not math.isfinite(number):
+            raise MamfError(f"config {key} must be a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

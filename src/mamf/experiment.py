@@ -9,6 +9,7 @@ methods of one (dataset, ways, seed) meet the same test tasks, so they compare p
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ TOP_KEYS = {"name", "model", "methods", "seeds", "settings", "method_settings", 
 DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest"}
+SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
 
 
@@ -95,6 +97,9 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     datasets = []
     for name, entry in datasets_raw.items():
         entry = entry or {}
+        if not SAFE_NAME.fullmatch(str(name)):
+            raise MamfError(f"dataset name {name!r} must be letters, digits, '-', '_' or '.' "
+                            "(it names a folder inside --out)")
         if not isinstance(entry, dict) or set(entry) - DATASET_KEYS:
             raise MamfError(f"dataset {name!r}: keys must be among {sorted(DATASET_KEYS)}")
         if bool(entry.get("root")) == bool(entry.get("build")):
@@ -157,10 +162,20 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
 def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
     from tqdm import tqdm
 
-    if exp.source is not None:
-        atomic_write_text(out / "experiment.yaml", exp.source.read_text(encoding="utf-8"))
     results = out / RESULTS
-    done = {row_key(r) for r in read_jsonl(results)}
+    rows = read_jsonl(results)
+    others = sorted({r["experiment"] for r in rows if r.get("experiment", exp.name) != exp.name})
+    if others:
+        raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
+                        "choose another --out")
+    if exp.source is not None:
+        text = exp.source.read_text(encoding="utf-8")
+        previous = out / "experiment.yaml"
+        if rows and previous.is_file() and previous.read_text(encoding="utf-8") != text:
+            log.warning("the experiment file changed since %s was started; finished rows are "
+                        "kept, missing ones are computed with the new settings", out)
+        atomic_write_text(previous, text)
+    done = {row_key(r) for r in rows}
     plans = []
     for ds in exp.datasets:
         try:
