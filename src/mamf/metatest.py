@@ -56,8 +56,9 @@ def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: in
 class WeightSnapshot:
     """The trained weights held in memory; `restore` copies them back in place.
 
-    Only what adaptation can change is kept: trainable parameters, and buffers (batch-norm
-    statistics). Frozen parameters never change, so copying them would only cost time.
+    Only what adaptation can change is kept: the trainable parameters. Frozen parameters never
+    change, and models stay in eval mode, so buffers (batch-norm statistics) never change either;
+    copying them would only cost time.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -74,7 +75,7 @@ class WeightSnapshot:
 
 
 def _state(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad] + list(model.buffers())
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def adapt(model: DualEncoder, inputs: ModelInputs, task: Task, method: str, config: Config,

@@ -25,10 +25,11 @@ def clone_learner(model: DualEncoder) -> DualEncoder:
 
 @torch.no_grad()
 def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
+    """Copy what training can change: trainable parameters. Frozen ones and buffers (eval mode)
+    are equal in both copies from the start and stay so."""
     for d, s in zip(dst.parameters(), src.parameters()):
-        d.copy_(s)
-    for d, s in zip(dst.buffers(), src.buffers()):
-        d.copy_(s)
+        if s.requires_grad:
+            d.copy_(s)
 
 
 def adapt_sgd(model: DualEncoder, inputs: ModelInputs, task: Task, lr: float, epochs: int,
