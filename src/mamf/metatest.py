@@ -62,15 +62,12 @@ class WeightSnapshot:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.tensors = [t.detach().clone() for t in _state(model)]
+        self.live = _state(model)  # the parameter objects themselves: found once, not per task
+        self.saved = [t.detach().clone() for t in self.live]
 
     @torch.no_grad()
     def restore(self) -> None:
-        live = _state(self.model)
-        if len(live) != len(self.tensors):
-            raise RuntimeError("the set of trainable parameters changed after the snapshot")
-        for t, saved in zip(live, self.tensors):
+        for t, saved in zip(self.live, self.saved):
             t.copy_(saved)
 
 
