@@ -148,9 +148,18 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _single_process_only(command: str) -> None:
+    from mamf import distributed
+
+    if distributed.launched():
+        raise MamfError(f"mamf {command} does not run under torchrun yet (only evaluate shards "
+                        "its tasks across ranks): run it as a single process")
+
+
 def cmd_train(args) -> None:
     from mamf.run import train_run
 
+    _single_process_only("train")
     config = _config(args, {**COMMON_FLAGS, **TRAIN_FLAGS})
     summary = train_run(config, Path(args.out), progress=not args.quiet)
     print(f"trained {summary['method']} on {summary['dataset']} ({summary['steps']} steps, "
@@ -179,6 +188,10 @@ def cmd_evaluate(args) -> None:
     ways = ways_list(config, n_classes, args.ways)
     rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
                     progress=not args.quiet)
+    from mamf.distributed import is_main
+
+    if not is_main():
+        return
     for r in rows:
         print(f"{r['method']:>9} {r['dataset']} {r['protocol']} {r['ways']}-way "
               f"{r['split']}: acc {r['acc_mean']:.4f} +- {r['acc_ci95']:.4f} "
@@ -197,6 +210,7 @@ def cmd_models(args) -> None:
 def cmd_experiment(args) -> None:
     from mamf.experiment import load_experiment, run_experiment
 
+    _single_process_only("experiment")
     experiment = load_experiment(args.config)
     rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
     _summarise(rows, Path(args.out), experiment.name)
@@ -277,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mamf: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
+    from mamf import distributed
+
     try:
         COMMANDS[args.command](args)
     except MamfError as e:
@@ -285,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mamf: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

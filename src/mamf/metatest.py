@@ -14,6 +14,7 @@ import torch
 
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
+from mamf.distributed import gather_by_index, is_main, rank, world_size
 from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs, autocast
@@ -116,17 +117,22 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
     from tqdm import tqdm
 
     snapshot = WeightSnapshot(model)
-    accs = []
-    bar = tqdm(list(enumerate(tasks)), desc=f"meta-test {method} {ways}-way", leave=False,
-               disable=None if progress else True)
-    for i, task in bar:
+    # under torchrun each rank takes every world_size-th task; each task's randomness depends
+    # only on its index, so the gathered accuracies equal a single process's. Carried-over
+    # adaptation (reset off) is sequential by nature and is not sharded.
+    shard = config.metatest.reset
+    mine = [i for i in range(len(tasks)) if not shard or i % world_size() == rank()]
+    local = {}
+    bar = tqdm(mine, desc=f"meta-test {method} {ways}-way", leave=False,
+               disable=None if progress and is_main() else True)
+    for i in bar:
         if config.metatest.reset:
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
-        adapt(model, inputs, task, method, config, rng)
-        accs.append(score(model, inputs, task))
+        adapt(model, inputs, tasks[i], method, config, rng)
+        local[i] = score(model, inputs, tasks[i])
     snapshot.restore()
-    return accs
+    return gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
 
 
 def summarize(accs: list[float]) -> tuple[float, float]:

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from mamf import distributed
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import halves, paper_image_split
+from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text
@@ -51,6 +53,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
     device = resolve_device(config.device)
+    distributed.init(device)
     seed_everything(config.seed)
     if model is None:
         model = build_model(config.model)
@@ -163,18 +166,21 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
              progress: bool = True) -> list[dict]:
     """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
     out = Path(out)
-    with exclusive(out):
+    with main_only(exclusive(out)):
         return _evaluate(config, out, method, model, ways, run_dir, progress)
 
 
 def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
-    atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
+    """Under torchrun the tasks are sharded across ranks and only rank 0 writes."""
+    if is_main():
+        atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
     rows = []
     for n in ways or [config.data.ways]:
         row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
         row["run"] = str(run_dir) if run_dir else None
-        append_jsonl(out / RESULTS, row)
+        if is_main():
+            append_jsonl(out / RESULTS, row)
         rows.append(row)
     return rows
 
