@@ -41,6 +41,18 @@ def image_folder(n_classes: int = 10, per_class: int = 20) -> Path:
     return make_folder(root / "data", n_classes=n_classes, per_class=per_class, size=64)
 
 
+def whole_batch(ds, batch_size: int, seed: int = 0):
+    """A classical minibatch (all classes as candidates) of `batch_size` random images."""
+    import numpy as np
+
+    from mamf.data.dataset import group_labels
+    from mamf.finetune import Batch
+
+    idx = np.random.default_rng(seed).choice(len(ds.images), batch_size, replace=False)
+    labels = group_labels(ds.class_images)[idx]
+    return Batch(idx, labels, np.arange(ds.n_classes))
+
+
 def timed(fn, repeats: int, warmup: int = 1) -> float:
     """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):

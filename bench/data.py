@@ -10,11 +10,11 @@ import argparse
 
 import numpy as np
 import torch
-from common import image_folder, interleaved, model_by_name
+from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import Batch, step
+from mamf.finetune import step
 from mamf.inputs import ModelInputs
 from mamf.training import make_optimizer
 
@@ -23,10 +23,8 @@ def measure(name: str, folder, files, batch_size: int, repeats: int) -> None:
     model = model_by_name(name).eval()
     ds = ImageDataset.load(folder, model.image_size)
     inputs = ModelInputs(model, ds, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(ds.images), batch_size, replace=False)
-    labels = np.concatenate([np.full(len(x), c) for c, x in enumerate(ds.class_images)])[idx]
-    batch = Batch(idx, labels, np.arange(ds.n_classes))
+    batch = whole_batch(ds, batch_size)
+    rng = np.random.default_rng(1)
     optimizer = make_optimizer(model, 1e-7)
 
     def from_cache():

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
-from common import image_folder, interleaved, model_by_name
+from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import Batch, step
+from mamf.finetune import step
 from mamf.inputs import ModelInputs
 from mamf.training import make_optimizer
 
@@ -35,10 +34,7 @@ def main() -> None:
             p.requires_grad_(False)
         inputs = ModelInputs(model, ds, torch.device("cpu"), freeze_image_backbone=cached,
                              freeze_text_tower=cached)
-        rng = np.random.default_rng(0)
-        idx = rng.choice(len(ds.images), args.batch, replace=False)
-        labels = np.concatenate([np.full(len(x), c) for c, x in enumerate(ds.class_images)])[idx]
-        batch = Batch(idx, labels, np.arange(ds.n_classes))
+        batch = whole_batch(ds, args.batch)
         optimizer = make_optimizer(model, 1e-3)
         setups["cached" if cached else "recomputed"] = (model, inputs, batch, optimizer)
     times = interleaved({k: (lambda s=s: step(s[0], s[1], s[2], s[3]))

@@ -14,7 +14,7 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import image_folder, interleaved, model_by_name
+from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.dataset import ImageDataset
 from mamf.finetune import Batch, step
@@ -34,12 +34,8 @@ def bench(name: str, batch_size: int, repeats: int) -> list[tuple]:
     folder = image_folder(n_classes=10, per_class=max(8, batch_size // 5 + 4))
     ds = ImageDataset.load(folder, model.image_size)
     inputs = ModelInputs(model, ds, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(ds.images), batch_size, replace=False)
-    classes = np.arange(ds.n_classes)
-    labels = np.searchsorted(classes, np.concatenate(
-        [np.full(len(x), c) for c, x in enumerate(ds.class_images)])[idx])
-    batch = Batch(idx, labels, classes)
+    batch = whole_batch(ds, batch_size)
+    idx, labels, classes = batch.images, batch.labels, batch.classes
     five = classes[:5]
     in_five = np.isin(labels, np.arange(5))
     task_batch = Batch(idx[in_five], labels[in_five], five)

@@ -62,7 +62,6 @@ class TrainConfig:
     freeze_image_backbone: bool = False
     freeze_text_tower: bool = False
     weight_decay: float = 0.0
-    log_every: int = 10
     checkpoint_every: int = 100
 
 
@@ -101,7 +100,7 @@ CHOICES = {
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
-            "train.meta_batch", "train.log_every", "train.inner_batch_size",
+            "train.meta_batch", "train.inner_batch_size",
             "train.crop_scale", "metatest.batch_size"}
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
                 "metatest.epochs"}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mamf.data.dataset import Pool
+from mamf.data.dataset import Pool, group_labels
 from mamf.data.splits import halves
 from mamf.errors import MamfError
 
@@ -45,16 +45,12 @@ def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.nd
     return np.sort(rng.choice(pool_size, size=ways, replace=False))
 
 
-def _labels(groups: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(groups)])
-
-
 def paper_task(rng: np.random.Generator, pool: Pool, ways: int) -> Task:
     """Uniform classes; each class's split images halved into support then query."""
     chosen = sample_classes(rng, len(pool.classes), ways)
     support, query = zip(*(halves(pool.images[c]) for c in chosen))
-    return Task(pool.classes[chosen], np.concatenate(support), _labels(list(support)),
-                np.concatenate(query), _labels(list(query)))
+    return Task(pool.classes[chosen], np.concatenate(support), group_labels(list(support)),
+                np.concatenate(query), group_labels(list(query)))
 
 
 def episodic_task(rng: np.random.Generator, pool: Pool, ways: int, shots: int, queries: int,
@@ -82,8 +78,8 @@ def episodic_task(rng: np.random.Generator, pool: Pool, ways: int, shots: int, q
                          max(shots, queries))
             support.append(rng.permutation(s_imgs)[:shots])
             query.append(rng.permutation(q_imgs)[:queries])
-    return Task(pool.classes[chosen], np.concatenate(support), _labels(support),
-                np.concatenate(query), _labels(query))
+    return Task(pool.classes[chosen], np.concatenate(support), group_labels(support),
+                np.concatenate(query), group_labels(query))
 
 
 def _too_few(class_names, class_id, have: int, need: int) -> None:

@@ -18,6 +18,11 @@ from mamf.errors import MamfError
 log = logging.getLogger(__name__)
 
 
+def group_labels(groups) -> np.ndarray:
+    """[len(g0) zeros, len(g1) ones, ...]: the label of every image of groups laid end to end."""
+    return np.concatenate([np.full(len(g), i, dtype=np.int64) for i, g in enumerate(groups)])
+
+
 @dataclass(frozen=True)
 class Pool:
     """What one split offers: global class ids and, for each, its image indices in file order."""
@@ -27,9 +32,7 @@ class Pool:
 
     def all_images(self) -> tuple[np.ndarray, np.ndarray]:
         """(image indices, position of each image's class in `classes`)."""
-        idx = np.concatenate(self.images)
-        pos = np.concatenate([np.full(len(x), i) for i, x in enumerate(self.images)])
-        return idx, pos
+        return np.concatenate(self.images), group_labels(self.images)
 
 
 class ImageDataset:

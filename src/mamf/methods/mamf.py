@@ -11,15 +11,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from mamf.data.dataset import Pool
+from mamf.data.dataset import Pool, group_labels
 from mamf.finetune import Batch, epoch_batches
 from mamf.tasks import number_of_tasks, sample_classes
 
 
 def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    images = np.concatenate([pool.images[c] for c in chosen])
-    labels = np.concatenate([np.full(len(pool.images[c]), i) for i, c in enumerate(chosen)])
-    return images, labels
+    groups = [pool.images[c] for c in chosen]
+    return np.concatenate(groups), group_labels(groups)
 
 
 def sampled_batches(rng: np.random.Generator, pool: Pool, ways: int, batch_size: int,

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mamf.errors import MamfError
 from mamf.models.base import DualEncoder
@@ -106,7 +105,3 @@ def load_hf_clip(name_or_path: str) -> HFClip:
     return HFClip(clip, _HFTokenizer(tokenizer, max_len), name=name_or_path, image_mean=mean,
                   image_std=std)
 
-
-def freeze_module(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)
