@@ -56,5 +56,9 @@ def main_only(context):
 
 
 def shutdown() -> None:
+    """Leave together: a rank tearing down gloo while another still talks aborts the job."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
