@@ -89,7 +89,7 @@ def bench(name: str, batch_size: int, repeats: int) -> list[tuple]:
         "mamf": lambda: step(model, inputs, task_batch, ours_opt),
         "plain-fomaml": plain_fomaml,
         "fomaml": lambda: fomaml.outer_step(model, learner, inputs, [task], outer, 1e-7, 1, 8,
-                                            np.random.default_rng(0)),
+                                            [np.random.default_rng(0)]),
     }, repeats)
     rows = [(name, "classical", times["classical"], times["plain"]),
             (name, "mamf (5 of 10 classes)", times["mamf"], times["plain-task"]),

@@ -1,4 +1,5 @@
-"""Under torchrun (gloo, 2 CPU processes) evaluate shards its tasks and writes a single process's rows."""
+"""Under torchrun (gloo, 2 CPU processes): data-parallel training takes one process's steps,
+sharded evaluation and experiments write one process's rows, and a failing rank ends the job."""
 
 from __future__ import annotations
 
@@ -6,27 +7,107 @@ import json
 import os
 import subprocess
 import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mamf.checkpoint import Checkpointer
+from mamf.cli import main
+from mamf.config import build_config, dump_yaml
+from mamf.run import prepare
+from mamf.training import train
 
 KEYS = ("method", "dataset", "protocol", "ways", "shots", "queries", "seed", "split", "n_tasks",
         "acc_mean", "acc_ci95", "task_accs")
+# Adam turns rounding noise in an exactly-zero gradient into lr-sized steps: attention key biases
+# have one (softmax ignores a constant added to every key), so they are left out of the check
+ZERO_GRADIENT = "k_proj.bias"
 
 
-def _run(args, env, cwd):
-    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+def _env() -> dict:
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MAMF_DIST_TIMEOUT="60")
+
+
+def _torchrun(args, cwd, script=None):
+    target = [script] if script else ["-m", "mamf"]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", *target, *args], env=_env(), cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _train_args(method, folder, out, extra=()):
+    # a global batch of 7 splits 4 + 3 across two ranks: the uneven share is weighted
+    return ["train", "--method", method, "--model", "tiny-random-clip", "--data", str(folder),
+            "--out", str(out), "--ways", "3", "--lr", "1e-3", "--steps", "8", "--batch-size",
+            "7", "--quiet", "--set", "train.augment=true", "--set", "train.inner_lr=0.01",
+            "--set", "train.meta_batch=3", "--set", "train.checkpoint_every=3", *extra]
+
+
+def _assert_same_training(one, two, start=None):
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    checked = [k for k in a if not k.endswith(ZERO_GRADIENT)]
+    assert max(float((a[k] - b[k]).abs().max()) for k in checked) < 2e-4
+    if start is not None:  # training moved the weights far beyond that tolerance
+        assert max(float((a[k] - start[k]).abs().max()) for k in checked) > 5e-3
+    la = json.loads((one / "train.json").read_text())["losses"]
+    lb = json.loads((two / "train.json").read_text())["losses"]
+    assert len(la) == len(lb) == 8
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4  # same batches, same crops, each step
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("classical", ("--candidates", "batch")),
+    ("mamf", ()),
+    ("fomaml", ()),  # a meta-batch of 3 tasks: rank 0 adapts two, rank 1 one
+])
+def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_path, method,
+                                                      extra):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_train_args(method, shared_colour_folder, one, extra)) == 0
+    done = _torchrun(_train_args(method, shared_colour_folder, two, extra), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "trained" in done.stdout and done.stdout.count("trained") == 1  # rank 0 speaks
+    assert json.loads((two / "train.json").read_text())["processes"] == 2
+    assert not (two / "checkpoints").exists()
+    start = {k: v for k, v in prepare(build_config({"model": "tiny-random-clip",
+                                                    "data": {"root": str(shared_colour_folder)}}),
+                                      fresh=True)[0].state_dict().items()}
+    _assert_same_training(one, two, start)
+
+
+def test_two_ranks_resume_a_single_process_checkpoint(shared_colour_folder, tmp_path):
+    """A run checkpointed by one process resumes on two and ends as the uninterrupted run."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = _train_args("mamf", shared_colour_folder, one)
+    assert main(args) == 0
+    config = build_config({"model": "tiny-random-clip", "seed": 312,
+                           "data": {"root": str(shared_colour_folder), "ways": 3},
+                           "train": {"method": "mamf", "lr": 1e-3, "steps": 8, "batch_size": 7,
+                                     "augment": True, "inner_lr": 0.01, "meta_batch": 3,
+                                     "checkpoint_every": 3}})
+    assert dump_yaml(config) == (one / "config.yaml").read_text()  # the run the CLI made
+    two.mkdir()
+    (two / "config.yaml").write_text(dump_yaml(config))
+    interrupted = build_config({**json.loads(json.dumps(config.__dict__, default=vars)),
+                                "train": {**vars(config.train), "steps": 3}})
+    model, dataset, inputs = prepare(interrupted, fresh=True)
+    train(model, inputs, dataset, interrupted, False, Checkpointer(two / "checkpoints", 3))
+    assert (two / "checkpoints" / "latest.json").is_file()
+    done = _torchrun(_train_args("mamf", shared_colour_folder, two), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from the checkpoint" in done.stderr
+    _assert_same_training(one, two)
 
 
 def test_sharded_evaluation_writes_the_rows_of_one_process(shared_colour_folder, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               MAMF_DIST_TIMEOUT="120")
     common = ["evaluate", "--model", "tiny-random-clip", "--data", str(shared_colour_folder),
               "--ways", "2,5", "--quiet", "--set", "metatest.lr=1e-3", "--set",
-              "metatest.epochs=1"]
-    single = _run([sys.executable, "-m", "mamf", *common, "--out", str(tmp_path / "one")],
-                  env, tmp_path)
-    assert single.returncode == 0, single.stderr
-    sharded = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--standalone", "-m", "mamf", *common, "--out", str(tmp_path / "two")],
-                   env, tmp_path)
+              "metatest.epochs=1", "--set", "metatest.augment=true"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    sharded = _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path)
     assert sharded.returncode == 0, sharded.stderr
     one = [json.loads(x) for x in (tmp_path / "one" / "results.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
@@ -35,11 +116,84 @@ def test_sharded_evaluation_writes_the_rows_of_one_process(shared_colour_folder,
         assert {k: a[k] for k in KEYS} == {k: b[k] for k in KEYS}
 
 
-def test_train_under_torchrun_is_refused_clearly(shared_colour_folder, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                 "--standalone", "-m", "mamf", "train", "--method", "mamf", "--model",
-                 "tiny-random-clip", "--data", str(shared_colour_folder), "--out",
-                 str(tmp_path / "run"), "--quiet"], env, tmp_path)
+EXPERIMENT = """
+name: two-ranks
+model: tiny-random-clip
+methods: [zeroshot, classical, mamf, fomaml]
+seeds: [5]
+settings:
+  train: {{lr: 1.0e-3, steps: 6, batch_size: 8, inner_lr: 0.01, meta_batch: 2}}
+  metatest: {{lr: 1.0e-3, epochs: 1}}
+datasets:
+  colours: {{root: {root}, ways: [2, 3]}}
+"""
+
+
+def test_experiment_under_torchrun_writes_one_process_file(shared_colour_folder, tmp_path):
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(EXPERIMENT.format(root=shared_colour_folder))
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    done = _torchrun(["experiment", str(spec), "--out", str(tmp_path / "two"), "--quiet"],
+                     tmp_path)
+    assert done.returncode == 0, done.stderr
+    one = [json.loads(x) for x in (tmp_path / "one" / "results.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "results.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["ways"]) for r in one] == [(r["method"], r["ways"]) for r in two]
+    assert {r["method"] for r in two} == {"zeroshot", "classical", "mamf", "fomaml"}
+    assert len(two) == 8
+    for a, b in zip(one, two):
+        assert {k: a[k] for k in KEYS} == {k: b[k] for k in KEYS}
+        assert abs(a.get("train_loss_last", 0) - b.get("train_loss_last", 0)) < 1e-4
+    assert (tmp_path / "two" / "report.md").is_file()
+    assert not (tmp_path / "two" / "failures.jsonl").exists()
+
+
+FAILING_RANK = """
+import sys
+import torch.distributed as dist
+import mamf.metatest
+from mamf.cli import main
+
+real = mamf.metatest.score
+
+def score(*args, **kwargs):
+    if dist.get_rank() == 1:
+        raise RuntimeError("rank 1 lost its accelerator")
+    return real(*args, **kwargs)
+
+mamf.metatest.score = score
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(shared_colour_folder, tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_RANK)
+    started = time.monotonic()
+    done = _torchrun(["evaluate", "--model", "tiny-random-clip", "--data",
+                      str(shared_colour_folder), "--ways", "5", "--quiet", "--out",
+                      str(tmp_path / "out")], tmp_path, script=str(script))
     assert done.returncode != 0
-    assert "does not run under torchrun yet" in done.stderr
+    assert "rank 1 lost its accelerator" in done.stderr
+    assert time.monotonic() - started < 120  # torchrun stopped rank 0; nothing waited for a timeout
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_user_error_under_torchrun_is_one_line_per_rank(shared_colour_folder, tmp_path):
+    done = _torchrun(["train", "--method", "mamf", "--model", "tiny-random-clip", "--data",
+                      str(shared_colour_folder), "--ways", "40", "--out", str(tmp_path / "r"),
+                      "--quiet"], tmp_path)
+    assert done.returncode != 0
+    assert "mamf: error: rank 0: ways=40 is more than the 10 training classes" in done.stderr
+    ours = done.stderr.split("torch/distributed/elastic")[0]  # torchrun then adds its own report
+    assert "Traceback" not in ours and "rank 1: ways=40" in ours
+
+
+def test_gradients_are_summed_over_ranks_only_under_torchrun():
+    from mamf import distributed
+
+    t = torch.ones(3)
+    distributed.sum_tensors([t])  # a single process: nothing to sum
+    assert torch.equal(t, torch.ones(3))
+    assert distributed.sum_scalar(2.5) == 2.5
+    assert distributed.from_main({"a": 1}) == {"a": 1}

@@ -119,7 +119,7 @@ def test_fomaml_applies_the_query_gradient_taken_at_the_adapted_weights(shared_c
     outer = torch.optim.SGD(model.parameters(), lr=1.0)
     learner = fomaml.clone_learner(model)
     fomaml.outer_step(model, learner, inputs, [task], outer, lr_in, 1, batch,
-                      np.random.default_rng(9))
+                      [np.random.default_rng(9)])
     for p0, p1, g in zip(start, model.parameters(), expected):
         step = p0 - p1.detach()
         if g is None:

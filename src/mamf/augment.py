@@ -9,11 +9,16 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop_flip(pixels: torch.Tensor, generator: torch.Generator,
+def draws(generator: torch.Generator, count: int) -> torch.Tensor:
+    """The random numbers for `count` images' crops and flips (one row of 4 per image)."""
+    return torch.rand(count, 4, generator=generator)
+
+
+def random_crop_flip(pixels: torch.Tensor, rows: torch.Tensor,
                      crop_scale: float = 0.8) -> torch.Tensor:
-    """pixels [B, 3, S, S] -> same shape; each image gets its own crop and flip."""
+    """pixels [B, 3, S, S] -> same shape; image i is cropped and flipped by `rows[i]` (from `draws`)."""
     b, _, h, w = pixels.shape
-    r = torch.rand(b, 4, generator=generator).tolist()
+    r = rows.tolist()
     out = []
     for i in range(b):
         img = pixels[i : i + 1]

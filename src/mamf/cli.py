@@ -148,20 +148,19 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _single_process_only(command: str) -> None:
-    from mamf import distributed
+def _is_main() -> bool:
+    from mamf.distributed import is_main
 
-    if distributed.launched():
-        raise MamfError(f"mamf {command} does not run under torchrun yet (only evaluate shards "
-                        "its tasks across ranks): run it as a single process")
+    return is_main()
 
 
 def cmd_train(args) -> None:
     from mamf.run import train_run
 
-    _single_process_only("train")
     config = _config(args, {**COMMON_FLAGS, **TRAIN_FLAGS})
     summary = train_run(config, Path(args.out), progress=not args.quiet)
+    if not _is_main():
+        return
     print(f"trained {summary['method']} on {summary['dataset']} ({summary['steps']} steps, "
           f"{summary['train_time_s']:.1f} s): loss {summary['mean_loss_first_tenth']:.4f} -> "
           f"{summary['mean_loss_last_tenth']:.4f} (first -> last tenth of steps)")
@@ -188,9 +187,7 @@ def cmd_evaluate(args) -> None:
     ways = ways_list(config, n_classes, args.ways)
     rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
                     progress=not args.quiet)
-    from mamf.distributed import is_main
-
-    if not is_main():
+    if not _is_main():
         return
     for r in rows:
         print(f"{r['method']:>9} {r['dataset']} {r['protocol']} {r['ways']}-way "
@@ -210,10 +207,10 @@ def cmd_models(args) -> None:
 def cmd_experiment(args) -> None:
     from mamf.experiment import load_experiment, run_experiment
 
-    _single_process_only("experiment")
     experiment = load_experiment(args.config)
     rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
-    _summarise(rows, Path(args.out), experiment.name)
+    if _is_main():
+        _summarise(rows, Path(args.out), experiment.name)
 
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
@@ -270,15 +267,18 @@ def cmd_demo(args) -> None:
     config = Path(args.config) if args.config else Path(str(files("mamf") / "configs" /
                                                               "demo.yaml"))
     experiment = load_experiment(config)
-    print(f"mamf demo: {experiment.model} on {', '.join(d.name for d in experiment.datasets)}; "
+    say = print if _is_main() else (lambda *_: None)
+    say(f"mamf demo: {experiment.model} on {', '.join(d.name for d in experiment.datasets)}; "
           f"methods {', '.join(experiment.methods)}; settings from {config}")
     frozen = experiment.settings.get("train", {})
     if frozen.get("freeze_image_backbone") or frozen.get("freeze_text_tower"):
-        print("mamf demo: to fit a few CPU minutes the demo trains the ConSE head and logit "
+        say("mamf demo: to fit a few CPU minutes the demo trains the ConSE head and logit "
               "scale only (image backbone and text tower frozen, their outputs computed once); "
               "set train.freeze_image_backbone/freeze_text_tower to false for end-to-end.")
     started = time.perf_counter()
     rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
+    if not _is_main():
+        return
     _summarise(rows, Path(args.out), f"mamf demo ({experiment.model})")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
 
@@ -293,17 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from mamf import distributed
 
+    ok = False
     try:
         COMMANDS[args.command](args)
+        ok = True
     except MamfError as e:
-        print(f"mamf: error: {e}", file=sys.stderr)
+        print(f"mamf: error: {_where()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mamf: interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.shutdown()
+        distributed.shutdown(ok)
     return 0
+
+
+def _where() -> str:
+    """Under torchrun, which rank speaks."""
+    from mamf import distributed
+
+    return f"rank {distributed.rank()}: " if distributed.launched() else ""
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class TrainConfig:
     freeze_text_tower: bool = False
     weight_decay: float = 0.0
     checkpoint_every: int = 100
+    # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
+    # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
+    parallel: str = "ddp"
 
 
 @dataclass
@@ -94,6 +97,7 @@ CHOICES = {
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
+    "train.parallel": ("ddp", "fsdp"),
     "metatest.split": ("dev", "test"),
     "device": ("auto", "cpu", "cuda") ,
     "precision": ("auto", "fp32", "bf16", "fp16"),

@@ -1,4 +1,4 @@
-"""torch.distributed, when launched by torchrun: rank helpers and gathering per-task results.
+"""torch.distributed, when launched by torchrun: rank helpers and the few collectives mamf uses.
 
 Without torchrun (no WORLD_SIZE in the environment) every function here is a no-op and mamf runs
 as a single process. The backend follows the device: gloo on CPU, NCCL on GPU; collectives time
@@ -7,6 +7,7 @@ out (MAMF_DIST_TIMEOUT seconds, default 600) so a failed rank ends the job inste
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -18,8 +19,17 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun each process takes the GPU named by LOCAL_RANK."""
+    if device.type == "cuda" and launched() and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def init(device: torch.device) -> None:
     if launched() and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("MAMF_DIST_TIMEOUT", "600")))
         dist.init_process_group(backend, timeout=timeout)
@@ -38,6 +48,43 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _device() -> torch.device:
+    """Where collective tensors must live: NCCL only talks CUDA."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_tensors(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place, as one flat all-reduce."""
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).to(_device(), torch.float32) for t in tensors])
+    dist.all_reduce(flat)
+    start = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[start : start + n].view_as(t))
+        start += n
+
+
+def sum_scalar(value: float) -> float:
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def from_main(obj):
+    """Rank 0's `obj` on every rank: one view of shared files, even where nodes see them late."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_by_index(local: dict[int, float], total: int) -> list[float]:
     """Merge every rank's {task index: accuracy} into the full list, in task order."""
     if world_size() == 1:
@@ -50,15 +97,31 @@ def gather_by_index(local: dict[int, float], total: int) -> list[float]:
 
 def main_only(context):
     """`context` on rank 0, a do-nothing context elsewhere (e.g. the output-folder lock)."""
-    import contextlib
-
     return context if is_main() else contextlib.nullcontext()
 
 
-def shutdown() -> None:
-    """Leave together: a rank tearing down gloo while another still talks aborts the job."""
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. decoding images into the shared cache), then the others,
+    who find its work done instead of repeating it side by side."""
+    if not dist.is_initialized():
+        yield
+        return
+    if not is_main():
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            dist.barrier()
+
+
+def shutdown(ok: bool = True) -> None:
+    """Leave together after success: a rank tearing down gloo while another still talks aborts
+    the job. After a failure, leave at once: torchrun then stops the other ranks."""
     if dist.is_initialized():
         try:
-            dist.barrier()
+            if ok:
+                dist.barrier()
         finally:
             dist.destroy_process_group()

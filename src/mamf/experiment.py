@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mamf import distributed
 from mamf.config import METHODS, Config, build_config, dump_yaml, load_yaml
 from mamf.errors import MamfError
 from mamf.io import append_jsonl, atomic_write_text, read_jsonl
@@ -154,16 +155,24 @@ def dataset_root(ds: DatasetSpec, out: Path) -> str:
 
 
 def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:
-    """Run every missing row of the grid; returns all rows of `out/results.jsonl`."""
-    with exclusive(out):
-        return _run_experiment(exp, Path(out), progress)
+    """Run every missing row of the grid; returns all rows of `out/results.jsonl`.
+
+    Under torchrun every rank runs the grid together (training data-parallel, test tasks
+    sharded) and rank 0 alone writes, so the files are those of one process.
+    """
+    from mamf.inputs import resolve_device
+
+    distributed.init(distributed.local_device(resolve_device(exp.device)))
+    with distributed.main_only(exclusive(out)):
+        return _run_experiment(exp, Path(out), progress and distributed.is_main())
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
     from tqdm import tqdm
 
     results = out / RESULTS
-    rows = read_jsonl(results)
+    main = distributed.is_main()
+    rows = distributed.from_main(read_jsonl(results))
     others = sorted({r["experiment"] for r in rows if r.get("experiment", exp.name) != exp.name})
     if others:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
@@ -174,12 +183,14 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         if rows and previous.is_file() and previous.read_text(encoding="utf-8") != text:
             log.warning("the experiment file changed since %s was started; finished rows are "
                         "kept, missing ones are computed with the new settings", out)
-        atomic_write_text(previous, text)
+        if main:
+            atomic_write_text(previous, text)
     done = {row_key(r) for r in rows}
     plans = []
     for ds in exp.datasets:
         try:
-            root = dataset_root(ds, out)
+            with distributed.main_first():
+                root = dataset_root(ds, out)
             from mamf.data.folder import scan_folder
 
             base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
@@ -198,7 +209,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
     total = sum(len(p[4]) for p in plans)
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
-        return read_jsonl(results)
+        return rows
     log.info("%d row(s) to compute (%d already done)", total, len(done))
     bar = tqdm(total=total, desc=f"experiment {exp.name}", unit="row",
                disable=None if progress else True)
@@ -223,20 +234,24 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             try:
                 for row in _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs,
                                      pretrained, results, progress):
-                    log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name, method,
-                             row["ways"], seed, row["acc_mean"], row["acc_ci95"], clock.tick())
+                    if main:
+                        log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name,
+                                 method, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
+                                 clock.tick())
             except MamfError as e:
                 log.error("%s %s seed %d ways %s failed: %s", ds.name, method, seed, unit, e)
                 _failure(out, {"dataset": ds.name, "method": method, "seed": seed,
                                "ways": unit, "error": str(e)})
             except Exception as e:  # a bug must not stop the grid; it is recorded in full
+                if distributed.world_size() > 1:
+                    raise  # one rank's crash: the ranks are out of step, so the job stops
                 log.error("%s %s seed %d ways %s crashed: %s", ds.name, method, seed, unit, e)
                 _failure(out, {"dataset": ds.name, "method": method, "seed": seed,
                                "ways": unit, "error": repr(e),
                                "traceback": traceback.format_exc()})
             bar.update(len(unit))
     bar.close()
-    return read_jsonl(results)
+    return distributed.from_main(read_jsonl(results) if main else None)
 
 
 class _Clock:
@@ -271,12 +286,14 @@ def _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs, pretrai
         row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
         row.update(train_info)
         row.update({"experiment": exp.name, "experiment_dataset": ds.name})
-        config_file = results.parent / "configs" / f"{row['config_id']}.yaml"
-        if not config_file.exists():
-            atomic_write_text(config_file, dump_yaml(config))
-        append_jsonl(results, row)
+        if distributed.is_main():
+            config_file = results.parent / "configs" / f"{row['config_id']}.yaml"
+            if not config_file.exists():
+                atomic_write_text(config_file, dump_yaml(config))
+            append_jsonl(results, row)
         yield row
 
 
 def _failure(out: Path, record: dict) -> None:
-    append_jsonl(out / "failures.jsonl", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record})
+    if distributed.is_main():
+        append_jsonl(out / "failures.jsonl", {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record})

@@ -30,12 +30,13 @@ class Batch:
 
 
 def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates: str = "task",
-               augment: bool = False) -> torch.Tensor:
+               augment: bool = False, within: tuple[int, int] | None = None) -> torch.Tensor:
+    """Mean loss over the batch; `within` places a rank's share in the whole batch (augmentation)."""
     classes, labels = batch.classes, batch.labels
     if candidates == "batch":
         classes, labels = restrict_to_batch(classes, labels)
     with autocast(inputs.device, inputs.precision):
-        image_emb = inputs.images(model, batch.images, augment=augment)
+        image_emb = inputs.images(model, batch.images, augment=augment, within=within)
         text_emb = inputs.texts(model, classes)
     target = torch.as_tensor(labels, dtype=torch.long, device=image_emb.device)
     return task_loss(model.logit_scale(), image_emb, text_emb, target)
@@ -46,15 +47,26 @@ def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:
 
 
 def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch.optim.Optimizer,
-         candidates: str = "task", augment: bool = False) -> float:
-    """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run."""
+         candidates: str = "task", augment: bool = False, parallel=None) -> float:
+    """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run.
+
+    With `parallel` (a `mamf.parallel.DataParallel`) the batch is the global one: each rank
+    computes its share and the gradients are all-reduced before the step.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss = batch_loss(model, inputs, batch, candidates, augment)
-    value = float(loss.detach())
+    if parallel is not None:
+        value = parallel.backward(inputs, batch, candidates, augment)
+    else:
+        loss = batch_loss(model, inputs, batch, candidates, augment)
+        value = check_finite(float(loss.detach()))
+        loss.backward()
+    optimizer.step()
+    return value
+
+
+def check_finite(value: float) -> float:
     if not math.isfinite(value):
         raise MamfError(f"the training loss became {value}: lower the learning rate")
-    loss.backward()
-    optimizer.step()
     return value
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf.augment import random_crop_flip
+from mamf.augment import draws, random_crop_flip
 from mamf.data.dataset import ImageDataset
 from mamf.models.base import DualEncoder
 
@@ -116,13 +116,24 @@ class ModelInputs:
                 chunks.append(model.image_backbone(px).float())
         return torch.cat(chunks)
 
-    def images(self, model: DualEncoder, indices: np.ndarray, augment: bool = False) -> torch.Tensor:
+    def images(self, model: DualEncoder, indices: np.ndarray, augment: bool = False,
+               within: tuple[int, int] | None = None) -> torch.Tensor:
+        """Embeddings of `indices`. `within=(start, total)`: these images are rows start.. of a
+        batch of `total` split across ranks; augmentation draws for the whole batch and takes
+        these rows, so every rank count consumes the generator alike and crops the same."""
         if self.features is not None:
             return model.image_head(self.features[torch.as_tensor(indices, device=self.device)])
         pixels = model.preprocess(self.dataset.batch(indices).to(self.device))
         if augment:
-            pixels = random_crop_flip(pixels, self.generator, self.crop_scale)
+            start, total = within or (0, len(indices))
+            rows = draws(self.generator, total)[start : start + len(indices)]
+            pixels = random_crop_flip(pixels, rows, self.crop_scale)
         return model.encode_images(pixels)
+
+    def reseed(self, rng: np.random.Generator) -> None:
+        """Seed augmentation from a per-task stream, so a task's crops do not depend on which
+        rank runs it or what ran before."""
+        self.generator.manual_seed(int(rng.integers(2**62)))
 
     def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         if self.text_cache is not None:

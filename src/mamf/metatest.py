@@ -89,6 +89,8 @@ def adapt(model: DualEncoder, inputs: ModelInputs, task: Task, method: str, conf
         return
     if m.lr == 0:
         return
+    if m.augment:
+        inputs.reseed(rng)
     optimizer = torch.optim.Adam(trainable(model), lr=m.lr)
     batches = epoch_batches(rng, task.support, task.support_labels, task.classes, m.batch_size,
                             m.epochs)

@@ -52,7 +52,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     """
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     distributed.init(device)
     seed_everything(config.seed)
     if model is None:
@@ -60,11 +60,13 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if fresh and config.train.heads == "random":
         model.reset_heads(torch.Generator().manual_seed(config.seed))
     model.to(device).eval()
-    dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template)
-    freeze = config.train.freeze_image_backbone
-    inputs = ModelInputs(model, dataset, device, config.precision, freeze,
-                         config.train.freeze_text_tower, config.train.crop_scale, seed=config.seed)
+    with distributed.main_first():  # rank 0 fills the image and feature caches; the rest read
+        dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
+                                    config.data.template)
+        freeze = config.train.freeze_image_backbone
+        inputs = ModelInputs(model, dataset, device, config.precision, freeze,
+                             config.train.freeze_text_tower, config.train.crop_scale,
+                             seed=config.seed)
     return model, dataset, inputs
 
 
@@ -75,8 +77,11 @@ def save_weights(model: DualEncoder, path: Path) -> None:
 
 
 def train_run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`."""
-    with exclusive(out):
+    """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`.
+
+    Under torchrun every rank trains (data-parallel) and rank 0 alone writes.
+    """
+    with main_only(exclusive(out)):
         return _train_run(config, Path(out), progress)
 
 
@@ -90,24 +95,26 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     if (out / "train.json").is_file() and (out / WEIGHTS).is_file():
         log.info("%s is already trained with these settings; nothing to do", out)
         return json.loads((out / "train.json").read_text())
-    atomic_write_text(out / RUN_CONFIG, resolved)
+    if is_main():
+        atomic_write_text(out / RUN_CONFIG, resolved)
     checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
     model, dataset, inputs = prepare(config, fresh=True)
     if config.train.freeze_image_backbone and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
-    result = train(model, inputs, dataset, config, progress, checkpointer)
-    save_weights(model, out / WEIGHTS)
+    result = train(model, inputs, dataset, config, progress and is_main(), checkpointer)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
                "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
                "train_time_s": round(result.seconds, 3), "first_loss": result.losses[0],
-               "last_loss": result.losses[-1],
+               "last_loss": result.losses[-1], "processes": distributed.world_size(),
                "mean_loss_first_tenth": _mean_part(result.losses, first=True),
                "mean_loss_last_tenth": _mean_part(result.losses, first=False),
                "losses": result.losses}
-    atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
-    checkpointer.clear()
+    if is_main():
+        save_weights(model, out / WEIGHTS)
+        atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
+        checkpointer.clear()
     return summary
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mamf import distributed
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
@@ -17,6 +18,7 @@ from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods import classical, fomaml, mamf
 from mamf.models.base import DualEncoder
+from mamf.parallel import DataParallel
 from mamf.tasks import Task, episodic_task, paper_task
 
 
@@ -52,6 +54,9 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
           progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
     """Run `config.train.method`; deterministic given `config.seed` on CPU.
 
+    Under torchrun, classical and MAMF train data-parallel (`mamf.parallel`) and FOMAML splits
+    each meta-batch of tasks across the ranks; either way the steps are a single process's.
+
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from
     the newest checkpoint, ending with the same weights as an uninterrupted run.
     """
@@ -63,6 +68,10 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     n_images = sum(len(x) for x in pool.images)
     resume = checkpointer.restore(model) if checkpointer else None
     start = resume.step if resume else 0
+    if distributed.from_main(start) != start:
+        raise MamfError(f"rank {distributed.rank()} sees another checkpoint in "
+                        f"{checkpointer.folder} than rank 0: every node needs the run folder on "
+                        "one shared file system")
     losses: list[float] = list(resume.losses) if resume else []
     if resume:
         inputs.generator.set_state(resume.generator_state)
@@ -71,7 +80,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     started = time.perf_counter()
 
     def save(step_count: int, optimizer) -> None:
-        if checkpointer and checkpointer.due(step_count):
+        # every rank holds the same weights, optimiser state and streams: rank 0 writes them
+        if checkpointer and checkpointer.due(step_count) and distributed.is_main():
             checkpointer.save(step_count, model, optimizer, rng, inputs.generator, losses)
 
     if t.method == "fomaml":
@@ -88,8 +98,11 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                    leave=False)
         for i in bar:
             tasks = [fomaml_task(rng, pool, config) for _ in range(t.meta_batch)]
+            task_rngs = [np.random.default_rng([config.seed, 12, d.ways, i, k])
+                         for k in range(len(tasks))]
             losses.append(fomaml.outer_step(model, learner, inputs, tasks, outer, t.inner_lr,
-                                            t.inner_epochs, t.inner_batch_size, rng, t.augment))
+                                            t.inner_epochs, t.inner_batch_size, task_rngs,
+                                            t.augment))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             save(i + 1, outer)
         del learner
@@ -105,6 +118,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                                           max(1, round(t.epochs)))
         steps = None
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
+    parallel = DataParallel(model, t.parallel) if distributed.world_size() > 1 else None
     if resume:
         # replay the batch stream up to the checkpoint: it draws from `rng` exactly as before
         for _ in zip(range(start), batches):
@@ -115,7 +129,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     for batch in bar:
         if batch.new_task and losses:
             optimizer = make_optimizer(model, t.lr, t.weight_decay)
-        losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment))
+        losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment, parallel))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         save(len(losses), optimizer)
     return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)

@@ -12,6 +12,8 @@ import copy
 import numpy as np
 import torch
 
+from mamf import distributed
+from mamf.errors import MamfError
 from mamf.finetune import Batch, batch_loss, epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs
 from mamf.models.base import DualEncoder
@@ -37,6 +39,8 @@ def adapt_sgd(model: DualEncoder, inputs: ModelInputs, task: Task, lr: float, ep
     """The inner loop: plain SGD passes over the task's support set (also FOMAML's meta-test)."""
     if epochs == 0 or lr == 0:
         return []
+    if augment:
+        inputs.reseed(rng)
     sgd = torch.optim.SGD(trainable(model), lr=lr)
     batches = epoch_batches(rng, task.support, task.support_labels, task.classes, batch_size,
                             epochs)
@@ -60,26 +64,36 @@ def query_gradient(model: DualEncoder, inputs: ModelInputs, task: Task, batch_si
 
 def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, tasks: list[Task],
                outer: torch.optim.Optimizer, inner_lr: float, inner_epochs: int,
-               inner_batch_size: int, rng: np.random.Generator, augment: bool = False) -> float:
-    """One meta-update over a meta-batch of tasks; returns the mean query loss after adaptation."""
+               inner_batch_size: int, rngs: list[np.random.Generator],
+               augment: bool = False) -> float:
+    """One meta-update over a meta-batch of tasks; returns the mean query loss after adaptation.
+
+    Task k adapts with `rngs[k]`. Under torchrun rank r adapts tasks r, r+P, ... and the outer
+    gradients are summed over the ranks, so the update is the one a single process makes.
+    """
     outer.zero_grad(set_to_none=True)
     params = trainable(model)
-    query_losses = []
-    for task in tasks:
+    loss = 0.0
+    for k in range(distributed.rank(), len(tasks), distributed.world_size()):
+        task = tasks[k]
         copy_weights(learner, model)
-        adapt_sgd(learner, inputs, task, inner_lr, inner_epochs, inner_batch_size, rng, augment)
+        adapt_sgd(learner, inputs, task, inner_lr, inner_epochs, inner_batch_size, rngs[k],
+                  augment)
         for p in learner.parameters():
             p.grad = None
-        query_losses.append(query_gradient(learner, inputs, task, inner_batch_size,
-                                           1.0 / len(tasks)))
+        weight = 1.0 / len(tasks)
+        loss += query_gradient(learner, inputs, task, inner_batch_size, weight) * weight
         for p, q in zip(params, trainable(learner)):
             if q.grad is None:
                 continue
             p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad
-    loss = float(np.mean(query_losses))
+    if distributed.world_size() > 1:
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        distributed.sum_tensors([p.grad for p in params])
+    loss = distributed.sum_scalar(loss)
     if not np.isfinite(loss):
-        from mamf.errors import MamfError
-
         raise MamfError(f"the FOMAML query loss became {loss}: lower the learning rates")
     outer.step()
     return loss

@@ -1,0 +1,80 @@
+"""Data-parallel training under torchrun: every rank takes its share of each global batch, and
+DDP (or FSDP) all-reduces the gradients, so P ranks take the steps one process would take.
+
+`train.batch_size` is the global batch: the seeded batch stream is the same on every rank and
+each rank computes rows start..start+share of it. The per-rank losses are weighted by their share,
+so the gradient equals the whole batch's, whatever the rank count or an uneven split. A run's
+steps, and its weights up to floating-point rounding, are the same on 1 or P processes.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from mamf import distributed
+from mamf.finetune import Batch, batch_loss, check_finite
+from mamf.inputs import ModelInputs
+from mamf.loss import restrict_to_batch
+from mamf.models.base import DualEncoder
+
+
+class BatchLoss(torch.nn.Module):
+    """The loss as a module: DDP and FSDP synchronise what runs through a wrapped forward."""
+
+    def __init__(self, model: DualEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: ModelInputs, batch: Batch, augment: bool,
+                within: tuple[int, int]) -> torch.Tensor:
+        return batch_loss(self.model, inputs, batch, "task", augment, within)
+
+
+def share(total: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, count) of this rank's rows in a batch of `total`: sizes differ by at most one."""
+    base, extra = divmod(total, world)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+class DataParallel:
+    """Wraps a model for data-parallel steps; `strategy` is "ddp" or "fsdp"."""
+
+    def __init__(self, model: DualEncoder, strategy: str = "ddp"):
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        module = BatchLoss(model)
+        if strategy == "fsdp":
+            from mamf.sharded import shard_model
+
+            self.module = shard_model(module)
+        else:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = model_device(model)
+            # models stay in eval mode, so buffers never change: no per-step buffer broadcast
+            quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                     inspect.signature(DistributedDataParallel).parameters
+                     else {"broadcast_buffers": False})
+            self.module = DistributedDataParallel(
+                module, device_ids=[device] if device.type == "cuda" else None, **quiet)
+
+    def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool) -> float:
+        """This rank's share of the batch's loss, backward (gradients all-reduced); returns the
+        whole batch's loss."""
+        if candidates == "batch":  # restricted on the whole batch, as one process would
+            classes, labels = restrict_to_batch(batch.classes, batch.labels)
+            batch = Batch(batch.images, labels, classes, batch.new_task)
+        total = len(batch.images)
+        start, count = share(total, self.rank, self.world)
+        # a rank with no rows runs one row with weight 0: every rank must join the all-reduce
+        rows = slice(start, start + count) if count else slice(0, 1)
+        part = Batch(batch.images[rows], batch.labels[rows], batch.classes)
+        loss = self.module(inputs, part, augment, (rows.start, total))
+        # DDP averages the ranks' gradients; weighting by share * world makes that the batch mean
+        (loss * (count / total * self.world)).backward()
+        return check_finite(distributed.sum_scalar(float(loss.detach()) * count / total))
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
