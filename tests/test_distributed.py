@@ -26,14 +26,12 @@ KEYS = ("method", "dataset", "protocol", "ways", "shots", "queries", "seed", "sp
 ZERO_GRADIENT = "k_proj.bias"
 
 
-def _env() -> dict:
-    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", MAMF_DIST_TIMEOUT="60")
-
-
-def _torchrun(args, cwd, script=None):
+def _torchrun(args, cwd, script=None, timeout_s=60):
     target = [script] if script else ["-m", "mamf"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               MAMF_DIST_TIMEOUT=str(timeout_s))
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", *target, *args], env=_env(), cwd=cwd,
+                           "--nproc_per_node=2", *target, *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -177,6 +175,20 @@ def test_a_failing_rank_ends_the_job_with_its_error(shared_colour_folder, tmp_pa
     assert "rank 1 lost its accelerator" in done.stderr
     assert time.monotonic() - started < 120  # torchrun stopped rank 0; nothing waited for a timeout
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_a_stuck_rank_times_out_instead_of_hanging(shared_colour_folder, tmp_path):
+    script = tmp_path / "stuck.py"
+    script.write_text(FAILING_RANK.replace('raise RuntimeError("rank 1 lost its accelerator")',
+                                           "import time; time.sleep(600)"))
+    started = time.monotonic()
+    done = _torchrun(["evaluate", "--model", "tiny-random-clip", "--data",
+                      str(shared_colour_folder), "--ways", "5", "--quiet", "--out",
+                      str(tmp_path / "out")], tmp_path, script=str(script), timeout_s=10)
+    assert done.returncode != 0
+    assert "mamf: error: rank 0: no answer from another rank within MAMF_DIST_TIMEOUT=10 s" \
+        in done.stderr
+    assert time.monotonic() - started < 120
 
 
 def test_a_user_error_under_torchrun_is_one_line_per_rank(shared_colour_folder, tmp_path):

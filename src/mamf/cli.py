@@ -303,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mamf: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        if not distributed.timed_out(e):
+            raise
+        print(f"mamf: error: {_where()}no answer from another rank within MAMF_DIST_TIMEOUT="
+              f"{distributed.timeout_seconds():g} s: it stopped or is stuck, so the job ends "
+              f"({str(e).strip().splitlines()[0]})", file=sys.stderr)
+        return 1
     finally:
         distributed.shutdown(ok)
     return 0

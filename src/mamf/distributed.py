@@ -31,8 +31,17 @@ def init(device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
-        timeout = timedelta(seconds=float(os.environ.get("MAMF_DIST_TIMEOUT", "600")))
-        dist.init_process_group(backend, timeout=timeout)
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
+
+
+def timeout_seconds() -> float:
+    return float(os.environ.get("MAMF_DIST_TIMEOUT", "600"))
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether `error` is a collective that waited past the timeout (gloo and NCCL word it so)."""
+    text = str(error).lower()
+    return launched() and ("timed out" in text or "timeout" in text)
 
 
 def rank() -> int:
