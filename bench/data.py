@@ -14,7 +14,7 @@ from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step
+from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
 from mamf.training import make_optimizer
 
@@ -25,7 +25,7 @@ def measure(name: str, folder, files, batch_size: int, repeats: int) -> None:
     inputs = ModelInputs(model, ds, torch.device("cpu"))
     batch = whole_batch(ds, batch_size)
     rng = np.random.default_rng(1)
-    optimizer = make_optimizer(model, 1e-7)
+    optimizer = make_optimizer(trainable(model), 1e-7)
 
     def from_cache():
         model.preprocess(ds.batch(rng.choice(len(ds.images), batch_size, replace=False)))

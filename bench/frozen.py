@@ -14,7 +14,7 @@ import torch
 from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step
+from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
 from mamf.training import make_optimizer
 
@@ -35,7 +35,7 @@ def main() -> None:
         inputs = ModelInputs(model, ds, torch.device("cpu"), freeze_image_backbone=cached,
                              freeze_text_tower=cached)
         batch = whole_batch(ds, args.batch)
-        optimizer = make_optimizer(model, 1e-3)
+        optimizer = make_optimizer(trainable(model), 1e-3)
         setups["cached" if cached else "recomputed"] = (model, inputs, batch, optimizer)
     times = interleaved({k: (lambda s=s: step(s[0], s[1], s[2], s[3]))
                          for k, s in setups.items()}, args.repeats)

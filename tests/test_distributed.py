@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,7 @@ def _assert_same_training(one, two, start=None):
     ("classical", ("--candidates", "batch")),
     ("mamf", ()),
     ("fomaml", ()),  # a meta-batch of 3 tasks: rank 0 adapts two, rank 1 one
+    ("classical", ("--set", "train.parallel=fsdp")),
 ])
 def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_path, method,
                                                       extra):
@@ -70,6 +72,10 @@ def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_pa
     assert "trained" in done.stdout and done.stdout.count("trained") == 1  # rank 0 speaks
     assert json.loads((two / "train.json").read_text())["processes"] == 2
     assert not (two / "checkpoints").exists()
+    if "train.parallel=fsdp" in extra:
+        held, whole = map(int, re.search(r"this rank holds (\d+) of their (\d+) values",
+                                         done.stderr).groups())
+        assert 0 < held < whole * 0.6
     start = {k: v for k, v in prepare(build_config({"model": "tiny-random-clip",
                                                     "data": {"root": str(shared_colour_folder)}}),
                                       fresh=True)[0].state_dict().items()}
@@ -77,24 +83,28 @@ def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_pa
 
 
 def test_two_ranks_resume_a_single_process_checkpoint(shared_colour_folder, tmp_path):
-    """A run checkpointed by one process resumes on two and ends as the uninterrupted run."""
+    """A run checkpointed by one process resumes on two (sharded) and ends as the uninterrupted
+    run; checkpoints hold whole tensors, whatever wrote them."""
     one, two = tmp_path / "one", tmp_path / "two"
     args = _train_args("mamf", shared_colour_folder, one)
     assert main(args) == 0
-    config = build_config({"model": "tiny-random-clip", "seed": 312,
-                           "data": {"root": str(shared_colour_folder), "ways": 3},
-                           "train": {"method": "mamf", "lr": 1e-3, "steps": 8, "batch_size": 7,
-                                     "augment": True, "inner_lr": 0.01, "meta_batch": 3,
-                                     "checkpoint_every": 3}})
-    assert dump_yaml(config) == (one / "config.yaml").read_text()  # the run the CLI made
+    settings = {"model": "tiny-random-clip", "seed": 312,
+                "data": {"root": str(shared_colour_folder), "ways": 3},
+                "train": {"method": "mamf", "lr": 1e-3, "steps": 8, "batch_size": 7,
+                          "augment": True, "inner_lr": 0.01, "meta_batch": 3,
+                          "checkpoint_every": 3}}
+    assert dump_yaml(build_config(settings)) == (one / "config.yaml").read_text()  # as the CLI
+    sharded = build_config(settings, {"train.parallel": "fsdp"})
     two.mkdir()
-    (two / "config.yaml").write_text(dump_yaml(config))
-    interrupted = build_config({**json.loads(json.dumps(config.__dict__, default=vars)),
-                                "train": {**vars(config.train), "steps": 3}})
+    (two / "config.yaml").write_text(dump_yaml(sharded))
+    # one process stops after the checkpoint at step 3
+    interrupted = build_config(settings, {"train.steps": 3})
     model, dataset, inputs = prepare(interrupted, fresh=True)
     train(model, inputs, dataset, interrupted, False, Checkpointer(two / "checkpoints", 3))
     assert (two / "checkpoints" / "latest.json").is_file()
-    done = _torchrun(_train_args("mamf", shared_colour_folder, two), tmp_path)
+    # FSDP: the whole checkpointed optimiser state is cut into shards, and gathered to save
+    done = _torchrun(_train_args("mamf", shared_colour_folder, two,
+                                 ("--set", "train.parallel=fsdp")), tmp_path)
     assert done.returncode == 0, done.stderr
     assert "resuming from the checkpoint" in done.stderr
     _assert_same_training(one, two)

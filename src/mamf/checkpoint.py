@@ -42,15 +42,16 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    def save(self, step: int, model: torch.nn.Module, optimizer_state: dict,
              rng: np.random.Generator, generator: torch.Generator, losses: list[float]) -> None:
+        """`optimizer_state`: the optimiser's state_dict(), keyed by trainable-parameter index."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"checkpoint-{step:09d}"
         tmp = self.folder / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_model(model, str(tmp / "model.safetensors"))
-        state = optimizer.state_dict()
+        state = optimizer_state
         tensors, scalars = {}, {}
         for index, entry in state["state"].items():
             for key, value in entry.items():

@@ -10,6 +10,8 @@ steps, and its weights up to floating-point rounding, are the same on 1 or P pro
 from __future__ import annotations
 
 import inspect
+import logging
+from copy import deepcopy
 
 import torch
 
@@ -18,6 +20,8 @@ from mamf.finetune import Batch, batch_loss, check_finite
 from mamf.inputs import ModelInputs
 from mamf.loss import restrict_to_batch
 from mamf.models.base import DualEncoder
+
+log = logging.getLogger(__name__)
 
 
 class BatchLoss(torch.nn.Module):
@@ -39,15 +43,28 @@ def share(total: int, rank: int, world: int) -> tuple[int, int]:
 
 
 class DataParallel:
-    """Wraps a model for data-parallel steps; `strategy` is "ddp" or "fsdp"."""
+    """Wraps a model for data-parallel steps; `strategy` is "ddp" or "fsdp".
+
+    Build the optimiser over `params`. Under FSDP training runs on a sharded copy; `finish`
+    (and `full_state` for checkpoints) hands the whole trained weights back to the model.
+    """
 
     def __init__(self, model: DualEncoder, strategy: str = "ddp"):
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        module = BatchLoss(model)
+        self.model, self.strategy = model, strategy
+        self.replicated: list[torch.nn.Parameter] = []
         if strategy == "fsdp":
-            from mamf.sharded import shard_model
+            from mamf import sharded
 
-            self.module = shard_model(module)
+            device = model_device(model)
+            copy = BatchLoss(deepcopy(model))
+            if device.type == "cuda":
+                model.to("cpu")  # the device holds shards only while training
+            sharded.shard(copy)
+            self.module = copy
+            self.replicated = sharded.replicated(copy)
+            if distributed.is_main():
+                log.info("fsdp: %s", sharded.describe(copy))
         else:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -57,7 +74,36 @@ class DataParallel:
                      inspect.signature(DistributedDataParallel).parameters
                      else {"broadcast_buffers": False})
             self.module = DistributedDataParallel(
-                module, device_ids=[device] if device.type == "cuda" else None, **quiet)
+                BatchLoss(model), device_ids=[device] if device.type == "cuda" else None,
+                **quiet)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.device = device
+
+    def sync(self) -> None:
+        """Under FSDP, copy the whole trained weights into the model (every rank calls it)."""
+        if self.strategy == "fsdp":
+            from mamf import sharded
+
+            sharded.copy_into(self.model, self.module.model)
+
+    def finish(self) -> None:
+        self.sync()
+        self.model.to(self.device)
+
+    def full_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """The optimiser state as one process holds it, keyed by trainable-parameter index."""
+        if self.strategy == "fsdp":
+            from mamf import sharded
+
+            return sharded.full_optimizer_state(optimizer)
+        return optimizer.state_dict()
+
+    def load_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        if self.strategy == "fsdp":
+            from mamf import sharded
+
+            state = sharded.shard_optimizer_state(state, self.params)
+        optimizer.load_state_dict(state)
 
     def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool) -> float:
         """This rank's share of the batch's loss, backward (gradients all-reduced); returns the
@@ -73,6 +119,10 @@ class DataParallel:
         loss = self.module(inputs, part, augment, (rows.start, total))
         # DDP averages the ranks' gradients; weighting by share * world makes that the batch mean
         (loss * (count / total * self.world)).backward()
+        if self.replicated:  # what FSDP left whole is averaged as DDP would
+            from mamf import sharded
+
+            sharded.average_gradients(self.replicated)
         return check_finite(distributed.sum_scalar(float(loss.detach()) * count / total))
 
 

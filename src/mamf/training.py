@@ -30,8 +30,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def make_optimizer(model: DualEncoder, lr: float, weight_decay: float = 0.0):
-    params = trainable(model)
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
     if not params:
         raise MamfError("nothing to train: every parameter is frozen")
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -79,18 +78,29 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
 
     started = time.perf_counter()
 
+    parallel = None
+
     def save(step_count: int, optimizer) -> None:
         # every rank holds the same weights, optimiser state and streams: rank 0 writes them
-        if checkpointer and checkpointer.due(step_count) and distributed.is_main():
-            checkpointer.save(step_count, model, optimizer, rng, inputs.generator, losses)
+        # (under FSDP all ranks first gather the whole state)
+        if not (checkpointer and checkpointer.due(step_count)):
+            return
+        state = parallel.full_state(optimizer) if parallel else optimizer.state_dict()
+        if parallel:
+            parallel.sync()
+        if distributed.is_main():
+            checkpointer.save(step_count, model, state, rng, inputs.generator, losses)
 
     if t.method == "fomaml":
+        if t.parallel == "fsdp" and distributed.world_size() > 1:
+            raise MamfError("train.parallel=fsdp is for classical and mamf: FOMAML splits its "
+                            "tasks across ranks, each adapting a whole model copy")
         per_task = (d.ways * d.shots + d.ways * d.queries if d.protocol == "episodic"
                     else n_images * d.ways / len(pool.classes))
         n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
         steps = t.steps or math.ceil(n_tasks / t.meta_batch)
         learner = fomaml.clone_learner(model)
-        outer = make_optimizer(model, t.lr, t.weight_decay)
+        outer = make_optimizer(trainable(model), t.lr, t.weight_decay)
         if resume:
             rng.bit_generator.state = resume.rng_state
             outer.load_state_dict(resume.optimizer_state)
@@ -117,19 +127,25 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         batches = mamf.sequential_batches(rng, pool, d.ways, t.batch_size,
                                           max(1, round(t.epochs)))
         steps = None
-    optimizer = make_optimizer(model, t.lr, t.weight_decay)
     parallel = DataParallel(model, t.parallel) if distributed.world_size() > 1 else None
+    params = parallel.params if parallel else trainable(model)
+    optimizer = make_optimizer(params, t.lr, t.weight_decay)
     if resume:
         # replay the batch stream up to the checkpoint: it draws from `rng` exactly as before
         for _ in zip(range(start), batches):
             pass
-        optimizer.load_state_dict(resume.optimizer_state)
+        if parallel:
+            parallel.load_state(optimizer, resume.optimizer_state)
+        else:
+            optimizer.load_state_dict(resume.optimizer_state)
     bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
                disable=None if progress else True, leave=False)
     for batch in bar:
         if batch.new_task and losses:
-            optimizer = make_optimizer(model, t.lr, t.weight_decay)
+            optimizer = make_optimizer(params, t.lr, t.weight_decay)
         losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment, parallel))
         bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
         save(len(losses), optimizer)
+    if parallel:
+        parallel.finish()
     return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)
