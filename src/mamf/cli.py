@@ -293,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from mamf import distributed
 
+    if not distributed.is_main():  # under torchrun rank 0 reports; the others only warn
+        logging.getLogger().setLevel(logging.WARNING)
+
     ok = False
     try:
         COMMANDS[args.command](args)
