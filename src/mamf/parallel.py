@@ -45,64 +45,56 @@ def share(total: int, rank: int, world: int) -> tuple[int, int]:
 class DataParallel:
     """Wraps a model for data-parallel steps; `strategy` is "ddp" or "fsdp".
 
-    Build the optimiser over `params`. Under FSDP training runs on a sharded copy; `finish`
-    (and `full_state` for checkpoints) hands the whole trained weights back to the model.
+    Build the optimiser over `params`. Under FSDP training runs on a sharded copy: `sync` (also
+    before each checkpoint) copies the whole trained weights back into the model, and `close`
+    returns the model to its device.
     """
 
     def __init__(self, model: DualEncoder, strategy: str = "ddp"):
         self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.model, self.strategy = model, strategy
+        self.model, self.device = model, model_device(model)
+        self.sharded = None  # mamf.sharded under FSDP (imported only then: it is slow to import)
         self.replicated: list[torch.nn.Parameter] = []
         if strategy == "fsdp":
             from mamf import sharded
 
-            device = model_device(model)
-            copy = BatchLoss(deepcopy(model))
-            if device.type == "cuda":
+            self.sharded = sharded
+            self.module = BatchLoss(deepcopy(model))
+            if self.device.type == "cuda":
                 model.to("cpu")  # the device holds shards only while training
-            sharded.shard(copy)
-            self.module = copy
-            self.replicated = sharded.replicated(copy)
+            sharded.shard(self.module)
+            self.replicated = sharded.replicated(self.module)
             if distributed.is_main():
-                log.info("fsdp: %s", sharded.describe(copy))
+                log.info("fsdp: %s", sharded.describe(self.module))
         else:
             from torch.nn.parallel import DistributedDataParallel
 
-            device = model_device(model)
             # models stay in eval mode, so buffers never change: no per-step buffer broadcast
             quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                      inspect.signature(DistributedDataParallel).parameters
                      else {"broadcast_buffers": False})
+            cuda = self.device.type == "cuda"
             self.module = DistributedDataParallel(
-                BatchLoss(model), device_ids=[device] if device.type == "cuda" else None,
-                **quiet)
+                BatchLoss(model), device_ids=[self.device] if cuda else None, **quiet)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.device = device
 
     def sync(self) -> None:
-        """Under FSDP, copy the whole trained weights into the model (every rank calls it)."""
-        if self.strategy == "fsdp":
-            from mamf import sharded
+        """Under FSDP, gather the whole trained weights into the model (every rank calls it)."""
+        if self.sharded:
+            self.sharded.copy_into(self.model, self.module.model)
 
-            sharded.copy_into(self.model, self.module.model)
-
-    def finish(self) -> None:
-        self.sync()
+    def close(self) -> None:
         self.model.to(self.device)
 
     def full_state(self, optimizer: torch.optim.Optimizer) -> dict:
         """The optimiser state as one process holds it, keyed by trainable-parameter index."""
-        if self.strategy == "fsdp":
-            from mamf import sharded
-
-            return sharded.full_optimizer_state(optimizer)
+        if self.sharded:
+            return self.sharded.full_optimizer_state(optimizer)
         return optimizer.state_dict()
 
     def load_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        if self.strategy == "fsdp":
-            from mamf import sharded
-
-            state = sharded.shard_optimizer_state(state, self.params)
+        if self.sharded:
+            state = self.sharded.shard_optimizer_state(state, self.params)
         optimizer.load_state_dict(state)
 
     def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool) -> float:
@@ -120,9 +112,7 @@ class DataParallel:
         # DDP averages the ranks' gradients; weighting by share * world makes that the batch mean
         (loss * (count / total * self.world)).backward()
         if self.replicated:  # what FSDP left whole is averaged as DDP would
-            from mamf import sharded
-
-            sharded.average_gradients(self.replicated)
+            self.sharded.average_gradients(self.replicated)
         return check_finite(distributed.sum_scalar(float(loss.detach()) * count / total))
 
 

@@ -140,12 +140,17 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             optimizer.load_state_dict(resume.optimizer_state)
     bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
                disable=None if progress else True, leave=False)
-    for batch in bar:
-        if batch.new_task and losses:
-            optimizer = make_optimizer(params, t.lr, t.weight_decay)
-        losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment, parallel))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-        save(len(losses), optimizer)
-    if parallel:
-        parallel.finish()
+    try:
+        for batch in bar:
+            if batch.new_task and losses:
+                optimizer = make_optimizer(params, t.lr, t.weight_decay)
+            losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment,
+                               parallel))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            save(len(losses), optimizer)
+        if parallel:
+            parallel.sync()
+    finally:
+        if parallel:
+            parallel.close()
     return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)
