@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -27,10 +28,10 @@ KEYS = ("method", "dataset", "protocol", "ways", "shots", "queries", "seed", "sp
 ZERO_GRADIENT = "k_proj.bias"
 
 
-def _torchrun(args, cwd, script=None, timeout_s=60):
+def _torchrun(args, cwd, script=None, timeout_s=60, **env_vars):
     target = [script] if script else ["-m", "mamf"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-               MAMF_DIST_TIMEOUT=str(timeout_s))
+               MAMF_DIST_TIMEOUT=str(timeout_s), **env_vars)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", *target, *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
@@ -122,6 +123,25 @@ def test_sharded_evaluation_writes_the_rows_of_one_process(shared_colour_folder,
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
         assert {k: a[k] for k in KEYS} == {k: b[k] for k in KEYS}
+
+
+def test_ranks_share_the_frozen_backbone_features(shared_colour_folder, tmp_path, monkeypatch):
+    """Each rank computes part of the frozen-backbone features (100 images: chunks of 64 and
+    36); the gathered features equal one process's, bit for bit, and so do the rows."""
+    common = ["evaluate", "--model", "tiny-random-clip", "--data", str(shared_colour_folder),
+              "--ways", "5", "--quiet", "--set", "train.freeze_image_backbone=true", "--set",
+              "train.freeze_text_tower=true", "--set", "metatest.lr=1e-3"]
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache-one"))
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path,
+                     MAMF_CACHE_DIR=str(tmp_path / "cache-two"))
+    assert done.returncode == 0, done.stderr
+    (a,), (b,) = (list((tmp_path / c).rglob("features-*.npy")) for c in ("cache-one",
+                                                                          "cache-two"))
+    assert np.array_equal(np.load(a), np.load(b))
+    one, two = ((tmp_path / d / "results.jsonl").read_text() for d in ("one", "two"))
+    assert [json.loads(x)["task_accs"] for x in one.splitlines()] == \
+        [json.loads(x)["task_accs"] for x in two.splitlines()]
 
 
 EXPERIMENT = """

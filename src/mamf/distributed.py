@@ -94,6 +94,23 @@ def from_main(obj):
     return box[0]
 
 
+def share(total: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, count) of a rank's part of `total` items: parts differ by at most one."""
+    base, extra = divmod(total, world)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def gather_rows(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order; rank r holds sizes[r] rows (none empty)."""
+    if world_size() == 1:
+        return local
+    padded = torch.zeros((max(sizes), *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
 def gather_by_index(local: dict[int, float], total: int) -> list[float]:
     """Merge every rank's {task index: accuracy} into the full list, in task order."""
     if world_size() == 1:

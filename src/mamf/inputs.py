@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mamf import distributed
 from mamf.augment import draws, random_crop_flip
 from mamf.data.dataset import ImageDataset
 from mamf.models.base import DualEncoder
@@ -84,10 +85,11 @@ class ModelInputs:
         keyed by the images, the backbone's exact weights and the precision."""
         freeze_backbone(model)
         path = self._feature_cache_path(model)
-        if path is not None and path.exists():
+        # rank 0 decides for all: every rank must join the computation's gather, or none
+        if path is not None and distributed.from_main(path.exists()):
             return torch.from_numpy(np.load(path)).to(self.device)
         features = self._compute_backbone_features(model, batch)
-        if path is not None:
+        if path is not None and distributed.is_main():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
             np.save(tmp, features.cpu().numpy())
             os.replace(tmp, path)
@@ -104,17 +106,29 @@ class ModelInputs:
         return Path(source).with_name(f"features-{h.hexdigest()[:20]}.npy")
 
     def _compute_backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
+        """Under torchrun each rank computes a run of whole chunks (the chunks one process
+        would form, so the numbers are the same) and the ranks gather them."""
         from tqdm import tqdm
 
         n = len(self.dataset.images)
+        starts = list(range(0, n, batch))
+        world = distributed.world_size()
+        if len(starts) < world:  # too few chunks to share out: every rank computes all
+            world = 1
+        spans = [distributed.share(len(starts), r, world) for r in range(world)]
+        first, count = spans[distributed.rank() if world > 1 else 0]
         chunks = []
         with torch.no_grad(), autocast(self.device, self.precision):
-            for start in tqdm(range(0, n, batch), desc="frozen image backbone, once", leave=False,
-                              disable=None):
+            for start in tqdm(starts[first : first + count], desc="frozen image backbone, once",
+                              leave=False, disable=None if distributed.is_main() else True):
                 idx = np.arange(start, min(n, start + batch))
                 px = model.preprocess(self.dataset.batch(idx).to(self.device))
                 chunks.append(model.image_backbone(px).float())
-        return torch.cat(chunks)
+        local = torch.cat(chunks)
+        if world == 1:
+            return local
+        sizes = [min(n, (f + c) * batch) - f * batch for f, c in spans]
+        return distributed.gather_rows(local, sizes)
 
     def images(self, model: DualEncoder, indices: np.ndarray, augment: bool = False,
                within: tuple[int, int] | None = None) -> torch.Tensor:

@@ -36,12 +36,6 @@ class BatchLoss(torch.nn.Module):
         return batch_loss(self.model, inputs, batch, "task", augment, within)
 
 
-def share(total: int, rank: int, world: int) -> tuple[int, int]:
-    """(start, count) of this rank's rows in a batch of `total`: sizes differ by at most one."""
-    base, extra = divmod(total, world)
-    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
-
-
 class DataParallel:
     """Wraps a model for data-parallel steps; `strategy` is "ddp" or "fsdp".
 
@@ -104,7 +98,7 @@ class DataParallel:
             classes, labels = restrict_to_batch(batch.classes, batch.labels)
             batch = Batch(batch.images, labels, classes, batch.new_task)
         total = len(batch.images)
-        start, count = share(total, self.rank, self.world)
+        start, count = distributed.share(total, self.rank, self.world)
         # a rank with no rows runs one row with weight 0: every rank must join the all-reduce
         rows = slice(start, start + count) if count else slice(0, 1)
         part = Batch(batch.images[rows], batch.labels[rows], batch.classes)

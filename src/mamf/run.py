@@ -60,13 +60,13 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if fresh and config.train.heads == "random":
         model.reset_heads(torch.Generator().manual_seed(config.seed))
     model.to(device).eval()
-    with distributed.main_first():  # rank 0 fills the image and feature caches; the rest read
-        dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                    config.data.template)
-        freeze = config.train.freeze_image_backbone
-        inputs = ModelInputs(model, dataset, device, config.precision, freeze,
-                             config.train.freeze_text_tower, config.train.crop_scale,
-                             seed=config.seed)
+    # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
+    # on another past the collective timeout; frozen-backbone features are computed in shares
+    dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
+                                config.data.template)
+    inputs = ModelInputs(model, dataset, device, config.precision,
+                         config.train.freeze_image_backbone, config.train.freeze_text_tower,
+                         config.train.crop_scale, seed=config.seed)
     return model, dataset, inputs
 
 
