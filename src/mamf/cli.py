@@ -161,7 +161,9 @@ def cmd_train(args) -> None:
     summary = train_run(config, Path(args.out), progress=not args.quiet)
     if not _is_main():
         return
-    print(f"trained {summary['method']} on {summary['dataset']} ({summary['steps']} steps, "
+    processes = summary.get("processes", 1)
+    on = f" on {processes} processes" if processes > 1 else ""
+    print(f"trained {summary['method']} on {summary['dataset']}{on} ({summary['steps']} steps, "
           f"{summary['train_time_s']:.1f} s): loss {summary['mean_loss_first_tenth']:.4f} -> "
           f"{summary['mean_loss_last_tenth']:.4f} (first -> last tenth of steps)")
     print(f"weights and config in {args.out}")

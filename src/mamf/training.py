@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from mamf.methods import classical, fomaml, mamf
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
 from mamf.tasks import Task, episodic_task, paper_task
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,6 +102,10 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                     else n_images * d.ways / len(pool.classes))
         n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
         steps = t.steps or math.ceil(n_tasks / t.meta_batch)
+        if t.meta_batch < distributed.world_size() and distributed.is_main():
+            log.warning("fomaml: meta_batch=%d tasks per step on %d processes leaves %d of them "
+                        "idle; raise train.meta_batch to use them all", t.meta_batch,
+                        distributed.world_size(), distributed.world_size() - t.meta_batch)
         learner = fomaml.clone_learner(model)
         outer = make_optimizer(trainable(model), t.lr, t.weight_decay)
         if resume:

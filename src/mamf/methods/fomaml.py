@@ -72,18 +72,18 @@ def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, ta
     gradients are summed over the ranks, so the update is the one a single process makes.
     """
     outer.zero_grad(set_to_none=True)
-    params = trainable(model)
+    params, fast = trainable(model), trainable(learner)  # walked once, not once per task
     loss = 0.0
     for k in range(distributed.rank(), len(tasks), distributed.world_size()):
         task = tasks[k]
         copy_weights(learner, model)
         adapt_sgd(learner, inputs, task, inner_lr, inner_epochs, inner_batch_size, rngs[k],
                   augment)
-        for p in learner.parameters():
-            p.grad = None
+        for q in fast:  # frozen parameters never hold a gradient
+            q.grad = None
         weight = 1.0 / len(tasks)
         loss += query_gradient(learner, inputs, task, inner_batch_size, weight) * weight
-        for p, q in zip(params, trainable(learner)):
+        for p, q in zip(params, fast):
             if q.grad is None:
                 continue
             p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad
