@@ -174,6 +174,12 @@ def test_experiment_under_torchrun_writes_one_process_file(shared_colour_folder,
         assert abs(a.get("train_loss_last", 0) - b.get("train_loss_last", 0)) < 1e-4
     assert (tmp_path / "two" / "report.md").is_file()
     assert not (tmp_path / "two" / "failures.jsonl").exists()
+    # a second launch finds every row done (rank 0's view, shared) and rewrites nothing
+    again = _torchrun(["experiment", str(spec), "--out", str(tmp_path / "two"), "--quiet"],
+                      tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert (tmp_path / "two" / "results.jsonl").read_text().count("\n") == 8
 
 
 FAILING_RANK = """
