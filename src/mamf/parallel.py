@@ -53,10 +53,12 @@ class DataParallel:
             from mamf import sharded
 
             self.sharded = sharded
-            self.module = BatchLoss(deepcopy(model))
             if self.device.type == "cuda":
                 model.to("cpu")  # the device holds shards only while training
-            sharded.shard(self.module)
+            # copied on the host; FSDP moves each block to the device as it shards it
+            self.module = BatchLoss(deepcopy(model))
+            sharded.shard(self.module, sharded.mesh(self.device))
+            self.module.to(self.device)  # what stayed whole (0-d parameters, loose buffers)
             self.replicated = sharded.replicated(self.module)
             if distributed.is_main():
                 log.info("fsdp: %s", sharded.describe(self.module))

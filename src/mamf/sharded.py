@@ -10,6 +10,7 @@ and receives the trained weights at the end, so checkpoints and the meta-test se
 from __future__ import annotations
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -20,27 +21,32 @@ def _has_scalar(module: torch.nn.Module) -> bool:
     return any(p.dim() == 0 for p in module.parameters())
 
 
-def shard(module: torch.nn.Module) -> None:
+def mesh(device: torch.device) -> DeviceMesh:
+    """All ranks in one dimension, on the training device's type (gloo CPU or NCCL GPU)."""
+    return init_device_mesh(device.type, (distributed.world_size(),))
+
+
+def shard(module: torch.nn.Module, mesh: DeviceMesh) -> None:
     """fully_shard each block (the items of a ModuleList or Sequential), then each scalar-free
     sub-module around them; sub-modules holding a 0-d parameter are only descended into."""
     if not any(True for _ in module.parameters()):
         return
     if _has_scalar(module):
         for child in module.children():
-            shard(child)
+            shard(child, mesh)
         return
-    _shard_blocks(module)
-    fully_shard(module)
+    _shard_blocks(module, mesh)
+    fully_shard(module, mesh=mesh)
 
 
-def _shard_blocks(module: torch.nn.Module) -> None:
+def _shard_blocks(module: torch.nn.Module, mesh: DeviceMesh) -> None:
     for child in module.children():
         if isinstance(child, torch.nn.ModuleList | torch.nn.Sequential):
             for block in child:
                 if any(True for _ in block.parameters()) and not _has_scalar(block):
-                    fully_shard(block)
+                    fully_shard(block, mesh=mesh)
         else:
-            _shard_blocks(child)
+            _shard_blocks(child, mesh)
 
 
 def replicated(module: torch.nn.Module) -> list[torch.nn.Parameter]:
