@@ -41,7 +41,7 @@ def timeout_seconds() -> float:
 def timed_out(error: BaseException) -> bool:
     """Whether `error` is a collective that waited past the timeout (gloo and NCCL word it so)."""
     text = str(error).lower()
-    return launched() and ("timed out" in text or "timeout" in text)
+    return launched() and ("timed out" in text or "collective operation timeout" in text)
 
 
 def rank() -> int:
