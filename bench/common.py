@@ -53,14 +53,20 @@ def whole_batch(ds, batch_size: int, seed: int = 0):
     return Batch(idx, labels, np.arange(ds.n_classes))
 
 
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
+def timed(fn, repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median seconds of `fn()` over `repeats` runs after `warmup` runs; on a GPU `device`,
+    each run waits for the device to finish."""
+    def run():
         fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        run()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -12,40 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from common import image_folder, vit_b32_random, whole_batch
+from common import image_folder, timed, vit_b32_random, whole_batch
+from hardware import matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamf.data.dataset import ImageDataset
 from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs, autocast
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of fn(), waiting for the device; two warm-up calls first."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(2):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int = 4096) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timed(lambda: a @ b, device, 10)
 
 
 def main() -> None:
@@ -87,11 +63,11 @@ def main() -> None:
     flops = counter.get_total_flops()
     times = {"plain": [], "ours": []}
     for _ in range(3):  # interleaved rounds: noise hits both alike
-        times["plain"].append(timed(plain_step, device, args.repeats))
-        times["ours"].append(timed(ours_step, device, args.repeats))
+        times["plain"].append(timed(plain_step, args.repeats, warmup=2, device=device))
+        times["ours"].append(timed(ours_step, args.repeats, warmup=2, device=device))
     plain, ours = (statistics.median(times[k]) for k in ("plain", "ours"))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    peak = matmul_rate(device, dtype)
+    peak = matmul_rate(dtype, n=4096, repeats=10, device=device)
     print(f"| step | s/step | images/s | FLOP/s vs {args.precision} matmul |")
     print("|---|---|---|---|")
     for what, seconds in (("plain PyTorch", plain), ("mamf", ours)):

@@ -16,10 +16,11 @@ from common import timed, vit_b32_random
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
-    seconds = timed(lambda: a @ b, repeats, warmup=2)
+def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5,
+                device: torch.device | None = None) -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    seconds = timed(lambda: a @ b, repeats, warmup=2, device=device)
     return 2 * n**3 / seconds
 
 

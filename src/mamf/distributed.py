@@ -77,6 +77,16 @@ def sum_tensors(tensors: list[torch.Tensor]) -> None:
         start += n
 
 
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum each parameter's gradient over the ranks (a missing one counts as zero)."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    sum_tensors([p.grad for p in params])
+
+
 def sum_scalar(value: float) -> float:
     if world_size() == 1:
         return value

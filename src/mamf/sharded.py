@@ -64,13 +64,9 @@ def describe(module: torch.nn.Module) -> str:
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    distributed.sum_gradients(params)
     for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    distributed.sum_tensors(grads)
-    for g in grads:
-        g.div_(distributed.world_size())
+        p.grad.div_(distributed.world_size())
 
 
 def full(value):

@@ -87,11 +87,7 @@ def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, ta
             if q.grad is None:
                 continue
             p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad
-    if distributed.world_size() > 1:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        distributed.sum_tensors([p.grad for p in params])
+    distributed.sum_gradients(params)
     loss = distributed.sum_scalar(loss)
     if not np.isfinite(loss):
         raise MamfError(f"the FOMAML query loss became {loss}: lower the learning rates")
