@@ -16,7 +16,7 @@ from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
 from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
-from mamf.training import make_optimizer
+from mamf.methods.base import make_optimizer
 
 
 def measure(name: str, folder, files, batch_size: int, repeats: int) -> None:

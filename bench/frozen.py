@@ -16,7 +16,7 @@ from common import image_folder, interleaved, model_by_name, whole_batch
 from mamf.data.dataset import ImageDataset
 from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
-from mamf.training import make_optimizer
+from mamf.methods.base import make_optimizer
 
 
 def main() -> None:

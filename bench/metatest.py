@@ -15,7 +15,8 @@ from common import image_folder, model_by_name
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
 from mamf.inputs import ModelInputs
-from mamf.metatest import WeightSnapshot, adapt, evaluation_tasks, score
+from mamf.metatest import WeightSnapshot, evaluation_tasks, score
+from mamf.methods import create
 
 
 def bench(name: str, n_tasks: int, frozen: bool) -> dict:
@@ -29,12 +30,13 @@ def bench(name: str, n_tasks: int, frozen: bool) -> dict:
     tasks = evaluation_tasks(ds, config, "test", 5)
     tasks = (tasks * (n_tasks // len(tasks) + 1))[:n_tasks]
     snapshot = WeightSnapshot(model)
+    method = create("classical", config)
     parts = {"restore": 0.0, "adapt": 0.0, "score": 0.0}
     for i, task in enumerate(tasks):
         t0 = time.perf_counter()
         snapshot.restore()
         t1 = time.perf_counter()
-        adapt(model, inputs, task, "classical", config, np.random.default_rng(i))
+        method.adapt(model, inputs, task, np.random.default_rng(i))
         t2 = time.perf_counter()
         score(model, inputs, task)
         t3 = time.perf_counter()

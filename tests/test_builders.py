@@ -216,6 +216,7 @@ def test_fashion_mnist_missing_package_says_how_to_install(tmp_path, monkeypatch
     assert not (tmp_path / "fm").exists()
 
 
+@pytest.mark.slow
 def test_fashion_mnist_debian_package(tmp_path):
     log = Log()
     try:
@@ -340,6 +341,7 @@ def npm_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.mark.slow
 def test_emoji_real_packages(tmp_path, npm_cache):
     log = Log()
     root = BUILDERS["emoji"](tmp_path / "emoji", log=log, limit=25, cache_dir=npm_cache)

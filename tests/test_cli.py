@@ -95,6 +95,7 @@ def _cli(*args, tmp_path):
                           env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_without_traceback(tmp_path, colour_folder):
     cases = [
         (["evaluate", "--model", "tiny-random-clip", "--data", str(tmp_path / "nope"),

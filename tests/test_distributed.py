@@ -21,6 +21,8 @@ from mamf.config import build_config, dump_yaml
 from mamf.run import prepare
 from mamf.training import train
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses
+
 KEYS = ("method", "dataset", "protocol", "ways", "shots", "queries", "seed", "split", "n_tasks",
         "acc_mean", "acc_ci95", "task_accs")
 # Adam turns rounding noise in an exactly-zero gradient into lr-sized steps: attention key biases

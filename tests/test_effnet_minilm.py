@@ -23,6 +23,8 @@ from mamf.errors import MamfError  # noqa: E402
 from mamf.models import effnet_minilm  # noqa: E402
 from mamf.models.effnet_minilm import CLASS_PROMPT, CLASSES_FILE, build, imagenet_classes  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or the pretrained model
+
 
 @pytest.fixture(scope="module")
 def model():

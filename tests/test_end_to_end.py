@@ -10,6 +10,8 @@ pytest.importorskip("efficientnet_lite_pytorch")
 from mamf.cli import main  # noqa: E402
 from mamf.io import read_jsonl  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or the pretrained model
+
 
 def test_effnet_minilm_all_methods_on_digits(tmp_path, capsys):
     exp = {
@@ -19,7 +21,7 @@ def test_effnet_minilm_all_methods_on_digits(tmp_path, capsys):
             "data": {"protocol": "paper"},
             "train": {"freeze_image_backbone": True, "freeze_text_tower": True,
                       "augment": False, "lr": 1e-2, "epochs": 8, "inner_lr": 0.1},
-            "metatest": {"lr": 1e-3, "epochs": 5},
+            "metatest": {"lr": 1e-3, "epochs": 5, "inner_lr": 0.1},
         },
         "datasets": {"digits": {"build": "digits", "build_options": {"per_class": 20},
                                 "ways": [5]}},

@@ -13,12 +13,14 @@ from mamf.config import build_config
 from mamf.finetune import Batch, batch_loss, epoch_batches
 from mamf.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
 from mamf.methods import fomaml
+from mamf.methods.classical import Classical
 from mamf.run import prepare
 from mamf.tasks import paper_task
 from mamf.training import train
 
 FAST = {"train.lr": 3e-3, "train.batch_size": 16, "train.epochs": 15, "train.augment": False,
-        "train.inner_lr": 0.01, "train.inner_epochs": 1, "metatest.lr": 1e-3,
+        "train.inner_lr": 0.01, "train.inner_epochs": 1, "metatest.inner_lr": 0.01,
+        "metatest.lr": 1e-3,
         "metatest.epochs": 2, "model": "tiny-random-clip", "data.ways": 5}
 
 
@@ -67,13 +69,13 @@ def test_meta_test_restores_weights_between_tasks(shared_colour_folder):
     tasks = evaluation_tasks(dataset, config, "test", 5)[:4]
     start = [p.detach().clone() for p in model.parameters()]
     seen = []
-    original_adapt = meta_test.__globals__["adapt"]
+    original_adapt = Classical.adapt
 
-    def spy(model_, *args, **kwargs):
+    def spy(self, model_, *args, **kwargs):
         seen.append(all(torch.equal(a, b) for a, b in zip(start, model_.parameters())))
-        return original_adapt(model_, *args, **kwargs)
+        return original_adapt(self, model_, *args, **kwargs)
 
-    meta_test.__globals__["adapt"] = spy
+    Classical.adapt = spy
     try:
         meta_test(model, inputs, tasks, "classical", config, 5, progress=False)
         assert seen == [True] * 4  # every task starts from the trained weights
@@ -82,7 +84,7 @@ def test_meta_test_restores_weights_between_tasks(shared_colour_folder):
         meta_test(model, inputs, tasks, "classical", config, 5, progress=False)
         assert seen == [True, False, False, False]
     finally:
-        meta_test.__globals__["adapt"] = original_adapt
+        Classical.adapt = original_adapt
     assert all(torch.equal(a, b) for a, b in zip(start, model.parameters()))
 
 

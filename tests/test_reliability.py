@@ -144,6 +144,7 @@ def test_a_diverging_loss_stops_with_a_clear_line_and_keeps_the_checkpoint(
     assert not (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_two_fresh_processes_give_bit_identical_results(shared_colour_folder, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     script = (

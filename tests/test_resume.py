@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from mamf.cli import main
 
+pytestmark = pytest.mark.slow  # torchrun, subprocesses or the pretrained model
+
 
 def train_args(method, folder, out, extra=()):
     return ["train", "--method", method, "--model", "tiny-random-clip", "--data", str(folder),

@@ -1,4 +1,5 @@
-"""Training checkpoints: weights, optimiser, sampler RNG and augmentation RNG, written atomically.
+"""Training checkpoints: weights, optimiser, data stream (generator, task sampler) and augmentation
+RNG, written atomically.
 
 Each checkpoint is a folder `checkpoint-<step>` written under a temporary name and renamed into
 place; `latest.json` then points at it (also replaced atomically), and older folders are removed.
@@ -13,7 +14,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
@@ -28,7 +28,7 @@ class Resume:
     step: int
     losses: list[float]
     optimizer_state: dict
-    rng_state: dict
+    stream_state: dict
     generator_state: torch.Tensor
 
 
@@ -43,8 +43,9 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, model: torch.nn.Module, optimizer_state: dict,
-             rng: np.random.Generator, generator: torch.Generator, losses: list[float]) -> None:
-        """`optimizer_state`: the optimiser's state_dict(), keyed by trainable-parameter index."""
+             stream_state: dict, generator: torch.Generator, losses: list[float]) -> None:
+        """`optimizer_state`: the optimiser's state_dict(), keyed by trainable-parameter index;
+        `stream_state`: what the method's data stream has drawn (JSON: generator and sampler)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"checkpoint-{step:09d}"
         tmp = self.folder / f".{name}.tmp"
@@ -60,7 +61,7 @@ class Checkpointer:
                 else:
                     scalars[f"{index}.{key}"] = value
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        meta = {"step": step, "losses": losses, "rng_state": rng.bit_generator.state,
+        meta = {"step": step, "losses": losses, "stream_state": stream_state,
                 "generator_state": generator.get_state().tolist(),
                 "param_groups": state["param_groups"], "optimizer_scalars": scalars}
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -93,7 +94,7 @@ class Checkpointer:
             index, name = key.split(".", 1)
             state.setdefault(int(index), {})[name] = value
         optimizer_state = {"state": state, "param_groups": meta["param_groups"]}
-        return Resume(meta["step"], meta["losses"], optimizer_state, meta["rng_state"],
+        return Resume(meta["step"], meta["losses"], optimizer_state, meta["stream_state"],
                       torch.tensor(meta["generator_state"], dtype=torch.uint8))
 
     def clear(self) -> None:

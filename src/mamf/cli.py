@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from mamf.config import build_config, load_yaml, to_dict
+from mamf.config import build_config, deep_merge, load_yaml, to_dict
 from mamf.errors import MamfError
 
 log = logging.getLogger("mamf")
@@ -51,6 +51,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from mamf import methods
     from mamf.models.registry import model_names
 
     models = "; ".join(f"{k}: {v}" for k, v in model_names().items())
@@ -59,13 +60,15 @@ def parser() -> argparse.ArgumentParser:
         "fine-tuning, FOMAML and zero-shot, measured the same way.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="fine-tune a model with classical, mamf or fomaml",
+    trained = methods.names(trained=True)
+    tr = sub.add_parser("train", help=f"fine-tune a model with {', '.join(trained)}",
                         description="Train on the training split; writes model.safetensors, "
                         "config.yaml and train.json to --out.")
-    tr.add_argument("--method", choices=["classical", "mamf", "fomaml"])
+    tr.add_argument("--method", choices=trained, help="see `mamf methods` (default mamf)")
     tr.add_argument("--model", help=f"built-in name, CLIP folder or hub id ({models})")
     tr.add_argument("--out", required=True, help="run folder to write")
-    tr.add_argument("--ways", type=int, help="task size n for mamf/fomaml (default 5)")
+    tr.add_argument("--ways", type=int, help="task size n for methods that train on tasks "
+                    "(default 5)")
     tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-6)")
     tr.add_argument("--epochs", type=float, help="passes over the training pool (default 8)")
     tr.add_argument("--batch-size", type=int, help="default 32")
@@ -116,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("models", help="list the built-in models")
+    sub.add_parser("methods", help="list the methods and task samplers")
     return ap
 
 
@@ -136,16 +140,8 @@ def _overrides(args: argparse.Namespace, flags: dict) -> dict:
 def _config(args, flags: dict, base: dict | None = None):
     merged = dict(base or {})
     if args.config:
-        merged = _deep_merge(merged, load_yaml(args.config))
+        merged = deep_merge(merged, load_yaml(args.config))
     return build_config(merged, _overrides(args, flags))
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
-                                                                             dict) else v
-    return out
 
 
 def _is_main() -> bool:
@@ -170,9 +166,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from mamf.methods import names
     from mamf.run import evaluate, load_run, ways_list
 
-    model, method, run_dir = None, "zeroshot", None
+    model, method, run_dir = None, names(trained=False)[0], None
     if args.run:
         run_config, model = load_run(Path(args.run))
         method, run_dir = run_config.train.method, Path(args.run)
@@ -204,6 +201,19 @@ def cmd_models(args) -> None:
     for name, text in model_names().items():
         print(f"{name:18} {text}")
     print("or a local CLIPModel folder / hub id, e.g. openai/clip-vit-base-patch32")
+
+
+def cmd_methods(args) -> None:
+    from mamf import methods, samplers
+
+    for name in methods.names():
+        kind = methods.method_class(name)
+        what = ("trains per task size" if kind.trains_per_ways else "trains once") \
+            if kind.trains else "no training"
+        print(f"{name:12} {kind.summary} [{what}]")
+    print("\ntask samplers (train.sampler, for methods that train on tasks):")
+    for name in samplers.names():
+        print(f"{name:12} {samplers.REGISTRY[name].summary}")
 
 
 def cmd_experiment(args) -> None:
@@ -286,7 +296,8 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
-            "report": cmd_report, "data": cmd_data, "demo": cmd_demo, "models": cmd_models}
+            "report": cmd_report, "data": cmd_data, "demo": cmd_demo, "models": cmd_models,
+            "methods": cmd_methods}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,6 @@ import yaml
 
 from mamf.errors import MamfError
 
-METHODS = ("zeroshot", "classical", "mamf", "fomaml")
-TRAINED_METHODS = ("classical", "mamf", "fomaml")
-
 
 @dataclass
 class DataConfig:
@@ -43,9 +40,10 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """How a method fine-tunes on the training pool (defaults: SPEC.md section 5, fixed column)."""
+    """How a method fine-tunes on the training pool (defaults: docs/method.md, "Defaults")."""
 
     method: str = "mamf"
+    sampler: str = "uniform"  # which classes a training task gets (methods that draw tasks)
     lr: float = 1e-6
     epochs: float = 8.0
     batch_size: int = 32
@@ -78,6 +76,10 @@ class MetaTestConfig:
     batch_size: int = 8
     reset: bool = True
     augment: bool = False
+    # FOMAML adapts to a test task as its inner loop does: plain SGD with these settings
+    inner_lr: float = 1e-7
+    inner_epochs: int = 1
+    inner_batch_size: int = 8
 
 
 @dataclass
@@ -93,7 +95,6 @@ class Config:
 
 CHOICES = {
     "data.protocol": ("paper", "episodic"),
-    "train.method": TRAINED_METHODS,
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
@@ -105,9 +106,9 @@ CHOICES = {
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size",
-            "train.crop_scale", "metatest.batch_size"}
+            "train.crop_scale", "metatest.batch_size", "metatest.inner_batch_size"}
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
-                "metatest.epochs"}
+                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
 
 
 def _coerce(key: str, value, annotation):
@@ -194,9 +195,16 @@ def set_value(config: Config, dotted: str, value) -> None:
             raise MamfError(f"config {'.'.join(parts[:i + 1])} is not a section")
 
 
+def registry_choices() -> dict[str, tuple[str, ...]]:
+    """Choices that plug-ins add to: trained methods and task samplers (imported when needed)."""
+    from mamf import methods, samplers
+
+    return {"train.method": methods.names(trained=True), "train.sampler": samplers.names()}
+
+
 def validate(config: Config) -> Config:
     flat = to_dict(config)
-    for key, choices in CHOICES.items():
+    for key, choices in {**CHOICES, **registry_choices()}.items():
         value = _get(flat, key)
         if value not in choices:
             raise MamfError(f"config {key} must be one of {', '.join(choices)}; got {value!r}")
@@ -243,6 +251,15 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise MamfError(f"config file {path} must hold a mapping of keys")
     return data
+
+
+def deep_merge(a: dict, b: dict | None) -> dict:
+    """`a` updated by `b`, section by section: nested mappings merge, anything else replaces."""
+    out = dict(a)
+    for k, v in (b or {}).items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = deep_merge(out[k], v) if both else v
+    return out
 
 
 def build_config(base: dict | None = None, overrides: dict | None = None) -> Config:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamf import distributed
-from mamf.config import METHODS, Config, build_config, dump_yaml, load_yaml
+from mamf import methods as registry
+from mamf.config import Config, build_config, deep_merge, dump_yaml, load_yaml
 from mamf.errors import MamfError
 from mamf.io import append_jsonl, atomic_write_text, read_jsonl
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
-from mamf.run import RESULTS, evaluate_prepared, prepare, seed_everything, ways_list
+from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
 
 log = logging.getLogger(__name__)
@@ -59,24 +60,18 @@ class Experiment:
     source: Path | None = None
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     """Validate an experiment mapping; every run's config is built once here to catch errors early."""
     unknown = set(raw) - TOP_KEYS
     if unknown:
         raise MamfError(f"unknown experiment key(s) {sorted(unknown)} (known: {sorted(TOP_KEYS)})")
-    methods = raw.get("methods", list(METHODS))
+    known = registry.names()
+    methods = raw.get("methods", list(known))
     if not isinstance(methods, list) or not methods:
         raise MamfError("experiment 'methods' must be a non-empty list")
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in known]
     if bad:
-        raise MamfError(f"unknown method(s) {bad}: use {', '.join(METHODS)}")
+        raise MamfError(f"unknown method(s) {bad}: use {', '.join(known)}")
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int):
         seeds = [seeds]
@@ -85,7 +80,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
         raise MamfError("experiment 'seeds' must be a list of integers")
     method_settings = raw.get("method_settings") or {}
     for m, s in method_settings.items():
-        if m not in METHODS:
+        if m not in known:
             raise MamfError(f"method_settings names unknown method {m!r}")
         if not isinstance(s, dict) or set(s) - METHOD_SECTIONS:
             raise MamfError(f"method_settings.{m} may only hold train and metatest sections")
@@ -127,14 +122,14 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
                ways: int | None = None) -> Config:
-    merged = _merge(exp.settings, ds.settings)
-    merged = _merge(merged, exp.method_settings.get(method, {}))
-    merged = _merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
+    merged = deep_merge(exp.settings, ds.settings)
+    merged = deep_merge(merged, exp.method_settings.get(method, {}))
+    merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
                              "precision": exp.precision, "data": {"root": root}})
-    if method != "zeroshot":
-        merged = _merge(merged, {"train": {"method": method}})
+    if registry.method_class(method).trains:
+        merged = deep_merge(merged, {"train": {"method": method}})
     if ways is not None:
-        merged = _merge(merged, {"data": {"ways": ways}})
+        merged = deep_merge(merged, {"data": {"ways": ways}})
     try:
         return build_config(merged)
     except MamfError as e:
@@ -205,7 +200,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             for method in exp.methods:
                 todo = [n for n in ways if (ds.name, method, n, seed, split) not in done]
                 if todo:
-                    plans.append((ds, root, seed, method, todo))
+                    plans.append((ds, root, seed, method, todo, ways))
     total = sum(len(p[4]) for p in plans)
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
@@ -215,13 +210,13 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                disable=None if progress else True)
     clock = _Clock(total)
     prepared: dict[str, tuple] = {}
-    for ds, root, seed, method, todo in plans:
+    for ds, root, seed, method, todo, ways in plans:
         key = ds.name
         if key not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
             try:
                 config = run_config(exp, ds, method, seed, root)
-                model, dataset, inputs = prepare(config, fresh=True)
+                model, dataset, inputs = prepare(config)
                 prepared[key] = (model, dataset, inputs, WeightSnapshot(model))
             except MamfError as e:
                 log.error("dataset %s skipped: %s", ds.name, e)
@@ -229,11 +224,12 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                 bar.update(len(todo))
                 continue
         model, dataset, inputs, pretrained = prepared[key]
-        units = [todo] if method in ("zeroshot", "classical") else [[n] for n in todo]
+        per_ways = registry.method_class(method).trains_per_ways
+        units = [[n] for n in todo] if per_ways else [todo]
         for unit in units:
             try:
-                for row in _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs,
-                                     pretrained, results, progress):
+                for row in _run_unit(exp, ds, root, seed, method, unit, ways, model, dataset,
+                                     inputs, pretrained, results, progress):
                     if main:
                         log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name,
                                  method, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
@@ -267,15 +263,23 @@ class _Clock:
         return f"{self.done}/{self.total}, about {left / 60:.1f} min left"
 
 
-def _run_unit(exp, ds, root, seed, method, unit, model, dataset, inputs, pretrained, results,
-              progress):
-    """Train once (per task size for task-based methods), then meta-test every size in `unit`."""
+def _run_unit(exp, ds, root, seed, method, unit, ways, model, dataset, inputs, pretrained,
+              results, progress):
+    """Train once (per task size for task-based methods), then meta-test every size in `unit`.
+
+    A method trained once for every size trains exactly as in an uninterrupted grid (with the
+    first of the dataset's sizes, `ways[0]`), however many of its rows are already done, and
+    random heads are drawn from the unit's seed: a resumed grid writes the rows of a whole one.
+    """
     pretrained.restore()
-    config = run_config(exp, ds, method, seed, root, ways=unit[0])
+    kind = registry.method_class(method)
+    config = run_config(exp, ds, method, seed, root,
+                        ways=unit[0] if kind.trains_per_ways else ways[0])
     seed_everything(seed)
     inputs.generator.manual_seed(seed)
     train_info = {}
-    if method != "zeroshot":
+    if kind.trains:
+        apply_heads(model, config)
         started = time.perf_counter()
         result = train(model, inputs, dataset, config, progress)
         train_info = {"train_steps": result.steps,

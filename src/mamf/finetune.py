@@ -1,7 +1,7 @@
 """The minibatch fine-tuning step, shared by classical, MAMF, FOMAML's inner loop and the meta-test.
 
 A `Batch` names its images, their labels and the candidate classes the loss ranges over; the
-methods differ only in how they produce batches (SPEC.md section 2).
+methods differ only in how they produce batches (docs/method.md).
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from mamf.models.base import DualEncoder
 
 @dataclass(frozen=True)
 class Batch:
-    """Image indices, labels as positions in `classes`, and `classes` as global class ids."""
+    """Image indices, labels as positions in `classes`, and `classes` as global class ids;
+    `chosen`: for a task's batch, its classes as positions in the training pool."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: np.ndarray
     new_task: bool = False
+    chosen: np.ndarray | None = None
 
 
 def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates: str = "task",
@@ -78,6 +80,46 @@ def epoch_batches(rng: np.random.Generator, images: np.ndarray, labels: np.ndarr
         for start in range(0, len(order), batch_size):
             pick = order[start : start + batch_size]
             yield Batch(images[pick], labels[pick], classes)
+
+
+class EpochStream:
+    """Minibatches from endless epochs over (images, labels), exactly as `epoch_batches` draws
+    them, and resumable: its state is the generator's state at the start of the current epoch
+    and how many batches of that epoch were taken."""
+
+    def __init__(self, rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
+                 classes: np.ndarray, batch_size: int):
+        self.rng, self.images, self.labels, self.classes = rng, images, labels, classes
+        self.batch_size = batch_size
+        self.order: np.ndarray | None = None
+        self.epoch_state: dict | None = None
+        self.taken = 0
+
+    def __iter__(self) -> EpochStream:
+        return self
+
+    def __next__(self) -> Batch:
+        if self.order is None or self.taken * self.batch_size >= len(self.order):
+            self.epoch_state = self.rng.bit_generator.state
+            self.order = self.rng.permutation(len(self.images))
+            self.taken = 0
+        pick = self.order[self.taken * self.batch_size : (self.taken + 1) * self.batch_size]
+        self.taken += 1
+        return Batch(self.images[pick], self.labels[pick], self.classes)
+
+    def state_dict(self) -> dict:
+        if self.epoch_state is None:
+            return {"rng": self.rng.bit_generator.state}
+        return {"epoch_rng": self.epoch_state, "taken": self.taken}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch_rng" not in state:
+            self.rng.bit_generator.state = state["rng"]
+            return
+        self.rng.bit_generator.state = state["epoch_rng"]
+        self.epoch_state = state["epoch_rng"]
+        self.order = self.rng.permutation(len(self.images))
+        self.taken = int(state["taken"])
 
 
 def run_batches(model: DualEncoder, inputs: ModelInputs, batches: Iterable[Batch],

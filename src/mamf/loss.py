@@ -1,4 +1,4 @@
-"""The one classification loss every method shares (SPEC.md section 2).
+"""The one classification loss every method shares (docs/method.md, "The model and the loss").
 
 logits = exp(logit_scale) * cos(image embedding, text embedding of each candidate class);
 cross-entropy from each image to its candidate class prompts.

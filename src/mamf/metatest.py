@@ -1,27 +1,26 @@
 """The meta-test, shared by every method: for each test task, start from the trained weights,
 adapt on the support set the way the method prescribes, then score the query set.
 
-The trained weights are kept in memory and copied back before each task (no disk reads, no model
-rebuilds). Accuracy is summarised as mean and 95 % CI = 1.96 * sample std / sqrt(T).
+How a method adapts is the method's own (`Method.adapt`); the rest is shared. The trained weights
+are kept in memory and copied back before each task (no disk reads, no model rebuilds).
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from mamf import methods
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
 from mamf.distributed import gather_by_index, is_main, rank, world_size
 from mamf.errors import MamfError
-from mamf.finetune import epoch_batches, run_batches, trainable
+from mamf.finetune import trainable
 from mamf.inputs import ModelInputs, autocast
 from mamf.loss import task_logits
-from mamf.methods.fomaml import adapt_sgd
 from mamf.models.base import DualEncoder
-from mamf.tasks import Task, check_pool, episodic_task, number_of_tasks, paper_task
+from mamf.stats import mean_ci
+from mamf.tasks import Task, check_pool, number_of_tasks, protocol_task
 
 SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}
 
@@ -36,7 +35,7 @@ def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: in
                         f"{split} split of {dataset.name}")
     if d.protocol == "paper":
         count = number_of_tasks(ways, dataset.n_classes)
-        return [paper_task(rng, pool, ways) for _ in range(count)]
+        return [protocol_task(rng, pool, d, ways) for _ in range(count)]
     support_ok = query_ok = None
     if d.support_match is not None:
         names = dataset.file_names
@@ -50,8 +49,8 @@ def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: in
                                 f"{d.query_match!r}; the task needs {d.shots} and {d.queries}")
     else:
         check_pool(pool, ways, d.shots + d.queries, dataset.classes)
-    return [episodic_task(rng, pool, ways, d.shots, d.queries, dataset.classes, support_ok,
-                          query_ok) for _ in range(d.tasks)]
+    return [protocol_task(rng, pool, d, ways, None, dataset.classes, support_ok, query_ok)
+            for _ in range(d.tasks)]
 
 
 class WeightSnapshot:
@@ -63,38 +62,13 @@ class WeightSnapshot:
     """
 
     def __init__(self, model: torch.nn.Module):
-        self.live = _state(model)  # the parameter objects themselves: found once, not per task
+        self.live = trainable(model)  # the parameter objects themselves: found once, not per task
         self.saved = [t.detach().clone() for t in self.live]
 
     @torch.no_grad()
     def restore(self) -> None:
         for t, saved in zip(self.live, self.saved):
             t.copy_(saved)
-
-
-def _state(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def adapt(model: DualEncoder, inputs: ModelInputs, task: Task, method: str, config: Config,
-          rng: np.random.Generator) -> None:
-    """Fine-tune on the support set as the method prescribes; zero-shot does nothing."""
-    m = config.metatest
-    if method == "zeroshot" or m.epochs == 0:
-        return
-    if method == "fomaml":
-        t = config.train
-        adapt_sgd(model, inputs, task, t.inner_lr, t.inner_epochs, t.inner_batch_size, rng,
-                  m.augment)
-        return
-    if m.lr == 0:
-        return
-    if m.augment:
-        inputs.reseed(rng)
-    optimizer = torch.optim.Adam(trainable(model), lr=m.lr)
-    batches = epoch_batches(rng, task.support, task.support_labels, task.classes, m.batch_size,
-                            m.epochs)
-    run_batches(model, inputs, batches, optimizer, augment=m.augment)
 
 
 @torch.no_grad()
@@ -118,6 +92,7 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
     (the official code's behaviour); either way the model ends as it started."""
     from tqdm import tqdm
 
+    adapter = methods.create(method, config)
     snapshot = WeightSnapshot(model)
     # under torchrun each rank takes every world_size-th task; each task's randomness depends
     # only on its index, so the gathered accuracies equal a single process's. Carried-over
@@ -131,16 +106,12 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
         if config.metatest.reset:
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
-        adapt(model, inputs, tasks[i], method, config, rng)
+        adapter.adapt(model, inputs, tasks[i], rng)
         local[i] = score(model, inputs, tasks[i])
     snapshot.restore()
     return gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
 
 
 def summarize(accs: list[float]) -> tuple[float, float]:
-    """Mean and 95 % CI half-width (1.96 * sample std / sqrt(T)); CI is 0 for a single task."""
-    a = np.asarray(accs, dtype=np.float64)
-    if len(a) == 0:
-        return float("nan"), float("nan")
-    ci = 1.96 * a.std(ddof=1) / math.sqrt(len(a)) if len(a) > 1 else 0.0
-    return float(a.mean()), float(ci)
+    """Mean and 95 % CI half-width of per-task accuracies (`mamf.stats.mean_ci`)."""
+    return mean_ci(accs)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf.config import METHODS
+from mamf.methods import names as method_names
 
 LOW_ZERO_SHOT = 0.5  # the zero-shot accuracy below which claim 2 calls a dataset "low"
 METHOD_LABELS = {"zeroshot": "zero-shot", "classical": "classical FT", "mamf": "MAMF",
@@ -32,7 +32,7 @@ def pooled(rows: list[dict]) -> dict:
 def _ordered(rows: list[dict]) -> tuple[list[str], list[str]]:
     datasets = list(OrderedDict.fromkeys(r.get("experiment_dataset", r["dataset"]) for r in rows))
     present = {r["method"] for r in rows}
-    return datasets, [m for m in METHODS if m in present]
+    return datasets, [m for m in method_names() if m in present]
 
 
 def summary_table(rows: list[dict]) -> str:
@@ -146,7 +146,7 @@ def curve_figure(rows: list[dict], dataset: str, path: Path) -> Path:
                "fomaml": "#2ca02c"}
     mine = [r for r in rows if _dataset(r) == dataset]
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
-    for m in [m for m in METHODS if any(r["method"] == m for r in mine)]:
+    for m in [m for m in method_names() if any(r["method"] == m for r in mine)]:
         by_n: dict[int, list[float]] = {}
         for r in mine:
             if r["method"] == m:

@@ -57,8 +57,8 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     seed_everything(config.seed)
     if model is None:
         model = build_model(config.model)
-    if fresh and config.train.heads == "random":
-        model.reset_heads(torch.Generator().manual_seed(config.seed))
+    if fresh:
+        apply_heads(model, config)
     model.to(device).eval()
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
@@ -68,6 +68,12 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
                          config.train.freeze_image_backbone, config.train.freeze_text_tower,
                          config.train.crop_scale, seed=config.seed)
     return model, dataset, inputs
+
+
+def apply_heads(model: DualEncoder, config: Config) -> None:
+    """`train.heads=random` (the official code): fresh projection heads drawn from the run's seed."""
+    if config.train.heads == "random":
+        model.reset_heads(torch.Generator().manual_seed(config.seed))
 
 
 def save_weights(model: DualEncoder, path: Path) -> None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mamf.data.dataset import Pool, group_labels
 from mamf.data.splits import halves
 from mamf.errors import MamfError
+
+if TYPE_CHECKING:
+    from mamf.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,12 @@ def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.nd
     return np.sort(rng.choice(pool_size, size=ways, replace=False))
 
 
-def paper_task(rng: np.random.Generator, pool: Pool, ways: int) -> Task:
-    """Uniform classes; each class's split images halved into support then query."""
-    chosen = sample_classes(rng, len(pool.classes), ways)
+def paper_task(rng: np.random.Generator, pool: Pool, ways: int,
+               chosen: np.ndarray | None = None) -> Task:
+    """Uniform classes (or `chosen` positions in the pool); each class's split images halved into
+    support then query."""
+    if chosen is None:
+        chosen = sample_classes(rng, len(pool.classes), ways)
     support, query = zip(*(halves(pool.images[c]) for c in chosen))
     return Task(pool.classes[chosen], np.concatenate(support), group_labels(list(support)),
                 np.concatenate(query), group_labels(list(query)))
@@ -55,13 +62,15 @@ def paper_task(rng: np.random.Generator, pool: Pool, ways: int) -> Task:
 
 def episodic_task(rng: np.random.Generator, pool: Pool, ways: int, shots: int, queries: int,
                   class_names=None, support_ok: np.ndarray | None = None,
-                  query_ok: np.ndarray | None = None) -> Task:
-    """N-way K-shot Q-query: uniform classes, then K+Q distinct images per class at random.
+                  query_ok: np.ndarray | None = None, chosen: np.ndarray | None = None) -> Task:
+    """N-way K-shot Q-query: uniform classes (or `chosen` positions in the pool), then K+Q
+    distinct images per class at random.
 
     `support_ok`/`query_ok` (bool per image) restrict where support and query come from, e.g.
     one image style for support and another for query.
     """
-    chosen = sample_classes(rng, len(pool.classes), ways)
+    if chosen is None:
+        chosen = sample_classes(rng, len(pool.classes), ways)
     support, query = [], []
     for c in chosen:
         imgs = pool.images[c]
@@ -80,6 +89,17 @@ def episodic_task(rng: np.random.Generator, pool: Pool, ways: int, shots: int, q
             query.append(rng.permutation(q_imgs)[:queries])
     return Task(pool.classes[chosen], np.concatenate(support), group_labels(support),
                 np.concatenate(query), group_labels(query))
+
+
+def protocol_task(rng: np.random.Generator, pool: Pool, data: DataConfig, ways: int,
+                  chosen: np.ndarray | None = None, class_names=None,
+                  support_ok: np.ndarray | None = None,
+                  query_ok: np.ndarray | None = None) -> Task:
+    """A task in the shape `data.protocol` prescribes, for training and testing alike."""
+    if data.protocol == "paper":
+        return paper_task(rng, pool, ways, chosen)
+    return episodic_task(rng, pool, ways, data.shots, data.queries, class_names, support_ok,
+                         query_ok, chosen)
 
 
 def _too_few(class_names, class_id, have: int, need: int) -> None:

@@ -1,26 +1,28 @@
-"""Train a model with one of the three trained methods on a dataset's training pool."""
+"""The one training loop: runs any registered method over a dataset's training pool.
+
+It owns what every method shares: the seeded generator and task sampler, progress, losses,
+checkpoints and resume, and the DDP/FSDP lifecycle under torchrun. The method (`mamf.methods`)
+says what a step consumes and how it updates.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mamf import distributed
+from mamf import distributed, methods, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
-from mamf.finetune import step, trainable
-from mamf.inputs import ModelInputs
-from mamf.methods import classical, fomaml, mamf
+from mamf.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
-from mamf.tasks import Task, episodic_task, paper_task
 
 log = logging.getLogger(__name__)
 
@@ -33,41 +35,43 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
-    if not params:
-        raise MamfError("nothing to train: every parameter is frozen")
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
     d = config.data
     return dataset.pool(d.protocol, "train", d.class_split, d.split_seed)
 
 
-def fomaml_task(rng: np.random.Generator, pool: Pool, config: Config) -> Task:
-    """Training tasks take the same shape as test tasks under the chosen protocol."""
-    d = config.data
-    if d.protocol == "paper":
-        return paper_task(rng, pool, d.ways)
-    return episodic_task(rng, pool, d.ways, d.shots, d.queries)
+def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs, pool: Pool,
+                 config: Config) -> samplers.TaskSampler | None:
+    """The task sampler of a method that draws tasks; it sees the model as training starts."""
+    if not method.draws_tasks:
+        return None
+
+    def class_embeddings() -> np.ndarray:
+        with torch.no_grad(), autocast(inputs.device, inputs.precision):
+            emb = inputs.texts(model, pool.classes).float()
+        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    return samplers.create(config.train.sampler, pool, config, class_embeddings)
 
 
 def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
           progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
     """Run `config.train.method`; deterministic given `config.seed` on CPU.
 
-    Under torchrun, classical and MAMF train data-parallel (`mamf.parallel`) and FOMAML splits
-    each meta-batch of tasks across the ranks; either way the steps are a single process's.
+    Under torchrun, methods that are `data_parallel` train over shares of each global batch
+    (`mamf.parallel`); the others (FOMAML) split their work across the ranks themselves. Either
+    way the steps are a single process's.
 
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from
     the newest checkpoint, ending with the same weights as an uninterrupted run.
     """
+    from tqdm import tqdm
+
     t, d = config.train, config.data
+    method = methods.create(t.method, config)
     pool = train_pool(dataset, config)
-    if t.method != "classical" and d.ways > len(pool.classes):
-        raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
     rng = np.random.default_rng([config.seed, 11, d.ways])
-    n_images = sum(len(x) for x in pool.images)
+    sampler = make_sampler(method, model, inputs, pool, config)  # before weights are restored
     resume = checkpointer.restore(model) if checkpointer else None
     start = resume.step if resume else 0
     if distributed.from_main(start) != start:
@@ -75,89 +79,47 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                         f"{checkpointer.folder} than rank 0: every node needs the run folder on "
                         "one shared file system")
     losses: list[float] = list(resume.losses) if resume else []
-    if resume:
-        inputs.generator.set_state(resume.generator_state)
-    from tqdm import tqdm
-
-    started = time.perf_counter()
-
     parallel = None
-
-    def save(step_count: int, optimizer) -> None:
-        # every rank holds the same weights, optimiser state and streams: rank 0 writes them
-        # (under FSDP all ranks first gather the whole state)
-        if not (checkpointer and checkpointer.due(step_count)):
-            return
-        state = parallel.full_state(optimizer) if parallel else optimizer.state_dict()
-        if parallel:
-            parallel.sync()
-        if distributed.is_main():
-            checkpointer.save(step_count, model, state, rng, inputs.generator, losses)
-
-    if t.method == "fomaml":
-        if t.parallel == "fsdp" and distributed.world_size() > 1:
-            raise MamfError("train.parallel=fsdp is for classical and mamf: FOMAML splits its "
-                            "tasks across ranks, each adapting a whole model copy")
-        per_task = (d.ways * d.shots + d.ways * d.queries if d.protocol == "episodic"
-                    else n_images * d.ways / len(pool.classes))
-        n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
-        steps = t.steps or math.ceil(n_tasks / t.meta_batch)
-        if t.meta_batch < distributed.world_size() and distributed.is_main():
-            log.warning("fomaml: meta_batch=%d tasks per step on %d processes leaves %d of them "
-                        "idle; raise train.meta_batch to use them all", t.meta_batch,
-                        distributed.world_size(), distributed.world_size() - t.meta_batch)
-        learner = fomaml.clone_learner(model)
-        outer = make_optimizer(trainable(model), t.lr, t.weight_decay)
-        if resume:
-            rng.bit_generator.state = resume.rng_state
-            outer.load_state_dict(resume.optimizer_state)
-        bar = tqdm(range(start, steps), desc="fomaml", disable=None if progress else True,
-                   leave=False)
-        for i in bar:
-            tasks = [fomaml_task(rng, pool, config) for _ in range(t.meta_batch)]
-            task_rngs = [np.random.default_rng([config.seed, 12, d.ways, i, k])
-                         for k in range(len(tasks))]
-            losses.append(fomaml.outer_step(model, learner, inputs, tasks, outer, t.inner_lr,
-                                            t.inner_epochs, t.inner_batch_size, task_rngs,
-                                            t.augment))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            save(i + 1, outer)
-        del learner
-        return TrainResult(t.method, steps, time.perf_counter() - started, losses)
-
-    steps = t.steps or math.ceil(t.epochs * classical.steps_per_epoch(pool, t.batch_size))
-    if t.method == "classical":
-        batches = classical.batches(rng, pool, t.batch_size, steps)
-    elif t.schedule == "sampled":
-        batches = mamf.sampled_batches(rng, pool, d.ways, t.batch_size, steps)
-    else:
-        batches = mamf.sequential_batches(rng, pool, d.ways, t.batch_size,
-                                          max(1, round(t.epochs)))
-        steps = None
-    parallel = DataParallel(model, t.parallel) if distributed.world_size() > 1 else None
-    params = parallel.params if parallel else trainable(model)
-    optimizer = make_optimizer(params, t.lr, t.weight_decay)
-    if resume:
-        # replay the batch stream up to the checkpoint: it draws from `rng` exactly as before
-        for _ in zip(range(start), batches):
-            pass
-        if parallel:
-            parallel.load_state(optimizer, resume.optimizer_state)
-        else:
-            optimizer.load_state_dict(resume.optimizer_state)
-    bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
-               disable=None if progress else True, leave=False)
+    if distributed.world_size() > 1:
+        if method.data_parallel:
+            parallel = DataParallel(model, t.parallel)
+        elif t.parallel == "fsdp":
+            raise MamfError(f"train.parallel=fsdp is for data-parallel methods: {method.name} "
+                            "splits its tasks across ranks, each adapting a whole model copy")
+    started = time.perf_counter()
     try:
-        for batch in bar:
-            if batch.new_task and losses:
-                optimizer = make_optimizer(params, t.lr, t.weight_decay)
-            losses.append(step(model, inputs, batch, optimizer, t.candidates, t.augment,
-                               parallel))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            save(len(losses), optimizer)
+        method.begin(model, inputs, pool, rng, sampler, parallel)
+        if resume:
+            method.load_stream_state(resume.stream_state)
+            method.load_optimizer_state(resume.optimizer_state)
+            inputs.generator.set_state(resume.generator_state)
+        if method.steps is not None and start > method.steps:
+            raise MamfError(f"the checkpoint in {checkpointer.folder} is at step {start}, past "
+                            f"this run's {method.steps} steps: it belongs to another run")
+        total = None if method.steps is None else method.steps - start
+        bar = tqdm(total=total, desc=method.name, disable=None if progress else True, leave=False)
+        for i in itertools.count(start):
+            if method.steps is not None and i >= method.steps:
+                break
+            loss = method.step(i)
+            if loss is None:  # a stream of unknown length has ended
+                break
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if checkpointer and checkpointer.due(i + 1):
+                # every rank holds the same weights, optimiser state and streams: rank 0
+                # writes them (under FSDP all ranks first gather the whole state)
+                state = method.optimizer_state()
+                if parallel:
+                    parallel.sync()
+                if distributed.is_main():
+                    checkpointer.save(i + 1, model, state, method.stream_state(),
+                                      inputs.generator, losses)
+        bar.close()
         if parallel:
             parallel.sync()
     finally:
         if parallel:
             parallel.close()
-    return TrainResult(t.method, len(losses), time.perf_counter() - started, losses)
+    return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)

@@ -1,4 +1,4 @@
-"""The two protocols' splits (SPEC.md sections 3 and 7).
+"""The two protocols' splits (docs/method.md, "Protocols").
 
 paper: every split keeps all classes; each class's images, in file-name order, go 60/20/20 to
 train/dev/test, and a dev/test task uses the first half of a class's split images as support.

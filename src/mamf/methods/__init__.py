@@ -1,1 +1,9 @@
-"""The four methods. Each only says how training data arrives and how a test task is adapted to."""
+"""The methods, each one file that registers itself (see `mamf.methods.base`).
+
+Importing this package registers the built-in methods in the order tables list them.
+"""
+
+from mamf.methods import classical, fomaml, mamf, zeroshot  # noqa: F401  (registration)
+from mamf.methods.base import REGISTRY, Method, create, method_class, names, register
+
+__all__ = ["REGISTRY", "Method", "create", "method_class", "names", "register"]

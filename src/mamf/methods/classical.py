@@ -1,23 +1,46 @@
-"""Classical fine-tuning: ordinary shuffled minibatches over the whole training pool, all N classes."""
+"""Classical fine-tuning: ordinary shuffled minibatches over the whole training pool, the loss
+over all N training classes (docs/method.md, "Classical fine-tuning")."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-
-import numpy as np
 
 from mamf.data.dataset import Pool
-from mamf.finetune import Batch, epoch_batches
+from mamf.finetune import EpochStream, step
+from mamf.methods.base import Method, make_optimizer, register
 
 
 def steps_per_epoch(pool: Pool, batch_size: int) -> int:
     return math.ceil(sum(len(x) for x in pool.images) / batch_size)
 
 
-def batches(rng: np.random.Generator, pool: Pool, batch_size: int, steps: int) -> Iterator[Batch]:
-    """`steps` minibatches from epochs over the pool; the loss ranges over every pool class."""
-    images, labels = pool.all_images()
-    stream = epoch_batches(rng, images, labels, pool.classes, batch_size, epochs=10**9)
-    for _ in range(steps):
-        yield next(stream)
+@register
+class Classical(Method):
+    name = "classical"
+    label = "classical FT"
+    summary = "minibatch fine-tuning on the whole training pool, loss over all N classes"
+    colour = "#1f77b4"
+    order = 1
+
+    def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
+        t = self.config.train
+        self.model, self.inputs, self.parallel = model, inputs, parallel
+        # 1. data: shuffled epochs over every training image, candidates = all pool classes
+        images, labels = pool.all_images()
+        self.stream = EpochStream(rng, images, labels, pool.classes, t.batch_size)
+        self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
+        self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
+
+    def step(self, i: int) -> float:
+        # 2. update: one Adam step on the minibatch's loss
+        t = self.config.train
+        return step(self.model, self.inputs, next(self.stream), self.optimizer, t.candidates,
+                    t.augment, self.parallel)
+
+    def stream_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_stream_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    # 3. test time: Adam on the support set (Method.adapt)

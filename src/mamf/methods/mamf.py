@@ -1,19 +1,24 @@
-"""MAMF: classical fine-tuning whose data arrives as uniformly sampled n-way tasks.
+"""MAMF, model-agnostic multitask fine-tuning: classical fine-tuning whose data arrives as n-way
+tasks (docs/method.md, "MAMF").
 
-`sampled` (default): every step draws n classes uniformly and a minibatch of their training images,
-so the compute equals classical fine-tuning's. `sequential` reproduces the official code: K(n, N)
-tasks trained one after another, `epochs` passes each, with a fresh optimiser per task.
+`sampled` (default): every step draws n classes from the task sampler (uniform: the paper's) and a
+minibatch of their training images, so the compute equals classical fine-tuning's. `sequential`
+reproduces the official code: K(n, N) tasks trained one after another, `epochs` passes each, with a
+fresh optimiser per task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 
 import numpy as np
 
 from mamf.data.dataset import Pool, group_labels
-from mamf.finetune import Batch, epoch_batches
-from mamf.tasks import number_of_tasks, sample_classes
+from mamf.errors import MamfError
+from mamf.finetune import Batch, epoch_batches, step
+from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.classical import steps_per_epoch
+from mamf.tasks import number_of_tasks
 
 
 def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -21,22 +26,121 @@ def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(groups), group_labels(groups)
 
 
-def sampled_batches(rng: np.random.Generator, pool: Pool, ways: int, batch_size: int,
-                    steps: int) -> Iterator[Batch]:
-    """Each step: a uniform n-subset of classes, then up to `batch_size` of their images."""
-    for _ in range(steps):
-        chosen = sample_classes(rng, len(pool.classes), ways)
-        images, labels = task_images(pool, chosen)
-        pick = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
-        yield Batch(images[pick], labels[pick], pool.classes[chosen])
+class SampledStream:
+    """Each step: n classes from the sampler, then up to `batch_size` of their images."""
+
+    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int):
+        self.rng, self.pool, self.sampler = rng, pool, sampler
+        self.ways, self.batch_size = ways, batch_size
+
+    def __next__(self) -> Batch:
+        chosen = self.sampler.draw(self.rng, self.ways)
+        images, labels = task_images(self.pool, chosen)
+        pick = self.rng.choice(len(images), size=min(self.batch_size, len(images)), replace=False)
+        return Batch(images[pick], labels[pick], self.pool.classes[chosen], chosen=chosen)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.sampler.load_state_dict(state["sampler"])
 
 
-def sequential_batches(rng: np.random.Generator, pool: Pool, ways: int, batch_size: int,
-                       epochs: int) -> Iterator[Batch]:
-    """The official schedule: K(n, N) tasks in turn, `epochs` passes each; `new_task` marks a task."""
-    for _ in range(number_of_tasks(ways, len(pool.classes))):
-        chosen = sample_classes(rng, len(pool.classes), ways)
-        images, labels = task_images(pool, chosen)
-        for i, b in enumerate(epoch_batches(rng, images, labels, pool.classes[chosen],
-                                            batch_size, epochs)):
-            yield Batch(b.images, b.labels, b.classes, new_task=(i == 0))
+class SequentialStream:
+    """The official schedule: K(n, N) tasks in turn, `epochs` passes each; `new_task` marks a
+    task's first batch. Its state is the current task's classes, the generator as that task's
+    passes began, and the batches taken from them."""
+
+    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int, epochs: int):
+        self.rng, self.pool, self.sampler = rng, pool, sampler
+        self.ways, self.batch_size, self.epochs = ways, batch_size, epochs
+        self.tasks = number_of_tasks(ways, len(pool.classes))
+        self.task, self.taken = -1, 0
+        self.chosen: np.ndarray | None = None
+        self.batches = iter(())
+        self.task_state: dict | None = None
+
+    def _start(self, chosen: np.ndarray, state: dict) -> None:
+        self.chosen, self.task_state = chosen, state
+        self.rng.bit_generator.state = state
+        images, labels = task_images(self.pool, chosen)
+        self.batches = epoch_batches(self.rng, images, labels, self.pool.classes[chosen],
+                                     self.batch_size, self.epochs)
+        self.taken = 0
+
+    def __next__(self) -> Batch:
+        for b in self.batches:
+            self.taken += 1
+            return Batch(b.images, b.labels, b.classes, new_task=(self.taken == 1),
+                         chosen=self.chosen)
+        if self.task + 1 >= self.tasks:
+            raise StopIteration
+        self.task += 1
+        chosen = self.sampler.draw(self.rng, self.ways)
+        self._start(chosen, self.rng.bit_generator.state)
+        return next(self)
+
+    def state_dict(self) -> dict:
+        return {"task": self.task, "taken": self.taken, "task_rng": self.task_state,
+                "chosen": None if self.chosen is None else self.chosen.tolist(),
+                "rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.task = int(state["task"])
+        if state["chosen"] is None:
+            self.rng.bit_generator.state = state["rng"]
+            return
+        self._start(np.asarray(state["chosen"], dtype=np.int64), state["task_rng"])
+        for _ in range(int(state["taken"])):
+            next(self.batches)
+        self.taken = int(state["taken"])
+
+
+@register
+class MAMF(Method):
+    name = "mamf"
+    label = "MAMF"
+    summary = "fine-tuning on n-way tasks drawn by train.sampler, loss over the task's n classes"
+    colour = "#d62728"
+    order = 2
+    trains_per_ways = True
+    draws_tasks = True
+
+    def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
+        t, d = self.config.train, self.config.data
+        if d.ways > len(pool.classes):
+            raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
+        self.model, self.inputs, self.parallel = model, inputs, parallel
+        # 1. data: a task per step (or the official K tasks in turn), its images in minibatches
+        if t.schedule == "sampled":
+            self.stream = SampledStream(rng, pool, sampler, d.ways, t.batch_size)
+            self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
+        else:
+            self.stream = SequentialStream(rng, pool, sampler, d.ways, t.batch_size,
+                                           max(1, round(t.epochs)))
+            self.steps = None
+        self.sampler = sampler
+        self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
+
+    def step(self, i: int) -> float | None:
+        # 2. update: one Adam step on the task minibatch's loss over the task's n classes;
+        # the sequential schedule starts every task with a fresh optimiser
+        t = self.config.train
+        try:
+            batch = next(self.stream)
+        except StopIteration:
+            return None
+        if batch.new_task and i > 0:
+            self.optimizer = make_optimizer(self.params(self.model), t.lr, t.weight_decay)
+        return step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
+                    self.parallel)
+
+    def stream_state(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_stream_state(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    # 3. test time: Adam on the support set (Method.adapt)

@@ -55,7 +55,9 @@ class HFClip(DualEncoder):
         for head in (self.clip.visual_projection, self.clip.text_projection):
             bound = 1.0 / head.in_features**0.5
             with torch.no_grad():
-                head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=generator))
+                fresh = torch.empty(head.weight.shape, dtype=head.weight.dtype,
+                                    device=generator.device)
+                head.weight.copy_(fresh.uniform_(-bound, bound, generator=generator))
 
     def describe(self) -> dict:
         return {"name": self.name}

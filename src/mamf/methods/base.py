@@ -1,0 +1,134 @@
+"""The Method interface and the registry every method joins (docs/method.md).
+
+A method is one class in one file under `mamf/methods/`, registered with `@register`. It reads in
+the order of its pseudo-code:
+
+1. `begin`: what training needs once (the optimiser, the stream of step data from the run's
+   seeded generator and task sampler);
+2. `step`: what one training step consumes and how it updates;
+3. `adapt`: how it adapts to a test task before the query set is scored.
+
+The one training loop (`mamf.training.train`) owns progress, losses, checkpoints, resume and the
+DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.metatest`) calls `adapt`. Nothing
+outside this package branches on a method's name: it asks the class (`trains`,
+`trains_per_ways`, `draws_tasks`, `data_parallel`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from mamf.errors import MamfError
+from mamf.finetune import epoch_batches, run_batches, trainable
+
+if TYPE_CHECKING:
+    from mamf.config import Config
+    from mamf.data.dataset import Pool
+    from mamf.inputs import ModelInputs
+    from mamf.models.base import DualEncoder
+    from mamf.samplers import TaskSampler
+    from mamf.tasks import Task
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method reachable by its `name` everywhere (CLI, configs, grids)."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def names(trained: bool | None = None) -> tuple[str, ...]:
+    """Registered method names in table order; `trained` keeps only those that do (not) train."""
+    ordered = sorted(REGISTRY.values(), key=lambda c: c.order)
+    return tuple(c.name for c in ordered if trained is None or c.trains == trained)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in REGISTRY:
+        raise MamfError(f"unknown method {name!r}: use {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def create(name: str, config: Config) -> Method:
+    return method_class(name)(config)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
+    if not params:
+        raise MamfError("nothing to train: every parameter is frozen")
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+class Method:
+    """One way to train on the training pool and to adapt to a test task.
+
+    An instance serves one training run (or one meta-test): `begin` sets it up, then the loop
+    calls `step(i)` for i = start, start+1, ... until `steps` (or until `step` returns None for a
+    stream of unknown length). `stream_state`/`load_stream_state` carry everything the stream
+    has drawn (generator, task sampler) into checkpoints, so a killed run resumes bit-exactly.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # how tables and figures name it
+    summary: ClassVar[str]  # one line for `mamf methods`
+    colour: ClassVar[str] = "#7f7f7f"
+    order: ClassVar[int] = 100  # position in tables and listings
+    trains: ClassVar[bool] = True
+    trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
+    draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
+    data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.steps: int | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.parallel = None
+
+    # -- training --------------------------------------------------------------------------
+    def begin(self, model: DualEncoder, inputs: ModelInputs, pool: Pool,
+              rng: np.random.Generator, sampler: TaskSampler | None, parallel=None) -> None:
+        raise NotImplementedError(f"{self.name} does not train")
+
+    def step(self, i: int) -> float | None:
+        raise NotImplementedError(f"{self.name} does not train")
+
+    def stream_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_stream_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def optimizer_state(self) -> dict:
+        """The whole optimiser state (gathered from the ranks under FSDP), for checkpoints."""
+        if self.parallel is not None:
+            return self.parallel.full_state(self.optimizer)
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict) -> None:
+        if self.parallel is not None:
+            self.parallel.load_state(self.optimizer, state)
+        else:
+            self.optimizer.load_state_dict(state)
+
+    def params(self, model: DualEncoder) -> list[torch.nn.Parameter]:
+        return self.parallel.params if self.parallel is not None else trainable(model)
+
+    # -- test time -------------------------------------------------------------------------
+    def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
+              rng: np.random.Generator) -> None:
+        """Fine-tune on the support set with Adam (`metatest.lr`, `.epochs`, `.batch_size`)."""
+        m = self.config.metatest
+        if m.epochs == 0 or m.lr == 0:
+            return
+        if m.augment:
+            inputs.reseed(rng)
+        optimizer = torch.optim.Adam(trainable(model), lr=m.lr)
+        batches = epoch_batches(rng, task.support, task.support_labels, task.classes,
+                                m.batch_size, m.epochs)
+        run_batches(model, inputs, batches, optimizer, augment=m.augment)

@@ -1,0 +1,19 @@
+"""Zero-shot: no training and no adaptation; the pretrained model scores each query set against
+the task's class prompts (docs/method.md, "Zero-shot")."""
+
+from __future__ import annotations
+
+from mamf.methods.base import Method, register
+
+
+@register
+class ZeroShot(Method):
+    name = "zeroshot"
+    label = "zero-shot"
+    summary = "the pretrained model, no training, no test-time adaptation"
+    colour = "#9e9e9e"
+    order = 0
+    trains = False
+
+    def adapt(self, model, inputs, task, rng) -> None:
+        return None

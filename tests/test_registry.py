@@ -1,0 +1,142 @@
+"""Methods and task samplers are plug-ins: one registry each, one training loop, one resume path."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+import torch
+
+from mamf import methods, samplers
+from mamf.checkpoint import Checkpointer
+from mamf.cli import main
+from mamf.config import build_config
+from mamf.errors import MamfError
+from mamf.experiment import load_experiment, run_experiment
+from mamf.methods.classical import Classical
+from mamf.run import prepare
+from mamf.training import train
+
+BASE = {"model": "tiny-random-clip", "train.lr": 1e-3, "train.batch_size": 8, "data.ways": 3,
+        "train.augment": True, "train.inner_lr": 0.01}
+RESUMABLE = [
+    ("classical", {"train.steps": 9}),
+    ("mamf", {"train.steps": 9}),
+    ("mamf", {"train.schedule": "sequential", "train.epochs": 2}),
+    ("fomaml", {"train.steps": 7, "train.meta_batch": 2}),
+]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _weights(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("method, extra", RESUMABLE)
+def test_every_method_resumes_to_the_same_weights_through_the_one_loop(
+        shared_colour_folder, tmp_path, monkeypatch, method, extra):
+    """Interrupted after a checkpoint at step 4, training resumes from the checkpoint's stream
+    state (generator, task sampler, position in an epoch or task) to identical weights."""
+    over = {**BASE, **extra, "train.method": method, "data.root": str(shared_colour_folder)}
+    config = build_config(overrides=over)
+    model, dataset, inputs = prepare(config, fresh=True)
+    whole = train(model, inputs, dataset, config, progress=False)
+    expected = _weights(model)
+
+    kind = methods.method_class(method)
+    original = kind.step
+
+    def interrupted(self, i):
+        if i == 5:
+            raise Interrupt
+        return original(self, i)
+
+    checkpoints = Checkpointer(tmp_path / "checkpoints", every=2)
+    model, dataset, inputs = prepare(config, fresh=True)
+    monkeypatch.setattr(kind, "step", interrupted)
+    with pytest.raises(Interrupt):
+        train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
+    monkeypatch.setattr(kind, "step", original)
+    model, dataset, inputs = prepare(config, fresh=True)  # a fresh process, as after a kill
+    resumed = train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
+    assert resumed.losses == whole.losses
+    assert all(torch.equal(a, b) for a, b in zip(expected, model.parameters()))
+
+
+def test_a_checkpoint_past_the_runs_last_step_is_refused(shared_colour_folder, tmp_path):
+    over = {**BASE, "train.method": "classical", "train.steps": 4,
+            "data.root": str(shared_colour_folder)}
+    config = build_config(overrides=over)
+    model, dataset, inputs = prepare(config, fresh=True)
+    checkpoints = Checkpointer(tmp_path / "checkpoints", every=2)
+    train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
+    config = build_config(overrides={**over, "train.steps": 2})
+    with pytest.raises(MamfError, match="past this run's 2 steps"):
+        train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
+
+
+class HalfRateClassical(Classical):
+    """A plug-in defined outside the package: classical fine-tuning with a lower learning rate."""
+
+    name = "test-plugin"
+    label = "plug-in"
+    summary = "a method registered by a test"
+
+    def begin(self, model, inputs, pool, rng, sampler, parallel=None):
+        super().begin(model, inputs, pool, rng, sampler, parallel)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+
+
+@pytest.fixture
+def plugin():
+    methods.register(HalfRateClassical)
+    yield HalfRateClassical
+    del methods.REGISTRY[HalfRateClassical.name]
+
+
+def test_a_new_method_is_one_class_and_runs_everywhere(tmp_path, colour_folder, capsys, plugin):
+    assert "test-plugin" in methods.names(trained=True)
+    build_config(overrides={"train.method": "test-plugin"})  # configs accept it
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for name in (*methods.names(), *samplers.names()):
+        assert name in listing
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"""
+name: plug
+model: tiny-random-clip
+methods: [classical, test-plugin]
+seeds: [1]
+settings: {{train: {{lr: 1.0e-3, steps: 4, augment: false}}, metatest: {{epochs: 1}}}}
+datasets: {{colours: {{root: {colour_folder}, ways: [2, 3]}}}}
+""")
+    rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    plug = [r for r in rows if r["method"] == "test-plugin"]
+    assert [r["ways"] for r in plug] == [2, 3]  # trained once, like its parent class
+
+
+def test_unknown_methods_and_samplers_are_refused_by_name():
+    with pytest.raises(MamfError, match="train.method must be one of"):
+        build_config(overrides={"train.method": "maml++"})
+    with pytest.raises(MamfError, match="train.sampler must be one of"):
+        build_config(overrides={"train.sampler": "nope"})
+
+
+def test_no_module_outside_methods_branches_on_a_method_name():
+    """Behaviour hangs on the registry, never on comparing a method's name."""
+    root = pathlib.Path(methods.__file__).parent.parent
+    names = "|".join(map(re.escape, methods.names()))
+    branch = re.compile(rf"""(==|!=|\bin\b)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "methods" in path.relative_to(root).parts:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if branch.search(line):
+                offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
