@@ -123,12 +123,17 @@ def choose(items: list[Item], classes: int | None, per_class: int | None, seed: 
                           key=lambda it: (it.name, it.key))
         subset += pool
     total = len(by_label)
-    how = (f"{len(chosen)} of the {total} classes"
-           + (f" with at least {per_class} images" if per_class is not None else "")
-           + (f" ({len(eligible)} eligible), drawn at random with seed {seed}"
-              if classes is not None else "")
-           + "; " + (f"{per_class} images of each, drawn at random with seed {seed}"
-                     if per_class is not None else "all their images") + ".")
+    at_least = f" with at least {per_class} images" if per_class is not None else ""
+    if classes is not None:
+        which = (f"{classes} of the {total} classes{at_least}"
+                 + (f" ({len(eligible)} eligible)" if per_class is not None else "")
+                 + f", drawn at random with seed {seed}")
+    elif per_class is not None:
+        which = f"the {len(eligible)} of the {total} classes{at_least}"
+    else:
+        which = f"all {total} classes"
+    how = which + ("; " + f"{per_class} images of each, drawn at random with seed {seed}"
+                   if per_class is not None else ", all their images") + "."
     return subset, how
 
 
@@ -268,8 +273,8 @@ def run_import(name: str, read: Reader, sources, out: str | os.PathLike, *, clas
         if counts["corrupt"] or counts["missing"]:
             log(f"{name}: skipped {counts['corrupt']} damaged and {counts['missing']} missing images")
         labels = {p.name for p in tmp.iterdir() if p.is_dir()}
-        dropped = "".join(f" Left out by the importer: {n:,} {reason}." for reason, n in
-                          cat.dropped.items() if n)
+        dropped = ", ".join(f"{n:,} {reason}" for reason, n in cat.dropped.items() if n)
+        dropped = f" Left out: {dropped}." if dropped else ""
         outcome = (f"{counts['written']:,} of the {len(subset):,} chosen images were written; "
                    f"{counts['corrupt']} could not be decoded and were skipped"
                    + (f" (e.g. {', '.join(corrupt)})" if corrupt else "")
@@ -279,7 +284,7 @@ def run_import(name: str, read: Reader, sources, out: str | os.PathLike, *, clas
             label_to_text={k: v for k, v in cat.label_to_text.items() if k in labels},
             source=f"{cat.source.strip()}\n\nRead from:\n\n{_describe_inputs(inputs)}",
             licence=cat.licence,
-            method=f"{cat.method.strip()}{dropped}\n\nSubset: {how} {outcome}",
+            method=f"{cat.method.strip()}{dropped}\n\nSubset: {how[0].upper()}{how[1:]} {outcome}",
             notes=cat.notes,
             extra={"inputs": inputs, "images_corrupt": counts["corrupt"],
                    "images_missing": counts["missing"]},
