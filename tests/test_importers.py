@@ -196,6 +196,11 @@ def test_wrong_inputs_are_refused_in_one_line(cub_tgz, tmp_path):
         IMPORTERS["cub"](write_tar(tmp_path / "partial.tgz", partial), tmp_path / "x", log=Log())
     text = tmp_path / "notes.txt"
     text.write_text("hello")
+    evil = cub_files()
+    evil["CUB_200_2011/classes.txt"] = evil["CUB_200_2011/classes.txt"].replace(
+        b"001.Black_footed_Albatross", b"001.../Black_footed_Albatross")
+    with pytest.raises(MamfError, match="class '../Black_footed_Albatross' cannot be a folder name"):
+        IMPORTERS["cub"](write_tar(tmp_path / "evil.tgz", evil), tmp_path / "x", log=Log())
     with pytest.raises(MamfError, match="neither a folder nor a tar, tar.gz or zip"):
         IMPORTERS["cub"](text, tmp_path / "x", log=Log())
     with pytest.raises(MamfError, match="does not exist"):
@@ -258,7 +263,7 @@ def test_mini_imagenet_table_is_the_ravi_larochelle_split():
 FUNGI = {10000: "Abortiporus biennis", 10001: "Agaricus arvensis", 10002: "Amanita muscaria"}
 
 
-def fungi_archives(tmp_path: Path) -> tuple[Path, Path]:
+def fungi_archives(tmp_path: Path, twice: bool = False) -> tuple[Path, Path]:
     images, coco = {}, {"train": {"images": [], "annotations": [], "categories": []},
                         "val": {"images": [], "annotations": [], "categories": []}}
     image_id = 0
@@ -273,6 +278,8 @@ def fungi_archives(tmp_path: Path) -> tuple[Path, Path]:
                                           "height": 20, "license": 1})
             coco[split]["annotations"].append({"id": image_id, "image_id": image_id,
                                                "category_id": cid})
+    if twice:  # image 1 annotated as two species: left out
+        coco["train"]["annotations"].append({"id": 99, "image_id": 1, "category_id": 10001})
     for split in coco:
         coco[split]["categories"] = [{"id": c, "name": n, "supercategory": "Fungi"}
                                      for c, n in FUNGI.items()]
@@ -294,6 +301,11 @@ def test_fungi_from_its_two_archives(tmp_path):
         assert hashlib.sha256(archive.read_bytes()).hexdigest() in text
     with pytest.raises(MamfError, match="is not FGVCx Fungi 2018.*no train.json, val.json found"):
         IMPORTERS["fungi"](images, tmp_path / "no-annotations", log=Log())
+    (tmp_path / "twice").mkdir()
+    images, annotations = fungi_archives(tmp_path / "twice", twice=True)
+    root = IMPORTERS["fungi"]([annotations, images], tmp_path / "fungi2", log=Log())
+    check_layout(root, 3, 8)
+    assert "Left out: 1 images listed under two classes." in (root / "DATASET.md").read_text()
 
 
 # --------------------------------------------------------------------------- CLEVR v1.0

@@ -23,6 +23,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import IO
 
 from mamf.data.builders.common import Log, unique_slugs
 from mamf.data.importers.archive import READ_ERRORS, Archive, basename, tail
@@ -33,6 +34,7 @@ NAME = "abo-material"
 VERSION = 1
 IMAGES_CSV = "images.csv.gz"
 _LISTINGS = re.compile(r"listings_[0-9a-f]+\.json\.gz")
+ALL_SHARDS = {f"listings_{i:x}.json.gz" for i in range(16)}  # the README's 16 files: stop there
 _SPACES = re.compile(r"\s+")
 
 
@@ -57,45 +59,61 @@ def _is_metadata(path: str) -> bool:
     return name == IMAGES_CSV or _LISTINGS.fullmatch(name) is not None
 
 
+def _image_paths(text: IO[str], where: str) -> dict[str, str]:
+    rows = csv.DictReader(text)
+    if not {"image_id", "path"} <= set(rows.fieldnames or ()):
+        raise MamfError(f"{where} has no image_id and path columns")
+    return {r["image_id"]: r["path"] for r in rows}
+
+
+def _read_listings(text: IO[str], material_of: dict[str, str | None],
+                   reasons: dict[str, int]) -> int:
+    """Record the material of each single-material listing's main image; the listings read."""
+    n = 0
+    for line in text:
+        if not line.strip():
+            continue
+        listing = json.loads(line)
+        n += 1
+        materials = english_materials(listing)
+        image = listing.get("main_image_id")
+        if not materials:
+            reasons["listings without an English material"] += 1
+        elif len(materials) > 1:
+            reasons["listings of several materials"] += 1
+        elif not image:
+            reasons["listings without a main image"] += 1
+        else:
+            (material,) = materials
+            if material_of.setdefault(image, material) != material:
+                material_of[image] = None  # two listings, two materials: ambiguous
+    return n
+
+
 def read_abo(archives: list[Archive], log: Log) -> Catalogue:
-    paths: dict[str, str] = {}            # image_id -> path under images/small/
+    paths: dict[str, str] = {}               # image_id -> path under images/small/
     material_of: dict[str, str | None] = {}  # main image id -> material (None: conflicting)
-    n_listings, n_files = 0, 0
     reasons = {"listings without an English material": 0,
                "listings of several materials": 0, "listings without a main image": 0}
-    found_csv = False
+    n_listings, found_csv, shards = 0, False, set()
     for archive in archives:
         for path, stream in archive.members(_is_metadata):
             try:
                 text = io.TextIOWrapper(gzip.GzipFile(fileobj=stream), encoding="utf-8")
                 if basename(path) == IMAGES_CSV:
-                    rows = csv.DictReader(text)
-                    if not {"image_id", "path"} <= set(rows.fieldnames or ()):
-                        raise MamfError(f"{path} has no image_id and path columns")
-                    paths.update((r["image_id"], r["path"]) for r in rows)
+                    paths.update(_image_paths(text, path))
                     found_csv = True
-                    continue
-                n_files += 1
-                for line in text:
-                    if not line.strip():
-                        continue
-                    listing = json.loads(line)
-                    n_listings += 1
-                    materials = english_materials(listing)
-                    image = listing.get("main_image_id")
-                    if not materials:
-                        reasons["listings without an English material"] += 1
-                    elif len(materials) > 1:
-                        reasons["listings of several materials"] += 1
-                    elif not image:
-                        reasons["listings without a main image"] += 1
-                    else:
-                        (material,) = materials
-                        if material_of.setdefault(image, material) != material:
-                            material_of[image] = None
+                else:
+                    n_listings += _read_listings(text, material_of, reasons)
+                    shards.add(basename(path))
             except (*READ_ERRORS, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
                 raise MamfError(f"{path} in {archive.path} is damaged ({type(e).__name__}: {e})") \
                     from None
+            if found_csv and shards >= ALL_SHARDS:
+                break
+        if found_csv and shards >= ALL_SHARDS:
+            break
+    n_files = len(shards)
     found = (["listings/metadata/listings_*.json.gz"] if n_files else []) \
         + ([f"images/metadata/{IMAGES_CSV}"] if found_csv else [])
     require(found, ["listings/metadata/listings_*.json.gz", f"images/metadata/{IMAGES_CSV}"],

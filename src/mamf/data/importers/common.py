@@ -137,6 +137,31 @@ def choose(items: list[Item], classes: int | None, per_class: int | None, seed: 
     return subset, how
 
 
+def checked_items(cat: Catalogue, name: str) -> list[Item]:
+    """The catalogue's items, each image once; an image listed under two classes is left out."""
+    unsafe = [label for label in cat.label_to_text
+              if not label or label != _safe_name(label)]
+    if unsafe:
+        raise MamfError(f"{name}: class {unsafe[0]!r} cannot be a folder name")
+    labels: dict[str, set[str]] = defaultdict(set)
+    for item in cat.items:
+        if item.label not in cat.label_to_text:
+            raise RuntimeError(f"{name}: item {item.key} has a label without a prompt")
+        labels[item.key].add(item.label)
+    twice = {key for key, found in labels.items() if len(found) > 1}
+    if twice:
+        cat.dropped["images listed under two classes"] = len(twice)
+    seen: set[str] = set()
+    items = []
+    for item in cat.items:
+        if item.key not in twice and item.key not in seen:
+            seen.add(item.key)
+            items.append(item)
+    if not items:
+        raise MamfError(f"{name}: the metadata lists no images")
+    return items
+
+
 def _decode(data: bytes, box: ImageBox | None, name: str) -> bytes:
     """The image bytes to write (cropped and re-encoded when a box is given); raises on damage."""
     with Image.open(io.BytesIO(data)) as im:
@@ -259,10 +284,10 @@ def run_import(name: str, read: Reader, sources, out: str | os.PathLike, *, clas
 
     def make(tmp: Path) -> BuiltDataset:
         log(f"{name}: reading the metadata of {', '.join(a.path.name for a in archives)}")
-        cat = read(archives, log)
-        if not cat.items:
-            raise MamfError(f"{name}: the metadata lists no images")
-        subset, how = choose(cat.items, classes, per_class, seed, name)
+        # Small inputs first: metadata usually sits in the smaller archive (fungi, abo-material).
+        cat = read(sorted(archives, key=lambda a: a.fingerprint().get("size", 0)), log)
+        items = checked_items(cat, name)
+        subset, how = choose(items, classes, per_class, seed, name)
         if adjust is not None:
             subset = adjust(subset)
         log(f"{name}: {how[:-1]}; copying {len(subset)} images")
