@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from mamf.data.builders.common import Log
 from mamf.data.importers.archive import Archive, basename
-from mamf.data.importers.common import Catalogue, Item, require, run_import
+from mamf.data.importers.common import Catalogue, Item, read_metadata, run_import
 from mamf.errors import MamfError
 
 NAME = "clevr-counting"
@@ -121,17 +121,12 @@ def read_scenes(stream: IO[bytes], path: str) -> list[tuple[str, int]]:
 
 
 def read_clevr(archives: list[Archive], log: Log) -> Catalogue:
-    found: dict[str, list[tuple[str, int]]] = {}
-    for archive in archives:
-        for path, stream in archive.members(lambda p: basename(p) in FILES
-                                            and basename(p) not in found):
-            log(f"{NAME}: reading {path}")
-            found[basename(path)] = read_scenes(stream, path)
-            if len(found) == len(FILES):
-                break
-        if len(found) == len(FILES):
-            break
-    require(found, FILES, archives, "CLEVR v1.0 (CLEVR_v1.0.zip or its extracted folder)")
+    def scenes(stream: IO[bytes], path: str) -> list[tuple[str, int]]:
+        log(f"{NAME}: reading {path}")
+        return read_scenes(stream, path)
+
+    found = read_metadata(archives, FILES, scenes, "CLEVR v1.0 (CLEVR_v1.0.zip or its extracted "
+                          "folder)")
     items, per_split = [], {}
     for split, file in zip(SPLITS, FILES):
         per_split[split] = len(found[file])

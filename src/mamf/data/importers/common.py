@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image
 
@@ -34,7 +34,7 @@ from mamf.data.builders.common import (
     read_manifest,
     resolve_out,
 )
-from mamf.data.importers.archive import READ_ERRORS, Archive, tail
+from mamf.data.importers.archive import READ_ERRORS, Archive, basename, tail
 from mamf.errors import MamfError
 
 ImageBox = tuple[float, float, float, float]  # x, y, width, height in pixels
@@ -84,6 +84,28 @@ def require(found: Iterable[str], needed: Iterable[str], archives: list[Archive]
     if missing:
         inputs = ", ".join(str(a.path) for a in archives)
         raise MamfError(f"{inputs} is not {what}: no {', '.join(missing)} found")
+
+
+def read_metadata(archives: list[Archive], names: tuple[str, ...],
+                  parse: Callable[[IO[bytes], str], Any], what: str) -> dict[str, Any]:
+    """`parse(stream, path)` of the first member with each file name in `names`, by name.
+
+    Reading stops once all are found; a missing one is a MamfError naming it and `what` the
+    inputs should have been, a damaged one a MamfError naming it.
+    """
+    found: dict[str, Any] = {}
+    for archive in archives:
+        for path, stream in archive.members(lambda p: basename(p) in names
+                                            and basename(p) not in found):
+            try:
+                found[basename(path)] = parse(stream, path)
+            except (*READ_ERRORS, UnicodeDecodeError) as e:
+                raise MamfError(f"{path} in {archive.path} is damaged ({type(e).__name__}: {e})") \
+                    from None
+            if len(found) == len(names):
+                return found
+    require(found, names, archives, what)
+    return found
 
 
 def read_json(stream, where: str) -> Any:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from mamf.data.builders.common import Log
 from mamf.data.importers.archive import Archive, basename
-from mamf.data.importers.common import Catalogue, Item, require, run_import
+from mamf.data.importers.common import Catalogue, Item, read_metadata, run_import
 from mamf.errors import MamfError
 
 NAME = "cub"
 VERSION = 1
-FILES = ("classes.txt", "images.txt", "image_class_labels.txt", "train_test_split.txt",
-         "bounding_boxes.txt")
+FILES = {"classes.txt": 2, "images.txt": 2, "image_class_labels.txt": 2,  # name -> columns
+         "train_test_split.txt": 2, "bounding_boxes.txt": 5}
 
 
 def prompt(name: str) -> str:
@@ -55,18 +55,9 @@ def class_name(folder: str) -> str:
 
 
 def read_cub(archives: list[Archive], log: Log) -> Catalogue:
-    found: dict[str, dict[str, list[str]]] = {}
-    columns = {"classes.txt": 2, "images.txt": 2, "image_class_labels.txt": 2,
-               "train_test_split.txt": 2, "bounding_boxes.txt": 5}
-    for archive in archives:
-        for path, stream in archive.members(lambda p: basename(p) in FILES
-                                            and basename(p) not in found):
-            found[basename(path)] = _rows(stream.read(), path, columns[basename(path)])
-            if len(found) == len(FILES):
-                break
-        if len(found) == len(FILES):
-            break
-    require(found, FILES, archives, "CUB-200-2011 (CUB_200_2011.tgz or its extracted folder)")
+    found = read_metadata(archives, tuple(FILES),
+                          lambda stream, path: _rows(stream.read(), path, FILES[basename(path)]),
+                          "CUB-200-2011 (CUB_200_2011.tgz or its extracted folder)")
     classes = {cid: class_name(v[0]) for cid, v in found["classes.txt"].items()}
     labels = found["image_class_labels.txt"]
     boxes = found["bounding_boxes.txt"]

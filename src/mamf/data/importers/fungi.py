@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mamf.data.builders.common import Log, unique_slugs
 from mamf.data.importers.archive import Archive, basename, tail
-from mamf.data.importers.common import Catalogue, Item, read_json, require, run_import
+from mamf.data.importers.common import Catalogue, Item, read_json, read_metadata, run_import
 from mamf.errors import MamfError
 
 NAME = "fungi"
@@ -41,17 +41,8 @@ def _records(data, key: str, fields: tuple[str, ...], where: str) -> list[dict]:
 
 
 def read_fungi(archives: list[Archive], log: Log) -> Catalogue:
-    found: dict[str, dict] = {}
-    for archive in archives:
-        for path, stream in archive.members(lambda p: basename(p) in FILES
-                                            and basename(p) not in found):
-            found[basename(path)] = read_json(stream, path)
-            if len(found) == len(FILES):
-                break
-        if len(found) == len(FILES):
-            break
-    require(found, FILES, archives, "FGVCx Fungi 2018 (train_val_annotations.tgz with "
-            "fungi_train_val.tgz, or their extracted folders)")
+    found = read_metadata(archives, FILES, read_json, "FGVCx Fungi 2018 (train_val_annotations.tgz "
+                          "with fungi_train_val.tgz, or their extracted folders)")
     names: dict[int, str] = {}
     labelled: list[tuple[str, int]] = []  # (file_name, category id)
     for split in FILES:

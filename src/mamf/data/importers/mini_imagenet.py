@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mamf.data.builders.common import Log, unique_slugs
 from mamf.data.importers.archive import Archive, basename
-from mamf.data.importers.common import Catalogue, Item, require, run_import
+from mamf.data.importers.common import Catalogue, Item, read_metadata, run_import
 from mamf.errors import MamfError
 
 NAME = "mini-imagenet"
@@ -56,17 +56,8 @@ def _read_split(stream, path: str) -> list[tuple[str, str]]:
 
 
 def read_mini_imagenet(archives: list[Archive], log: Log) -> Catalogue:
-    found: dict[str, list[tuple[str, str]]] = {}
-    for archive in archives:
-        for path, stream in archive.members(lambda p: basename(p) in FILES
-                                            and basename(p) not in found):
-            found[basename(path)] = _read_split(stream, path)
-            if len(found) == len(FILES):
-                break
-        if len(found) == len(FILES):
-            break
-    require(found, FILES, archives, "mini-ImageNet (Ravi & Larochelle's split files beside "
-            "the images)")
+    found = read_metadata(archives, FILES, _read_split, "mini-ImageNet (Ravi & Larochelle's "
+                          "split files beside the images)")
     table = class_table()
     wnids = sorted(table["names"])
     slugs = dict(zip(wnids, unique_slugs([table["names"][w] for w in wnids])))
