@@ -109,8 +109,8 @@ def parser() -> argparse.ArgumentParser:
     da.add_argument("--from", dest="sources", action="append", default=[], metavar="PATH",
                     help="import from this archive or its extracted folder (repeatable: fungi "
                     "and abo-material come as two archives)")
-    da.add_argument("--classes", type=int, help="import N classes drawn at random")
-    da.add_argument("--per-class", type=int, help="import K images of each class, drawn at "
+    da.add_argument("--classes", type=int, metavar="N", help="import N classes drawn at random")
+    da.add_argument("--per-class", type=int, metavar="K", help="import K images of each class, drawn at "
                     "random (classes with fewer are not drawn)")
     da.add_argument("--seed", type=int, help="seed of the subset draws (default 0)")
     da.add_argument("--crop-boxes", action="store_true", help="cub: crop to the bounding boxes")
