@@ -102,11 +102,21 @@ def parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="summarise a results folder: table and figure")
     rp.add_argument("dir", help="a folder holding results.jsonl")
 
-    da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout")
-    da.add_argument("name", help="emoji, counting, fashion-mnist or digits")
+    da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
+                        "or import one of the paper's from its archive")
+    da.add_argument("name", help="build emoji, counting, fashion-mnist or digits; import cub, "
+                    "mini-imagenet, fungi, clevr-counting or abo-material (with --from)")
     da.add_argument("--out", required=True, help="folder to write the dataset to")
     da.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="builder option, e.g. --set per_class=100 (repeatable)")
+    da.add_argument("--from", dest="sources", action="append", default=[], metavar="PATH",
+                    help="import from this archive or its extracted folder (repeatable: fungi "
+                    "and abo-material come as two archives)")
+    da.add_argument("--classes", type=int, metavar="N", help="import N classes drawn at random")
+    da.add_argument("--per-class", type=int, metavar="K", help="import K images of each class, drawn at "
+                    "random (classes with fewer are not drawn)")
+    da.add_argument("--seed", type=int, help="seed of the subset draws (default 0)")
+    da.add_argument("--crop-boxes", action="store_true", help="cub: crop to the bounding boxes")
 
     de = sub.add_parser("demo", help="build data, run all four methods on the offline default, "
                         "print a table",
@@ -251,7 +261,17 @@ def cmd_report(args) -> None:
 
 def cmd_data(args) -> None:
     from mamf.data.builders import build
+    from mamf.data.importers import IMPORTERS
 
+    if args.name in IMPORTERS:
+        _import_data(args, IMPORTERS[args.name])
+        return
+    used = [flag for flag, value in (("--from", args.sources), ("--classes", args.classes),
+                                     ("--per-class", args.per_class), ("--seed", args.seed),
+                                     ("--crop-boxes", args.crop_boxes)) if value not in (None, [], False)]
+    if used:
+        raise MamfError(f"{used[0]} is for the importers ({', '.join(IMPORTERS)}); builder "
+                        f"{args.name!r} takes --set KEY=VALUE")
     options = {}
     for item in args.set:
         if "=" not in item:
@@ -259,6 +279,24 @@ def cmd_data(args) -> None:
         key, value = item.split("=", 1)
         options[key.strip()] = _literal(value)
     root = build(args.name, Path(args.out), log=lambda m: print(f"mamf: {m}"), **options)
+    print(f"{args.name} is ready in {root}")
+
+
+def _import_data(args, importer) -> None:
+    if not args.sources:
+        raise MamfError(f"{args.name} is imported from its publisher's archive: pass --from PATH "
+                        "(the archive or its extracted folder)")
+    if args.set:
+        raise MamfError(f"{args.name} takes --classes, --per-class, --seed"
+                        f"{' and --crop-boxes' if args.name == 'cub' else ''}, not --set")
+    extra = {}
+    if args.crop_boxes:
+        if args.name != "cub":
+            raise MamfError("--crop-boxes is for cub only")
+        extra["crop_boxes"] = True
+    root = importer(args.sources, Path(args.out), classes=args.classes, per_class=args.per_class,
+                    seed=0 if args.seed is None else args.seed,
+                    log=lambda m: print(f"mamf: {m}"), **extra)
     print(f"{args.name} is ready in {root}")
 
 

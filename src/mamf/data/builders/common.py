@@ -49,6 +49,7 @@ class BuiltDataset:
     method: str
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    rebuild: str | None = None  # the command that remakes it; default: `python -m mamf.data.builders`
 
 
 def resolve_out(out: str | os.PathLike) -> Path:
@@ -92,7 +93,8 @@ def check_int(builder: str, option: str, value: Any, *, minimum: int = 1,
         raise MamfError(f"{builder}: {option} must be {what}, not {value!r}")
 
 
-def _read_manifest(out: Path) -> dict | None:
+def read_manifest(out: Path) -> dict | None:
+    """The manifest of a finished build in `out`, or None."""
     try:
         data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -113,7 +115,7 @@ def _count(root: Path) -> dict[str, int]:
 
 def is_built(out: Path, builder: str, options: dict[str, Any], version: int = 1) -> bool:
     """True when `out` holds a finished build of `builder` (this version) with these options."""
-    manifest = _read_manifest(out)
+    manifest = read_manifest(out)
     if manifest is None or manifest.get("format") != FORMAT or manifest.get("builder") != builder:
         return False
     if manifest.get("builder_version") != version:
@@ -136,7 +138,7 @@ def _check_replaceable(out: Path, builder: str) -> None:
         return
     if not out.is_dir():
         raise MamfError(f"{out} exists and is not a folder; choose another output path")
-    manifest = _read_manifest(out)
+    manifest = read_manifest(out)
     if manifest is not None:
         if manifest.get("builder") != builder:
             raise MamfError(f"{out} holds the {manifest.get('builder')!r} dataset, not {builder!r}; "
@@ -185,7 +187,8 @@ def _dataset_md(info: BuiltDataset, builder: str, out: Path, options: dict[str, 
     ]
     if info.notes.strip():
         lines += ["## Notes", "", info.notes.strip(), ""]
-    lines += ["## Rebuild", "", "```", rebuild_command(builder, out, options), "```", ""]
+    lines += ["## Rebuild", "", "```", info.rebuild or rebuild_command(builder, out, options), "```",
+              ""]
     return "\n".join(lines)
 
 
