@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -50,6 +51,15 @@ def fomaml_task(rng: np.random.Generator, pool: Pool, config: Config) -> Task:
     if d.protocol == "paper":
         return paper_task(rng, pool, d.ways)
     return episodic_task(rng, pool, d.ways, d.shots, d.queries)
+
+
+def check_start(start: int, steps: int, checkpointer: Checkpointer) -> None:
+    """A checkpoint past the run's last step is another run's: resuming it would report a
+    finished run that this config never trained."""
+    if start > steps:
+        raise MamfError(f"the checkpoint in {checkpointer.folder} is at step {start}, past the "
+                        f"{steps} steps of this run: it belongs to another run; delete it to "
+                        "start over")
 
 
 def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
@@ -109,8 +119,9 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         learner = fomaml.clone_learner(model)
         outer = make_optimizer(trainable(model), t.lr, t.weight_decay)
         if resume:
+            check_start(start, steps, checkpointer)
             rng.bit_generator.state = resume.rng_state
-            outer.load_state_dict(resume.optimizer_state)
+            checkpointer.load_optimizer(outer, resume.optimizer_state)
         bar = tqdm(range(start, steps), desc="fomaml", disable=None if progress else True,
                    leave=False)
         for i in bar:
@@ -139,12 +150,10 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     optimizer = make_optimizer(params, t.lr, t.weight_decay)
     if resume:
         # replay the batch stream up to the checkpoint: it draws from `rng` exactly as before
-        for _ in zip(range(start), batches):
-            pass
-        if parallel:
-            parallel.load_state(optimizer, resume.optimizer_state)
-        else:
-            optimizer.load_state_dict(resume.optimizer_state)
+        replayed = sum(1 for _ in zip(range(start), batches))
+        check_start(start, replayed if steps is None else steps, checkpointer)
+        checkpointer.load_optimizer(optimizer, resume.optimizer_state,
+                                    partial(parallel.load_state, optimizer) if parallel else None)
     bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
                disable=None if progress else True, leave=False)
     try:
