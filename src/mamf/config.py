@@ -107,6 +107,10 @@ POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size",
             "train.crop_scale", "metatest.batch_size", "metatest.inner_batch_size"}
+SEEDS = ("seed", "data.split_seed")
+# numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
+# range's top keeps a seed valid for both and for any tool that stores it as an int64
+MAX_SEED = 2**63 - 1
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
                 "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
 
@@ -212,6 +216,8 @@ def validate(config: Config) -> Config:
         value = _get(flat, key)
         if value is not None and value <= 0:
             raise MamfError(f"config {key} must be positive, got {value!r}")
+    for key in SEEDS:
+        check_seed(f"config {key}", _get(flat, key))
     for key in NON_NEGATIVE:
         if _get(flat, key) < 0:
             raise MamfError(f"config {key} must not be negative, got {_get(flat, key)!r}")
@@ -225,6 +231,13 @@ def validate(config: Config) -> Config:
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config
+
+
+def check_seed(what: str, value: int) -> None:
+    """Seeds reach numpy and torch: refuse one that either would reject."""
+    if not 0 <= value <= MAX_SEED:
+        shown = value if abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
+        raise MamfError(f"{what} must be an integer in [0, 2**63-1], got {shown}")
 
 
 def _get(flat: dict, dotted: str):

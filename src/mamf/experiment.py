@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mamf import distributed
 from mamf import methods as registry
-from mamf.config import Config, build_config, deep_merge, dump_yaml, load_yaml
+from mamf.config import Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
 from mamf.errors import MamfError
 from mamf.io import append_jsonl, atomic_write_text, read_jsonl
 from mamf.lock import exclusive
@@ -78,6 +78,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
                                               for s in seeds):
         raise MamfError("experiment 'seeds' must be a list of integers")
+    for seed in seeds:
+        check_seed("experiment 'seeds'", seed)
     method_settings = raw.get("method_settings") or {}
     for m, s in method_settings.items():
         if m not in known:

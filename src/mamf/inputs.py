@@ -18,7 +18,9 @@ import torch
 
 from mamf import distributed
 from mamf.augment import draws, random_crop_flip
+from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
+from mamf.io import writing
 from mamf.models.base import DualEncoder
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,13 @@ class ModelInputs:
         features = self._compute_backbone_features(model, batch)
         if path is not None and distributed.is_main():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-            np.save(tmp, features.cpu().numpy())
-            os.replace(tmp, path)
+            with writing(path, CACHE_HINT):
+                try:
+                    np.save(tmp, features.cpu().numpy())
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
         return features
 
     def _feature_cache_path(self, model: DualEncoder) -> Path | None:

@@ -1,28 +1,75 @@
-"""Files written so that a crash never leaves a half-written one behind."""
+"""Files written so that a crash never leaves a half-written one behind, and a write that the
+file system refuses (a full disk, a read-only folder, a file where a folder should be) ends in one
+clear line naming the path."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+from safetensors import SafetensorError
+
+from mamf.errors import MamfError
+
+
+@contextlib.contextmanager
+def writing(path: Path, hint: str = "") -> Iterator[None]:
+    """Turn an OSError (or safetensors' wrapped I/O error) raised while writing `path` into a
+    MamfError naming it: the user can free space or pick another folder; it is not a bug."""
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise MamfError(f"cannot write {path}: {reason}{hint}") from None
+
+
+def make_folder(path: Path, hint: str = "") -> Path:
+    """`mkdir -p`; a file in the way (the folder itself or one above it) is one clear line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [*reversed(path.parents), path]
+                        if p.exists() and not p.is_dir()), path)
+        where = "" if blocker == path else f" (it lies under {blocker})"
+        raise MamfError(f"cannot make folder {path}: {blocker} is a file, not a folder"
+                        f"{where}{hint}") from None
+    except OSError as e:
+        raise MamfError(f"cannot make folder {path}: {e.strerror or e}{hint}") from None
+    return path
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a written file, or a folder's entries (a rename into it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path` (and fsync
+    the folder, so the rename itself survives a power cut)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600 files; results are meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    make_folder(path.parent)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644 & ~_umask())  # mkstemp makes 0600 files; results are to be read
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_path(path.parent)
 
 
 def _umask() -> int:
@@ -38,17 +85,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 def append_jsonl(path: Path, row: dict) -> None:
     """Append one JSON row as a single write of one line, flushed to disk."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     line = (json.dumps(row, sort_keys=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a kill tore the previous line: keep ours on a line of its own
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a kill tore the previous line: ours gets a line of its own
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_jsonl(path: Path) -> list[dict]:

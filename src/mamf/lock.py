@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from mamf.errors import MamfError
+from mamf.io import make_folder, writing
 
 LOCK_NAME = ".mamf.lock"
 
@@ -15,9 +16,9 @@ LOCK_NAME = ".mamf.lock"
 @contextlib.contextmanager
 def exclusive(folder: str | Path):
     """Hold an advisory lock on `folder` (released when the process ends, even by SIGKILL)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the context's lifetime
+    folder = make_folder(Path(folder))
+    with writing(folder / LOCK_NAME):
+        handle = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 - held for the context's lifetime
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -26,10 +27,11 @@ def exclusive(folder: str | Path):
             holder = handle.read().strip() or "?"
             raise MamfError(f"another mamf process (pid {holder}) is writing to {folder}: wait "
                             "for it to finish or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        with writing(folder / LOCK_NAME):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
         yield
     finally:
         handle.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mamf.io import make_folder, writing
 from mamf.methods import names as method_names
 
 LOW_ZERO_SHOT = 0.5  # the zero-shot accuracy below which claim 2 calls a dataset "low"
@@ -193,11 +194,15 @@ def fomaml_figure(rows: list[dict], path: Path) -> Path:
 
 def _save(fig, plt, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with writing(path):
+            fig.savefig(tmp)
+            tmp.replace(path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

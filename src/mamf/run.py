@@ -21,7 +21,7 @@ from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, resolve_device
-from mamf.io import append_jsonl, atomic_write_text
+from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
 from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize
 from mamf.models import load_model as build_model
@@ -77,9 +77,17 @@ def apply_heads(model: DualEncoder, config: Config) -> None:
 
 
 def save_weights(model: DualEncoder, path: Path) -> None:
+    """Written beside, fsynced, renamed over: the checkpoints are deleted right after."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_model(model, str(tmp))
-    tmp.replace(path)
+    with writing(path):
+        try:
+            save_model(model, str(tmp))
+            fsync_path(tmp)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_path(path.parent)
 
 
 def train_run(config: Config, out: Path, progress: bool = True) -> dict:
@@ -95,12 +103,12 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     """A run folder holds one run: the same settings resume it (or report it done), other
     settings are refused so that nothing finished is overwritten."""
     resolved = dump_yaml(config)
-    if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_text() != resolved:
+    if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_bytes() != resolved.encode():
         raise MamfError(f"{out} holds a training run with other settings: choose another --out "
                         "(or delete it to start over)")
     if (out / "train.json").is_file() and (out / WEIGHTS).is_file():
         log.info("%s is already trained with these settings; nothing to do", out)
-        return json.loads((out / "train.json").read_text())
+        return read_summary(out / "train.json")
     if is_main():
         atomic_write_text(out / RUN_CONFIG, resolved)
     checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
@@ -122,6 +130,31 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
         atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
         checkpointer.clear()
     return summary
+
+
+# what `mamf train` prints from a finished run's train.json (and "processes", newer runs only)
+SUMMARY_TYPES = {"method": str, "dataset": str, "steps": int, "train_time_s": (int, float),
+                 "mean_loss_first_tenth": (int, float), "mean_loss_last_tenth": (int, float)}
+
+
+def read_summary(path: Path) -> dict:
+    """A finished run's train.json; a damaged one is one clear line (the weights beside it are
+    kept: nothing is retrained over them)."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MamfError(f"{path} is unreadable ({e}): delete the run folder to train again") \
+            from None
+    if not (isinstance(summary, dict) and all(
+            isinstance(summary.get(k), t) and not isinstance(summary.get(k), bool)
+            for k, t in SUMMARY_TYPES.items()) and _is_count(summary.get("processes", 1))):
+        raise MamfError(f"{path} is damaged (it needs {', '.join(SUMMARY_TYPES)}): delete the "
+                        "run folder to train again")
+    return summary
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _mean_part(losses: list[float], first: bool) -> float:

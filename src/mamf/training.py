@@ -21,6 +21,7 @@ from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, autocast
+from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
 
@@ -52,6 +53,15 @@ def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs
         return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
 
     return samplers.create(config.train.sampler, pool, config, class_embeddings)
+
+
+def check_start(start: int, steps: int | None, checkpointer: Checkpointer) -> None:
+    """A checkpoint past the run's last step is another run's: resuming it would report a
+    finished run that this config never trained. `steps` None: the stream said it has ended."""
+    if steps is None or start > steps:
+        end = "end" if steps is None else f"{steps} steps"
+        raise MamfError(f"the checkpoint in {checkpointer.folder} is at step {start}, past the "
+                        f"{end} of this run: it belongs to another run; delete it to start over")
 
 
 def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
@@ -90,12 +100,19 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     try:
         method.begin(model, inputs, pool, rng, sampler, parallel)
         if resume:
-            method.load_stream_state(resume.stream_state)
-            method.load_optimizer_state(resume.optimizer_state)
+            if method.steps is not None:
+                check_start(start, method.steps, checkpointer)
+            try:
+                method.load_stream_state(resume.stream_state)
+            except PastTheEnd:
+                check_start(start, None, checkpointer)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise MamfError(f"the checkpoint in {checkpointer.folder} is damaged: its "
+                                f"stream state does not fit {method.name} ({e!r:.80}); delete "
+                                "it to start over") from None
+            checkpointer.load_optimizer(method.optimizer, resume.optimizer_state,
+                                        method.load_optimizer_state)
             inputs.generator.set_state(resume.generator_state)
-        if method.steps is not None and start > method.steps:
-            raise MamfError(f"the checkpoint in {checkpointer.folder} is at step {start}, past "
-                            f"this run's {method.steps} steps: it belongs to another run")
         total = None if method.steps is None else method.steps - start
         bar = tqdm(total=total, desc=method.name, disable=None if progress else True, leave=False)
         for i in itertools.count(start):

@@ -7,6 +7,7 @@ edited folder gets a fresh cache; the array is written to a temporary file and r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -16,9 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mamf.io import atomic_write_text
+from mamf.io import atomic_write_text, make_folder, writing
 
 log = logging.getLogger(__name__)
+
+CACHE_HINT = " (the image cache: set MAMF_CACHE_DIR to a writable folder with free space)"
 
 
 def cache_root() -> Path:
@@ -66,6 +69,19 @@ def decode(path: Path, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
+def reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk is then an OSError here, not a
+    SIGBUS when a memory-mapped page is first written."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # (a file system that cannot reserve blocks is written as before)
+    finally:
+        os.close(fd)
+
+
 def load_or_build(files: list[Path], size: int, name: str = "data",
                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return (images [M, size, size, 3] uint8 memmap, ok [M] bool). Unreadable files get ok=False."""
@@ -77,10 +93,16 @@ def load_or_build(files: list[Path], size: int, name: str = "data",
     if array_path.exists() and meta_path.exists():
         ok = np.array(json.loads(meta_path.read_text())["ok"], dtype=bool)
         return np.load(array_path, mmap_mode="r"), ok
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root, CACHE_HINT)
     tmp = array_path.with_name(f".{array_path.name}.{os.getpid()}.tmp")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                      shape=(len(files), size, size, 3))
+    with writing(tmp, CACHE_HINT):
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                              shape=(len(files), size, size, 3))
+            reserve(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     ok = np.ones(len(files), dtype=bool)
     bad: list[str] = []
     from tqdm import tqdm
@@ -94,9 +116,10 @@ def load_or_build(files: list[Path], size: int, name: str = "data",
                     Image.DecompressionBombError) as e:
                 ok[i] = False
                 bad.append(f"{f}: {type(e).__name__}")
-        array.flush()
-        del array
-        os.replace(tmp, array_path)
+        with writing(array_path, CACHE_HINT):
+            array.flush()
+            del array
+            os.replace(tmp, array_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

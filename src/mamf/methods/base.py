@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, type[Method]] = {}
 
 
+class PastTheEnd(Exception):
+    """A resumed stream state lies past the end of this run's stream (another run's checkpoint)."""
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method reachable by its `name` everywhere (CLI, configs, grids)."""
     if cls.name in REGISTRY:

@@ -16,7 +16,7 @@ import numpy as np
 from mamf.data.dataset import Pool, group_labels
 from mamf.errors import MamfError
 from mamf.finetune import Batch, epoch_batches, step
-from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
 from mamf.methods.classical import steps_per_epoch
 from mamf.tasks import number_of_tasks
 
@@ -92,9 +92,12 @@ class SequentialStream:
         if state["chosen"] is None:
             self.rng.bit_generator.state = state["rng"]
             return
+        if self.task >= self.tasks:
+            raise PastTheEnd
         self._start(np.asarray(state["chosen"], dtype=np.int64), state["task_rng"])
         for _ in range(int(state["taken"])):
-            next(self.batches)
+            if next(self.batches, None) is None:
+                raise PastTheEnd
         self.taken = int(state["taken"])
 
 

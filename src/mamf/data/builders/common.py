@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mamf.errors import MamfError
+from mamf.io import make_folder
 
 MANIFEST = ".mamf-dataset.json"
 LABEL_TO_TEXT = "label_to_text.json"
@@ -153,7 +154,7 @@ def _check_replaceable(out: Path, builder: str) -> None:
 def staging(out: Path, builder: str, log: Log) -> Iterator[Path]:
     """A fresh hidden sibling folder of `out`; removed again if the build fails."""
     _check_replaceable(out, builder)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         log(f"{builder}: removing a leftover partial build {stale}")
         shutil.rmtree(stale, ignore_errors=True)
