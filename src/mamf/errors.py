@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import reprlib
 
 
@@ -20,7 +21,9 @@ class _ShortRepr(reprlib.Repr):
 
     def repr_int(self, x: int, level: int) -> str:
         if x.bit_length() > 128:
-            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+            digits = int((x.bit_length() - 1) * math.log10(2)) + 1  # or one more:
+            digits += abs(x) >= 10**digits
+            return f"<an integer of {digits} digits>"
         return super().repr_int(x, level)
 
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import inspect
 import os
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mamf.config import _coerce  # the config's type check, for builder options
 from mamf.data.builders.counting import build_counting
 from mamf.data.builders.digits import build_digits
 from mamf.data.builders.emoji import build_emoji
@@ -50,17 +48,13 @@ def _get(name: str) -> Callable[..., Path]:
 
 def build(name: str, out: str | os.PathLike, *, log: Callable[[str], None] = print,
           **options: Any) -> Path:
-    """Run builder `name` into `out`; unknown options or values of the wrong type are a
-    MamfError, not a TypeError from deep inside the builder."""
+    """Run builder `name` into `out`; unknown options are a MamfError, not a TypeError."""
     known = builder_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise MamfError(f"builder {name!r} has no option {unknown[0]!r}; "
                         f"options: {', '.join(known) or 'none'}")
-    fn = _get(name)
-    hints = typing.get_type_hints(fn)
-    checked = {k: _coerce(f"{name} option {k}", v, hints[k]) for k, v in options.items()}
-    return fn(out, log=log, **checked)
+    return _get(name)(out, log=log, **options)
 
 
 __all__ = ["BUILDERS", "build", "builder_options", "build_counting", "build_digits", "build_emoji",
