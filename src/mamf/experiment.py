@@ -19,7 +19,7 @@ from pathlib import Path
 from mamf import distributed
 from mamf.config import METHODS, Config, build_config, dump_yaml, load_yaml
 from mamf.errors import MamfError, shown
-from mamf.io import append_jsonl, atomic_write_text, read_jsonl
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.run import RESULTS, evaluate_prepared, prepare, seed_everything, ways_list
@@ -260,13 +260,13 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
                         "choose another --out")
     if exp.source is not None:
-        text = exp.source.read_text(encoding="utf-8")
+        text = exp.source.read_bytes()
         previous = out / "experiment.yaml"
-        if rows and previous.is_file() and previous.read_text(encoding="utf-8") != text:
+        if rows and previous.is_file() and previous.read_bytes() != text:
             log.warning("the experiment file changed since %s was started; finished rows are "
                         "kept, missing ones are computed with the new settings", out)
         if main:
-            atomic_write_text(previous, text)
+            atomic_write_bytes(previous, text)
     done = {row_key(r) for r in rows}
     plans = []
     for ds in exp.datasets:
