@@ -375,6 +375,9 @@ def test_huge_values_are_shown_short(tmp_path, capsys, colour_folder):
     assert evaluate(colour_folder, tmp_path / "o", "--set", f"data.start_n=-{'9' * 300}") == 2
     line = one_error_line(capsys)
     assert "an integer of 300 digits" in line and "999999999999" not in line
+    for key in ("data.ways", "data.tasks", "data.shots"):
+        assert evaluate(colour_folder, tmp_path / "o", "--set", f"{key}={'9' * 300}") == 2
+        assert f"{key} must be at most" in one_error_line(capsys)
     assert shown(10**5000) == "<an integer of 5001 digits>"
     assert len(shown("x" * 10_000)) <= 100
     assert len(shown(list(range(10**6)))) <= 100

@@ -108,6 +108,10 @@ POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start
             "train.crop_scale", "metatest.batch_size"}
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
                 "metatest.epochs"}
+# counts of classes and images per task: anything larger is a typo, and is refused before it
+# reaches a loop or a message
+AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
+           "data.tasks": 10**7}
 # config and experiment files nest a handful of levels; anything far deeper is a mistake or an attack
 MAX_DEPTH = 32
 
@@ -220,6 +224,9 @@ def validate(config: Config) -> Config:
         value = _get(flat, key)
         if value is not None and value <= 0:
             raise MamfError(f"config {key} must be positive, got {shown(value)}")
+    for key, top in AT_MOST.items():
+        if _get(flat, key) > top:
+            raise MamfError(f"config {key} must be at most {top}, got {shown(_get(flat, key))}")
     for key in NON_NEGATIVE:
         if _get(flat, key) < 0:
             raise MamfError(f"config {key} must not be negative, got {shown(_get(flat, key))}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamf import distributed
-from mamf.config import METHODS, Config, build_config, dump_yaml, load_yaml
+from mamf.config import AT_MOST, METHODS, Config, build_config, dump_yaml, load_yaml
 from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from mamf.lock import exclusive
@@ -34,7 +34,7 @@ DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 METHOD_SECTIONS = {"train", "metatest"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
-MAX_WAYS = 1_000_000
+MAX_WAYS = AT_MOST["data.ways"]
 
 
 @dataclass
