@@ -314,6 +314,10 @@ def test_a_clip_folder_with_damaged_files_is_one_line(tmp_path):
     (clip / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     with pytest.raises(MamfError, match="cannot load CLIP model"):
         load_model(str(clip))
+    (clip / "model.safetensors").write_bytes(weights)
+    (clip / "preprocessor_config.json").write_text('{"image_mean": "abc"}')
+    with pytest.raises(MamfError, match="image_mean must be three numbers"):
+        load_model(str(clip))
     (clip / "preprocessor_config.json").write_text("[1]")
     with pytest.raises(MamfError, match="preprocessor_config.json is not a JSON object"):
         load_model(str(clip))

@@ -107,6 +107,11 @@ def load_hf_clip(name_or_path: str) -> HFClip:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MamfError(f"cannot load CLIP model {name_or_path!r}: {first}") from None
     mean, std = (pre.get("image_mean"), pre.get("image_std")) if pre else (None, None)
+    for key, value in (("image_mean", mean), ("image_std", std)):
+        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise MamfError(f"model folder {path}: preprocessor_config.json {key} must be three "
+                            f"numbers, got {shown(value)}")
     max_len = int(clip.config.text_config.max_position_embeddings)
     return HFClip(clip, _HFTokenizer(tokenizer, max_len), name=name_or_path, image_mean=mean,
                   image_std=std)
