@@ -301,12 +301,12 @@ def _import_data(args, importer) -> None:
 
 
 def _literal(value: str):
-    import yaml
+    from mamf.config import parse_yaml
 
     try:
-        return yaml.safe_load(value)
-    except yaml.YAMLError:
-        return value
+        return parse_yaml(value, "--set value")
+    except MamfError:
+        return value  # not YAML: the builder's type check decides
 
 
 def cmd_demo(args) -> None:
@@ -340,6 +340,8 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_expe
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="mamf: %(message)s", stream=sys.stderr)
+    if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 prints as \xff
+        sys.stdout.reconfigure(errors="backslashreplace")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
     from mamf import distributed

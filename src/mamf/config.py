@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from mamf.errors import MamfError
+from mamf.errors import MamfError, shown
 
 
 @dataclass
@@ -113,6 +113,12 @@ SEEDS = ("seed", "data.split_seed")
 MAX_SEED = 2**63 - 1
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
                 "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
+# counts of classes and images per task: anything larger is a typo, and is refused before it
+# reaches a loop or a message
+AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
+           "data.tasks": 10**7}
+# config and experiment files nest a handful of levels; anything far deeper is a mistake or an attack
+MAX_DEPTH = 32
 
 
 def _coerce(key: str, value, annotation):
@@ -127,10 +133,11 @@ def _coerce(key: str, value, annotation):
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is list:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # from the command line: YAML `[a, b]` or a comma list `a,b`
+            value = (parse_yaml(value, f"config {key}") if value.lstrip().startswith("[")
+                     else [v for v in value.split(",") if v.strip()])
         if not isinstance(value, list):
-            raise MamfError(f"config {key} must be a list, got {value!r}")
+            raise MamfError(f"config {key} must be a list, got {shown(value)}")
         (inner,) = typing.get_args(hint)
         return [_coerce(key, v, inner) for v in value]
     if hint is bool:
@@ -139,10 +146,10 @@ def _coerce(key: str, value, annotation):
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no",
                                                         "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise MamfError(f"config {key} must be true or false, got {value!r}")
+        raise MamfError(f"config {key} must be true or false, got {shown(value)}")
     if hint is int:
         if isinstance(value, bool):
-            raise MamfError(f"config {key} must be an integer, got {value!r}")
+            raise MamfError(f"config {key} must be an integer, got {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -152,7 +159,7 @@ def _coerce(key: str, value, annotation):
                 return int(value)
             except ValueError:
                 pass
-        raise MamfError(f"config {key} must be an integer, got {value!r}")
+        raise MamfError(f"config {key} must be an integer, got {shown(value)}")
     if hint is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -161,13 +168,18 @@ def _coerce(key: str, value, annotation):
             with contextlib.suppress(ValueError):
                 number = float(value)
         if number is None or not math.isfinite(number):
-            raise MamfError(f"config {key} must be a finite number, got {value!r}")
+            raise MamfError(f"config {key} must be a finite number, got {shown(value)}")
         return number
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            return value
+        # a bare number, e.g. a subdataset named 2020; never a list or mapping (str() of one
+        # built from YAML aliases can take forever), nor an integer too long to print
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (isinstance(value, float) or value.bit_length() < 256):
             return str(value)
-        raise MamfError(f"config {key} must be a string, got {value!r}")
-    raise MamfError(f"config {key}: unsupported value {value!r}")
+        raise MamfError(f"config {key} must be a string, got {shown(value)}")
+    raise MamfError(f"config {key}: unsupported value {shown(value)}")
 
 
 def _hints(obj) -> dict:
@@ -184,13 +196,15 @@ def set_value(config: Config, dotted: str, value) -> None:
             prefix = ".".join(parts[:i])
             known = ", ".join(sorted(hints))
             where = f" in section {prefix!r}" if prefix else ""
-            raise MamfError(f"unknown config key {dotted!r}{where} (known: {known})")
+            raise MamfError(f"unknown config key {shown(dotted)}{where} (known: {known})")
         if i == len(parts) - 1:
             if dataclasses.is_dataclass(getattr(target, part)):
+                if isinstance(value, str):  # from the command line: `{lr: 1e-5, steps: 10}`
+                    value = parse_yaml(value, f"config {dotted}")
                 if not isinstance(value, dict):
                     raise MamfError(f"config {dotted} must be a mapping of its keys")
                 for k, v in value.items():
-                    set_value(config, f"{dotted}.{k}", v)
+                    set_value(config, f"{dotted}.{_key_name(k)}", v)
                 return
             setattr(target, part, _coerce(dotted, value, hints[part]))
             return
@@ -206,21 +220,30 @@ def registry_choices() -> dict[str, tuple[str, ...]]:
     return {"train.method": methods.names(trained=True), "train.sampler": samplers.names()}
 
 
+def _key_name(key) -> str:
+    if not isinstance(key, str):
+        raise MamfError(f"config key {shown(key)} must be a name")
+    return key
+
+
 def validate(config: Config) -> Config:
     flat = to_dict(config)
     for key, choices in {**CHOICES, **registry_choices()}.items():
         value = _get(flat, key)
         if value not in choices:
-            raise MamfError(f"config {key} must be one of {', '.join(choices)}; got {value!r}")
+            raise MamfError(f"config {key} must be one of {', '.join(choices)}; got {shown(value)}")
     for key in POSITIVE:
         value = _get(flat, key)
         if value is not None and value <= 0:
-            raise MamfError(f"config {key} must be positive, got {value!r}")
+            raise MamfError(f"config {key} must be positive, got {shown(value)}")
     for key in SEEDS:
         check_seed(f"config {key}", _get(flat, key))
+    for key, top in AT_MOST.items():
+        if _get(flat, key) > top:
+            raise MamfError(f"config {key} must be at most {top}, got {shown(_get(flat, key))}")
     for key in NON_NEGATIVE:
         if _get(flat, key) < 0:
-            raise MamfError(f"config {key} must not be negative, got {_get(flat, key)!r}")
+            raise MamfError(f"config {key} must not be negative, got {shown(_get(flat, key))}")
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
     if config.train.heads == "random" and config.train.freeze_text_tower:
@@ -236,8 +259,7 @@ def validate(config: Config) -> Config:
 def check_seed(what: str, value: int) -> None:
     """Seeds reach numpy and torch: refuse one that either would reject."""
     if not 0 <= value <= MAX_SEED:
-        shown = value if abs(value) < 10**30 else f"a {len(str(abs(value)))}-digit number"
-        raise MamfError(f"{what} must be an integer in [0, 2**63-1], got {shown}")
+        raise MamfError(f"{what} must be an integer in [0, 2**63-1], got {shown(value)}")
 
 
 def _get(flat: dict, dotted: str):
@@ -252,13 +274,17 @@ def to_dict(config) -> dict:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise MamfError(f"config file {path} is a directory, not a YAML file")
     if not path.is_file():
         raise MamfError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else "syntax error"
-        raise MamfError(f"config file {path} is not valid YAML: {first}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise MamfError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise MamfError(f"cannot read config file {path}: {e.strerror or e}") from None
+    data = parse_yaml(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -275,11 +301,46 @@ def deep_merge(a: dict, b: dict | None) -> dict:
     return out
 
 
+def parse_yaml(text: str, what: str):
+    """`safe_load` (no tags that build objects), every failure one line: bad syntax, nesting past
+    the parser's stack, or deeper than any config needs."""
+    too_deep = f"{what} nests more than {MAX_DEPTH} levels deep"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "syntax error"
+        raise MamfError(f"{what} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise MamfError(too_deep) from None
+    if _height(data, {}, 0) is None:
+        raise MamfError(too_deep)
+    return data
+
+
+def _height(value, heights: dict, depth: int) -> int | None:
+    """Levels of lists and mappings in `value`, or None past MAX_DEPTH (a self-containing
+    alias included); each shared node is measured once, so aliases cost nothing extra."""
+    if not isinstance(value, (list, dict)):
+        return 0
+    height = heights.get(id(value))
+    if height is None:
+        if depth >= MAX_DEPTH:
+            return None
+        height = 0
+        for child in value.values() if isinstance(value, dict) else value:
+            below = _height(child, heights, depth + 1)
+            if below is None:
+                return None
+            height = max(height, below + 1)
+        heights[id(value)] = height
+    return height if depth + height <= MAX_DEPTH else None
+
+
 def build_config(base: dict | None = None, overrides: dict | None = None) -> Config:
     """Defaults, then a (YAML) mapping, then dotted overrides; validated."""
     config = Config()
     for key, value in (base or {}).items():
-        set_value(config, str(key), value)
+        set_value(config, _key_name(key), value)
     for key, value in (overrides or {}).items():
         set_value(config, key, value)
     return validate(config)

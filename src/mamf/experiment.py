@@ -8,6 +8,7 @@ methods of one (dataset, ways, seed) meet the same test tasks, so they compare p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -17,9 +18,9 @@ from pathlib import Path
 
 from mamf import distributed
 from mamf import methods as registry
-from mamf.config import Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
-from mamf.errors import MamfError
-from mamf.io import append_jsonl, atomic_write_text, read_jsonl
+from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
+from mamf.errors import MamfError, shown
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
@@ -34,6 +35,7 @@ DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 METHOD_SECTIONS = {"train", "metatest"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
+MAX_WAYS = AT_MOST["data.ways"]
 
 
 @dataclass
@@ -61,60 +63,140 @@ class Experiment:
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
-    """Validate an experiment mapping; every run's config is built once here to catch errors early."""
-    unknown = set(raw) - TOP_KEYS
+    """Validate an experiment mapping; every run's config is built once here to catch errors early.
+
+    Every value is type-checked before use: a YAML alias can make a tiny file hold a structure
+    whose `str()` never ends, so nothing from the file is printed or converted unchecked.
+    """
+    if not isinstance(raw, dict):
+        raise MamfError("an experiment file must hold a mapping of keys")
+    unknown = [k for k in raw if k not in TOP_KEYS]
     if unknown:
-        raise MamfError(f"unknown experiment key(s) {sorted(unknown)} (known: {sorted(TOP_KEYS)})")
+        raise MamfError(f"unknown experiment key(s) {', '.join(map(shown, unknown[:3]))} "
+                        f"(known: {', '.join(sorted(TOP_KEYS))})")
     known = registry.names()
     methods = raw.get("methods", list(known))
     if not isinstance(methods, list) or not methods:
-        raise MamfError("experiment 'methods' must be a non-empty list")
-    bad = [m for m in methods if m not in known]
+        raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
+    bad = [m for m in methods if not isinstance(m, str) or m not in known]
     if bad:
-        raise MamfError(f"unknown method(s) {bad}: use {', '.join(known)}")
+        raise MamfError(f"unknown method(s) {', '.join(map(shown, bad[:3]))}: use "
+                        f"{', '.join(known)}")
+    _refuse_duplicates(methods, "experiment 'methods'")
     seeds = raw.get("seeds", [312])
-    if isinstance(seeds, int):
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                              for s in seeds):
-        raise MamfError("experiment 'seeds' must be a list of integers")
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+        raise MamfError(f"experiment 'seeds' must be a list of integers, got {shown(seeds)}")
+    _refuse_duplicates(seeds, "experiment 'seeds'")
     for seed in seeds:
         check_seed("experiment 'seeds'", seed)
-    method_settings = raw.get("method_settings") or {}
+    method_settings = _mapping(raw.get("method_settings"), "experiment 'method_settings'")
     for m, s in method_settings.items():
         if m not in known:
-            raise MamfError(f"method_settings names unknown method {m!r}")
-        if not isinstance(s, dict) or set(s) - METHOD_SECTIONS:
+            raise MamfError(f"method_settings names unknown method {shown(m)}")
+        s = _mapping(s, f"method_settings.{m}")
+        if set(s) - METHOD_SECTIONS:
             raise MamfError(f"method_settings.{m} may only hold train and metatest sections")
-        if CACHE_KEYS & set(s.get("train", {}) or {}):
+        for section in s:
+            _mapping(s[section], f"method_settings.{m}.{section}")
+        if CACHE_KEYS & set(s.get("train") or {}):
             raise MamfError(f"method_settings.{m}.train cannot change {sorted(CACHE_KEYS)}: set "
                             "them in settings or per dataset")
     datasets_raw = raw.get("datasets")
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
-    datasets = []
-    for name, entry in datasets_raw.items():
-        entry = entry or {}
-        if not SAFE_NAME.fullmatch(str(name)):
-            raise MamfError(f"dataset name {name!r} must be letters, digits, '-', '_' or '.' "
-                            "(it names a folder inside --out)")
-        if not isinstance(entry, dict) or set(entry) - DATASET_KEYS:
-            raise MamfError(f"dataset {name!r}: keys must be among {sorted(DATASET_KEYS)}")
-        if bool(entry.get("root")) == bool(entry.get("build")):
-            raise MamfError(f"dataset {name!r} needs exactly one of 'root' (a folder) or 'build'")
-        if entry.get("root") and source is not None:
-            entry["root"] = str((source.parent / entry["root"]).expanduser())
-        datasets.append(DatasetSpec(str(name), entry.get("root"), entry.get("build"),
-                                    entry.get("build_options") or {}, entry.get("settings") or {},
-                                    entry.get("ways")))
-    exp = Experiment(str(raw.get("name", source.stem if source else "experiment")),
-                     str(raw.get("model", "effnet-minilm")), methods, seeds,
-                     raw.get("settings") or {}, method_settings, datasets,
-                     str(raw.get("device", "auto")), str(raw.get("precision", "auto")), source)
+    datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    exp = Experiment(_text(raw, "name", source.stem if source else "experiment"),
+                     _text(raw, "model", "effnet-minilm"), methods, seeds,
+                     _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
+                     datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
+                     source)
     for ds in datasets:
         for m in methods:
             run_config(exp, ds, m, seeds[0], "/placeholder")
     return exp
+
+
+def _dataset(name, entry, source: Path | None) -> DatasetSpec:
+    """One entry of `datasets:`, checked: a folder or a builder, settings, task sizes."""
+    if _is_int(name) and abs(name) < 10**9:
+        name = str(name)
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise MamfError(f"dataset name {shown(name)} must be letters, digits, '-', '_' or '.' "
+                        "(it names a folder inside --out)")
+    entry = _mapping(entry, f"dataset {name!r}")
+    if set(entry) - DATASET_KEYS:
+        raise MamfError(f"dataset {name!r}: keys must be among {sorted(DATASET_KEYS)}")
+    root, build = entry.get("root"), entry.get("build")
+    for key, value in (("root", root), ("build", build)):
+        if value is not None and not isinstance(value, str):
+            raise MamfError(f"dataset {name!r}: {key!r} must be a string, got {shown(value)}")
+    if bool(root) == bool(build):
+        raise MamfError(f"dataset {name!r} needs exactly one of 'root' (a folder) or 'build'")
+    if root and source is not None:
+        root = str((source.parent / root).expanduser())
+    options = _mapping(entry.get("build_options"), f"dataset {name!r}: 'build_options'")
+    if options and not build:
+        raise MamfError(f"dataset {name!r}: 'build_options' go with 'build'")
+    if build:
+        from mamf.data.builders import builder_options
+
+        known = builder_options(build)
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise MamfError(f"dataset {name!r}: builder {build!r} has no option "
+                            f"{shown(unknown[0])}; options: {', '.join(known) or 'none'}")
+    return DatasetSpec(name, root, build, options,
+                       _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
+                       _ways(entry.get("ways"), name))
+
+
+def _ways(value, name: str):
+    """None (the config's data.ways), 'all', one size, or a list (or comma list) of sizes."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() in ("all", "paper"):
+            return value
+        with contextlib.suppress(ValueError):  # a comma list; anything else is refused below
+            value = [int(v) for v in value.split(",")]
+    sizes = [value] if _is_int(value) else value
+    if not isinstance(sizes, list) or not sizes or \
+            not all(_is_int(n) and 2 <= n <= MAX_WAYS for n in sizes):
+        raise MamfError(f"dataset {name!r}: 'ways' must be a task size (2 to {MAX_WAYS}), a list "
+                        f"of them or 'all', got {shown(value)}")
+    _refuse_duplicates(sizes, f"dataset {name!r}: 'ways'")
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mapping(value, what: str) -> dict:
+    """A section of the file: a mapping, or nothing (empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MamfError(f"{what} must be a mapping of keys, got {shown(value)}")
+    return value
+
+
+def _text(raw: dict, key: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise MamfError(f"experiment {key!r} must be a string, got {shown(value)}")
+    return value
+
+
+def _refuse_duplicates(items: list, what: str) -> None:
+    """Two equal entries would run (and count) one row twice."""
+    seen = []
+    for item in items:
+        if item in seen:
+            raise MamfError(f"{what} lists {shown(item)} twice")
+        seen.append(item)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -175,13 +257,13 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
                         "choose another --out")
     if exp.source is not None:
-        text = exp.source.read_text(encoding="utf-8")
+        text = exp.source.read_bytes()
         previous = out / "experiment.yaml"
-        if rows and previous.is_file() and previous.read_text(encoding="utf-8") != text:
+        if rows and previous.is_file() and previous.read_bytes() != text:
             log.warning("the experiment file changed since %s was started; finished rows are "
                         "kept, missing ones are computed with the new settings", out)
         if main:
-            atomic_write_text(previous, text)
+            atomic_write_bytes(previous, text)
     done = {row_key(r) for r in rows}
     plans = []
     for ds in exp.datasets:

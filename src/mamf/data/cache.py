@@ -29,10 +29,10 @@ def cache_root() -> Path:
 
 
 def _key(files: list[Path], size: int) -> str:
-    h = hashlib.sha256(f"v1:{size}".encode())
+    h = hashlib.sha256(f"v2:{size}".encode())  # v2: decode crops before it resizes
     for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = f.stat()  # the path as the file system's bytes: a name need not be UTF-8
+        h.update(os.fsencode(f.resolve()) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -56,17 +56,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode(path: Path, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` (bicubic) and centre-crop: CLIP's own preprocessing."""
+    """Resize the shorter side to `size` (bicubic) and centre-crop: CLIP's own preprocessing.
+
+    Only the crop is resampled (PIL's `box` is its region in the source image), so the work is
+    bounded by `size`, not by the long side: a legal 1 x 200000 PNG would otherwise be stretched
+    to 32 x 6.4 million pixels first. A square image gives the same pixels either way.
+    """
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
     img = to_rgb(img)
     w, h = img.size
     scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))  # the resized image
+    left, top = (nw - size) // 2, (nh - size) // 2  # its centre crop, in the source image:
+    box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+    return np.asarray(img.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)
 
 
 def reserve(path: Path) -> None:

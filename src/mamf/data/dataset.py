@@ -52,7 +52,8 @@ class ImageDataset:
     def load(cls, root: str | Path, image_size: int, subdataset: str | None = None,
              template: str = DEFAULT_TEMPLATE) -> ImageDataset:
         scan = scan_folder(root, subdataset)
-        prompts = class_prompts(scan.root, scan.classes, template)
+        scan.warn_skipped()
+        prompts = class_prompts(scan.root, scan.classes, template, scan.top)
         files = [f for group in scan.files for f in group]
         images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"))
         classes, kept_prompts, class_images, start = [], [], [], 0

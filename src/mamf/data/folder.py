@@ -28,6 +28,26 @@ class FolderScan:
     files: tuple[tuple[Path, ...], ...]
     skipped_empty: tuple[str, ...] = ()
     skipped_other: int = 0
+    top: Path | None = None  # the folder given, when `root` is one of its subdatasets
+
+    def warn_skipped(self) -> None:
+        """Say what was left out; called once by whoever loads the images, not by every scan."""
+        if self.skipped_empty:
+            names = [printable(n) for n in self.skipped_empty[:5]]
+            log.warning("skipped %d label folder(s) with no images: %s", len(self.skipped_empty),
+                        ", ".join(names) + (" ..." if len(self.skipped_empty) > 5 else ""))
+        if self.skipped_other:
+            log.warning("ignored %d file(s) that are not images (by extension)",
+                        self.skipped_other)
+
+
+def printable(name: str) -> str:
+    """A file name as text that can be printed, logged and tokenised: bytes that are not UTF-8
+    (which Python keeps as lone surrogates) become `\\xff` escapes."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _visible_dirs(path: Path) -> list[Path]:
@@ -63,18 +83,18 @@ def scan_folder(root: str | Path, subdataset: str | None = None) -> FolderScan:
         raise MamfError(f"data folder {root} does not exist")
     if not root.is_dir():
         raise MamfError(f"data folder {root} is not a folder")
-    base, name = root, root.resolve().name
+    base, name, top = root, printable(root.resolve().name), None
     subs = subdatasets(root)
     if subdataset:
         if subdataset not in subs:
             choices = ", ".join(subs) if subs else "none: the folder has the plain layout"
             raise MamfError(f"no subdataset {subdataset!r} in {root} (subdatasets: {choices})")
-        base, name = root / subdataset, f"{name}/{subdataset}"
+        base, name, top = root / subdataset, f"{name}/{printable(subdataset)}", root
     elif subs:
         if len(subs) > 1:
             raise MamfError(f"{root} holds {len(subs)} subdatasets ({', '.join(subs)}): "
                             "choose one with --subdataset")
-        base, name = root / subs[0], f"{name}/{subs[0]}"
+        base, name, top = root / subs[0], f"{name}/{printable(subs[0])}", root
     classes, files, empty, other = [], [], [], 0
     for d in _visible_dirs(base):
         images, n_other = _images(d)
@@ -86,9 +106,4 @@ def scan_folder(root: str | Path, subdataset: str | None = None) -> FolderScan:
             empty.append(d.name)
     if not classes:
         raise MamfError(f"no images found in {base}: expected <root>/<label>/<image files>")
-    if empty:
-        log.warning("skipped %d label folder(s) with no images: %s", len(empty),
-                    ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
-    if other:
-        log.warning("ignored %d file(s) that are not images (by extension)", other)
-    return FolderScan(base, name, tuple(classes), tuple(files), tuple(empty), other)
+    return FolderScan(base, name, tuple(classes), tuple(files), tuple(empty), other, top)

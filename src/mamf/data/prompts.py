@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+import string
 from pathlib import Path
 
-from mamf.errors import MamfError
+from mamf.data.folder import printable
+from mamf.errors import MamfError, shown
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "A photo of a {label}."
 LABEL_TO_TEXT = "label_to_text.json"
@@ -13,23 +19,46 @@ LABEL_TO_TEXT = "label_to_text.json"
 
 def label_text(label: str) -> str:
     """Folder names use underscores for spaces."""
-    return label.replace("_", " ")
+    return printable(label).replace("_", " ")
 
 
 def class_prompts(root: Path, classes: tuple[str, ...] | list[str],
-                  template: str = DEFAULT_TEMPLATE) -> list[str]:
-    """One prompt per class; `label_to_text.json` in `root` or its parent wins over the template."""
+                  template: str = DEFAULT_TEMPLATE, top: Path | None = None) -> list[str]:
+    """One prompt per class; a `label_to_text.json` in `root` wins over the template.
+
+    `top`: the folder holding `root` as one subdataset of the nested layout; its
+    `label_to_text.json` serves every subdataset. A plain dataset's parent folder is never read:
+    a file there belongs to something else.
+    """
     root = Path(root)
-    for candidate in (root / LABEL_TO_TEXT, root.parent / LABEL_TO_TEXT):
+    candidates = [root / LABEL_TO_TEXT] + ([Path(top) / LABEL_TO_TEXT] if top else [])
+    for candidate in candidates:
         if candidate.is_file():
+            log.info("prompts from %s", candidate)
             return _from_json(candidate, classes)
-    if "{label}" not in template:
-        raise MamfError(f"prompt template {template!r} has no {{label}} placeholder")
+    prompts = _from_template(template, classes)
+    log.info("prompts from the template %s, e.g. %s", shown(template), shown(prompts[0]))
+    return prompts
+
+
+def _from_template(template: str, classes) -> list[str]:
+    def malformed(reason) -> MamfError:
+        return MamfError(f"prompt template {shown(template)} is malformed ({reason}); "
+                         "use {label} and double any other braces")
+
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as e:
+        raise malformed(e) from None
+    if not any(name == "label" or name.startswith(("label.", "label[")) for name, _ in fields):
+        raise MamfError(f"prompt template {shown(template)} has no {{label}} placeholder")
+    if any(re.search(r"\d{4,}", spec or "") for _, spec in fields):
+        raise malformed("a field width of thousands of characters")
     try:
         return [template.format(label=label_text(c)) for c in classes]
-    except (KeyError, IndexError, ValueError) as e:
-        raise MamfError(f"prompt template {template!r} is malformed ({e}); "
-                        "use {label} and double any other braces") from None
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+        raise malformed(f"{type(e).__name__}: {e}") from None
 
 
 def _from_json(path: Path, classes) -> list[str]:
@@ -37,14 +66,16 @@ def _from_json(path: Path, classes) -> list[str]:
         mapping = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MamfError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MamfError(f"{path} is not valid JSON: it nests too deeply") from None
     if not isinstance(mapping, dict):
         raise MamfError(f"{path} must be a JSON object mapping label to prompt text")
     missing = [c for c in classes if c not in mapping]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise MamfError(f"{path} has no prompt for label(s) {', '.join(map(repr, missing[:3]))}"
+        raise MamfError(f"{path} has no prompt for label(s) {', '.join(map(shown, missing[:3]))}"
                         f"{more}")
     bad = [c for c in classes if not isinstance(mapping[c], str) or not mapping[c].strip()]
     if bad:
-        raise MamfError(f"{path}: the prompt for {bad[0]!r} is not a non-empty string")
+        raise MamfError(f"{path}: the prompt for {shown(bad[0])} is not a non-empty string")
     return [mapping[c] for c in classes]

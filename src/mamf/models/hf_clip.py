@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mamf.errors import MamfError
+from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
 
 
@@ -76,34 +76,55 @@ class _HFTokenizer:
 
 
 def load_hf_clip(name_or_path: str) -> HFClip:
-    """Load a CLIPModel and its tokenizer from a local folder or a hub id, with one-line errors."""
+    """Load a CLIPModel and its tokenizer from a local folder or a hub id, with one-line errors.
+
+    Weights come from safetensors only: a pickled `pytorch_model.bin` is refused, never loaded.
+    """
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, CLIPModel
 
     path = Path(name_or_path).expanduser()
+    pre = None
     if path.exists():
         if not (path / "config.json").is_file():
             raise MamfError(f"model folder {path} has no config.json: not a transformers CLIP model")
-        try:
-            model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        except (OSError, json.JSONDecodeError) as e:
-            raise MamfError(f"model folder {path}: unreadable config.json ({e})") from None
+        model_type = _json_object(path / "config.json").get("model_type")
         if model_type != "clip":
-            raise MamfError(f"model folder {path} holds a {model_type!r} model, not a CLIP model")
+            raise MamfError(f"model folder {path} holds a {shown(model_type)} model, not a CLIP "
+                            "model")
+        if not any(path.glob("*.safetensors")):
+            pickled = [p.name for p in path.glob("*.bin")]
+            raise MamfError(f"model folder {path} has no model.safetensors" +
+                            (f" (only the pickle {pickled[0]}, which mamf never loads: convert "
+                             "it to safetensors)" if pickled else ""))
+        if (path / "preprocessor_config.json").is_file():
+            pre = _json_object(path / "preprocessor_config.json")
         source = str(path)
     else:
         source = name_or_path
     try:
-        clip = CLIPModel.from_pretrained(source, use_safetensors=None)
+        clip = CLIPModel.from_pretrained(source, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as e:
+    except (OSError, ValueError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MamfError(f"cannot load CLIP model {name_or_path!r}: {first}") from None
-    mean = std = None
-    pre = path / "preprocessor_config.json" if path.exists() else None
-    if pre is not None and pre.is_file():
-        cfg = json.loads(pre.read_text())
-        mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    mean, std = (pre.get("image_mean"), pre.get("image_std")) if pre else (None, None)
+    for key, value in (("image_mean", mean), ("image_std", std)):
+        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise MamfError(f"model folder {path}: preprocessor_config.json {key} must be three "
+                            f"numbers, got {shown(value)}")
     max_len = int(clip.config.text_config.max_position_embeddings)
     return HFClip(clip, _HFTokenizer(tokenizer, max_len), name=name_or_path, image_mean=mean,
                   image_std=std)
 
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or not UTF-8
+        raise MamfError(f"model folder {path.parent}: unreadable {path.name} "
+                        f"({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise MamfError(f"model folder {path.parent}: {path.name} is not a JSON object")
+    return data

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mamf.errors import MamfError
+from mamf.errors import MamfError, shown
 from mamf.io import make_folder
 
 MANIFEST = ".mamf-dataset.json"
@@ -91,7 +91,13 @@ def check_int(builder: str, option: str, value: Any, *, minimum: int = 1,
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = f"an integer of at least {minimum}" + (" or None" if allow_none else "")
-        raise MamfError(f"{builder}: {option} must be {what}, not {value!r}")
+        raise MamfError(f"{builder}: {option} must be {what}, not {shown(value)}")
+
+
+def check_folder(builder: str, option: str, value: Any) -> None:
+    """A MamfError unless `value` is None or a folder name (a string or a path)."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise MamfError(f"{builder}: {option} must be a folder name, not {shown(value)}")
 
 
 def read_manifest(out: Path) -> dict | None:

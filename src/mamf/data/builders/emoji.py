@@ -24,6 +24,7 @@ from mamf.data.builders.common import (
     BuiltDataset,
     Log,
     build_with,
+    check_folder,
     check_int,
     resolve_out,
     unique_slugs,
@@ -176,6 +177,7 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
     classes share an image. `cache_dir`: where the npm .tgz files are kept (default `<out>/../.downloads`).
     """
     check_int(NAME, "limit", limit, allow_none=True)
+    check_folder(NAME, "cache_dir", cache_dir)
     root = resolve_out(out)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else root.parent / ".downloads"
     options = {"limit": limit, "drop_duplicates": bool(drop_duplicates)}

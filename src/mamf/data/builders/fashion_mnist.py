@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
-from mamf.errors import MamfError
+from mamf.data.builders.common import BuiltDataset, Log, build_with, check_folder, check_int
+from mamf.errors import MamfError, shown
 
 NAME = "fashion-mnist"
 VERSION = 1
@@ -112,8 +112,9 @@ def build_fashion_mnist(out: str | os.PathLike, *, log: Log = print, per_class: 
     running as root and `install` is true).
     """
     check_int(NAME, "per_class", per_class, allow_none=True)
-    if split not in FILES:
-        raise MamfError(f"{NAME}: split must be 'train' or 'test', not {split!r}")
+    if not isinstance(split, str) or split not in FILES:
+        raise MamfError(f"{NAME}: split must be 'train' or 'test', not {shown(split)}")
+    check_folder(NAME, "source_dir", source_dir)
     options = {"per_class": per_class, "split": split}
 
     def make(tmp: Path) -> BuiltDataset:
