@@ -22,7 +22,7 @@ from mamf.cli import main
 from mamf.errors import MamfError
 from mamf.finetune import trainable
 from mamf.models import load_model
-from mamf.training import make_optimizer
+from mamf.methods.base import make_optimizer
 
 STEP = "checkpoint-000000008"
 
