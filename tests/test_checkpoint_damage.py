@@ -21,8 +21,8 @@ from mamf.checkpoint import Checkpointer
 from mamf.cli import main
 from mamf.errors import MamfError
 from mamf.finetune import trainable
-from mamf.models import load_model
 from mamf.methods.base import make_optimizer
+from mamf.models import load_model
 
 STEP = "checkpoint-000000008"
 
