@@ -184,9 +184,9 @@ def not_compared_markdown(rows: list[dict]) -> str:
 
 
 def _task_counts(rows: list[dict]) -> str:
-    """Tasks per seed (and split) of one method's rows: '95' or '10 to 95'."""
+    """Tasks per seed (and split) of one method's rows, a cell counted once: '95', '10 to 95'."""
     per: dict[tuple, int] = {}
-    for r in rows:
+    for r in _one_per_cell(rows)[0].values():
         per[(r["seed"], r["split"])] = per.get((r["seed"], r["split"]), 0) + r["n_tasks"]
     counts = sorted(set(per.values()))
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
@@ -215,11 +215,12 @@ def settings_line(rows: list[dict]) -> str:
         seeds = {s[3] for s in shapes.values()}
         each = []
         for m, (ways, own_shots, tasks, own_seeds) in shapes.items():
-            extra = (f", {own_shots}-shot" if len(shots) > 1 else "") + (
-                f", seed{'s' if ',' in own_seeds else ''} {own_seeds}" if len(seeds) > 1 else "")
-            each.append(f"{METHOD_LABELS[m]} {ways}-way{extra}, {tasks} tasks per seed")
+            own = f" {own_shots}-shot" if len(shots) > 1 else ""
+            seeded = (f" (seed{'s' if ',' in own_seeds else ''} {own_seeds})"
+                      if len(seeds) > 1 else "")
+            each.append(f"{METHOD_LABELS[m]} at {ways}-way{own} with {tasks} tasks per seed{seeded}")
         common = f", {next(iter(shots))}-shot" if len(shots) == 1 else ""
-        parts.append(f"{d}: {protocol}{common}, by method ({'; '.join(each)})")
+        parts.append(f"{d}: {protocol}{common}, {', '.join(each[:-1])} and {each[-1]}")
     return "; ".join(parts)
 
 
