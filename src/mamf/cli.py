@@ -236,11 +236,14 @@ def cmd_experiment(args) -> None:
 
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
-    from mamf.report import settings_line, summary_table, write_report
+    from mamf.report import comparison_note, settings_line, summary_table, write_report
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
     print(summary_table(rows))
+    note = comparison_note(rows)
+    if note:
+        print(f"\n{note}")
     print(f"\n({settings_line(rows)})")
     files = write_report(rows, out, title)
     print(f"results: {out / 'results.jsonl'}")
@@ -251,12 +254,12 @@ def _summarise(rows: list[dict], out: Path, title: str) -> None:
 
 
 def cmd_report(args) -> None:
-    from mamf.io import read_jsonl
+    from mamf.results import read_rows
 
     out = Path(args.dir)
     if not (out / "results.jsonl").is_file():
         raise MamfError(f"{out} holds no results.jsonl")
-    _summarise(read_jsonl(out / "results.jsonl"), out, out.name)
+    _summarise(read_rows(out / "results.jsonl"), out, out.name)
 
 
 def cmd_data(args) -> None:

@@ -19,7 +19,7 @@ from mamf.finetune import trainable
 from mamf.inputs import ModelInputs, autocast
 from mamf.loss import task_logits
 from mamf.models.base import DualEncoder
-from mamf.stats import mean_ci
+from mamf.stats import mean_ci95
 from mamf.tasks import Task, check_pool, number_of_tasks, protocol_task
 
 SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}
@@ -113,5 +113,5 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
 
 
 def summarize(accs: list[float]) -> tuple[float, float]:
-    """Mean and 95 % CI half-width of per-task accuracies (`mamf.stats.mean_ci`)."""
-    return mean_ci(accs)
+    """Mean and 95 % CI half-width of per-task accuracies (`mamf.stats.mean_ci95`)."""
+    return mean_ci95(accs)
