@@ -23,7 +23,7 @@ def rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys):
+def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys, caplog):
     run, out = tmp_path / "run", tmp_path / "eval"
     assert main(["train", "--method", "mamf", "--model", "tiny-random-clip", "--data",
                  str(colour_folder), "--out", str(run), "--ways", "3", "--lr", "1e-3",
@@ -44,11 +44,23 @@ def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys):
         assert r["protocol"] == "paper" and r["split"] == "test" and r["seed"] == 312
         assert 0.0 <= r["acc_mean"] <= 1.0 and r["acc_ci95"] >= 0.0
     # the same seed gives the same numbers
-    assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out", str(out),
-                 "--ways", "2", "--quiet", "--set", "metatest.epochs=1"]) == 0
-    again = rows(out / "results.jsonl")[-1]
+    assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
+                 str(tmp_path / "again"), "--ways", "2", "--quiet", "--set",
+                 "metatest.epochs=1"]) == 0
+    again = rows(tmp_path / "again" / "results.jsonl")[-1]
     assert again["task_accs"] == got[0]["task_accs"]
     assert "acc" in capsys.readouterr().out
+    # evaluating again into the same folder measures nothing twice (issue: the report counted
+    # repeated rows twice); the same cell with other settings is refused
+    before = (out / "results.jsonl").read_text()
+    assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out", str(out),
+                 "--ways", "2,3", "--quiet", "--set", "metatest.epochs=1"]) == 0
+    assert (out / "results.jsonl").read_text() == before
+    assert "mamf 2-way seed 312 is already in" in caplog.text
+    assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out", str(out),
+                 "--ways", "2", "--quiet", "--set", "metatest.epochs=2"]) == 2
+    assert "measured with other settings" in capsys.readouterr().err
+    assert (out / "results.jsonl").read_text() == before
     # the report reads what evaluate wrote
     assert main(["report", str(out)]) == 0
     assert "| colours |" in (out / "report.md").read_text()

@@ -20,9 +20,10 @@ from mamf import distributed
 from mamf import methods as registry
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
 from mamf.errors import MamfError, shown
-from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
+from mamf.results import read_rows
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
 
@@ -251,7 +252,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
 
     results = out / RESULTS
     main = distributed.is_main()
-    rows = distributed.from_main(read_jsonl(results))
+    rows = distributed.from_main(read_rows(results) if distributed.is_main() else None)
     others = sorted({r["experiment"] for r in rows if r.get("experiment", exp.name) != exp.name})
     if others:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
@@ -331,7 +332,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                                "traceback": traceback.format_exc()})
             bar.update(len(unit))
     bar.close()
-    return distributed.from_main(read_jsonl(results) if main else None)
+    return distributed.from_main(read_rows(results) if main else None)
 
 
 class _Clock:

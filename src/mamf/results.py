@@ -25,10 +25,11 @@ _COUNTS = {"ways": 2, "shots": 0, "queries": 0, "n_tasks": 1, "seed": None}  # n
 REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
 KEY_FIELDS = ("dataset", "method", "model", "run", "protocol", "ways", "shots", "queries", "seed",
-              "split")
+              "split", "sampler")
 """What `row_key` is made of. The dataset is the experiment's name for it where there is one
 (`experiment_dataset`); `run` is the trained run folder an evaluation read (absent or None for
-zero-shot and experiments). The settings hash `config_id` is deliberately not part of the key:
+zero-shot and experiments); `sampler` the task sampler a method trained with (absent or None for
+methods that draw no tasks). The settings hash `config_id` is deliberately not part of the key:
 an experiment keeps its finished rows when its file changes, so the same measurement may carry
 another hash."""
 
@@ -42,7 +43,8 @@ def row_key(row: dict) -> tuple:
     """Identity of the measurement a (valid) row holds: two rows with equal keys are the same
     measurement, so only the first may be counted. Fields in the order of KEY_FIELDS."""
     return (dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
-            row["ways"], row["shots"], row["queries"], row["seed"], row["split"])
+            row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
+            row.get("sampler"))
 
 
 def _is_int(x: object) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from mamf import distributed
+from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
@@ -26,6 +26,7 @@ from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
+from mamf.results import read_rows, row_key
 from mamf.training import train
 
 log = logging.getLogger(__name__)
@@ -221,14 +222,38 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     if is_main():
         atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
+    # a measurement already in results.jsonl is not taken twice: same settings, it is skipped;
+    # other settings under the same key would make two numbers of one cell, so that is refused
+    finished = distributed.from_main({row_key(r): r for r in read_rows(out / RESULTS)}
+                                     if is_main() else None)
+    shots, queries = shots_queries(dataset, config, config.metatest.split)
     rows = []
     for n in ways or [config.data.ways]:
+        probe = {"dataset": dataset.name, "method": method, "model": config.model,
+                 "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
+                 "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
+                 "split": config.metatest.split, "sampler": trained_sampler(config, method)}
+        done = finished.get(row_key(probe))
+        if done is not None and done.get("config_id") == config_id(config):
+            log.info("%s %d-way seed %d is already in %s: skipped", method, n, config.seed,
+                     out / RESULTS)
+            rows.append(done)
+            continue
+        if done is not None:
+            raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
+                            f"on {dataset.name} ({config.metatest.split}) measured with other "
+                            "settings: choose another --out")
         row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
-        row["run"] = str(run_dir) if run_dir else None
+        row["run"] = probe["run"]
         if is_main():
             append_jsonl(out / RESULTS, row)
         rows.append(row)
     return rows
+
+
+def trained_sampler(config: Config, method: str) -> str | None:
+    """The task sampler behind a row: the run's, for a method that trains on tasks; else None."""
+    return config.train.sampler if methods.method_class(method).draws_tasks else None
 
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
@@ -242,7 +267,8 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     shots, queries = shots_queries(dataset, config, split)
     return {"method": method, "model": config.model, "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
-            "seed": config.seed, "split": split, "n_tasks": len(tasks), "acc_mean": mean,
+            "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
+            "n_tasks": len(tasks), "acc_mean": mean,
             "acc_ci95": ci, "task_accs": accs,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), "torch": torch.__version__}
