@@ -216,7 +216,7 @@ def one_step(model) -> torch.optim.Optimizer:
 
 def save(folder, model, step=1) -> Checkpointer:
     ck = Checkpointer(folder, 1)
-    ck.save(step, model, one_step(model).state_dict(), np.random.default_rng(1),
+    ck.save(step, model, one_step(model).state_dict(), {"rng": np.random.default_rng(1).bit_generator.state},
             torch.Generator().manual_seed(1), [0.5] * step)
     return ck
 
