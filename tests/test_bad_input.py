@@ -441,3 +441,13 @@ def test_any_experiment_mapping_parses_or_is_one_mamf_error(raw):
             return
     assert exp.methods and exp.seeds and exp.datasets
     assert all(isinstance(v, str) for v in (exp.name, exp.model, exp.device, exp.precision))
+
+
+def test_a_huge_ways_on_the_command_line_is_refused_shown_short(colour_folder, tmp_path, capsys):
+    from mamf.cli import main
+
+    assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", str(tmp_path / "out"), "--ways", "9" * 300, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "ways must be between 2 and" in err and "<an integer of 300 digits>" in err
+    assert len(err) < 300

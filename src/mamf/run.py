@@ -15,11 +15,11 @@ from safetensors.torch import load_model, save_model
 
 from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
-from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
+from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
-from mamf.errors import MamfError
+from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
 from mamf.lock import exclusive
@@ -193,9 +193,11 @@ def ways_list(config: Config, n_classes: int, value) -> list[int]:
     try:
         out = [int(v) for v in items]
     except ValueError:
-        raise MamfError(f"--ways must be integers, a comma list, or 'all'; got {value!r}") from None
-    if any(w < 2 for w in out):
-        raise MamfError(f"ways must be at least 2, got {value!r}")
+        raise MamfError(f"--ways must be integers, a comma list, or 'all'; got "
+                        f"{shown(value)}") from None
+    top = AT_MOST["data.ways"]
+    if any(not 2 <= w <= top for w in out):
+        raise MamfError(f"ways must be between 2 and {top}, got {shown(value)}")
     return out
 
 
