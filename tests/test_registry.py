@@ -75,7 +75,7 @@ def test_a_checkpoint_past_the_runs_last_step_is_refused(shared_colour_folder, t
     checkpoints = Checkpointer(tmp_path / "checkpoints", every=2)
     train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
     config = build_config(overrides={**over, "train.steps": 2})
-    with pytest.raises(MamfError, match="past this run's 2 steps"):
+    with pytest.raises(MamfError, match="past the 2 steps of this run"):
         train(model, inputs, dataset, config, progress=False, checkpointer=checkpoints)
 
 

@@ -29,7 +29,7 @@ def test_a_huge_seed_is_not_printed_in_full():
     assert len(str(e.value)) < 200
 
 
-@pytest.mark.parametrize("seeds", [[1, -3], [2**63], 7 * [0] + [2**64]])
+@pytest.mark.parametrize("seeds", [[1, -3], [2**63], [0, 1, 2, 2**64]])
 def test_experiment_seeds_out_of_range_are_refused(colour_folder, seeds):
     raw = {"model": "tiny-random-clip", "methods": ["zeroshot"], "seeds": seeds,
            "datasets": {"c": {"root": str(colour_folder), "ways": [2]}}}
