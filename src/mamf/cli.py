@@ -227,10 +227,11 @@ def cmd_experiment(args) -> None:
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
     from mamf.report import settings_line, summary_table, write_report
+    from mamf.report_samplers import baseline_rows
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
-    print(summary_table(rows))
+    print(summary_table(baseline_rows(rows)))
     print(f"\n({settings_line(rows)})")
     files = write_report(rows, out, title)
     print(f"results: {out / 'results.jsonl'}")

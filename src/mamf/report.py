@@ -245,6 +245,9 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dic
     import base64
     import html
 
+    from mamf.report_samplers import baseline_rows, samplers_section
+
+    rows, every_row = baseline_rows(rows), rows  # the paper's tables: uniform sampling
     out = Path(out)
     figures = out / "figures"
     pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
@@ -254,10 +257,11 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dic
     if any(r["method"] == "fomaml" for r in rows) and any(r["method"] == "zeroshot"
                                                          for r in rows):
         pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
-    hosts = sorted({r.get("host", "?") for r in rows})
-    md = [f"# {title}", "", f"{len(rows)} result rows; hosts: {', '.join(hosts)}.", "",
+    hosts = sorted({r.get("host", "?") for r in every_row})
+    md = [f"# {title}", "", f"{len(every_row)} result rows; hosts: {', '.join(hosts)}.", "",
           "## Accuracy (mean ± 95 % CI over all test tasks)", "", summary_table(rows), "",
-          f"Settings: {settings_line(rows)}.", "", claims_markdown(rows), "", "## Figures", ""]
+          f"Settings: {settings_line(rows)}.", "", claims_markdown(rows), "",
+          *samplers_section(every_row), "", "## Figures", ""]
     for name, p in pngs.items():
         md.append(f"![{name}](figures/{p.name})")
     text = "\n".join(md) + "\n"

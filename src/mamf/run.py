@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from mamf import distributed
+from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
@@ -26,6 +26,7 @@ from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
+from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,15 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
 
 
 def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
-    """Under torchrun the tasks are sharded across ranks and only rank 0 writes."""
+    """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
+    `task_similarity` is measured with the evaluated model's prompts."""
     if is_main():
         atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
+    prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
         row["run"] = str(run_dir) if run_dir else None
         if is_main():
             append_jsonl(out / RESULTS, row)
@@ -199,10 +202,19 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
 
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
-                      config: Config, method: str, ways: int, progress: bool = True) -> dict:
-    """Meta-test one task size on an already prepared model; returns the results row."""
+                      config: Config, method: str, ways: int, progress: bool = True,
+                      prompts: np.ndarray | None = None) -> dict:
+    """Meta-test one task size on an already prepared model; returns the results row.
+
+    The row names the task sampler the method trained with (None for methods that draw no
+    tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
+    embeddings `prompts` (all classes; default: the model's as it is now)."""
     split = config.metatest.split
     tasks = evaluation_tasks(dataset, config, split, ways)
+    if prompts is None:
+        prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
+    similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
+    draws = methods.method_class(method).draws_tasks
     started = time.perf_counter()
     accs = meta_test(model, inputs, tasks, method, config, ways, progress)
     mean, ci = summarize(accs)
@@ -211,5 +223,6 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
             "seed": config.seed, "split": split, "n_tasks": len(tasks), "acc_mean": mean,
             "acc_ci95": ci, "task_accs": accs,
+            "sampler": config.train.sampler if draws else None, "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), "torch": torch.__version__}
