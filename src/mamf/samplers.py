@@ -184,7 +184,8 @@ def sum_over_ranks(confusions: list[Confusion]) -> None:
 # -- the samplers ------------------------------------------------------------------------------
 @register
 class Uniform(TaskSampler):
-    """The paper's sampler: n classes uniformly at random without replacement."""
+    """The paper's sampler: n classes uniformly at random without replacement (docs/method.md,
+    "Task samplers"); it draws exactly as `mamf.tasks.sample_classes` always has."""
 
     name = "uniform"
     summary = "n classes uniformly at random without replacement (the paper's sampler)"
@@ -221,6 +222,7 @@ class Similar(ByMeaning):
     An anchor class uniformly, then the other n-1 one at a time without replacement, each with
     probability proportional to exp(cos(prompt of c, prompt of the anchor) / tau)
     (`train.sampler_tau`; tau -> infinity is uniform, tau -> 0 the anchor's nearest classes).
+    docs/method.md, "Task samplers".
     """
 
     name = "similar"
@@ -238,6 +240,7 @@ class Diverse(ByMeaning):
     A soft farthest-point draw: an anchor class uniformly, then each next class without
     replacement with probability proportional to exp(-max over the chosen classes s of
     cos(c, s) / tau) (`train.sampler_tau`; tau -> 0 is farthest-point sampling).
+    docs/method.md, "Task samplers".
     """
 
     name = "diverse"
@@ -255,7 +258,7 @@ class Curriculum(ByMeaning):
     Task k of K (k = 0..K-1, K from `plan`) has the progress p = k / K and the strength
     s = 2p - 1, from -1 to nearly +1. While s < 0 the draw is `diverse`'s with temperature
     tau / |s|, from s >= 0 on it is `similar`'s with temperature tau / s; at s = 0 both are
-    uniform. The anchor is always uniform.
+    uniform. The anchor is always uniform. docs/method.md, "Task samplers".
     """
 
     name = "curriculum"
@@ -284,8 +287,9 @@ class AdaptiveConfusion(TaskSampler):
                    + sum over its images x of class b of p(a | x)) / (their number)
         C(a, b) <- C(a, b)^discount * exp(scale * v(a, b)),  i.e.  L <- discount * L + scale * v
 
-    for every pair of the task's classes with images in the step, where p is the softmax over
-    the task's classes (the training loss's own logits; FOMAML: the query logits after
+    for every pair of the task's classes that both have images in the step, where p is the
+    softmax over the loss's candidate classes (the training loss's own logits: the task's n
+    classes, or those in the minibatch under `candidates=batch`; FOMAML: the query logits after
     adaptation). `discount` is `train.sampler_discount` (the paper's tau: how fast old
     confusion is forgotten), `scale` is `train.sampler_scale` (the paper's alpha). Pairs not in
     the task keep their potential. With as many images of each class, v is the mean of the two
@@ -293,7 +297,8 @@ class AdaptiveConfusion(TaskSampler):
 
     A task is drawn greedily: its first two classes as a pair (a, b) with probability
     proportional to C(a, b), then each next class c with probability proportional to the
-    product of C(c, s) over the chosen classes s.
+    product of C(c, s) over the chosen classes s (in logarithms: no overflow, however long
+    the run). docs/method.md, "Task samplers".
     """
 
     name = "confusion"
@@ -320,10 +325,9 @@ class AdaptiveConfusion(TaskSampler):
         n = len(chosen)
         sums, counts = confusion[:, :n], confusion[:, n]
         for i, j in itertools.combinations(range(n), 2):
-            images = counts[i] + counts[j]
-            if images == 0:
-                continue
-            value = (sums[i, j] + sums[j, i]) / images
+            if counts[i] == 0 or counts[j] == 0:
+                continue  # the step showed no image of one of the two: nothing learnt
+            value = (sums[i, j] + sums[j, i]) / (counts[i] + counts[j])
             a, b = int(chosen[i]), int(chosen[j])
             updated = self.discount * self.log_potential[a, b] + self.scale * value
             self.log_potential[a, b] = self.log_potential[b, a] = updated
