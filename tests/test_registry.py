@@ -25,6 +25,13 @@ RESUMABLE = [
     ("mamf", {"train.steps": 9}),
     ("mamf", {"train.schedule": "sequential", "train.epochs": 2}),
     ("fomaml", {"train.steps": 7, "train.meta_batch": 2}),
+    # task samplers keep what they drew and learnt in the stream state
+    *[("mamf", {"train.steps": 9, "train.sampler": s})
+      for s in ("similar", "diverse", "curriculum", "confusion")],
+    ("mamf", {"train.steps": 9, "train.sampler": "confusion", "train.candidates": "batch"}),
+    ("mamf", {"train.schedule": "sequential", "train.epochs": 2, "train.sampler": "curriculum",
+              "train.sampler_tau": 0.01}),
+    ("fomaml", {"train.steps": 7, "train.meta_batch": 2, "train.sampler": "confusion"}),
 ]
 
 

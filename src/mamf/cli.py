@@ -237,14 +237,16 @@ def cmd_experiment(args) -> None:
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
     from mamf.report import comparison_note, settings_line, summary_table, write_report
+    from mamf.report_samplers import baseline_rows
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
-    print(summary_table(rows))
-    note = comparison_note(rows)
+    baseline = baseline_rows(rows)  # the paper's tables read uniform task sampling
+    print(summary_table(baseline))
+    note = comparison_note(baseline)
     if note:
         print(f"\n{note}")
-    print(f"\n({settings_line(rows)})")
+    print(f"\n({settings_line(baseline)})")
     files = write_report(rows, out, title)
     print(f"results: {out / 'results.jsonl'}")
     print(f"report: {files['md']} and {files['html']}; figure: {files['summary']}")

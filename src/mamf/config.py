@@ -44,6 +44,12 @@ class TrainConfig:
 
     method: str = "mamf"
     sampler: str = "uniform"  # which classes a training task gets (methods that draw tasks)
+    # similar, diverse, curriculum: temperature on prompt cosine similarities (smaller: sharper)
+    sampler_tau: float = 0.1
+    # confusion: how much of a class pair's old potential is kept at each update (0..1) and how
+    # strongly a step's confusion raises it (docs/method.md, "Task samplers")
+    sampler_discount: float = 0.5
+    sampler_scale: float = 1.0
     lr: float = 1e-6
     epochs: float = 8.0
     batch_size: int = 32
@@ -106,12 +112,14 @@ CHOICES = {
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size",
-            "train.crop_scale", "metatest.batch_size", "metatest.inner_batch_size"}
+            "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
+            "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
 # range's top keeps a seed valid for both and for any tool that stores it as an int64
 MAX_SEED = 2**63 - 1
-NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay", "metatest.lr",
+NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay",
+                "train.sampler_discount", "train.sampler_scale", "metatest.lr",
                 "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
@@ -249,6 +257,8 @@ def validate(config: Config) -> Config:
     if config.train.heads == "random" and config.train.freeze_text_tower:
         raise MamfError("train.heads=random cannot go with train.freeze_text_tower: the cached "
                         "text embeddings would pass through an untrained head")
+    if config.train.sampler_discount > 1:
+        raise MamfError("config train.sampler_discount is the share of a potential kept, at most 1")
     if config.train.crop_scale > 1:
         raise MamfError("config train.crop_scale is the smallest crop area fraction, at most 1")
     if config.data.start_n < 2:

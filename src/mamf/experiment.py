@@ -1,9 +1,13 @@
-"""Grids of runs, dataset x seed x method x task size, resumable, rows appended as they finish.
+"""Grids of runs, dataset x seed x method (x task sampler) x task size, resumable, rows appended
+as they finish.
 
-An experiment file (YAML) names the model, methods, seeds, shared settings, per-method settings
-and datasets (a folder, or a builder that makes one). Every finished (dataset, method, ways, seed,
-split) row is appended to `results.jsonl` at once; a second invocation skips what is there. All
-methods of one (dataset, ways, seed) meet the same test tasks, so they compare pairwise.
+An experiment file (YAML) names the model, methods, task samplers, seeds, shared settings,
+per-method settings and datasets (a folder, or a builder that makes one). The samplers axis
+applies to the methods that draw tasks; the others run once. Every finished (dataset, method,
+sampler, ways, seed, split) row is appended to `results.jsonl` at once; a second invocation skips
+what is there. All methods and samplers of one (dataset, ways, seed) meet the same test tasks, so
+they compare pairwise; every row also carries each test task's prompt similarity under the
+pretrained model (`task_similarity`), computed once per dataset before any training.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mamf import distributed
+import numpy as np
+
+from mamf import distributed, samplers
 from mamf import methods as registry
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
 from mamf.errors import MamfError, shown
@@ -29,8 +35,8 @@ from mamf.training import train
 
 log = logging.getLogger(__name__)
 
-TOP_KEYS = {"name", "model", "methods", "seeds", "settings", "method_settings", "datasets",
-            "device", "precision"}
+TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
+            "datasets", "device", "precision"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest"}
@@ -61,6 +67,7 @@ class Experiment:
     device: str = "auto"
     precision: str = "auto"
     source: Path | None = None
+    samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -84,6 +91,17 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
         raise MamfError(f"unknown method(s) {', '.join(map(shown, bad[:3]))}: use "
                         f"{', '.join(known)}")
     _refuse_duplicates(methods, "experiment 'methods'")
+    sampler_axis = raw.get("samplers")
+    if sampler_axis is not None:
+        if not isinstance(sampler_axis, list) or not sampler_axis:
+            raise MamfError(f"experiment 'samplers' must be a non-empty list, got "
+                            f"{shown(sampler_axis)}")
+        unknown_samplers = [s for s in sampler_axis
+                            if not isinstance(s, str) or s not in samplers.names()]
+        if unknown_samplers:
+            raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
+                            f": use {', '.join(samplers.names())}")
+        _refuse_duplicates(sampler_axis, "experiment 'samplers'")
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -112,10 +130,11 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _text(raw, "model", "effnet-minilm"), methods, seeds,
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
-                     source)
+                     source, sampler_axis)
     for ds in datasets:
         for m in methods:
-            run_config(exp, ds, m, seeds[0], "/placeholder")
+            for sampler in samplers_of(exp, ds, m):
+                run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler)
     return exp
 
 
@@ -206,7 +225,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
-               ways: int | None = None) -> Config:
+               ways: int | None = None, sampler: str | None = None) -> Config:
     merged = deep_merge(exp.settings, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
@@ -215,15 +234,35 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
         merged = deep_merge(merged, {"train": {"method": method}})
     if ways is not None:
         merged = deep_merge(merged, {"data": {"ways": ways}})
+    if sampler is not None:
+        merged = deep_merge(merged, {"train": {"sampler": sampler}})
     try:
         return build_config(merged)
     except MamfError as e:
         raise MamfError(f"dataset {ds.name!r}, method {method!r}: {e}") from None
 
 
+def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | None]:
+    """The task samplers `method` runs with on `ds`: the grid's axis (or the configured
+    `train.sampler`) for methods that draw tasks, [None] for the others."""
+    if not registry.method_class(method).draws_tasks:
+        return [None]
+    if exp.samplers:
+        return list(exp.samplers)
+    return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
+
+
+def row_sampler(row: dict) -> str | None:
+    """A row's task sampler; rows written before samplers existed were drawn uniformly."""
+    if "sampler" in row:
+        return row["sampler"]
+    known = row["method"] in registry.REGISTRY
+    return "uniform" if known and registry.method_class(row["method"]).draws_tasks else None
+
+
 def row_key(row: dict) -> tuple:
-    return (row.get("experiment_dataset", row["dataset"]), row["method"], row["ways"],
-            row["seed"], row["split"])
+    return (row.get("experiment_dataset", row["dataset"]), row["method"], row_sampler(row),
+            row["ways"], row["seed"], row["split"])
 
 
 def dataset_root(ds: DatasetSpec, out: Path) -> str:
@@ -283,10 +322,12 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         split = base.metatest.split
         for seed in exp.seeds:
             for method in exp.methods:
-                todo = [n for n in ways if (ds.name, method, n, seed, split) not in done]
-                if todo:
-                    plans.append((ds, root, seed, method, todo, ways))
-    total = sum(len(p[4]) for p in plans)
+                for sampler in samplers_of(exp, ds, method):
+                    todo = [n for n in ways
+                            if (ds.name, method, sampler, n, seed, split) not in done]
+                    if todo:
+                        plans.append((ds, root, seed, method, sampler, todo, ways))
+    total = sum(len(p[5]) for p in plans)
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
         return rows
@@ -295,40 +336,45 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                disable=None if progress else True)
     clock = _Clock(total)
     prepared: dict[str, tuple] = {}
-    for ds, root, seed, method, todo, ways in plans:
+    for ds, root, seed, method, sampler, todo, ways in plans:
         key = ds.name
         if key not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
             try:
                 config = run_config(exp, ds, method, seed, root)
                 model, dataset, inputs = prepare(config)
-                prepared[key] = (model, dataset, inputs, WeightSnapshot(model))
+                # every class's prompt under the pretrained model, before any training
+                pretrained_prompts = samplers.prompt_embeddings(model, inputs,
+                                                                np.arange(len(dataset.classes)))
+                prepared[key] = (model, dataset, inputs, WeightSnapshot(model),
+                                 pretrained_prompts)
             except MamfError as e:
                 log.error("dataset %s skipped: %s", ds.name, e)
                 _failure(out, {"dataset": ds.name, "error": str(e)})
                 bar.update(len(todo))
                 continue
-        model, dataset, inputs, pretrained = prepared[key]
+        model, dataset, inputs, pretrained, prompts = prepared[key]
         per_ways = registry.method_class(method).trains_per_ways
         units = [[n] for n in todo] if per_ways else [todo]
+        name = method if sampler is None else f"{method} ({sampler})"
         for unit in units:
             try:
-                for row in _run_unit(exp, ds, root, seed, method, unit, ways, model, dataset,
-                                     inputs, pretrained, results, progress):
+                for row in _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model,
+                                     dataset, inputs, pretrained, prompts, results, progress):
                     if main:
                         log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name,
-                                 method, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
+                                 name, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
                                  clock.tick())
             except MamfError as e:
-                log.error("%s %s seed %d ways %s failed: %s", ds.name, method, seed, unit, e)
-                _failure(out, {"dataset": ds.name, "method": method, "seed": seed,
-                               "ways": unit, "error": str(e)})
+                log.error("%s %s seed %d ways %s failed: %s", ds.name, name, seed, unit, e)
+                _failure(out, {"dataset": ds.name, "method": method, "sampler": sampler,
+                               "seed": seed, "ways": unit, "error": str(e)})
             except Exception as e:  # a bug must not stop the grid; it is recorded in full
                 if distributed.world_size() > 1:
                     raise  # one rank's crash: the ranks are out of step, so the job stops
-                log.error("%s %s seed %d ways %s crashed: %s", ds.name, method, seed, unit, e)
-                _failure(out, {"dataset": ds.name, "method": method, "seed": seed,
-                               "ways": unit, "error": repr(e),
+                log.error("%s %s seed %d ways %s crashed: %s", ds.name, name, seed, unit, e)
+                _failure(out, {"dataset": ds.name, "method": method, "sampler": sampler,
+                               "seed": seed, "ways": unit, "error": repr(e),
                                "traceback": traceback.format_exc()})
             bar.update(len(unit))
     bar.close()
@@ -348,18 +394,19 @@ class _Clock:
         return f"{self.done}/{self.total}, about {left / 60:.1f} min left"
 
 
-def _run_unit(exp, ds, root, seed, method, unit, ways, model, dataset, inputs, pretrained,
-              results, progress):
+def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, inputs,
+              pretrained, prompts, results, progress):
     """Train once (per task size for task-based methods), then meta-test every size in `unit`.
 
     A method trained once for every size trains exactly as in an uninterrupted grid (with the
     first of the dataset's sizes, `ways[0]`), however many of its rows are already done, and
     random heads are drawn from the unit's seed: a resumed grid writes the rows of a whole one.
+    `prompts`: the dataset's prompt embeddings under the pretrained model (`task_similarity`).
     """
     pretrained.restore()
     kind = registry.method_class(method)
     config = run_config(exp, ds, method, seed, root,
-                        ways=unit[0] if kind.trains_per_ways else ways[0])
+                        ways=unit[0] if kind.trains_per_ways else ways[0], sampler=sampler)
     seed_everything(seed)
     inputs.generator.manual_seed(seed)
     train_info = {}
@@ -371,8 +418,8 @@ def _run_unit(exp, ds, root, seed, method, unit, ways, model, dataset, inputs, p
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
     for n in unit:
-        config = run_config(exp, ds, method, seed, root, ways=n)
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
+        config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
         row.update(train_info)
         row.update({"experiment": exp.name, "experiment_dataset": ds.name})
         if distributed.is_main():

@@ -7,7 +7,7 @@ methods differ only in how they produce batches (docs/method.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +15,11 @@ import torch
 
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, autocast
-from mamf.loss import restrict_to_batch, task_loss
+from mamf.loss import cross_entropy, restrict_to_batch, task_logits
 from mamf.models.base import DualEncoder
+
+# sees a loss's logits [B, C], labels [B] and the C candidate classes' global ids
+Observer = Callable[[torch.Tensor, torch.Tensor, np.ndarray], None]
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,12 @@ class Batch:
 
 
 def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates: str = "task",
-               augment: bool = False, within: tuple[int, int] | None = None) -> torch.Tensor:
-    """Mean loss over the batch; `within` places a rank's share in the whole batch (augmentation)."""
+               augment: bool = False, within: tuple[int, int] | None = None,
+               observe: Observer | None = None) -> torch.Tensor:
+    """Mean loss over the batch; `within` places a rank's share in the whole batch (augmentation).
+
+    `observe(logits, labels, classes)` sees the loss's own logits (a task sampler that learns
+    from them, `mamf.samplers.Confusion`): no extra forward pass."""
     classes, labels = batch.classes, batch.labels
     if candidates == "batch":
         classes, labels = restrict_to_batch(classes, labels)
@@ -41,7 +48,10 @@ def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates
         image_emb = inputs.images(model, batch.images, augment=augment, within=within)
         text_emb = inputs.texts(model, classes)
     target = torch.as_tensor(labels, dtype=torch.long, device=image_emb.device)
-    return task_loss(model.logit_scale(), image_emb, text_emb, target)
+    logits = task_logits(model.logit_scale(), image_emb, text_emb)
+    if observe is not None:
+        observe(logits.detach(), target, classes)
+    return cross_entropy(logits, target)
 
 
 def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:
@@ -49,17 +59,19 @@ def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:
 
 
 def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch.optim.Optimizer,
-         candidates: str = "task", augment: bool = False, parallel=None) -> float:
+         candidates: str = "task", augment: bool = False, parallel=None,
+         observe: Observer | None = None) -> float:
     """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run.
 
     With `parallel` (a `mamf.parallel.DataParallel`) the batch is the global one: each rank
-    computes its share and the gradients are all-reduced before the step.
+    computes its share and the gradients are all-reduced before the step. `observe` sees the
+    logits of the rows this process computed (`batch_loss`).
     """
     optimizer.zero_grad(set_to_none=True)
     if parallel is not None:
-        value = parallel.backward(inputs, batch, candidates, augment)
+        value = parallel.backward(inputs, batch, candidates, augment, observe)
     else:
-        loss = batch_loss(model, inputs, batch, candidates, augment)
+        loss = batch_loss(model, inputs, batch, candidates, augment, observe=observe)
         value = check_finite(float(loss.detach()))
         loss.backward()
     optimizer.step()

@@ -19,9 +19,9 @@ def task_logits(logit_scale: torch.Tensor, image_emb: torch.Tensor,
     return logit_scale.float() * image_emb @ text_emb.T
 
 
-def task_loss(logit_scale: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
-              labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(task_logits(logit_scale, image_emb, text_emb), labels)
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy from each image to its class among the candidates."""
+    return F.cross_entropy(logits, labels)
 
 
 def restrict_to_batch(classes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from copy import deepcopy
 import torch
 
 from mamf import distributed
-from mamf.finetune import Batch, batch_loss, check_finite
+from mamf.finetune import Batch, Observer, batch_loss, check_finite
 from mamf.inputs import ModelInputs
 from mamf.loss import restrict_to_batch
 from mamf.models.base import DualEncoder
@@ -32,8 +32,8 @@ class BatchLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, inputs: ModelInputs, batch: Batch, augment: bool,
-                within: tuple[int, int]) -> torch.Tensor:
-        return batch_loss(self.model, inputs, batch, "task", augment, within)
+                within: tuple[int, int], observe: Observer | None = None) -> torch.Tensor:
+        return batch_loss(self.model, inputs, batch, "task", augment, within, observe)
 
 
 class DataParallel:
@@ -93,9 +93,10 @@ class DataParallel:
             state = self.sharded.shard_optimizer_state(state, self.params)
         optimizer.load_state_dict(state)
 
-    def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool) -> float:
+    def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool,
+                 observe: Observer | None = None) -> float:
         """This rank's share of the batch's loss, backward (gradients all-reduced); returns the
-        whole batch's loss."""
+        whole batch's loss. `observe` sees this rank's rows only (the caller sums over ranks)."""
         if candidates == "batch":  # restricted on the whole batch, as one process would
             classes, labels = restrict_to_batch(batch.classes, batch.labels)
             batch = Batch(batch.images, labels, classes, batch.new_task)
@@ -104,7 +105,7 @@ class DataParallel:
         # a rank with no rows runs one row with weight 0: every rank must join the all-reduce
         rows = slice(start, start + count) if count else slice(0, 1)
         part = Batch(batch.images[rows], batch.labels[rows], batch.classes)
-        loss = self.module(inputs, part, augment, (rows.start, total))
+        loss = self.module(inputs, part, augment, (rows.start, total), observe if count else None)
         # DDP averages the ranks' gradients; weighting by share * world makes that the batch mean
         (loss * (count / total * self.world)).backward()
         if self.replicated:  # what FSDP left whole is averaged as DDP would

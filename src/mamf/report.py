@@ -456,9 +456,10 @@ def claims_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report_markdown(rows: list[dict], title: str, figures: dict[str, Path]) -> str:
+def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
+                    extra: list[str] | None = None) -> str:
     """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
-    are linked relative to the report's folder."""
+    are linked relative to the report's folder; `extra`: more sections' lines before them."""
     hosts = sorted({str(r.get("host", "?")) for r in rows})
     note = comparison_note(rows)
     over = "the test tasks every method has" if note else "all test tasks"
@@ -470,13 +471,19 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path]) -> s
     apart = not_compared_markdown(rows)
     if apart:
         md += [apart, ""]
-    md += [claims_markdown(rows), "", "## Figures", ""]
+    md += [claims_markdown(rows), ""]
+    if extra:
+        md += [*extra, ""]
+    md += ["## Figures", ""]
     md += [f"![{name}](figures/{p.name})" for name, p in figures.items()]
     return "\n".join(md) + "\n"
 
 
 def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dict[str, Path]:
     """report.md, report.html (figures embedded) and the PNGs, in `out`."""
+    from mamf.report_samplers import baseline_rows, samplers_section
+
+    rows, every_row = baseline_rows(rows), rows  # the paper's tables: uniform sampling
     out = Path(out)
     figures = out / "figures"
     pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
@@ -485,7 +492,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dic
         pngs[f"curve-{safe}"] = curve_figure(rows, d, figures / f"curve-{safe}.png")
     if claim2(rows):
         pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
-    text = report_markdown(rows, title, pngs)
+    text = report_markdown(rows, title, pngs, samplers_section(every_row))
     atomic_write_text(out / "report.md", text)
     images = {f"figures/{p.name}": p.read_bytes() for p in pngs.values()}
     atomic_write_text(out / "report.html", markdown_html(text, title, images))

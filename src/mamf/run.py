@@ -27,6 +27,7 @@ from mamf.metatest import evaluation_tasks, meta_test, summarize
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.results import read_rows, row_key
+from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,8 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
 
 
 def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
-    """Under torchrun the tasks are sharded across ranks and only rank 0 writes."""
+    """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
+    `task_similarity` is measured with the evaluated model's prompts."""
     if is_main():
         atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
@@ -229,6 +231,7 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     finished = distributed.from_main({row_key(r): r for r in read_rows(out / RESULTS)}
                                      if is_main() else None)
     shots, queries = shots_queries(dataset, config, config.metatest.split)
+    prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
         probe = {"dataset": dataset.name, "method": method, "model": config.model,
@@ -245,7 +248,7 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
             raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
                             f"on {dataset.name} ({config.metatest.split}) measured with other "
                             "settings: choose another --out")
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
         row["run"] = probe["run"]
         if is_main():
             append_jsonl(out / RESULTS, row)
@@ -259,10 +262,18 @@ def trained_sampler(config: Config, method: str) -> str | None:
 
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
-                      config: Config, method: str, ways: int, progress: bool = True) -> dict:
-    """Meta-test one task size on an already prepared model; returns the results row."""
+                      config: Config, method: str, ways: int, progress: bool = True,
+                      prompts: np.ndarray | None = None) -> dict:
+    """Meta-test one task size on an already prepared model; returns the results row.
+
+    The row names the task sampler the method trained with (None for methods that draw no
+    tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
+    embeddings `prompts` (all classes; default: the model's as it is now)."""
     split = config.metatest.split
     tasks = evaluation_tasks(dataset, config, split, ways)
+    if prompts is None:
+        prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
+    similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
     started = time.perf_counter()
     accs = meta_test(model, inputs, tasks, method, config, ways, progress)
     mean, ci = summarize(accs)
@@ -270,7 +281,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     return {"method": method, "model": config.model, "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
             "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
-            "n_tasks": len(tasks), "acc_mean": mean,
-            "acc_ci95": ci, "task_accs": accs,
+            "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
+            "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), "torch": torch.__version__}

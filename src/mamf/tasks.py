@@ -40,12 +40,17 @@ def number_of_tasks(n: int, N: int, miss_probability: float = 0.001) -> int:
     return int(np.rint(math.log(miss_probability) / math.log(1 - n / N)))
 
 
-def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.ndarray:
-    """Positions of `ways` classes drawn uniformly without replacement, in sorted order."""
+def check_ways(pool_size: int, ways: int) -> None:
+    """A task needs at least 2 classes and at most the pool's."""
     if ways > pool_size:
         raise MamfError(f"ways={ways} is more than the {pool_size} classes available")
     if ways < 2:
         raise MamfError(f"ways must be at least 2, got {ways}")
+
+
+def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.ndarray:
+    """Positions of `ways` classes drawn uniformly without replacement, in sorted order."""
+    check_ways(pool_size, ways)
     return np.sort(rng.choice(pool_size, size=ways, replace=False))
 
 

@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mamf import distributed, methods, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
-from mamf.inputs import ModelInputs, autocast
+from mamf.inputs import ModelInputs
 from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
@@ -48,9 +47,7 @@ def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs
         return None
 
     def class_embeddings() -> np.ndarray:
-        with torch.no_grad(), autocast(inputs.device, inputs.precision):
-            emb = inputs.texts(model, pool.classes).float()
-        return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+        return samplers.prompt_embeddings(model, inputs, pool.classes)
 
     return samplers.create(config.train.sampler, pool, config, class_embeddings)
 

@@ -17,10 +17,11 @@ import torch
 
 from mamf import distributed
 from mamf.errors import MamfError
-from mamf.finetune import Batch, batch_loss, epoch_batches, run_batches, trainable
+from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
 from mamf.models.base import DualEncoder
+from mamf.samplers import Confusion, sum_over_ranks
 from mamf.tasks import Task, protocol_task
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,15 @@ def adapt_sgd(model: DualEncoder, inputs: ModelInputs, task: Task, lr: float, ep
 
 
 def query_gradient(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int,
-                   weight: float) -> float:
-    """Accumulate weight * d(query loss)/d(weights) into `.grad`; the query set is chunked."""
+                   weight: float, observe: Observer | None = None) -> float:
+    """Accumulate weight * d(query loss)/d(weights) into `.grad`; the query set is chunked;
+    `observe` sees every chunk's logits."""
     total = len(task.query)
     value = 0.0
     for start in range(0, total, batch_size):
         sl = slice(start, start + batch_size)
         chunk = Batch(task.query[sl], task.query_labels[sl], task.classes)
-        loss = batch_loss(model, inputs, chunk)
+        loss = batch_loss(model, inputs, chunk, observe=observe)
         share = len(chunk.images) / total
         (loss * share * weight).backward()
         value += float(loss.detach()) * share
@@ -71,11 +73,13 @@ def query_gradient(model: DualEncoder, inputs: ModelInputs, task: Task, batch_si
 def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, tasks: list[Task],
                outer: torch.optim.Optimizer, inner_lr: float, inner_epochs: int,
                inner_batch_size: int, rngs: list[np.random.Generator],
-               augment: bool = False) -> float:
+               augment: bool = False, confusions: list[Confusion] | None = None) -> float:
     """One meta-update over a meta-batch of tasks; returns the mean query loss after adaptation.
 
     Task k adapts with `rngs[k]`. Under torchrun rank r adapts tasks r, r+P, ... and the outer
     gradients are summed over the ranks, so the update is the one a single process makes.
+    `confusions[k]`, if given, records task k's query logits after adaptation; the ranks'
+    records are summed as the gradients are.
     """
     outer.zero_grad(set_to_none=True)
     params, fast = trainable(model), trainable(learner)  # walked once, not once per task
@@ -88,12 +92,15 @@ def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, ta
         for q in fast:  # frozen parameters never hold a gradient
             q.grad = None
         weight = 1.0 / len(tasks)
-        loss += query_gradient(learner, inputs, task, inner_batch_size, weight) * weight
+        observe = confusions[k] if confusions else None
+        loss += query_gradient(learner, inputs, task, inner_batch_size, weight, observe) * weight
         for p, q in zip(params, fast):
             if q.grad is None:
                 continue
             p.grad = q.grad.detach().clone() if p.grad is None else p.grad + q.grad
     distributed.sum_gradients(params)
+    if confusions:
+        sum_over_ranks(confusions)
     loss = distributed.sum_scalar(loss)
     if not np.isfinite(loss):
         raise MamfError(f"the FOMAML query loss became {loss}: lower the learning rates")
@@ -128,19 +135,30 @@ class FOMAML(Method):
                     else n_images * d.ways / len(pool.classes))
         n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
         self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
+        sampler.plan(self.steps * t.meta_batch)
         self.learner = clone_learner(model)
         self.optimizer = make_optimizer(trainable(model), t.lr, t.weight_decay)
 
     def step(self, i: int) -> float:
         # 2. update: adapt a copy to each task's support set (inner SGD), take the query loss's
-        # gradient at the adapted weights, apply the meta-batch's mean with the outer Adam
+        # gradient at the adapted weights, apply the meta-batch's mean with the outer Adam; a
+        # sampler that learns then sees each task's query confusion, in task order
         t, d = self.config.train, self.config.data
-        tasks = [protocol_task(self.rng, self.pool, d, d.ways,
-                               self.sampler.draw(self.rng, d.ways)) for _ in range(t.meta_batch)]
+        chosen, tasks = [], []
+        for _ in range(t.meta_batch):  # each task's classes, then its images
+            chosen.append(self.sampler.draw(self.rng, d.ways))
+            tasks.append(protocol_task(self.rng, self.pool, d, d.ways, chosen[-1]))
         task_rngs = [np.random.default_rng([self.config.seed, 12, d.ways, i, k])
                      for k in range(len(tasks))]
-        return outer_step(self.model, self.learner, self.inputs, tasks, self.optimizer,
-                          t.inner_lr, t.inner_epochs, t.inner_batch_size, task_rngs, t.augment)
+        confusions = [self.sampler.recorder(task.classes) for task in tasks]
+        learning = all(c is not None for c in confusions)
+        loss = outer_step(self.model, self.learner, self.inputs, tasks, self.optimizer,
+                          t.inner_lr, t.inner_epochs, t.inner_batch_size, task_rngs, t.augment,
+                          confusions if learning else None)
+        if learning:
+            for c, confusion in zip(chosen, confusions):
+                self.sampler.observe(c, confusion.values())
+        return loss
 
     def stream_state(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}

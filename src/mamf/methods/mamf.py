@@ -18,6 +18,7 @@ from mamf.errors import MamfError
 from mamf.finetune import Batch, epoch_batches, step
 from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
 from mamf.methods.classical import steps_per_epoch
+from mamf.samplers import sum_over_ranks
 from mamf.tasks import number_of_tasks
 
 
@@ -120,16 +121,19 @@ class MAMF(Method):
         if t.schedule == "sampled":
             self.stream = SampledStream(rng, pool, sampler, d.ways, t.batch_size)
             self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
+            sampler.plan(self.steps)
         else:
             self.stream = SequentialStream(rng, pool, sampler, d.ways, t.batch_size,
                                            max(1, round(t.epochs)))
             self.steps = None
+            sampler.plan(self.stream.tasks)
         self.sampler = sampler
         self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
 
     def step(self, i: int) -> float | None:
         # 2. update: one Adam step on the task minibatch's loss over the task's n classes;
-        # the sequential schedule starts every task with a fresh optimiser
+        # the sequential schedule starts every task with a fresh optimiser; a sampler that
+        # learns sees the step's confusion among the task's classes (summed over the ranks)
         t = self.config.train
         try:
             batch = next(self.stream)
@@ -137,8 +141,13 @@ class MAMF(Method):
             return None
         if batch.new_task and i > 0:
             self.optimizer = make_optimizer(self.params(self.model), t.lr, t.weight_decay)
-        return step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
-                    self.parallel)
+        confusion = self.sampler.recorder(batch.classes)
+        loss = step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
+                    self.parallel, confusion)
+        if confusion is not None:
+            sum_over_ranks([confusion])
+            self.sampler.observe(batch.chosen, confusion.values())
+        return loss
 
     def stream_state(self) -> dict:
         return self.stream.state_dict()

@@ -1,0 +1,167 @@
+"""The report's "Samplers against uniform" section (docs/method.md, "Task samplers", "Statistics").
+
+Every task sampler of a method is compared with uniform, paired over the same test tasks (the
+test tasks of a dataset, task size and seed are the same whatever trained the model), and
+accuracy is broken down by how alike a test task's classes are (tertiles of `task_similarity`,
+the mean pairwise prompt similarity under the pretrained model), so a reader sees where a sampler
+helps: on tasks of similar classes, or of dissimilar ones.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from mamf.experiment import row_sampler
+from mamf.methods import names as method_names
+from mamf.report import label as _label
+from mamf.results import dataset_name as _dataset
+from mamf.stats import mean_ci95 as mean_ci
+from mamf.stats import verdict as ci_verdict
+
+BASELINE = "uniform"
+TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
+
+
+def baseline_rows(rows: list[dict]) -> list[dict]:
+    """The rows the paper's tables read: uniform sampling where a method also ran with others
+    (a method that ran with one sampler only keeps its rows)."""
+    with_uniform = {(_dataset(r), r["method"]) for r in rows if row_sampler(r) == BASELINE}
+    return [r for r in rows if row_sampler(r) in (None, BASELINE)
+            or (_dataset(r), r["method"]) not in with_uniform]
+
+
+def verdict(mean: float, ci: float, pairs: int) -> str:
+    """'holds' (the sampler beats uniform) when the 95 % CI lies above 0, 'does not hold' when
+    below, 'inconclusive' when it straddles 0 or there are fewer than two pairs."""
+    return "inconclusive" if pairs < 2 else ci_verdict(mean, ci)
+
+
+def _index(rows: list[dict]) -> dict[tuple, dict]:
+    return {(_dataset(r), r["method"], row_sampler(r), r["ways"], r["seed"], r["split"]): r
+            for r in rows}
+
+
+def _pairs(rows: list[dict]):
+    """(dataset, method, sampler, its row, uniform's row) for every row of a sampler other
+    than uniform whose uniform twin (same dataset, method, ways, seed, split) is there."""
+    index = _index(rows)
+    for (d, m, s, ways, seed, split), row in index.items():
+        if s in (None, BASELINE):
+            continue
+        twin = index.get((d, m, BASELINE, ways, seed, split))
+        if twin is not None and len(twin["task_accs"]) == len(row["task_accs"]):
+            yield d, m, s, row, twin
+
+
+def _ordered_samplers(rows: list[dict]) -> list[str]:
+    present = OrderedDict.fromkeys(row_sampler(r) for r in rows)
+    return [BASELINE] * (BASELINE in present) + [s for s in present if s not in (None, BASELINE)]
+
+
+def against_uniform(rows: list[dict]) -> dict[tuple, dict]:
+    """(dataset, method, sampler) -> mean, 95 % CI and count of the per-task differences
+    (sampler - uniform) over the same test tasks, and the verdict."""
+    diffs: dict[tuple, list[float]] = OrderedDict()
+    for d, m, s, row, twin in _pairs(rows):
+        diffs.setdefault((d, m, s), []).extend(
+            a - b for a, b in zip(row["task_accs"], twin["task_accs"]))
+    out = {}
+    for key, values in diffs.items():
+        mean, ci = mean_ci(values)
+        out[key] = {"mean": mean, "ci95": ci, "pairs": len(values),
+                    "verdict": verdict(mean, ci, len(values))}
+    return out
+
+
+def tertile_bounds(rows: list[dict], dataset: str) -> tuple[float, float] | None:
+    """The 1/3 and 2/3 quantiles of the dataset's test tasks' prompt similarity (each task
+    counted once, however many methods and samplers met it); None without similarities."""
+    tasks = {}
+    for r in rows:
+        if _dataset(r) == dataset and r.get("task_similarity") is not None:
+            tasks[(r["ways"], r["seed"], r["split"])] = r["task_similarity"]
+    values = [v for sims in tasks.values() for v in sims]
+    if len(values) < 3:
+        return None
+    low, high = np.quantile(values, [1 / 3, 2 / 3])
+    return float(low), float(high)
+
+
+def tertile(similarity: float, bounds: tuple[float, float]) -> int:
+    return 0 if similarity <= bounds[0] else 1 if similarity <= bounds[1] else 2
+
+
+def by_tertile(rows: list[dict], dataset: str, bounds: tuple[float, float]) -> dict:
+    """(method, sampler) -> per tertile: the accuracies, and (samplers other than uniform) the
+    paired differences to uniform, of the dataset's test tasks in that tertile."""
+    accs: dict[tuple, list[list[float]]] = OrderedDict()
+    for r in rows:
+        if _dataset(r) != dataset or r.get("task_similarity") is None:
+            continue
+        cells = accs.setdefault((r["method"], row_sampler(r)), [[], [], []])
+        for acc, sim in zip(r["task_accs"], r["task_similarity"]):
+            cells[tertile(sim, bounds)].append(acc)
+    diffs: dict[tuple, list[list[float]]] = {}
+    for d, m, s, row, twin in _pairs(rows):
+        if d != dataset or row.get("task_similarity") is None:
+            continue
+        cells = diffs.setdefault((m, s), [[], [], []])
+        for a, b, sim in zip(row["task_accs"], twin["task_accs"], row["task_similarity"]):
+            cells[tertile(sim, bounds)].append(a - b)
+    return {key: {"accs": value, "diffs": diffs.get(key)} for key, value in accs.items()}
+
+
+def _cell(accs: list[float], diffs: list[float] | None) -> str:
+    if not accs:
+        return "–"
+    mean, ci = mean_ci(accs)
+    text = f"{mean:.3f} ± {ci:.3f}"
+    if diffs:
+        d_mean, d_ci = mean_ci(diffs)
+        text += f" ({d_mean:+.3f} ± {d_ci:.3f})"
+    return text
+
+
+def samplers_section(rows: list[dict]) -> list[str]:
+    """Markdown lines of the section; none when no method ran with a sampler besides uniform."""
+    compared = against_uniform(rows)
+    if not compared:
+        return []
+    datasets = list(OrderedDict.fromkeys(map(_dataset, rows)))
+    order = {m: i for i, m in enumerate(method_names())}
+    samplers = _ordered_samplers(rows)
+    keys = sorted(compared, key=lambda k: (datasets.index(k[0]), order.get(k[1], len(order)),
+                                           samplers.index(k[2])))
+    lines = ["## Samplers against uniform", "",
+             "Each task sampler's meta-test accuracy minus uniform sampling's, paired over the "
+             "same test tasks (same dataset, method, task size and seed), with the 95 % CI of "
+             "the mean difference. *holds*: the sampler beats uniform (CI above 0); *does not "
+             "hold*: uniform is better (CI below 0); *inconclusive*: the CI straddles 0.", "",
+             "| dataset | method | sampler | sampler − uniform | pairs | verdict |",
+             "|---|---|---|---|---|---|"]
+    for d, m, s in keys:
+        c = compared[(d, m, s)]
+        lines.append(f"| {d} | {_label(m)} | {s} | {c['mean']:+.3f} ± {c['ci95']:.3f} | "
+                     f"{c['pairs']} | {c['verdict']} |")
+    for d in OrderedDict.fromkeys(k[0] for k in keys):
+        bounds = tertile_bounds(rows, d)
+        if bounds is None:
+            continue
+        table = by_tertile(rows, d, bounds)
+        methods = list(OrderedDict.fromkeys(k[1] for k in keys if k[0] == d))
+        lines += ["", f"**{d}: accuracy by test-task difficulty.** Tertiles of a test task's "
+                  "mean pairwise prompt similarity (`task_similarity`): dissimilar ≤ "
+                  f"{bounds[0]:.3f} < middle ≤ {bounds[1]:.3f} < similar. Mean ± 95 % CI; in "
+                  "brackets the paired difference to uniform on the same tasks.", "",
+                  f"| method | sampler | {' | '.join(TERTILES)} |", "|---|---|---|---|---|"]
+        for m in methods:
+            for s in samplers:
+                entry = table.get((m, s))
+                if entry is None:
+                    continue
+                cells = [_cell(entry["accs"][k], entry["diffs"][k] if entry["diffs"] else None)
+                         for k in range(3)]
+                lines.append(f"| {_label(m)} | {s} | {' | '.join(cells)} |")
+    return lines
