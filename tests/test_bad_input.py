@@ -449,5 +449,5 @@ def test_a_huge_ways_on_the_command_line_is_refused_shown_short(colour_folder, t
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
                  "--out", str(tmp_path / "out"), "--ways", "9" * 300, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "ways must be between 2 and" in err and "<an integer of 300 digits>" in err
+    assert "ways must be between 2 and" in err and "9" * 200 not in err
     assert len(err) < 300
