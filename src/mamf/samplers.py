@@ -296,9 +296,9 @@ class AdaptiveConfusion(TaskSampler):
     directions' mean confusion, as in the authors' released code.
 
     A task is drawn greedily: its first two classes as a pair (a, b) with probability
-    proportional to C(a, b), then each next class c with probability proportional to the
-    product of C(c, s) over the chosen classes s (in logarithms: no overflow, however long
-    the run). docs/method.md, "Task samplers".
+    proportional to C(a, b) (a by the sum of its row of C, then b by C(a, b)), then each next
+    class c with probability proportional to the product of C(c, s) over the chosen classes s
+    (in logarithms: no overflow, however long the run). docs/method.md, "Task samplers".
     """
 
     name = "confusion"
@@ -313,13 +313,24 @@ class AdaptiveConfusion(TaskSampler):
         self.scale = config.train.sampler_scale
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
-        diagonal = np.arange(self.pool_size) * (self.pool_size + 1)
-        first = pick_softmax(rng, self.log_potential.reshape(-1), diagonal)  # a pair (a, b)
-        a, b = divmod(first, self.pool_size)
+        a = pick(rng, self.row_weights())
+        b = pick_softmax(rng, self.log_potential[a], [a])
         chosen = [a, b]
         for _ in range(ways - 2):
             chosen.append(pick_softmax(rng, self.log_potential[chosen].sum(0), chosen))
         return np.sort(np.asarray(chosen, dtype=np.int64))
+
+    def row_weights(self) -> np.ndarray:
+        """Sum over b of C(a, b), for every class a, up to a common factor: drawing a by it,
+        then b by C(a, b), draws the pair (a, b) by C(a, b). Read from the pairs that left the
+        prior only (N - 1 + sum of (C - 1) over them), so a draw costs O(N), not O(N^2)."""
+        n = self.pool_size
+        left = np.flatnonzero(self.log_potential)  # both orders of each pair, row by row
+        values = self.log_potential.flat[left]
+        shift = max(0.0, float(values.max())) if len(left) else 0.0  # no overflow
+        prior = np.exp(-shift)
+        extra = np.bincount(left // n, weights=np.exp(values - shift) - prior, minlength=n)
+        return (n - 1) * prior + extra
 
     def observe(self, chosen: np.ndarray, confusion: np.ndarray) -> None:
         n = len(chosen)
