@@ -201,10 +201,7 @@ def test_confusion_draws_a_pair_by_its_potential_then_by_the_product(monkeypatch
     chosen classes never again."""
     pool = Pool(np.arange(6), tuple(np.arange(1) for _ in range(6)))
     sampler = samplers.create("confusion", pool, build_config({"train": {"sampler": "confusion"}}))
-    L = sampler.log_potential
-    L[0, 2] = L[2, 0] = 0.5
-    L[0, 4] = L[4, 0] = 0.2
-    L[2, 4] = L[4, 2] = 0.7
+    sampler.load_state_dict({"log_potential": [[0, 2, 0.5], [0, 4, 0.2], [2, 4, 0.7]]})
     seen, answers = [], iter([2, 4, 0])  # class 2, its partner 4, then class 0
 
     def fake_pick(rng, weights):
@@ -227,7 +224,7 @@ def test_confusion_draws_pairs_in_proportion_to_their_potential():
     pair of potential 1 (the two-stage draw is the pair draw)."""
     pool = Pool(np.arange(4), tuple(np.arange(1) for _ in range(4)))
     sampler = samplers.create("confusion", pool, build_config({"train": {"sampler": "confusion"}}))
-    sampler.log_potential[0, 1] = sampler.log_potential[1, 0] = math.log(3.0)
+    sampler.load_state_dict({"log_potential": [[0, 1, math.log(3.0)]]})
     rng = np.random.default_rng(0)
     counts = {}
     for _ in range(16000):

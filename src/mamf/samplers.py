@@ -309,28 +309,28 @@ class AdaptiveConfusion(TaskSampler):
     def __init__(self, pool, config, class_embeddings=None):
         super().__init__(pool, config, class_embeddings)
         self.log_potential = np.zeros((self.pool_size, self.pool_size))
+        self.row_potential = np.zeros(self.pool_size)
+        self.refresh_rows(range(self.pool_size))
         self.discount = config.train.sampler_discount
         self.scale = config.train.sampler_scale
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
-        a = pick(rng, self.row_weights())
+        a = pick_softmax(rng, self.row_potential, [])
         b = pick_softmax(rng, self.log_potential[a], [a])
         chosen = [a, b]
         for _ in range(ways - 2):
             chosen.append(pick_softmax(rng, self.log_potential[chosen].sum(0), chosen))
         return np.sort(np.asarray(chosen, dtype=np.int64))
 
-    def row_weights(self) -> np.ndarray:
-        """Sum over b of C(a, b), for every class a, up to a common factor: drawing a by it,
-        then b by C(a, b), draws the pair (a, b) by C(a, b). Read from the pairs that left the
-        prior only (N - 1 + sum of (C - 1) over them), so a draw costs O(N), not O(N^2)."""
-        n = self.pool_size
-        left = np.flatnonzero(self.log_potential)  # both orders of each pair, row by row
-        values = self.log_potential.flat[left]
-        shift = max(0.0, float(values.max())) if len(left) else 0.0  # no overflow
-        prior = np.exp(-shift)
-        extra = np.bincount(left // n, weights=np.exp(values - shift) - prior, minlength=n)
-        return (n - 1) * prior + extra
+    def refresh_rows(self, rows) -> None:
+        """row_potential[a] = log of the sum over b != a of C(a, b), recomputed from the
+        potentials alone (one row at a time, always alike): drawing a by it, then b by C(a, b),
+        draws the pair (a, b) by C(a, b), at O(N) a draw instead of O(N^2)."""
+        for a in rows:
+            score = self.log_potential[a].copy()
+            score[a] = -np.inf
+            top = score.max()
+            self.row_potential[a] = top + np.log(np.exp(score - top).sum())
 
     def observe(self, chosen: np.ndarray, confusion: np.ndarray) -> None:
         n = len(chosen)
@@ -342,6 +342,7 @@ class AdaptiveConfusion(TaskSampler):
             a, b = int(chosen[i]), int(chosen[j])
             updated = self.discount * self.log_potential[a, b] + self.scale * value
             self.log_potential[a, b] = self.log_potential[b, a] = updated
+        self.refresh_rows([int(c) for c in chosen])
 
     def state_dict(self) -> dict:
         """Only the pairs whose potential left its prior (floats round-trip exactly in JSON)."""
@@ -354,3 +355,4 @@ class AdaptiveConfusion(TaskSampler):
         self.log_potential[:] = 0.0
         for a, b, value in state.get("log_potential", []):
             self.log_potential[a, b] = self.log_potential[b, a] = value
+        self.refresh_rows(range(self.pool_size))
