@@ -313,3 +313,38 @@ def test_a_bad_samplers_axis_is_refused(samplers_value, message):
     raw = {"samplers": samplers_value, "datasets": {"a": {"root": "x"}}}
     with pytest.raises(MamfError, match=message):
         parse_experiment(raw)
+
+
+def _row(method, sampler="absent", accs=(1.0, 0.0), sims=(0.1, 0.9), seed=1):
+    row = {"dataset": "d", "method": method, "ways": 2, "seed": seed, "split": "test",
+           "task_accs": list(accs), "task_similarity": list(sims)}
+    if sampler != "absent":
+        row["sampler"] = sampler
+    return row
+
+
+def test_rows_from_before_samplers_read_as_uniform_for_methods_that_draw_tasks():
+    from mamf.experiment import row_key, row_sampler
+
+    assert row_sampler(_row("mamf")) == "uniform" and row_sampler(_row("classical")) is None
+    assert row_key(_row("mamf")) == row_key(_row("mamf", "uniform"))
+    assert row_key(_row("mamf", "similar")) != row_key(_row("mamf", "uniform"))
+
+
+def test_samplers_against_uniform_pairs_task_by_task():
+    from mamf.report_samplers import against_uniform, baseline_rows, by_tertile, tertile_bounds
+
+    rows = [_row("mamf", "uniform", accs=(0.5, 0.5, 0.5), sims=(0.1, 0.5, 0.9)),
+            _row("mamf", "similar", accs=(0.4, 0.5, 0.8), sims=(0.1, 0.5, 0.9)),
+            _row("classical", None, accs=(0.2, 0.2, 0.2), sims=(0.1, 0.5, 0.9))]
+    result = against_uniform(rows)
+    assert list(result) == [("d", "mamf", "similar")]
+    c = result[("d", "mamf", "similar")]
+    assert c["pairs"] == 3 and c["mean"] == pytest.approx(0.2 / 3)
+    # differences -0.1, 0, 0.3: sample std 0.2082, CI 1.96 * 0.2082 / sqrt(3) = 0.2356
+    assert c["ci95"] == pytest.approx(0.23557, abs=1e-4) and c["verdict"] == "inconclusive"
+    assert [r["method"] for r in baseline_rows(rows)] == ["mamf", "classical"]
+    bounds = tertile_bounds(rows, "d")
+    cells = by_tertile(rows, "d", bounds)[("mamf", "similar")]
+    assert cells["accs"] == [[0.4], [0.5], [0.8]]
+    assert cells["diffs"] == [pytest.approx([-0.1]), [0.0], pytest.approx([0.3])]
