@@ -65,6 +65,9 @@ def _assert_same_training(one, two, start=None):
     ("mamf", ()),
     ("fomaml", ()),  # a meta-batch of 3 tasks: rank 0 adapts two, rank 1 one
     ("classical", ("--set", "train.parallel=fsdp")),
+    # the confusion sampler learns from every rank's logits, summed: the ranks draw alike
+    ("mamf", ("--set", "train.sampler=confusion")),
+    ("fomaml", ("--set", "train.sampler=confusion")),
 ])
 def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_path, method,
                                                       extra):

@@ -196,31 +196,44 @@ def test_confusion_potentials_update_as_specified_on_a_hand_worked_example():
 
 
 def test_confusion_draws_a_pair_by_its_potential_then_by_the_product(monkeypatch):
-    """First pair (a, b) with weight C(a, b) = exp(L); next class c with weight
-    prod over chosen s of C(c, s) = exp(sum of L(c, s)); chosen classes never again."""
+    """First pair (a, b) with weight C(a, b) = exp(L): a by its row's sum of C, then b by
+    C(a, b); next class c with weight prod over chosen s of C(c, s) = exp(sum of L(c, s));
+    chosen classes never again."""
     pool = Pool(np.arange(6), tuple(np.arange(1) for _ in range(6)))
     sampler = samplers.create("confusion", pool, build_config({"train": {"sampler": "confusion"}}))
-    L = sampler.log_potential
-    L[0, 2] = L[2, 0] = 0.5
-    L[0, 4] = L[4, 0] = 0.2
-    L[2, 4] = L[4, 2] = 0.7
-    seen, answers = [], iter([2 * 6 + 4, 0])  # the pair (2, 4), then class 0
+    sampler.load_state_dict({"log_potential": [[0, 2, 0.5], [0, 4, 0.2], [2, 4, 0.7]]})
+    seen, answers = [], iter([2, 4, 0])  # class 2, its partner 4, then class 0
 
     def fake_pick(rng, weights):
-        seen.append(weights / weights[1])  # relative to a pair or class of potential 1
+        seen.append(weights / weights[1])  # relative to class 1, whose potentials are all 1
         return next(answers)
 
     monkeypatch.setattr(samplers, "pick", fake_pick)
     assert sampler.draw(np.random.default_rng(0), 3).tolist() == [0, 2, 4]
-    pair, nxt = seen
-    assert pair.reshape(6, 6)[np.diag_indices(6)].tolist() == [0.0] * 6
-    assert pair[0 * 6 + 2] == pytest.approx(math.exp(0.5))
-    assert pair[2 * 6 + 4] == pytest.approx(math.exp(0.7))
-    assert pair[1 * 6 + 3] == pytest.approx(1.0)
+    rows, partner, nxt = seen
+    e = math.exp
+    assert rows * 5 == pytest.approx([3 + e(0.5) + e(0.2), 5, 3 + e(0.5) + e(0.7),
+                                      5, 3 + e(0.2) + e(0.7), 5])
+    assert partner == pytest.approx([e(0.5), 1, 0, 1, e(0.7), 1])
     # after (2, 4): class 0 has L(0, 2) + L(0, 4) = 0.7; classes 1, 3, 5 have 0
-    assert nxt[0] == pytest.approx(math.exp(0.7))
-    assert nxt[[1, 3, 5]].tolist() == pytest.approx([1.0, 1.0, 1.0])
-    assert nxt[2] == nxt[4] == 0.0
+    assert nxt == pytest.approx([e(0.7), 1, 0, 1, 0, 1])
+
+
+def test_confusion_draws_pairs_in_proportion_to_their_potential():
+    """Over many draws of 2-way tasks, a pair of potential C is drawn C times as often as a
+    pair of potential 1 (the two-stage draw is the pair draw)."""
+    pool = Pool(np.arange(4), tuple(np.arange(1) for _ in range(4)))
+    sampler = samplers.create("confusion", pool, build_config({"train": {"sampler": "confusion"}}))
+    sampler.load_state_dict({"log_potential": [[0, 1, math.log(3.0)]]})
+    rng = np.random.default_rng(0)
+    counts = {}
+    for _ in range(16000):
+        key = tuple(sampler.draw(rng, 2).tolist())
+        counts[key] = counts.get(key, 0) + 1
+    # weights: pair (0, 1) 3, the five others 1 -> probabilities 3/8 and 1/8
+    assert counts[(0, 1)] / 16000 == pytest.approx(3 / 8, abs=0.012)
+    for key in [(0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]:
+        assert counts[key] / 16000 == pytest.approx(1 / 8, abs=0.01)
 
 
 def test_confusion_learns_from_training_and_its_potentials_go_into_checkpoints(
@@ -300,3 +313,38 @@ def test_a_bad_samplers_axis_is_refused(samplers_value, message):
     raw = {"samplers": samplers_value, "datasets": {"a": {"root": "x"}}}
     with pytest.raises(MamfError, match=message):
         parse_experiment(raw)
+
+
+def _row(method, sampler="absent", accs=(1.0, 0.0), sims=(0.1, 0.9), seed=1):
+    row = {"dataset": "d", "method": method, "ways": 2, "seed": seed, "split": "test",
+           "task_accs": list(accs), "task_similarity": list(sims)}
+    if sampler != "absent":
+        row["sampler"] = sampler
+    return row
+
+
+def test_rows_from_before_samplers_read_as_uniform_for_methods_that_draw_tasks():
+    from mamf.experiment import row_key, row_sampler
+
+    assert row_sampler(_row("mamf")) == "uniform" and row_sampler(_row("classical")) is None
+    assert row_key(_row("mamf")) == row_key(_row("mamf", "uniform"))
+    assert row_key(_row("mamf", "similar")) != row_key(_row("mamf", "uniform"))
+
+
+def test_samplers_against_uniform_pairs_task_by_task():
+    from mamf.report_samplers import against_uniform, baseline_rows, by_tertile, tertile_bounds
+
+    rows = [_row("mamf", "uniform", accs=(0.5, 0.5, 0.5), sims=(0.1, 0.5, 0.9)),
+            _row("mamf", "similar", accs=(0.4, 0.5, 0.8), sims=(0.1, 0.5, 0.9)),
+            _row("classical", None, accs=(0.2, 0.2, 0.2), sims=(0.1, 0.5, 0.9))]
+    result = against_uniform(rows)
+    assert list(result) == [("d", "mamf", "similar")]
+    c = result[("d", "mamf", "similar")]
+    assert c["pairs"] == 3 and c["mean"] == pytest.approx(0.2 / 3)
+    # differences -0.1, 0, 0.3: sample std 0.2082, CI 1.96 * 0.2082 / sqrt(3) = 0.2356
+    assert c["ci95"] == pytest.approx(0.23557, abs=1e-4) and c["verdict"] == "inconclusive"
+    assert [r["method"] for r in baseline_rows(rows)] == ["mamf", "classical"]
+    bounds = tertile_bounds(rows, "d")
+    cells = by_tertile(rows, "d", bounds)[("mamf", "similar")]
+    assert cells["accs"] == [[0.4], [0.5], [0.8]]
+    assert cells["diffs"] == [pytest.approx([-0.1]), [0.0], pytest.approx([0.3])]

@@ -296,9 +296,9 @@ class AdaptiveConfusion(TaskSampler):
     directions' mean confusion, as in the authors' released code.
 
     A task is drawn greedily: its first two classes as a pair (a, b) with probability
-    proportional to C(a, b), then each next class c with probability proportional to the
-    product of C(c, s) over the chosen classes s (in logarithms: no overflow, however long
-    the run). docs/method.md, "Task samplers".
+    proportional to C(a, b) (a by the sum of its row of C, then b by C(a, b)), then each next
+    class c with probability proportional to the product of C(c, s) over the chosen classes s
+    (in logarithms: no overflow, however long the run). docs/method.md, "Task samplers".
     """
 
     name = "confusion"
@@ -309,17 +309,28 @@ class AdaptiveConfusion(TaskSampler):
     def __init__(self, pool, config, class_embeddings=None):
         super().__init__(pool, config, class_embeddings)
         self.log_potential = np.zeros((self.pool_size, self.pool_size))
+        self.row_potential = np.zeros(self.pool_size)
+        self.refresh_rows(range(self.pool_size))
         self.discount = config.train.sampler_discount
         self.scale = config.train.sampler_scale
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
-        diagonal = np.arange(self.pool_size) * (self.pool_size + 1)
-        first = pick_softmax(rng, self.log_potential.reshape(-1), diagonal)  # a pair (a, b)
-        a, b = divmod(first, self.pool_size)
+        a = pick_softmax(rng, self.row_potential, [])
+        b = pick_softmax(rng, self.log_potential[a], [a])
         chosen = [a, b]
         for _ in range(ways - 2):
             chosen.append(pick_softmax(rng, self.log_potential[chosen].sum(0), chosen))
         return np.sort(np.asarray(chosen, dtype=np.int64))
+
+    def refresh_rows(self, rows) -> None:
+        """row_potential[a] = log of the sum over b != a of C(a, b), recomputed from the
+        potentials alone (one row at a time, always alike): drawing a by it, then b by C(a, b),
+        draws the pair (a, b) by C(a, b), at O(N) a draw instead of O(N^2)."""
+        for a in rows:
+            score = self.log_potential[a].copy()
+            score[a] = -np.inf
+            top = score.max()
+            self.row_potential[a] = top + np.log(np.exp(score - top).sum())
 
     def observe(self, chosen: np.ndarray, confusion: np.ndarray) -> None:
         n = len(chosen)
@@ -331,6 +342,7 @@ class AdaptiveConfusion(TaskSampler):
             a, b = int(chosen[i]), int(chosen[j])
             updated = self.discount * self.log_potential[a, b] + self.scale * value
             self.log_potential[a, b] = self.log_potential[b, a] = updated
+        self.refresh_rows([int(c) for c in chosen])
 
     def state_dict(self) -> dict:
         """Only the pairs whose potential left its prior (floats round-trip exactly in JSON)."""
@@ -343,3 +355,4 @@ class AdaptiveConfusion(TaskSampler):
         self.log_potential[:] = 0.0
         for a, b, value in state.get("log_potential", []):
             self.log_potential[a, b] = self.log_potential[b, a] = value
+        self.refresh_rows(range(self.pool_size))
