@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf import distributed, frozen_engine
+from mamf import distributed, frozen_engine, progress
 from mamf.augment import draws, random_crop_flip
 from mamf.data.dataset import ImageDataset
 from mamf.models.base import DualEncoder
@@ -76,9 +76,10 @@ class ModelInputs:
         for p in model.text_parameters():
             p.requires_grad_(False)
         ids = np.arange(len(self.dataset.prompts))
+        starts = progress.bar(range(0, len(ids), batch), enabled=distributed.is_main(),
+                              desc="caching frozen text features (once)", unit="chunk", leave=False)
         with torch.no_grad(), autocast(self.device, self.precision):
-            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float()
-                              for i in range(0, len(ids), batch)])
+            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float() for i in starts])
 
     def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
         """Backbone outputs for every cached image, kept on disk beside the image cache and
@@ -117,8 +118,6 @@ class ModelInputs:
     def _compute_backbone_features(self, model: DualEncoder, backbone, batch: int) -> torch.Tensor:
         """Under torchrun each rank computes a run of whole chunks (the chunks one process
         would form, so the numbers are the same) and the ranks gather them."""
-        from tqdm import tqdm
-
         n = len(self.dataset.images)
         starts = list(range(0, n, batch))
         world = distributed.world_size()
@@ -128,8 +127,9 @@ class ModelInputs:
         first, count = spans[distributed.rank() if world > 1 else 0]
         chunks = []
         with torch.no_grad(), autocast(self.device, self.precision):
-            for start in tqdm(starts[first : first + count], desc="frozen image backbone, once",
-                              leave=False, disable=None if distributed.is_main() else True):
+            for start in progress.bar(starts[first : first + count], enabled=distributed.is_main(),
+                                      desc="caching frozen image features (once)", unit="chunk",
+                                      leave=False):
                 idx = np.arange(start, min(n, start + batch))
                 px = model.preprocess(self.dataset.batch(idx).to(self.device))
                 chunks.append(backbone(px).float().to(self.device))

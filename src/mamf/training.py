@@ -20,6 +20,7 @@ from mamf.inputs import ModelInputs
 from mamf.methods import classical, fomaml, mamf
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
+from mamf.progress import bar as progress_bar
 from mamf.tasks import Task, episodic_task, paper_task
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,6 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     losses: list[float] = list(resume.losses) if resume else []
     if resume:
         inputs.generator.set_state(resume.generator_state)
-    from tqdm import tqdm
-
     started = time.perf_counter()
 
     parallel = None
@@ -111,8 +110,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if resume:
             rng.bit_generator.state = resume.rng_state
             outer.load_state_dict(resume.optimizer_state)
-        bar = tqdm(range(start, steps), desc="fomaml", disable=None if progress else True,
-                   leave=False)
+        bar = progress_bar(range(start, steps), enabled=progress, desc="fomaml", leave=False)
         for i in bar:
             tasks = [fomaml_task(rng, pool, config) for _ in range(t.meta_batch)]
             task_rngs = [np.random.default_rng([config.seed, 12, d.ways, i, k])
@@ -145,8 +143,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             parallel.load_state(optimizer, resume.optimizer_state)
         else:
             optimizer.load_state_dict(resume.optimizer_state)
-    bar = tqdm(batches, total=None if steps is None else steps - start, desc=t.method,
-               disable=None if progress else True, leave=False)
+    bar = progress_bar(batches, enabled=progress, total=None if steps is None else steps - start,
+                       desc=t.method, leave=False)
     try:
         for batch in bar:
             if batch.new_task and losses:
