@@ -1,30 +1,92 @@
-"""Frozen towers: outputs computed once and cached, against recomputing them every step.
+"""Frozen towers: how fast their outputs are computed once, and what caching them saves per step.
 
-    python bench/frozen.py [--model effnet-minilm] [--repeats 5]
+    python bench/frozen.py [--model effnet-minilm] [--images 128] [--repeats 3]
 
-Both variants train exactly the same parameters (the image head and the logit scale; text tower
-and image backbone frozen); only where the frozen outputs come from differs.
+Part 1, measured side by side (interleaved) in one run: the image backbone's outputs for
+`--images` cached images in chunks of 64 by eager PyTorch (no_grad), by mamf's own path (uint8
+cache, preprocessing and the engine mamf picks: onnxruntime on the CPU), and by onnxruntime
+directly (the same exported graph, onnxruntime's default session, pixels already in memory), with
+the machine's float32 matmul rate and each variant's share of it.
+
+Part 2: a training step of the image head and logit scale (image backbone and text tower frozen),
+the frozen outputs recomputed every step against computed once and cached.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
+import numpy as np
 import torch
 from common import image_folder, interleaved, model_by_name, whole_batch
+from hardware import matmul_rate
+from torch.utils.flop_counter import FlopCounterMode
 
+from mamf import frozen_engine
+from mamf.data.cache import cache_root
 from mamf.data.dataset import ImageDataset
 from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods.base import make_optimizer
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="effnet-minilm")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+def backbone_flops(model) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.image_backbone(torch.zeros(1, 3, model.image_size, model.image_size))
+    return counter.get_total_flops()
+
+
+def outputs(args) -> None:
+    import onnxruntime as ort
+
+    model = model_by_name(args.model).eval()
+    ds = ImageDataset.load(image_folder(n_classes=8, per_class=args.images // 8), model.image_size)
+    inputs = ModelInputs(model, ds, torch.device("cpu"))
+    engine = frozen_engine.engine_for(model, inputs.device, inputs.precision)
+    weights = frozen_engine.weights_digest(model)
+    ours = frozen_engine.onnx_backbone(model, weights) if engine == frozen_engine.ONNXRUNTIME else None
+    if ours is None:
+        raise SystemExit(f"mamf computes {args.model}'s frozen outputs with PyTorch here; "
+                         "install onnxruntime and onnx (the offline extra)")
+    (graph,) = (cache_root() / "onnx").glob(f"*{weights[:20]}*.onnx")
+    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    n = len(ds.images)
+    pixels = model.preprocess(ds.batch(np.arange(n)))
+    chunks = [pixels[i : i + 64] for i in range(0, n, 64)]
+    arrays = [c.contiguous().numpy() for c in chunks]
+
+    def eager():
+        with torch.no_grad():
+            for c in chunks:
+                model.image_backbone(c)
+
+    def mamf_path():
+        inputs._compute_backbone_features(model, ours, 64)
+
+    def direct():
+        for a in arrays:
+            plain.run(None, {"pixels": a})
+
+    times = interleaved({"eager PyTorch": eager, "mamf": mamf_path, "onnxruntime directly": direct},
+                        args.repeats)
+    f32 = matmul_rate(torch.float32)
+    flops = backbone_flops(model)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime "
+          f"{ort.__version__}; {args.model} image backbone ({flops / 1e9:.2f} GFLOP per image), "
+          f"{n} images in chunks of 64; load {os.getloadavg()[0]:.2f}")
+    print(f"float32 matmul 2048^3: {f32 / 1e9:.1f} GFLOP/s")
+    print("| variant | img/s | share of the matmul rate | vs eager | vs onnxruntime directly |")
+    print("|---|---|---|---|---|")
+    for name, seconds in times.items():
+        rate = n / seconds
+        print(f"| {name} | {rate:.1f} | {rate * flops / f32:.0%} | "
+              f"{times['eager PyTorch'] / seconds:.2f} x | "
+              f"{times['onnxruntime directly'] / seconds:.2f} x |")
+
+
+def steps(args) -> None:
     folder = image_folder(n_classes=10, per_class=12)
     setups = {}
     for cached in (False, True):
@@ -39,11 +101,24 @@ def main() -> None:
         setups["cached" if cached else "recomputed"] = (model, inputs, batch, optimizer)
     times = interleaved({k: (lambda s=s: step(s[0], s[1], s[2], s[3]))
                          for k, s in setups.items()}, args.repeats)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, batch "
-          f"{args.batch}, training the image head and logit scale only")
+    print(f"\n{args.model}, batch {args.batch}, training the image head and logit scale only")
     print(f"recomputed frozen outputs: {times['recomputed'] * 1e3:9.1f} ms/step")
     print(f"cached frozen outputs:     {times['cached'] * 1e3:9.1f} ms/step")
     print(f"speed-up:                  {times['recomputed'] / times['cached']:9.1f} x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="effnet-minilm")
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--part", choices=["outputs", "steps", "both"], default="both")
+    args = ap.parse_args()
+    if args.part in ("outputs", "both"):
+        outputs(args)
+    if args.part in ("steps", "both"):
+        steps(args)
 
 
 if __name__ == "__main__":

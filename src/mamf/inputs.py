@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf import distributed
+from mamf import distributed, frozen_engine, progress
 from mamf.augment import draws, random_crop_flip
 from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
@@ -78,19 +78,32 @@ class ModelInputs:
         for p in model.text_parameters():
             p.requires_grad_(False)
         ids = np.arange(len(self.dataset.prompts))
+        starts = progress.bar(range(0, len(ids), batch), enabled=distributed.is_main(),
+                              desc="caching frozen text features (once)", unit="chunk", leave=False)
         with torch.no_grad(), autocast(self.device, self.precision):
-            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float()
-                              for i in range(0, len(ids), batch)])
+            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float() for i in starts])
 
     def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
         """Backbone outputs for every cached image, kept on disk beside the image cache and
-        keyed by the images, the backbone's exact weights and the precision."""
+        keyed by the images, the backbone's exact weights, the precision and the engine."""
         freeze_backbone(model)
-        path = self._feature_cache_path(model)
+        weights = frozen_engine.weights_digest(model)
+        engine = frozen_engine.engine_for(model, self.device, self.precision)
+        path = self._feature_cache_path(weights, engine)
         # rank 0 decides for all: every rank must join the computation's gather, or none
         if path is not None and distributed.from_main(path.exists()):
             return torch.from_numpy(np.load(path)).to(self.device)
-        features = self._compute_backbone_features(model, batch)
+        backbone = model.image_backbone
+        if engine == frozen_engine.ONNXRUNTIME:
+            with distributed.main_first():  # rank 0 exports; the others find its file
+                run = frozen_engine.onnx_backbone(model, weights)
+            if distributed.sum_scalar(float(run is None)) == 0:  # on every rank, or on none
+                backbone = run
+            else:
+                path = self._feature_cache_path(weights, frozen_engine.TORCH)
+                if path is not None and distributed.from_main(path.exists()):
+                    return torch.from_numpy(np.load(path)).to(self.device)
+        features = self._compute_backbone_features(model, backbone, batch)
         if path is not None and distributed.is_main():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
             with writing(path, CACHE_HINT):
@@ -102,21 +115,16 @@ class ModelInputs:
                     raise
         return features
 
-    def _feature_cache_path(self, model: DualEncoder) -> Path | None:
+    def _feature_cache_path(self, weights: str, engine: str) -> Path | None:
         source = getattr(self.dataset.images, "filename", None)
         if source is None:
             return None
-        h = hashlib.sha256(f"{Path(source).name}|{self.precision}|{self.device.type}".encode())
-        with torch.no_grad():
-            for p in model.image_backbone_parameters():
-                h.update(p.detach().float().cpu().numpy().tobytes())
-        return Path(source).with_name(f"features-{h.hexdigest()[:20]}.npy")
+        key = f"{Path(source).name}|{self.precision}|{self.device.type}|{engine}|{weights}"
+        return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy")
 
-    def _compute_backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
+    def _compute_backbone_features(self, model: DualEncoder, backbone, batch: int) -> torch.Tensor:
         """Under torchrun each rank computes a run of whole chunks (the chunks one process
         would form, so the numbers are the same) and the ranks gather them."""
-        from tqdm import tqdm
-
         n = len(self.dataset.images)
         starts = list(range(0, n, batch))
         world = distributed.world_size()
@@ -126,11 +134,12 @@ class ModelInputs:
         first, count = spans[distributed.rank() if world > 1 else 0]
         chunks = []
         with torch.no_grad(), autocast(self.device, self.precision):
-            for start in tqdm(starts[first : first + count], desc="frozen image backbone, once",
-                              leave=False, disable=None if distributed.is_main() else True):
+            for start in progress.bar(starts[first : first + count], enabled=distributed.is_main(),
+                                      desc="caching frozen image features (once)", unit="chunk",
+                                      leave=False):
                 idx = np.arange(start, min(n, start + batch))
                 px = model.preprocess(self.dataset.batch(idx).to(self.device))
-                chunks.append(model.image_backbone(px).float())
+                chunks.append(backbone(px).float().to(self.device))
         local = torch.cat(chunks)
         if world == 1:
             return local

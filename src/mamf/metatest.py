@@ -19,6 +19,7 @@ from mamf.finetune import trainable
 from mamf.inputs import ModelInputs, autocast
 from mamf.loss import task_logits
 from mamf.models.base import DualEncoder
+from mamf.progress import bar as progress_bar
 from mamf.stats import mean_ci95
 from mamf.tasks import Task, check_pool, number_of_tasks, protocol_task
 
@@ -90,8 +91,6 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
               config: Config, ways: int, progress: bool = True) -> list[float]:
     """Per-task accuracies. With `metatest.reset` off, adaptation carries over between tasks
     (the official code's behaviour); either way the model ends as it started."""
-    from tqdm import tqdm
-
     adapter = methods.create(method, config)
     snapshot = WeightSnapshot(model)
     # under torchrun each rank takes every world_size-th task; each task's randomness depends
@@ -100,8 +99,8 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
     shard = config.metatest.reset
     mine = [i for i in range(len(tasks)) if not shard or i % world_size() == rank()]
     local = {}
-    bar = tqdm(mine, desc=f"meta-test {method} {ways}-way", leave=False,
-               disable=None if progress and is_main() else True)
+    bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
+                       leave=False)
     for i in bar:
         if config.metatest.reset:
             snapshot.restore()

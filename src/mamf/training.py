@@ -23,6 +23,7 @@ from mamf.inputs import ModelInputs
 from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
+from mamf.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from
     the newest checkpoint, ending with the same weights as an uninterrupted run.
     """
-    from tqdm import tqdm
-
     t, d = config.train, config.data
     method = methods.create(t.method, config)
     pool = train_pool(dataset, config)
@@ -111,7 +110,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                                         method.load_optimizer_state)
             inputs.generator.set_state(resume.generator_state)
         total = None if method.steps is None else method.steps - start
-        bar = tqdm(total=total, desc=method.name, disable=None if progress else True, leave=False)
+        bar = progress_bar(total=total, enabled=progress, desc=method.name, leave=False)
         for i in itertools.count(start):
             if method.steps is not None and i >= method.steps:
                 break

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mamf.io import atomic_write_text, make_folder, writing
+from mamf.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,9 @@ def load_or_build(files: list[Path], size: int, name: str = "data",
             raise
     ok = np.ones(len(files), dtype=bool)
     bad: list[str] = []
-    from tqdm import tqdm
-
     try:
-        for i, f in enumerate(tqdm(files, desc=f"caching {name} at {size}px", unit="img",
-                                   disable=None if progress else True, leave=False)):
+        for i, f in enumerate(bar(files, enabled=progress, desc=f"caching {name} at {size}px (once)",
+                                  unit="img", leave=False)):
             try:
                 array[i] = decode(f, size)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError,

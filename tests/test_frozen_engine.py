@@ -1,0 +1,116 @@
+"""Frozen image-backbone outputs on the CPU come from onnxruntime, match PyTorch's within 1e-4,
+and fall back to PyTorch wherever onnxruntime cannot serve."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import make_folder
+
+from mamf import frozen_engine
+from mamf.data.dataset import ImageDataset
+from mamf.inputs import ModelInputs
+from mamf.models import load_model
+from mamf.models.hf_clip import HFClip
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(frozen_engine.ENV, raising=False)
+    monkeypatch.setattr(frozen_engine, "_logged", set())
+    return tmp_path / "cache"
+
+
+def features(model, folder, **kw) -> torch.Tensor:
+    dataset = ImageDataset.load(folder, model.image_size)
+    return ModelInputs(model, dataset, CPU, freeze_image_backbone=True, **kw).features
+
+
+def eager(model, folder) -> torch.Tensor:
+    dataset = ImageDataset.load(folder, model.image_size)
+    with torch.no_grad():
+        return model.image_backbone(model.preprocess(dataset.batch(range(len(dataset.images)))))
+
+
+def test_onnxruntime_outputs_match_pytorch(colour_folder, cache, monkeypatch):
+    model = load_model("tiny-random-clip").eval()
+    ours = features(model, colour_folder, feature_batch=16)  # 60 images: chunks of 16 and 12
+    assert len(list(cache.rglob("*.onnx"))) == 1  # the graph was exported and kept
+    assert not any(m.training for m in model.modules())  # the export left the model in eval mode
+    assert torch.allclose(ours, eager(model, colour_folder), rtol=0, atol=1e-4)
+    monkeypatch.setenv(frozen_engine.ENV, "torch")
+    forced = features(model, colour_folder, feature_batch=16)
+    assert torch.equal(forced, eager(model, colour_folder))  # PyTorch's own numbers, forced
+    assert len(list(cache.rglob("features-*.npy"))) == 2  # cached per engine
+
+
+def test_the_exported_graph_is_reused(tmp_path, cache, monkeypatch):
+    model = load_model("tiny-random-clip").eval()
+    features(model, make_folder(tmp_path / "a", n_classes=3, per_class=4, seed=1))
+    monkeypatch.setattr(frozen_engine, "_export", lambda m: pytest.fail("exported again"))
+    folder = make_folder(tmp_path / "b", n_classes=3, per_class=4, seed=2)
+    assert torch.allclose(features(model, folder), eager(model, folder), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device, precision, training, setting", [
+    ("cpu", "fp32", False, "torch"), ("cpu", "bf16", False, ""), ("meta", "fp32", False, ""),
+    ("cpu", "fp32", True, "")])
+def test_pytorch_where_onnxruntime_cannot_serve(device, precision, training, setting, cache,
+                                                 monkeypatch):
+    model = load_model("tiny-random-clip").train(training)
+    monkeypatch.setenv(frozen_engine.ENV, setting)
+    assert frozen_engine.engine_for(model, torch.device(device), precision) == frozen_engine.TORCH
+    monkeypatch.setenv(frozen_engine.ENV, "")
+    model.eval()
+    assert frozen_engine.engine_for(model, CPU, "fp32") == frozen_engine.ONNXRUNTIME
+
+
+def test_failed_export_falls_back_with_one_warning(colour_folder, cache, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::whatever\nsecond line")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    model = load_model("tiny-random-clip").eval()
+    with caplog.at_level(logging.WARNING):
+        first = features(model, colour_folder)
+        for p in cache.rglob("features-*.npy"):
+            p.unlink()
+        features(model, colour_folder)
+    assert torch.equal(first, eager(model, colour_folder))
+    notes = [r.getMessage() for r in caplog.records if "ONNX" in r.getMessage()]
+    assert notes == ["HFClip: no ONNX export of the image backbone (RuntimeError: unsupported "
+                     "operator aten::whatever); frozen image features are computed with PyTorch"]
+    assert not list(cache.rglob("*.onnx"))
+
+
+class BranchingClip(HFClip):
+    """A backbone that decides from its input's values: tracing keeps only the branch it saw."""
+
+    def image_backbone(self, pixel_values):
+        out = super().image_backbone(pixel_values)
+        return out * 2 if bool(pixel_values.abs().sum() > 0) else out
+
+
+def test_an_export_that_disagrees_with_pytorch_is_not_used(colour_folder, cache, caplog):
+    tiny = load_model("tiny-random-clip").eval()
+    model = BranchingClip(tiny.clip, tiny.tokenizer, name="branching",
+                          image_mean=tiny.image_mean, image_std=tiny.image_std).eval()
+    with caplog.at_level(logging.WARNING):
+        ours = features(model, colour_folder)
+    assert torch.equal(ours, eager(model, colour_folder))
+    assert any("differ from PyTorch's" in r.getMessage() for r in caplog.records)
+    assert not list(cache.rglob("*.onnx"))
+
+
+@pytest.mark.slow
+def test_effnet_minilm_onnxruntime_matches_pytorch(tmp_path, cache):
+    model = load_model("effnet-minilm").eval()
+    folder = make_folder(tmp_path / "photos", n_classes=3, per_class=3, size=64)
+    ours = features(model, folder)
+    assert len(list(cache.rglob("*.onnx"))) == 1
+    assert torch.allclose(ours, eager(model, folder), rtol=0, atol=1e-4)

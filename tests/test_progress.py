@@ -1,0 +1,100 @@
+"""Progress that tells the truth: lines at least every 30 s off a terminal, an ETA without the
+one-off cache build."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import types
+
+import pytest
+import tqdm
+import yaml
+
+from mamf import experiment, progress
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LogFile:
+    """stderr redirected to a file: not a terminal; remembers when each line was written."""
+
+    def __init__(self, clock: FakeClock):
+        self.clock, self.lines = clock, []
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> None:
+        self.lines.extend((self.clock(), line) for line in text.splitlines())
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def log_file(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(tqdm.std, "time", clock)
+    monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    return LogFile(clock)
+
+
+def test_a_line_at_least_every_30_s_when_stderr_is_not_a_terminal(log_file, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", log_file)  # here: pytest swaps stderr between phases
+    for _ in progress.bar(range(40), desc="caching frozen image features", leave=False):
+        log_file.clock.now += 7.0  # 280 s in all
+    times = [t for t, _ in log_file.lines]
+    assert len(times) >= 280 // 30
+    assert max(b - a for a, b in zip(times, times[1:])) <= 30 + 7.0  # one iteration late at most
+    assert all(line.startswith("mamf: caching frozen image features:") and "\r" not in line
+               for _, line in log_file.lines)
+
+
+def test_quiet_bars_print_nothing(log_file, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", log_file)
+    for _ in progress.bar(range(10), enabled=False, desc="x"):
+        log_file.clock.now += 40.0
+    assert log_file.lines == []
+
+
+def test_the_clock_leaves_one_off_costs_out(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(perf_counter=clock))
+    eta = experiment._Clock(total=5)
+    with eta.apart():
+        clock.now += 600.0  # the cache build, in the first row
+    clock.now += 60.0  # the first row itself
+    assert eta.tick() == "1/5, about 4.0 min left"  # not (660 s x 4)
+
+
+def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, monkeypatch, caplog):
+    clock = types.SimpleNamespace(offset=0.0)
+    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + clock.offset))
+    real_prepare = experiment.prepare
+
+    def slow_prepare(*args, **kwargs):  # as if building the caches took 10 minutes
+        clock.offset += 600.0
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "prepare", slow_prepare)
+    raw = {"name": "eta", "model": "tiny-random-clip", "methods": ["zeroshot"], "seeds": [1],
+           "settings": {"metatest": {"epochs": 1}},
+           "datasets": {"colours": {"root": str(colour_folder), "ways": [2, 3, 4]}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    with caplog.at_level(logging.INFO):
+        experiment.run_experiment(experiment.load_experiment(tmp_path / "exp.yaml"),
+                                  tmp_path / "out", progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(re.match(r"colours: model and caches ready in 6\d\d\.\d s", m) for m in messages)
+    first = next(m for m in messages if "[1/3," in m)
+    assert float(re.search(r"about ([\d.]+) min left", first).group(1)) < 5  # not 2 x 10 min
