@@ -305,7 +305,7 @@ def test_an_experiment_runs_the_samplers_axis_and_reports_it(tmp_path, colour_fo
 
 
 @pytest.mark.parametrize("samplers_value, message", [
-    (["uniform", "uniform"], "more than once"),
+    (["uniform", "uniform"], "lists .uniform. twice"),
     (["uniform", "nearest"], "unknown task sampler"),
     ([], "non-empty list"),
 ])
