@@ -28,10 +28,11 @@ def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys, caplog)
     run, out = tmp_path / "run", tmp_path / "eval"
     assert main(["train", "--method", "mamf", "--model", "tiny-random-clip", "--data",
                  str(colour_folder), "--out", str(run), "--ways", "3", "--lr", "1e-3",
-                 "--epochs", "2", "--quiet"]) == 0
+                 "--epochs", "2", "--sampler", "diverse", "--quiet"]) == 0
     assert (run / "model.safetensors").is_file()
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["train"]["method"] == "mamf" and resolved["data"]["ways"] == 3
+    assert resolved["train"]["sampler"] == "diverse"
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out", str(out),
                  "--ways", "2,3", "--quiet", "--set", "metatest.epochs=1"]) == 0
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
@@ -39,8 +40,10 @@ def test_train_then_evaluate_round_trip(colour_folder, tmp_path, capsys, caplog)
     got = rows(out / "results.jsonl")
     assert [(r["method"], r["ways"]) for r in got] == [("mamf", 2), ("mamf", 3),
                                                         ("zeroshot", 3)]
+    assert [r["sampler"] for r in got] == ["diverse", "diverse", None]
     for r in got:
         assert set(r) >= ROW_FIELDS
+        assert len(r["task_similarity"]) == r["n_tasks"]
         assert r["n_tasks"] == number_of_tasks(r["ways"], 6) == len(r["task_accs"])
         assert r["protocol"] == "paper" and r["split"] == "test" and r["seed"] == 312
         assert 0.0 <= r["acc_mean"] <= 1.0 and r["acc_ci95"] >= 0.0

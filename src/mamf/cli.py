@@ -21,7 +21,8 @@ COMMON_FLAGS = {
     "tasks": "data.tasks",
 }
 TRAIN_FLAGS = {
-    "method": "train.method", "lr": "train.lr", "epochs": "train.epochs",
+    "method": "train.method", "sampler": "train.sampler", "lr": "train.lr",
+    "epochs": "train.epochs",
     "batch_size": "train.batch_size", "steps": "train.steps", "heads": "train.heads",
     "schedule": "train.schedule", "candidates": "train.candidates", "ways": "data.ways",
 }
@@ -51,7 +52,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from mamf import methods
+    from mamf import methods, samplers
     from mamf.models.registry import model_names
 
     models = "; ".join(f"{k}: {v}" for k, v in model_names().items())
@@ -65,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
                         description="Train on the training split; writes model.safetensors, "
                         "config.yaml and train.json to --out.")
     tr.add_argument("--method", choices=trained, help="see `mamf methods` (default mamf)")
+    tr.add_argument("--sampler", choices=samplers.names(), help="which classes a training task "
+                    "gets, for methods that train on tasks (default uniform; `mamf methods`)")
     tr.add_argument("--model", help=f"built-in name, CLIP folder or hub id ({models})")
     tr.add_argument("--out", required=True, help="run folder to write")
     tr.add_argument("--ways", type=int, help="task size n for methods that train on tasks "
