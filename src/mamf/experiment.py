@@ -29,7 +29,7 @@ from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
-from mamf.results import read_rows
+from mamf.results import read_rows, row_sampler
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
 
@@ -250,14 +250,6 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
     if exp.samplers:
         return list(exp.samplers)
     return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
-
-
-def row_sampler(row: dict) -> str | None:
-    """A row's task sampler; rows written before samplers existed were drawn uniformly."""
-    if "sampler" in row:
-        return row["sampler"]
-    known = row["method"] in registry.REGISTRY
-    return "uniform" if known and registry.method_class(row["method"]).draws_tasks else None
 
 
 def row_key(row: dict) -> tuple:

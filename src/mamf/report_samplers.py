@@ -13,10 +13,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from mamf.experiment import row_sampler
 from mamf.methods import names as method_names
 from mamf.report import label as _label
 from mamf.results import dataset_name as _dataset
+from mamf.results import row_sampler
 from mamf.stats import mean_ci95 as mean_ci
 from mamf.stats import verdict as ci_verdict
 

@@ -39,12 +39,23 @@ def dataset_name(row: dict) -> str:
     return row.get("experiment_dataset") or row["dataset"]
 
 
+def row_sampler(row: dict) -> str | None:
+    """A row's task sampler; rows written before samplers existed were drawn uniformly (by a
+    method that draws tasks) or by none."""
+    if "sampler" in row:
+        return row["sampler"]
+    from mamf import methods
+
+    known = row["method"] in methods.REGISTRY
+    return "uniform" if known and methods.method_class(row["method"]).draws_tasks else None
+
+
 def row_key(row: dict) -> tuple:
     """Identity of the measurement a (valid) row holds: two rows with equal keys are the same
     measurement, so only the first may be counted. Fields in the order of KEY_FIELDS."""
     return (dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
             row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
-            row.get("sampler"))
+            row_sampler(row))
 
 
 def _is_int(x: object) -> bool:
