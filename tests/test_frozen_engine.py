@@ -4,6 +4,7 @@ and fall back to PyTorch wherever onnxruntime cannot serve."""
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 import torch
@@ -114,3 +115,13 @@ def test_effnet_minilm_onnxruntime_matches_pytorch(tmp_path, cache):
     ours = features(model, folder)
     assert len(list(cache.rglob("*.onnx"))) == 1
     assert torch.allclose(ours, eager(model, folder), rtol=0, atol=1e-4)
+
+
+def test_without_onnxruntime_pytorch_computes_them(colour_folder, cache, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    model = load_model("tiny-random-clip").eval()
+    with caplog.at_level(logging.INFO):
+        ours = features(model, colour_folder)
+    assert torch.equal(ours, eager(model, colour_folder))
+    assert any("onnxruntime is not installed" in r.getMessage() for r in caplog.records)
+    assert not list(cache.rglob("*.onnx"))

@@ -39,10 +39,10 @@ _logged: set[str] = set()
 Backbone = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.WARNING) -> None:
     if message not in _logged:
         _logged.add(message)
-        log.warning(message)
+        log.log(level, message)
 
 
 def weights_digest(model: DualEncoder) -> str:
@@ -66,7 +66,7 @@ def engine_for(model: DualEncoder, device: torch.device, precision: str) -> str:
         import onnxruntime  # noqa: F401
     except ImportError:
         _log_once("onnxruntime is not installed: frozen image features are computed with PyTorch "
-                  "(pip install onnxruntime onnx for several times the speed)")
+                  "(pip install onnxruntime onnx for several times the speed)", logging.INFO)
         return TORCH
     return ONNXRUNTIME
 
