@@ -122,7 +122,8 @@ class ModelInputs:
         key = f"{Path(source).name}|{self.precision}|{self.device.type}|{engine}|{weights}"
         return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy")
 
-    def _compute_backbone_features(self, model: DualEncoder, backbone, batch: int) -> torch.Tensor:
+    def _compute_backbone_features(self, model: DualEncoder, backbone: frozen_engine.Backbone,
+                                   batch: int) -> torch.Tensor:
         """Under torchrun each rank computes a run of whole chunks (the chunks one process
         would form, so the numbers are the same) and the ranks gather them."""
         n = len(self.dataset.images)
