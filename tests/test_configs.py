@@ -11,7 +11,8 @@ from mamf.run import ways_list
 from mamf.tasks import number_of_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [ROOT / "configs" / n for n in ("paper-clip.yaml", "paper-offline.yaml", "quick.yaml")]
+SHIPPED = [ROOT / "configs" / n for n in ("paper-clip.yaml", "paper-offline.yaml", "quick.yaml",
+                                         "samplers-offline.yaml")]
 SHIPPED.append(ROOT / "src" / "mamf" / "configs" / "demo.yaml")
 
 
@@ -40,3 +41,14 @@ def test_paper_clip_expands_to_the_papers_grid():
     assert counting.data.template == "An image of {label} objects"
     tasks = sum(number_of_tasks(n, 10) for n in ways_list(counting, 10, "paper"))
     assert tasks == 31 + 19 + 14 + 10 + 8 + 6 + 4 + 3
+
+
+def test_the_samplers_study_runs_every_sampler_for_the_methods_that_draw_tasks():
+    from mamf.experiment import samplers_of
+
+    exp = load_experiment(ROOT / "configs" / "samplers-offline.yaml")
+    assert len(exp.seeds) >= 3 and exp.samplers == ["uniform", "similar", "diverse",
+                                                  "curriculum", "confusion"]
+    for ds in exp.datasets:
+        assert samplers_of(exp, ds, "mamf") == exp.samplers == samplers_of(exp, ds, "fomaml")
+        assert samplers_of(exp, ds, "zeroshot") == [None]

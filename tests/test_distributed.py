@@ -68,6 +68,7 @@ def _assert_same_training(one, two, start=None):
     # the confusion sampler learns from every rank's logits, summed: the ranks draw alike
     ("mamf", ("--set", "train.sampler=confusion")),
     ("fomaml", ("--set", "train.sampler=confusion")),
+    ("mamf", ("--set", "train.parallel=fsdp", "--set", "train.sampler=confusion")),
 ])
 def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_path, method,
                                                       extra):

@@ -150,14 +150,13 @@ class FOMAML(Method):
             tasks.append(protocol_task(self.rng, self.pool, d, d.ways, chosen[-1]))
         task_rngs = [np.random.default_rng([self.config.seed, 12, d.ways, i, k])
                      for k in range(len(tasks))]
-        confusions = [self.sampler.recorder(task.classes) for task in tasks]
-        learning = all(c is not None for c in confusions)
+        confusions = ([self.sampler.recorder(task.classes) for task in tasks]
+                      if self.sampler.learns else None)
         loss = outer_step(self.model, self.learner, self.inputs, tasks, self.optimizer,
                           t.inner_lr, t.inner_epochs, t.inner_batch_size, task_rngs, t.augment,
-                          confusions if learning else None)
-        if learning:
-            for c, confusion in zip(chosen, confusions):
-                self.sampler.observe(c, confusion.values())
+                          confusions)
+        for c, confusion in zip(chosen, confusions or []):
+            self.sampler.observe(c, confusion.values())
         return loss
 
     def stream_state(self) -> dict:
