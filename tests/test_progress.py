@@ -98,3 +98,21 @@ def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, mon
     assert any(re.match(r"colours: model and caches ready in 6\d\d\.\d s", m) for m in messages)
     first = next(m for m in messages if "[1/3," in m)
     assert float(re.search(r"about ([\d.]+) min left", first).group(1)) < 5  # not 2 x 10 min
+
+
+def test_quiet_silences_the_cache_builds_too(colour_folder, tmp_path, capsys, monkeypatch):
+    """--quiet reaches the image cache and frozen-feature bars, which no caller passes a flag to
+    (they printed off a terminal before)."""
+    from mamf.cli import main
+
+    args = ["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder), "--ways", "2",
+            "--set", "train.freeze_image_backbone=true"]
+    try:
+        monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache-quiet"))
+        assert main([*args, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+        assert "caching" not in capsys.readouterr().err
+        monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache-loud"))  # built again, loudly
+        assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+        assert "caching" in capsys.readouterr().err
+    finally:
+        progress.set_quiet(False)

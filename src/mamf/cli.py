@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
-    from mamf import distributed
+    from mamf import distributed, progress
+
+    progress.set_quiet(bool(getattr(args, "quiet", False)))
 
     if not distributed.is_main():  # under torchrun rank 0 reports; the others only warn
         logging.getLogger().setLevel(logging.WARNING)

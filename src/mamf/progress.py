@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable
 
 LINE_EVERY_S = 30.0
+_quiet = False  # the command line's --quiet: no bar anywhere in the process
 _CURSOR = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm's moves between nested bars
 
 
@@ -30,11 +31,18 @@ class _Lines:
         self.stream.flush()
 
 
+def set_quiet(quiet: bool) -> None:
+    """`--quiet`: silence every bar of this process, including those deep in a cache build that
+    no caller passes a flag to."""
+    global _quiet
+    _quiet = quiet
+
+
 def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
-    """A tqdm bar over `iterable`; `enabled=False` shows nothing (e.g. --quiet)."""
+    """A tqdm bar over `iterable`; `enabled=False` (or `set_quiet`) shows nothing."""
     from tqdm import tqdm
 
-    if not enabled:
+    if not enabled or _quiet:
         return tqdm(iterable, disable=True, **kwargs)
     stream = sys.stderr
     if stream.isatty():
