@@ -93,6 +93,7 @@ class Method:
         self.steps: int | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.parallel = None
+        self._walked: tuple[DualEncoder | None, list] = (None, [])
 
     # -- training --------------------------------------------------------------------------
     def begin(self, model: DualEncoder, inputs: ModelInputs, pool: Pool,
@@ -123,6 +124,13 @@ class Method:
     def params(self, model: DualEncoder) -> list[torch.nn.Parameter]:
         return self.parallel.params if self.parallel is not None else trainable(model)
 
+    def trainable(self, model: DualEncoder) -> list[torch.nn.Parameter]:
+        """`model`'s trainable parameters, walked once per model and not once per test task: the
+        walk over a large model's modules costs more than a small head's whole adaptation."""
+        if self._walked[0] is not model:
+            self._walked = (model, trainable(model))
+        return self._walked[1]
+
     # -- test time -------------------------------------------------------------------------
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:
@@ -132,7 +140,7 @@ class Method:
             return
         if m.augment:
             inputs.reseed(rng)
-        optimizer = torch.optim.Adam(trainable(model), lr=m.lr)
+        optimizer = torch.optim.Adam(self.trainable(model), lr=m.lr)
         batches = epoch_batches(rng, task.support, task.support_labels, task.classes,
                                 m.batch_size, m.epochs)
         run_batches(model, inputs, batches, optimizer, augment=m.augment)

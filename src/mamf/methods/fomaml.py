@@ -33,22 +33,24 @@ def clone_learner(model: DualEncoder) -> DualEncoder:
 
 
 @torch.no_grad()
-def copy_weights(dst: torch.nn.Module, src: torch.nn.Module) -> None:
-    """Copy what training can change: trainable parameters. Frozen ones and buffers (eval mode)
-    are equal in both copies from the start and stay so."""
-    for d, s in zip(dst.parameters(), src.parameters()):
-        if s.requires_grad:
-            d.copy_(s)
+def copy_weights(dst: list[torch.nn.Parameter], src: list[torch.nn.Parameter]) -> None:
+    """Copy what training can change: the trainable parameters, as `trainable` lists them in
+    both copies. Frozen ones and buffers (eval mode) are equal in both from the start and stay so."""
+    for d, s in zip(dst, src):
+        d.copy_(s)
 
 
 def adapt_sgd(model: DualEncoder, inputs: ModelInputs, task: Task, lr: float, epochs: int,
-              batch_size: int, rng: np.random.Generator, augment: bool = False) -> list[float]:
-    """The inner loop: plain SGD passes over the task's support set (also FOMAML's meta-test)."""
+              batch_size: int, rng: np.random.Generator, augment: bool = False,
+              params: list[torch.nn.Parameter] | None = None) -> list[float]:
+    """The inner loop: plain SGD passes over the task's support set (also FOMAML's meta-test).
+    `params`: the model's trainable parameters, if the caller has them (walking a large model's
+    modules for them costs more than a small head's step)."""
     if epochs == 0 or lr == 0:
         return []
     if augment:
         inputs.reseed(rng)
-    sgd = torch.optim.SGD(trainable(model), lr=lr)
+    sgd = torch.optim.SGD(trainable(model) if params is None else params, lr=lr)
     batches = epoch_batches(rng, task.support, task.support_labels, task.classes, batch_size,
                             epochs)
     return run_batches(model, inputs, batches, sgd, augment=augment)
@@ -73,22 +75,24 @@ def query_gradient(model: DualEncoder, inputs: ModelInputs, task: Task, batch_si
 def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, tasks: list[Task],
                outer: torch.optim.Optimizer, inner_lr: float, inner_epochs: int,
                inner_batch_size: int, rngs: list[np.random.Generator],
-               augment: bool = False, confusions: list[Confusion] | None = None) -> float:
+               augment: bool = False, confusions: list[Confusion] | None = None,
+               walked: tuple[list, list] | None = None) -> float:
     """One meta-update over a meta-batch of tasks; returns the mean query loss after adaptation.
 
     Task k adapts with `rngs[k]`. Under torchrun rank r adapts tasks r, r+P, ... and the outer
     gradients are summed over the ranks, so the update is the one a single process makes.
     `confusions[k]`, if given, records task k's query logits after adaptation; the ranks'
-    records are summed as the gradients are.
+    records are summed as the gradients are. `walked`: (trainable(model), trainable(learner)),
+    if the caller keeps them.
     """
     outer.zero_grad(set_to_none=True)
-    params, fast = trainable(model), trainable(learner)  # walked once, not once per task
+    params, fast = walked or (trainable(model), trainable(learner))
     loss = 0.0
     for k in range(distributed.rank(), len(tasks), distributed.world_size()):
         task = tasks[k]
-        copy_weights(learner, model)
+        copy_weights(fast, params)
         adapt_sgd(learner, inputs, task, inner_lr, inner_epochs, inner_batch_size, rngs[k],
-                  augment)
+                  augment, fast)
         for q in fast:  # frozen parameters never hold a gradient
             q.grad = None
         weight = 1.0 / len(tasks)
@@ -137,7 +141,8 @@ class FOMAML(Method):
         self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
         sampler.plan(self.steps * t.meta_batch)
         self.learner = clone_learner(model)
-        self.optimizer = make_optimizer(trainable(model), t.lr, t.weight_decay)
+        self.walked = (trainable(model), trainable(self.learner))  # once a run, not once a step
+        self.optimizer = make_optimizer(self.walked[0], t.lr, t.weight_decay)
 
     def step(self, i: int) -> float:
         # 2. update: adapt a copy to each task's support set (inner SGD), take the query loss's
@@ -154,7 +159,7 @@ class FOMAML(Method):
                       if self.sampler.learns else None)
         loss = outer_step(self.model, self.learner, self.inputs, tasks, self.optimizer,
                           t.inner_lr, t.inner_epochs, t.inner_batch_size, task_rngs, t.augment,
-                          confusions)
+                          confusions, self.walked)
         for c, confusion in zip(chosen, confusions or []):
             self.sampler.observe(c, confusion.values())
         return loss
@@ -170,4 +175,4 @@ class FOMAML(Method):
         # 3. test time: the inner loop's plain SGD on the support set, with its own settings
         m = self.config.metatest
         adapt_sgd(model, inputs, task, m.inner_lr, m.inner_epochs, m.inner_batch_size, rng,
-                  m.augment)
+                  m.augment, self.trainable(model))

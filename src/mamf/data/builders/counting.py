@@ -164,7 +164,7 @@ def build_counting(out: str | os.PathLike, *, log: Log = print, per_class: int =
             folder.mkdir()
             for i in range(per_class):
                 img = draw_scene(n, size, _Rng(f"mamf-counting/{seed}/{n}/{i}"))
-                img.save(folder / f"{i:04d}.png")
+                img.save(folder / f"{i:04d}.png", compress_level=1)  # lossless at any level
         return BuiltDataset(
             title="Counting: generated scenes with 1 to 10 objects",
             label_to_text={label_folder(n): prompt(n) for n in range(1, 11)},

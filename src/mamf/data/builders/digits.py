@@ -49,7 +49,7 @@ def build_digits(out: str | os.PathLike, *, log: Log = print, per_class: int | N
                 img = Image.fromarray(255 - ink[i])
                 if size != 8:
                     img = img.resize((size, size), Image.Resampling.BILINEAR)
-                img.save(folder / f"{int(i):04d}.png")
+                img.save(folder / f"{int(i):04d}.png", compress_level=1)
         return BuiltDataset(
             title="Digits: scikit-learn's handwritten digits (UCI optical recognition, 8x8)",
             label_to_text={str(d): prompt(d) for d in range(10)},

@@ -144,7 +144,7 @@ def build_fashion_mnist(out: str | os.PathLike, *, log: Log = print, per_class: 
             folder.mkdir()
             idx = np.flatnonzero(labels == k)
             for i in idx[:per_class] if per_class is not None else idx:
-                Image.fromarray(images[i]).save(folder / f"{split}_{int(i):05d}.png")
+                Image.fromarray(images[i]).save(folder / f"{split}_{int(i):05d}.png", compress_level=1)
         return BuiltDataset(
             title=f"Fashion-MNIST ({split} split)",
             label_to_text={folder_name: text for folder_name, text in CLASSES},
