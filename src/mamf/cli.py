@@ -93,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
     ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1)")
     ev.add_argument("--split", choices=["dev", "test"], help="default test")
+    ev.add_argument("--method", choices=methods.names(),
+                    help="the test-time method: with --model one that does not train (default "
+                    "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "
+                    "does not train, scoring the trained weights")
     _common(ev)
 
     ex = sub.add_parser("experiment", help="run a grid of experiments from a YAML file, resumably",
@@ -182,10 +186,16 @@ def cmd_evaluate(args) -> None:
     from mamf.methods import names
     from mamf.run import evaluate, load_run, ways_list
 
-    model, method, run_dir = None, names(trained=False)[0], None
+    model, method, run_dir, trained_by = None, args.method or names(trained=False)[0], None, None
+    test_time = names(trained=False)
+    if args.method and args.method not in test_time and (
+            not args.run or args.method != _run_method(Path(args.run))):
+        raise MamfError(f"--method {args.method} trains: evaluate a run it trained with --run, "
+                        f"or pick a test-time method ({', '.join(test_time)})")
     if args.run:
         run_config, model = load_run(Path(args.run))
-        method, run_dir = run_config.train.method, Path(args.run)
+        run_dir, trained_by = Path(args.run), run_config.train.method
+        method = args.method or trained_by
         config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS}, to_dict(run_config))
         if config.model != run_config.model:
             raise MamfError("--model cannot change the model of a trained --run")
@@ -198,7 +208,7 @@ def cmd_evaluate(args) -> None:
     n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
     ways = ways_list(config, n_classes, args.ways)
     rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
-                    progress=not args.quiet)
+                    progress=not args.quiet, trained_by=trained_by)
     if not _is_main():
         return
     for r in rows:
@@ -206,6 +216,17 @@ def cmd_evaluate(args) -> None:
               f"{r['split']}: acc {r['acc_mean']:.4f} +- {r['acc_ci95']:.4f} "
               f"over {r['n_tasks']} tasks")
     print(f"results appended to {Path(args.out) / 'results.jsonl'}")
+
+
+def _run_method(run_dir: Path) -> str | None:
+    """The method a run folder was trained with (None where its config cannot be read: loading
+    the run then says why)."""
+    from mamf.run import RUN_CONFIG
+
+    try:
+        return load_yaml(run_dir / RUN_CONFIG).get("train", {}).get("method")
+    except (MamfError, AttributeError):
+        return None
 
 
 def cmd_models(args) -> None:

@@ -39,7 +39,7 @@ TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method
             "datasets", "device", "precision"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
-METHOD_SECTIONS = {"train", "metatest"}
+METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
 MAX_WAYS = AT_MOST["data.ways"]
@@ -116,7 +116,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"method_settings names unknown method {shown(m)}")
         s = _mapping(s, f"method_settings.{m}")
         if set(s) - METHOD_SECTIONS:
-            raise MamfError(f"method_settings.{m} may only hold train and metatest sections")
+            raise MamfError(f"method_settings.{m} may only hold train, metatest and baseline sections")
         for section in s:
             _mapping(s[section], f"method_settings.{m}.{section}")
         if CACHE_KEYS & set(s.get("train") or {}):

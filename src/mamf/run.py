@@ -23,7 +23,7 @@ from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
 from mamf.lock import exclusive
-from mamf.metatest import evaluation_tasks, meta_test, summarize
+from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.results import read_rows, row_key
@@ -213,14 +213,23 @@ def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[in
 
 def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
              ways: list[int] | None = None, run_dir: Path | None = None,
-             progress: bool = True) -> list[dict]:
-    """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
+             progress: bool = True, trained_by: str | None = None) -> list[dict]:
+    """Meta-test `method` for each task size; append one row per size to out/results.jsonl.
+
+    `trained_by`: the method that trained the run's weights, when another method (a baseline's
+    test time) scores them; the rows are then named `<trained_by>+<method>`."""
     out = Path(out)
     with main_only(exclusive(out)):
-        return _evaluate(config, out, method, model, ways, run_dir, progress)
+        return _evaluate(config, out, method, model, ways, run_dir, progress, trained_by)
 
 
-def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
+def row_method(method: str, trained_by: str | None) -> str:
+    """A row's method: the test-time method, prefixed by the one that trained the weights when
+    they differ (`mamf+tip-adapter`)."""
+    return method if trained_by in (None, method) else f"{trained_by}+{method}"
+
+
+def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[dict]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts."""
     if is_main():
@@ -234,21 +243,24 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
-        probe = {"dataset": dataset.name, "method": method, "model": config.model,
-                 "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
-                 "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
-                 "split": config.metatest.split, "sampler": trained_sampler(config, method)}
+        probe = {"dataset": dataset.name, "method": row_method(method, trained_by),
+                 "model": config.model, "run": str(run_dir) if run_dir else None,
+                 "protocol": config.data.protocol, "ways": n, "shots": shots,
+                 "queries": queries, "seed": config.seed, "split": config.metatest.split,
+                 "sampler": trained_sampler(config, trained_by or method)}
         done = finished.get(row_key(probe))
         if done is not None and done.get("config_id") == config_id(config):
-            log.info("%s %d-way seed %d is already in %s: skipped", method, n, config.seed,
-                     out / RESULTS)
+            log.info("%s %d-way seed %d is already in %s: skipped", probe["method"], n,
+                     config.seed, out / RESULTS)
             rows.append(done)
             continue
         if done is not None:
-            raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
+            raise MamfError(f"{out / RESULTS} already holds {probe['method']} {n}-way seed "
+                            f"{config.seed} "
                             f"on {dataset.name} ({config.metatest.split}) measured with other "
                             "settings: choose another --out")
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts,
+                                trained_by)
         row["run"] = probe["run"]
         if is_main():
             append_jsonl(out / RESULTS, row)
@@ -263,7 +275,7 @@ def trained_sampler(config: Config, method: str) -> str | None:
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
                       config: Config, method: str, ways: int, progress: bool = True,
-                      prompts: np.ndarray | None = None) -> dict:
+                      prompts: np.ndarray | None = None, trained_by: str | None = None) -> dict:
     """Meta-test one task size on an already prepared model; returns the results row.
 
     The row names the task sampler the method trained with (None for methods that draw no
@@ -275,13 +287,19 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
         prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
     started = time.perf_counter()
-    accs = meta_test(model, inputs, tasks, method, config, ways, progress)
+    adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
+    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
     mean, ci = summarize(accs)
     shots, queries = shots_queries(dataset, config, split)
-    return {"method": method, "model": config.model, "dataset": dataset.name,
+    combined = {"test_method": method, "trained_by": trained_by} \
+        if row_method(method, trained_by) != method else {}
+    return {"method": row_method(method, trained_by), **combined, "model": config.model,
+            "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
-            "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
+            "seed": config.seed, "split": split,
+            "sampler": trained_sampler(config, trained_by or method),
             "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), "torch": torch.__version__}
+            "host": platform.node(), "torch": torch.__version__,
+            **({"chosen_on_dev": chosen} if chosen is not None else {})}
