@@ -18,7 +18,7 @@ COMMON_FLAGS = {
     "model": "model", "seed": "seed", "device": "device", "precision": "precision",
     "data": "data.root", "subdataset": "data.subdataset", "template": "data.template",
     "protocol": "data.protocol", "shots": "data.shots", "queries": "data.queries",
-    "tasks": "data.tasks",
+    "tasks": "data.tasks", "split_file": "data.split_file",
 }
 TRAIN_FLAGS = {
     "method": "train.method", "sampler": "train.sampler", "lr": "train.lr",
@@ -38,11 +38,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subdataset", help="which subdataset of a nested folder")
     p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
                    "{label}.'); a label_to_text.json beside the data wins")
-    p.add_argument("--protocol", choices=["paper", "episodic"],
+    p.add_argument("--protocol", choices=["paper", "episodic", "coop", "base2novel"],
                    help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
-                   "class-disjoint splits, N-way K-shot episodes")
+                   "class-disjoint splits, N-way K-shot episodes; coop: all-way, --shots K "
+                   "training images per class drawn by --seed, the whole test split scored; "
+                   "base2novel: coop on the first half of the classes, tested on both halves")
+    p.add_argument("--split-file", help="coop/base2novel: a CoOp split file "
+                   "(split_zhou_<Dataset>.json) instead of the 60/20/20 per-class split")
     p.add_argument("--seed", type=int, help="seed for tasks, training and adaptation (default 312)")
-    p.add_argument("--shots", type=int, help="episodic: support images per class")
+    p.add_argument("--shots", type=int, help="episodic: support images per class; coop, "
+                   "base2novel: training shots per class")
     p.add_argument("--queries", type=int, help="episodic: query images per class")
     p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")

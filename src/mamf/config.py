@@ -36,6 +36,8 @@ class DataConfig:
     split_seed: int = 0
     support_match: str | None = None
     query_match: str | None = None
+    # coop and base2novel: a CoOp split file (split_zhou_<Dataset>.json); else 60/20/20 per class
+    split_file: str | None = None
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Config:
 
 
 CHOICES = {
-    "data.protocol": ("paper", "episodic"),
+    "data.protocol": ("paper", "episodic", "coop", "base2novel"),
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),

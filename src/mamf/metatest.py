@@ -15,6 +15,7 @@ import torch
 from mamf import methods
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
+from mamf.data.fewshot import fewshot_tasks, is_fewshot
 from mamf.distributed import gather_by_index, is_main, rank, world_size
 from mamf.errors import MamfError
 from mamf.finetune import trainable
@@ -31,6 +32,8 @@ SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}
 def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: int) -> list[Task]:
     """The tasks of one (dataset, split, ways, seed): identical for every method."""
     d = config.data
+    if is_fewshot(d.protocol):  # all-way: the task is the whole split, whatever `ways`
+        return fewshot_tasks(dataset, d, split, config.seed)
     pool = dataset.pool(d.protocol, split, d.class_split, d.split_seed)
     rng = np.random.default_rng([config.seed, SPLIT_STREAM[split], ways])
     if ways > len(pool.classes):

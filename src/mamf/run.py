@@ -17,6 +17,7 @@ from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
+from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
@@ -182,7 +183,14 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
 
 
 def ways_list(config: Config, n_classes: int, value) -> list[int]:
-    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep)."""
+    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep). The coop
+    and base2novel protocols classify all N classes at once: their only size is N."""
+    if is_fewshot(config.data.protocol):
+        if value not in (None, "") and str(value).strip().lower() not in ("all", "paper",
+                                                                           str(n_classes)):
+            raise MamfError(f"the {config.data.protocol} protocol classifies all {n_classes} "
+                            f"classes at once: drop --ways (got {shown(value)})")
+        return [n_classes]
     if value in (None, ""):
         return [config.data.ways]
     if isinstance(value, str) and value.strip().lower() in ("all", "paper"):
@@ -207,6 +215,8 @@ def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[in
     d = config.data
     if d.protocol == "episodic":
         return d.shots, d.queries
+    if is_fewshot(d.protocol):  # K shots; every image of the split is a query
+        return d.shots, sum(len(x) for x in image_split(dataset, split, d.split_file))
     sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
     return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
 
@@ -290,6 +300,10 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
     accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
     mean, ci = summarize(accs)
+    extra = {}
+    if config.data.protocol == "base2novel":  # the tasks are base, then novel
+        mean, ci = harmonic_mean(*accs), 0.0
+        extra = {"base_acc": accs[0], "novel_acc": accs[1], "hm": mean}
     shots, queries = shots_queries(dataset, config, split)
     combined = {"test_method": method, "trained_by": trained_by} \
         if row_method(method, trained_by) != method else {}
@@ -302,4 +316,4 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), "torch": torch.__version__,
-            **({"chosen_on_dev": chosen} if chosen is not None else {})}
+            **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}
