@@ -98,3 +98,55 @@ def test_a_trained_method_on_coop_trains_on_the_k_shots_and_evaluates_all_way(
     (row,) = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert (row["protocol"], row["ways"], row["shots"], row["n_tasks"]) == ("coop", 10, 2, 1)
     assert row["queries"] == 20  # every test image: 2 of each of the 10 classes
+
+
+def test_a_coop_experiment_runs_the_shots_axis_and_reports_mean_and_std(shared_colour_folder,
+                                                                       tmp_path):
+    from mamf.experiment import load_experiment, run_experiment
+    from mamf.report import write_report
+
+    path = tmp_path / "coop.yaml"
+    path.write_text(f"""
+name: coop
+model: tiny-random-clip
+methods: [zeroshot, tip-adapter, mamf]
+seeds: [1, 2]
+shots: [1, 2]
+settings: {{data: {{protocol: coop, ways: 3}}, train: {{steps: 2, freeze_image_backbone: true,
+  freeze_text_tower: true}}}}
+datasets: {{colours: {{root: {shared_colour_folder}}}}}
+""")
+    rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    assert sorted((r["method"], r["shots"], r["seed"]) for r in rows) == sorted(
+        (m, k, s) for m in ("zeroshot", "tip-adapter", "mamf") for k in (1, 2) for s in (1, 2))
+    assert all(r["ways"] == 10 and r["n_tasks"] == 1 for r in rows)
+    assert run_experiment(load_experiment(path), tmp_path / "out", progress=False) == rows
+    files = write_report(rows, tmp_path / "out", "coop")
+    text = files["md"].read_text()
+    assert "### coop: all-way accuracy against shots" in text and "| 1-shot | 2-shot |" in text
+    tip = [r["acc_mean"] for r in rows if r["method"] == "tip-adapter" and r["shots"] == 2]
+    assert f"{100 * np.mean(tip):.1f} ± {100 * np.std(tip, ddof=1):.1f} (2)" in text
+    assert files["shots-colours"].is_file()
+    assert "published" not in text  # an offline dataset matches no published number
+
+
+def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match():
+    from mamf.report_fewshot import anchor_lines, load_anchors
+
+    anchors = load_anchors()
+    names = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101",
+             "FGVCAircraft", "SUN397", "DTD", "EuroSAT", "UCF101"]
+
+    def rows(model, datasets, protocol="coop"):
+        return [{"dataset": d, "method": "tip-adapter", "model": model, "protocol": protocol,
+                 "shots": k, "seed": s, "acc_mean": 0.5} for d in datasets for k in (1, 4, 16)
+                for s in (1, 2, 3)]
+
+    shown = anchor_lines(rows("openai/clip-vit-base-patch16", names))
+    text = "\n".join(shown)
+    assert "| CoOp (*published*) | 68.1 | 73.6 | 79.0 |" in text
+    assert "| Tip-Adapter (mamf) | 50.0 | 50.0 | 50.0 | this report |" in text
+    assert anchor_lines(rows("openai/clip-vit-base-patch32", names)) == []  # other backbone
+    assert anchor_lines(rows("openai/clip-vit-base-patch16", names[:-1])) == []  # 10 of 11
+    assert anchor_lines(rows("tiny-random-clip", ["colours"])) == []
+    assert anchors["protocol"] == "coop"

@@ -265,17 +265,24 @@ def cmd_experiment(args) -> None:
 
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
-    from mamf.report import comparison_note, settings_line, summary_table, write_report
+    from mamf.report import (
+        comparison_note,
+        pooled_rows,
+        settings_line,
+        summary_table,
+        write_report,
+    )
     from mamf.report_samplers import baseline_rows
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
-    baseline = baseline_rows(rows)  # the paper's tables read uniform task sampling
-    print(summary_table(baseline))
-    note = comparison_note(baseline)
-    if note:
-        print(f"\n{note}")
-    print(f"\n({settings_line(baseline)})")
+    baseline = pooled_rows(baseline_rows(rows))  # the paper's tables read uniform task sampling
+    if baseline:
+        print(summary_table(baseline))
+        note = comparison_note(baseline)
+        if note:
+            print(f"\n{note}")
+        print(f"\n({settings_line(baseline)})")
     files = write_report(rows, out, title)
     print(f"results: {out / 'results.jsonl'}")
     print(f"report: {files['md']} and {files['html']}; figure: {files['summary']}")
