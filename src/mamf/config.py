@@ -26,6 +26,9 @@ class DataConfig:
     root: str = ""
     subdataset: str | None = None
     template: str = "A photo of a {label}."
+    # a prompt ensemble instead of `template`: templates with {label} (or {}), or one set's name
+    # (imagenet: CLIP's 80 ImageNet templates); class embedding = mean of the normalised ones
+    templates: list[str] | None = None
     protocol: str = "paper"
     ways: int = 5
     start_n: int = 2

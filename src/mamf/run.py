@@ -18,6 +18,7 @@ from mamf.checkpoint import Checkpointer
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
 from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
+from mamf.data.prompts import templates_tag
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
@@ -66,7 +67,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template)
+                                config.data.template, config.data.templates)
     inputs = ModelInputs(model, dataset, device, config.precision,
                          config.train.freeze_image_backbone, config.train.freeze_text_tower,
                          config.train.crop_scale, seed=config.seed)
@@ -312,6 +313,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
             "seed": config.seed, "split": split,
             "sampler": trained_sampler(config, trained_by or method),
+            "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
             "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
