@@ -65,7 +65,7 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, colour_folder):
     ({"datasets": {"a": {}}}, "exactly one of 'root'"),
     ({"datasets": {"a": {"root": "x", "settings": {"train": {"lr": "x"}}}}}, "train.lr"),
     ({"datasets": {"a": {"root": "x"}}, "method_settings": {"mamf": {"data": {}}}},
-     "only hold train and metatest"),
+     "only hold train, metatest and baseline"),
 ])
 def test_bad_experiment_files_are_refused(raw, message):
     with pytest.raises(MamfError, match=message):

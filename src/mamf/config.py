@@ -26,6 +26,9 @@ class DataConfig:
     root: str = ""
     subdataset: str | None = None
     template: str = "A photo of a {label}."
+    # a prompt ensemble instead of `template`: templates with {label} (or {}), or one set's name
+    # (imagenet: CLIP's 80 ImageNet templates); class embedding = mean of the normalised ones
+    templates: list[str] | None = None
     protocol: str = "paper"
     ways: int = 5
     start_n: int = 2
@@ -36,6 +39,8 @@ class DataConfig:
     split_seed: int = 0
     support_match: str | None = None
     query_match: str | None = None
+    # coop and base2novel: a CoOp split file (split_zhou_<Dataset>.json); else 60/20/20 per class
+    split_file: str | None = None
 
 
 @dataclass
@@ -89,6 +94,26 @@ class MetaTestConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """The test-time baselines' settings (docs/method.md, "Baselines")."""
+
+    # linear-probe: full-batch Adam steps on the support set, from the class prompts' embeddings
+    probe_steps: int = 100
+    probe_lr: float = 1e-3
+    probe_weight_decay: float = 0.0
+    # prototype: weight of the support mean against the prompt embedding (1: nearest mean only)
+    prototype_mix: float = 0.5
+    # tip-adapter(-f): the alpha x beta grid searched on dev-split tasks (never test ones)
+    tip_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0])
+    tip_betas: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 7.0])
+    # tip-adapter-f: fine-tuning of the cache keys on the support set (the paper's defaults)
+    tip_f_epochs: int = 20
+    tip_f_lr: float = 1e-3
+    tip_f_alpha: float = 1.0
+    tip_f_beta: float = 1.0
+
+
+@dataclass
 class Config:
     model: str = "effnet-minilm"
     seed: int = 312
@@ -97,10 +122,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 CHOICES = {
-    "data.protocol": ("paper", "episodic"),
+    "data.protocol": ("paper", "episodic", "coop", "base2novel"),
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
@@ -120,7 +146,10 @@ SEEDS = ("seed", "data.split_seed")
 MAX_SEED = 2**63 - 1
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay",
                 "train.sampler_discount", "train.sampler_scale", "metatest.lr",
-                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
+                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs",
+                "baseline.probe_steps", "baseline.probe_lr", "baseline.probe_weight_decay",
+                "baseline.prototype_mix", "baseline.tip_f_epochs", "baseline.tip_f_lr",
+                "baseline.tip_f_alpha", "baseline.tip_f_beta"}
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
@@ -261,6 +290,12 @@ def validate(config: Config) -> Config:
         raise MamfError("config train.sampler_discount is the share of a potential kept, at most 1")
     if config.train.crop_scale > 1:
         raise MamfError("config train.crop_scale is the smallest crop area fraction, at most 1")
+    if config.baseline.prototype_mix > 1:
+        raise MamfError("config baseline.prototype_mix is the support mean's weight, at most 1")
+    b = config.baseline
+    if not b.tip_alphas or not b.tip_betas or min(b.tip_alphas + b.tip_betas) < 0:
+        raise MamfError("config baseline.tip_alphas and tip_betas must be non-empty lists of "
+                        "numbers >= 0")
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config

@@ -25,6 +25,7 @@ import numpy as np
 from mamf import distributed, samplers
 from mamf import methods as registry
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
+from mamf.data.fewshot import is_fewshot
 from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
@@ -36,10 +37,10 @@ from mamf.training import train
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision"}
+            "datasets", "device", "precision", "shots"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
-METHOD_SECTIONS = {"train", "metatest"}
+METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
 MAX_WAYS = AT_MOST["data.ways"]
@@ -68,6 +69,7 @@ class Experiment:
     precision: str = "auto"
     source: Path | None = None
     samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
+    shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -102,6 +104,13 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
                             f": use {', '.join(samplers.names())}")
         _refuse_duplicates(sampler_axis, "experiment 'samplers'")
+    shots = raw.get("shots")
+    if shots is not None:
+        if not isinstance(shots, list) or not shots or \
+                not all(_is_int(k) and 1 <= k <= AT_MOST["data.shots"] for k in shots):
+            raise MamfError(f"experiment 'shots' must be a list of positive integers, got "
+                            f"{shown(shots)}")
+        _refuse_duplicates(shots, "experiment 'shots'")
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -116,7 +125,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"method_settings names unknown method {shown(m)}")
         s = _mapping(s, f"method_settings.{m}")
         if set(s) - METHOD_SECTIONS:
-            raise MamfError(f"method_settings.{m} may only hold train and metatest sections")
+            raise MamfError(f"method_settings.{m} may only hold train, metatest and baseline sections")
         for section in s:
             _mapping(s[section], f"method_settings.{m}.{section}")
         if CACHE_KEYS & set(s.get("train") or {}):
@@ -130,11 +139,14 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _text(raw, "model", "effnet-minilm"), methods, seeds,
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
-                     source, sampler_axis)
+                     source, sampler_axis, shots)
     for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
-                run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler)
+                config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler)
+                if shots and config.data.protocol == "paper":
+                    raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
+                                    "with set shots (episodic, coop, base2novel), not paper")
     return exp
 
 
@@ -225,7 +237,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
-               ways: int | None = None, sampler: str | None = None) -> Config:
+               ways: int | None = None, sampler: str | None = None,
+               shots: int | None = None) -> Config:
     merged = deep_merge(exp.settings, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
@@ -236,6 +249,8 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
         merged = deep_merge(merged, {"data": {"ways": ways}})
     if sampler is not None:
         merged = deep_merge(merged, {"train": {"sampler": sampler}})
+    if shots is not None:
+        merged = deep_merge(merged, {"data": {"shots": shots}})
     try:
         return build_config(merged)
     except MamfError as e:
@@ -252,9 +267,10 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
     return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
 
 
-def row_key(row: dict) -> tuple:
+def row_key(row: dict, by_shots: bool = False) -> tuple:
+    """A grid cell; `by_shots`: the grid has a shots axis, so the row's shots are part of it."""
     return (row.get("experiment_dataset", row["dataset"]), row["method"], row_sampler(row),
-            row["ways"], row["seed"], row["split"])
+            row["ways"], row["seed"], row["split"], row["shots"] if by_shots else None)
 
 
 def dataset_root(ds: DatasetSpec, out: Path) -> str:
@@ -296,7 +312,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                         "kept, missing ones are computed with the new settings", out)
         if main:
             atomic_write_bytes(previous, text)
-    done = {row_key(r) for r in rows}
+    done = {row_key(r, bool(exp.shots)) for r in rows}
     plans = []
     for ds in exp.datasets:
         try:
@@ -312,13 +328,14 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             _failure(out, {"dataset": ds.name, "error": str(e)})
             continue
         split = base.metatest.split
-        for seed in exp.seeds:
-            for method in exp.methods:
-                for sampler in samplers_of(exp, ds, method):
-                    todo = [n for n in ways
-                            if (ds.name, method, sampler, n, seed, split) not in done]
-                    if todo:
-                        plans.append((ds, root, seed, method, sampler, todo, ways))
+        for shots in exp.shots or [None]:
+            for seed in exp.seeds:
+                for method in exp.methods:
+                    for sampler in samplers_of(exp, ds, method):
+                        todo = [n for n in ways
+                                if (ds.name, method, sampler, n, seed, split, shots) not in done]
+                        if todo:
+                            plans.append((ds, root, seed, method, sampler, todo, ways, shots))
     total = sum(len(p[5]) for p in plans)
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
@@ -328,7 +345,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                disable=None if progress else True)
     clock = _Clock(total)
     prepared: dict[str, tuple] = {}
-    for ds, root, seed, method, sampler, todo, ways in plans:
+    for ds, root, seed, method, sampler, todo, ways, shots in plans:
         key = ds.name
         if key not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
@@ -355,7 +372,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         for unit in units:
             try:
                 for row in _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model,
-                                     dataset, inputs, pretrained, prompts, results, progress):
+                                     dataset, inputs, pretrained, prompts, results, progress,
+                                     shots):
                     if main:
                         log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name,
                                  name, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
@@ -401,7 +419,7 @@ class _Clock:
 
 
 def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, inputs,
-              pretrained, prompts, results, progress):
+              pretrained, prompts, results, progress, shots=None):
     """Train once (per task size for task-based methods), then meta-test every size in `unit`.
 
     A method trained once for every size trains exactly as in an uninterrupted grid (with the
@@ -411,8 +429,10 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
     """
     pretrained.restore()
     kind = registry.method_class(method)
-    config = run_config(exp, ds, method, seed, root,
-                        ways=unit[0] if kind.trains_per_ways else ways[0], sampler=sampler)
+    config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
+    if not is_fewshot(config.data.protocol):  # all-way protocols train with data.ways as set
+        config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
+                            ways=unit[0] if kind.trains_per_ways else ways[0])
     seed_everything(seed)
     inputs.generator.manual_seed(seed)
     train_info = {}
@@ -424,7 +444,7 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
     for n in unit:
-        config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler)
+        config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler, shots=shots)
         row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
         row.update(train_info)
         row.update({"experiment": exp.name, "experiment_dataset": ds.name})

@@ -17,13 +17,15 @@ from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
+from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
+from mamf.data.prompts import templates_tag
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
 from mamf.lock import exclusive
-from mamf.metatest import evaluation_tasks, meta_test, summarize
+from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.results import read_rows, row_key
@@ -65,7 +67,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template)
+                                config.data.template, config.data.templates)
     inputs = ModelInputs(model, dataset, device, config.precision,
                          config.train.freeze_image_backbone, config.train.freeze_text_tower,
                          config.train.crop_scale, seed=config.seed)
@@ -182,7 +184,14 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
 
 
 def ways_list(config: Config, n_classes: int, value) -> list[int]:
-    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep)."""
+    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep). The coop
+    and base2novel protocols classify all N classes at once: their only size is N."""
+    if is_fewshot(config.data.protocol):
+        if value not in (None, "") and str(value).strip().lower() not in ("all", "paper",
+                                                                           str(n_classes)):
+            raise MamfError(f"the {config.data.protocol} protocol classifies all {n_classes} "
+                            f"classes at once: drop --ways (got {shown(value)})")
+        return [n_classes]
     if value in (None, ""):
         return [config.data.ways]
     if isinstance(value, str) and value.strip().lower() in ("all", "paper"):
@@ -207,20 +216,31 @@ def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[in
     d = config.data
     if d.protocol == "episodic":
         return d.shots, d.queries
+    if is_fewshot(d.protocol):  # K shots; every image of the split is a query
+        return d.shots, sum(len(x) for x in image_split(dataset, split, d.split_file))
     sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
     return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
 
 
 def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
              ways: list[int] | None = None, run_dir: Path | None = None,
-             progress: bool = True) -> list[dict]:
-    """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
+             progress: bool = True, trained_by: str | None = None) -> list[dict]:
+    """Meta-test `method` for each task size; append one row per size to out/results.jsonl.
+
+    `trained_by`: the method that trained the run's weights, when another method (a baseline's
+    test time) scores them; the rows are then named `<trained_by>+<method>`."""
     out = Path(out)
     with main_only(exclusive(out)):
-        return _evaluate(config, out, method, model, ways, run_dir, progress)
+        return _evaluate(config, out, method, model, ways, run_dir, progress, trained_by)
 
 
-def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
+def row_method(method: str, trained_by: str | None) -> str:
+    """A row's method: the test-time method, prefixed by the one that trained the weights when
+    they differ (`mamf+tip-adapter`)."""
+    return method if trained_by in (None, method) else f"{trained_by}+{method}"
+
+
+def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[dict]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts."""
     if is_main():
@@ -234,21 +254,24 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
-        probe = {"dataset": dataset.name, "method": method, "model": config.model,
-                 "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
-                 "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
-                 "split": config.metatest.split, "sampler": trained_sampler(config, method)}
+        probe = {"dataset": dataset.name, "method": row_method(method, trained_by),
+                 "model": config.model, "run": str(run_dir) if run_dir else None,
+                 "protocol": config.data.protocol, "ways": n, "shots": shots,
+                 "queries": queries, "seed": config.seed, "split": config.metatest.split,
+                 "sampler": trained_sampler(config, trained_by or method)}
         done = finished.get(row_key(probe))
         if done is not None and done.get("config_id") == config_id(config):
-            log.info("%s %d-way seed %d is already in %s: skipped", method, n, config.seed,
-                     out / RESULTS)
+            log.info("%s %d-way seed %d is already in %s: skipped", probe["method"], n,
+                     config.seed, out / RESULTS)
             rows.append(done)
             continue
         if done is not None:
-            raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
+            raise MamfError(f"{out / RESULTS} already holds {probe['method']} {n}-way seed "
+                            f"{config.seed} "
                             f"on {dataset.name} ({config.metatest.split}) measured with other "
                             "settings: choose another --out")
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
+        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts,
+                                trained_by)
         row["run"] = probe["run"]
         if is_main():
             append_jsonl(out / RESULTS, row)
@@ -263,7 +286,7 @@ def trained_sampler(config: Config, method: str) -> str | None:
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
                       config: Config, method: str, ways: int, progress: bool = True,
-                      prompts: np.ndarray | None = None) -> dict:
+                      prompts: np.ndarray | None = None, trained_by: str | None = None) -> dict:
     """Meta-test one task size on an already prepared model; returns the results row.
 
     The row names the task sampler the method trained with (None for methods that draw no
@@ -275,13 +298,24 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
         prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
     started = time.perf_counter()
-    accs = meta_test(model, inputs, tasks, method, config, ways, progress)
+    adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
+    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
     mean, ci = summarize(accs)
+    extra = {}
+    if config.data.protocol == "base2novel":  # the tasks are base, then novel
+        mean, ci = harmonic_mean(*accs), 0.0
+        extra = {"base_acc": accs[0], "novel_acc": accs[1], "hm": mean}
     shots, queries = shots_queries(dataset, config, split)
-    return {"method": method, "model": config.model, "dataset": dataset.name,
+    combined = {"test_method": method, "trained_by": trained_by} \
+        if row_method(method, trained_by) != method else {}
+    return {"method": row_method(method, trained_by), **combined, "model": config.model,
+            "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
-            "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
+            "seed": config.seed, "split": split,
+            "sampler": trained_sampler(config, trained_by or method),
+            "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
             "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), "torch": torch.__version__}
+            "host": platform.node(), "torch": torch.__version__,
+            **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}

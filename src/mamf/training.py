@@ -37,8 +37,9 @@ class TrainResult:
 
 
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
-    d = config.data
-    return dataset.pool(d.protocol, "train", d.class_split, d.split_seed)
+    from mamf.data.fewshot import protocol_pool
+
+    return protocol_pool(dataset, config.data, "train", config.seed)
 
 
 def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs, pool: Pool,
