@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
-from mamf import distributed, methods
+from mamf import adapters, distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
@@ -57,10 +57,13 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     device = distributed.local_device(resolve_device(config.device))
     distributed.init(device)
     seed_everything(config.seed)
-    if model is None:
+    built = model is None
+    if built:
         model = build_model(config.model)
     if fresh:
         apply_heads(model, config)
+    if built and adapters.enabled(config.train):
+        adapters.attach(model, config.train, config.seed)
     model.to(device).eval()
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
@@ -78,12 +81,20 @@ def apply_heads(model: DualEncoder, config: Config) -> None:
         model.reset_heads(torch.Generator().manual_seed(config.seed))
 
 
+def weights_file(config: Config) -> str:
+    """A run's trained weights: the whole model, or with an adapter only what trained."""
+    return adapters.ADAPTER if adapters.enabled(config.train) else WEIGHTS
+
+
 def save_weights(model: DualEncoder, path: Path) -> None:
     """Written beside, fsynced, renamed over: the checkpoints are deleted right after."""
     tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         try:
-            save_model(model, str(tmp))
+            if path.name == adapters.ADAPTER:
+                save_file(adapters.trained_state(model), str(tmp))
+            else:
+                save_model(model, str(tmp))
             fsync_path(tmp)
             tmp.replace(path)
         except BaseException:
@@ -93,7 +104,8 @@ def save_weights(model: DualEncoder, path: Path) -> None:
 
 
 def train_run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`.
+    """Train `config.train.method`; writes model.safetensors (adapter.safetensors with an
+    adapter), config.yaml and train.json to `out`.
 
     Under torchrun every rank trains (data-parallel) and rank 0 alone writes.
     """
@@ -108,7 +120,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_bytes() != resolved.encode():
         raise MamfError(f"{out} holds a training run with other settings: choose another --out "
                         "(or delete it to start over)")
-    if (out / "train.json").is_file() and (out / WEIGHTS).is_file():
+    if (out / "train.json").is_file() and (out / weights_file(config)).is_file():
         log.info("%s is already trained with these settings; nothing to do", out)
         return read_summary(out / "train.json")
     if is_main():
@@ -128,7 +140,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
                "mean_loss_last_tenth": _mean_part(result.losses, first=False),
                "losses": result.losses}
     if is_main():
-        save_weights(model, out / WEIGHTS)
+        save_weights(model, out / weights_file(config))
         atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
         checkpointer.clear()
     return summary
@@ -167,10 +179,16 @@ def _mean_part(losses: list[float], first: bool) -> float:
 def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     """A trained run's resolved config and its model with the trained weights (safetensors only)."""
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
+    config = build_config(load_yaml(run_dir / RUN_CONFIG)) if (run_dir / RUN_CONFIG).is_file() \
+        else None
+    weights = weights_file(config) if config else WEIGHTS
+    if config is None or not (run_dir / weights).is_file():
         raise MamfError(f"{run_dir} is not a finished training run (needs {RUN_CONFIG} and "
-                        f"{WEIGHTS})")
-    config = build_config(load_yaml(run_dir / RUN_CONFIG))
+                        f"{weights})")
+    if adapters.enabled(config.train):
+        model = starting_model(config)
+        adapters.load_trained(model, run_dir / weights)
+        return config, model
     model = build_model(config.model)
     try:
         missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
@@ -179,6 +197,15 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     if missing or unexpected:
         raise MamfError(f"{run_dir / WEIGHTS} does not match model {config.model!r}")
     return config, model
+
+
+def starting_model(config: Config) -> DualEncoder:
+    """The model as training of `config` starts: built, heads as set, adapters attached."""
+    model = build_model(config.model)
+    apply_heads(model, config)
+    if adapters.enabled(config.train):
+        adapters.attach(model, config.train, config.seed)
+    return model
 
 
 def ways_list(config: Config, n_classes: int, value) -> list[int]:
