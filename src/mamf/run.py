@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from mamf.models.base import DualEncoder
 from mamf.results import read_rows, row_key
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
+from mamf.wiseft import Interpolation, alphas, starting_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,22 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+# settings added after rows were first written: at their defaults they hash as before, so older
+# results stay "the same settings"
+LATER_KEYS = {"data": ("train_match",),
+              "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")}
+
+
 def config_id(config: Config) -> str:
-    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
+    """The settings' hash. `metatest.interpolate` is left out (a row's `alpha` says which mix it
+    measured, and the other alphas do not change it), and so are LATER_KEYS at their defaults."""
+    settings, defaults = to_dict(config), to_dict(Config())
+    del settings["metatest"]["interpolate"]
+    for section, keys in LATER_KEYS.items():
+        for key in keys:
+            if settings[section][key] == defaults[section][key]:
+                del settings[section][key]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False):
@@ -249,10 +265,19 @@ def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None =
 
 def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
-    `task_similarity` is measured with the evaluated model's prompts."""
+    `task_similarity` is measured with the evaluated model's prompts. With
+    `metatest.interpolate`, a trained run is scored at each alpha (`mamf.wiseft`)."""
     if is_main():
         atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
+    mix = None
+    if alphas(config, method) != [None]:
+        if run_dir is None:
+            raise MamfError("metatest.interpolate mixes a trained run with its zero-shot start: "
+                            "evaluate a run folder (--run)")
+        start = starting_model(build_config(load_yaml(Path(run_dir) / RUN_CONFIG)))
+        mix = Interpolation(model, starting_weights(start))
+        del start
     # a measurement already in results.jsonl is not taken twice: same settings, it is skipped;
     # other settings under the same key would make two numbers of one cell, so that is refused
     finished = distributed.from_main({row_key(r): r for r in read_rows(out / RESULTS)}
@@ -261,25 +286,30 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
-        probe = {"dataset": dataset.name, "method": method, "model": config.model,
-                 "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
-                 "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
-                 "split": config.metatest.split, "sampler": trained_sampler(config, method)}
-        done = finished.get(row_key(probe))
-        if done is not None and done.get("config_id") == config_id(config):
-            log.info("%s %d-way seed %d is already in %s: skipped", method, n, config.seed,
-                     out / RESULTS)
-            rows.append(done)
-            continue
-        if done is not None:
-            raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
-                            f"on {dataset.name} ({config.metatest.split}) measured with other "
-                            "settings: choose another --out")
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
-        row["run"] = probe["run"]
-        if is_main():
-            append_jsonl(out / RESULTS, row)
-        rows.append(row)
+        for alpha in alphas(config, method):
+            probe = {"dataset": dataset.name, "method": method, "model": config.model,
+                     "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
+                     "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
+                     "split": config.metatest.split, "sampler": trained_sampler(config, method),
+                     "alpha": alpha}
+            at = "" if alpha is None else f" alpha {alpha}"
+            done = finished.get(row_key(probe))
+            if done is not None and done.get("config_id") == config_id(config):
+                log.info("%s %d-way seed %d%s is already in %s: skipped", method, n, config.seed,
+                         at, out / RESULTS)
+                rows.append(done)
+                continue
+            if done is not None:
+                raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed "
+                                f"{config.seed}{at} on {dataset.name} ({config.metatest.split}) "
+                                "measured with other settings: choose another --out")
+            with mix.at(alpha) if mix else contextlib.nullcontext():
+                row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
+                                        prompts, alpha)
+            row["run"] = probe["run"]
+            if is_main():
+                append_jsonl(out / RESULTS, row)
+            rows.append(row)
     return rows
 
 
@@ -290,8 +320,9 @@ def trained_sampler(config: Config, method: str) -> str | None:
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
                       config: Config, method: str, ways: int, progress: bool = True,
-                      prompts: np.ndarray | None = None) -> dict:
+                      prompts: np.ndarray | None = None, alpha: float | None = None) -> dict:
     """Meta-test one task size on an already prepared model; returns the results row.
+    `alpha`: the WiSE-FT mix the model holds now (`mamf.wiseft`), None for none.
 
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
@@ -308,7 +339,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     return {"method": method, "model": config.model, "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
             "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
-            "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
+            "alpha": alpha, "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), "torch": torch.__version__}

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-
 import torch
 
 from mamf import adapters, distributed, methods, samplers
