@@ -268,3 +268,28 @@ def test_experiment_rows_per_alpha_and_split_resume(colour_folder, tmp_path):
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     again = read_rows(out / "results.jsonl")
     assert {row_key(r): r["task_accs"] for r in again} == {row_key(r): r["task_accs"] for r in rows}
+
+
+def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
+    """Rows at several alphas get a figure per dataset; training-split rows a table; the main
+    table counts only the unmixed held-out rows."""
+    from mamf.report import write_report
+
+    def row(method, split, alpha, acc):
+        return {"dataset": "d", "method": method, "model": "m", "protocol": "paper", "ways": 2,
+                "shots": 1, "queries": 1, "seed": 1, "split": split, "alpha": alpha,
+                "n_tasks": 2, "task_accs": [acc, acc], "acc_mean": acc, "acc_ci95": 0.0}
+
+    rows = [row("zeroshot", "test", None, 0.5), row("zeroshot", "train", None, 0.5)]
+    for alpha, acc in ((0.0, 0.5), (0.5, 0.75), (1.0, 0.7)):
+        rows += [row("classical", "test", alpha, acc), row("classical", "train", alpha, 1.0)]
+    paths = write_report(rows, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "alpha-d" in paths and paths["alpha-d"].is_file()
+    assert "## Training-split against test-split tasks" in text
+    assert "| d | classical FT | 1.000 ± 0.000 | 0.700 ± 0.000 | +0.300 |" in text
+    assert "0.700" in text.split("## Accuracy")[1].split("\n\n")[1]  # alpha 1 in the main table
+    assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
+    plain = write_report([r for r in rows if r["alpha"] in (None, 1.0) and r["split"] == "test"],
+                         tmp_path / "plain")
+    assert not any(k.startswith("alpha-") for k in plain)

@@ -481,18 +481,24 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
 
 def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dict[str, Path]:
     """report.md, report.html (figures embedded) and the PNGs, in `out`."""
+    from mamf.report_overfitting import main_rows, overfitting_sections
     from mamf.report_samplers import baseline_rows, samplers_section
 
-    rows, every_row = baseline_rows(rows), rows  # the paper's tables: uniform sampling
+    every_row = rows
+    # the paper's tables: uniform sampling, held-out tasks, the trained weights unmixed
+    rows = main_rows(baseline_rows(rows))
     out = Path(out)
     figures = out / "figures"
+    overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
     pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
     for d in _ordered(rows)[0]:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
         pngs[f"curve-{safe}"] = curve_figure(rows, d, figures / f"curve-{safe}.png")
     if claim2(rows):
         pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
-    text = report_markdown(rows, title, pngs, samplers_section(every_row))
+    pngs.update(overfitting_pngs)
+    extra = samplers_section(main_rows(every_row)) + ([""] if overfitting else []) + overfitting
+    text = report_markdown(rows, title, pngs, extra)
     atomic_write_text(out / "report.md", text)
     images = {f"figures/{p.name}": p.read_bytes() for p in pngs.values()}
     atomic_write_text(out / "report.html", markdown_html(text, title, images))
