@@ -293,3 +293,20 @@ def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
     plain = write_report([r for r in rows if r["alpha"] in (None, 1.0) and r["split"] == "test"],
                          tmp_path / "plain")
     assert not any(k.startswith("alpha-") for k in plain)
+
+
+@pytest.mark.slow
+def test_effnet_minilm_defaults_attach_and_start_as_built():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from mamf.config import TrainConfig
+    from mamf.models.effnet_minilm import build as build_effnet
+
+    model, x = build_effnet(), torch.randint(0, 255, (2, 224, 224, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        before = model.encode_images(model.preprocess(x))
+    adapters.attach(model, TrainConfig(adapter="lora"), seed=1)
+    with torch.no_grad():
+        assert torch.equal(before, model.encode_images(model.preprocess(x)))
+    layers = {n.split(".lora_")[0].split(".")[-1] for n, p in model.named_parameters()
+              if p.requires_grad and ".lora_" in n}
+    assert layers == {"query", "key", "value", "_fc"}

@@ -35,10 +35,11 @@ def enabled(train: TrainConfig) -> bool:
 
 
 def _adaptable(module: nn.Module) -> bool:
-    """peft's LoRA takes linear layers and convolutions; a 1x1 one keeps its padding rules out."""
+    """peft's LoRA takes linear layers and convolutions; it builds A and B as the layer's own
+    class, so a convolution must be a plain 1x1 `nn.Conv2d` (no padding rules of its own)."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    return type(module) is nn.Conv2d and module.kernel_size == (1, 1) and module.groups == 1
 
 
 def target_names(model: DualEncoder, train: TrainConfig) -> list[str]:

@@ -63,9 +63,10 @@ class EffnetMiniLM(DualEncoder):
     # ratio e^0.17) far better than with the torchvision ImageNet mean/std (0.29 sd, e^1.77).
     image_mean = (127.0 / 255.0,) * 3
     image_std = (128.0 / 255.0,) * 3
-    # text: the attention's query, key and value (as CLIP-LoRA); image (a CNN, no attention):
-    # the 1x1 projection convolution that closes each of the 16 MBConv blocks
-    lora_targets = ("query", "key", "value", "_project_conv")
+    # text: the attention's query, key and value (as CLIP-LoRA); image (a CNN, no attention,
+    # its convolutions pad in their own class, which peft cannot rebuild): the 1280 -> 1000
+    # ImageNet classifier whose softmax the ConSE embedding mixes W by
+    lora_targets = ("query", "key", "value", "_fc")
 
     def __init__(self, effnet: nn.Module, text_model: nn.Module, tokenizer,
                  class_embeddings: torch.Tensor):
