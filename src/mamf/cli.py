@@ -97,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help=f"evaluate this model zero-shot ({models})")
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
     ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1)")
-    ev.add_argument("--split", choices=["dev", "test"], help="default test")
+    ev.add_argument("--split", choices=["train", "dev", "test"],
+                    help="default test; train: tasks from the training split (overfitting)")
     ev.add_argument("--method", choices=methods.names(),
                     help="the test-time method: with --model one that does not train (default "
                     "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "

@@ -41,6 +41,8 @@ class DataConfig:
     query_match: str | None = None
     # coop and base2novel: a CoOp split file (split_zhou_<Dataset>.json); else 60/20/20 per class
     split_file: str | None = None
+    # training uses only images whose file name contains this (e.g. one emoji vendor's set)
+    train_match: str | None = None
 
 
 @dataclass
@@ -75,6 +77,14 @@ class TrainConfig:
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
     # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
     parallel: str = "ddp"
+    # low-rank adapters (peft's LoRA) instead of full fine-tuning: only the adapters, the logit
+    # scale and (with heads=random) the fresh heads train; lora_targets empty = the model's own
+    # defaults (docs/method.md, "LoRA")
+    adapter: str = "none"
+    lora_rank: int = 2
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -91,6 +101,9 @@ class MetaTestConfig:
     inner_lr: float = 1e-7
     inner_epochs: int = 1
     inner_batch_size: int = 8
+    # WiSE-FT: score (1 - alpha) * zero-shot + alpha * trained weights, one row per alpha;
+    # empty: the trained weights as they are (rows carry alpha null)
+    interpolate: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -131,13 +144,14 @@ CHOICES = {
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
     "train.parallel": ("ddp", "fsdp"),
-    "metatest.split": ("dev", "test"),
+    "metatest.split": ("train", "dev", "test"),
+    "train.adapter": ("none", "lora"),
     "device": ("auto", "cpu", "cuda") ,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
-            "train.meta_batch", "train.inner_batch_size",
+            "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
             "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
@@ -149,7 +163,8 @@ NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay"
                 "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs",
                 "baseline.probe_steps", "baseline.probe_lr", "baseline.probe_weight_decay",
                 "baseline.prototype_mix", "baseline.tip_f_epochs", "baseline.tip_f_lr",
-                "baseline.tip_f_alpha", "baseline.tip_f_beta"}
+                "baseline.tip_f_alpha", "baseline.tip_f_beta",
+                "train.lora_dropout"}
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
@@ -296,6 +311,20 @@ def validate(config: Config) -> Config:
     if not b.tip_alphas or not b.tip_betas or min(b.tip_alphas + b.tip_betas) < 0:
         raise MamfError("config baseline.tip_alphas and tip_betas must be non-empty lists of "
                         "numbers >= 0")
+    if config.train.adapter != "none" and config.train.parallel == "fsdp":
+        raise MamfError("train.adapter=lora cannot go with train.parallel=fsdp: adapters train "
+                        "few enough values for ddp")
+    if config.train.lora_dropout >= 1:
+        raise MamfError("config train.lora_dropout is a dropout probability, below 1")
+    if not all(0 <= a <= 1 for a in config.metatest.interpolate):
+        raise MamfError(f"config metatest.interpolate holds weights of the trained model, each "
+                        f"in [0, 1]; got {shown(config.metatest.interpolate)}")
+    if len(set(config.metatest.interpolate)) != len(config.metatest.interpolate):
+        raise MamfError("config metatest.interpolate lists an alpha twice")
+    if config.data.train_match == "":
+        raise MamfError("config data.train_match must not be empty (it would match every file)")
+    if not all(t.strip() for t in config.train.lora_targets):
+        raise MamfError("config train.lora_targets must hold layer names, not empty strings")
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config

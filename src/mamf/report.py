@@ -491,11 +491,15 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
 def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dict[str, Path]:
     """report.md, report.html (figures embedded) and the PNGs, in `out`."""
     from mamf.report_fewshot import fewshot_section
+    from mamf.report_overfitting import main_rows, overfitting_sections
     from mamf.report_samplers import baseline_rows, samplers_section
 
-    rows, every_row = baseline_rows(rows), rows  # the paper's tables: uniform sampling
+    every_row = rows
+    # the paper's tables: uniform sampling, held-out tasks, the trained weights unmixed
+    rows = main_rows(baseline_rows(rows))
     out = Path(out)
     figures = out / "figures"
+    overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
     fewshot, fewshot_pngs = fewshot_section(rows, figures)
     rows = pooled_rows(rows)
     if not rows:  # base2novel alone: its own section is the report
@@ -511,7 +515,10 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dic
     if claim2(rows):
         pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
     pngs.update(fewshot_pngs)
-    text = report_markdown(rows, title, pngs, samplers_section(every_row) + fewshot)
+    pngs.update(overfitting_pngs)
+    extra = samplers_section(main_rows(every_row)) + fewshot + \
+        ([""] if overfitting else []) + overfitting
+    text = report_markdown(rows, title, pngs, extra)
     atomic_write_text(out / "report.md", text)
     images = {f"figures/{p.name}": p.read_bytes() for p in pngs.values()}
     atomic_write_text(out / "report.html", markdown_html(text, title, images))
