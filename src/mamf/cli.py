@@ -412,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.shutdown(ok)
+        progress.set_quiet(False)  # main() may be called again in this process (tests, scripts)
     return 0
 
 
