@@ -90,7 +90,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
         raise MamfError(f"unknown experiment key(s) {', '.join(map(shown, unknown[:3]))} "
                         f"(known: {', '.join(sorted(TOP_KEYS))})")
     known = registry.names()
-    methods = raw.get("methods", list(known))
+    methods = raw.get("methods", [m for m in known if not registry.method_class(m).baseline])
     if not isinstance(methods, list) or not methods:
         raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
     bad = [m for m in methods if not isinstance(m, str) or m not in known]

@@ -92,6 +92,9 @@ class Method:
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch
+    # a test-time baseline (docs/method.md, "Baselines"): an experiment runs it only when it
+    # names it; a grid with no `methods` list runs the paper's methods
+    baseline: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         self.config = config

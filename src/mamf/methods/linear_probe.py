@@ -41,6 +41,7 @@ class LinearProbe(Method):
     colour = "#e377c2"
     order = 11
     trains = False
+    baseline = True
 
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline

@@ -32,6 +32,7 @@ class Prototype(Method):
     colour = "#8c564b"
     order = 10
     trains = False
+    baseline = True
 
     def adapt(self, model, inputs, task, rng) -> None:
         self.task = embed_task(model, inputs, task)

@@ -61,6 +61,7 @@ class TipAdapter(Method):
     colour = "#17becf"
     order = 12
     trains = False
+    baseline = True
     tunes_on_dev = True
 
     def __init__(self, config):
