@@ -65,7 +65,7 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, colour_folder):
     ({"datasets": {"a": {}}}, "exactly one of 'root'"),
     ({"datasets": {"a": {"root": "x", "settings": {"train": {"lr": "x"}}}}}, "train.lr"),
     ({"datasets": {"a": {"root": "x"}}, "method_settings": {"mamf": {"data": {}}}},
-     "only hold train and metatest"),
+     "only hold train, metatest and baseline"),
 ])
 def test_bad_experiment_files_are_refused(raw, message):
     with pytest.raises(MamfError, match=message):
@@ -141,3 +141,10 @@ def test_a_grid_killed_between_any_two_rows_resumes_to_the_same_rows(tmp_path, c
         resumed = run_experiment(exp, out, progress=False)
         assert [_measurement(r) for r in resumed] == [_measurement(r) for r in full], (
             f"resumed after {k} rows: {json.dumps(_measurement(resumed[k]))[:200]}")
+
+
+def test_a_grid_without_a_methods_list_runs_the_papers_methods_not_the_baselines():
+    exp = parse_experiment({"datasets": {"a": {"root": "x"}}})
+    assert exp.methods == ["zeroshot", "classical", "mamf", "fomaml"]
+    named = parse_experiment({"datasets": {"a": {"root": "x"}}, "methods": ["tip-adapter"]})
+    assert named.methods == ["tip-adapter"]

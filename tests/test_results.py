@@ -32,9 +32,10 @@ def dumps(obj) -> bytes:
 def test_a_written_row_is_valid_and_its_key_names_the_measurement():
     r = row()
     assert valid_row(r)
-    # a MAMF row from before rows named their sampler was drawn uniformly
+    # a MAMF row from before rows named their sampler was drawn uniformly; one from before
+    # WiSE-FT scored the trained weights (alpha None)
     assert row_key(r) == ("colours", "mamf", "tiny-random-clip", None, "paper", 3, 2, 2, 312,
-                          "test", "uniform")
+                          "test", "uniform", None)
     assert row_key(row(sampler="uniform")) == row_key(r)
     assert row_key(row(sampler="similar")) != row_key(r)  # another sampler, another measurement
     assert len(row_key(r)) == len(KEY_FIELDS)

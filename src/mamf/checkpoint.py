@@ -45,6 +45,8 @@ class Resume:
     optimizer_state: dict
     stream_state: dict
     generator_state: torch.Tensor
+    # torch's global CPU generator (LoRA dropout draws from it); None in older checkpoints
+    global_generator_state: torch.Tensor | None = None
 
 
 class Checkpointer:
@@ -73,6 +75,7 @@ class Checkpointer:
                     scalars[f"{index}.{key}"] = value
         meta = {"step": step, "losses": losses, "stream_state": stream_state,
                 "generator_state": generator.get_state().tolist(),
+                "global_generator_state": torch.get_rng_state().tolist(),
                 "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars}
         with writing(self.folder):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -132,7 +135,12 @@ class Checkpointer:
                                     "'<parameter index>.<name>'")
             state.setdefault(int(index), {})[name] = value
         optimizer_state = {"state": state, "param_groups": meta["param_groups"]}
-        return Resume(step, losses, optimizer_state, stream_state, generator_state)
+        global_state = None
+        if "global_generator_state" in meta:
+            global_state = _generator_state(meta["global_generator_state"])
+            if global_state is None:
+                raise self._damaged(f"{folder.name}/{STATE} holds no valid torch generator state")
+        return Resume(step, losses, optimizer_state, stream_state, generator_state, global_state)
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict,
                        load: Callable[[dict], None] | None = None) -> None:

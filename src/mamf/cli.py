@@ -18,7 +18,7 @@ COMMON_FLAGS = {
     "model": "model", "seed": "seed", "device": "device", "precision": "precision",
     "data": "data.root", "subdataset": "data.subdataset", "template": "data.template",
     "protocol": "data.protocol", "shots": "data.shots", "queries": "data.queries",
-    "tasks": "data.tasks",
+    "tasks": "data.tasks", "split_file": "data.split_file",
 }
 TRAIN_FLAGS = {
     "method": "train.method", "sampler": "train.sampler", "lr": "train.lr",
@@ -38,11 +38,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subdataset", help="which subdataset of a nested folder")
     p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
                    "{label}.'); a label_to_text.json beside the data wins")
-    p.add_argument("--protocol", choices=["paper", "episodic"],
+    p.add_argument("--protocol", choices=["paper", "episodic", "coop", "base2novel"],
                    help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
-                   "class-disjoint splits, N-way K-shot episodes")
+                   "class-disjoint splits, N-way K-shot episodes; coop: all-way, --shots K "
+                   "training images per class drawn by --seed, the whole test split scored; "
+                   "base2novel: coop on the first half of the classes, tested on both halves")
+    p.add_argument("--split-file", help="coop/base2novel: a CoOp split file "
+                   "(split_zhou_<Dataset>.json) instead of the 60/20/20 per-class split")
     p.add_argument("--seed", type=int, help="seed for tasks, training and adaptation (default 312)")
-    p.add_argument("--shots", type=int, help="episodic: support images per class")
+    p.add_argument("--shots", type=int, help="episodic: support images per class; coop, "
+                   "base2novel: training shots per class")
     p.add_argument("--queries", type=int, help="episodic: query images per class")
     p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
@@ -92,7 +97,12 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help=f"evaluate this model zero-shot ({models})")
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
     ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1)")
-    ev.add_argument("--split", choices=["dev", "test"], help="default test")
+    ev.add_argument("--split", choices=["train", "dev", "test"],
+                    help="default test; train: tasks from the training split (overfitting)")
+    ev.add_argument("--method", choices=methods.names(),
+                    help="the test-time method: with --model one that does not train (default "
+                    "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "
+                    "does not train, scoring the trained weights")
     _common(ev)
 
     ex = sub.add_parser("experiment", help="run a grid of experiments from a YAML file, resumably",
@@ -182,10 +192,16 @@ def cmd_evaluate(args) -> None:
     from mamf.methods import names
     from mamf.run import evaluate, load_run, ways_list
 
-    model, method, run_dir = None, names(trained=False)[0], None
+    model, method, run_dir, trained_by = None, args.method or names(trained=False)[0], None, None
+    test_time = names(trained=False)
+    if args.method and args.method not in test_time and (
+            not args.run or args.method != _run_method(Path(args.run))):
+        raise MamfError(f"--method {args.method} trains: evaluate a run it trained with --run, "
+                        f"or pick a test-time method ({', '.join(test_time)})")
     if args.run:
         run_config, model = load_run(Path(args.run))
-        method, run_dir = run_config.train.method, Path(args.run)
+        run_dir, trained_by = Path(args.run), run_config.train.method
+        method = args.method or trained_by
         config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS}, to_dict(run_config))
         if config.model != run_config.model:
             raise MamfError("--model cannot change the model of a trained --run")
@@ -198,7 +214,7 @@ def cmd_evaluate(args) -> None:
     n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
     ways = ways_list(config, n_classes, args.ways)
     rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
-                    progress=not args.quiet)
+                    progress=not args.quiet, trained_by=trained_by)
     if not _is_main():
         return
     for r in rows:
@@ -206,6 +222,17 @@ def cmd_evaluate(args) -> None:
               f"{r['split']}: acc {r['acc_mean']:.4f} +- {r['acc_ci95']:.4f} "
               f"over {r['n_tasks']} tasks")
     print(f"results appended to {Path(args.out) / 'results.jsonl'}")
+
+
+def _run_method(run_dir: Path) -> str | None:
+    """The method a run folder was trained with (None where its config cannot be read: loading
+    the run then says why)."""
+    from mamf.run import RUN_CONFIG
+
+    try:
+        return load_yaml(run_dir / RUN_CONFIG).get("train", {}).get("method")
+    except (MamfError, AttributeError):
+        return None
 
 
 def cmd_models(args) -> None:
@@ -239,17 +266,24 @@ def cmd_experiment(args) -> None:
 
 
 def _summarise(rows: list[dict], out: Path, title: str) -> None:
-    from mamf.report import comparison_note, settings_line, summary_table, write_report
+    from mamf.report import (
+        comparison_note,
+        pooled_rows,
+        settings_line,
+        summary_table,
+        write_report,
+    )
     from mamf.report_samplers import baseline_rows
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
-    baseline = baseline_rows(rows)  # the paper's tables read uniform task sampling
-    print(summary_table(baseline))
-    note = comparison_note(baseline)
-    if note:
-        print(f"\n{note}")
-    print(f"\n({settings_line(baseline)})")
+    baseline = pooled_rows(baseline_rows(rows))  # the paper's tables read uniform task sampling
+    if baseline:
+        print(summary_table(baseline))
+        note = comparison_note(baseline)
+        if note:
+            print(f"\n{note}")
+        print(f"\n({settings_line(baseline)})")
     files = write_report(rows, out, title)
     print(f"results: {out / 'results.jsonl'}")
     print(f"report: {files['md']} and {files['html']}; figure: {files['summary']}")

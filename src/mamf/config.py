@@ -26,6 +26,9 @@ class DataConfig:
     root: str = ""
     subdataset: str | None = None
     template: str = "A photo of a {label}."
+    # a prompt ensemble instead of `template`: templates with {label} (or {}), or one set's name
+    # (imagenet: CLIP's 80 ImageNet templates); class embedding = mean of the normalised ones
+    templates: list[str] | None = None
     protocol: str = "paper"
     ways: int = 5
     start_n: int = 2
@@ -36,6 +39,10 @@ class DataConfig:
     split_seed: int = 0
     support_match: str | None = None
     query_match: str | None = None
+    # coop and base2novel: a CoOp split file (split_zhou_<Dataset>.json); else 60/20/20 per class
+    split_file: str | None = None
+    # training uses only images whose file name contains this (e.g. one emoji vendor's set)
+    train_match: str | None = None
 
 
 @dataclass
@@ -70,6 +77,14 @@ class TrainConfig:
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
     # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
     parallel: str = "ddp"
+    # low-rank adapters (peft's LoRA) instead of full fine-tuning: only the adapters, the logit
+    # scale and (with heads=random) the fresh heads train; lora_targets empty = the model's own
+    # defaults (docs/method.md, "LoRA")
+    adapter: str = "none"
+    lora_rank: int = 2
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +101,29 @@ class MetaTestConfig:
     inner_lr: float = 1e-7
     inner_epochs: int = 1
     inner_batch_size: int = 8
+    # WiSE-FT: score (1 - alpha) * zero-shot + alpha * trained weights, one row per alpha;
+    # empty: the trained weights as they are (rows carry alpha null)
+    interpolate: list[float] = field(default_factory=list)
+
+
+@dataclass
+class BaselineConfig:
+    """The test-time baselines' settings (docs/method.md, "Baselines")."""
+
+    # linear-probe: full-batch Adam steps on the support set, from the class prompts' embeddings
+    probe_steps: int = 100
+    probe_lr: float = 1e-3
+    probe_weight_decay: float = 0.0
+    # prototype: weight of the support mean against the prompt embedding (1: nearest mean only)
+    prototype_mix: float = 0.5
+    # tip-adapter(-f): the alpha x beta grid searched on dev-split tasks (never test ones)
+    tip_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0])
+    tip_betas: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 7.0])
+    # tip-adapter-f: fine-tuning of the cache keys on the support set (the paper's defaults)
+    tip_f_epochs: int = 20
+    tip_f_lr: float = 1e-3
+    tip_f_alpha: float = 1.0
+    tip_f_beta: float = 1.0
 
 
 @dataclass
@@ -97,21 +135,23 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
 
 CHOICES = {
-    "data.protocol": ("paper", "episodic"),
+    "data.protocol": ("paper", "episodic", "coop", "base2novel"),
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
     "train.parallel": ("ddp", "fsdp"),
-    "metatest.split": ("dev", "test"),
+    "metatest.split": ("train", "dev", "test"),
+    "train.adapter": ("none", "lora"),
     "device": ("auto", "cpu", "cuda") ,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
-            "train.meta_batch", "train.inner_batch_size",
+            "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
             "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
@@ -120,7 +160,11 @@ SEEDS = ("seed", "data.split_seed")
 MAX_SEED = 2**63 - 1
 NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay",
                 "train.sampler_discount", "train.sampler_scale", "metatest.lr",
-                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs"}
+                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs",
+                "baseline.probe_steps", "baseline.probe_lr", "baseline.probe_weight_decay",
+                "baseline.prototype_mix", "baseline.tip_f_epochs", "baseline.tip_f_lr",
+                "baseline.tip_f_alpha", "baseline.tip_f_beta",
+                "train.lora_dropout"}
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
@@ -261,6 +305,26 @@ def validate(config: Config) -> Config:
         raise MamfError("config train.sampler_discount is the share of a potential kept, at most 1")
     if config.train.crop_scale > 1:
         raise MamfError("config train.crop_scale is the smallest crop area fraction, at most 1")
+    if config.baseline.prototype_mix > 1:
+        raise MamfError("config baseline.prototype_mix is the support mean's weight, at most 1")
+    b = config.baseline
+    if not b.tip_alphas or not b.tip_betas or min(b.tip_alphas + b.tip_betas) < 0:
+        raise MamfError("config baseline.tip_alphas and tip_betas must be non-empty lists of "
+                        "numbers >= 0")
+    if config.train.adapter != "none" and config.train.parallel == "fsdp":
+        raise MamfError("train.adapter=lora cannot go with train.parallel=fsdp: adapters train "
+                        "few enough values for ddp")
+    if config.train.lora_dropout >= 1:
+        raise MamfError("config train.lora_dropout is a dropout probability, below 1")
+    if not all(0 <= a <= 1 for a in config.metatest.interpolate):
+        raise MamfError(f"config metatest.interpolate holds weights of the trained model, each "
+                        f"in [0, 1]; got {shown(config.metatest.interpolate)}")
+    if len(set(config.metatest.interpolate)) != len(config.metatest.interpolate):
+        raise MamfError("config metatest.interpolate lists an alpha twice")
+    if config.data.train_match == "":
+        raise MamfError("config data.train_match must not be empty (it would match every file)")
+    if not all(t.strip() for t in config.train.lora_targets):
+        raise MamfError("config train.lora_targets must hold layer names, not empty strings")
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config

@@ -22,26 +22,31 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf import distributed, samplers
+from mamf import adapters, distributed, samplers
 from mamf import methods as registry
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
+from mamf.data.fewshot import is_fewshot
+from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
-from mamf.results import read_rows, row_sampler
+from mamf.results import read_rows, row_alpha, row_sampler
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
+from mamf.wiseft import Interpolation, alphas, starting_weights
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision"}
+            "datasets", "device", "precision", "shots", "splits"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
-METHOD_SECTIONS = {"train", "metatest"}
+METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
-CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
+# the model and its caches are prepared once per dataset: what they depend on is not per method
+CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads", "adapter", "lora_rank",
+              "lora_alpha", "lora_dropout", "lora_targets"}
 MAX_WAYS = AT_MOST["data.ways"]
 
 
@@ -68,6 +73,8 @@ class Experiment:
     precision: str = "auto"
     source: Path | None = None
     samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
+    shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
+    splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -83,7 +90,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
         raise MamfError(f"unknown experiment key(s) {', '.join(map(shown, unknown[:3]))} "
                         f"(known: {', '.join(sorted(TOP_KEYS))})")
     known = registry.names()
-    methods = raw.get("methods", list(known))
+    methods = raw.get("methods", [m for m in known if not registry.method_class(m).baseline])
     if not isinstance(methods, list) or not methods:
         raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
     bad = [m for m in methods if not isinstance(m, str) or m not in known]
@@ -102,6 +109,20 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
                             f": use {', '.join(samplers.names())}")
         _refuse_duplicates(sampler_axis, "experiment 'samplers'")
+    shots = raw.get("shots")
+    if shots is not None:
+        if not isinstance(shots, list) or not shots or \
+                not all(_is_int(k) and 1 <= k <= AT_MOST["data.shots"] for k in shots):
+            raise MamfError(f"experiment 'shots' must be a list of positive integers, got "
+                            f"{shown(shots)}")
+        _refuse_duplicates(shots, "experiment 'shots'")
+    splits = raw.get("splits")
+    if splits is not None:
+        if not isinstance(splits, list) or not splits or \
+                not all(isinstance(x, str) and x in SPLITS for x in splits):
+            raise MamfError(f"experiment 'splits' must be a non-empty list of {', '.join(SPLITS)}"
+                            f", got {shown(splits)}")
+        _refuse_duplicates(splits, "experiment 'splits'")
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -116,7 +137,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"method_settings names unknown method {shown(m)}")
         s = _mapping(s, f"method_settings.{m}")
         if set(s) - METHOD_SECTIONS:
-            raise MamfError(f"method_settings.{m} may only hold train and metatest sections")
+            raise MamfError(f"method_settings.{m} may only hold train, metatest and baseline sections")
         for section in s:
             _mapping(s[section], f"method_settings.{m}.{section}")
         if CACHE_KEYS & set(s.get("train") or {}):
@@ -130,11 +151,16 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _text(raw, "model", "effnet-minilm"), methods, seeds,
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
-                     source, sampler_axis)
+                     source, sampler_axis, shots, splits)
     for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
-                run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler)
+                for split in exp.splits or [None]:
+                    config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,
+                                        split=split)
+                    if shots and config.data.protocol == "paper":
+                        raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
+                                        "with set shots (episodic, coop, base2novel), not paper")
     return exp
 
 
@@ -225,7 +251,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
-               ways: int | None = None, sampler: str | None = None) -> Config:
+               ways: int | None = None, sampler: str | None = None,
+               shots: int | None = None, split: str | None = None) -> Config:
     merged = deep_merge(exp.settings, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
@@ -236,6 +263,10 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
         merged = deep_merge(merged, {"data": {"ways": ways}})
     if sampler is not None:
         merged = deep_merge(merged, {"train": {"sampler": sampler}})
+    if shots is not None:
+        merged = deep_merge(merged, {"data": {"shots": shots}})
+    if split is not None:
+        merged = deep_merge(merged, {"metatest": {"split": split}})
     try:
         return build_config(merged)
     except MamfError as e:
@@ -252,9 +283,22 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
     return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
 
 
-def row_key(row: dict) -> tuple:
+def row_key(row: dict, by_shots: bool = False) -> tuple:
+    """A grid cell; `by_shots`: the grid has a shots axis, so the row's shots are part of it."""
     return (row.get("experiment_dataset", row["dataset"]), row["method"], row_sampler(row),
-            row["ways"], row["seed"], row["split"])
+            row["ways"], row["seed"], row["split"], row_alpha(row),
+            row["shots"] if by_shots else None)
+
+
+def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
+          sampler: str | None) -> list[tuple[str, float | None]]:
+    """The (split, alpha) rows each task size of a method gets: the splits axis (or
+    metatest.split) times its alphas (`mamf.wiseft.alphas`)."""
+    out = []
+    for split in exp.splits or [None]:
+        config = run_config(exp, ds, method, seed, root, sampler=sampler, split=split)
+        out += [(config.metatest.split, a) for a in alphas(config, method)]
+    return out
 
 
 def dataset_root(ds: DatasetSpec, out: Path) -> str:
@@ -296,7 +340,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                         "kept, missing ones are computed with the new settings", out)
         if main:
             atomic_write_bytes(previous, text)
-    done = {row_key(r) for r in rows}
+    done = {row_key(r, bool(exp.shots)) for r in rows}
     plans = []
     for ds in exp.datasets:
         try:
@@ -311,15 +355,19 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             log.error("dataset %s skipped: %s", ds.name, e)
             _failure(out, {"dataset": ds.name, "error": str(e)})
             continue
-        split = base.metatest.split
-        for seed in exp.seeds:
-            for method in exp.methods:
-                for sampler in samplers_of(exp, ds, method):
-                    todo = [n for n in ways
-                            if (ds.name, method, sampler, n, seed, split) not in done]
-                    if todo:
-                        plans.append((ds, root, seed, method, sampler, todo, ways))
-    total = sum(len(p[5]) for p in plans)
+        for shots in exp.shots or [None]:
+            for seed in exp.seeds:
+                for method in exp.methods:
+                    for sampler in samplers_of(exp, ds, method):
+                        missing = [(n, split, alpha) for n in ways
+                                   for split, alpha in cells(exp, ds, root, method, seed, sampler)
+                                   if (ds.name, method, sampler, n, seed, split, alpha, shots)
+                                   not in done]
+                        todo = sorted({n for n, _, _ in missing}, key=ways.index)
+                        if todo:
+                            plans.append((ds, root, seed, method, sampler, todo, ways, missing,
+                                          shots))
+    total = sum(len(p[7]) for p in plans)
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
         return rows
@@ -328,7 +376,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                disable=None if progress else True)
     clock = _Clock(total)
     prepared: dict[str, tuple] = {}
-    for ds, root, seed, method, sampler, todo, ways in plans:
+    for ds, root, seed, method, sampler, todo, ways, missing, shots in plans:
         key = ds.name
         if key not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
@@ -346,20 +394,26 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             except MamfError as e:
                 log.error("dataset %s skipped: %s", ds.name, e)
                 _failure(out, {"dataset": ds.name, "error": str(e)})
-                bar.update(len(todo))
+                bar.update(len(missing))
                 continue
         model, dataset, inputs, pretrained, prompts = prepared[key]
         per_ways = registry.method_class(method).trains_per_ways
         units = [[n] for n in todo] if per_ways else [todo]
         name = method if sampler is None else f"{method} ({sampler})"
         for unit in units:
+            left = sum(1 for n, _, _ in missing if n in unit)
             try:
                 for row in _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model,
-                                     dataset, inputs, pretrained, prompts, results, progress):
+                                     dataset, inputs, pretrained, prompts, results, progress,
+                                     done, shots):
+                    left -= 1
+                    bar.update(1)
                     if main:
-                        log.info("%s %s %s-way seed %d: %.3f ± %.3f  [%s]", ds.name,
-                                 name, row["ways"], seed, row["acc_mean"], row["acc_ci95"],
-                                 clock.tick())
+                        at = (f" {row['split']}" if exp.splits else "") + \
+                            ("" if row["alpha"] is None else f" alpha {row['alpha']}")
+                        log.info("%s %s %s-way seed %d%s: %.3f ± %.3f  [%s]", ds.name,
+                                 name, row["ways"], seed, at, row["acc_mean"],
+                                 row["acc_ci95"], clock.tick())
             except MamfError as e:
                 log.error("%s %s seed %d ways %s failed: %s", ds.name, name, seed, unit, e)
                 _failure(out, {"dataset": ds.name, "method": method, "sampler": sampler,
@@ -371,7 +425,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                 _failure(out, {"dataset": ds.name, "method": method, "sampler": sampler,
                                "seed": seed, "ways": unit, "error": repr(e),
                                "traceback": traceback.format_exc()})
-            bar.update(len(unit))
+            bar.update(left)  # rows a failure left undone
     bar.close()
     return distributed.from_main(read_rows(results) if main else None)
 
@@ -401,39 +455,57 @@ class _Clock:
 
 
 def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, inputs,
-              pretrained, prompts, results, progress):
-    """Train once (per task size for task-based methods), then meta-test every size in `unit`.
+              pretrained, prompts, results, progress, done=frozenset(), shots=None):
+    """Train once (per task size for task-based methods), then meta-test every size in `unit`
+    on each (split, alpha) not in `done`; `shots`: the grid's shots axis value, if it has one.
 
     A method trained once for every size trains exactly as in an uninterrupted grid (with the
     first of the dataset's sizes, `ways[0]`), however many of its rows are already done, and
-    random heads are drawn from the unit's seed: a resumed grid writes the rows of a whole one.
-    `prompts`: the dataset's prompt embeddings under the pretrained model (`task_similarity`).
+    random heads and adapters are drawn from the unit's seed: a resumed grid writes the rows of
+    a whole one. `prompts`: the dataset's prompt embeddings under the pretrained model
+    (`task_similarity`). WiSE-FT's zero-shot weights are the model as this unit's training starts.
     """
     pretrained.restore()
     kind = registry.method_class(method)
-    config = run_config(exp, ds, method, seed, root,
-                        ways=unit[0] if kind.trains_per_ways else ways[0], sampler=sampler)
+    config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
+    if not is_fewshot(config.data.protocol):  # all-way protocols train with data.ways as set
+        config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
+                            ways=unit[0] if kind.trains_per_ways else ways[0])
     seed_everything(seed)
     inputs.generator.manual_seed(seed)
     train_info = {}
+    mix = None
     if kind.trains:
         apply_heads(model, config)
+        if adapters.enabled(config.train):
+            adapters.initialise(model, seed)
+        mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
+        start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         result = train(model, inputs, dataset, config, progress)
         train_info = {"train_steps": result.steps,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
+        mix = Interpolation(model, start) if start is not None else None
     for n in unit:
-        config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler)
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
-        row.update(train_info)
-        row.update({"experiment": exp.name, "experiment_dataset": ds.name})
-        if distributed.is_main():
-            config_file = results.parent / "configs" / f"{row['config_id']}.yaml"
-            if not config_file.exists():
-                atomic_write_text(config_file, dump_yaml(config))
-            append_jsonl(results, row)
-        yield row
+        for split, alpha in cells(exp, ds, root, method, seed, sampler):
+            if (ds.name, method, sampler, n, seed, split, alpha, shots) in done:
+                continue
+            config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler,
+                                shots=shots, split=split)
+            if alpha is not None and mix is None:  # interpolate set per split or method
+                raise MamfError(f"metatest.interpolate of {method} must be set for every split")
+            with mix.at(alpha) if mix else contextlib.nullcontext():
+                row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
+                                        prompts, alpha=alpha)
+            row.update(train_info)
+            row.update({"experiment": exp.name, "experiment_dataset": ds.name})
+            if distributed.is_main():
+                config_file = results.parent / "configs" / f"{row['config_id']}.yaml"
+                if not config_file.exists():
+                    atomic_write_text(config_file, dump_yaml(config))
+                append_jsonl(results, row)
+            yield row
 
 
 def _failure(out: Path, record: dict) -> None:

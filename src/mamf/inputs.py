@@ -65,7 +65,10 @@ class ModelInputs:
         self.precision = resolve_precision(precision, device)
         self.crop_scale = crop_scale
         self.generator = torch.Generator().manual_seed(seed)
-        tokens = model.tokenize(dataset.prompts)
+        # a prompt ensemble tokenises every class's prompts, class by class, `per_class` each
+        prompts = dataset.ensemble or [[p] for p in dataset.prompts]
+        self.per_class = len(prompts[0])
+        tokens = model.tokenize([p for group in prompts for p in group])
         self.tokens = {k: v.to(device) for k, v in tokens.items()}
         self.features: torch.Tensor | None = None
         if freeze_image_backbone:
@@ -78,6 +81,7 @@ class ModelInputs:
         for p in model.text_parameters():
             p.requires_grad_(False)
         ids = np.arange(len(self.dataset.prompts))
+        batch = max(1, batch // self.per_class)  # classes a chunk, so a chunk's prompts stay few
         starts = progress.bar(range(0, len(ids), batch), enabled=distributed.is_main(),
                               desc="caching frozen text features (once)", unit="chunk", leave=False)
         with torch.no_grad(), autocast(self.device, self.precision):
@@ -172,12 +176,20 @@ class ModelInputs:
         return self._encode_texts(model, class_ids)
 
     def _encode_texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
-        rows = torch.as_tensor(np.asarray(class_ids), device=self.device)
+        """One embedding a class; under a prompt ensemble, the mean of its prompts' normalised
+        embeddings (through the text tower as it is, trainable or not)."""
+        t = self.per_class
+        ids = np.asarray(class_ids)
+        rows = torch.as_tensor((ids[:, None] * t + np.arange(t)).ravel() if t > 1 else ids,
+                               device=self.device)
         tokens = {k: v[rows] for k, v in self.tokens.items()}
         if "attention_mask" in tokens:
             width = int(tokens["attention_mask"].sum(1).max())
             tokens = {k: v[:, :width] for k, v in tokens.items()}
-        return model.encode_texts(tokens)
+        if t == 1:
+            return model.encode_texts(tokens)
+        embeddings = torch.nn.functional.normalize(model.encode_texts(tokens).float(), dim=-1)
+        return embeddings.view(len(ids), t, -1).mean(1)
 
 
 def freeze_backbone(model: DualEncoder) -> None:

@@ -1,7 +1,9 @@
 """The meta-test, shared by every method: for each test task, start from the trained weights,
 adapt on the support set the way the method prescribes, then score the query set.
 
-How a method adapts is the method's own (`Method.adapt`); the rest is shared. The trained weights
+How a method adapts and scores is the method's own (`Method.adapt`, `Method.score`; a method
+that chooses hyper-parameters does so on dev-split tasks first, `Method.tune`); the rest is
+shared. The trained weights
 are kept in memory and copied back before each task (no disk reads, no model rebuilds).
 """
 
@@ -13,6 +15,7 @@ import torch
 from mamf import methods
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
+from mamf.data.fewshot import fewshot_tasks, is_fewshot
 from mamf.distributed import gather_by_index, is_main, rank, world_size
 from mamf.errors import MamfError
 from mamf.finetune import trainable
@@ -29,6 +32,8 @@ SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}
 def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: int) -> list[Task]:
     """The tasks of one (dataset, split, ways, seed): identical for every method."""
     d = config.data
+    if is_fewshot(d.protocol):  # all-way: the task is the whole split, whatever `ways`
+        return fewshot_tasks(dataset, d, split, config.seed)
     pool = dataset.pool(d.protocol, split, d.class_split, d.split_seed)
     rng = np.random.default_rng([config.seed, SPLIT_STREAM[split], ways])
     if ways > len(pool.classes):
@@ -87,11 +92,14 @@ def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int =
     return correct / len(task.query)
 
 
-def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method: str,
-              config: Config, ways: int, progress: bool = True) -> list[float]:
+def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
+              method: str | methods.Method, config: Config, ways: int,
+              progress: bool = True) -> list[float]:
     """Per-task accuracies. With `metatest.reset` off, adaptation carries over between tasks
-    (the official code's behaviour); either way the model ends as it started."""
-    adapter = methods.create(method, config)
+    (the official code's behaviour); either way the model ends as it started. `method`: a name,
+    or a method already tuned on dev tasks (`tuned_method`)."""
+    adapter = methods.create(method, config) if isinstance(method, str) else method
+    method = adapter.name
     snapshot = WeightSnapshot(model)
     # under torchrun each rank takes every world_size-th task; each task's randomness depends
     # only on its index, so the gathered accuracies equal a single process's. Carried-over
@@ -106,9 +114,20 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task], method
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
         adapter.adapt(model, inputs, tasks[i], rng)
-        local[i] = score(model, inputs, tasks[i])
+        local[i] = adapter.score(model, inputs, tasks[i])
     snapshot.restore()
     return gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+
+
+def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, method: str,
+                 config: Config, ways: int) -> tuple[methods.Method, dict | None]:
+    """The method, its hyper-parameters chosen on the dev split's tasks (drawn as test tasks
+    are) when it chooses any; returns it and what it chose (None: nothing to choose)."""
+    adapter = methods.create(method, config)
+    if not adapter.tunes_on_dev:
+        return adapter, None
+    dev = evaluation_tasks(dataset, config, "dev", ways)
+    return adapter, adapter.tune(model, inputs, dev)
 
 
 def summarize(accs: list[float]) -> tuple[float, float]:

@@ -29,7 +29,10 @@ LOW_ZERO_SHOT = 0.5  # the zero-shot accuracy below which claim 2 calls a datase
 
 
 def label(method: str) -> str:
-    """How tables name a method: its registered label, else its name as rows spell it."""
+    """How tables name a method: its registered label, else its name as rows spell it; a trained
+    run scored by a baseline (`mamf+tip-adapter`) reads `MAMF + Tip-Adapter`."""
+    if method not in REGISTRY and "+" in method:
+        return " + ".join(label(part) for part in method.split("+"))
     return REGISTRY[method].label if method in REGISTRY else method
 
 
@@ -479,20 +482,43 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
     return "\n".join(md) + "\n"
 
 
+def pooled_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose task accuracies pool into the method tables: all but base2novel's, whose
+    two tasks (base, novel) are summarised by their harmonic mean in their own section."""
+    return [r for r in rows if r["protocol"] != "base2novel"]
+
+
 def write_report(rows: list[dict], out: Path, title: str = "mamf report") -> dict[str, Path]:
     """report.md, report.html (figures embedded) and the PNGs, in `out`."""
+    from mamf.report_fewshot import fewshot_section
+    from mamf.report_overfitting import main_rows, overfitting_sections
     from mamf.report_samplers import baseline_rows, samplers_section
 
-    rows, every_row = baseline_rows(rows), rows  # the paper's tables: uniform sampling
+    every_row = rows
+    # the paper's tables: uniform sampling, held-out tasks, the trained weights unmixed
+    rows = main_rows(baseline_rows(rows))
     out = Path(out)
     figures = out / "figures"
+    overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
+    fewshot, fewshot_pngs = fewshot_section(rows, figures)
+    rows = pooled_rows(rows)
+    if not rows:  # base2novel alone: its own section is the report
+        text = "\n".join([f"# {title}", "", *fewshot])
+        atomic_write_text(out / "report.md", text)
+        images = {f"figures/{p.name}": p.read_bytes() for p in fewshot_pngs.values()}
+        atomic_write_text(out / "report.html", markdown_html(text, title, images))
+        return {"md": out / "report.md", "html": out / "report.html", **fewshot_pngs}
     pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
     for d in _ordered(rows)[0]:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
         pngs[f"curve-{safe}"] = curve_figure(rows, d, figures / f"curve-{safe}.png")
     if claim2(rows):
         pngs["fomaml"] = fomaml_figure(rows, figures / "fomaml-vs-zeroshot.png")
-    text = report_markdown(rows, title, pngs, samplers_section(every_row))
+    pngs.update(fewshot_pngs)
+    pngs.update(overfitting_pngs)
+    extra = samplers_section(main_rows(every_row)) + fewshot + \
+        ([""] if overfitting else []) + overfitting
+    text = report_markdown(rows, title, pngs, extra)
     atomic_write_text(out / "report.md", text)
     images = {f"figures/{p.name}": p.read_bytes() for p in pngs.values()}
     atomic_write_text(out / "report.html", markdown_html(text, title, images))

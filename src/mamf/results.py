@@ -25,11 +25,13 @@ _COUNTS = {"ways": 2, "shots": 0, "queries": 0, "n_tasks": 1, "seed": None}  # n
 REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
 KEY_FIELDS = ("dataset", "method", "model", "run", "protocol", "ways", "shots", "queries", "seed",
-              "split", "sampler")
+              "split", "sampler", "alpha")
 """What `row_key` is made of. The dataset is the experiment's name for it where there is one
 (`experiment_dataset`); `run` is the trained run folder an evaluation read (absent or None for
 zero-shot and experiments); `sampler` the task sampler a method trained with (absent or None for
-methods that draw no tasks). The settings hash `config_id` is deliberately not part of the key:
+methods that draw no tasks); `alpha` the WiSE-FT mix of zero-shot and trained weights scored
+(absent or None: the trained weights, no interpolation; rows before WiSE-FT). The settings hash
+`config_id` is deliberately not part of the key:
 an experiment keeps its finished rows when its file changes, so the same measurement may carry
 another hash."""
 
@@ -55,7 +57,13 @@ def row_key(row: dict) -> tuple:
     measurement, so only the first may be counted. Fields in the order of KEY_FIELDS."""
     return (dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
             row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
-            row_sampler(row))
+            row_sampler(row), row_alpha(row))
+
+
+def row_alpha(row: dict) -> float | None:
+    """The WiSE-FT alpha a row was scored at; None (or absent, in older rows): no mix."""
+    alpha = row.get("alpha")
+    return None if alpha is None else float(alpha)
 
 
 def _is_int(x: object) -> bool:
@@ -75,6 +83,10 @@ def row_problem(obj: object) -> str | None:
     for k, least in _COUNTS.items():
         if not _is_int(obj[k]) or (least is not None and obj[k] < least):
             return f"{k} is not an integer" + (f" >= {least}" if least is not None else "")
+    alpha = obj.get("alpha")
+    if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
+                                  and 0 <= alpha <= 1):
+        return "alpha is not null or a number in [0, 1]"
     for k in ("experiment_dataset", "run"):
         if obj.get(k) is not None and (not isinstance(obj[k], str) or not obj[k]):
             return f"{k} is not a non-empty string"

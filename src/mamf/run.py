@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -11,24 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 
-from mamf import distributed, methods
+from mamf import adapters, distributed, methods
 from mamf.checkpoint import Checkpointer
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
 from mamf.data.dataset import ImageDataset
+from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
+from mamf.data.prompts import templates_tag
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
 from mamf.lock import exclusive
-from mamf.metatest import evaluation_tasks, meta_test, summarize
+from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.results import read_rows, row_key
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
+from mamf.wiseft import Interpolation, alphas, starting_weights
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,26 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+# settings added after rows were first written: at their defaults they hash as before, so older
+# results stay "the same settings"
+LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
+              "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")}
+LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
+
+
 def config_id(config: Config) -> str:
-    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:12]
+    """The settings' hash. `metatest.interpolate` is left out (a row's `alpha` says which mix it
+    measured, and the other alphas do not change it), and so are LATER_KEYS at their defaults."""
+    settings, defaults = to_dict(config), to_dict(Config())
+    del settings["metatest"]["interpolate"]
+    for section, keys in LATER_KEYS.items():
+        for key in keys:
+            if settings[section][key] == defaults[section][key]:
+                del settings[section][key]
+    for section in LATER_SECTIONS:
+        if settings[section] == defaults[section]:
+            del settings[section]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False):
@@ -57,15 +79,18 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     device = distributed.local_device(resolve_device(config.device))
     distributed.init(device)
     seed_everything(config.seed)
-    if model is None:
+    built = model is None
+    if built:
         model = build_model(config.model)
     if fresh:
         apply_heads(model, config)
+    if built and adapters.enabled(config.train):
+        adapters.attach(model, config.train, config.seed)
     model.to(device).eval()
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template)
+                                config.data.template, config.data.templates)
     inputs = ModelInputs(model, dataset, device, config.precision,
                          config.train.freeze_image_backbone, config.train.freeze_text_tower,
                          config.train.crop_scale, seed=config.seed)
@@ -78,12 +103,20 @@ def apply_heads(model: DualEncoder, config: Config) -> None:
         model.reset_heads(torch.Generator().manual_seed(config.seed))
 
 
+def weights_file(config: Config) -> str:
+    """A run's trained weights: the whole model, or with an adapter only what trained."""
+    return adapters.ADAPTER if adapters.enabled(config.train) else WEIGHTS
+
+
 def save_weights(model: DualEncoder, path: Path) -> None:
     """Written beside, fsynced, renamed over: the checkpoints are deleted right after."""
     tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         try:
-            save_model(model, str(tmp))
+            if path.name == adapters.ADAPTER:
+                save_file(adapters.trained_state(model), str(tmp))
+            else:
+                save_model(model, str(tmp))
             fsync_path(tmp)
             tmp.replace(path)
         except BaseException:
@@ -93,7 +126,8 @@ def save_weights(model: DualEncoder, path: Path) -> None:
 
 
 def train_run(config: Config, out: Path, progress: bool = True) -> dict:
-    """Train `config.train.method`; writes model.safetensors, config.yaml and train.json to `out`.
+    """Train `config.train.method`; writes model.safetensors (adapter.safetensors with an
+    adapter), config.yaml and train.json to `out`.
 
     Under torchrun every rank trains (data-parallel) and rank 0 alone writes.
     """
@@ -108,7 +142,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_bytes() != resolved.encode():
         raise MamfError(f"{out} holds a training run with other settings: choose another --out "
                         "(or delete it to start over)")
-    if (out / "train.json").is_file() and (out / WEIGHTS).is_file():
+    if (out / "train.json").is_file() and (out / weights_file(config)).is_file():
         log.info("%s is already trained with these settings; nothing to do", out)
         return read_summary(out / "train.json")
     if is_main():
@@ -128,7 +162,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
                "mean_loss_last_tenth": _mean_part(result.losses, first=False),
                "losses": result.losses}
     if is_main():
-        save_weights(model, out / WEIGHTS)
+        save_weights(model, out / weights_file(config))
         atomic_write_text(out / "train.json", json.dumps(summary, indent=1))
         checkpointer.clear()
     return summary
@@ -167,10 +201,16 @@ def _mean_part(losses: list[float], first: bool) -> float:
 def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     """A trained run's resolved config and its model with the trained weights (safetensors only)."""
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
+    config = build_config(load_yaml(run_dir / RUN_CONFIG)) if (run_dir / RUN_CONFIG).is_file() \
+        else None
+    weights = weights_file(config) if config else WEIGHTS
+    if config is None or not (run_dir / weights).is_file():
         raise MamfError(f"{run_dir} is not a finished training run (needs {RUN_CONFIG} and "
-                        f"{WEIGHTS})")
-    config = build_config(load_yaml(run_dir / RUN_CONFIG))
+                        f"{weights})")
+    if adapters.enabled(config.train):
+        model = starting_model(config)
+        adapters.load_trained(model, run_dir / weights)
+        return config, model
     model = build_model(config.model)
     try:
         missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
@@ -181,8 +221,24 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     return config, model
 
 
+def starting_model(config: Config) -> DualEncoder:
+    """The model as training of `config` starts: built, heads as set, adapters attached."""
+    model = build_model(config.model)
+    apply_heads(model, config)
+    if adapters.enabled(config.train):
+        adapters.attach(model, config.train, config.seed)
+    return model
+
+
 def ways_list(config: Config, n_classes: int, value) -> list[int]:
-    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep)."""
+    """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep). The coop
+    and base2novel protocols classify all N classes at once: their only size is N."""
+    if is_fewshot(config.data.protocol):
+        if value not in (None, "") and str(value).strip().lower() not in ("all", "paper",
+                                                                           str(n_classes)):
+            raise MamfError(f"the {config.data.protocol} protocol classifies all {n_classes} "
+                            f"classes at once: drop --ways (got {shown(value)})")
+        return [n_classes]
     if value in (None, ""):
         return [config.data.ways]
     if isinstance(value, str) and value.strip().lower() in ("all", "paper"):
@@ -207,25 +263,45 @@ def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[in
     d = config.data
     if d.protocol == "episodic":
         return d.shots, d.queries
+    if is_fewshot(d.protocol):  # K shots; every image of the split is a query
+        return d.shots, sum(len(x) for x in image_split(dataset, split, d.split_file))
     sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
     return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
 
 
 def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
              ways: list[int] | None = None, run_dir: Path | None = None,
-             progress: bool = True) -> list[dict]:
-    """Meta-test `method` for each task size; append one row per size to out/results.jsonl."""
+             progress: bool = True, trained_by: str | None = None) -> list[dict]:
+    """Meta-test `method` for each task size; append one row per size to out/results.jsonl.
+
+    `trained_by`: the method that trained the run's weights, when another method (a baseline's
+    test time) scores them; the rows are then named `<trained_by>+<method>`."""
     out = Path(out)
     with main_only(exclusive(out)):
-        return _evaluate(config, out, method, model, ways, run_dir, progress)
+        return _evaluate(config, out, method, model, ways, run_dir, progress, trained_by)
 
 
-def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]:
+def row_method(method: str, trained_by: str | None) -> str:
+    """A row's method: the test-time method, prefixed by the one that trained the weights when
+    they differ (`mamf+tip-adapter`)."""
+    return method if trained_by in (None, method) else f"{trained_by}+{method}"
+
+
+def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[dict]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
-    `task_similarity` is measured with the evaluated model's prompts."""
+    `task_similarity` is measured with the evaluated model's prompts. With
+    `metatest.interpolate`, a trained run is scored at each alpha (`mamf.wiseft`)."""
     if is_main():
         atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
+    mix = None
+    if alphas(config, method) != [None]:
+        if run_dir is None:
+            raise MamfError("metatest.interpolate mixes a trained run with its zero-shot start: "
+                            "evaluate a run folder (--run)")
+        start = starting_model(build_config(load_yaml(Path(run_dir) / RUN_CONFIG)))
+        mix = Interpolation(model, starting_weights(start))
+        del start
     # a measurement already in results.jsonl is not taken twice: same settings, it is skipped;
     # other settings under the same key would make two numbers of one cell, so that is refused
     finished = distributed.from_main({row_key(r): r for r in read_rows(out / RESULTS)}
@@ -234,25 +310,30 @@ def _evaluate(config, out, method, model, ways, run_dir, progress) -> list[dict]
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
-        probe = {"dataset": dataset.name, "method": method, "model": config.model,
-                 "run": str(run_dir) if run_dir else None, "protocol": config.data.protocol,
-                 "ways": n, "shots": shots, "queries": queries, "seed": config.seed,
-                 "split": config.metatest.split, "sampler": trained_sampler(config, method)}
-        done = finished.get(row_key(probe))
-        if done is not None and done.get("config_id") == config_id(config):
-            log.info("%s %d-way seed %d is already in %s: skipped", method, n, config.seed,
-                     out / RESULTS)
-            rows.append(done)
-            continue
-        if done is not None:
-            raise MamfError(f"{out / RESULTS} already holds {method} {n}-way seed {config.seed} "
-                            f"on {dataset.name} ({config.metatest.split}) measured with other "
-                            "settings: choose another --out")
-        row = evaluate_prepared(model, dataset, inputs, config, method, n, progress, prompts)
-        row["run"] = probe["run"]
-        if is_main():
-            append_jsonl(out / RESULTS, row)
-        rows.append(row)
+        for alpha in alphas(config, method):
+            probe = {"dataset": dataset.name, "method": row_method(method, trained_by),
+                     "model": config.model, "run": str(run_dir) if run_dir else None,
+                     "protocol": config.data.protocol, "ways": n, "shots": shots,
+                     "queries": queries, "seed": config.seed, "split": config.metatest.split,
+                     "sampler": trained_sampler(config, trained_by or method), "alpha": alpha}
+            at = "" if alpha is None else f" alpha {alpha}"
+            done = finished.get(row_key(probe))
+            if done is not None and done.get("config_id") == config_id(config):
+                log.info("%s %d-way seed %d%s is already in %s: skipped", probe["method"], n,
+                         config.seed, at, out / RESULTS)
+                rows.append(done)
+                continue
+            if done is not None:
+                raise MamfError(f"{out / RESULTS} already holds {probe['method']} {n}-way seed "
+                                f"{config.seed}{at} on {dataset.name} ({config.metatest.split}) "
+                                "measured with other settings: choose another --out")
+            with mix.at(alpha) if mix else contextlib.nullcontext():
+                row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
+                                        prompts, trained_by, alpha)
+            row["run"] = probe["run"]
+            if is_main():
+                append_jsonl(out / RESULTS, row)
+            rows.append(row)
     return rows
 
 
@@ -263,8 +344,10 @@ def trained_sampler(config: Config, method: str) -> str | None:
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
                       config: Config, method: str, ways: int, progress: bool = True,
-                      prompts: np.ndarray | None = None) -> dict:
+                      prompts: np.ndarray | None = None, trained_by: str | None = None,
+                      alpha: float | None = None) -> dict:
     """Meta-test one task size on an already prepared model; returns the results row.
+    `alpha`: the WiSE-FT mix the model holds now (`mamf.wiseft`), None for none.
 
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
@@ -275,13 +358,25 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
         prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
     started = time.perf_counter()
-    accs = meta_test(model, inputs, tasks, method, config, ways, progress)
+    adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
+    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
     mean, ci = summarize(accs)
+    extra = {}
+    if config.data.protocol == "base2novel":  # the tasks are base, then novel
+        mean, ci = harmonic_mean(*accs), 0.0
+        extra = {"base_acc": accs[0], "novel_acc": accs[1], "hm": mean}
     shots, queries = shots_queries(dataset, config, split)
-    return {"method": method, "model": config.model, "dataset": dataset.name,
+    combined = {"test_method": method, "trained_by": trained_by} \
+        if row_method(method, trained_by) != method else {}
+    return {"method": row_method(method, trained_by), **combined, "model": config.model,
+            "dataset": dataset.name,
             "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
-            "seed": config.seed, "split": split, "sampler": trained_sampler(config, method),
-            "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci, "task_accs": accs,
+            "seed": config.seed, "split": split,
+            "sampler": trained_sampler(config, trained_by or method),
+            "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
+            "alpha": alpha, "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
+            "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), "torch": torch.__version__}
+            "host": platform.node(), "torch": torch.__version__,
+            **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}

@@ -101,7 +101,7 @@ def protocol_task(rng: np.random.Generator, pool: Pool, data: DataConfig, ways: 
                   support_ok: np.ndarray | None = None,
                   query_ok: np.ndarray | None = None) -> Task:
     """A task in the shape `data.protocol` prescribes, for training and testing alike."""
-    if data.protocol == "paper":
+    if data.protocol != "episodic":  # paper, and training tasks of coop/base2novel's K shots
         return paper_task(rng, pool, ways, chosen)
     return episodic_task(rng, pool, ways, data.shots, data.queries, class_names, support_ok,
                          query_ok, chosen)

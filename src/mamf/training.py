@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
-from mamf import distributed, methods, samplers
+from mamf import adapters, distributed, methods, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
@@ -37,8 +38,26 @@ class TrainResult:
 
 
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
+    """The training split (as the protocol draws it), restricted by `data.train_match` to images
+    whose file name holds it (a class left with none is dropped, with a warning)."""
+    from mamf.data.fewshot import protocol_pool
+
     d = config.data
-    return dataset.pool(d.protocol, "train", d.class_split, d.split_seed)
+    pool = protocol_pool(dataset, d, "train", config.seed)
+    if d.train_match is None:
+        return pool
+    keep = np.array([d.train_match in name for name in dataset.file_names])
+    images = [imgs[keep[imgs]] for imgs in pool.images]
+    dropped = [dataset.classes[c] for c, imgs in zip(pool.classes, images) if len(imgs) == 0]
+    if len(dropped) == len(images):
+        raise MamfError(f"data.train_match={d.train_match!r} matches no training image of "
+                        f"{dataset.name}")
+    if dropped:
+        log.warning("data.train_match=%r: %d training class(es) have no matching image and are "
+                    "left out of training (%s%s)", d.train_match, len(dropped),
+                    ", ".join(map(repr, dropped[:3])), ", ..." if len(dropped) > 3 else "")
+    kept = [i for i, imgs in enumerate(images) if len(imgs)]
+    return Pool(pool.classes[kept], tuple(images[i] for i in kept))
 
 
 def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs, pool: Pool,
@@ -93,7 +112,10 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             raise MamfError(f"train.parallel=fsdp is for data-parallel methods: {method.name} "
                             "splits its tasks across ranks, each adapting a whole model copy")
     started = time.perf_counter()
+    dropout = adapters.enabled(t) and t.lora_dropout > 0
     try:
+        if dropout:  # the model stays in eval mode; only the adapters' dropout trains
+            adapters.dropout_active(model, True)
         method.begin(model, inputs, pool, rng, sampler, parallel)
         if resume:
             if method.steps is not None:
@@ -109,6 +131,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             checkpointer.load_optimizer(method.optimizer, resume.optimizer_state,
                                         method.load_optimizer_state)
             inputs.generator.set_state(resume.generator_state)
+            if resume.global_generator_state is not None:
+                torch.set_rng_state(resume.global_generator_state)
         total = None if method.steps is None else method.steps - start
         bar = progress_bar(total=total, enabled=progress, desc=method.name, leave=False)
         for i in itertools.count(start):
@@ -133,6 +157,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if parallel:
             parallel.sync()
     finally:
+        if dropout:
+            adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)

@@ -11,7 +11,7 @@ import torch
 
 from mamf.data.cache import load_or_build
 from mamf.data.folder import scan_folder
-from mamf.data.prompts import DEFAULT_TEMPLATE, class_prompts
+from mamf.data.prompts import DEFAULT_TEMPLATE, class_prompts, ensemble_prompts, resolve_templates
 from mamf.data.splits import class_split, paper_image_split, paper_min_images
 from mamf.errors import MamfError
 
@@ -47,17 +47,25 @@ class ImageDataset:
         self.images = images
         self.class_images = class_images
         self.file_names = file_names
+        # per class, its prompts under every template of an ensemble (None: one prompt a class)
+        self.ensemble: list[list[str]] | None = None
 
     @classmethod
     def load(cls, root: str | Path, image_size: int, subdataset: str | None = None,
-             template: str = DEFAULT_TEMPLATE) -> ImageDataset:
+             template: str = DEFAULT_TEMPLATE,
+             templates: list[str] | None = None) -> ImageDataset:
+        """`templates`: an ensemble (`data.templates`), used instead of `template`."""
         scan = scan_folder(root, subdataset)
         scan.warn_skipped()
-        prompts = class_prompts(scan.root, scan.classes, template, scan.top)
+        templates = resolve_templates(templates)
+        ensemble = ensemble_prompts(scan.root, scan.classes, templates, scan.top) \
+            if templates else None
+        prompts = [group[0] for group in ensemble] if ensemble else \
+            class_prompts(scan.root, scan.classes, template, scan.top)
         files = [f for group in scan.files for f in group]
         images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"))
-        classes, kept_prompts, class_images, start = [], [], [], 0
-        for label, prompt, group in zip(scan.classes, prompts, scan.files):
+        classes, kept_prompts, class_images, kept_sets, start = [], [], [], [], 0
+        for k, (label, prompt, group) in enumerate(zip(scan.classes, prompts, scan.files)):
             idx = np.arange(start, start + len(group))
             start += len(group)
             idx = idx[ok[idx]]
@@ -67,10 +75,13 @@ class ImageDataset:
             classes.append(label)
             kept_prompts.append(prompt)
             class_images.append(idx)
+            kept_sets.append(ensemble[k] if ensemble else None)
         if not classes:
             raise MamfError(f"no readable images in {scan.root}")
-        return cls(scan.name, scan.root, classes, kept_prompts, images, class_images,
-                   [f.name for f in files])
+        dataset = cls(scan.name, scan.root, classes, kept_prompts, images, class_images,
+                      [f.name for f in files])
+        dataset.ensemble = kept_sets if ensemble else None
+        return dataset
 
     @property
     def n_classes(self) -> int:

@@ -1,7 +1,11 @@
-"""Class prompts: a template with `{label}`, or a `label_to_text.json` beside the data."""
+"""Class prompts: a template with `{label}`, or a `label_to_text.json` beside the data; or an
+ensemble of templates (`data.templates`: a list, or the name of a shipped set such as
+`imagenet`, CLIP's 80 ImageNet templates), whose class embedding is the mean of the normalised
+embeddings of the class's prompts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -15,6 +19,54 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "A photo of a {label}."
 LABEL_TO_TEXT = "label_to_text.json"
+
+
+TEMPLATE_SETS = Path(__file__).parent / "templates"  # <name>.txt: one template a line, {} or {label}
+
+
+def template_set_names() -> list[str]:
+    return sorted(p.stem for p in TEMPLATE_SETS.glob("*.txt"))
+
+
+def resolve_templates(templates: list[str] | None) -> list[str] | None:
+    """The templates of `data.templates`, `{}` read as `{label}`; a list of one name (no braces)
+    is a shipped set. None or empty: no ensemble."""
+    if not templates:
+        return None
+    if len(templates) == 1 and "{" not in templates[0]:
+        name = templates[0].strip()
+        if name not in template_set_names():
+            raise MamfError(f"unknown template set {shown(name)}: use a list of templates with "
+                            f"{{label}} or one of {', '.join(template_set_names())}")
+        templates = (TEMPLATE_SETS / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+    out = [t.replace("{}", "{label}") for t in templates if t.strip()]
+    for t in out:
+        _from_template(t, ["x"])  # refuses a malformed template, naming it
+    return out
+
+
+def templates_tag(templates: list[str] | None) -> str | None:
+    """How rows name an ensemble: the set's name, else its count and a short hash."""
+    if not templates:
+        return None
+    if len(templates) == 1 and "{" not in templates[0]:
+        return templates[0].strip()
+    resolved = resolve_templates(templates) or []
+    digest = hashlib.sha256("\n".join(resolved).encode()).hexdigest()[:8]
+    return f"{len(resolved)} templates #{digest}"
+
+
+def ensemble_prompts(root: Path, classes, templates: list[str], top: Path | None = None):
+    """Per class, its prompt under every template; None where a `label_to_text.json` gives the
+    prompts (it wins, as over a single template)."""
+    for candidate in [Path(root) / LABEL_TO_TEXT] + ([Path(top) / LABEL_TO_TEXT] if top else []):
+        if candidate.is_file():
+            log.info("prompts from %s: data.templates is not used", candidate)
+            return None
+    per_template = [_from_template(t, classes) for t in templates]
+    log.info("prompts: an ensemble of %d templates, e.g. %s", len(templates),
+             shown(per_template[0][0]))
+    return [list(group) for group in zip(*per_template)]
 
 
 def label_text(label: str) -> str:

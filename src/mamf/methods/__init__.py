@@ -3,7 +3,15 @@
 Importing this package registers the built-in methods in the order tables list them.
 """
 
-from mamf.methods import classical, fomaml, mamf, zeroshot  # noqa: F401  (registration)
+from mamf.methods import (  # noqa: F401  (registration)
+    classical,
+    fomaml,
+    linear_probe,
+    mamf,
+    prototype,
+    tip_adapter,
+    zeroshot,
+)
 from mamf.methods.base import REGISTRY, Method, create, method_class, names, register
 
 __all__ = ["REGISTRY", "Method", "create", "method_class", "names", "register"]

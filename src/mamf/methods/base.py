@@ -6,10 +6,15 @@ the order of its pseudo-code:
 1. `begin`: what training needs once (the optimiser, the stream of step data from the run's
    seeded generator and task sampler);
 2. `step`: what one training step consumes and how it updates;
-3. `adapt`: how it adapts to a test task before the query set is scored.
+3. `adapt`: how it adapts to a test task before the query set is scored;
+4. `score`: how it scores a task's query set (default: the adapted model's image embeddings
+   against the class prompts' text embeddings); test-time baselines such as Tip-Adapter score
+   otherwise;
+5. `tune`: hyper-parameters chosen on dev-split tasks before the meta-test (default: none).
 
 The one training loop (`mamf.training.train`) owns progress, losses, checkpoints, resume and the
-DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.metatest`) calls `adapt`. Nothing
+DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.metatest`) calls `tune`, `adapt`
+and `score`. Nothing
 outside this package branches on a method's name: it asks the class (`trains`,
 `trains_per_ways`, `draws_tasks`, `data_parallel`).
 """
@@ -87,6 +92,9 @@ class Method:
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch
+    # a test-time baseline (docs/method.md, "Baselines"): an experiment runs it only when it
+    # names it; a grid with no `methods` list runs the paper's methods
+    baseline: ClassVar[bool] = False
 
     def __init__(self, config: Config):
         self.config = config
@@ -132,6 +140,19 @@ class Method:
         return self._walked[1]
 
     # -- test time -------------------------------------------------------------------------
+    tunes_on_dev: ClassVar[bool] = False  # `tune` chooses hyper-parameters on dev-split tasks
+
+    def tune(self, model: DualEncoder, inputs: ModelInputs, dev_tasks: list[Task]) -> dict:
+        """Choose hyper-parameters on dev-split tasks (never test ones); returns what was chosen,
+        which the results row records. Default: nothing to choose."""
+        return {}
+
+    def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
+        """Accuracy on the task's query set: the (adapted) model against the class prompts."""
+        from mamf.metatest import score
+
+        return score(model, inputs, task)
+
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:
         """Fine-tune on the support set with Adam (`metatest.lr`, `.epochs`, `.batch_size`)."""

@@ -23,6 +23,9 @@ class DualEncoder(nn.Module):
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     log_logit_scale: nn.Parameter
+    # the layers `train.adapter=lora` adapts when `train.lora_targets` is empty (names of linear
+    # layers or 1x1 convolutions, matched as peft matches them: the name or its last parts)
+    lora_targets: tuple[str, ...] = ()
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> float [B, 3, H, W] normalised with the model's own statistics."""
@@ -58,6 +61,10 @@ class DualEncoder(nn.Module):
 
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp()
+
+    def head_parameters(self):
+        """The projection heads `reset_heads` replaces (trained beside LoRA when random)."""
+        raise NotImplementedError(f"{type(self).__name__} has no projection heads")
 
     def reset_heads(self, generator: torch.Generator) -> None:
         """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""

@@ -63,6 +63,10 @@ class EffnetMiniLM(DualEncoder):
     # ratio e^0.17) far better than with the torchvision ImageNet mean/std (0.29 sd, e^1.77).
     image_mean = (127.0 / 255.0,) * 3
     image_std = (128.0 / 255.0,) * 3
+    # text: the attention's query, key and value (as CLIP-LoRA); image (a CNN, no attention,
+    # its convolutions pad in their own class, which peft cannot rebuild): the 1280 -> 1000
+    # ImageNet classifier whose softmax the ConSE embedding mixes W by
+    lora_targets = ("query", "key", "value", "_fc")
 
     def __init__(self, effnet: nn.Module, text_model: nn.Module, tokenizer,
                  class_embeddings: torch.Tensor):
@@ -102,6 +106,9 @@ class EffnetMiniLM(DualEncoder):
         hidden = self.text_model(input_ids=tokens["input_ids"],
                                  attention_mask=tokens["attention_mask"]).last_hidden_state
         return mean_pool(hidden, tokens["attention_mask"])
+
+    def head_parameters(self):
+        return [self.class_embeddings]
 
     def reset_heads(self, generator: torch.Generator) -> None:
         """Replace W by N(0, 1/384) entries drawn from `generator` (the official `heads=random`)."""

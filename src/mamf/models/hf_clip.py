@@ -17,6 +17,9 @@ class HFClip(DualEncoder):
     `tokenizer` maps a list of strings to a dict with `input_ids` (and optionally `attention_mask`).
     """
 
+    # CLIP-LoRA's (Zanella & Ben Ayed 2024): the attention's query, key and value, both towers
+    lora_targets = ("q_proj", "k_proj", "v_proj")
+
     def __init__(self, clip, tokenizer, name: str, image_mean=None, image_std=None):
         super().__init__()
         self.clip = clip
@@ -50,6 +53,9 @@ class HFClip(DualEncoder):
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         pooled = self.clip.text_model(**tokens).pooler_output
         return self.clip.text_projection(pooled)
+
+    def head_parameters(self):
+        return [*self.clip.visual_projection.parameters(), *self.clip.text_projection.parameters()]
 
     def reset_heads(self, generator: torch.Generator) -> None:
         for head in (self.clip.visual_projection, self.clip.text_projection):

@@ -1,0 +1,149 @@
+"""The field's few-shot protocols (docs/method.md, "Protocols"): `coop` and `base2novel`.
+
+coop (CoOp, Tip-Adapter, CLIP-LoRA): all-way classification. Each class's images go to
+train/dev/test, from a CoOp split file (`data.split_file`, `split_zhou_<Dataset>.json`) when one
+is given, else 60/20/20 in file-name order as in the paper protocol. The seed draws K =
+`data.shots` training images per class: they are the whole training set of a trained method and
+the support set of the single test "task", whose query set is every test image.
+
+base2novel (CoCoOp): the classes, in label order, split in half: the first ceil(N/2) are base,
+the rest novel. Training and support use K shots of the base classes only; the test is two
+all-way tasks, base classes on their test images (with the base support) and novel classes on
+theirs (no support: nothing of a novel class is ever seen). Rows carry both accuracies and their
+harmonic mean.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mamf.data.dataset import ImageDataset, Pool, group_labels
+from mamf.data.splits import paper_image_split
+from mamf.errors import MamfError
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("coop", "base2novel")
+SPLIT_FILE_KEYS = {"train": "train", "dev": "val", "test": "test"}
+SHOTS_STREAM = 104  # the seeded stream that draws the K training shots
+
+
+def is_fewshot(protocol: str) -> bool:
+    return protocol in PROTOCOLS
+
+
+def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> list[np.ndarray]:
+    """Per class (dataset order), the image indices of `split`."""
+    if split_file:
+        return _from_split_file(dataset, Path(split_file))[split]
+    return [x[paper_image_split(len(x))[split]] for x in dataset.class_images]
+
+
+def _from_split_file(dataset: ImageDataset, path: Path) -> dict[str, list[np.ndarray]]:
+    """CoOp's split file: {"train"|"val"|"test": [[relative path, label, classname], ...]}.
+    An entry names an image by `<label folder>/<file>` (its last two path parts); entries that
+    name no image of the folder are counted in one warning."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MamfError(f"split file {path} is unreadable: {e}") from None
+    if not isinstance(raw, dict) or any(not isinstance(raw.get(k), list)
+                                        for k in SPLIT_FILE_KEYS.values()):
+        raise MamfError(f"split file {path} must map train, val and test to lists of "
+                        "[path, label, classname]")
+    where = {}
+    for c, images in enumerate(dataset.class_images):
+        for i in images:
+            where[f"{dataset.classes[c]}/{dataset.file_names[i]}"] = (c, int(i))
+    out, missed = {}, 0
+    for split, key in SPLIT_FILE_KEYS.items():
+        per_class: list[list[int]] = [[] for _ in dataset.classes]
+        for entry in raw[key]:
+            name = entry[0] if isinstance(entry, list) and entry and isinstance(entry[0], str) \
+                else None
+            hit = where.get("/".join(name.replace("\\", "/").split("/")[-2:])) if name else None
+            if hit is None:
+                missed += 1
+                continue
+            per_class[hit[0]].append(hit[1])
+        out[split] = [np.array(sorted(x), dtype=np.int64) for x in per_class]
+    if missed:
+        log.warning("split file %s: %d entr%s name no image of %s: skipped", path, missed,
+                    "y" if missed == 1 else "ies", dataset.root)
+    return out
+
+
+def base_novel(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Base classes: the first ceil(N/2) in label order; novel: the rest."""
+    if n_classes < 2:
+        raise MamfError("the base2novel protocol needs at least 2 classes")
+    half = math.ceil(n_classes / 2)
+    return np.arange(half), np.arange(half, n_classes)
+
+
+def training_shots(dataset: ImageDataset, data, seed: int) -> list[np.ndarray]:
+    """K training images per class drawn by `seed` (all classes; in file order)."""
+    train = image_split(dataset, "train", data.split_file)
+    rng = np.random.default_rng([seed, SHOTS_STREAM])
+    shots = []
+    for c, images in enumerate(train):
+        if len(images) < data.shots:
+            raise MamfError(f"label {dataset.classes[c]!r} has {len(images)} training image(s); "
+                            f"the {data.protocol} protocol needs {data.shots} shots")
+        shots.append(np.sort(rng.choice(images, size=data.shots, replace=False)))
+    return shots
+
+
+def train_classes(dataset: ImageDataset, protocol: str) -> np.ndarray:
+    return base_novel(dataset.n_classes)[0] if protocol == "base2novel" \
+        else np.arange(dataset.n_classes)
+
+
+def fewshot_pool(dataset: ImageDataset, data, split: str, seed: int) -> Pool:
+    """The training split is the K-shot training set (base classes only under base2novel);
+    the dev and test splits hold every image of every class."""
+    if split == "train":
+        classes = train_classes(dataset, data.protocol)
+        shots = training_shots(dataset, data, seed)
+        return Pool(classes, tuple(shots[c] for c in classes))
+    images = image_split(dataset, split, data.split_file)
+    empty = [dataset.classes[c] for c, x in enumerate(images) if len(x) == 0]
+    if empty:
+        raise MamfError(f"label {empty[0]!r} has no {split} image in the {data.protocol} "
+                        "protocol's split")
+    return Pool(np.arange(dataset.n_classes), tuple(images))
+
+
+def protocol_pool(dataset: ImageDataset, data, split: str, seed: int) -> Pool:
+    """The pool `split` offers under any protocol (`seed` draws the coop/base2novel shots)."""
+    if is_fewshot(data.protocol):
+        return fewshot_pool(dataset, data, split, seed)
+    return dataset.pool(data.protocol, split, data.class_split, data.split_seed)
+
+
+def fewshot_tasks(dataset: ImageDataset, data, split: str, seed: int):
+    """coop: one all-way task; base2novel: the base task, then the novel task."""
+    from mamf.tasks import Task
+
+    shots = training_shots(dataset, data, seed)
+    pool = fewshot_pool(dataset, data, split, seed)
+
+    def task(classes: np.ndarray, with_support: bool) -> Task:
+        support = [shots[c] if with_support else np.zeros(0, np.int64) for c in classes]
+        query = [pool.images[c] for c in classes]
+        return Task(classes, np.concatenate(support), group_labels(support),
+                    np.concatenate(query), group_labels(query))
+
+    if data.protocol == "coop":
+        return [task(np.arange(dataset.n_classes), True)]
+    base, novel = base_novel(dataset.n_classes)
+    return [task(base, True), task(novel, False)]
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)

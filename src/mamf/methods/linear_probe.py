@@ -1,0 +1,54 @@
+"""Linear probe: a logistic-regression head on the image embeddings, initialised from the class
+prompts' text embeddings and fit on each test task's support set (docs/method.md, "Baselines").
+
+logits = s * normalise(f) @ W.T + b, W initialised to the prompts' unit text embeddings and b to
+0, s the model's logit scale: before any step the probe is zero-shot. Full-batch Adam
+(`baseline.probe_steps`, `.probe_lr`, `.probe_weight_decay`) minimises the support set's
+cross-entropy. The model itself is never changed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mamf.methods.base import Method, register
+from mamf.methods.embedded import Embedded, accuracy, embed_task
+
+
+def fit_probe(task: Embedded, steps: int, lr: float,
+              weight_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W [n, D], b [n]) after `steps` full-batch Adam steps on the support set."""
+    weight = task.texts.clone().requires_grad_(True)
+    bias = torch.zeros(task.ways, device=weight.device, requires_grad=True)
+    if steps == 0 or lr == 0 or len(task.support) == 0:
+        return weight.detach(), bias.detach()
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            logits = task.scale * task.support @ weight.T + bias
+            F.cross_entropy(logits, task.support_labels).backward()
+            optimizer.step()
+    return weight.detach(), bias.detach()
+
+
+@register
+class LinearProbe(Method):
+    name = "linear-probe"
+    label = "linear probe"
+    summary = "logistic regression on image embeddings from the prompt embeddings (baseline)"
+    colour = "#e377c2"
+    order = 11
+    trains = False
+    baseline = True
+
+    def adapt(self, model, inputs, task, rng) -> None:
+        b = self.config.baseline
+        self.task = embed_task(model, inputs, task)
+        self.weight, self.bias = fit_probe(self.task, b.probe_steps, b.probe_lr,
+                                           b.probe_weight_decay)
+
+    def score(self, model, inputs, task) -> float:
+        logits = self.task.scale * self.task.query @ self.weight.T + self.bias
+        return accuracy(logits, self.task.query_labels)

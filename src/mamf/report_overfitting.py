@@ -1,0 +1,110 @@
+"""The report's overfitting sections: training-split against test-split accuracy per method, and
+accuracy against the WiSE-FT alpha (`metatest.interpolate`).
+
+The report's main tables keep one measurement of the trained weights per cell: rows on the
+test (or dev) split, at alpha None (no mix), or at alpha 1 where a method has no unmixed row
+(the same weights). Rows on the training split and at other alphas appear only here.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from mamf.results import dataset_name, row_alpha
+from mamf.stats import mean_ci95
+
+
+def _without_alpha(row: dict) -> tuple:
+    return (dataset_name(row), row["method"], row.get("model"), row.get("run"), row["ways"],
+            row["shots"], row["seed"], row["split"], row.get("sampler"))
+
+
+def main_rows(rows: list[dict]) -> list[dict]:
+    """The rows the main tables compare (see the module's docstring)."""
+    held_out = [r for r in rows if r["split"] != "train"] or rows
+    plain = {_without_alpha(r) for r in held_out if row_alpha(r) is None}
+    return [r for r in held_out if row_alpha(r) is None or
+            (row_alpha(r) == 1.0 and _without_alpha(r) not in plain)]
+
+
+def _trained_weights(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if row_alpha(r) in (None, 1.0)]
+
+
+def split_table(rows: list[dict]) -> list[str]:
+    """Per dataset and method: accuracy on training-split tasks, on held-out tasks, the gap."""
+    from mamf.report import in_order, label
+
+    rows = _trained_weights(rows)
+    if not any(r["split"] == "train" for r in rows):
+        return []
+    held = sorted({r["split"] for r in rows} - {"train"})
+    groups: dict[tuple, dict[str, list[float]]] = OrderedDict()
+    for r in rows:
+        groups.setdefault((dataset_name(r), r["method"]), {}).setdefault(
+            "train" if r["split"] == "train" else "held", []).extend(r["task_accs"])
+    lines = ["## Training-split against test-split tasks", "",
+             "Accuracy on tasks drawn from the training split (images or classes the methods "
+             f"trained on) beside tasks from the {'/'.join(held) or 'test'} split; a large gap "
+             "is overfitting. Mean ± 95 % CI over all tasks of each split.", "",
+             "| dataset | method | training split | test split | gap |", "|---|---|---|---|---|"]
+    datasets = list(OrderedDict.fromkeys(d for d, _ in groups))
+    for d in datasets:
+        for m in in_order({m for dd, m in groups if dd == d}):
+            accs = groups[(d, m)]
+            cells = [(f"{mean_ci95(accs[k])[0]:.3f} ± {mean_ci95(accs[k])[1]:.3f}"
+                      if k in accs else "-") for k in ("train", "held")]
+            gap = (f"{np.mean(accs['train']) - np.mean(accs['held']):+.3f}"
+                   if len(accs) == 2 else "-")
+            lines.append(f"| {d} | {label(m)} | {cells[0]} | {cells[1]} | {gap} |")
+    return lines
+
+
+def alpha_curves(rows: list[dict]) -> dict[str, dict[str, dict[float, list[float]]]]:
+    """dataset -> method -> alpha -> held-out task accuracies, for methods scored at 2+ alphas."""
+    out: dict[str, dict[str, dict[float, list[float]]]] = OrderedDict()
+    for r in rows:
+        if row_alpha(r) is not None and r["split"] != "train":
+            out.setdefault(dataset_name(r), {}).setdefault(r["method"], {}).setdefault(
+                row_alpha(r), []).extend(r["task_accs"])
+    return {d: {m: a for m, a in ms.items() if len(a) >= 2} for d, ms in out.items()
+            if any(len(a) >= 2 for a in ms.values())}
+
+
+def alpha_figure(curves: dict[str, dict[float, list[float]]], dataset: str, path: Path) -> Path:
+    """Accuracy against alpha (0: zero-shot weights, 1: trained), one line per method."""
+    from mamf.report import _pyplot, _save, colour, in_order, label
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
+    for m in in_order(curves):
+        alphas = sorted(curves[m])
+        means, cis = np.array([mean_ci95(curves[m][a]) for a in alphas]).T
+        ax.plot(alphas, means, marker="o", color=colour(m), label=label(m))
+        ax.fill_between(alphas, means - cis, means + cis, color=colour(m), alpha=0.18)
+    ax.set_xlabel("alpha: (1 - alpha) zero-shot + alpha trained weights")
+    ax.set_ylabel("query accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{dataset}: WiSE-FT")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def overfitting_sections(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
+    """The sections' markdown lines and their figures (none when the rows hold neither)."""
+    lines, pngs = split_table(rows), {}
+    curves = alpha_curves(rows)
+    if curves:
+        lines += ([""] if lines else []) + [
+            "## WiSE-FT: accuracy against alpha", "",
+            "Each test task scored with (1 - alpha) x the weights training started from + alpha "
+            "x the trained weights, before the task's adaptation; with LoRA alpha scales the "
+            "adapter's update (figures below, `alpha-*`)."]
+        for d, by_method in curves.items():
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
+            pngs[f"alpha-{safe}"] = alpha_figure(by_method, d, figures / f"alpha-{safe}.png")
+    return lines, pngs
