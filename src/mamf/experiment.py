@@ -41,7 +41,8 @@ DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
-CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads"}
+CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "unfreeze_image_blocks",
+              "unfreeze_text_layers", "heads"}
 MAX_WAYS = AT_MOST["data.ways"]
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_model, save_model
 
 from mamf import distributed, methods
 from mamf.checkpoint import Checkpointer
-from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
+from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
@@ -66,9 +66,10 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
                                 config.data.template)
-    inputs = ModelInputs(model, dataset, device, config.precision,
-                         config.train.freeze_image_backbone, config.train.freeze_text_tower,
-                         config.train.crop_scale, seed=config.seed)
+    image_blocks, text_layers = unfrozen(config.train)
+    inputs = ModelInputs(model, dataset, device, config.precision, image_blocks == 0,
+                         text_layers == 0, config.train.crop_scale, seed=config.seed,
+                         image_top_blocks=image_blocks or 0, text_top_layers=text_layers or 0)
     return model, dataset, inputs
 
 
@@ -117,7 +118,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
     model, dataset, inputs = prepare(config, fresh=True)
-    if config.train.freeze_image_backbone and config.train.augment:
+    if unfrozen(config.train)[0] == 0 and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
     result = train(model, inputs, dataset, config, progress and is_main(), checkpointer)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
