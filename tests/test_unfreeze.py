@@ -233,3 +233,17 @@ def test_k_zero_and_all_are_the_old_keys_bit_for_bit(colour_folder, cache):
         (a, wa), (b, wb) = weights(**new), weights(**old)
         assert a == b
         assert all(torch.equal(x, y) for x, y in zip(wa, wb))
+
+
+@pytest.mark.slow
+def test_effnet_minilm_boundary_comes_from_onnxruntime(tmp_path, cache):
+    from conftest import make_folder
+
+    model = load_model("effnet-minilm").eval()
+    folder = make_folder(tmp_path / "photos", n_classes=3, per_class=3, size=64)
+    ours = inputs(model, folder, image_top_blocks=2)
+    assert len(list(cache.rglob("EffnetMiniLM-below2-*.onnx"))) == 1
+    assert ours.features.shape == (9, 192, 7, 7)
+    with torch.no_grad():
+        eager = model.image_bottom(model.preprocess(ours.dataset.batch(range(9))), 2)
+    assert torch.allclose(ours.features, eager, rtol=0, atol=1e-4)
