@@ -247,3 +247,13 @@ def test_effnet_minilm_boundary_comes_from_onnxruntime(tmp_path, cache):
     with torch.no_grad():
         eager = model.image_bottom(model.preprocess(ours.dataset.batch(range(9))), 2)
     assert torch.allclose(ours.features, eager, rtol=0, atol=1e-4)
+
+
+def test_an_experiment_method_cannot_change_the_boundary():
+    """The caches of a dataset are built once for all of its methods."""
+    from mamf.experiment import parse_experiment
+
+    raw = {"model": "tiny-random-clip", "datasets": {"a": {"root": "x"}},
+           "method_settings": {"classical": {"train": {"unfreeze_image_blocks": 1}}}}
+    with pytest.raises(MamfError, match="unfreeze_image_blocks"):
+        parse_experiment(raw)

@@ -167,8 +167,7 @@ class EffnetMiniLM(DualEncoder):
         return mean_pool(hidden, tokens["attention_mask"])
 
     def text_top_parameters(self, k: int) -> list[nn.Parameter]:
-        return split.parameters(*self.text_model.encoder.layer[len(self.text_model.encoder.layer)
-                                                               - k:]) if k else []
+        return split.parameters(*self.text_model.encoder.layer[-k:]) if k else []
 
     def reset_heads(self, generator: torch.Generator) -> None:
         """Replace W by N(0, 1/384) entries drawn from `generator` (the official `heads=random`)."""
