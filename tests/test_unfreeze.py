@@ -257,3 +257,21 @@ def test_an_experiment_method_cannot_change_the_boundary():
            "method_settings": {"classical": {"train": {"unfreeze_image_blocks": 1}}}}
     with pytest.raises(MamfError, match="unfreeze_image_blocks"):
         parse_experiment(raw)
+
+
+def test_a_trained_run_is_evaluated_over_the_boundary_it_trained_on(colour_folder, tmp_path,
+                                                                    cache):
+    """The trained top does not name the cache: evaluating the run reads the training's file."""
+    run = tmp_path / "run"
+    assert main(["train", "--method", "classical", "--model", "tiny-random-clip", "--data",
+                 str(colour_folder), "--out", str(run), "--steps", "4", "--lr", "1e-2",
+                 "--quiet", "--set", "train.augment=false", "--set",
+                 "train.unfreeze_image_blocks=1"]) == 0
+    files = sorted(colour_folder.parent.rglob("features-*.npy"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
+                 str(tmp_path / "results"), "--ways", "2", "--quiet", "--set",
+                 "metatest.epochs=1"]) == 0
+    assert sorted(colour_folder.parent.rglob("features-*.npy")) == files
+    assert files[0].stat().st_mtime_ns == stamp
