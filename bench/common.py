@@ -73,6 +73,11 @@ def timed(fn, repeats: int, warmup: int = 1, device: torch.device | None = None)
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     """Median seconds per function, the functions run in turn so that noise hits all alike."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeats, warmup).items()}
+
+
+def interleaved_samples(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Every run's seconds per function, the functions run in turn."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -82,4 +87,4 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
             start = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times

@@ -69,6 +69,11 @@ def _assert_same_training(one, two, start=None):
     ("mamf", ("--set", "train.sampler=confusion")),
     ("fomaml", ("--set", "train.sampler=confusion")),
     ("mamf", ("--set", "train.parallel=fsdp", "--set", "train.sampler=confusion")),
+    # the last block of each tower over the cached boundaries (which the ranks computed in shares)
+    *[(method, ("--set", "train.augment=false", "--set", "train.unfreeze_image_blocks=1", "--set",
+                "train.unfreeze_text_layers=1", *parallel))
+      for method, parallel in [("mamf", ()), ("fomaml", ()),
+                               ("classical", ("--set", "train.parallel=fsdp"))]],
 ])
 def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_path, method,
                                                       extra):
@@ -131,12 +136,18 @@ def test_sharded_evaluation_writes_the_rows_of_one_process(shared_colour_folder,
         assert {k: a[k] for k in KEYS} == {k: b[k] for k in KEYS}
 
 
-def test_ranks_share_the_frozen_backbone_features(shared_colour_folder, tmp_path, monkeypatch):
-    """Each rank computes part of the frozen-backbone features (100 images: chunks of 64 and
-    36); the gathered features equal one process's, bit for bit, and so do the rows."""
+@pytest.mark.parametrize("frozen", [
+    ("train.freeze_image_backbone=true", "train.freeze_text_tower=true"),
+    ("train.unfreeze_image_blocks=1", "train.unfreeze_text_layers=1", "train.augment=false"),
+])
+def test_ranks_share_the_frozen_backbone_features(shared_colour_folder, tmp_path, monkeypatch,
+                                                  frozen):
+    """Each rank computes part of the frozen-backbone features (or of the boundary below the
+    last block; 100 images: chunks of 64 and 36); the gathered features equal one process's,
+    bit for bit, and so do the rows."""
     common = ["evaluate", "--model", "tiny-random-clip", "--data", str(shared_colour_folder),
-              "--ways", "5", "--quiet", "--set", "train.freeze_image_backbone=true", "--set",
-              "train.freeze_text_tower=true", "--set", "metatest.lr=1e-3"]
+              "--ways", "5", "--quiet", *[a for key in frozen for a in ("--set", key)], "--set",
+              "metatest.lr=1e-3"]
     monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache-one"))
     assert main([*common, "--out", str(tmp_path / "one")]) == 0
     done = _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path,

@@ -53,7 +53,7 @@ def test_onnxruntime_outputs_match_pytorch(colour_folder, cache, monkeypatch):
 def test_the_exported_graph_is_reused(tmp_path, cache, monkeypatch):
     model = load_model("tiny-random-clip").eval()
     features(model, make_folder(tmp_path / "a", n_classes=3, per_class=4, seed=1))
-    monkeypatch.setattr(frozen_engine, "_export", lambda m: pytest.fail("exported again"))
+    monkeypatch.setattr(frozen_engine, "_export", lambda *a: pytest.fail("exported again"))
     folder = make_folder(tmp_path / "b", n_classes=3, per_class=4, seed=2)
     assert torch.allclose(features(model, folder), eager(model, folder), rtol=0, atol=1e-4)
 

@@ -77,6 +77,24 @@ def test_frozen_cached_towers_get_no_adapters_and_explicit_targets_there_are_ref
         prepare(lora_config(colour_folder, lora_targets=["no_such_layer"]), fresh=True)
 
 
+def test_under_partial_unfreezing_adapters_sit_only_above_the_cached_boundary(colour_folder):
+    """The tiny model's towers have 2 layers each; with the last 1 unfrozen the boundary cache
+    holds layer 0's outputs, so LoRA goes into layer 1 only (and nowhere in a frozen tower)."""
+    config = lora_config(colour_folder, augment=False, unfreeze_image_blocks=1,
+                         unfreeze_text_layers=0)
+    model, dataset, inputs = prepare(config, fresh=True)
+    names = [n for n, _ in model.named_parameters() if ".lora_" in n]
+    assert names and all("vision_model.encoder.layers.1." in n for n in names)
+    before = [p.detach().clone() for n, p in model.named_parameters() if ".lora_B." in n]
+    train(model, inputs, dataset, config, progress=False)
+    after = [p for n, p in model.named_parameters() if ".lora_B." in n]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))  # they train
+    with pytest.raises(MamfError, match="frozen tower"):
+        prepare(lora_config(colour_folder, augment=False, unfreeze_image_blocks=1,
+                            lora_targets=["vision_model.encoder.layers.0.self_attn.q_proj"]),
+                fresh=True)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("train.adapter", "lorax", "must be one of"),
     ("train.lora_rank", "0", "must be positive"),

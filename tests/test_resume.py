@@ -28,6 +28,8 @@ def train_args(method, folder, out, extra=()):
 @pytest.mark.parametrize("method, extra", [
     ("classical", ()), ("mamf", ()), ("mamf", ("--schedule", "sequential", "--epochs", "2")),
     ("fomaml", ("--set", "train.inner_lr=0.01")),
+    ("mamf", ("--set", "train.augment=false", "--set", "train.unfreeze_image_blocks=1",
+              "--set", "train.unfreeze_text_layers=1")),
 ])
 def test_killed_training_resumes_to_the_same_weights(shared_colour_folder, tmp_path, method,
                                                      extra):

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from mamf.config import TrainConfig
+from mamf.config import TrainConfig, unfrozen
 from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
 
@@ -50,11 +50,7 @@ def target_names(model: DualEncoder, train: TrainConfig) -> list[str]:
     name = model.describe().get("name", type(model).__name__)
     if not targets:
         raise MamfError(f"model {name} has no default LoRA targets: set train.lora_targets")
-    frozen: set[int] = set()
-    if train.freeze_image_backbone:
-        frozen |= {id(p) for p in model.image_backbone_parameters()}
-    if train.freeze_text_tower:
-        frozen |= {id(p) for p in model.text_parameters()}
+    frozen = {id(p) for p in cached_parameters(model, train)}
     names: list[str] = []
     for target in targets:
         hits = [n for n, m in model.named_modules()
@@ -72,6 +68,20 @@ def target_names(model: DualEncoder, train: TrainConfig) -> list[str]:
         raise MamfError("train.adapter=lora has nothing to adapt: both towers are frozen and "
                         "cached (train.freeze_image_backbone, train.freeze_text_tower)")
     return names
+
+
+def cached_parameters(model: DualEncoder, train: TrainConfig) -> list[torch.nn.Parameter]:
+    """The parameters below each tower's boundary (`train.unfreeze_*`, or a whole frozen tower):
+    their outputs are cached, so an adapter there would never be used."""
+    image_k, text_k = unfrozen(train)
+    out = []
+    for k, tower, top in ((image_k, model.image_backbone_parameters, model.image_top_parameters),
+                          (text_k, model.text_parameters, model.text_top_parameters)):
+        if k is None:
+            continue
+        keep = {id(p) for p in top(k)} if k else set()
+        out += [p for p in tower() if id(p) not in keep]
+    return out
 
 
 def attach(model: DualEncoder, train: TrainConfig, seed: int) -> None:

@@ -72,6 +72,10 @@ class TrainConfig:
     crop_scale: float = 0.8
     freeze_image_backbone: bool = False
     freeze_text_tower: bool = False
+    # the last k blocks (layers) of a tower train, the ones below are frozen and their outputs
+    # cached: an integer >= 0 (0: frozen) or "all" (end to end); unset: the freeze_* key decides
+    unfreeze_image_blocks: int | str | None = None
+    unfreeze_text_layers: int | str | None = None
     weight_decay: float = 0.0
     checkpoint_every: int = 100
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
@@ -182,6 +186,9 @@ def _coerce(key: str, value, annotation):
         is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
         if is_null and type(None) in args:
             return None
+        if int in args and str in args:  # a count or a word ("all"): validate() checks which
+            return value if isinstance(value, str) and not _is_integer(value) else \
+                _coerce(key, value, int)
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is list:
@@ -232,6 +239,14 @@ def _coerce(key: str, value, annotation):
             return str(value)
         raise MamfError(f"config {key} must be a string, got {shown(value)}")
     raise MamfError(f"config {key}: unsupported value {shown(value)}")
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _hints(obj) -> dict:
@@ -298,9 +313,15 @@ def validate(config: Config) -> Config:
             raise MamfError(f"config {key} must not be negative, got {shown(_get(flat, key))}")
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
-    if config.train.heads == "random" and config.train.freeze_text_tower:
+    image_blocks, text_layers = unfrozen(config.train)
+    if config.train.heads == "random" and text_layers == 0:
         raise MamfError("train.heads=random cannot go with train.freeze_text_tower: the cached "
                         "text embeddings would pass through an untrained head")
+    if image_blocks not in (0, None) and (config.train.augment or config.metatest.augment):
+        which = "train.augment" if config.train.augment else "metatest.augment"
+        raise MamfError(f"{which}=true cannot go with train.unfreeze_image_blocks="
+                        f"{image_blocks}: augmentation acts on pixels and the frozen blocks' "
+                        f"outputs are cached; set {which}=false")
     if config.train.sampler_discount > 1:
         raise MamfError("config train.sampler_discount is the share of a potential kept, at most 1")
     if config.train.crop_scale > 1:
@@ -328,6 +349,32 @@ def validate(config: Config) -> Config:
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config
+
+
+UNFREEZE = {"unfreeze_image_blocks": "freeze_image_backbone",
+            "unfreeze_text_layers": "freeze_text_tower"}
+
+
+def unfrozen(train: TrainConfig) -> tuple[int | None, int | None]:
+    """How many top blocks of the image tower and top layers of the text tower train: k >= 0
+    (0: the tower is frozen), None: all of it (end to end). An unset `unfreeze_*` key follows its
+    `freeze_*` key; the two may not disagree. The counts are checked against the model in
+    `mamf.inputs`, which knows its towers."""
+    out = []
+    for key, old in UNFREEZE.items():
+        value, frozen = getattr(train, key), getattr(train, old)
+        if value is None:
+            out.append(0 if frozen else None)
+            continue
+        if isinstance(value, str) and value != "all" or isinstance(value, int) and value < 0:
+            raise MamfError(f"config train.{key} must be an integer >= 0 or all, got "
+                            f"{shown(value)}")
+        k = None if value == "all" else value
+        if frozen and k != 0:
+            raise MamfError(f"config train.{old}=true contradicts train.{key}={value}: "
+                            f"set one of them")
+        out.append(k)
+    return out[0], out[1]
 
 
 def check_seed(what: str, value: int) -> None:

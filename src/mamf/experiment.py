@@ -45,8 +45,9 @@ DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
 # the model and its caches are prepared once per dataset: what they depend on is not per method
-CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "heads", "adapter", "lora_rank",
-              "lora_alpha", "lora_dropout", "lora_targets"}
+CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "unfreeze_image_blocks",
+              "unfreeze_text_layers", "heads", "adapter", "lora_rank", "lora_alpha",
+              "lora_dropout", "lora_targets"}
 MAX_WAYS = AT_MOST["data.ways"]
 
 

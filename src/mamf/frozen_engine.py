@@ -7,6 +7,9 @@ exported once with `torch.onnx.export` into the cache folder (keyed by its weigh
 onnxruntime's CPU provider with torch's thread count. Its outputs match PyTorch's within 1e-4 and
 do not depend on the thread count, so torchrun's ranks still gather one process's bits.
 
+Partial unfreezing (`train.unfreeze_image_blocks: k`) caches the tower below its last k blocks the
+same way: that bottom part is exported and run here, named by k and by its own weights.
+
 PyTorch stays where onnxruntime is not installed, on a GPU (bf16), under bf16 autocast, for a model
 in training mode, and wherever the export fails or its outputs disagree with PyTorch's (logged
 once). `MAMF_FROZEN_ENGINE=torch` forces PyTorch.
@@ -45,11 +48,12 @@ def _log_once(message: str, level: int = logging.WARNING) -> None:
         log.log(level, message)
 
 
-def weights_digest(model: DualEncoder) -> str:
-    """A hash of the image backbone's exact weights (names them in cache files)."""
+def weights_digest(model: DualEncoder, parameters=None) -> str:
+    """A hash of the image backbone's exact weights, or of `parameters` (the frozen bottom's)
+    where given (names them in cache files)."""
     h = hashlib.sha256()
     with torch.no_grad():
-        for p in model.image_backbone_parameters():
+        for p in model.image_backbone_parameters() if parameters is None else parameters:
             h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
 
@@ -72,18 +76,22 @@ def engine_for(model: DualEncoder, device: torch.device, precision: str) -> str:
 
 
 class _Backbone(torch.nn.Module):
-    """`model.image_backbone` as a module's forward, for the exporter."""
+    """`model.image_backbone` (or, for `top_blocks` k > 0, the tower below its last k blocks) as
+    a module's forward, for the exporter."""
 
-    def __init__(self, model: DualEncoder):
+    def __init__(self, model: DualEncoder, top_blocks: int = 0):
         super().__init__()
         self.model = model
+        self.top_blocks = top_blocks
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.image_backbone(pixels)
+        if self.top_blocks == 0:
+            return self.model.image_backbone(pixels)
+        return self.model.image_bottom(pixels, self.top_blocks)
 
 
-def _export(model: DualEncoder) -> bytes:
-    wrapper = _Backbone(model).train(model.training)  # the exporter restores the wrapper's mode
+def _export(model: DualEncoder, top_blocks: int = 0) -> bytes:
+    wrapper = _Backbone(model, top_blocks).train(model.training)  # the exporter restores the wrapper's mode
     example = torch.zeros(2, 3, model.image_size, model.image_size)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -111,27 +119,29 @@ def _runner(session) -> Backbone:
     return run
 
 
-def _agrees(model: DualEncoder, run: Backbone) -> bool:
+def _agrees(model: DualEncoder, run: Backbone, top_blocks: int = 0) -> bool:
     """onnxruntime's outputs on a few seeded inputs match PyTorch's (tracing can bake in what
     a forward decides from its inputs; this catches it)."""
     pixels = torch.randn(3, 3, model.image_size, model.image_size,
                          generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = model.image_backbone(pixels).float()
+        expected = _Backbone(model, top_blocks)(pixels).float()
     return torch.allclose(run(pixels), expected, rtol=CHECK_TOLERANCE, atol=CHECK_TOLERANCE)
 
 
-def onnx_backbone(model: DualEncoder, weights: str) -> Backbone | None:
-    """`model.image_backbone` on onnxruntime, exported once into the cache folder; None (and one
+def onnx_backbone(model: DualEncoder, weights: str, top_blocks: int = 0) -> Backbone | None:
+    """`model.image_backbone` (`top_blocks` k > 0: the tower below its last k blocks, whose
+    weights `weights` names) on onnxruntime, exported once into the cache folder; None (and one
     log line) when it cannot be exported or disagrees with PyTorch."""
-    path = cache_root() / "onnx" / f"{type(model).__name__}-{model.image_size}-{weights[:20]}-" \
-                                   f"torch{torch.__version__}-opset{OPSET}.onnx"
+    part = f"-below{top_blocks}" if top_blocks else ""
+    path = cache_root() / "onnx" / f"{type(model).__name__}{part}-{model.image_size}-" \
+                                   f"{weights[:20]}-torch{torch.__version__}-opset{OPSET}.onnx"
     try:
         if path.exists():
             return _runner(_session(path.read_bytes()))
-        graph = _export(model)
+        graph = _export(model, top_blocks)
         run = _runner(_session(graph))
-        if not _agrees(model, run):
+        if not _agrees(model, run, top_blocks):
             _log_once(f"{type(model).__name__}: onnxruntime's outputs differ from PyTorch's; "
                       "frozen image features are computed with PyTorch")
             return None

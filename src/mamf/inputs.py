@@ -2,7 +2,10 @@
 
 Prompts are tokenised once per dataset; a step encodes each of its candidate classes' prompts once,
 never once per image. With a frozen image backbone, its outputs are computed once for every cached
-image and the step runs only the image head.
+image and the step runs only the image head. With only the last k blocks of a tower trainable
+(`train.unfreeze_image_blocks`, `unfreeze_text_layers`), the frozen part's outputs at the boundary
+are computed once (images: on disk, beside the image cache; prompts: in memory) and a step runs
+only the top k blocks.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from mamf import distributed, frozen_engine, progress
 from mamf.augment import draws, random_crop_flip
 from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
+from mamf.errors import MamfError
 from mamf.io import writing
 from mamf.models.base import DualEncoder
 
@@ -54,12 +59,17 @@ def autocast(device: torch.device, precision: str):
 
 
 class ModelInputs:
-    """Everything a step needs from the data, for one model and one dataset."""
+    """Everything a step needs from the data, for one model and one dataset.
+
+    `image_top_blocks` / `text_top_layers` k > 0: only the tower's last k blocks (layers) train;
+    the frozen part below is run once and its outputs cached (`freeze_*`: k = 0, the whole tower).
+    """
 
     def __init__(self, model: DualEncoder, dataset: ImageDataset, device: torch.device,
                  precision: str = "fp32", freeze_image_backbone: bool = False,
                  freeze_text_tower: bool = False,
-                 crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64):
+                 crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64,
+                 image_top_blocks: int = 0, text_top_layers: int = 0):
         self.dataset = dataset
         self.device = device
         self.precision = resolve_precision(precision, device)
@@ -70,12 +80,24 @@ class ModelInputs:
         self.per_class = len(prompts[0])
         tokens = model.tokenize([p for group in prompts for p in group])
         self.tokens = {k: v.to(device) for k, v in tokens.items()}
+        if freeze_image_backbone and image_top_blocks or freeze_text_tower and text_top_layers:
+            raise ValueError("a frozen tower has no trainable top blocks")
+        self.image_top_blocks = image_top_blocks
+        if image_top_blocks:
+            _check_count(model, "image", model.image_blocks, image_top_blocks)
+        self.text_top_layers = text_top_layers
+        if text_top_layers:
+            _check_count(model, "text", model.text_layers, text_top_layers)
+        # the frozen image part's outputs: the backbone's, or the boundary below the top blocks
         self.features: torch.Tensor | None = None
-        if freeze_image_backbone:
-            self.features = self._backbone_features(model, feature_batch)
+        if freeze_image_backbone or image_top_blocks:
+            self.features = self._backbone_features(model, feature_batch, image_top_blocks)
         self.text_cache: torch.Tensor | None = None
         if freeze_text_tower:
             self.text_cache = self._text_embeddings(model, feature_batch)
+        self.text_boundary: torch.Tensor | None = None
+        if text_top_layers:
+            self.text_boundary = self._text_boundary(model, feature_batch)
 
     def _text_embeddings(self, model: DualEncoder, batch: int) -> torch.Tensor:
         for p in model.text_parameters():
@@ -87,24 +109,50 @@ class ModelInputs:
         with torch.no_grad(), autocast(self.device, self.precision):
             return torch.cat([self._encode_texts(model, ids[i : i + batch]).float() for i in starts])
 
-    def _backbone_features(self, model: DualEncoder, batch: int) -> torch.Tensor:
-        """Backbone outputs for every cached image, kept on disk beside the image cache and
-        keyed by the images, the backbone's exact weights, the precision and the engine."""
-        freeze_backbone(model)
-        weights = frozen_engine.weights_digest(model)
+    def _text_boundary(self, model: DualEncoder, batch: int) -> torch.Tensor:
+        """Hidden states below the text tower's top layers, [prompts, tokens, width] (each chunk
+        padded to the longest prompt; a step cuts its rows to their own longest). Under a prompt
+        ensemble a class has `per_class` rows."""
+        k = self.text_top_layers
+        freeze_except(model.text_parameters(), model.text_top_parameters(k))
+        ids = np.arange(next(iter(self.tokens.values())).shape[0])
+        width = next(iter(self.tokens.values())).shape[1]
+        starts = progress.bar(range(0, len(ids), batch), enabled=distributed.is_main(),
+                              desc="caching frozen text layers' outputs (once)", unit="chunk",
+                              leave=False)
+        chunks = []
+        with torch.no_grad(), autocast(self.device, self.precision):
+            for i in starts:
+                hidden = model.text_bottom(self._tokens(ids[i : i + batch]), k).float()
+                chunks.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])))
+        return torch.cat(chunks)
+
+    def _backbone_features(self, model: DualEncoder, batch: int, top_blocks: int = 0) \
+            -> torch.Tensor:
+        """Backbone outputs (`top_blocks` k > 0: the boundary activations below the last k
+        blocks) for every cached image, kept on disk beside the image cache and keyed by the
+        images, the frozen part's exact weights, k, the precision and the engine."""
+        if top_blocks:
+            frozen = freeze_except(model.image_backbone_parameters(),
+                                   model.image_top_parameters(top_blocks))
+            weights = frozen_engine.weights_digest(model, frozen)
+        else:
+            freeze_backbone(model)
+            weights = frozen_engine.weights_digest(model)
         engine = frozen_engine.engine_for(model, self.device, self.precision)
-        path = self._feature_cache_path(weights, engine)
+        path = self._feature_cache_path(weights, engine, top_blocks)
         # rank 0 decides for all: every rank must join the computation's gather, or none
         if path is not None and distributed.from_main(path.exists()):
             return torch.from_numpy(np.load(path)).to(self.device)
-        backbone = model.image_backbone
+        backbone = model.image_backbone if not top_blocks else \
+            (lambda pixels: model.image_bottom(pixels, top_blocks))
         if engine == frozen_engine.ONNXRUNTIME:
             with distributed.main_first():  # rank 0 exports; the others find its file
-                run = frozen_engine.onnx_backbone(model, weights)
+                run = frozen_engine.onnx_backbone(model, weights, top_blocks)
             if distributed.sum_scalar(float(run is None)) == 0:  # on every rank, or on none
                 backbone = run
             else:
-                path = self._feature_cache_path(weights, frozen_engine.TORCH)
+                path = self._feature_cache_path(weights, frozen_engine.TORCH, top_blocks)
                 if path is not None and distributed.from_main(path.exists()):
                     return torch.from_numpy(np.load(path)).to(self.device)
         features = self._compute_backbone_features(model, backbone, batch)
@@ -119,11 +167,13 @@ class ModelInputs:
                     raise
         return features
 
-    def _feature_cache_path(self, weights: str, engine: str) -> Path | None:
+    def _feature_cache_path(self, weights: str, engine: str, top_blocks: int = 0) -> Path | None:
         source = getattr(self.dataset.images, "filename", None)
         if source is None:
             return None
         key = f"{Path(source).name}|{self.precision}|{self.device.type}|{engine}|{weights}"
+        if top_blocks:
+            key += f"|below the last {top_blocks} blocks"
         return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy")
 
     def _compute_backbone_features(self, model: DualEncoder, backbone: frozen_engine.Backbone,
@@ -157,7 +207,10 @@ class ModelInputs:
         batch of `total` split across ranks; augmentation draws for the whole batch and takes
         these rows, so every rank count consumes the generator alike and crops the same."""
         if self.features is not None:
-            return model.image_head(self.features[torch.as_tensor(indices, device=self.device)])
+            cached = self.features[torch.as_tensor(indices, device=self.device)]
+            if self.image_top_blocks:
+                cached = model.image_top(cached, self.image_top_blocks)
+            return model.image_head(cached)
         pixels = model.preprocess(self.dataset.batch(indices).to(self.device))
         if augment:
             start, total = within or (0, len(indices))
@@ -173,26 +226,69 @@ class ModelInputs:
     def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         if self.text_cache is not None:
             return self.text_cache[torch.as_tensor(np.asarray(class_ids), device=self.device)]
+        if self.text_boundary is not None:
+            ids = np.asarray(class_ids)
+            prompts = self._prompt_rows(ids)
+            tokens = self._tokens(prompts)
+            rows = torch.as_tensor(prompts, device=self.device)
+            width = next(iter(tokens.values())).shape[1]
+            top = model.text_top(self.text_boundary[rows, :width], tokens, self.text_top_layers)
+            return self._class_means(top, len(ids))
         return self._encode_texts(model, class_ids)
 
     def _encode_texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         """One embedding a class; under a prompt ensemble, the mean of its prompts' normalised
         embeddings (through the text tower as it is, trainable or not)."""
-        t = self.per_class
         ids = np.asarray(class_ids)
-        rows = torch.as_tensor((ids[:, None] * t + np.arange(t)).ravel() if t > 1 else ids,
-                               device=self.device)
+        return self._class_means(model.encode_texts(self._tokens(self._prompt_rows(ids))),
+                                 len(ids))
+
+    def _prompt_rows(self, class_ids: np.ndarray) -> np.ndarray:
+        """The rows of `tokens` that hold these classes' prompts (`per_class` a class)."""
+        t = self.per_class
+        return (class_ids[:, None] * t + np.arange(t)).ravel() if t > 1 else class_ids
+
+    def _class_means(self, embeddings: torch.Tensor, n: int) -> torch.Tensor:
+        """Per class, the mean of its prompts' normalised embeddings (one prompt: as it is)."""
+        if self.per_class == 1:
+            return embeddings
+        unit = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+        return unit.view(n, self.per_class, -1).mean(1)
+
+    def _tokens(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """These prompts' tokens, cut to the longest of them."""
+        rows = torch.as_tensor(np.asarray(rows), device=self.device)
         tokens = {k: v[rows] for k, v in self.tokens.items()}
         if "attention_mask" in tokens:
             width = int(tokens["attention_mask"].sum(1).max())
             tokens = {k: v[:, :width] for k, v in tokens.items()}
-        if t == 1:
-            return model.encode_texts(tokens)
-        embeddings = torch.nn.functional.normalize(model.encode_texts(tokens).float(), dim=-1)
-        return embeddings.view(len(ids), t, -1).mean(1)
+        return tokens
 
 
 def freeze_backbone(model: DualEncoder) -> None:
     """Stop gradients into the image backbone (its outputs are cached instead)."""
     for p in model.image_backbone_parameters():
         p.requires_grad_(False)
+
+
+def freeze_except(tower, top) -> list[torch.nn.Parameter]:
+    """Stop gradients into `tower`'s parameters other than `top`'s; returns those frozen."""
+    keep = {id(p) for p in top}
+    frozen = [p for p in tower if id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
+def _check_count(model: DualEncoder, tower: str, count, k: int) -> None:
+    """k top blocks (layers) must exist in a model that can split its `tower` tower."""
+    key = "unfreeze_image_blocks" if tower == "image" else "unfreeze_text_layers"
+    try:
+        n = count()
+    except NotImplementedError:
+        raise MamfError(f"train.{key}={k}: {type(model).__name__}'s {tower} tower cannot be "
+                        "partially unfrozen (use 0 or all)") from None
+    if k > n:
+        unit = "blocks" if tower == "image" else "layers"
+        raise MamfError(f"train.{key}={k} is more than the {n} {unit} of "
+                        f"{type(model).__name__}'s {tower} tower")

@@ -16,7 +16,7 @@ from safetensors.torch import load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
 from mamf.checkpoint import Checkpointer
-from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict
+from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
 from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
 from mamf.data.prompts import templates_tag
@@ -49,7 +49,8 @@ def seed_everything(seed: int) -> None:
 # settings added after rows were first written: at their defaults they hash as before, so older
 # results stay "the same settings"
 LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
-              "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")}
+              "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                        "unfreeze_image_blocks", "unfreeze_text_layers")}
 LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
 
 
@@ -91,9 +92,10 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
                                 config.data.template, config.data.templates)
-    inputs = ModelInputs(model, dataset, device, config.precision,
-                         config.train.freeze_image_backbone, config.train.freeze_text_tower,
-                         config.train.crop_scale, seed=config.seed)
+    image_blocks, text_layers = unfrozen(config.train)
+    inputs = ModelInputs(model, dataset, device, config.precision, image_blocks == 0,
+                         text_layers == 0, config.train.crop_scale, seed=config.seed,
+                         image_top_blocks=image_blocks or 0, text_top_layers=text_layers or 0)
     return model, dataset, inputs
 
 
@@ -151,7 +153,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
     model, dataset, inputs = prepare(config, fresh=True)
-    if config.train.freeze_image_backbone and config.train.augment:
+    if unfrozen(config.train)[0] == 0 and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
     result = train(model, inputs, dataset, config, progress and is_main(), checkpointer)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,

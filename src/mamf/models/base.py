@@ -56,6 +56,45 @@ class DualEncoder(nn.Module):
         """The parameters `encode_texts` uses, frozen when text embeddings are cached."""
         raise NotImplementedError
 
+    # -- partial unfreezing (train.unfreeze_image_blocks / unfreeze_text_layers) ---------------
+    # A tower splits k blocks from its top: `bottom(x, k)` gives the boundary activations, which
+    # are cached, and `top(boundary, k)` the tower's output, trained. k = 0: the bottom is the
+    # whole tower and the top the identity; k = the block count: the bottom is the stem (the
+    # embeddings) alone.
+
+    def image_blocks(self) -> int:
+        """How many blocks the image tower has: the largest `unfreeze_image_blocks`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be partially unfrozen")
+
+    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """The image tower below its last k blocks: the boundary activations."""
+        raise NotImplementedError
+
+    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
+        """The last k blocks and what follows them, up to `image_backbone`'s output."""
+        raise NotImplementedError
+
+    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
+        """The parameters `image_top(., k)` uses (the backbone's others are the frozen bottom)."""
+        raise NotImplementedError
+
+    def text_layers(self) -> int:
+        """How many layers the text tower has: the largest `unfreeze_text_layers`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be partially unfrozen")
+
+    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """Hidden states [B, T, D] below the last k layers (k = 0: `encode_texts`)."""
+        raise NotImplementedError
+
+    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
+                 k: int) -> torch.Tensor:
+        """The last k layers over `boundary`, masked and pooled by `tokens`: `encode_texts`."""
+        raise NotImplementedError
+
+    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
+        """The parameters `text_top(., ., k)` uses (`text_parameters`' others are frozen)."""
+        raise NotImplementedError
+
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamf.errors import MamfError
+from mamf.models import split
 from mamf.models.base import DualEncoder
 
 NAME = "effnet-minilm"
@@ -109,6 +110,71 @@ class EffnetMiniLM(DualEncoder):
 
     def head_parameters(self):
         return [self.class_embeddings]
+
+    # -- partial unfreezing: the image tower's blocks are EfficientNet's 16 MBConv blocks (the
+    # last ones run at 7x7: the boundary below the last 1 to 4 is 192 x 7 x 7 floats, 37 KiB an
+    # image); the top is those blocks, the head convolution, pooling and the ImageNet classifier.
+    # The text tower's are MiniLM's 6 transformer layers.
+
+    def image_blocks(self) -> int:
+        return len(self.effnet._blocks)
+
+    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return self.image_backbone(pixel_values)
+        e = self.effnet
+        x = e._swish(e._bn0(e._conv_stem(pixel_values)))
+        return self._blocks(x, 0, len(e._blocks) - k)
+
+    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
+        """EfficientNet's own forward from block n-k on (its `extract_features` and `forward`)."""
+        if k == 0:
+            return boundary
+        e = self.effnet
+        x = self._blocks(boundary, len(e._blocks) - k, len(e._blocks))
+        x = e._swish(e._bn1(e._conv_head(x)))
+        return e._fc(e._dropout(e._avg_pooling(x).flatten(1)))
+
+    def _blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Blocks start..stop with the drop-connect rate each has in the full forward."""
+        e = self.effnet
+        for idx in range(start, stop):
+            rate = e._global_params.drop_connect_rate
+            if rate:
+                rate *= float(idx) / len(e._blocks)
+            x = e._blocks[idx](x, drop_connect_rate=rate)
+        return x
+
+    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
+        if k == 0:
+            return []
+        e = self.effnet
+        return split.parameters(*e._blocks[len(e._blocks) - k:], e._conv_head, e._bn1, e._fc)
+
+    def text_layers(self) -> int:
+        return len(self.text_model.encoder.layer)
+
+    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        if k == 0:
+            return self.encode_texts(tokens)
+        encoder = self.text_model.encoder
+        with split.swapped(encoder, layer=split.layers(encoder, "layer", 0, -k)):
+            return self.text_model(input_ids=tokens["input_ids"],
+                                   attention_mask=tokens["attention_mask"]).last_hidden_state
+
+    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
+                 k: int) -> torch.Tensor:
+        if k == 0:
+            return boundary
+        encoder = self.text_model.encoder
+        with split.swapped(self.text_model, embeddings=split.Given(boundary)), \
+                split.swapped(encoder, layer=split.layers(encoder, "layer", -k)):
+            hidden = self.text_model(input_ids=tokens["input_ids"],
+                                     attention_mask=tokens["attention_mask"]).last_hidden_state
+        return mean_pool(hidden, tokens["attention_mask"])
+
+    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
+        return split.parameters(*self.text_model.encoder.layer[-k:]) if k else []
 
     def reset_heads(self, generator: torch.Generator) -> None:
         """Replace W by N(0, 1/384) entries drawn from `generator` (the official `heads=random`)."""

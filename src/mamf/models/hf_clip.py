@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mamf.errors import MamfError, shown
+from mamf.models import split
 from mamf.models.base import DualEncoder
 
 
@@ -56,6 +58,63 @@ class HFClip(DualEncoder):
 
     def head_parameters(self):
         return [*self.clip.visual_projection.parameters(), *self.clip.text_projection.parameters()]
+
+    # -- partial unfreezing: a tower's blocks are its encoder layers; the image boundary is
+    # [tokens, width] per image, the text boundary [tokens, width] per prompt
+
+    def image_blocks(self) -> int:
+        return len(self.clip.vision_model.encoder.layers)
+
+    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return self.image_backbone(pixel_values)
+        tower = self.clip.vision_model
+        n = self.image_blocks()
+        with split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", 0, n - k)):
+            return tower(pixel_values=pixel_values).last_hidden_state
+
+    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return boundary
+        tower = self.clip.vision_model
+        n = self.image_blocks()
+        with split.swapped(tower, embeddings=split.Given(boundary), pre_layrnorm=nn.Identity()), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", n - k)):
+            return tower(pixel_values=boundary).pooler_output
+
+    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
+        tower = self.clip.vision_model
+        n = self.image_blocks()
+        return split.parameters(*tower.encoder.layers[n - k:], tower.post_layernorm) if k else []
+
+    def text_layers(self) -> int:
+        return len(self.clip.text_model.encoder.layers)
+
+    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        if k == 0:
+            return self.encode_texts(tokens)
+        tower = self.clip.text_model
+        n = self.text_layers()
+        with split.swapped(tower, final_layer_norm=nn.Identity()), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", 0, n - k)):
+            return tower(**tokens).last_hidden_state
+
+    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
+                 k: int) -> torch.Tensor:
+        if k == 0:
+            return boundary
+        tower = self.clip.text_model
+        n = self.text_layers()
+        with split.swapped(tower, embeddings=split.Given(boundary)), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", n - k)):
+            pooled = tower(**tokens).pooler_output
+        return self.clip.text_projection(pooled)
+
+    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
+        tower = self.clip.text_model
+        n = self.text_layers()
+        return split.parameters(*tower.encoder.layers[n - k:], tower.final_layer_norm,
+                                self.clip.text_projection) if k else []
 
     def reset_heads(self, generator: torch.Generator) -> None:
         for head in (self.clip.visual_projection, self.clip.text_projection):
