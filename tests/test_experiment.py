@@ -148,3 +148,21 @@ def test_a_grid_without_a_methods_list_runs_the_papers_methods_not_the_baselines
     assert exp.methods == ["zeroshot", "classical", "mamf", "fomaml"]
     named = parse_experiment({"datasets": {"a": {"root": "x"}}, "methods": ["tip-adapter"]})
     assert named.methods == ["tip-adapter"]
+
+
+def test_entries_that_build_the_same_dataset_share_one_build(tmp_path, monkeypatch):
+    """A dataset studied under several settings (another training match, frozen or not) is
+    built once, in the first entry's folder; other build options get their own."""
+    from mamf.data import builders
+    from mamf.experiment import dataset_root
+
+    built = []
+    monkeypatch.setattr(builders, "build", lambda name, folder, log, **options:
+                        built.append(folder) or folder)
+    exp = parse_experiment({"methods": ["zeroshot"], "datasets": {
+        "a": {"build": "counting", "build_options": {"per_class": 3}},
+        "b": {"build": "counting", "build_options": {"per_class": 3},
+              "settings": {"data": {"train_match": "x"}}},
+        "c": {"build": "counting", "build_options": {"per_class": 4}}}})
+    roots = [dataset_root(ds, tmp_path, exp.datasets) for ds in exp.datasets]
+    assert roots == [str(tmp_path / "data" / n) for n in ("a", "a", "c")]

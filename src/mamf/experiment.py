@@ -13,6 +13,7 @@ pretrained model (`task_similarity`), computed once per dataset before any train
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -302,12 +303,19 @@ def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
     return out
 
 
-def dataset_root(ds: DatasetSpec, out: Path) -> str:
+def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -> str:
+    """The dataset's folder: its `root`, or `out/data/<name>` built there. Entries of `datasets`
+    that build the same thing (builder and options) share the first one's folder, so a dataset
+    studied under several settings (another training match, frozen or not) is built once."""
     if ds.root:
         return ds.root
     from mamf.data.builders import build
 
-    return str(build(ds.build, out / "data" / ds.name, log=log.info, **ds.build_options))
+    same = [d for d in datasets if not d.root and d.build == ds.build and
+            json.dumps(d.build_options, sort_keys=True) ==
+            json.dumps(ds.build_options, sort_keys=True)]
+    name = same[0].name if same else ds.name
+    return str(build(ds.build, out / "data" / name, log=log.info, **ds.build_options))
 
 
 def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:
@@ -346,7 +354,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
     for ds in exp.datasets:
         try:
             with distributed.main_first():
-                root = dataset_root(ds, out)
+                root = dataset_root(ds, out, exp.datasets)
             from mamf.data.folder import scan_folder
 
             base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
