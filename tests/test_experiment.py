@@ -166,3 +166,23 @@ def test_entries_that_build_the_same_dataset_share_one_build(tmp_path, monkeypat
         "c": {"build": "counting", "build_options": {"per_class": 4}}}})
     roots = [dataset_root(ds, tmp_path, exp.datasets) for ds in exp.datasets]
     assert roots == [str(tmp_path / "data" / n) for n in ("a", "a", "c")]
+
+
+def test_a_dataset_sets_one_methods_settings_over_the_experiments():
+    """A rate chosen on one dataset's dev split for one method applies there only."""
+    from mamf.experiment import run_config
+
+    exp = parse_experiment({
+        "methods": ["classical", "mamf"], "settings": {"train": {"lr": 1e-3}},
+        "method_settings": {"mamf": {"train": {"lr": 1e-2}}},
+        "datasets": {"a": {"root": "x", "method_settings": {"mamf": {"train": {"lr": 1e-4}}}},
+                     "b": {"root": "y"}}})
+    lr = {(ds.name, m): run_config(exp, ds, m, 312, "/r").train.lr
+          for ds in exp.datasets for m in exp.methods}
+    assert lr == {("a", "classical"): 1e-3, ("a", "mamf"): 1e-4,
+                  ("b", "classical"): 1e-3, ("b", "mamf"): 1e-2}
+    with pytest.raises(MamfError, match="cannot change"):
+        parse_experiment({"datasets": {"a": {"root": "x", "method_settings": {
+            "mamf": {"train": {"unfreeze_image_blocks": 1}}}}}})
+    with pytest.raises(MamfError, match="unknown method"):
+        parse_experiment({"datasets": {"a": {"root": "x", "method_settings": {"sgd": {}}}}})

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits"}
-DATASET_KEYS = {"root", "build", "build_options", "settings", "ways"}
+DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -60,6 +60,9 @@ class DatasetSpec:
     build_options: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     ways: object = None
+    # per-method settings for this dataset only, over the experiment's (a learning rate chosen
+    # on this dataset's dev split for one method)
+    method_settings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -133,18 +136,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     _refuse_duplicates(seeds, "experiment 'seeds'")
     for seed in seeds:
         check_seed("experiment 'seeds'", seed)
-    method_settings = _mapping(raw.get("method_settings"), "experiment 'method_settings'")
-    for m, s in method_settings.items():
-        if m not in known:
-            raise MamfError(f"method_settings names unknown method {shown(m)}")
-        s = _mapping(s, f"method_settings.{m}")
-        if set(s) - METHOD_SECTIONS:
-            raise MamfError(f"method_settings.{m} may only hold train, metatest and baseline sections")
-        for section in s:
-            _mapping(s[section], f"method_settings.{m}.{section}")
-        if CACHE_KEYS & set(s.get("train") or {}):
-            raise MamfError(f"method_settings.{m}.train cannot change {sorted(CACHE_KEYS)}: set "
-                            "them in settings or per dataset")
+    method_settings = _method_settings(raw.get("method_settings"), "method_settings", known)
     datasets_raw = raw.get("datasets")
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
@@ -197,7 +189,27 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                             f"{shown(unknown[0])}; options: {', '.join(known) or 'none'}")
     return DatasetSpec(name, root, build, options,
                        _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
-                       _ways(entry.get("ways"), name))
+                       _ways(entry.get("ways"), name),
+                       _method_settings(entry.get("method_settings"),
+                                        f"datasets.{name}.method_settings", registry.names()))
+
+
+def _method_settings(raw, where: str, known) -> dict:
+    """`method_settings` (of the experiment, or of one dataset): per-method train, metatest and
+    baseline sections, which may not change what the dataset's prepared model depends on."""
+    settings = _mapping(raw, f"experiment {where!r}")
+    for m, s in settings.items():
+        if m not in known:
+            raise MamfError(f"{where} names unknown method {shown(m)}")
+        s = _mapping(s, f"{where}.{m}")
+        if set(s) - METHOD_SECTIONS:
+            raise MamfError(f"{where}.{m} may only hold train, metatest and baseline sections")
+        for section in s:
+            _mapping(s[section], f"{where}.{m}.{section}")
+        if CACHE_KEYS & set(s.get("train") or {}):
+            raise MamfError(f"{where}.{m}.train cannot change {sorted(CACHE_KEYS)}: set "
+                            "them in settings or per dataset")
+    return settings
 
 
 def _ways(value, name: str):
@@ -257,6 +269,7 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
                shots: int | None = None, split: str | None = None) -> Config:
     merged = deep_merge(exp.settings, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
+    merged = deep_merge(merged, ds.method_settings.get(method, {}))
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
                              "precision": exp.precision, "data": {"root": root}})
     if registry.method_class(method).trains:
