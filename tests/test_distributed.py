@@ -94,6 +94,24 @@ def test_two_ranks_train_the_weights_of_one_process(shared_colour_folder, tmp_pa
     _assert_same_training(one, two, start)
 
 
+@pytest.mark.parametrize("method", ["classical", "mamf"])
+def test_two_ranks_train_the_lora_adapter_of_one_process(shared_colour_folder, tmp_path, method):
+    """LoRA under DDP: the adapter two ranks train is the one a single process trains."""
+    extra = ("--set", "train.adapter=lora", "--set", "train.augment=false")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_train_args(method, shared_colour_folder, one, extra)) == 0
+    done = _torchrun(_train_args(method, shared_colour_folder, two, extra), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((two / "train.json").read_text())["processes"] == 2
+    a, b = (load_file(str(run / "adapter.safetensors")) for run in (one, two))
+    assert a.keys() == b.keys() and any(".lora_B." in k for k in a)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-4
+    assert max(float(a[k].abs().max()) for k in a if ".lora_B." in k) > 5e-3  # it trained
+    la = json.loads((one / "train.json").read_text())["losses"]
+    lb = json.loads((two / "train.json").read_text())["losses"]
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+
+
 def test_two_ranks_resume_a_single_process_checkpoint(shared_colour_folder, tmp_path):
     """A run checkpointed by one process resumes on two (sharded) and ends as the uninterrupted
     run; checkpoints hold whole tensors, whatever wrote them."""
