@@ -105,11 +105,15 @@ class ModelInputs:
         ids = np.arange(len(self.dataset.prompts))
         batch = max(1, batch // self.per_class)  # classes a chunk, so a chunk's prompts stay few
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
-        encode = self._text_tower(model, chunks)
-        chunks = progress.bar(chunks, enabled=distributed.is_main(),
-                              desc="caching frozen text features (once)", unit="chunk", leave=False)
+        return self._embed_chunks(model, chunks, self._text_tower(model, chunks))
+
+    def _embed_chunks(self, model: DualEncoder, chunks: list[np.ndarray],
+                      encode: frozen_engine.TextTower) -> torch.Tensor:
+        """The embeddings of these chunks of classes, through `encode`, in one tensor."""
+        bar = progress.bar(chunks, enabled=distributed.is_main(),
+                           desc="caching frozen text features (once)", unit="chunk", leave=False)
         with torch.no_grad(), autocast(self.device, self.precision):
-            return torch.cat([self._encode_texts(model, c, encode).float() for c in chunks])
+            return torch.cat([self._encode_texts(model, c, encode).float() for c in bar])
 
     def _text_tower(self, model: DualEncoder, chunks: list[np.ndarray]) -> frozen_engine.TextTower:
         """What maps a chunk's tokens to embeddings: the text tower on onnxruntime where the
