@@ -220,10 +220,9 @@ def onnx_text_tower(model: DualEncoder, weights: str,
     width = next(iter(chunks[0].values())).shape[1]
     example = _rows(chunks[0], 3, max(1, width - 1))
     checks = [*chunks[:2], chunks[-1], _rows(chunks[0], 5, width)]
-    run = _on_onnxruntime(model, _graph_path(model, "-text", weights), module, example,
-                          {n: {0: "batch", 1: "tokens"} for n in names}, checks, "text tower",
-                          "frozen text embeddings")
-    return run
+    return _on_onnxruntime(model, _graph_path(model, "-text", weights), module, example,
+                           {n: {0: "batch", 1: "tokens"} for n in names}, checks, "text tower",
+                           "frozen text embeddings")
 
 
 def _rows(tokens: dict[str, torch.Tensor], n: int, width: int) -> dict[str, torch.Tensor]:
