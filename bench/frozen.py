@@ -1,6 +1,6 @@
 """Frozen towers: how fast their outputs are computed once, and what caching them saves per step.
 
-    python bench/frozen.py [--model effnet-minilm] [--images 128] [--repeats 3]
+    python bench/frozen.py [--model effnet-minilm] [--images 128] [--prompts 512] [--repeats 3]
 
 Part 1, measured side by side (interleaved) in one run: the image backbone's outputs for
 `--images` cached images in chunks of 64 by eager PyTorch (no_grad), by mamf's own path (uint8
@@ -8,7 +8,14 @@ cache, preprocessing and the engine mamf picks: onnxruntime on the CPU), and by 
 directly (the same exported graph, onnxruntime's default session, pixels already in memory), with
 the machine's float32 matmul rate and each variant's share of it.
 
-Part 2: a training step of the image head and logit scale (image backbone and text tower frozen),
+Part 2, the same for the frozen text tower: `--prompts` ImageNet class prompts' embeddings in
+chunks of 64 by mamf's chunk loop over eager PyTorch (`model.encode_texts`, no_grad: the path
+without onnxruntime), by the same loop over mamf's engine (the exported `encode_texts` on
+onnxruntime; tokens cut per chunk and converted each call) and by onnxruntime directly (the same
+graph, default session, the chunks' tokens already in numpy). Opening the cached graph, a one-off
+per run, is timed apart.
+
+Part 3: a training step of the image head and logit scale (image backbone and text tower frozen),
 the frozen outputs recomputed every step against computed once and cached.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 import torch
@@ -29,6 +37,7 @@ from mamf.data.dataset import ImageDataset
 from mamf.finetune import step, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods.base import make_optimizer
+from mamf.models.effnet_minilm import imagenet_classes
 
 
 def backbone_flops(model) -> int:
@@ -86,6 +95,55 @@ def outputs(args) -> None:
               f"{times['onnxruntime directly'] / seconds:.2f} x |")
 
 
+def texts(args) -> None:
+    import onnxruntime as ort
+
+    model = model_by_name(args.model).eval()
+    ds = ImageDataset.load(image_folder(n_classes=2, per_class=1), model.image_size)
+    names = imagenet_classes()
+    ds.prompts = [f"a photo of a {names[i % len(names)]}." for i in range(args.prompts)]
+    inputs = ModelInputs(model, ds, torch.device("cpu"))  # tokenises the prompts set above
+
+    started = time.perf_counter()
+    inputs._text_embeddings(model, 64)  # exports and checks the graph, once
+    export_s = time.perf_counter() - started
+    weights = frozen_engine.text_digest(model)
+    chunks = [np.arange(i, min(i + 64, args.prompts)) for i in range(0, args.prompts, 64)]
+    started = time.perf_counter()
+    ours = frozen_engine.onnx_text_tower(model, weights, [inputs._tokens(c) for c in chunks])
+    open_s = time.perf_counter() - started
+    if ours is None:
+        raise SystemExit(f"mamf computes {args.model}'s frozen text embeddings with PyTorch here; "
+                         "install onnxruntime and onnx (the offline extra)")
+    (graph,) = (cache_root() / "onnx").glob(f"*-text-{weights[:20]}*.onnx")
+    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in plain.get_inputs()}
+    feeds = [{k: v.numpy() for k, v in inputs._tokens(c).items() if k in wanted} for c in chunks]
+
+    def eager() -> torch.Tensor:
+        return inputs._embed_chunks(model, chunks, model.encode_texts)
+
+    def mamf_path() -> torch.Tensor:
+        return inputs._embed_chunks(model, chunks, ours)
+
+    def direct():
+        for feed in feeds:
+            plain.run(None, feed)
+
+    gap = float((mamf_path() - eager()).abs().max())
+    times = interleaved({"eager PyTorch": eager, "mamf": mamf_path, "onnxruntime directly": direct},
+                        args.repeats)
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, onnxruntime "
+          f"{ort.__version__}; {args.model} text tower, {args.prompts} prompts in chunks of 64; "
+          f"load {os.getloadavg()[0]:.2f}; largest difference from PyTorch {gap:.1e}; first "
+          f"call (export and check) {export_s:.1f} s, opening the cached graph {open_s:.2f} s")
+    print("| variant | prompts/s | vs eager | vs onnxruntime directly |")
+    print("|---|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {args.prompts / seconds:.1f} | {times['eager PyTorch'] / seconds:.2f} x"
+              f" | {times['onnxruntime directly'] / seconds:.2f} x |")
+
+
 def steps(args) -> None:
     folder = image_folder(n_classes=10, per_class=12)
     setups = {}
@@ -111,13 +169,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="effnet-minilm")
     ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--part", choices=["outputs", "steps", "both"], default="both")
+    ap.add_argument("--part", choices=["outputs", "texts", "steps", "all"], default="all")
     args = ap.parse_args()
-    if args.part in ("outputs", "both"):
+    if args.part in ("outputs", "all"):
         outputs(args)
-    if args.part in ("steps", "both"):
+    if args.part in ("texts", "all"):
+        texts(args)
+    if args.part in ("steps", "all"):
         steps(args)
 
 

@@ -1,5 +1,6 @@
-"""Frozen image-backbone outputs on the CPU come from onnxruntime, match PyTorch's within 1e-4,
-and fall back to PyTorch wherever onnxruntime cannot serve."""
+"""Frozen image-backbone outputs and frozen text-tower embeddings on the CPU come from
+onnxruntime, match PyTorch's within 1e-4, and fall back to PyTorch wherever onnxruntime cannot
+serve."""
 
 from __future__ import annotations
 
@@ -125,3 +126,109 @@ def test_without_onnxruntime_pytorch_computes_them(colour_folder, cache, monkeyp
     assert torch.equal(ours, eager(model, colour_folder))
     assert any("onnxruntime is not installed" in r.getMessage() for r in caplog.records)
     assert not list(cache.rglob("*.onnx"))
+
+
+# -- the frozen text tower
+
+TWO = ["a photo of a {label}.", "a drawing of a {}, which is quite long."]
+
+
+def text_embeddings(model, folder, templates=None, **kw) -> torch.Tensor:
+    dataset = ImageDataset.load(folder, model.image_size, templates=templates)
+    return ModelInputs(model, dataset, CPU, freeze_text_tower=True, **kw).text_cache
+
+
+def eager_texts(model, folder, templates=None) -> torch.Tensor:
+    """Every class's embedding by eager PyTorch, prompt by prompt (no padding at all)."""
+    dataset = ImageDataset.load(folder, model.image_size, templates=templates)
+    rows = []
+    with torch.no_grad():
+        for group in dataset.ensemble or [[p] for p in dataset.prompts]:
+            embeddings = torch.cat([model.encode_texts(model.tokenize([p])) for p in group])
+            rows.append(embeddings[0] if len(group) == 1 else
+                        torch.nn.functional.normalize(embeddings, dim=-1).mean(0))
+    return torch.stack(rows)
+
+
+def text_graphs(cache) -> list:
+    return list(cache.rglob("*-text-*.onnx"))
+
+
+@pytest.mark.parametrize("templates", [None, TWO])
+def test_text_embeddings_on_onnxruntime_match_pytorch(templates, colour_folder, cache):
+    model = load_model("tiny-random-clip").eval()
+    # 6 classes in chunks of 4 prompts: chunks of 4 and 2 classes, or of 2 and 2 and 2
+    ours = text_embeddings(model, colour_folder, templates, feature_batch=4)
+    assert len(text_graphs(cache)) == 1  # exported and kept: onnxruntime computed them
+    assert not any(m.training for m in model.modules())
+    assert torch.allclose(ours, eager_texts(model, colour_folder, templates), rtol=0, atol=1e-4)
+
+
+def test_the_exported_text_graph_is_reused(tmp_path, cache, monkeypatch):
+    model = load_model("tiny-random-clip").eval()
+    text_embeddings(model, make_folder(tmp_path / "a", n_classes=3, per_class=1))
+    monkeypatch.setattr(frozen_engine, "_export", lambda *a: pytest.fail("exported again"))
+    folder = make_folder(tmp_path / "b", n_classes=5, per_class=1)  # other prompts, other shapes
+    ours = text_embeddings(model, folder, TWO)
+    assert torch.allclose(ours, eager_texts(model, folder, TWO), rtol=0, atol=1e-4)
+    assert len(text_graphs(cache)) == 1
+
+
+def test_text_tower_forced_to_pytorch_exports_nothing(colour_folder, cache, monkeypatch):
+    monkeypatch.setenv(frozen_engine.ENV, "torch")
+    monkeypatch.setattr(frozen_engine, "onnx_text_tower", lambda *a: pytest.fail("onnxruntime"))
+    model = load_model("tiny-random-clip").eval()
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    ours = text_embeddings(model, colour_folder)
+    with torch.no_grad():
+        assert torch.equal(ours, model.encode_texts(model.tokenize(dataset.prompts)))
+    assert not list(cache.rglob("*.onnx"))
+
+
+def test_failed_text_export_falls_back_with_one_warning(colour_folder, cache, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator aten::whatever\nsecond line")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    model = load_model("tiny-random-clip").eval()
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    with caplog.at_level(logging.WARNING):
+        first = text_embeddings(model, colour_folder)
+        text_embeddings(model, colour_folder)
+    with torch.no_grad():
+        assert torch.equal(first, model.encode_texts(model.tokenize(dataset.prompts)))
+    notes = [r.getMessage() for r in caplog.records if "ONNX" in r.getMessage()]
+    assert notes == ["HFClip: no ONNX export of the text tower (RuntimeError: unsupported "
+                     "operator aten::whatever); frozen text embeddings are computed with PyTorch"]
+    assert not list(cache.rglob("*.onnx"))
+
+
+class FixedLengthClip(HFClip):
+    """A text tower that decides from its input's length: tracing keeps the branch it saw. The
+    colours' longest prompt, 'A photo of a magenta.', is 23 tokens; the export traces 22."""
+
+    def encode_texts(self, tokens):
+        out = super().encode_texts(tokens)
+        return out * 2 if tokens["input_ids"].shape[1] >= 23 else out
+
+
+def test_a_text_export_that_disagrees_with_pytorch_is_not_used(colour_folder, cache, caplog):
+    tiny = load_model("tiny-random-clip").eval()
+    model = FixedLengthClip(tiny.clip, tiny.tokenizer, name="fixed",
+                            image_mean=tiny.image_mean, image_std=tiny.image_std).eval()
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    with caplog.at_level(logging.WARNING):
+        ours = text_embeddings(model, colour_folder)
+    with torch.no_grad():
+        assert torch.equal(ours, model.encode_texts(model.tokenize(dataset.prompts)))
+    assert any("differ from PyTorch's" in r.getMessage() for r in caplog.records)
+    assert not list(cache.rglob("*.onnx"))
+
+
+@pytest.mark.slow
+def test_effnet_minilm_text_tower_on_onnxruntime_matches_pytorch(tmp_path, cache):
+    model = load_model("effnet-minilm").eval()
+    folder = make_folder(tmp_path / "photos", n_classes=5, per_class=1)
+    ours = text_embeddings(model, folder, TWO, feature_batch=4)
+    assert len(text_graphs(cache)) == 1
+    assert torch.allclose(ours, eager_texts(model, folder, TWO), rtol=0, atol=1e-4)

@@ -104,10 +104,28 @@ class ModelInputs:
             p.requires_grad_(False)
         ids = np.arange(len(self.dataset.prompts))
         batch = max(1, batch // self.per_class)  # classes a chunk, so a chunk's prompts stay few
-        starts = progress.bar(range(0, len(ids), batch), enabled=distributed.is_main(),
-                              desc="caching frozen text features (once)", unit="chunk", leave=False)
+        chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
+        return self._embed_chunks(model, chunks, self._text_tower(model, chunks))
+
+    def _embed_chunks(self, model: DualEncoder, chunks: list[np.ndarray],
+                      encode: frozen_engine.TextTower) -> torch.Tensor:
+        """The embeddings of these chunks of classes, through `encode`, in one tensor."""
+        bar = progress.bar(chunks, enabled=distributed.is_main(),
+                           desc="caching frozen text features (once)", unit="chunk", leave=False)
         with torch.no_grad(), autocast(self.device, self.precision):
-            return torch.cat([self._encode_texts(model, ids[i : i + batch]).float() for i in starts])
+            return torch.cat([self._encode_texts(model, c, encode).float() for c in bar])
+
+    def _text_tower(self, model: DualEncoder, chunks: list[np.ndarray]) -> frozen_engine.TextTower:
+        """What maps a chunk's tokens to embeddings: the text tower on onnxruntime where the
+        engine serves (on every rank, or on none), else `model.encode_texts`."""
+        if frozen_engine.engine_for(model, self.device, self.precision) == frozen_engine.TORCH:
+            return model.encode_texts
+        tokens = [self._tokens(self._prompt_rows(c)) for c in chunks]
+        with distributed.main_first():  # rank 0 exports; the others find its file
+            run = frozen_engine.onnx_text_tower(model, frozen_engine.text_digest(model), tokens)
+        if distributed.sum_scalar(float(run is None)) == 0:
+            return run
+        return model.encode_texts
 
     def _text_boundary(self, model: DualEncoder, batch: int) -> torch.Tensor:
         """Hidden states below the text tower's top layers, [prompts, tokens, width] (each chunk
@@ -236,12 +254,13 @@ class ModelInputs:
             return self._class_means(top, len(ids))
         return self._encode_texts(model, class_ids)
 
-    def _encode_texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
+    def _encode_texts(self, model: DualEncoder, class_ids: np.ndarray,
+                      encode: frozen_engine.TextTower | None = None) -> torch.Tensor:
         """One embedding a class; under a prompt ensemble, the mean of its prompts' normalised
-        embeddings (through the text tower as it is, trainable or not)."""
+        embeddings (through `encode`, by default the text tower as it is, trainable or not)."""
         ids = np.asarray(class_ids)
-        return self._class_means(model.encode_texts(self._tokens(self._prompt_rows(ids))),
-                                 len(ids))
+        encode = encode or model.encode_texts
+        return self._class_means(encode(self._tokens(self._prompt_rows(ids))), len(ids))
 
     def _prompt_rows(self, class_ids: np.ndarray) -> np.ndarray:
         """The rows of `tokens` that hold these classes' prompts (`per_class` a class)."""
