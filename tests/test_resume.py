@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from mamf.cli import main
@@ -71,3 +73,21 @@ def test_a_run_folder_with_other_settings_is_refused(shared_colour_folder, tmp_p
     assert main(train_args("classical", shared_colour_folder, out)) == 0  # done: nothing to do
     assert main(train_args("mamf", shared_colour_folder, out)) == 2
     assert "holds a training run with other settings" in capsys.readouterr().err
+
+
+def test_a_run_written_before_a_setting_existed_is_the_same_run(shared_colour_folder, tmp_path,
+                                                                 caplog):
+    """A config.yaml from an older version lacks the newer keys: at their defaults it is the
+    same run (done, nothing to do), not one with other settings."""
+    out = tmp_path / "run"
+    assert main(train_args("classical", shared_colour_folder, out)) == 0
+    path = out / "config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["train"]["unfreeze_image_blocks"], old["train"]["adapter"], old["baseline"]
+    path.write_text(yaml.safe_dump(old))
+    with caplog.at_level(logging.INFO):
+        assert main(train_args("classical", shared_colour_folder, out)) == 0
+    assert "nothing to do" in caplog.text
+    old["train"]["lr"] = 0.5  # a setting that differs is still refused
+    path.write_text(yaml.safe_dump(old))
+    assert main(train_args("classical", shared_colour_folder, out)) == 2

@@ -137,11 +137,20 @@ def train_run(config: Config, out: Path, progress: bool = True) -> dict:
         return _train_run(config, Path(out), progress)
 
 
+def same_settings(path: Path, config: Config) -> bool:
+    """Whether the run config at `path` holds `config`'s settings. Read through `build_config`,
+    so a run written before a setting existed resumes when the setting sits at its default."""
+    try:
+        return to_dict(build_config(load_yaml(path))) == to_dict(config)
+    except MamfError:  # a key this version no longer knows, or a damaged file
+        return False
+
+
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
     """A run folder holds one run: the same settings resume it (or report it done), other
     settings are refused so that nothing finished is overwritten."""
     resolved = dump_yaml(config)
-    if (out / RUN_CONFIG).is_file() and (out / RUN_CONFIG).read_bytes() != resolved.encode():
+    if (out / RUN_CONFIG).is_file() and not same_settings(out / RUN_CONFIG, config):
         raise MamfError(f"{out} holds a training run with other settings: choose another --out "
                         "(or delete it to start over)")
     if (out / "train.json").is_file() and (out / weights_file(config)).is_file():
