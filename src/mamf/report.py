@@ -305,6 +305,16 @@ def paired(rows: list[dict], a: str, b: str) -> dict[str, PairedDifference]:
     return {d: paired_difference(xs[d], ys[d]) for d in xs}
 
 
+def method_lines(ax, by: dict[str, dict]) -> None:
+    """One line per method through the mean accuracy at each x, in a band of its 95 % CI;
+    `by[method][x]` holds the per-task accuracies."""
+    for m in in_order(by):
+        xs = sorted(by[m])
+        means, cis = np.array([mean_ci95(by[m][x]) for x in xs]).T
+        ax.plot(xs, means, marker="o", color=colour(m), label=label(m))
+        ax.fill_between(xs, means - cis, means + cis, color=colour(m), alpha=0.18)
+
+
 def curve_figure(rows: list[dict], dataset: str, path: Path) -> Path:
     """Accuracy against task size n, one line per method with its 95 % CI band (paper's form).
     At each n the methods are compared over the (shots, seed, split) cells they all have."""
@@ -316,11 +326,7 @@ def curve_figure(rows: list[dict], dataset: str, path: Path) -> Path:
         for r in compare([r for r in mine if r["ways"] == n]).compared:
             by.setdefault(r["method"], {}).setdefault(n, []).extend(r["task_accs"])
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
-    for m in in_order(by):
-        ns = sorted(by[m])
-        means, cis = np.array([mean_ci95(by[m][n]) for n in ns]).T
-        ax.plot(ns, means, marker="o", color=colour(m), label=label(m))
-        ax.fill_between(ns, means - cis, means + cis, color=colour(m), alpha=0.18)
+    method_lines(ax, by)
     ax.plot(ns_all, [1 / n for n in ns_all], color="black", linestyle="dotted", label="chance")
     ax.set_xticks(ns_all)
     ax.set_xlabel("task size n (ways)")

@@ -76,15 +76,11 @@ def alpha_curves(rows: list[dict]) -> dict[str, dict[str, dict[float, list[float
 
 def alpha_figure(curves: dict[str, dict[float, list[float]]], dataset: str, path: Path) -> Path:
     """Accuracy against alpha (0: zero-shot weights, 1: trained), one line per method."""
-    from mamf.report import _pyplot, _save, colour, in_order, label
+    from mamf.report import _pyplot, _save, method_lines
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
-    for m in in_order(curves):
-        alphas = sorted(curves[m])
-        means, cis = np.array([mean_ci95(curves[m][a]) for a in alphas]).T
-        ax.plot(alphas, means, marker="o", color=colour(m), label=label(m))
-        ax.fill_between(alphas, means - cis, means + cis, color=colour(m), alpha=0.18)
+    method_lines(ax, curves)
     ax.set_xlabel("alpha: (1 - alpha) zero-shot + alpha trained weights")
     ax.set_ylabel("query accuracy")
     ax.set_ylim(0, 1.02)
