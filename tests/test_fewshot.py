@@ -150,3 +150,35 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
     assert anchor_lines(rows("openai/clip-vit-base-patch16", names[:-1])) == []  # 10 of 11
     assert anchor_lines(rows("tiny-random-clip", ["colours"])) == []
     assert anchors["protocol"] == "coop"
+
+
+def test_shots_and_splits_axes_together_resume_cell_by_cell(shared_colour_folder, tmp_path):
+    """The grid's shots axis times its splits axis: one row a (method, shots, split, seed), and a
+    resumed grid recomputes exactly the lost cells, with the same numbers."""
+    import json
+
+    from mamf.experiment import load_experiment, run_experiment
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"""
+name: grid
+model: tiny-random-clip
+methods: [zeroshot, classical]
+seeds: [1]
+shots: [1, 2]
+splits: [test, dev]
+settings: {{data: {{protocol: coop, ways: 3}}, train: {{steps: 2, freeze_image_backbone: true,
+  freeze_text_tower: true}}}}
+datasets: {{colours: {{root: {shared_colour_folder}}}}}
+""")
+    out = tmp_path / "out"
+    rows = run_experiment(load_experiment(path), out, progress=False)
+    cells = sorted((r["method"], r["shots"], r["split"]) for r in rows)
+    assert cells == sorted((m, k, s) for m in ("zeroshot", "classical") for k in (1, 2)
+                           for s in ("test", "dev"))
+    kept = [r for r in rows if not (r["method"] == "classical" and r["shots"] == 2)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    again = run_experiment(load_experiment(path), out, progress=False)
+    assert len(again) == len(rows)
+    key = lambda r: (r["method"], r["shots"], r["split"])  # noqa: E731
+    assert {key(r): r["task_accs"] for r in again} == {key(r): r["task_accs"] for r in rows}
