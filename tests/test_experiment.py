@@ -186,3 +186,12 @@ def test_a_dataset_sets_one_methods_settings_over_the_experiments():
             "mamf": {"train": {"unfreeze_image_blocks": 1}}}}}})
     with pytest.raises(MamfError, match="unknown method"):
         parse_experiment({"datasets": {"a": {"root": "x", "method_settings": {"sgd": {}}}}})
+
+
+@pytest.mark.parametrize("key, value", [
+    ("shots", []), ("shots", [0]), ("shots", "4"), ("shots", [1, 1]),
+    ("splits", ["test", "val"]), ("splits", []), ("splits", ["test", "test"]),
+])
+def test_bad_shots_and_splits_axes_are_refused(key, value):
+    with pytest.raises(MamfError, match=f"'{key}'"):
+        parse_experiment({"datasets": {"a": {"root": "x"}}, key: value})

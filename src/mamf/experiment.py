@@ -114,20 +114,9 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
                             f": use {', '.join(samplers.names())}")
         _refuse_duplicates(sampler_axis, "experiment 'samplers'")
-    shots = raw.get("shots")
-    if shots is not None:
-        if not isinstance(shots, list) or not shots or \
-                not all(_is_int(k) and 1 <= k <= AT_MOST["data.shots"] for k in shots):
-            raise MamfError(f"experiment 'shots' must be a list of positive integers, got "
-                            f"{shown(shots)}")
-        _refuse_duplicates(shots, "experiment 'shots'")
-    splits = raw.get("splits")
-    if splits is not None:
-        if not isinstance(splits, list) or not splits or \
-                not all(isinstance(x, str) and x in SPLITS for x in splits):
-            raise MamfError(f"experiment 'splits' must be a non-empty list of {', '.join(SPLITS)}"
-                            f", got {shown(splits)}")
-        _refuse_duplicates(splits, "experiment 'splits'")
+    shots = _axis(raw, "shots", lambda k: _is_int(k) and 1 <= k <= AT_MOST["data.shots"],
+                  "positive integers")
+    splits = _axis(raw, "splits", lambda x: isinstance(x, str) and x in SPLITS, ", ".join(SPLITS))
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
@@ -192,6 +181,19 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        _ways(entry.get("ways"), name),
                        _method_settings(entry.get("method_settings"),
                                         f"datasets.{name}.method_settings", registry.names()))
+
+
+def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
+    """A grid axis (`shots`, `splits`): absent (None), or a non-empty list of distinct values
+    that `valid` accepts."""
+    values = raw.get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or not values or not all(valid(v) for v in values):
+        raise MamfError(f"experiment {key!r} must be a non-empty list of {expected}, got "
+                        f"{shown(values)}")
+    _refuse_duplicates(values, f"experiment {key!r}")
+    return values
 
 
 def _method_settings(raw, where: str, known) -> dict:
