@@ -131,7 +131,7 @@ datasets: {{colours: {{root: {shared_colour_folder}}}}}
 
 
 def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match():
-    from mamf.report_fewshot import anchor_lines, load_anchors
+    from mamf.report.fewshot import anchor_lines, load_anchors
 
     anchors = load_anchors()
     names = ["ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "Flowers102", "Food101",
@@ -139,7 +139,8 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
 
     def rows(model, datasets, protocol="coop"):
         return [{"dataset": d, "method": "tip-adapter", "model": model, "protocol": protocol,
-                 "shots": k, "seed": s, "acc_mean": 0.5} for d in datasets for k in (1, 4, 16)
+                 "ways": 10, "split": "test", "shots": k, "seed": s, "acc_mean": 0.5}
+                for d in datasets for k in (1, 4, 16)
                 for s in (1, 2, 3)]
 
     shown = anchor_lines(rows("openai/clip-vit-base-patch16", names))

@@ -305,7 +305,8 @@ def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "alpha-d" in paths and paths["alpha-d"].is_file()
     assert "## Training-split against test-split tasks" in text
-    assert "| d | classical FT | 1.000 ± 0.000 | 0.700 ± 0.000 | +0.300 |" in text
+    assert "| d | classical FT | 1.000 (no spread) | 0.700 (no spread) | +0.300 (no spread) | 1 |" \
+        in text
     assert "0.700" in text.split("## Accuracy")[1].split("\n\n")[1]  # alpha 1 in the main table
     assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
     plain = write_report([r for r in rows if r["alpha"] in (None, 1.0) and r["split"] == "test"],

@@ -332,7 +332,7 @@ def test_rows_from_before_samplers_read_as_uniform_for_methods_that_draw_tasks()
 
 
 def test_samplers_against_uniform_pairs_task_by_task():
-    from mamf.report_samplers import against_uniform, baseline_rows, by_tertile, tertile_bounds
+    from mamf.report.samplers import against_uniform, baseline_rows, by_tertile, tertile_bounds
 
     rows = [_row("mamf", "uniform", accs=(0.5, 0.5, 0.5), sims=(0.1, 0.5, 0.9)),
             _row("mamf", "similar", accs=(0.4, 0.5, 0.8), sims=(0.1, 0.5, 0.9)),
@@ -341,10 +341,11 @@ def test_samplers_against_uniform_pairs_task_by_task():
     assert list(result) == [("d", "mamf", "similar")]
     c = result[("d", "mamf", "similar")]
     assert c["pairs"] == 3 and c["mean"] == pytest.approx(0.2 / 3)
-    # differences -0.1, 0, 0.3: sample std 0.2082, CI 1.96 * 0.2082 / sqrt(3) = 0.2356
-    assert c["ci95"] == pytest.approx(0.23557, abs=1e-4) and c["verdict"] == "inconclusive"
+    # one seed: differences -0.1, 0, 0.3, sample std 0.2082, t(2) 4.303 * 0.2082 / sqrt(3)
+    assert c["ci95"] == pytest.approx(0.51711, abs=1e-4) and c["verdict"] == "inconclusive"
+    assert c["seeds"] == 1 and c["estimate"].one_run
     assert [r["method"] for r in baseline_rows(rows)] == ["mamf", "classical"]
     bounds = tertile_bounds(rows, "d")
     cells = by_tertile(rows, "d", bounds)[("mamf", "similar")]
-    assert cells["accs"] == [[0.4], [0.5], [0.8]]
-    assert cells["diffs"] == [pytest.approx([-0.1]), [0.0], pytest.approx([0.3])]
+    assert cells["accs"] == [{1: [0.4]}, {1: [0.5]}, {1: [0.8]}]
+    assert cells["diffs"] == [{1: pytest.approx([-0.1])}, {1: [0.0]}, {1: pytest.approx([0.3])}]

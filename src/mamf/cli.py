@@ -114,6 +114,9 @@ def parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="summarise a results folder: table and figure")
     rp.add_argument("dir", help="a folder holding results.jsonl")
+    rp.add_argument("--reference", metavar="METHOD", default=None,
+                    help="pair every method against this one (default: classical FT where it "
+                    "ran, else zero-shot)")
 
     da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
                         "or import one of the paper's from its archive")
@@ -265,28 +268,23 @@ def cmd_experiment(args) -> None:
         _summarise(rows, Path(args.out), experiment.name)
 
 
-def _summarise(rows: list[dict], out: Path, title: str) -> None:
-    from mamf.report import (
-        comparison_note,
-        pooled_rows,
-        settings_line,
-        summary_table,
-        write_report,
-    )
-    from mamf.report_samplers import baseline_rows
+def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = None) -> None:
+    from mamf.report import comparison_note, main_rows, settings_line, summary_table, write_report
+    from mamf.report.tables import summary_notes
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
-    baseline = pooled_rows(baseline_rows(rows))  # the paper's tables read uniform task sampling
-    if baseline:
-        print(summary_table(baseline))
-        note = comparison_note(baseline)
-        if note:
-            print(f"\n{note}")
-        print(f"\n({settings_line(baseline)})")
-    files = write_report(rows, out, title)
+    main = main_rows(rows)  # the report's own accuracy table, the same rows
+    if main:
+        print(summary_table(main))
+        for note in [*summary_notes(main), comparison_note(main)]:
+            if note:
+                print(f"\n{note}")
+        print(f"\n({settings_line(main)})")
+    files = write_report(rows, out, title, reference)
     print(f"results: {out / 'results.jsonl'}")
-    print(f"report: {files['md']} and {files['html']}; figure: {files['summary']}")
+    figure = f"; figure: {files['summary']}" if "summary" in files else ""
+    print(f"report: {files['md']} and {files['html']}{figure}")
     failures = out / "failures.jsonl"
     if failures.exists() and failures.stat().st_size:
         print(f"some runs failed: see {failures}")
@@ -298,7 +296,7 @@ def cmd_report(args) -> None:
     out = Path(args.dir)
     if not (out / "results.jsonl").is_file():
         raise MamfError(f"{out} holds no results.jsonl")
-    _summarise(read_rows(out / "results.jsonl"), out, out.name)
+    _summarise(read_rows(out / "results.jsonl"), out, out.name, args.reference)
 
 
 def cmd_data(args) -> None:

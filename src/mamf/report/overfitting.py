@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
+from mamf import stats
+from mamf.report.common import in_order, label, safe_name
+from mamf.report.figures import method_lines, pyplot, save
 from mamf.results import dataset_name, row_alpha
-from mamf.stats import mean_ci95
 
 
 def _without_alpha(row: dict) -> tuple:
@@ -36,49 +36,53 @@ def _trained_weights(rows: list[dict]) -> list[dict]:
 
 def split_table(rows: list[dict]) -> list[str]:
     """Per dataset and method: accuracy on training-split tasks, on held-out tasks, the gap."""
-    from mamf.report import in_order, label
-
     rows = _trained_weights(rows)
     if not any(r["split"] == "train" for r in rows):
         return []
     held = sorted({r["split"] for r in rows} - {"train"})
-    groups: dict[tuple, dict[str, list[float]]] = OrderedDict()
+    groups: dict[tuple, dict[str, dict[int, list[float]]]] = OrderedDict()
     for r in rows:
         groups.setdefault((dataset_name(r), r["method"]), {}).setdefault(
-            "train" if r["split"] == "train" else "held", []).extend(r["task_accs"])
+            "train" if r["split"] == "train" else "held", {}).setdefault(r["seed"], []).extend(
+            r["task_accs"])
     lines = ["## Training-split against test-split tasks", "",
              "Accuracy on tasks drawn from the training split (images or classes the methods "
              f"trained on) beside tasks from the {'/'.join(held) or 'test'} split; a large gap "
-             "is overfitting. Mean ± 95 % CI over all tasks of each split.", "",
-             "| dataset | method | training split | test split | gap |", "|---|---|---|---|---|"]
+             "is overfitting. The gap is the training-split mean minus the test-split mean, "
+             "seed by seed.", "",
+             "| dataset | method | training split | test split | gap | seeds |",
+             "|---|---|---|---|---|---|"]
     datasets = list(OrderedDict.fromkeys(d for d, _ in groups))
+    gaps = []
     for d in datasets:
         for m in in_order({m for dd, m in groups if dd == d}):
             accs = groups[(d, m)]
-            cells = [(f"{mean_ci95(accs[k])[0]:.3f} ± {mean_ci95(accs[k])[1]:.3f}"
-                      if k in accs else "-") for k in ("train", "held")]
-            gap = (f"{np.mean(accs['train']) - np.mean(accs['held']):+.3f}"
-                   if len(accs) == 2 else "-")
-            lines.append(f"| {d} | {label(m)} | {cells[0]} | {cells[1]} | {gap} |")
-    return lines
+            cells = [stats.interval(stats.estimate(accs[k])) if k in accs else "-"
+                     for k in ("train", "held")]
+            gap, seeds = "-", "-"
+            if len(accs) == 2:
+                e = stats.difference(accs["train"], accs["held"])
+                gaps.append(e)
+                gap, seeds = stats.interval(e, signed=True), str(e.seeds)
+            lines.append(f"| {d} | {label(m)} | {cells[0]} | {cells[1]} | {gap} | {seeds} |")
+    return lines + (["", stats.coverage_line(gaps)] if gaps else [])
 
 
 def alpha_curves(rows: list[dict]) -> dict[str, dict[str, dict[float, list[float]]]]:
-    """dataset -> method -> alpha -> held-out task accuracies, for methods scored at 2+ alphas."""
-    out: dict[str, dict[str, dict[float, list[float]]]] = OrderedDict()
+    """dataset -> method -> alpha -> seed -> held-out task accuracies, for methods scored at two
+    or more alphas."""
+    out: dict[str, dict[str, dict[float, dict[int, list[float]]]]] = OrderedDict()
     for r in rows:
         if row_alpha(r) is not None and r["split"] != "train":
             out.setdefault(dataset_name(r), {}).setdefault(r["method"], {}).setdefault(
-                row_alpha(r), []).extend(r["task_accs"])
+                row_alpha(r), {}).setdefault(r["seed"], []).extend(r["task_accs"])
     return {d: {m: a for m, a in ms.items() if len(a) >= 2} for d, ms in out.items()
             if any(len(a) >= 2 for a in ms.values())}
 
 
-def alpha_figure(curves: dict[str, dict[float, list[float]]], dataset: str, path: Path) -> Path:
+def alpha_figure(curves: dict[str, dict[float, dict[int, list[float]]]], dataset: str, path: Path) -> Path:
     """Accuracy against alpha (0: zero-shot weights, 1: trained), one line per method."""
-    from mamf.report import _pyplot, _save, method_lines
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
     method_lines(ax, curves)
     ax.set_xlabel("alpha: (1 - alpha) zero-shot + alpha trained weights")
@@ -87,7 +91,7 @@ def alpha_figure(curves: dict[str, dict[float, list[float]]], dataset: str, path
     ax.set_title(f"{dataset}: WiSE-FT")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def overfitting_sections(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
@@ -101,6 +105,6 @@ def overfitting_sections(rows: list[dict], figures: Path) -> tuple[list[str], di
             "x the trained weights, before the task's adaptation; with LoRA alpha scales the "
             "adapter's update (figures below, `alpha-*`)."]
         for d, by_method in curves.items():
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
+            safe = safe_name(d)
             pngs[f"alpha-{safe}"] = alpha_figure(by_method, d, figures / f"alpha-{safe}.png")
     return lines, pngs

@@ -13,12 +13,12 @@ from collections import OrderedDict
 
 import numpy as np
 
+from mamf import stats
 from mamf.methods import names as method_names
-from mamf.report import label as _label
+from mamf.report.common import holm_line
+from mamf.report.common import label as _label
 from mamf.results import dataset_name as _dataset
 from mamf.results import row_sampler
-from mamf.stats import mean_ci95 as mean_ci
-from mamf.stats import verdict as ci_verdict
 
 BASELINE = "uniform"
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
@@ -32,27 +32,21 @@ def baseline_rows(rows: list[dict]) -> list[dict]:
             or (_dataset(r), r["method"]) not in with_uniform]
 
 
-def verdict(mean: float, ci: float, pairs: int) -> str:
-    """'holds' (the sampler beats uniform) when the 95 % CI lies above 0, 'does not hold' when
-    below, 'inconclusive' when it straddles 0 or there are fewer than two pairs."""
-    return "inconclusive" if pairs < 2 else ci_verdict(mean, ci)
-
-
 def _index(rows: list[dict]) -> dict[tuple, dict]:
     return {(_dataset(r), r["method"], row_sampler(r), r["ways"], r["seed"], r["split"]): r
             for r in rows}
 
 
 def _pairs(rows: list[dict]):
-    """(dataset, method, sampler, its row, uniform's row) for every row of a sampler other
-    than uniform whose uniform twin (same dataset, method, ways, seed, split) is there."""
+    """(dataset, method, sampler, seed, its row, uniform's row) for every row of a sampler
+    other than uniform whose uniform twin (same dataset, method, ways, seed, split) is there."""
     index = _index(rows)
     for (d, m, s, ways, seed, split), row in index.items():
         if s in (None, BASELINE):
             continue
         twin = index.get((d, m, BASELINE, ways, seed, split))
         if twin is not None and len(twin["task_accs"]) == len(row["task_accs"]):
-            yield d, m, s, row, twin
+            yield d, m, s, seed, row, twin
 
 
 def _ordered_samplers(rows: list[dict]) -> list[str]:
@@ -61,18 +55,17 @@ def _ordered_samplers(rows: list[dict]) -> list[str]:
 
 
 def against_uniform(rows: list[dict]) -> dict[tuple, dict]:
-    """(dataset, method, sampler) -> mean, 95 % CI and count of the per-task differences
-    (sampler - uniform) over the same test tasks, and the verdict."""
-    diffs: dict[tuple, list[float]] = OrderedDict()
-    for d, m, s, row, twin in _pairs(rows):
-        diffs.setdefault((d, m, s), []).extend(
+    """(dataset, method, sampler) -> the seed-level estimate of sampler - uniform over the same
+    test tasks (`estimate`), its mean, 95 % half-width, seeds and pairs, and its verdict,
+    Holm-adjusted over every comparison returned."""
+    diffs: dict[tuple, dict[int, list[float]]] = OrderedDict()
+    for d, m, s, seed, row, twin in _pairs(rows):
+        diffs.setdefault((d, m, s), {}).setdefault(seed, []).extend(
             a - b for a, b in zip(row["task_accs"], twin["task_accs"]))
-    out = {}
-    for key, values in diffs.items():
-        mean, ci = mean_ci(values)
-        out[key] = {"mean": mean, "ci95": ci, "pairs": len(values),
-                    "verdict": verdict(mean, ci, len(values))}
-    return out
+    est = {key: stats.estimate(by_seed) for key, by_seed in diffs.items()}
+    adjusted = stats.verdicts(list(est.values()))
+    return {key: {"estimate": e, "mean": e.mean, "ci95": e.ci95, "seeds": e.seeds,
+                  "pairs": e.tasks, "verdict": v} for (key, e), v in zip(est.items(), adjusted)}
 
 
 def tertile_bounds(rows: list[dict], dataset: str) -> tuple[float, float] | None:
@@ -82,7 +75,7 @@ def tertile_bounds(rows: list[dict], dataset: str) -> tuple[float, float] | None
     for r in rows:
         if _dataset(r) == dataset and r.get("task_similarity") is not None:
             tasks[(r["ways"], r["seed"], r["split"])] = r["task_similarity"]
-    values = [v for sims in tasks.values() for v in sims]
+    values = [v for sims in tasks.values() for v in sims if v is not None]
     if len(values) < 3:
         return None
     low, high = np.quantile(values, [1 / 3, 2 / 3])
@@ -94,33 +87,33 @@ def tertile(similarity: float, bounds: tuple[float, float]) -> int:
 
 
 def by_tertile(rows: list[dict], dataset: str, bounds: tuple[float, float]) -> dict:
-    """(method, sampler) -> per tertile: the accuracies, and (samplers other than uniform) the
-    paired differences to uniform, of the dataset's test tasks in that tertile."""
-    accs: dict[tuple, list[list[float]]] = OrderedDict()
+    """(method, sampler) -> per tertile: seed -> the accuracies, and (samplers other than
+    uniform) seed -> the paired differences to uniform, of the dataset's test tasks there."""
+    accs: dict[tuple, list[dict]] = OrderedDict()
     for r in rows:
         if _dataset(r) != dataset or r.get("task_similarity") is None:
             continue
-        cells = accs.setdefault((r["method"], row_sampler(r)), [[], [], []])
+        cells = accs.setdefault((r["method"], row_sampler(r)), [{}, {}, {}])
         for acc, sim in zip(r["task_accs"], r["task_similarity"]):
-            cells[tertile(sim, bounds)].append(acc)
-    diffs: dict[tuple, list[list[float]]] = {}
-    for d, m, s, row, twin in _pairs(rows):
+            if sim is not None:  # a one-class task has no pairwise similarity
+                cells[tertile(sim, bounds)].setdefault(r["seed"], []).append(acc)
+    diffs: dict[tuple, list[dict]] = {}
+    for d, m, s, seed, row, twin in _pairs(rows):
         if d != dataset or row.get("task_similarity") is None:
             continue
-        cells = diffs.setdefault((m, s), [[], [], []])
+        cells = diffs.setdefault((m, s), [{}, {}, {}])
         for a, b, sim in zip(row["task_accs"], twin["task_accs"], row["task_similarity"]):
-            cells[tertile(sim, bounds)].append(a - b)
+            if sim is not None:
+                cells[tertile(sim, bounds)].setdefault(seed, []).append(a - b)
     return {key: {"accs": value, "diffs": diffs.get(key)} for key, value in accs.items()}
 
 
-def _cell(accs: list[float], diffs: list[float] | None) -> str:
+def _cell(accs: dict, diffs: dict | None) -> str:
     if not accs:
         return "–"
-    mean, ci = mean_ci(accs)
-    text = f"{mean:.3f} ± {ci:.3f}"
+    text = stats.interval(stats.estimate(accs))
     if diffs:
-        d_mean, d_ci = mean_ci(diffs)
-        text += f" ({d_mean:+.3f} ± {d_ci:.3f})"
+        text += f" ({stats.interval(stats.estimate(diffs), signed=True)})"
     return text
 
 
@@ -136,15 +129,18 @@ def samplers_section(rows: list[dict]) -> list[str]:
                                            samplers.index(k[2])))
     lines = ["## Samplers against uniform", "",
              "Each task sampler's meta-test accuracy minus uniform sampling's, paired over the "
-             "same test tasks (same dataset, method, task size and seed), with the 95 % CI of "
-             "the mean difference. *holds*: the sampler beats uniform (CI above 0); *does not "
-             "hold*: uniform is better (CI below 0); *inconclusive*: the CI straddles 0.", "",
-             "| dataset | method | sampler | sampler − uniform | pairs | verdict |",
-             "|---|---|---|---|---|---|"]
+             "same test tasks (same dataset, method, task size and seed). *holds*: the sampler "
+             "beats uniform; *does not hold*: uniform is better; *inconclusive*: neither is "
+             "shown.", "",
+             "| dataset | method | sampler | sampler − uniform | seeds | pairs | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for d, m, s in keys:
         c = compared[(d, m, s)]
-        lines.append(f"| {d} | {_label(m)} | {s} | {c['mean']:+.3f} ± {c['ci95']:.3f} | "
-                     f"{c['pairs']} | {c['verdict']} |")
+        e = c["estimate"]
+        lines.append(f"| {d} | {_label(m)} | {s} | {stats.interval(e, signed=True)} | "
+                     f"{c['seeds']} | {c['pairs']} | {stats.worded(c['verdict'], e)} |")
+    estimates = [compared[k]["estimate"] for k in keys]
+    lines += ["", stats.coverage_line(estimates), holm_line(len(estimates))]
     for d in OrderedDict.fromkeys(k[0] for k in keys):
         bounds = tertile_bounds(rows, d)
         if bounds is None:
@@ -153,8 +149,9 @@ def samplers_section(rows: list[dict]) -> list[str]:
         methods = list(OrderedDict.fromkeys(k[1] for k in keys if k[0] == d))
         lines += ["", f"**{d}: accuracy by test-task difficulty.** Tertiles of a test task's "
                   "mean pairwise prompt similarity (`task_similarity`): dissimilar ≤ "
-                  f"{bounds[0]:.3f} < middle ≤ {bounds[1]:.3f} < similar. Mean ± 95 % CI; in "
-                  "brackets the paired difference to uniform on the same tasks.", "",
+                  f"{bounds[0]:.3f} < middle ≤ {bounds[1]:.3f} < similar. Mean ± 95 % interval "
+                  "(over seeds, as above); in brackets the paired difference to uniform on the "
+                  "same tasks. Descriptive: these cells carry no verdicts.", "",
                   f"| method | sampler | {' | '.join(TERTILES)} |", "|---|---|---|---|---|"]
         for m in methods:
             for s in samplers:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf.report import _pyplot, _save, colour, in_order, label
+from mamf.report.common import colour, in_order, label, md, safe_name
+from mamf.report.compare import one_per_cell
+from mamf.report.figures import pyplot, save
 from mamf.results import dataset_name
 
 
@@ -33,9 +35,10 @@ def _cell(values: list[float]) -> str:
 
 
 def by_shots(rows: list[dict], field: str = "acc_mean") -> dict:
-    """(dataset, method) -> shots -> the per-seed values of `field`."""
+    """(dataset, method) -> shots -> the per-seed values of `field`, one per seed: a second row
+    of a seed in one cell (`one_per_cell`) is never counted as another seed."""
     out: dict = OrderedDict()
-    for r in rows:
+    for r in one_per_cell(rows)[0].values():
         out.setdefault((dataset_name(r), r["method"]), {}).setdefault(r["shots"], []).append(
             r[field])
     return out
@@ -80,7 +83,7 @@ def anchor_lines(coop: list[dict], anchors: dict | None = None) -> list[str]:
 
 def shots_figure(rows: list[dict], dataset: str, path: Path) -> Path:
     """Accuracy against training shots per class (log scale), mean ± std over seeds."""
-    plt = _pyplot()
+    plt = pyplot()
     table = {m: v for (d, m), v in by_shots(rows).items() if d == dataset}
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
     for m in in_order(table):
@@ -96,7 +99,7 @@ def shots_figure(rows: list[dict], dataset: str, path: Path) -> Path:
     ax.set_title(f"{dataset} (coop protocol)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save(fig, plt, path)
 
 
 def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
@@ -120,7 +123,7 @@ def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[st
                 lines.append(f"| {label(m)} | "
                              + " | ".join(_cell(v[k]) if k in v else "-" for k in ks) + " |")
             lines.append("")
-            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in d)
+            safe = safe_name(d)
             pngs[f"shots-{safe}"] = shots_figure(coop, d, figures / f"shots-{safe}.png")
         lines += anchor_lines(coop)
     if b2n:
@@ -134,4 +137,9 @@ def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[st
                 lines.append(f"| {d} | {label(m)} | {k} | {_cell(base[(d, m)][k])} | "
                              f"{_cell(novel[(d, m)][k])} | {_cell(v[k])} |")
         lines.append("")
+    repeats = one_per_cell(coop + b2n)[1]
+    if repeats:
+        lines += ["Left out of these tables, since each seed counts once: "
+                  + "; ".join(f"{md(dataset_name(r))} {md(label(r['method']))} {r['shots']}-shot "
+                              f"seed {r['seed']} ({md(why)})" for r, why in repeats) + ".", ""]
     return lines, pngs

@@ -1,0 +1,132 @@
+"""Tables and figures from results rows: what a person reads at a glance.
+
+One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
+`claims` (the paper's two claims), `reference` (every method against one), `samplers`,
+`fewshot` (coop and base2novel), `overfitting` (training split, WiSE-FT); `figures` apart from
+the tables; `compare` decides which rows are compared; every number comes from `mamf.stats`.
+report.md is the text; report.html is the same text as a self-contained page (`html`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mamf.io import atomic_write_text
+from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
+from mamf.report.common import colour, in_order, label, safe_name
+from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
+from mamf.report.figures import bar_figure, curve_figure, gain_figure
+from mamf.report.html import markdown_html
+from mamf.report.overfitting import main_rows as _held_out_unmixed
+from mamf.report.overfitting import overfitting_sections
+from mamf.report.reference import check_reference, reference_section
+from mamf.report.samplers import baseline_rows, samplers_section
+from mamf.report.tables import (
+    comparison_note,
+    fixed_images_note,
+    not_compared_markdown,
+    settings_line,
+    summary_notes,
+    summary_table,
+)
+from mamf.results import dataset_name
+
+__all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
+           "compare", "comparison_note", "in_order", "label", "main_rows", "markdown_html",
+           "not_compared_markdown", "paired", "pooled", "pooled_rows", "settings_line",
+           "summary_table", "write_report"]
+
+
+def paper_rows(rows: list[dict]) -> list[dict]:
+    """The rows the paper's tables read: uniform task sampling, held-out tasks, the trained
+    weights unmixed (`samplers.baseline_rows`, `overfitting.main_rows`)."""
+    return _held_out_unmixed(baseline_rows(rows))
+
+
+def pooled_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose task accuracies pool into the method tables: all but base2novel's, whose
+    two tasks (base, novel) are summarised by their harmonic mean in their own section."""
+    return [r for r in rows if r["protocol"] != "base2novel"]
+
+
+def main_rows(rows: list[dict]) -> list[dict]:
+    """The rows of the main table, as the report and the terminal summary both show it."""
+    return pooled_rows(paper_rows(rows))
+
+
+def _header(every_row: list[dict], shown: list[dict]) -> str:
+    hosts = sorted({str(r.get("host", "?")) for r in every_row})
+    count = f"{len(every_row)} result rows"
+    if len(shown) != len(every_row):
+        count += f" ({len(shown)} in the accuracy table)"
+    return f"{count}; hosts: {', '.join(hosts)}."
+
+
+def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
+                    extra: list[str] | None = None, every_row: list[dict] | None = None,
+                    reference: str | None = None) -> str:
+    """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
+    are linked relative to the report's folder; `extra`: more sections' lines before them."""
+    note = comparison_note(rows)
+    over = "the test tasks every method has" if note else "all test tasks"
+    md = [f"# {title}", "", _header(every_row or rows, rows), "",
+          f"## Accuracy (mean ± 95 % interval over {over})", "", summary_table(rows), "",
+          *summary_notes(rows)]
+    if note:
+        md += [note]
+    fixed = fixed_images_note(rows)
+    md += ([fixed] if fixed else []) + ["", f"Settings: {settings_line(rows)}.", ""]
+    apart = not_compared_markdown(rows)
+    if apart:
+        md += [apart, ""]
+    versus = reference_section(rows, reference)
+    if versus:
+        md += [*versus, ""]
+    md += [claims_markdown(rows), ""]
+    if extra:
+        md += [*extra, ""]
+    md += ["## Figures", ""]
+    md += [f"![{name}](figures/{p.name})" for name, p in figures.items()]
+    return "\n".join(md) + "\n"
+
+
+def write_report(rows: list[dict], out: Path, title: str = "mamf report",
+                 reference: str | None = None) -> dict[str, Path]:
+    """report.md, report.html (figures embedded) and the PNGs, in `out`. `reference`: the
+    method every other is paired against (default: classical FT, else zero-shot)."""
+    from mamf.report.fewshot import fewshot_section
+
+    if reference is not None:
+        check_reference(rows, reference)
+    every_row = rows
+    rows = paper_rows(rows)
+    out = Path(out)
+    figures = out / "figures"
+    overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
+    fewshot, fewshot_pngs = fewshot_section(rows, figures)
+    rows = pooled_rows(rows)
+    if not rows:  # base2novel alone: its own section is the report
+        text = "\n".join([f"# {title}", "", _header(every_row, rows), "", *fewshot])
+        return _write(out, title, text, fewshot_pngs)
+    pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
+    for d in ordered(rows)[0]:
+        if len({r["ways"] for r in rows if dataset_name(r) == d}) > 1:
+            pngs[f"curve-{safe_name(d)}"] = curve_figure(rows, d, figures /
+                                                         f"curve-{safe_name(d)}.png")
+    judged = claim2(rows)
+    if judged:
+        pngs["fomaml"] = gain_figure([(c.dataset, c.zero_shot, c.fomaml_gain) for c in judged],
+                                     figures / "fomaml-vs-zeroshot.png")
+    pngs.update(fewshot_pngs)
+    pngs.update(overfitting_pngs)
+    extra = samplers_section(_held_out_unmixed(every_row)) + fewshot + \
+        ([""] if overfitting else []) + overfitting
+    text = report_markdown(rows, title, pngs, extra, every_row, reference)
+    return _write(out, title, text, pngs)
+
+
+def _write(out: Path, title: str, text: str, pngs: dict[str, Path]) -> dict[str, Path]:
+    atomic_write_text(out / "report.md", text)
+    images = {f"figures/{p.name}": p.read_bytes() for p in pngs.values()}
+    atomic_write_text(out / "report.html", markdown_html(text, title, images))
+    return {"md": out / "report.md", "html": out / "report.html", **pngs}

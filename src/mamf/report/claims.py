@@ -1,0 +1,125 @@
+"""The paper's two claims, judged on the rows with the report's one set of statistics: paired
+seed-level estimates (`mamf.stats`), Holm-adjusted across the datasets a claim is judged on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mamf import stats
+from mamf.report.common import holm_line, labels, md
+from mamf.report.compare import compare, ordered, paired, pooled
+from mamf.results import dataset_name
+from mamf.stats import Estimate
+
+LOW_ZERO_SHOT = 0.5  # the zero-shot accuracy below which claim 2 calls a dataset "low"
+
+
+@dataclass
+class Claim2:
+    """Claim 2 on one dataset, over the cells zero-shot, FOMAML (and MAMF, if it ran) share.
+    `verdict` is Holm-adjusted over the datasets judged."""
+
+    dataset: str
+    zero_shot: float
+    fomaml_gain: Estimate
+    mamf_gain: Estimate | None
+    expect: str
+    verdict: str
+
+
+def _claim2_methods(rows: list[dict]) -> list[str]:
+    return ["zeroshot", "fomaml"] + (["mamf"] if any(r["method"] == "mamf" for r in rows) else [])
+
+
+def claim2(rows: list[dict]) -> list[Claim2]:
+    """The datasets on which claim 2 can be judged, in report order."""
+    found = []
+    for d in ordered(rows)[0]:
+        mine = [r for r in rows if dataset_name(r) == d]
+        shared = compare(mine, _claim2_methods(mine)).compared
+        gain = paired(shared, "fomaml", "zeroshot").get(d)
+        if gain is None:
+            continue
+        z = pooled(shared)[(d, "zeroshot")].mean
+        m = paired(shared, "mamf", "fomaml").get(d)
+        expect = "MAMF beats FOMAML" if z < LOW_ZERO_SHOT else "FOMAML helps"
+        found.append((d, z, gain, m, expect))
+    tested = [(i, m if expect == "MAMF beats FOMAML" else gain)
+              for i, (_, _, gain, m, expect) in enumerate(found)
+              if expect == "FOMAML helps" or m is not None]
+    adjusted = dict(zip([i for i, _ in tested], stats.verdicts([e for _, e in tested])))
+    return [Claim2(d, z, gain, m, expect, adjusted.get(i, "no MAMF rows"))
+            for i, (d, z, gain, m, expect) in enumerate(found)]
+
+
+def _why_not(rows: list[dict], needed: Sequence[str], where: str) -> str:
+    """Why a claim needing `needed` cannot be judged on `rows` ('there' or 'here')."""
+    missing = [m for m in needed if not any(r["method"] == m for r in rows)]
+    if missing:
+        return f"there are no {labels(missing)} results {where}"
+    return f"{labels(needed)} share no (ways, shots, seed, split) cell with equally many tasks"
+
+
+def _not_judged(rows: list[dict], judged: set[str], needed) -> list[str]:
+    """One sentence naming the datasets a claim skips, and why; none when it skips none."""
+    skipped = []
+    for d in ordered(rows)[0]:
+        if d not in judged:
+            mine = [r for r in rows if dataset_name(r) == d]
+            skipped.append(f"{d} ({_why_not(mine, needed(mine), 'there')})")
+    return [f"Not judged on {'; '.join(skipped)}."] if skipped else []
+
+
+def claims_markdown(rows: list[dict]) -> str:
+    lines = ["## The paper's claims on this data", ""]
+    head1 = "**Claim 1: MAMF beats classical fine-tuning.**"
+    claim1 = paired(rows, "mamf", "classical")
+    estimates = list(claim1.values())
+    if claim1:
+        lines += [f"{head1} Paired over the same test tasks:", "",
+                  "| dataset | MAMF − classical | seeds | tasks | verdict |",
+                  "|---|---|---|---|---|"]
+        for (d, g), v in zip(claim1.items(), stats.verdicts(estimates)):
+            lines.append(f"| {md(d)} | {stats.interval(g, signed=True)} | {g.seeds} | {g.tasks} "
+                         f"| {stats.worded(v, g)} |")
+        lines += ["", stats.coverage_line(estimates), holm_line(len(estimates)),
+                  *_not_judged(rows, set(claim1), lambda _: ["mamf", "classical"]), ""]
+    else:
+        lines += [f"{head1} It cannot be judged: "
+                  f"{_why_not(rows, ['mamf', 'classical'], 'here')}.", ""]
+    head2 = ("**Claim 2: FOMAML helps only where zero-shot accuracy is already high; where it is "
+             f"low (below {LOW_ZERO_SHOT:.2f} here), MAMF beats FOMAML.**")
+    judged = claim2(rows)
+    if not judged:
+        lines += [f"{head2} It cannot be judged: "
+                  f"{_why_not(rows, _claim2_methods(rows), 'here')}."]
+        return "\n".join(lines)
+    lines += [head2, "", "| dataset | zero-shot | FOMAML − zero-shot | MAMF − FOMAML | seeds | "
+              "tasks | what the claim expects | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for c in judged:
+        g, m = c.fomaml_gain, c.mamf_gain
+        m_text = stats.interval(m, signed=True) if m else "–"
+        lines.append(f"| {md(c.dataset)} | {c.zero_shot:.3f} | {stats.interval(g, signed=True)} "
+                     f"| {m_text} | {g.seeds} | {g.tasks} | {c.expect} | "
+                     f"{stats.worded(c.verdict, g)} |")
+    held = [c.verdict for c in judged]
+    tested = sum(1 for c in judged if c.verdict != "no MAMF rows")
+    lines += ["", f"The claim's expectation holds on {held.count('holds')} of {len(held)} "
+              "dataset(s).", stats.coverage_line([c.fomaml_gain for c in judged]),
+              holm_line(tested)]
+    gains = stats.verdicts([c.fomaml_gain for c in judged])
+    low_helped = [c.dataset for c, v in zip(judged, gains)
+                  if c.zero_shot < LOW_ZERO_SHOT and v == "holds"]
+    if low_helped:
+        lines.append(f"FOMAML nevertheless improves on zero-shot where zero-shot is low: "
+                     f"{', '.join(low_helped)} (it helps *not only* where zero-shot is high; "
+                     "Holm-adjusted over the datasets).")
+    if all(c.zero_shot < LOW_ZERO_SHOT for c in judged) or \
+            all(c.zero_shot >= LOW_ZERO_SHOT for c in judged):
+        side = "below" if judged[0].zero_shot < LOW_ZERO_SHOT else "at or above"
+        lines.append(f"Every dataset here has zero-shot accuracy {side} {LOW_ZERO_SHOT:.2f}, so "
+                     "only one half of the claim is tested: its contrast, FOMAML's benefit "
+                     "rising with zero-shot accuracy, needs datasets on both sides.")
+    lines += _not_judged(rows, {c.dataset for c in judged}, _claim2_methods)
+    return "\n".join(lines)

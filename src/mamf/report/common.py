@@ -1,0 +1,68 @@
+"""What every report section shares: how a method is named and coloured, its table order, and
+text that is safe inside a markdown table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from mamf.methods import REGISTRY
+from mamf.methods import names as method_names
+
+
+def label(method: str) -> str:
+    """How tables name a method: its registered label, else its name as rows spell it; a trained
+    run scored by a baseline (`mamf+tip-adapter`) reads `MAMF + Tip-Adapter`."""
+    if method not in REGISTRY and "+" in method:
+        return " + ".join(label(part) for part in method.split("+"))
+    return REGISTRY[method].label if method in REGISTRY else method
+
+
+def colour(method: str) -> str:
+    return REGISTRY[method].colour if method in REGISTRY else "#7f7f7f"
+
+
+def method_order() -> list[str]:
+    """Registered methods in table order."""
+    return list(method_names())
+
+
+def in_order(present: Iterable[str]) -> list[str]:
+    """The methods in `present` in table order; any not registered here come last, by name."""
+    present = set(present)
+    order = method_order()
+    return [m for m in order if m in present] + sorted(m for m in present if m not in order)
+
+
+def rank(method: str) -> tuple:
+    order = method_order()
+    return (order.index(method), "") if method in order else (len(order), method)
+
+
+def labels(methods: Sequence[str]) -> str:
+    """`A`, `A and B`, `A, B and C`."""
+    names = [label(m) for m in methods]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def numbers(values: Iterable) -> str:
+    return ",".join(map(str, sorted(set(values))))
+
+
+def md(text: object) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def safe_name(name: str) -> str:
+    """A dataset's name as part of a figure's file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def holm_line(count: int) -> str:
+    """The one line a table of several comparisons carries under it."""
+    if count < 2:
+        return ("Verdict: *holds* when the difference is above 0 at the 5 % level (its 95 % "
+                "interval lies above 0), *does not hold* when below, else *inconclusive*.")
+    return (f"Verdicts are Holm-adjusted over the {count} comparisons of this table (family-wise "
+            "error 5 %): *holds* when the difference is above 0, *does not hold* when below, "
+            "*inconclusive* otherwise; the intervals shown are unadjusted 95 % intervals.")

@@ -1,0 +1,154 @@
+"""The main accuracy table, what it compares, the rows it leaves out, and the settings line."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from mamf import stats
+from mamf.report.common import label, md, method_order, numbers, rank
+from mamf.report.compare import by_seed, compare, one_per_cell, ordered, pooled
+from mamf.results import dataset_name
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A markdown table: one row per dataset, one column per method, mean ± 95 % interval over
+    the cells every method of the dataset has, and the seeds and tasks the interval covers."""
+    est = pooled(compare(rows).compared)
+    datasets, methods = ordered(rows)
+    head = "| dataset | " + " | ".join(label(m) for m in methods) + " | seeds | tasks |"
+    lines = [head, "|" + "---|" * (len(methods) + 3)]
+    for d in datasets:
+        mine = [est[(d, m)] for m in methods if (d, m) in est]
+        cells = [stats.interval(est[(d, m)]) if (d, m) in est else "–" for m in methods]
+        seeds = numbers(e.seeds for e in mine) if mine else "–"
+        tasks = numbers(e.tasks for e in mine) if mine else "–"
+        lines.append(f"| {md(d)} | " + " | ".join(cells) + f" | {seeds} | {tasks} |")
+    return "\n".join(lines)
+
+
+def summary_notes(rows: list[dict]) -> list[str]:
+    """What the summary table's intervals cover, and which of its entries are degenerate."""
+    est = pooled(compare(rows).compared)
+    lines = [stats.coverage_line(list(est.values()))]
+    flat = [(d, m, e) for (d, m), e in est.items() if not e.spread and e.tasks > 1]
+    if flat:
+        what = []
+        for d, m, e in flat:
+            ways = {r["ways"] for r in compare(rows).compared
+                    if dataset_name(r) == d and r["method"] == m}
+            chance = len(ways) == 1 and abs(e.mean - 1 / next(iter(ways))) < 1e-9
+            what.append(f"{label(m)} on {d} ({e.mean:.3f} in every task"
+                        + (", which is chance: one class predicted for every query image, "
+                           "most likely" if chance else "") + ")")
+        lines.append("*No spread*: every test task scored the same, so no interval can be "
+                     f"measured and none is shown: {'; '.join(what)}.")
+    return [line for line in lines if line]
+
+
+def _describe_cells(rows: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    tasks = sorted({sum(len(r["task_accs"]) for r in rows if r["method"] == m)
+                    for m in {r["method"] for r in rows}})
+    counts = str(tasks[0]) if len(tasks) == 1 else f"{tasks[0]} to {tasks[-1]}"
+    return (f"{numbers(r['ways'] for r in rows)}-way, {numbers(r['shots'] for r in rows)}-shot, "
+            f"seed{'s' if len(seeds) > 1 else ''} {numbers(seeds)}, "
+            f"{', '.join(sorted({r['split'] for r in rows}))} split, {counts} tasks per method")
+
+
+def comparison_note(rows: list[dict]) -> str:
+    """What the table compares, when some rows are left out of it; '' when none is."""
+    comp = compare(rows)
+    if not comp.apart:
+        return ""
+    datasets, _ = ordered(rows)
+    left = {dataset_name(r) for r, _ in comp.apart}
+    parts = []
+    for d in datasets:
+        if d not in left:
+            continue
+        mine = [r for r in comp.compared if dataset_name(r) == d]
+        parts.append(f"{d}: {_describe_cells(mine)}" if mine
+                     else f"{d}: none, its methods share no cell")
+    return ("Each dataset is compared only over the cells (ways, shots, seed, split) that all its "
+            f"methods have: {'; '.join(parts)}. The {len(comp.apart)} row(s) outside them are "
+            "listed under *Not compared*.")
+
+
+def not_compared_markdown(rows: list[dict]) -> str:
+    """The rows left out of every comparison, grouped by dataset, method and cell; '' if none."""
+    groups: dict[tuple, list[dict]] = OrderedDict()
+    for r, why in compare(rows).apart:
+        key = (dataset_name(r), rank(r["method"]), r["ways"], r["shots"], r["split"], why)
+        groups.setdefault(key, []).append(r)
+    if not groups:
+        return ""
+    lines = ["## Not compared", "",
+             "These rows have no counterpart in every other method of their dataset (or repeat "
+             "a method's cell), so the table, the summary figure and the claims leave them out:",
+             "", "| dataset | method | ways | shots | seeds | split | tasks | accuracy | why |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (d, m, ways, shots, split, why), rs in sorted(groups.items(), key=lambda kv: kv[0][:5]):
+        e = stats.estimate(by_seed(rs)) if len({r["seed"] for r in rs}) == len(rs) \
+            else stats.estimate({0: [a for r in rs for a in r["task_accs"]]})
+        lines.append(f"| {md(d)} | {label(m[1] or method_order()[m[0]])} | {ways} | {shots} | "
+                     f"{numbers(r['seed'] for r in rs)} | {md(split)} | {e.tasks} | "
+                     f"{stats.interval(e)} | {md(why)} |")
+    return "\n".join(lines)
+
+
+def _task_counts(rows: list[dict]) -> str:
+    """Tasks per seed (and split) of one method's rows, a cell counted once: '95', '10 to 95'."""
+    per: dict[tuple, int] = {}
+    for r in one_per_cell(rows)[0].values():
+        per[(r["seed"], r["split"])] = per.get((r["seed"], r["split"]), 0) + r["n_tasks"]
+    counts = sorted(set(per.values()))
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
+def settings_line(rows: list[dict]) -> str:
+    """Per dataset and protocol: task sizes, shots and tasks per seed, method by method where
+    the methods differ (tasks are never pooled across protocols)."""
+    parts = []
+    datasets, methods = ordered(rows)
+    for d in datasets:
+        protocols = list(OrderedDict.fromkeys(r["protocol"] for r in rows if dataset_name(r) == d))
+        for protocol in protocols:
+            mine = [r for r in rows if dataset_name(r) == d and r["protocol"] == protocol]
+            parts.append(f"{d}: {protocol}{_shapes(mine, methods)}")
+    return "; ".join(parts)
+
+
+def _shapes(mine: list[dict], methods: list[str]) -> str:
+    shapes = OrderedDict()
+    for m in methods:
+        own = [r for r in mine if r["method"] == m]
+        if own:
+            shapes[m] = (numbers(r["ways"] for r in own), numbers(r["shots"] for r in own),
+                         _task_counts(own), numbers(r["seed"] for r in own))
+    if len(set(shapes.values())) == 1:
+        ways, shots, tasks, _ = next(iter(shapes.values()))
+        return f", {ways}-way, {shots}-shot, {tasks} tasks per method and seed"
+    shots = {s[1] for s in shapes.values()}
+    seeds = {s[3] for s in shapes.values()}
+    each = []
+    for m, (ways, own_shots, tasks, own_seeds) in shapes.items():
+        own = f" {own_shots}-shot" if len(shots) > 1 else ""
+        seeded = (f" (seed{'s' if ',' in own_seeds else ''} {own_seeds})"
+                  if len(seeds) > 1 else "")
+        each.append(f"{label(m)} at {ways}-way{own} with {tasks} tasks per seed{seeded}")
+    common = f", {next(iter(shots))}-shot" if len(shots) == 1 else ""
+    return f"{common}, {', '.join(each[:-1])} and {each[-1]}"
+
+
+FIXED_IMAGES = {"paper", "coop", "base2novel"}
+
+
+def fixed_images_note(rows: list[dict]) -> str:
+    """Where test tasks re-score one fixed set of test images, what an interval covers."""
+    fixed = sorted({r["protocol"] for r in rows} & FIXED_IMAGES)
+    if not fixed:
+        return ""
+    return (f"Under the {', '.join(fixed)} protocol{'s' if len(fixed) > 1 else ''} every test "
+            "task draws its images from one fixed test split, so the same query images are "
+            "scored again in many tasks: the intervals cover training seeds and the draw of "
+            "tasks, conditional on these test images, not a new draw of test images.")
