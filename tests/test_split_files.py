@@ -200,3 +200,20 @@ def test_any_template_gives_distinct_prompts_or_one_clear_error(template):
     except MamfError:
         return
     assert len(set(prompts)) == 3 and all("red" in p or "r" in p for p in prompts[:1])
+
+
+def test_a_run_trained_on_another_split_file_content_is_not_resumed(shared_colour_folder,
+                                                                     tmp_path, capsys):
+    dataset = ImageDataset.load(shared_colour_folder, 32)
+    split = good_split(dataset)
+    path = write(tmp_path / "split.json", split)
+    args = ["train", "--method", "classical", "--steps", "1", "--data",
+            str(shared_colour_folder), "--out", str(tmp_path / "run"), "--split-file", path,
+            *COMMON]
+    assert main(args) == 0 and (tmp_path / "run" / "split-file.sha256").is_file()
+    assert main(args) == 0  # done: same settings
+    split["train"] = split["train"][1:]
+    write(tmp_path / "split.json", split)
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "holds a training run with other settings" in capsys.readouterr().err

@@ -140,13 +140,22 @@ def train_run(config: Config, out: Path, progress: bool = True) -> dict:
         return _train_run(config, Path(out), progress)
 
 
+SPLIT_SHA = "split-file.sha256"  # beside a run's config: the split file's content it trained on
+
+
 def same_settings(path: Path, config: Config) -> bool:
-    """Whether the run config at `path` holds `config`'s settings. Read through `build_config`,
-    so a run written before a setting existed resumes when the setting sits at its default."""
+    """Whether the run config at `path` holds `config`'s settings, the split file's content
+    included (`SPLIT_SHA` beside it). Read through `build_config`, so a run written before a
+    setting existed resumes when the setting sits at its default."""
     try:
-        return to_dict(build_config(load_yaml(path))) == to_dict(config)
+        same = to_dict(build_config(load_yaml(path))) == to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
+    recorded = path.parent / SPLIT_SHA
+    if same and config.data.split_file and recorded.is_file():
+        return recorded.read_text(encoding="utf-8").strip() == \
+            split_file_sha256(config.data.split_file)
+    return same
 
 
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
@@ -161,6 +170,8 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
         return read_summary(out / "train.json")
     if is_main():
         atomic_write_text(out / RUN_CONFIG, resolved)
+        if config.data.split_file:
+            atomic_write_text(out / SPLIT_SHA, split_file_sha256(config.data.split_file) + "\n")
     checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
