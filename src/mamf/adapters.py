@@ -178,7 +178,8 @@ def load_trained(model: nn.Module, path: Path) -> None:
     except (OSError, SafetensorError) as e:
         raise MamfError(f"cannot read {path}: {e}") from None
     live = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != set(live) or any(state[n].shape != p.shape for n, p in live.items()):
+    if set(state) != set(live) or any(state[n].shape != p.shape or state[n].dtype != p.dtype
+                                      for n, p in live.items()):
         raise MamfError(f"{path} does not match the adapters of this run's model")
     for n, p in live.items():
         p.copy_(state[n])

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
-from mamf.checkpoint import Checkpointer
+from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
 from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot, split_file_sha256
@@ -238,9 +238,13 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
         return config, model
     model = build_model(config.model)
     try:
-        missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+        mismatch = tensor_mismatch(run_dir / WEIGHTS, model)
+        if not mismatch:
+            missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
     except Exception as e:  # safetensors raises several types for a damaged file
         raise MamfError(f"cannot read {run_dir / WEIGHTS}: {e}") from None
+    if mismatch:
+        raise MamfError(f"{run_dir / WEIGHTS} is damaged or of another model: {mismatch}")
     if missing or unexpected:
         raise MamfError(f"{run_dir / WEIGHTS} does not match model {config.model!r}")
     return config, model
