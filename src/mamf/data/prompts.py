@@ -116,8 +116,9 @@ def _from_template(template: str, classes) -> list[str]:
                         "attribute or index access")
     if not fields:
         raise MamfError(f"prompt template {shown(template)} has no {{label}} placeholder")
-    if any(conv for _, _, conv in fields):
-        raise malformed("a conversion such as !r: use {label} or {label:spec}")
+    conv = next((conv for _, _, conv in fields if conv), None)
+    if conv:
+        raise malformed(f"the conversion !{conv}: use {{label}} or {{label:spec}}")
     if any("{" in (spec or "") for _, spec, _ in fields):
         raise malformed("a field inside a format spec")
     if any(re.search(r"\d{4,}", spec or "") for _, spec, _ in fields):
