@@ -364,9 +364,9 @@ def test_set_of_bad_yaml_is_one_line(tmp_path, capsys, colour_folder):
 def test_a_template_gets_its_real_format_error(tmp_path, capsys, colour_folder):
     assert evaluate(colour_folder, tmp_path / "o", "--template", "{label!z}") == 2
     line = one_error_line(capsys)
-    assert "Unknown conversion specifier z" in line and "no {label} placeholder" not in line
+    assert "the conversion !z" in line and "no {label} placeholder" not in line
     assert evaluate(colour_folder, tmp_path / "o", "--template", "{label.nope}") == 2
-    assert "AttributeError" in one_error_line(capsys)
+    assert "the field {label.nope}: only {label} is a field" in one_error_line(capsys)
     assert evaluate(colour_folder, tmp_path / "o", "--template", "{label:>999999999}") == 2
     assert "field width" in one_error_line(capsys)
     assert evaluate(colour_folder, tmp_path / "o", "--template", "a photo") == 2

@@ -70,7 +70,33 @@ def damage_state(run, change):
     path.write_text(json.dumps(meta))
 
 
+def damage_header(path, change):
+    """Rewrite a safetensors file's header (same length, padded), its data left as it is."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    change(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    path.write_bytes(data[:8] + text.ljust(n) + data[8 + n:])
+
+
+def _retype(header):
+    key = next(k for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32")
+    header[key]["dtype"] = "I32"  # four bytes a value as before: the file stays readable
+
+
+def _reshape(header):
+    key = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2
+               and v["shape"][0] != v["shape"][1])
+    header[key]["shape"] = header[key]["shape"][::-1]
+
+
 DAMAGES = {
+    "a weight of another dtype": (lambda r: damage_header(
+        r / "checkpoints" / STEP / "model.safetensors", _retype), "is I32, the model's is"),
+    "a weight of another shape": (lambda r: damage_header(
+        r / "checkpoints" / STEP / "model.safetensors", _reshape), "has shape"),
     "pointer holds a list": (lambda r: (r / "checkpoints/latest.json").write_text("[1]"),
                              "latest.json must name a checkpoint-<step> folder"),
     "pointer holds a string": (lambda r: (r / "checkpoints/latest.json").write_text('"x"'),
@@ -362,3 +388,17 @@ def test_any_state_file_restores_or_is_refused(saved, model, data):
     finally:
         for path, text in originals.items():
             path.write_bytes(text)
+
+
+@pytest.mark.parametrize("change, message", [(_retype, "is I32, the model's is"),
+                                             (_reshape, "has shape")])
+def test_trained_weights_of_another_dtype_or_shape_are_one_line(shared_colour_folder, tmp_path,
+                                                               capsys, change, message):
+    run = tmp_path / "run"
+    assert main(train_args(shared_colour_folder, run)) == 0
+    damage_header(run / "model.safetensors", change)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(shared_colour_folder), "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert "is damaged or of another model" in line and message in line, line

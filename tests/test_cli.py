@@ -155,3 +155,12 @@ def test_a_second_writer_to_the_same_folder_is_refused(colour_folder, tmp_path, 
     assert not (out / "results.jsonl").exists()
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
                  "--out", str(out), "--ways", "2", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["train", "--sampler", "nosuch"], ["nosuch"], [],
+                                  ["evaluate", "--ways"]])
+def test_argument_refusals_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("mamf: error:") and err.count("\n") == 1, err

@@ -195,3 +195,23 @@ def test_a_dataset_sets_one_methods_settings_over_the_experiments():
 def test_bad_shots_and_splits_axes_are_refused(key, value):
     with pytest.raises(MamfError, match=f"'{key}'"):
         parse_experiment({"datasets": {"a": {"root": "x"}}, key: value})
+
+
+def test_a_skipped_dataset_is_not_called_nothing_to_do(tmp_path, caplog):
+    import logging
+
+    from mamf.experiment import load_experiment, run_experiment
+
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / "e.yaml"
+    path.write_text(f"""
+name: e
+model: tiny-random-clip
+methods: [zeroshot]
+seeds: [1]
+datasets: {{gone: {{root: {tmp_path / "empty"}}}}}
+""")
+    with caplog.at_level(logging.INFO):
+        assert run_experiment(load_experiment(path), tmp_path / "out", progress=False) == []
+    assert "nothing to do" not in caplog.text
+    assert "nothing computed: dataset(s) gone skipped" in caplog.text

@@ -431,3 +431,37 @@ def test_cli_imports_and_refuses_in_one_line(cub_tgz, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mamf: error:") and message in err and "\n" not in err
+
+
+def test_a_member_over_the_size_bound_is_skipped_and_counted_unread(tmp_path, monkeypatch):
+    """A listed image larger than MAX_IMAGE_BYTES (here lowered to 4 KiB) is never read whole:
+    at most the bound and one byte come out of its stream, and it is counted as damaged."""
+    import numpy as np
+
+    from mamf.data.importers import common
+
+    monkeypatch.setattr(common, "MAX_IMAGE_BYTES", 4096)
+    src = tmp_path / "src" / "birds"
+    src.mkdir(parents=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(src / "small.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(src / "big.png")  # a valid image, but over the bound
+    assert (src / "big.png").stat().st_size > 4096
+    read: list[int] = []
+    members = Archive.members
+
+    def spying(self, want):
+        for path, stream in members(self, want):
+            real = stream.read
+            stream = type("S", (), {"read": lambda _, n=-1, real=real: read.append(n) or real(n)})()
+            yield path, stream
+
+    monkeypatch.setattr(Archive, "members", spying)
+    items = [common.Item("birds/small.png", "bird", "small.png"),
+             common.Item("birds/big.png", "bird", "big.png")]
+    out = tmp_path / "out"
+    out.mkdir()
+    counts, corrupt = common.copy_images([Archive(tmp_path / "src")], items, 2, out, print)
+    assert (counts["written"], counts["corrupt"], counts["too_large"]) == (1, 1, 1)
+    assert corrupt == ["birds/big.png (over 0.00390625 MiB)"] and read == [4097, 4097]
+    assert [p.name for p in (out / "bird").iterdir()] == ["small.png"]

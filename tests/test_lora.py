@@ -329,3 +329,14 @@ def test_effnet_minilm_defaults_attach_and_start_as_built():
     layers = {n.split(".lora_")[0].split(".")[-1] for n, p in model.named_parameters()
               if p.requires_grad and ".lora_" in n}
     assert layers == {"query", "key", "value", "_fc"}
+
+
+def test_a_rank_above_the_layers_dimensions_is_refused_before_allocating(colour_folder, tmp_path,
+                                                                        capsys):
+    code = main(["train", "--model", "tiny-random-clip", "--data", str(colour_folder), "--out",
+                 str(tmp_path / "r"), "--set", "train.adapter=lora", "--set",
+                 "train.lora_rank=1000000000", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert __import__("re").search(r"train.lora_rank=1000000000 is more than layer \S+ can "
+                                   r"take: at most \d+", err), err

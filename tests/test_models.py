@@ -74,3 +74,27 @@ def test_tiny_random_clip_is_seeded_and_random_heads_differ():
     before = a.clip.visual_projection.weight.detach().clone()
     a.reset_heads(torch.Generator().manual_seed(1))
     assert not torch.equal(before, a.clip.visual_projection.weight)
+
+
+def test_effnet_weights_are_unpickled_once_then_read_as_safetensors(tmp_path, monkeypatch):
+    """The shipped pickle is read once (weights_only) and converted into the cache; a later
+    build reads the safetensors file and never calls torch.load."""
+    import torch
+
+    from mamf.data.cache import cache_root
+    from mamf.models.effnet_minilm import effnet_state
+
+    pickle = tmp_path / "efficientnet-lite0.pth"
+    weights = {"a.weight": torch.randn(3, 4), "b.bias": torch.arange(5.0)}
+    torch.save(weights, pickle)
+    first = effnet_state(pickle)
+    (converted,) = (cache_root() / "weights").glob("efficientnet-lite0-*.safetensors")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load called again")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    again = effnet_state(pickle)
+    assert set(again) == set(weights) and converted.is_file()
+    assert all(torch.equal(again[k], weights[k]) and torch.equal(first[k], weights[k])
+               for k in weights)

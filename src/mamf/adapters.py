@@ -89,6 +89,7 @@ def attach(model: DualEncoder, train: TrainConfig, seed: int) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
     names = target_names(model, train)
+    check_rank(model, names, train.lora_rank)
     config = LoraConfig(r=train.lora_rank, lora_alpha=train.lora_alpha,
                         lora_dropout=train.lora_dropout, target_modules=names, bias="none")
     with torch.random.fork_rng(devices=[]):  # peft draws A from the global generator
@@ -104,6 +105,23 @@ def attach(model: DualEncoder, train: TrainConfig, seed: int) -> None:
     initialise(model, seed)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("lora: rank %d on %d layers; %d trainable values", train.lora_rank, len(names), count)
+
+
+def layer_rank(module: nn.Module) -> int:
+    """The most a LoRA rank can add to a layer: the smaller of its input and output sizes."""
+    if isinstance(module, nn.Linear):
+        return min(module.in_features, module.out_features)
+    return min(module.in_channels, module.out_channels)
+
+
+def check_rank(model: DualEncoder, names: list[str], rank: int) -> None:
+    """Refuse a rank above a target layer's dimensions before anything is allocated (A and B of
+    rank r hold r * (in + out) values; a rank past min(in, out) adds nothing but memory)."""
+    sizes = {n: layer_rank(model.get_submodule(n)) for n in names}
+    name = min(sizes, key=sizes.get)
+    if rank > sizes[name]:
+        raise MamfError(f"train.lora_rank={shown(rank)} is more than layer {name} can take: at "
+                        f"most {sizes[name]} (the smaller of its input and output sizes)")
 
 
 def lora_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -160,7 +178,8 @@ def load_trained(model: nn.Module, path: Path) -> None:
     except (OSError, SafetensorError) as e:
         raise MamfError(f"cannot read {path}: {e}") from None
     live = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if set(state) != set(live) or any(state[n].shape != p.shape for n, p in live.items()):
+    if set(state) != set(live) or any(state[n].shape != p.shape or state[n].dtype != p.dtype
+                                      for n, p in live.items()):
         raise MamfError(f"{path} does not match the adapters of this run's model")
     for n, p in live.items():
         p.copy_(state[n])

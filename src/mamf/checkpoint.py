@@ -38,6 +38,32 @@ STATE_KEYS = ("step", "losses", "stream_state", "generator_state", "param_groups
               "optimizer_scalars")
 
 
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def tensor_mismatch(path: Path, model: torch.nn.Module) -> str | None:
+    """The first tensor of the safetensors file `path` whose dtype or shape differs from the
+    model's, described; None when all that the model holds match. Read from the header only:
+    load_state_dict would cast another dtype silently (damage that surfaces later as a NaN
+    loss) and reports another shape in many lines of torch text."""
+    from safetensors import safe_open
+
+    own = model.state_dict()
+    with safe_open(str(path), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
+            if key not in own:
+                continue
+            part = f.get_slice(key)
+            dtype, shape = _DTYPES.get(part.get_dtype()), tuple(part.get_shape())
+            if dtype != own[key].dtype:
+                return f"{key} is {part.get_dtype()}, the model's is {own[key].dtype}"
+            if shape != tuple(own[key].shape):
+                return f"{key} has shape {list(shape)}, the model's is {list(own[key].shape)}"
+    return None
+
+
 @dataclass
 class Resume:
     step: int
@@ -120,6 +146,9 @@ class Checkpointer:
         try:
             flat = load_file(str(file))
             file = folder / MODEL
+            mismatch = tensor_mismatch(file, model)
+            if mismatch:
+                raise self._damaged(f"{folder.name}/{file.name}: {mismatch}")
             missing, unexpected = load_model(model, str(file), strict=False)
         except (OSError, SafetensorError) as e:
             raise self._damaged(f"{folder.name}/{file.name} is unreadable ({e})") from None

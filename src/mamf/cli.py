@@ -56,12 +56,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose refusals are one `mamf: error:` line, as every other refusal (its
+    subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"mamf: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
     from mamf import methods, samplers
     from mamf.models.registry import model_names
 
     models = "; ".join(f"{k}: {v}" for k, v in model_names().items())
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="mamf", description="Few-shot transfer of vision-language models: MAMF, classical "
         "fine-tuning, FOMAML and zero-shot, measured the same way.")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -365,7 +365,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         if main:
             atomic_write_bytes(previous, text)
     done = {row_key(r, bool(exp.shots)) for r in rows}
-    plans = []
+    plans, skipped = [], []
     for ds in exp.datasets:
         try:
             with distributed.main_first():
@@ -378,6 +378,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         except MamfError as e:
             log.error("dataset %s skipped: %s", ds.name, e)
             _failure(out, {"dataset": ds.name, "error": str(e)})
+            skipped.append(ds.name)
             continue
         for shots in exp.shots or [None]:
             for seed in exp.seeds:
@@ -392,6 +393,10 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                             plans.append((ds, root, seed, method, sampler, todo, ways, missing,
                                           shots))
     total = sum(len(p[7]) for p in plans)
+    if total == 0 and skipped:
+        log.warning("nothing computed: dataset(s) %s skipped (see above); the rest of the grid "
+                    "is in %s", ", ".join(skipped), results)
+        return rows
     if total == 0:
         log.info("nothing to do: every row of the grid is in %s", results)
         return rows

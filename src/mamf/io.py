@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -82,11 +83,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite(value):
+    """`value` with every NaN or infinite float made None: strict JSON readers refuse them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def append_jsonl(path: Path, row: dict) -> None:
-    """Append one JSON row as a single write of one line, flushed to disk."""
+    """Append one JSON row as a single write of one line, flushed to disk; a NaN or infinity
+    in it is written as null (never as the invalid JSON `NaN`)."""
     path = Path(path)
     make_folder(path.parent)
-    line = (json.dumps(row, sort_keys=False) + "\n").encode("utf-8")
+    line = (json.dumps(finite(row), sort_keys=False, allow_nan=False) + "\n").encode("utf-8")
     with writing(path):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -60,6 +60,14 @@ def row_key(row: dict) -> tuple:
             row_sampler(row), row_alpha(row))
 
 
+def cell_key(row: dict) -> tuple:
+    """The cell a row measures: `row_key` without `queries`, which follows from the data (a split
+    file, the images per class). Two rows of one cell with other query counts measured one seed
+    twice on different test sets; `evaluate` refuses the second."""
+    key = row_key(row)
+    return key[:KEY_FIELDS.index("queries")] + key[KEY_FIELDS.index("queries") + 1:]
+
+
 def row_alpha(row: dict) -> float | None:
     """The WiSE-FT alpha a row was scored at; None (or absent, in older rows): no mix."""
     alpha = row.get("alpha")

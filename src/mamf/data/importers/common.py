@@ -211,9 +211,14 @@ def _safe_name(name: str) -> str:
     return name if name and not name.startswith(".") else f"_{name}"
 
 
+MAX_IMAGE_BYTES = 64 << 20  # a member listed as an image but larger is skipped as damaged
+
+
 def copy_images(archives: list[Archive], subset: list[Item], key_depth: int, tmp: Path,
                 log: Log) -> tuple[Counter, list[str]]:
-    """Stream the inputs once, writing each chosen image; (counts by outcome, corrupt examples)."""
+    """Stream the inputs once, writing each chosen image; (counts by outcome, corrupt examples).
+    At most MAX_IMAGE_BYTES of a member are read: a larger one is counted as damaged
+    (`too_large` among them) and skipped, its memory bounded."""
     wanted = {item.key: item for item in subset}
     counts: Counter = Counter()
     corrupt: list[str] = []
@@ -222,8 +227,15 @@ def copy_images(archives: list[Archive], subset: list[Item], key_depth: int, tmp
     for archive in archives:
         for path, stream in archive.members(lambda p: tail(p, key_depth) in wanted):
             item = wanted.pop(tail(path, key_depth))
+            data = stream.read(MAX_IMAGE_BYTES + 1)  # never a huge member whole into memory
+            if len(data) > MAX_IMAGE_BYTES:
+                counts["corrupt"] += 1
+                counts["too_large"] += 1
+                if len(corrupt) < 5:
+                    corrupt.append(f"{path} (over {MAX_IMAGE_BYTES / 2**20:g} MiB)")
+                continue
             try:
-                data = _decode(stream.read(), item.box, item.name)
+                data = _decode(data, item.box, item.name)
             except (*READ_ERRORS, ValueError, Image.DecompressionBombError) as e:
                 counts["corrupt"] += 1
                 if len(corrupt) < 5:
@@ -318,7 +330,10 @@ def run_import(name: str, read: Reader, sources, out: str | os.PathLike, *, clas
             raise MamfError(f"{name}: none of the {len(subset)} chosen images could be read from "
                             f"the inputs ({counts['corrupt']} damaged, {counts['missing']} not found)")
         if counts["corrupt"] or counts["missing"]:
-            log(f"{name}: skipped {counts['corrupt']} damaged and {counts['missing']} missing images")
+            large = f" ({counts['too_large']} over {MAX_IMAGE_BYTES / 2**20:g} MiB)" \
+                if counts["too_large"] else ""
+            log(f"{name}: skipped {counts['corrupt']} damaged{large} and {counts['missing']} "
+                "missing images")
         labels = {p.name for p in tmp.iterdir() if p.is_dir()}
         dropped = ", ".join(f"{n:,} {reason}" for reason, n in cat.dropped.items() if n)
         dropped = f" Left out: {dropped}." if dropped else ""
