@@ -228,3 +228,114 @@ def test_html_report_is_real_html_with_tables_and_inline_figures(tmp_path):
     assert all(link.startswith("data:") for link in parsed.links)
     assert "<title>counting &lt;only&gt;</title>" in page
     assert "<strong>Claim 1: MAMF beats classical fine-tuning.</strong>" in page
+
+
+def _seeded(method: str, shift: float, seeds=(1, 2, 3), tasks: int = 6, **over) -> list[dict]:
+    """One row per seed; each seed's tasks vary a little around 0.5 + shift + a seed effect."""
+    out = []
+    for s in seeds:
+        accs = [round(0.5 + shift + 0.01 * s + 0.01 * ((i * 7 + s) % 5), 4) for i in range(tasks)]
+        out.append(row(method, 5, accs, seed=s, **over))
+    return out
+
+
+def test_a_single_seed_verdict_says_it_rests_on_one_run():
+    rows = _seeded("classical", 0.0, seeds=(312,)) + _seeded("mamf", 0.2, seeds=(312,))
+    text = claims_markdown(rows)
+    assert "| counting | +0.200 (no spread) | 1 | 6 | holds (one run) |" in text
+    assert "**one training run** (a single seed)" in text
+    assert "every verdict speaks of these tasks of this run" in text
+    # two seeds, and the same verdict no longer carries the mark
+    two = _seeded("classical", 0.0, seeds=(1, 2)) + _seeded("mamf", 0.2, seeds=(1, 2))
+    text = claims_markdown(two)
+    assert "| holds |" in text and "(one run)" not in text
+    assert "per-seed means of 2 seeds (12 test tasks in all" in text
+
+
+def test_seeds_that_disagree_make_a_verdict_inconclusive():
+    """Per-task differences all agree within each seed, but the seeds disagree in sign: the
+    tasks of one seed share its training run, so nothing is shown."""
+    rows = []
+    for s, gain in ((1, 0.05), (2, -0.04), (3, 0.06), (4, -0.03), (5, 0.01)):
+        base = [0.5 + 0.001 * i for i in range(50)]
+        rows.append(row("classical", 5, base, seed=s))
+        rows.append(row("mamf", 5, [b + gain for b in base], seed=s))
+    text = claims_markdown(rows)
+    # by hand: gains' sd 0.04528, t(4) 2.7764 * 0.04528 / sqrt(5) = 0.0562
+    assert "| counting | +0.010 ± 0.056 | 5 | 250 | inconclusive |" in text, text
+
+
+def test_degenerate_rows_are_flagged_not_shown_as_certain(tmp_path):
+    rows = [row("zeroshot", 5, [0.2] * 10, seed=s) for s in (1, 2)] + \
+        _seeded("mamf", 0.1, seeds=(1, 2), tasks=10)
+    table = summary_table(rows)
+    assert "| counting | 0.200 (no spread) |" in table and "0.200 ± 0.000" not in table
+    md = write_report(rows, tmp_path, "flat")["md"].read_text()
+    assert "*No spread*: every test task scored the same" in md
+    assert "zero-shot on counting (0.200 in every task, which is chance: one class predicted " \
+           "for every query image, most likely)" in md
+
+
+def test_every_method_is_paired_against_a_reference_with_holm(tmp_path):
+    rows = (_seeded("zeroshot", 0.0) + _seeded("prototype", 0.05) + _seeded("linear-probe", 0.05)
+            + _seeded("tip-adapter", 0.0005))
+    md = write_report(rows, tmp_path, "ref", reference="linear-probe")["md"].read_text()
+    section = md.split("## Every method against linear probe")[1].split("## ")[0]
+    lines = [x for x in section.splitlines() if x.startswith("| counting")]
+    assert [x.split(" | ")[1] for x in lines] == ["zero-shot", "prototype", "Tip-Adapter"]
+    assert lines[0].endswith("| 3 | 18 | does not hold |")  # -0.05 in every task
+    assert "| prototype | +0.000 (no spread) | 3 | 18 | inconclusive |" in lines[1]
+    assert "Holm-adjusted over the 3 comparisons of this table" in section
+    # the default reference is classical FT where it ran, else zero-shot
+    md = write_report(rows, tmp_path, "ref")["md"].read_text()
+    assert "## Every method against zero-shot" in md
+    from mamf.errors import MamfError
+
+    with pytest.raises(MamfError, match="--reference 'classical' has no rows here"):
+        write_report(rows, tmp_path, "ref", reference="classical")
+
+
+def test_holm_changes_a_table_verdict_that_one_comparison_alone_would_give():
+    """Three samplers' small gains each hold alone (p < 0.05) but not after Holm over three."""
+    from mamf.report.samplers import against_uniform, samplers_section
+    from mamf.stats import verdicts
+
+    def r(sampler, seed, accs):
+        return {"dataset": "d", "method": "mamf", "ways": 2, "seed": seed, "split": "test",
+                "sampler": sampler, "task_accs": accs, "task_similarity": [0.1, 0.5]}
+
+    rows = []
+    gains = {1: 0.03, 2: 0.0, 3: 0.04, 4: 0.01, 5: 0.02}  # mean 0.02, t = 2.83, p = 0.047
+    for s, g in gains.items():
+        rows.append(r("uniform", s, [0.5, 0.6]))
+        for k, sampler in enumerate(("similar", "confusion", "curriculum")):
+            rows.append(r(sampler, s, [0.5 + g + 0.001 * k, 0.6 + g + 0.001 * k]))
+    result = against_uniform(rows)
+    for c in result.values():  # each alone: p < 0.05; the smallest times 3 is not
+        assert verdicts([c["estimate"]]) == ["holds"] and c["estimate"].p > 0.05 / 3
+    assert [c["verdict"] for c in result.values()] == ["inconclusive"] * 3
+    text = "\n".join(samplers_section(rows))
+    assert "Holm-adjusted over the 3 comparisons of this table" in text
+
+
+def test_two_rows_of_one_seed_never_count_as_two_seeds(tmp_path):
+    coop = [row(m, 10, [acc], seed=312, protocol="coop", shots=1)
+            for m, acc in (("zeroshot", 0.375), ("tip-adapter", 0.5))]
+    coop.append(row("zeroshot", 10, [0.107], seed=312, protocol="coop", shots=1, queries=40,
+                    split_file_sha256="b" * 64))
+    md = write_report(coop, tmp_path, "coop")["md"].read_text()
+    assert "| zero-shot | 37.5 ± 0.0 (1) |" in md and "(2)" not in md
+    assert "Left out of these tables, since each seed counts once: counting zero-shot 1-shot " \
+           "seed 312 (a second zero-shot row for this cell (queries 40, split_file_sha256" in md
+
+
+def test_a_report_of_base2novel_rows_only(tmp_path):
+    rows = [row(m, 10, [0.8, 0.6], protocol="base2novel", base_acc=0.8, novel_acc=0.6,
+                hm=0.6857) for m in ("zeroshot", "tip-adapter")]
+    out = tmp_path / "b2n"
+    out.mkdir()
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "### base2novel: base, novel and harmonic mean" in md
+    assert "2 result rows (0 in the accuracy table)" in md
