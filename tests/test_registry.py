@@ -136,13 +136,14 @@ def test_unknown_methods_and_samplers_are_refused_by_name():
 
 def test_no_module_outside_methods_branches_on_a_method_name():
     """Behaviour hangs on the registry, never on comparing a method's name. (The report's
-    claims are statements about the paper's named methods, so report.py may name them.)"""
+    claims are statements about the paper's named methods, so report/claims.py may name them.)"""
     root = pathlib.Path(methods.__file__).parent.parent
     names = "|".join(map(re.escape, methods.names()))
     branch = re.compile(rf"""(==|!=|\bin\b)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
     offenders = []
     for path in root.rglob("*.py"):
-        if "methods" in path.relative_to(root).parts or path.name == "report.py":
+        if "methods" in path.relative_to(root).parts or \
+                path.relative_to(root).as_posix() == "report/claims.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if branch.search(line):

@@ -41,7 +41,8 @@ def reference_section(rows: list[dict], reference: str | None = None) -> list[st
         return []
     lines = [f"## Every method against {label(reference)}", "",
              f"Each method's accuracy minus {label(reference)}'s, paired over the test tasks of "
-             "the cells (ways, shots, seed, split) the two share.", "",
+             f"the cells (ways, shots, seed, split) the two share. *holds*: the method beats "
+             f"{label(reference)}; *does not hold*: {label(reference)} is better.", "",
              f"| dataset | method | method − {md(label(reference))} | seeds | tasks | verdict |",
              "|---|---|---|---|---|---|"]
     estimates = [e for _, _, e in found]
