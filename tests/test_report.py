@@ -339,3 +339,15 @@ def test_a_report_of_base2novel_rows_only(tmp_path):
     md = (out / "report.md").read_text()
     assert "### base2novel: base, novel and harmonic mean" in md
     assert "2 result rows (0 in the accuracy table)" in md
+
+
+def test_the_header_counts_every_row_and_settings_never_pool_protocols(tmp_path):
+    rows = _seeded("zeroshot", 0.0, seeds=(1,)) + _seeded("mamf", 0.1, seeds=(1,))
+    rows += [row("zeroshot", 5, [0.3], seed=1, protocol="coop", shots=4),
+             row("mamf", 5, [0.6], seed=1, protocol="coop", shots=4),
+             row("mamf", 5, [0.9, 0.9], seed=1, split="train")]  # not in the accuracy table
+    line = settings_line(rows[:-1])
+    assert line.startswith("counting: paper, 5-way, 6-shot, 6 tasks per method and seed; "
+                           "counting: coop, 5-way, 4-shot, 1 tasks per method and seed"), line
+    md = write_report(rows, tmp_path, "mixed")["md"].read_text()
+    assert "5 result rows (4 in the accuracy table); hosts: vm." in md
