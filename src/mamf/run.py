@@ -29,7 +29,7 @@ from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
-from mamf.results import read_rows, row_key
+from mamf.results import environment, read_rows, row_key
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 from mamf.wiseft import Interpolation, alphas, starting_weights
@@ -389,5 +389,5 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), "torch": torch.__version__,
+            "host": platform.node(), **environment(str(inputs.device)),
             **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}
