@@ -25,6 +25,7 @@ TRAIN_FLAGS = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size", "steps": "train.steps", "heads": "train.heads",
     "schedule": "train.schedule", "candidates": "train.candidates", "ways": "data.ways",
+    "tensorboard": "train.log_dir",
 }
 EVAL_FLAGS = {"split": "metatest.split"}
 
@@ -87,6 +88,8 @@ def parser() -> argparse.ArgumentParser:
                     help="mamf: tasks drawn per step (default) or the official K tasks in turn")
     tr.add_argument("--candidates", choices=["task", "batch"],
                     help="loss over the task's classes (default) or only the batch's (official)")
+    tr.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars (loss, "
+                    "learning rate, images/s) to DIR; train_log.csv in --out always has them")
     _common(tr)
 
     ev = sub.add_parser("evaluate", help="meta-test a trained run, or a model zero-shot",

@@ -59,6 +59,7 @@ def config_id(config: Config) -> str:
     measured, and the other alphas do not change it), and so are LATER_KEYS at their defaults."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
+    del settings["train"]["log_dir"]  # where logs go, not what is measured
     for section, keys in LATER_KEYS.items():
         for key in keys:
             if settings[section][key] == defaults[section][key]:
@@ -141,9 +142,11 @@ def same_settings(path: Path, config: Config) -> bool:
     """Whether the run config at `path` holds `config`'s settings. Read through `build_config`,
     so a run written before a setting existed resumes when the setting sits at its default."""
     try:
-        return to_dict(build_config(load_yaml(path))) == to_dict(config)
+        there, here = to_dict(build_config(load_yaml(path))), to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
+    there["train"].pop("log_dir"), here["train"].pop("log_dir")  # logs may go elsewhere now
+    return there == here
 
 
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
@@ -164,7 +167,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     model, dataset, inputs = prepare(config, fresh=True)
     if unfrozen(config.train)[0] == 0 and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
-    result = train(model, inputs, dataset, config, progress and is_main(), checkpointer)
+    result = train(model, inputs, dataset, config, progress and is_main(), checkpointer, out)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
                "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
                "train_time_s": round(result.seconds, 3), "first_loss": result.losses[0],
