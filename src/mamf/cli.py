@@ -115,6 +115,15 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="folder for results.jsonl and the report")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    xp = sub.add_parser("export", help="a trained run as a transformers, peft or ONNX folder",
+                        description="Write the run's model in a standard form and check it, "
+                        "loaded back, against the run (embeddings within 1e-5).")
+    xp.add_argument("run", help="a folder written by `mamf train`")
+    xp.add_argument("--format", required=True, choices=["hf", "peft", "onnx"],
+                    help="hf: save_pretrained folder (LoRA merged); peft: a LoRA run's adapter "
+                    "folder; onnx: image.onnx and text.onnx")
+    xp.add_argument("--out", required=True, help="new folder to write")
+
     rp = sub.add_parser("report", help="summarise a results folder: table and figure")
     rp.add_argument("dir", help="a folder holding results.jsonl")
 
@@ -236,6 +245,14 @@ def _run_method(run_dir: Path) -> str | None:
         return load_yaml(run_dir / RUN_CONFIG).get("train", {}).get("method")
     except (MamfError, AttributeError):
         return None
+
+
+def cmd_export(args) -> None:
+    from mamf.export import export_run
+
+    written = export_run(Path(args.run), args.format, Path(args.out))
+    print(f"exported {args.run} as {args.format} to {args.out} (checked against the run): "
+          f"{', '.join(written)}")
 
 
 def cmd_models(args) -> None:
@@ -380,7 +397,7 @@ def cmd_demo(args) -> None:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
             "report": cmd_report, "data": cmd_data, "demo": cmd_demo, "models": cmd_models,
-            "methods": cmd_methods}
+            "methods": cmd_methods, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
 from mamf.checkpoint import Checkpointer
@@ -24,7 +25,7 @@ from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
-from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
+from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
 from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
@@ -111,15 +112,23 @@ def weights_file(config: Config) -> str:
     return adapters.ADAPTER if adapters.enabled(config.train) else WEIGHTS
 
 
+PARTIAL = "mamf_partial"  # safetensors metadata: the file holds only the trained tensors
+
+
 def save_weights(model: DualEncoder, path: Path) -> None:
-    """Written beside, fsynced, renamed over: the checkpoints are deleted right after."""
+    """Written beside, fsynced, renamed over: the checkpoints are deleted right after. A run
+    that trained only part of the model (a frozen tower, `train.unfreeze_*`) keeps only what
+    trained; `load_run` rebuilds the rest from the named base model."""
     tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         try:
             if path.name == adapters.ADAPTER:
                 save_file(adapters.trained_state(model), str(tmp))
+            elif not all(p.requires_grad for p in model.parameters()):
+                save_file(adapters.trained_state(model), str(tmp), metadata={PARTIAL: "1"})
             else:
                 save_model(model, str(tmp))
+            follow_umask(tmp)
             fsync_path(tmp)
             tmp.replace(path)
         except BaseException:
@@ -225,9 +234,19 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
         model = starting_model(config)
         adapters.load_trained(model, run_dir / weights)
         return config, model
-    model = build_model(config.model)
     try:
-        missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+        with safe_open(str(run_dir / WEIGHTS), "pt") as f:
+            partial = (f.metadata() or {}).get(PARTIAL) == "1"
+        if partial:  # the untrained rest comes from the base model, heads as training began
+            model = starting_model(config)
+            _, unexpected = model.load_state_dict(load_file(str(run_dir / WEIGHTS)),
+                                                  strict=False)
+            missing: list[str] = []  # what the file lacks is the base model's, rebuilt above
+        else:
+            model = build_model(config.model)
+            missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+    except MamfError:
+        raise
     except Exception as e:  # safetensors raises several types for a damaged file
         raise MamfError(f"cannot read {run_dir / WEIGHTS}: {e}") from None
     if missing or unexpected:

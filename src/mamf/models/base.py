@@ -109,6 +109,11 @@ class DualEncoder(nn.Module):
         """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""
         raise NotImplementedError(f"{type(self).__name__} has no projection heads to reset")
 
+    def transformers_model(self):
+        """The transformers `PreTrainedModel` this encoder is (for `mamf export --format hf` and
+        `peft`), or None for a model with no standard transformers form."""
+        return None
+
     def describe(self) -> dict:
         """A JSON-able description sufficient to rebuild this model before loading its weights."""
         raise NotImplementedError

@@ -124,6 +124,9 @@ class HFClip(DualEncoder):
                                     device=generator.device)
                 head.weight.copy_(fresh.uniform_(-bound, bound, generator=generator))
 
+    def transformers_model(self):
+        return self.clip
+
     def describe(self) -> dict:
         return {"name": self.name}
 
