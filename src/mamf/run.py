@@ -234,16 +234,16 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
         model = starting_model(config)
         adapters.load_trained(model, run_dir / weights)
         return config, model
+    model = build_model(config.model)
     try:
         with safe_open(str(run_dir / WEIGHTS), "pt") as f:
             partial = (f.metadata() or {}).get(PARTIAL) == "1"
         if partial:  # the untrained rest comes from the base model, heads as training began
-            model = starting_model(config)
+            apply_heads(model, config)
             _, unexpected = model.load_state_dict(load_file(str(run_dir / WEIGHTS)),
                                                   strict=False)
-            missing: list[str] = []  # what the file lacks is the base model's, rebuilt above
+            missing: list[str] = []  # what the file lacks is the base model's, built above
         else:
-            model = build_model(config.model)
             missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
     except MamfError:
         raise
