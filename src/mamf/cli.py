@@ -114,6 +114,17 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("config", help="experiment YAML (see configs/)")
     ex.add_argument("--out", required=True, help="folder for results.jsonl and the report")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                    help="local: this process (default); submitit: one cluster job per unit "
+                    "(Slurm where sbatch exists), rows merged when they end; a rerun submits "
+                    "only the units not done")
+    ex.add_argument("--slurm-partition", help="Slurm partition of the jobs")
+    ex.add_argument("--slurm-time", type=int, default=240, help="minutes per job (default 240)")
+    ex.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per job (default 4)")
+    ex.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job (default 0)")
+    ex.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB")
+    ex.add_argument("--submitit-cluster", choices=["slurm", "local"],
+                    help="force submitit's executor (default: slurm if sbatch is found)")
 
     xp = sub.add_parser("export", help="a trained run as a transformers, peft or ONNX folder",
                         description="Write the run's model in a standard form and check it, "
@@ -280,7 +291,14 @@ def cmd_experiment(args) -> None:
     from mamf.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(args.config)
-    rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
+    if args.launcher == "submitit":
+        from mamf.launcher import SlurmSettings, launch
+
+        slurm = SlurmSettings(args.slurm_partition, args.slurm_time, args.slurm_cpus,
+                              args.slurm_gpus, args.slurm_mem_gb, args.submitit_cluster)
+        rows = launch(experiment, Path(args.out), slurm)
+    else:
+        rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
     if _is_main():
         _summarise(rows, Path(args.out), experiment.name)
 
