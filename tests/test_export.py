@@ -150,3 +150,13 @@ def test_export_refusals_are_one_line(runs, tmp_path):
         export_run(runs["full"], "onnx", tmp_path / "busy")
     with pytest.raises(MamfError, match="not a finished training run"):
         export_run(tmp_path, "hf", tmp_path / "q")
+
+
+def test_the_export_command_prints_one_error_line(runs, tmp_path, capsys):
+    assert main(["export", str(runs["full"]), "--format", "peft", "--out",
+                 str(tmp_path / "p")]) != 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("mamf: error:") and "peft" in err[0]
+    assert main(["export", str(runs["full"]), "--format", "onnx", "--out",
+                 str(tmp_path / "o")]) == 0
+    assert "checked against the run" in capsys.readouterr().out
