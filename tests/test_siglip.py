@@ -71,3 +71,18 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
             shutil.copy(words / name, tmp_path / "hf" / name)
     again = load_model(str(tmp_path / "hf"))
     assert type(again).__name__ == "HFSiglip" and again.image_size == 32
+
+
+def test_lora_on_siglip_trains_the_logit_bias_beside_the_adapters(colour_folder, tmp_path):
+    from mamf.run import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--method", "classical", "--model", "tiny-random-siglip", "--data",
+                 str(colour_folder), "--out", str(run), "--lr", "1e-2", "--steps", "3",
+                 "--batch-size", "6", "--quiet", "--set", "train.adapter=lora"]) == 0
+    _, model = load_run(run)
+    assert model.siglip.logit_bias.item() != -10.0
+    export_run(run, "peft", tmp_path / "peft")
+    manifest = json.loads((tmp_path / "peft" / "mamf_export.json").read_text())
+    assert manifest["loss_parameters"]["siglip.logit_bias"] == \
+        pytest.approx([model.siglip.logit_bias.item()])

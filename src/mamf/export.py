@@ -71,7 +71,11 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
                             f"the run (max difference {err:.2e} > {TOLERANCE}): not exported")
     manifest = {"format": fmt, "run": str(run_dir), "model": config.model,
                 "method": config.train.method, "adapter": config.train.adapter,
-                "logit_scale": float(model.logit_scale().detach()), "files": written,
+                "logit_scale": float(model.logit_scale().detach()),
+                "loss_parameters": {n: p.detach().flatten().tolist() for n, p in
+                                    model.named_parameters()
+                                    if any(p is q for q in model.loss_parameters())},
+                "files": written,
                 "checked_tolerance": TOLERANCE}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     for path in out.iterdir():

@@ -101,6 +101,11 @@ class DualEncoder(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp()
 
+    def loss_parameters(self) -> list[nn.Parameter]:
+        """The loss's own learned values (the temperature; SigLIP's bias too), trained beside
+        LoRA's adapters."""
+        return [self.log_logit_scale]
+
     def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """[B, D] x [C, D] -> [B, C] logits of the model's own loss (CLIP: scaled cosines)."""
         from mamf.loss import task_logits

@@ -61,6 +61,9 @@ class HFSiglip(DualEncoder):
         return task_logits(self.logit_scale(), image_emb, text_emb) + \
             self.siglip.logit_bias.float()
 
+    def loss_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.log_logit_scale, self.siglip.logit_bias]
+
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return sigmoid_loss(logits, labels)
 
