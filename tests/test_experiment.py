@@ -111,7 +111,7 @@ def test_killed_experiment_resumes_without_duplicates(tmp_path, colour_folder):
     assert len(keys) == len(set(keys)) == 18
 
 
-VOLATILE = {"time_s", "train_time_s", "host"}
+VOLATILE = {"time_s", "train_time_s", "host", "date"}
 
 
 def _measurement(row: dict) -> dict:

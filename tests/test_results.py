@@ -149,3 +149,31 @@ def test_fuzz_read_rows_never_raises_and_returns_only_valid_unique_rows(tmp_path
         if valid_row(obj):
             first.setdefault(row_key(obj), obj)
     assert [json.dumps(r) for r in got] == [json.dumps(r) for r in first.values()]  # NaN-proof
+
+
+def test_rows_record_their_environment(colour_folder, tmp_path):
+    """A row names the software and machine it was measured on (mamf, its commit where the
+    source is a git checkout, the libraries, Python, device, threads, date)."""
+    import datetime
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    import mamf
+    from mamf.cli import main
+    from mamf.results import ENVIRONMENT_FIELDS
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", str(out), "--ways", "3", "--quiet"]) == 0
+    got = read_rows(out / "results.jsonl")[0]
+    assert set(ENVIRONMENT_FIELDS) <= set(got)
+    assert got["mamf"] == mamf.__version__ and got["torch"] == torch.__version__
+    for package in ("transformers", "peft", "onnxruntime"):
+        assert got[package] == importlib.metadata.version(package)
+    assert got["python"] == platform.python_version()
+    assert got["device"] == "cpu" and got["threads"] == torch.get_num_threads()
+    assert datetime.datetime.fromisoformat(got["date"]).tzinfo is not None
+    commit = got["mamf_commit"]
+    assert commit is None or len(commit.removesuffix("+dirty")) == 40

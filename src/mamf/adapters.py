@@ -98,7 +98,8 @@ def attach(model: DualEncoder, train: TrainConfig, seed: int) -> None:
         p.requires_grad_(False)
     for p in lora_parameters(model):
         p.requires_grad_(True)
-    model.log_logit_scale.requires_grad_(True)
+    for p in model.loss_parameters():  # the temperature (and SigLIP's logit bias)
+        p.requires_grad_(True)
     if train.heads == "random":
         for p in model.head_parameters():
             p.requires_grad_(True)

@@ -25,6 +25,7 @@ TRAIN_FLAGS = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size", "steps": "train.steps", "heads": "train.heads",
     "schedule": "train.schedule", "candidates": "train.candidates", "ways": "data.ways",
+    "tensorboard": "train.log_dir",
 }
 EVAL_FLAGS = {"split": "metatest.split"}
 
@@ -95,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
                     help="mamf: tasks drawn per step (default) or the official K tasks in turn")
     tr.add_argument("--candidates", choices=["task", "batch"],
                     help="loss over the task's classes (default) or only the batch's (official)")
+    tr.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars (loss, "
+                    "learning rate, images/s) to DIR; train_log.csv in --out always has them")
     _common(tr)
 
     ev = sub.add_parser("evaluate", help="meta-test a trained run, or a model zero-shot",
@@ -119,6 +122,26 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("config", help="experiment YAML (see configs/)")
     ex.add_argument("--out", required=True, help="folder for results.jsonl and the report")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                    help="local: this process (default); submitit: one cluster job per unit "
+                    "(Slurm where sbatch exists), rows merged when they end; a rerun submits "
+                    "only the units not done")
+    ex.add_argument("--slurm-partition", help="Slurm partition of the jobs")
+    ex.add_argument("--slurm-time", type=int, default=240, help="minutes per job (default 240)")
+    ex.add_argument("--slurm-cpus", type=int, default=4, help="CPUs per job (default 4)")
+    ex.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per job (default 0)")
+    ex.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB")
+    ex.add_argument("--submitit-cluster", choices=["slurm", "local"],
+                    help="force submitit's executor (default: slurm if sbatch is found)")
+
+    xp = sub.add_parser("export", help="a trained run as a transformers, peft or ONNX folder",
+                        description="Write the run's model in a standard form and check it, "
+                        "loaded back, against the run (embeddings within 1e-5).")
+    xp.add_argument("run", help="a folder written by `mamf train`")
+    xp.add_argument("--format", required=True, choices=["hf", "peft", "onnx"],
+                    help="hf: save_pretrained folder (LoRA merged); peft: a LoRA run's adapter "
+                    "folder; onnx: image.onnx and text.onnx")
+    xp.add_argument("--out", required=True, help="new folder to write")
 
     rp = sub.add_parser("report", help="summarise a results folder: table and figure")
     rp.add_argument("dir", help="a folder holding results.jsonl")
@@ -246,6 +269,14 @@ def _run_method(run_dir: Path) -> str | None:
         return None
 
 
+def cmd_export(args) -> None:
+    from mamf.export import export_run
+
+    written = export_run(Path(args.run), args.format, Path(args.out))
+    print(f"exported {args.run} as {args.format} to {args.out} (checked against the run): "
+          f"{', '.join(written)}")
+
+
 def cmd_models(args) -> None:
     from mamf.models.registry import model_names
 
@@ -271,7 +302,14 @@ def cmd_experiment(args) -> None:
     from mamf.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(args.config)
-    rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
+    if args.launcher == "submitit":
+        from mamf.launcher import SlurmSettings, launch
+
+        slurm = SlurmSettings(args.slurm_partition, args.slurm_time, args.slurm_cpus,
+                              args.slurm_gpus, args.slurm_mem_gb, args.submitit_cluster)
+        rows = launch(experiment, Path(args.out), slurm)
+    else:
+        rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
     if _is_main():
         _summarise(rows, Path(args.out), experiment.name)
 
@@ -383,7 +421,7 @@ def cmd_demo(args) -> None:
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
             "report": cmd_report, "data": cmd_data, "demo": cmd_demo, "models": cmd_models,
-            "methods": cmd_methods}
+            "methods": cmd_methods, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

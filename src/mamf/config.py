@@ -78,6 +78,9 @@ class TrainConfig:
     unfreeze_text_layers: int | str | None = None
     weight_decay: float = 0.0
     checkpoint_every: int = 100
+    # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
+    # the same is always the run folder's train_log.csv. Not a setting of the measurement.
+    log_dir: str | None = None
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
     # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
     parallel: str = "ddp"

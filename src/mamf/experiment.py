@@ -13,6 +13,7 @@ pretrained model (`task_similarity`), computed once per dataset before any train
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -346,17 +347,19 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
         return _run_experiment(exp, Path(out), progress and distributed.is_main())
 
 
-def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
+def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
+        -> list[dict]:
+    """The grid's missing rows, in-process; `job`: only the unit `unit_id` names, its rows
+    appended to its own `jobs/<id>/results.jsonl` (`mamf.launcher`), never to the shared file."""
     from tqdm import tqdm
 
-    results = out / RESULTS
     main = distributed.is_main()
-    rows = distributed.from_main(read_rows(results) if distributed.is_main() else None)
+    rows = distributed.from_main(read_rows(out / RESULTS) if distributed.is_main() else None)
     others = sorted({r["experiment"] for r in rows if r.get("experiment", exp.name) != exp.name})
     if others:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
                         "choose another --out")
-    if exp.source is not None:
+    if exp.source is not None and job is None:
         text = exp.source.read_bytes()
         previous = out / "experiment.yaml"
         if rows and previous.is_file() and previous.read_bytes() != text:
@@ -365,33 +368,15 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
         if main:
             atomic_write_bytes(previous, text)
     done = {row_key(r, bool(exp.shots)) for r in rows}
-    plans, skipped = [], []
-    for ds in exp.datasets:
-        try:
-            with distributed.main_first():
-                root = dataset_root(ds, out, exp.datasets)
-            from mamf.data.folder import scan_folder
-
-            base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
-            n_classes = len(scan_folder(root, base.data.subdataset).classes)
-            ways = ways_list(base, n_classes, ds.ways)
-        except MamfError as e:
-            log.error("dataset %s skipped: %s", ds.name, e)
-            _failure(out, {"dataset": ds.name, "error": str(e)})
-            skipped.append(ds.name)
-            continue
-        for shots in exp.shots or [None]:
-            for seed in exp.seeds:
-                for method in exp.methods:
-                    for sampler in samplers_of(exp, ds, method):
-                        missing = [(n, split, alpha) for n in ways
-                                   for split, alpha in cells(exp, ds, root, method, seed, sampler)
-                                   if (ds.name, method, sampler, n, seed, split, alpha, shots)
-                                   not in done]
-                        todo = sorted({n for n, _, _ in missing}, key=ways.index)
-                        if todo:
-                            plans.append((ds, root, seed, method, sampler, todo, ways, missing,
-                                          shots))
+    plans, skipped = plan(exp, out, done)
+    results = out / RESULTS
+    if job is not None:  # the unit as the launcher planned it; rows it wrote before are done
+        results = job_results(out, job)
+        plans = [(*p[:5], u, *p[6:]) for p in plans for u in units_of(p)
+                 if unit_id(p, u) == job]
+        if not plans:
+            raise MamfError(f"job {job}: no such unit left in the grid of {out}")
+        done |= {row_key(r, bool(exp.shots)) for r in read_rows(results)}
     total = sum(len(p[7]) for p in plans)
     if total == 0 and skipped:
         log.warning("nothing computed: dataset(s) %s skipped (see above); the rest of the grid "
@@ -426,8 +411,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
                 bar.update(len(missing))
                 continue
         model, dataset, inputs, pretrained, prompts = prepared[key]
-        per_ways = registry.method_class(method).trains_per_ways
-        units = [[n] for n in todo] if per_ways else [todo]
+        units = units_of((ds, root, seed, method, sampler, todo, ways, missing, shots))
         name = method if sampler is None else f"{method} ({sampler})"
         for unit in units:
             left = sum(1 for n, _, _ in missing if n in unit)
@@ -457,6 +441,57 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool) -> list[dict]:
             bar.update(left)  # rows a failure left undone
     bar.close()
     return distributed.from_main(read_rows(results) if main else None)
+
+
+def plan(exp: Experiment, out: Path, done: set) -> tuple[list[tuple], list[str]]:
+    """(dataset, root, seed, method, sampler, sizes to do, all sizes, missing cells, shots) of
+    every method run with rows not in `done`, building datasets that are not yet built; and the
+    names of the datasets skipped (they could not be built or read)."""
+    plans, skipped = [], []
+    for ds in exp.datasets:
+        try:
+            with distributed.main_first():
+                root = dataset_root(ds, out, exp.datasets)
+            from mamf.data.folder import scan_folder
+
+            base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
+            n_classes = len(scan_folder(root, base.data.subdataset).classes)
+            ways = ways_list(base, n_classes, ds.ways)
+        except MamfError as e:
+            log.error("dataset %s skipped: %s", ds.name, e)
+            _failure(out, {"dataset": ds.name, "error": str(e)})
+            skipped.append(ds.name)
+            continue
+        for shots in exp.shots or [None]:
+            for seed in exp.seeds:
+                for method in exp.methods:
+                    for sampler in samplers_of(exp, ds, method):
+                        missing = [(n, split, alpha) for n in ways
+                                   for split, alpha in cells(exp, ds, root, method, seed, sampler)
+                                   if (ds.name, method, sampler, n, seed, split, alpha, shots)
+                                   not in done]
+                        todo = sorted({n for n, _, _ in missing}, key=ways.index)
+                        if todo:
+                            plans.append((ds, root, seed, method, sampler, todo, ways, missing,
+                                          shots))
+    return plans, skipped
+
+
+def units_of(p: tuple) -> list[list[int]]:
+    """A plan's units, each one training: per task size, or once for all its sizes."""
+    todo = p[5]
+    return [[n] for n in todo] if registry.method_class(p[3]).trains_per_ways else [todo]
+
+
+def unit_id(p: tuple, unit: list[int]) -> str:
+    """A unit's name, the same in the launcher and in its job: what it trains and for whom."""
+    ds, _, seed, method, sampler = p[:5]
+    what = json.dumps([ds.name, seed, method, sampler, p[8], unit])
+    return f"{ds.name}-{method}-s{seed}-" + hashlib.sha256(what.encode()).hexdigest()[:10]
+
+
+def job_results(out: Path, job: str) -> Path:
+    return out / "jobs" / job / RESULTS
 
 
 class _Clock:

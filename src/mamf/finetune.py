@@ -15,7 +15,7 @@ import torch
 
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs, autocast
-from mamf.loss import cross_entropy, restrict_to_batch, task_logits
+from mamf.loss import restrict_to_batch
 from mamf.models.base import DualEncoder
 
 # sees a loss's logits [B, C], labels [B] and the C candidate classes' global ids
@@ -48,10 +48,10 @@ def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates
         image_emb = inputs.images(model, batch.images, augment=augment, within=within)
         text_emb = inputs.texts(model, classes)
     target = torch.as_tensor(labels, dtype=torch.long, device=image_emb.device)
-    logits = task_logits(model.logit_scale(), image_emb, text_emb)
+    logits = model.task_logits(image_emb, text_emb)
     if observe is not None:
         observe(logits.detach(), target, classes)
-    return cross_entropy(logits, target)
+    return model.task_loss(logits, target)
 
 
 def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:

@@ -75,6 +75,7 @@ class ModelInputs:
         self.precision = resolve_precision(precision, device)
         self.crop_scale = crop_scale
         self.generator = torch.Generator().manual_seed(seed)
+        self.images_seen = 0
         # a prompt ensemble tokenises every class's prompts, class by class, `per_class` each
         prompts = dataset.ensemble or [[p] for p in dataset.prompts]
         self.per_class = len(prompts[0])
@@ -224,6 +225,7 @@ class ModelInputs:
         """Embeddings of `indices`. `within=(start, total)`: these images are rows start.. of a
         batch of `total` split across ranks; augmentation draws for the whole batch and takes
         these rows, so every rank count consumes the generator alike and crops the same."""
+        self.images_seen += len(indices)  # the training log's images/s
         if self.features is not None:
             cached = self.features[torch.as_tensor(indices, device=self.device)]
             if self.image_top_blocks:

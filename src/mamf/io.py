@@ -73,6 +73,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fsync_path(path.parent)
 
 
+def follow_umask(path: Path) -> None:
+    """Give a file another library wrote (safetensors writes 0600) the mode every other file of
+    mamf's gets: 0644 less the umask."""
+    os.chmod(path, 0o644 & ~_umask())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

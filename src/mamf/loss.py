@@ -31,3 +31,11 @@ def restrict_to_batch(classes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
     """
     present = np.unique(labels)
     return classes[present], np.searchsorted(present, labels)
+
+
+def sigmoid_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss (Zhai et al. 2023) over an image's candidate classes: each (image, class)
+    pair is its own binary problem, +1 for the image's class and -1 for the others; summed over
+    the candidates, averaged over the images, as transformers' `SiglipModel` does over a batch."""
+    signs = 2 * F.one_hot(labels, logits.shape[1]).to(logits.dtype) - 1
+    return -F.logsigmoid(signs * logits).sum(dim=1).mean()

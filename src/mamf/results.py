@@ -11,8 +11,13 @@ damaged or repeated line is skipped the same way everywhere and no row is ever c
 
 from __future__ import annotations
 
+import datetime
+import functools
+import importlib.metadata
 import json
 import logging
+import platform
+import subprocess
 from pathlib import Path
 
 from mamf.errors import MamfError
@@ -34,6 +39,59 @@ methods that draw no tasks); `alpha` the WiSE-FT mix of zero-shot and trained we
 `config_id` is deliberately not part of the key:
 an experiment keeps its finished rows when its file changes, so the same measurement may carry
 another hash."""
+
+
+ENVIRONMENT_FIELDS = ("mamf", "mamf_commit", "torch", "transformers", "peft", "onnxruntime",
+                      "python", "device", "threads", "date")
+"""What `environment` adds to every row: the software and machine a number was measured on, so
+that two rows that differ can be told apart by more than their settings (on a CPU the thread
+count changes the floating-point reductions, hence the last digits)."""
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _static_environment() -> dict:
+    """The part of the environment that cannot change within one process (read once)."""
+    import mamf
+
+    return {"mamf": mamf.__version__, "mamf_commit": _git_commit(),
+            "transformers": _version("transformers"), "peft": _version("peft"),
+            "onnxruntime": _version("onnxruntime"), "python": platform.python_version()}
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree mamf was imported from (`+dirty` when it has changes), or
+    None for an installed copy outside git."""
+    import mamf
+
+    where = Path(mamf.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain",
+                                "--untracked-files=no", "--", "."], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def environment(device: str | None = None) -> dict:
+    """The ENVIRONMENT_FIELDS of a row measured now on `device` (None: the CPU)."""
+    import torch
+
+    device = device or "cpu"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return {**_static_environment(), "torch": torch.__version__, "device": device,
+            "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def dataset_name(row: dict) -> str:

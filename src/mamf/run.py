@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
 from mamf.checkpoint import Checkpointer, tensor_mismatch
@@ -24,12 +25,12 @@ from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
-from mamf.io import append_jsonl, atomic_write_text, fsync_path, writing
+from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
 from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
-from mamf.results import cell_key, read_rows
+from mamf.results import cell_key, environment, read_rows
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 from mamf.wiseft import Interpolation, alphas, starting_weights
@@ -60,6 +61,7 @@ def config_id(config: Config) -> str:
     alphas do not change it), and so are LATER_KEYS at their defaults."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
+    del settings["train"]["log_dir"]  # where logs go, not what is measured
     for section, keys in LATER_KEYS.items():
         for key in keys:
             if settings[section][key] == defaults[section][key]:
@@ -113,15 +115,23 @@ def weights_file(config: Config) -> str:
     return adapters.ADAPTER if adapters.enabled(config.train) else WEIGHTS
 
 
+PARTIAL = "mamf_partial"  # safetensors metadata: the file holds only the trained tensors
+
+
 def save_weights(model: DualEncoder, path: Path) -> None:
-    """Written beside, fsynced, renamed over: the checkpoints are deleted right after."""
+    """Written beside, fsynced, renamed over: the checkpoints are deleted right after. A run
+    that trained only part of the model (a frozen tower, `train.unfreeze_*`) keeps only what
+    trained; `load_run` rebuilds the rest from the named base model."""
     tmp = path.with_name(f".{path.name}.tmp")
     with writing(path):
         try:
             if path.name == adapters.ADAPTER:
                 save_file(adapters.trained_state(model), str(tmp))
+            elif not all(p.requires_grad for p in model.parameters()):
+                save_file(adapters.trained_state(model), str(tmp), metadata={PARTIAL: "1"})
             else:
                 save_model(model, str(tmp))
+            follow_umask(tmp)
             fsync_path(tmp)
             tmp.replace(path)
         except BaseException:
@@ -148,14 +158,15 @@ def same_settings(path: Path, config: Config) -> bool:
     included (`SPLIT_SHA` beside it). Read through `build_config`, so a run written before a
     setting existed resumes when the setting sits at its default."""
     try:
-        same = to_dict(build_config(load_yaml(path))) == to_dict(config)
+        there, here = to_dict(build_config(load_yaml(path))), to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
+    there["train"].pop("log_dir"), here["train"].pop("log_dir")  # logs may go elsewhere now
     recorded = path.parent / SPLIT_SHA
-    if same and config.data.split_file and recorded.is_file():
+    if there == here and config.data.split_file and recorded.is_file():
         return recorded.read_text(encoding="utf-8").strip() == \
             split_file_sha256(config.data.split_file)
-    return same
+    return there == here
 
 
 def _train_run(config: Config, out: Path, progress: bool) -> dict:
@@ -178,7 +189,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     model, dataset, inputs = prepare(config, fresh=True)
     if unfrozen(config.train)[0] == 0 and config.train.augment:
         log.info("image backbone frozen and cached: training-time augmentation is off")
-    result = train(model, inputs, dataset, config, progress and is_main(), checkpointer)
+    result = train(model, inputs, dataset, config, progress and is_main(), checkpointer, out)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
                "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
                "train_time_s": round(result.seconds, 3), "first_loss": result.losses[0],
@@ -239,8 +250,19 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     model = build_model(config.model)
     try:
         mismatch = tensor_mismatch(run_dir / WEIGHTS, model)
-        if not mismatch:
+        with safe_open(str(run_dir / WEIGHTS), "pt") as f:
+            partial = (f.metadata() or {}).get(PARTIAL) == "1"
+        missing, unexpected = [], []
+        if mismatch:
+            pass  # reported below as damage, before anything is loaded
+        elif partial:  # the untrained rest comes from the base model, heads as training began
+            apply_heads(model, config)
+            _, unexpected = model.load_state_dict(load_file(str(run_dir / WEIGHTS)),
+                                                  strict=False)
+        else:
             missing, unexpected = load_model(model, str(run_dir / WEIGHTS), strict=False)
+    except MamfError:
+        raise
     except Exception as e:  # safetensors raises several types for a damaged file
         raise MamfError(f"cannot read {run_dir / WEIGHTS}: {e}") from None
     if mismatch:
@@ -413,5 +435,5 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), "torch": torch.__version__,
+            "host": platform.node(), **environment(str(inputs.device)),
             **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}

@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
 from mamf.progress import bar as progress_bar
+from mamf.trainlog import TrainLog
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,8 @@ def check_start(start: int, steps: int | None, checkpointer: Checkpointer) -> No
 
 
 def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config: Config,
-          progress: bool = True, checkpointer: Checkpointer | None = None) -> TrainResult:
+          progress: bool = True, checkpointer: Checkpointer | None = None,
+          log_folder: Path | None = None) -> TrainResult:
     """Run `config.train.method`; deterministic given `config.seed` on CPU.
 
     Under torchrun, methods that are `data_parallel` train over shares of each global batch
@@ -112,6 +115,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             raise MamfError(f"train.parallel=fsdp is for data-parallel methods: {method.name} "
                             "splits its tasks across ranks, each adapting a whole model copy")
     started = time.perf_counter()
+    main = distributed.is_main()
+    trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
     dropout = adapters.enabled(t) and t.lora_dropout > 0
     try:
         if dropout:  # the model stays in eval mode; only the adapters' dropout trains
@@ -134,6 +139,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             if resume.global_generator_state is not None:
                 torch.set_rng_state(resume.global_generator_state)
         total = None if method.steps is None else method.steps - start
+        seen = inputs.images_seen
         bar = progress_bar(total=total, enabled=progress, desc=method.name, leave=False)
         for i in itertools.count(start):
             if method.steps is not None and i >= method.steps:
@@ -142,6 +148,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             if loss is None:  # a stream of unknown length has ended
                 break
             losses.append(loss)
+            trainlog.step(i + 1, loss, _lr(method), inputs.images_seen - seen)
+            seen = inputs.images_seen
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if checkpointer and checkpointer.due(i + 1):
@@ -157,8 +165,16 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if parallel:
             parallel.sync()
     finally:
+        trainlog.close()
         if dropout:
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)
+
+
+def _lr(method: methods.Method) -> float | None:
+    """The learning rate of the method's optimiser (its first group), None without one."""
+    optimizer = getattr(method, "optimizer", None)
+    groups = getattr(optimizer, "param_groups", None)
+    return float(groups[0]["lr"]) if groups else None

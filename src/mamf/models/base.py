@@ -101,6 +101,23 @@ class DualEncoder(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp()
 
+    def loss_parameters(self) -> list[nn.Parameter]:
+        """The loss's own learned values (the temperature; SigLIP's bias too), trained beside
+        LoRA's adapters."""
+        return [self.log_logit_scale]
+
+    def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """[B, D] x [C, D] -> [B, C] logits of the model's own loss (CLIP: scaled cosines)."""
+        from mamf.loss import task_logits
+
+        return task_logits(self.logit_scale(), image_emb, text_emb)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The model's own training loss over `task_logits` (CLIP: softmax cross-entropy)."""
+        from mamf.loss import cross_entropy
+
+        return cross_entropy(logits, labels)
+
     def head_parameters(self):
         """The projection heads `reset_heads` replaces (trained beside LoRA when random)."""
         raise NotImplementedError(f"{type(self).__name__} has no projection heads")
@@ -108,6 +125,11 @@ class DualEncoder(nn.Module):
     def reset_heads(self, generator: torch.Generator) -> None:
         """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""
         raise NotImplementedError(f"{type(self).__name__} has no projection heads to reset")
+
+    def transformers_model(self):
+        """The transformers `PreTrainedModel` this encoder is (for `mamf export --format hf` and
+        `peft`), or None for a model with no standard transformers form."""
+        return None
 
     def describe(self) -> dict:
         """A JSON-able description sufficient to rebuild this model before loading its weights."""

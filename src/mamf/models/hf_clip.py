@@ -11,6 +11,7 @@ from torch import nn
 from mamf.errors import MamfError, shown
 from mamf.models import split
 from mamf.models.base import DualEncoder
+from mamf.models.registry import register_family
 
 
 class HFClip(DualEncoder):
@@ -124,6 +125,9 @@ class HFClip(DualEncoder):
                                     device=generator.device)
                 head.weight.copy_(fresh.uniform_(-bound, bound, generator=generator))
 
+    def transformers_model(self):
+        return self.clip
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -140,6 +144,7 @@ class _HFTokenizer:
                                    max_length=self.max_length, return_tensors="pt"))
 
 
+@register_family("clip", "a transformers CLIPModel (local folder, or a hub id with network)")
 def load_hf_clip(name_or_path: str) -> HFClip:
     """Load a CLIPModel and its tokenizer from a local folder or a hub id, with one-line errors.
 

@@ -1,40 +1,107 @@
-"""Model names -> DualEncoders: one `load_model` for every family (timm's `create_model` idea)."""
+"""Model names -> DualEncoders: one `load_model` for every family, registered as methods are.
+
+Two tables: built-in names (`register_builtin`: a name and a builder, e.g. `tiny-random-clip`)
+and transformers families (`register_family`: a config.json `model_type` and a loader of a folder
+or hub id, e.g. "clip", "siglip"). A new family is one file that registers its loader; nothing
+here knows one family from another.
+"""
 
 from __future__ import annotations
 
-from mamf.errors import MamfError
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
 
-BUILTIN = {
-    "tiny-random-clip": "small randomly initialised CLIP built in code (UNTRAINED; tests, smoke runs)",
-    "effnet-minilm": "offline pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, ConSE-joined "
-                     "(needs the [offline] extra)",
-}
+_BUILTIN: dict[str, tuple[str, Callable[[], DualEncoder]]] = {}
+_FAMILIES: dict[str, tuple[str, Callable[[str], DualEncoder]]] = {}
+
+
+def register_builtin(name: str, description: str):
+    """Decorator: `builder()` builds the model called `name` (no files, or its own)."""
+    def add(builder: Callable[[], DualEncoder]) -> Callable[[], DualEncoder]:
+        _BUILTIN[name] = (description, builder)
+        return builder
+    return add
+
+
+def register_family(model_type: str, description: str):
+    """Decorator: `loader(name_or_path)` loads a transformers folder or hub id whose config.json
+    says `model_type`."""
+    def add(loader: Callable[[str], DualEncoder]) -> Callable[[str], DualEncoder]:
+        _FAMILIES[model_type] = (description, loader)
+        return loader
+    return add
 
 
 def model_names() -> dict[str, str]:
-    return dict(BUILTIN)
+    """Built-in names and, as `<model_type> folder`, the transformers families."""
+    _ensure_registered()
+    return {**{k: v[0] for k, v in _BUILTIN.items()},
+            **{f"{k} folder": v[0] for k, v in _FAMILIES.items()}}
+
+
+def families() -> tuple[str, ...]:
+    _ensure_registered()
+    return tuple(_FAMILIES)
 
 
 def load_model(name: str) -> DualEncoder:
-    """Build a model by built-in name, local CLIPModel folder, or hub id (needs network)."""
+    """Build a model by built-in name, local transformers folder, or hub id (needs network)."""
+    _ensure_registered()
     if not name:
         raise MamfError("no model given: pass --model (e.g. effnet-minilm or a CLIP folder)")
-    if name == "tiny-random-clip":
-        from mamf.models.tiny import build
-
-        return build()
-    if name == "effnet-minilm":
-        try:
-            from mamf.models.effnet_minilm import build as build_effnet
-        except ImportError:
-            raise MamfError("effnet-minilm needs the offline extra: pip install -e '.[offline]'") \
-                from None
-        return build_effnet()
-    from mamf.models.hf_clip import load_hf_clip
-
+    if name in _BUILTIN:
+        return _BUILTIN[name][1]()
     if "/" not in name and "\\" not in name and not name.startswith("."):
-        known = ", ".join(BUILTIN)
-        raise MamfError(f"unknown model {name!r}: use one of {known}, a CLIP model folder, "
-                        "or a hub id such as openai/clip-vit-base-patch32")
-    return load_hf_clip(name)
+        known = ", ".join(_BUILTIN)
+        raise MamfError(f"unknown model {name!r}: use one of {known}, a CLIP or SigLIP model "
+                        "folder, or a hub id such as openai/clip-vit-base-patch32")
+    model_type = _model_type(name)
+    if model_type not in _FAMILIES:
+        where = f"model folder {Path(name).expanduser()}" if Path(name).expanduser().exists() \
+            else f"model {name!r}"
+        raise MamfError(f"{where} holds a {shown(model_type)} model, not one of "
+                        f"{', '.join(_FAMILIES)}")
+    return _FAMILIES[model_type][1](name)
+
+
+def _model_type(name: str) -> object:
+    """config.json's model_type of a folder; for a hub id, transformers' own config lookup."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MamfError(f"model folder {path} has no config.json: not a transformers model")
+        try:
+            data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise MamfError(f"model folder {path}: unreadable config.json "
+                            f"({type(e).__name__})") from None
+        if not isinstance(data, dict):
+            raise MamfError(f"model folder {path}: config.json is not a JSON object")
+        return data.get("model_type")
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(name).model_type
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MamfError(f"cannot load model {name!r}: {first}") from None
+
+
+@register_builtin("effnet-minilm", "offline pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, "
+                  "ConSE-joined (needs the [offline] extra)")
+def _effnet_minilm() -> DualEncoder:
+    try:
+        from mamf.models.effnet_minilm import build
+    except ImportError:
+        raise MamfError("effnet-minilm needs the offline extra: pip install -e '.[offline]'") \
+            from None
+    return build()
+
+
+def _ensure_registered() -> None:
+    """Import the family modules (each registers itself on import), once."""
+    from mamf.models import hf_clip, siglip, tiny  # noqa: F401  (registration)

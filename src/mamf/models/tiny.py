@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from mamf.models.hf_clip import HFClip
+from mamf.models.registry import register_builtin
 
 PAD, BOS, EOS = 256, 257, 258
 VOCAB_SIZE = 259
@@ -29,6 +30,8 @@ class ByteTokenizer:
         return {"input_ids": ids, "attention_mask": mask}
 
 
+@register_builtin("tiny-random-clip", "small randomly initialised CLIP built in code (UNTRAINED; "
+                  "tests, smoke runs)")
 def build(seed: int = 0) -> HFClip:
     """A 2-layer, 64-wide CLIP at 32x32 pixels, initialised from `seed`."""
     from transformers import CLIPConfig, CLIPModel

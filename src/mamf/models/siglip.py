@@ -1,0 +1,154 @@
+"""Any transformers `SiglipModel` as a DualEncoder, and `tiny-random-siglip` for tests.
+
+SigLIP differs from CLIP in three ways that matter here, all the model's own: its towers pool
+and project themselves (the image tower's attention-pooling head, the text tower's last token
+through its head), its logits carry a learned bias (scale * cos + bias), and it trains with the
+pairwise sigmoid loss rather than softmax cross-entropy. `task_logits` and `task_loss` are
+these, so every method that trains with the model's own loss trains SigLIP as SigLIP trained.
+Its text tower was trained on prompts padded to a fixed length without an attention mask, so the
+tokenizer pads to `max_length` and the mask is not passed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from mamf.errors import MamfError
+from mamf.loss import sigmoid_loss, task_logits
+from mamf.models.base import DualEncoder
+from mamf.models.registry import register_builtin, register_family
+
+
+class HFSiglip(DualEncoder):
+    """Wraps a `transformers.SiglipModel` and a `texts -> {"input_ids"}` tokenizer callable."""
+
+    lora_targets = ("q_proj", "k_proj", "v_proj")
+
+    def __init__(self, siglip, tokenizer, name: str, image_mean=None, image_std=None):
+        super().__init__()
+        self.siglip = siglip
+        self.tokenizer = tokenizer
+        self.name = name
+        self.image_size = int(siglip.config.vision_config.image_size)
+        # SigLIP normalises to [-1, 1] unless its preprocessor says otherwise
+        self.image_mean = tuple(image_mean) if image_mean is not None else (0.5, 0.5, 0.5)
+        self.image_std = tuple(image_std) if image_std is not None else (0.5, 0.5, 0.5)
+        self.log_logit_scale = siglip.logit_scale
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer(list(texts))["input_ids"]
+        return {"input_ids": ids.to(self.log_logit_scale.device)}
+
+    def image_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.siglip.vision_model(pixel_values=pixel_values).pooler_output
+
+    def image_backbone_parameters(self):
+        return self.siglip.vision_model.parameters()
+
+    def image_head(self, features: torch.Tensor) -> torch.Tensor:
+        return features  # the attention-pooling head is part of the tower's pooling
+
+    def text_parameters(self):
+        return self.siglip.text_model.parameters()
+
+    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.siglip.text_model(input_ids=tokens["input_ids"]).pooler_output
+
+    def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        return task_logits(self.logit_scale(), image_emb, text_emb) + \
+            self.siglip.logit_bias.float()
+
+    def loss_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.log_logit_scale, self.siglip.logit_bias]
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sigmoid_loss(logits, labels)
+
+    def transformers_model(self):
+        return self.siglip
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+class _FixedLengthTokenizer:
+    """A transformers tokenizer padding every prompt to the text tower's length, as SigLIP
+    was trained."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding="max_length", truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+
+@register_family("siglip", "a transformers SiglipModel (local folder, or a hub id with network)")
+def load_hf_siglip(name_or_path: str) -> HFSiglip:
+    """Load a SiglipModel (safetensors only) and its tokenizer, with one-line errors."""
+    from safetensors import SafetensorError
+    from transformers import AutoTokenizer, SiglipModel
+
+    from mamf.models.hf_clip import _json_object
+
+    path = Path(name_or_path).expanduser()
+    pre = None
+    if path.exists():
+        if not any(path.glob("*.safetensors")):
+            raise MamfError(f"model folder {path} has no model.safetensors (mamf never loads "
+                            "pickles)")
+        if (path / "preprocessor_config.json").is_file():
+            pre = _json_object(path / "preprocessor_config.json")
+    try:
+        siglip = SiglipModel.from_pretrained(str(path) if path.exists() else name_or_path,
+                                             use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else name_or_path)
+    except (OSError, ValueError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MamfError(f"cannot load SigLIP model {name_or_path!r}: {first}") from None
+    max_len = int(siglip.config.text_config.max_position_embeddings)
+    return HFSiglip(siglip, _FixedLengthTokenizer(tokenizer, max_len), name=name_or_path,
+                    image_mean=pre.get("image_mean") if pre else None,
+                    image_std=pre.get("image_std") if pre else None)
+
+
+class _TinyTokenizer:
+    """The tiny CLIP's byte vocabulary, padded to a fixed length as SigLIP pads."""
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        from mamf.models.tiny import MAX_LENGTH, PAD, ByteTokenizer
+
+        ids = ByteTokenizer()(texts)["input_ids"]
+        fixed = torch.full((len(texts), MAX_LENGTH), PAD, dtype=torch.long)
+        fixed[:, : ids.shape[1]] = ids
+        return {"input_ids": fixed}
+
+
+@register_builtin("tiny-random-siglip", "small randomly initialised SigLIP built in code "
+                  "(UNTRAINED; tests, smoke runs)")
+def build_tiny(seed: int = 0) -> HFSiglip:
+    """A 2-layer, 64-wide SiglipModel at 32x32 pixels, initialised from `seed`."""
+    from transformers import SiglipConfig, SiglipModel
+
+    from mamf.models.tiny import BOS, EOS, MAX_LENGTH, PAD, VOCAB_SIZE
+
+    config = SiglipConfig(
+        text_config=dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4,
+                         max_position_embeddings=MAX_LENGTH, pad_token_id=PAD,
+                         bos_token_id=BOS, eos_token_id=EOS, projection_size=64),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=32, patch_size=8),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        siglip = SiglipModel(config)
+    with torch.no_grad():  # SigLIP's own starting temperature and bias (Zhai et al. 2023)
+        siglip.logit_scale.fill_(math.log(10.0))
+        siglip.logit_bias.fill_(-10.0)
+    siglip.eval()
+    return HFSiglip(siglip, _TinyTokenizer(), name="tiny-random-siglip")

@@ -1,0 +1,101 @@
+"""Training logs a user can open during a run: a CSV in the run folder, always, and TensorBoard
+scalars where `train.log_dir` (`--tensorboard DIR`) is set.
+
+Each step logs its loss, the learning rate of the optimiser's first group and the images per
+second the step embedded (forward passes through `ModelInputs.images`, cached or not). The CSV is
+flushed every step, so a run that is killed keeps its log; a resumed run drops the rows past its
+checkpoint before logging again, so the log holds each step once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+
+from mamf.errors import MamfError
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "train_log.csv"
+COLUMNS = ("step", "loss", "lr", "images_per_s")
+
+
+class TrainLog:
+    """Step scalars to `folder/train_log.csv` and, with `log_dir`, to TensorBoard event files."""
+
+    def __init__(self, folder: Path | None, log_dir: str | None, start: int = 0):
+        self.path = Path(folder) / CSV_NAME if folder is not None else None
+        self.file: io.TextIOBase | None = None
+        self.writer = None
+        self.last = time.perf_counter()
+        if self.path is not None:
+            kept = _rows_up_to(self.path, start)
+            self.file = self.path.open("w", encoding="utf-8", newline="")
+            self.csv = csv.writer(self.file)
+            self.csv.writerow(COLUMNS)
+            self.csv.writerows(kept)
+            self.file.flush()
+        if log_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise MamfError("train.log_dir needs TensorBoard: pip install tensorboard") \
+                    from None
+            try:
+                self.writer = SummaryWriter(log_dir=str(Path(log_dir).expanduser()),
+                                            purge_step=start if start else None)
+            except OSError as e:
+                raise MamfError(f"cannot write TensorBoard logs to {log_dir}: "
+                                f"{e.strerror or e}") from None
+
+    def step(self, step: int, loss: float, lr: float | None, images: int) -> None:
+        """Log step `step` (1-based: the optimiser steps taken) that embedded `images` images."""
+        now = time.perf_counter()
+        rate = images / (now - self.last) if now > self.last else 0.0
+        self.last = now
+        if self.file is not None:
+            self.csv.writerow([step, repr(loss), "" if lr is None else repr(lr), f"{rate:.3f}"])
+            self.file.flush()
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            if lr is not None:
+                self.writer.add_scalar("train/lr", lr, step)
+            self.writer.add_scalar("train/images_per_s", rate, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _rows_up_to(path: Path, start: int) -> list[list[str]]:
+    """The rows of an earlier log of this run at steps <= `start` (a resumed run's checkpoint)."""
+    if start == 0:
+        return []
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    kept = []
+    for row in rows:
+        try:
+            if len(row) == len(COLUMNS) and int(row[0]) <= start:
+                kept.append(row)
+        except ValueError:
+            continue
+    return kept
+
+
+def read_csv(path: Path) -> list[dict]:
+    """A run's training log as dicts of numbers (empty lr: None)."""
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        return [{"step": int(r["step"]), "loss": float(r["loss"]),
+                 "lr": float(r["lr"]) if r["lr"] else None,
+                 "images_per_s": float(r["images_per_s"])} for r in csv.DictReader(f)]

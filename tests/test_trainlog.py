@@ -1,0 +1,65 @@
+"""Training logs: train_log.csv always in the run folder, TensorBoard scalars with --tensorboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mamf.cli import main
+from mamf.trainlog import CSV_NAME, read_csv
+
+
+def _train(folder, out, *extra):
+    return main(["train", "--method", "classical", "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(out), "--lr", "1e-3", "--steps", "4",
+                 "--batch-size", "6", "--quiet", *extra])
+
+
+def test_csv_and_tensorboard_hold_every_step(colour_folder, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, logs = tmp_path / "run", tmp_path / "tb"
+    assert _train(colour_folder, run, "--tensorboard", str(logs)) == 0
+    losses = json.loads((run / "train.json").read_text())["losses"]
+    logged = read_csv(run / CSV_NAME)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert [r["loss"] for r in logged] == losses  # repr round-trips the floats exactly
+    assert all(r["lr"] == 1e-3 and r["images_per_s"] > 0 for r in logged)
+
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/images_per_s"} <= set(events.Tags()["scalars"])
+    scalars = events.Scalars("train/loss")
+    assert [s.step for s in scalars] == [1, 2, 3, 4]
+    assert [s.value for s in scalars] == pytest.approx(losses, rel=1e-6)
+
+
+def test_the_log_folder_is_not_a_setting(colour_folder, tmp_path):
+    """A finished run asked again with logs elsewhere is the same run (nothing retrained), and
+    without --tensorboard the CSV is still written."""
+    run = tmp_path / "run"
+    assert _train(colour_folder, run) == 0
+    assert len(read_csv(run / CSV_NAME)) == 4
+    before = (run / "train.json").read_text()
+    assert _train(colour_folder, run, "--tensorboard", str(tmp_path / "tb")) == 0
+    assert (run / "train.json").read_text() == before
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Rows past the checkpoint a run resumes from are dropped before it logs them again."""
+    from mamf.trainlog import TrainLog
+
+    first = TrainLog(tmp_path, None)
+    for step in range(1, 6):
+        first.step(step, 1.0 / step, 0.1, 8)
+    first.close()  # as if killed after step 5, with the newest checkpoint at step 3
+    again = TrainLog(tmp_path, None, start=3)
+    for step in (4, 5, 6):
+        again.step(step, 2.0, None, 8)
+    again.close()
+    logged = read_csv(tmp_path / CSV_NAME)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in logged] == [1.0, 0.5, 1.0 / 3, 2.0, 2.0, 2.0]
+    assert logged[-1]["lr"] is None
