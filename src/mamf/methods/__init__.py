@@ -4,11 +4,16 @@ Importing this package registers the built-in methods in the order tables list t
 """
 
 from mamf.methods import (  # noqa: F401  (registration)
+    ape,
+    clap,
     classical,
     fomaml,
+    gda,
     linear_probe,
+    lp_plus_plus,
     mamf,
     prototype,
+    taskres,
     tip_adapter,
     zeroshot,
 )
