@@ -19,7 +19,8 @@ from mamf.methods.tip_adapter import tip_logits
 from mamf.run import evaluate_prepared, prepare
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
-          "train.freeze_text_tower": True, "data.ways": 4, "data.shots": 3}
+          "train.freeze_text_tower": True, "data.ways": 2, "data.protocol": "episodic",
+          "data.shots": 3, "data.queries": 3, "data.tasks": 6}
 
 
 def unit(rows) -> np.ndarray:
@@ -150,8 +151,8 @@ def test_each_new_baseline_runs_through_the_meta_test(shared_colour_folder, meth
                                      "baseline.lpp_epochs": 50, "baseline.clap_epochs": 50,
                                      "baseline.taskres_epochs": 50, "baseline.taskres_lr": 2e-2})
     model, dataset, inputs = prepare(config)
-    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 4, progress=False)
-    row = evaluate_prepared(model, dataset, inputs, config, method, 4, progress=False)
+    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 2, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, method, 2, progress=False)
     assert row["method"] == method
     assert row["acc_mean"] > zero["acc_mean"], (method, row["acc_mean"], zero["acc_mean"])
     if method in ("gda", "ape"):
