@@ -144,12 +144,13 @@ def test_ape_criterion_matches_the_pairwise_loop_and_reduces_to_tip_adapter():
                           tip_logits(task, task.query, task.support, 2.0, 3.0), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gda", "lp++", "clap", "zs-lp", "taskres", "ape"])
+@pytest.mark.parametrize("method", ["gda", "lp++", "clap", "zs-lp", "taskres", "ape", "prolip"])
 def test_each_new_baseline_runs_through_the_meta_test(shared_colour_folder, method):
     """tiny-random-clip's prompts say nothing; the support set's embeddings do."""
     config = build_config(overrides={**FROZEN, "data.root": str(shared_colour_folder),
                                      "baseline.lpp_epochs": 50, "baseline.clap_epochs": 50,
-                                     "baseline.taskres_epochs": 50, "baseline.taskres_lr": 2e-2})
+                                     "baseline.taskres_epochs": 50, "baseline.taskres_lr": 2e-2,
+                                     "baseline.prolip_epochs": 50, "baseline.prolip_lr": 1e-2})
     model, dataset, inputs = prepare(config)
     zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 2, progress=False)
     row = evaluate_prepared(model, dataset, inputs, config, method, 2, progress=False)
@@ -157,3 +158,34 @@ def test_each_new_baseline_runs_through_the_meta_test(shared_colour_folder, meth
     assert row["acc_mean"] > zero["acc_mean"], (method, row["acc_mean"], zero["acc_mean"])
     if method in ("gda", "ape"):
         assert row["chosen_on_dev"]["dev_tasks"] > 0
+
+
+def test_prolip_loss_is_the_cross_entropy_plus_lambda_times_the_weight_distance():
+    """On a one-layer head: the first Adam step's gradient is CE's plus 2 * lambda * (P - P0) = CE's
+    alone at P0, and training moves P away from P0 yet less with a larger lambda."""
+    from mamf.methods.prolip import fit_projection
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 3, bias=False)
+            torch.nn.init.eye_(self.proj.weight)
+
+        def image_head(self, x):
+            return self.proj(x)
+
+    head = Head()
+    feats = torch.tensor([[1.0, 0.2, 0, 0.5], [0, 1, 0.1, 0.5], [0.1, 0, 1, 0.5]])
+    labels = torch.tensor([1, 2, 0])  # the identity head gets all three wrong
+    texts = torch.eye(3)
+    p0 = head.proj.weight.detach().clone()
+    loose = fit_projection(head, [head.proj.weight], feats, labels, texts, 10.0, 50, 1e-2, 0.0)
+    tight = fit_projection(head, [head.proj.weight], feats, labels, texts, 10.0, 50, 1e-2, 10.0)
+    assert torch.equal(head.proj.weight, p0)  # the model itself is unchanged
+    assert (tight[0] - p0).norm() < (loose[0] - p0).norm()
+
+    def ce(weight):
+        return float(F.cross_entropy(10.0 * F.normalize(feats @ weight.T, dim=-1) @ texts.T,
+                                     labels))
+
+    assert ce(loose[0]) < ce(tight[0]) < ce(p0)

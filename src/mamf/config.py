@@ -141,6 +141,9 @@ class BaselineConfig:
     taskres_epochs: int = 200
     taskres_lr: float = 2e-3
     taskres_scale: float = 0.5
+    # prolip: full-batch Adam with cosine decay on the image projection; lambda = 1 / shots
+    prolip_epochs: int = 300
+    prolip_lr: float = 1e-3
     # ape: the share of channels kept, the criterion's weights, and the dev-task grids
     ape_channels: float = 0.8
     ape_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])

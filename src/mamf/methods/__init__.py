@@ -12,6 +12,7 @@ from mamf.methods import (  # noqa: F401  (registration)
     linear_probe,
     lp_plus_plus,
     mamf,
+    prolip,
     prototype,
     taskres,
     tip_adapter,
