@@ -131,6 +131,28 @@ class BaselineConfig:
     tip_f_lr: float = 1e-3
     tip_f_alpha: float = 1.0
     tip_f_beta: float = 1.0
+    # gda: the weight of the Gaussian discriminant's logits, chosen on dev tasks from this grid
+    gda_alphas: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0,
+                                                             100.0])
+    # lp++: full-batch epochs (the blend's step every `lpp_alpha_every` of them), no validation
+    lpp_epochs: int = 300
+    lpp_alpha_every: int = 10
+    # clap / zs-lp: SGD (momentum 0.9) with cosine decay over full-batch epochs, no validation
+    clap_epochs: int = 300
+    clap_lr: float = 0.1
+    # taskres: Adam with cosine decay on a residual scaled by `taskres_scale`, no validation
+    taskres_epochs: int = 200
+    taskres_lr: float = 2e-3
+    taskres_scale: float = 0.5
+    # prolip: full-batch Adam with cosine decay on the image projection; lambda = 1 / shots
+    prolip_epochs: int = 300
+    prolip_lr: float = 1e-3
+    # ape: the share of channels kept, the criterion's weights, and the dev-task grids
+    ape_channels: float = 0.8
+    ape_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
+    ape_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 4.0, 7.0])
+    ape_betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 2.0, 3.5, 5.0, 7.0])
+    ape_gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
 
 
 @dataclass

@@ -4,11 +4,17 @@ Importing this package registers the built-in methods in the order tables list t
 """
 
 from mamf.methods import (  # noqa: F401  (registration)
+    ape,
+    clap,
     classical,
     fomaml,
+    gda,
     linear_probe,
+    lp_plus_plus,
     mamf,
+    prolip,
     prototype,
+    taskres,
     tip_adapter,
     zeroshot,
 )
