@@ -38,6 +38,11 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    """Whether bars are silenced process-wide (`set_quiet`)."""
+    return _quiet
+
+
 def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
     """A tqdm bar over `iterable`; `enabled=False` (or `set_quiet`) shows nothing."""
     from tqdm import tqdm
