@@ -13,6 +13,8 @@ or `mamf.keep_freed_memory()`'s when a script asks for it.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,20 +22,35 @@ from typing import TYPE_CHECKING
 from mamf.config import Config, build_config, load_yaml, to_dict
 from mamf.errors import MamfError
 
+log = logging.getLogger("mamf")
+
 if TYPE_CHECKING:
     import numpy as np
 
     from mamf.models.base import DualEncoder
 
 
+PRESETS = ("cpu",)  # shipped settings files: src/mamf/configs/<name>.yaml
+
+
+def settings_file(path: str | Path) -> dict:
+    """A YAML settings file, or a shipped preset by name (`cpu`) when no such file exists."""
+    if str(path) in PRESETS and not Path(path).exists():
+        from importlib.resources import files
+
+        return load_yaml(Path(str(files("mamf") / "configs" / f"{path}.yaml")))
+    return load_yaml(path)
+
+
 def make_config(settings: dict | str | Path | Config | None = None,
                 overrides: dict | None = None, **dotted) -> Config:
     """A validated Config from a nested dict, a YAML file's path, or a Config; then `overrides`
-    (dotted keys, `{"train.lr": 1e-5}`) and keywords with `.` written as `__` (`train__lr=1e-5`)."""
+    (dotted keys, `{"train.lr": 1e-5}`) and keywords with `.` written as `__` (`train__lr=1e-5`).
+    A string may name a shipped preset: `make_config("cpu")`."""
     if isinstance(settings, Config):
         settings = to_dict(settings)
     elif isinstance(settings, (str, Path)):
-        settings = load_yaml(settings)
+        settings = settings_file(settings)
     return build_config(settings, {**(overrides or {}),
                                    **{k.replace("__", "."): v for k, v in dotted.items()}})
 
@@ -55,8 +72,30 @@ def train(config: Config | dict | str | Path, out: str | Path, progress: bool = 
     """Train `config.train.method` into the run folder `out`; returns its summary (train.json)."""
     from mamf.run import train_run
 
+    config = make_config(config)
     with _bars(progress):
-        return train_run(make_config(config), Path(out), progress=progress)
+        summary = train_run(config, Path(out), progress=progress)
+    warn_if_chance(config, summary)
+    return summary
+
+
+def warn_if_chance(config: Config, summary: dict) -> bool:
+    """Warn when a task-trained run's loss ended at ln(n), the loss of a uniform guess over the
+    task's n classes: training changed nothing, most often for a rate too low for the weights
+    it trains (the paper's 1e-6 for CLIP end to end, on a CPU's few steps)."""
+    from mamf.methods import method_class
+
+    if not method_class(summary["method"]).trains_per_ways:
+        return False
+    chance = math.log(config.data.ways)
+    last = summary["mean_loss_last_tenth"]
+    if last < 0.97 * chance:
+        return False
+    log.warning("training loss stayed at chance: %.3f in the last tenth of steps against "
+                "ln(%d) = %.3f; the weights barely moved, most likely train.lr=%g is too low for "
+                "what trains (try --config cpu, or a higher --lr)", last, config.data.ways,
+                chance, config.train.lr)
+    return True
 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:

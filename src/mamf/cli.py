@@ -8,8 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from mamf.config import build_config, deep_merge, load_yaml, to_dict
+from mamf.config import build_config, deep_merge, to_dict
 from mamf.errors import MamfError
+
+
+def settings_file(path: str) -> dict:
+    """`--config`: a YAML file, or a shipped preset by name (`cpu`)."""
+    from mamf.api import settings_file as read
+
+    return read(path)
 
 log = logging.getLogger("mamf")
 
@@ -30,7 +37,8 @@ EVAL_FLAGS = {"split": "metatest.split"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest)")
+    p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest), "
+                   "or the shipped preset 'cpu' (frozen towers, minutes on a CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
@@ -166,7 +174,7 @@ def _overrides(args: argparse.Namespace, flags: dict) -> dict:
 def _config(args, flags: dict, base: dict | None = None):
     merged = dict(base or {})
     if args.config:
-        merged = deep_merge(merged, load_yaml(args.config))
+        merged = deep_merge(merged, settings_file(args.config))
     return build_config(merged, _overrides(args, flags))
 
 
@@ -177,7 +185,7 @@ def _is_main() -> bool:
 
 
 def cmd_train(args) -> None:
-    from mamf.run import train_run
+    from mamf.api import train
 
     flags = {k: v for k, v in TRAIN_FLAGS.items() if k != "ways"}
     config = _config(args, {**COMMON_FLAGS, **flags})
@@ -185,7 +193,7 @@ def cmd_train(args) -> None:
     for ways in sizes:
         out = Path(args.out) if len(sizes) == 1 else Path(args.out) / f"ways-{ways}"
         sized = build_config(to_dict(config), {"data.ways": ways})
-        summary = train_run(sized, out, progress=not args.quiet)
+        summary = train(sized, out, progress=not args.quiet)
         if not _is_main():
             continue
         processes = summary.get("processes", 1)
@@ -214,7 +222,7 @@ def _train_sizes(config, value) -> list[int]:
 def cmd_evaluate(args) -> None:
     from mamf.api import evaluate
 
-    settings = load_yaml(args.config) if args.config else {}
+    settings = settings_file(args.config) if args.config else {}
     dotted = _overrides(args, {**COMMON_FLAGS, **EVAL_FLAGS})
     source = Path(args.run) if args.run else settings
     rows = evaluate(source, Path(args.out), method=args.method, ways=args.ways,
@@ -394,7 +402,12 @@ def versions() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mamf: %(message)s", stream=sys.stderr)
+    # off a terminal (a log file) every line carries its time, as the progress lines do
+    stamped = "" if sys.stderr.isatty() else "%(asctime)s "
+    logging.basicConfig(level=logging.INFO, format=f"mamf: {stamped}%(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL"):  # third parties speak only to warn
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 prints as \xff
         sys.stdout.reconfigure(errors="backslashreplace")
     logging.getLogger("httpx").setLevel(logging.WARNING)
