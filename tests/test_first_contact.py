@@ -115,16 +115,45 @@ def test_api_progress_false_prints_no_bar(colour_folder, tmp_path, capsys):
     assert "%" not in capsys.readouterr().err
 
 
-def test_readme_python_api_example_runs(colour_folder, tmp_path, monkeypatch):
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's example, unchanged, on 25 generated classes with the tiny model in place of
+    the cpu preset's effnet-minilm."""
+    from PIL import Image
+
+    from mamf import api
+
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S)
+    code = re.search(r"```python\n(.*?)```", readme.split("### Python API", 1)[1], re.S)
     assert code, "README's Python API section has an example"
+    rng = np.random.default_rng(0)
+    for c in range(25):
+        folder = tmp_path / "data" / "emoji" / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for i in range(4):
+            pixels = np.clip(colour + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    preset = api.settings_file
+
+    def tiny(path):
+        return {**preset(path), "model": "tiny-random-clip"}
+
+    monkeypatch.setattr(api, "settings_file", tiny)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir()
-    Path(tmp_path / "data" / "emoji").symlink_to(colour_folder, target_is_directory=True)
-    monkeypatch.setenv("MAMF_EXAMPLE_MODEL", "tiny-random-clip")
     exec(compile(code.group(1), "README.md", "exec"), {})
+    assert (tmp_path / "results" / "report.md").is_file()
+    assert len((tmp_path / "results" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_loss_at_chance_warns(caplog):
+    from mamf.api import make_config, warn_if_chance
+
+    config = make_config({"data": {"ways": 5}, "train": {"lr": 1e-6}})
+    with caplog.at_level("WARNING"):
+        assert warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 1.60})
+    assert "ln(5) = 1.609" in caplog.text and "train.lr=1e-06" in caplog.text
+    assert not warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 0.9})
+    assert not warn_if_chance(config, {"method": "classical", "mean_loss_last_tenth": 1.6})
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["methods"]])
