@@ -159,3 +159,16 @@ def test_loss_at_chance_warns(caplog):
 @pytest.mark.parametrize("argv", [["--version"], ["methods"]])
 def test_commands_that_need_no_data_exit_zero(argv, capsys):
     assert main(argv) == 0
+
+
+def test_evaluate_keeps_one_config_file_per_config_id(colour_folder, tmp_path):
+    from mamf import evaluate
+
+    settings = {"model": "tiny-random-clip", "data": {"root": str(colour_folder)}}
+    out = tmp_path / "res"
+    rows = evaluate(settings, out, ways=2, progress=False)
+    evaluate(settings, out, ways=3, progress=False)  # same settings: the same file
+    other = evaluate(settings, out, ways=2, progress=False, method="prototype")
+    files = sorted(p.stem for p in (out / "configs").glob("*.yaml"))
+    assert files == sorted({rows[0]["config_id"], other[0]["config_id"]})
+    assert not (out / "evaluate-config.yaml").exists()
