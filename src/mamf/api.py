@@ -130,14 +130,14 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
         if config.model != run_config.model:
             raise MamfError("a trained run's model cannot be changed at evaluation")
         if method and method not in test_time and method != trained_by:
-            raise MamfError(f"method {method} trains: evaluate a run it trained, or pick a "
-                            f"test-time method ({', '.join(test_time)})")
+            raise MamfError(f"--method {method} trains: evaluate a run it trained with --run, "
+                            f"or pick a test-time method ({', '.join(test_time)})")
         method = method or trained_by
     else:
         config = make_config(source, overrides)
         if method and method not in test_time:
-            raise MamfError(f"method {method} trains: evaluate a run it trained, or pick a "
-                            f"test-time method ({', '.join(test_time)})")
+            raise MamfError(f"--method {method} trains: evaluate a run it trained with --run, "
+                            f"or pick a test-time method ({', '.join(test_time)})")
         method = method or test_time[0]
     if not config.data.root:
         raise MamfError("no data folder given: set data.root (--data DIR)")
