@@ -45,6 +45,7 @@ def log_file(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(tqdm.std, "time", clock)
     monkeypatch.setattr(tqdm.tqdm, "monitor_interval", 0)
+    monkeypatch.setattr(progress, "_clock", clock)
     return LogFile(clock)
 
 
@@ -55,8 +56,34 @@ def test_a_line_at_least_every_30_s_when_stderr_is_not_a_terminal(log_file, monk
     times = [t for t, _ in log_file.lines]
     assert len(times) >= 280 // 30
     assert max(b - a for a, b in zip(times, times[1:])) <= 30 + 7.0  # one iteration late at most
-    assert all(line.startswith("mamf: caching frozen image features:") and "\r" not in line
-               for _, line in log_file.lines)
+    stamp = r"mamf: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d caching frozen image features: "
+    assert all(re.match(stamp, line) and "\r" not in line for _, line in log_file.lines)
+
+
+def test_a_stage_in_a_log_file_has_start_and_end_lines_and_no_empty_0_percent(log_file,
+                                                                               monkeypatch):
+    monkeypatch.setattr(sys, "stderr", log_file)
+    bar = progress.bar(total=4, desc="training mamf", unit="step", leave=False)
+    for _ in range(4):
+        log_file.clock.now += 2.0
+        bar.update(1)
+        bar.set_postfix(loss="1.234")
+    bar.close()
+    never = progress.bar(range(0), desc="an empty stage", leave=False)
+    list(never)
+    lines = [line for _, line in log_file.lines]
+    assert len(lines) == 2
+    assert lines[0].endswith("training mamf: started (4 step)")
+    assert lines[1].endswith("training mamf: done, 4 step in 8.0 s, loss 1.234")
+    assert not any("0%" in line or "an empty stage: done" in line for line in lines)
+
+
+def test_a_line_between_says_count_and_eta(log_file, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", log_file)
+    for _ in progress.bar(range(4), desc="meta-test", unit="task"):
+        log_file.clock.now += 20.0
+    between = [line for _, line in log_file.lines if "/4 task" in line]
+    assert between and "about" in between[0] and "left" in between[0]
 
 
 def test_quiet_bars_print_nothing(log_file, monkeypatch):

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mamf import report
 from mamf.cli import main
-from mamf.report import claims_markdown, settings_line, summary_table, write_report
+from mamf.report import (
+    claims_markdown,
+    not_compared_markdown,
+    settings_line,
+    summary_table,
+    write_report,
+)
 from mamf.results import read_rows
 from mamf.stats import estimate, interval
 from mamf.tasks import number_of_tasks
@@ -96,7 +101,7 @@ def test_claims_are_judged_over_shared_cells_and_name_what_they_skip():
     rows.append(row("zeroshot", 5, [0.9, 0.9], seed=1, dataset="emoji", model="clip"))
     assert settings_line(rows).endswith("emoji: paper, 5-way, 6-shot, 2 tasks per method and seed")
     assert "| emoji | zero-shot | 5 | 6 | 1 | test | 2 | 0.900 (no spread) | a second zero-shot row " \
-           "for this cell (model clip) |" in report.not_compared_markdown(rows)
+           "for this cell (model clip) |" in not_compared_markdown(rows)
     text = claims_markdown(rows)
     assert "| counting | +0.100 (no spread) | 2 | 4 | holds |" in text
     assert "| counting | 0.350 | +0.200 (no spread) | +0.200 (no spread) | 2 | 4 | MAMF beats " \

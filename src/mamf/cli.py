@@ -8,8 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from mamf.config import build_config, deep_merge, load_yaml, to_dict
+from mamf.config import build_config, deep_merge, to_dict
 from mamf.errors import MamfError
+
+
+def settings_file(path: str) -> dict:
+    """`--config`: a YAML file, or a shipped preset by name (`cpu`)."""
+    from mamf.api import settings_file as read
+
+    return read(path)
 
 log = logging.getLogger("mamf")
 
@@ -31,7 +38,8 @@ EVAL_FLAGS = {"split": "metatest.split"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest)")
+    p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest), "
+                   "or the shipped preset 'cpu' (frozen towers, minutes on a CPU)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
@@ -66,26 +74,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
-    from mamf import methods, samplers
-    from mamf.models.registry import model_names
-
-    models = "; ".join(f"{k}: {v}" for k, v in model_names().items())
+    """The argument parser. It imports no registry (torch stays unloaded, so `--help` is quick):
+    method, sampler and model names are checked when the settings are built."""
+    models = "default effnet-minilm; `mamf models` lists the built-in ones"
     ap = _Parser(
         prog="mamf", description="Few-shot transfer of vision-language models: MAMF, classical "
         "fine-tuning, FOMAML and zero-shot, measured the same way.")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap.add_argument("--version", action="store_true",
+                    help="print the versions of mamf, torch, transformers, peft, onnxruntime and "
+                    "the device, then exit")
+    sub = ap.add_subparsers(dest="command")
 
-    trained = methods.names(trained=True)
-    tr = sub.add_parser("train", help=f"fine-tune a model with {', '.join(trained)}",
+    tr = sub.add_parser("train", help="fine-tune a model (mamf, classical, fomaml, ...)",
                         description="Train on the training split; writes model.safetensors, "
                         "config.yaml and train.json to --out.")
-    tr.add_argument("--method", choices=trained, help="see `mamf methods` (default mamf)")
-    tr.add_argument("--sampler", choices=samplers.names(), help="which classes a training task "
-                    "gets, for methods that train on tasks (default uniform; `mamf methods`)")
+    tr.add_argument("--method", help="a method that trains: `mamf methods` (default mamf)")
+    tr.add_argument("--sampler", help="which classes a training task gets, for methods that "
+                    "train on tasks: `mamf methods` (default uniform)")
     tr.add_argument("--model", help=f"built-in name, CLIP folder or hub id ({models})")
     tr.add_argument("--out", required=True, help="run folder to write")
-    tr.add_argument("--ways", type=int, help="task size n for methods that train on tasks "
-                    "(default 5)")
+    tr.add_argument("--ways", help="task size n for methods that train on tasks (default 5); "
+                    "a comma list or 'all' trains one run per size, in <out>/ways-<n>")
     tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-6)")
     tr.add_argument("--epochs", type=float, help="passes over the training pool (default 8)")
     tr.add_argument("--batch-size", type=int, help="default 32")
@@ -107,10 +116,11 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="a folder written by `mamf train`")
     src.add_argument("--model", help=f"evaluate this model zero-shot ({models})")
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
-    ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1)")
+    ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1); "
+                    "default 5, or a run's own")
     ev.add_argument("--split", choices=["train", "dev", "test"],
                     help="default test; train: tasks from the training split (overfitting)")
-    ev.add_argument("--method", choices=methods.names(),
+    ev.add_argument("--method",
                     help="the test-time method: with --model one that does not train (default "
                     "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "
                     "does not train, scoring the trained weights")
@@ -148,6 +158,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--reference", metavar="METHOD", default=None,
                     help="pair every method against this one (default: classical FT where it "
                     "ran, else zero-shot)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
                         "or import one of the paper's from its archive")
@@ -197,7 +208,7 @@ def _overrides(args: argparse.Namespace, flags: dict) -> dict:
 def _config(args, flags: dict, base: dict | None = None):
     merged = dict(base or {})
     if args.config:
-        merged = deep_merge(merged, load_yaml(args.config))
+        merged = deep_merge(merged, settings_file(args.config))
     return build_config(merged, _overrides(args, flags))
 
 
@@ -208,65 +219,56 @@ def _is_main() -> bool:
 
 
 def cmd_train(args) -> None:
-    from mamf.run import train_run
+    from mamf.api import train
 
-    config = _config(args, {**COMMON_FLAGS, **TRAIN_FLAGS})
-    summary = train_run(config, Path(args.out), progress=not args.quiet)
-    if not _is_main():
-        return
-    processes = summary.get("processes", 1)
-    on = f" on {processes} processes" if processes > 1 else ""
-    print(f"trained {summary['method']} on {summary['dataset']}{on} ({summary['steps']} steps, "
-          f"{summary['train_time_s']:.1f} s): loss {summary['mean_loss_first_tenth']:.4f} -> "
-          f"{summary['mean_loss_last_tenth']:.4f} (first -> last tenth of steps)")
-    print(f"weights and config in {args.out}")
+    flags = {k: v for k, v in TRAIN_FLAGS.items() if k != "ways"}
+    config = _config(args, {**COMMON_FLAGS, **flags})
+    sizes = _train_sizes(config, args.ways)
+    for ways in sizes:
+        out = Path(args.out) if len(sizes) == 1 else Path(args.out) / f"ways-{ways}"
+        sized = build_config(to_dict(config), {"data.ways": ways})
+        summary = train(sized, out, progress=not args.quiet)
+        if not _is_main():
+            continue
+        processes = summary.get("processes", 1)
+        on = f" on {processes} processes" if processes > 1 else ""
+        print(f"trained {summary['method']} on {summary['dataset']}{on} ({summary['steps']} "
+              f"steps, {summary['train_time_s']:.1f} s): loss "
+              f"{summary['mean_loss_first_tenth']:.3f} -> {summary['mean_loss_last_tenth']:.3f} "
+              f"(first -> last tenth of steps)")
+        print(f"weights and config in {out}")
+
+
+def _train_sizes(config, value) -> list[int]:
+    """`train --ways` in evaluate's grammar: n, a comma list, or 'all' (one run per size)."""
+    from mamf.run import ways_list
+
+    if value is None:
+        return [config.data.ways]
+    if not config.data.root:
+        raise MamfError("no data folder given: pass --data DIR")
+    from mamf.data.folder import scan_folder
+
+    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
+    return ways_list(config, n_classes, value)
 
 
 def cmd_evaluate(args) -> None:
-    from mamf.methods import names
-    from mamf.run import evaluate, load_run, ways_list
+    from mamf.api import evaluate
 
-    model, method, run_dir, trained_by = None, args.method or names(trained=False)[0], None, None
-    test_time = names(trained=False)
-    if args.method and args.method not in test_time and (
-            not args.run or args.method != _run_method(Path(args.run))):
-        raise MamfError(f"--method {args.method} trains: evaluate a run it trained with --run, "
-                        f"or pick a test-time method ({', '.join(test_time)})")
-    if args.run:
-        run_config, model = load_run(Path(args.run))
-        run_dir, trained_by = Path(args.run), run_config.train.method
-        method = args.method or trained_by
-        config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS}, to_dict(run_config))
-        if config.model != run_config.model:
-            raise MamfError("--model cannot change the model of a trained --run")
-    else:
-        config = _config(args, {**COMMON_FLAGS, **EVAL_FLAGS})
-    from mamf.data.folder import scan_folder
-
-    if not config.data.root:
-        raise MamfError("no data folder given: pass --data DIR")
-    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
-    ways = ways_list(config, n_classes, args.ways)
-    rows = evaluate(config, Path(args.out), method, model, ways, run_dir,
-                    progress=not args.quiet, trained_by=trained_by)
+    settings = settings_file(args.config) if args.config else {}
+    dotted = _overrides(args, {**COMMON_FLAGS, **EVAL_FLAGS})
+    source = Path(args.run) if args.run else settings
+    rows = evaluate(source, Path(args.out), method=args.method, ways=args.ways,
+                    progress=not args.quiet, settings=settings if args.run else None,
+                    overrides=dotted)
     if not _is_main():
         return
     for r in rows:
         print(f"{r['method']:>9} {r['dataset']} {r['protocol']} {r['ways']}-way "
-              f"{r['split']}: acc {r['acc_mean']:.4f} +- {r['acc_ci95']:.4f} "
+              f"{r['split']}: acc {r['acc_mean']:.3f} ± {r['acc_ci95']:.3f} "
               f"over {r['n_tasks']} tasks")
     print(f"results appended to {Path(args.out) / 'results.jsonl'}")
-
-
-def _run_method(run_dir: Path) -> str | None:
-    """The method a run folder was trained with (None where its config cannot be read: loading
-    the run then says why)."""
-    from mamf.run import RUN_CONFIG
-
-    try:
-        return load_yaml(run_dir / RUN_CONFIG).get("train", {}).get("method")
-    except (MamfError, AttributeError):
-        return None
 
 
 def cmd_export(args) -> None:
@@ -288,14 +290,15 @@ def cmd_models(args) -> None:
 def cmd_methods(args) -> None:
     from mamf import methods, samplers
 
+    width = max(len(n) for n in (*methods.names(), *samplers.names())) + 2
     for name in methods.names():
         kind = methods.method_class(name)
         what = ("trains per task size" if kind.trains_per_ways else "trains once") \
             if kind.trains else "no training"
-        print(f"{name:12} {kind.summary} [{what}]")
+        print(f"{name:{width}}{kind.summary} [{what}]")
     print("\ntask samplers (train.sampler, for methods that train on tasks):")
     for name in samplers.names():
-        print(f"{name:12} {samplers.REGISTRY[name].summary}")
+        print(f"{name:{width}}{samplers.REGISTRY[name].summary}")
 
 
 def cmd_experiment(args) -> None:
@@ -424,13 +427,46 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_expe
             "methods": cmd_methods, "export": cmd_export}
 
 
+def versions() -> str:
+    """`mamf --version`: this package, the libraries a result depends on, and the device."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mamf
+
+    parts = [f"mamf {mamf.__version__}"]
+    for name in ("torch", "transformers", "peft", "onnxruntime"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    import torch
+
+    device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    return "\n".join([*parts, f"device {device}"])
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="mamf: %(message)s", stream=sys.stderr)
+    # off a terminal (a log file) every line carries its time, as the progress lines do
+    stamped = "" if sys.stderr.isatty() else "%(asctime)s "
+    logging.basicConfig(level=logging.INFO, format=f"mamf: {stamped}%(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL"):  # third parties speak only to warn
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 prints as \xff
         sys.stdout.reconfigure(errors="backslashreplace")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.version:
+        print(versions())
+        return 0
+    if not args.command:
+        ap.print_help()
+        return 2
     from mamf import distributed, progress
+    from mamf.allocator import keep_freed_memory
+
+    keep_freed_memory()  # the command line's process (torchrun's workers too), before big tensors
 
     progress.set_quiet(bool(getattr(args, "quiet", False)))
 

@@ -1,34 +1,106 @@
-"""Progress bars that still speak when stderr is not a terminal.
+"""Progress a person and a log can read.
 
-On a terminal: tqdm's bar, redrawn in place. Elsewhere (a log file, CI, a pipe) tqdm would stay
-silent; here its status line is written as a plain `mamf: ...` line at most every 30 s instead, so
-a long stretch (a cache build, training, a meta-test) never goes quiet for much longer than that.
+On a terminal: tqdm's bar, redrawn in place. Elsewhere (a log file, CI, a pipe) a bar redrawn in
+place leaves only its first `0%` frame in a file, so there each stage writes plain, timestamped
+lines instead: one when it starts, one at least every 30 s while it runs, and one when it ends
+with its count and duration. Nothing is written for a stage that never starts.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 
 LINE_EVERY_S = 30.0
 _quiet = False  # the command line's --quiet: no bar anywhere in the process
-_CURSOR = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm's moves between nested bars
+_clock = time.monotonic  # durations (tests replace it)
 
 
-class _Lines:
-    """A file for tqdm: each redraw becomes one plain line; erasures and cursor moves are dropped."""
+def stamp() -> str:
+    """The wall-clock time every line off a terminal starts with."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
-    def __init__(self, stream):
-        self.stream = stream
 
-    def write(self, text: str) -> None:
-        for line in _CURSOR.sub("", text).replace("\r", "\n").split("\n"):
-            if line.strip():
-                self.stream.write(f"mamf: {line.strip()}\n")
+def seconds(s: float) -> str:
+    """One duration format everywhere: 42.0 s, 3.5 min, 1.2 h."""
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
 
-    def flush(self) -> None:
+
+class LogBar:
+    """A bar for a log file: tqdm's calls (iterate, update, set_postfix, close), written as lines."""
+
+    def __init__(self, iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
+                 unit: str = "it", stream=None, **_ignored) -> None:
+        self.iterable, self.desc, self.unit = iterable, desc or "working", unit
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.total, self.n, self.postfix = total, 0, ""
+        self.stream = stream or sys.stderr
+        self.started = self.last = None  # written at the first unit of work, not before
+        self.created = _clock()  # an update-driven stage's work began when it was made
+        self.closed = False
+
+    def _write(self, text: str) -> None:
+        self.stream.write(f"mamf: {stamp()} {self.desc}: {text}\n")
         self.stream.flush()
+
+    def _start(self, since: float | None = None) -> None:
+        if self.started is None:
+            self.started = self.last = _clock() if since is None else since
+            of = f"{self.total} {self.unit}" if self.total is not None else "open-ended"
+            self._write(f"started ({of})")
+
+    def _status(self) -> str:
+        elapsed = _clock() - (self.started or _clock())
+        done = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
+        parts = [f"{done} {self.unit}", seconds(elapsed)]
+        if self.total and self.n and elapsed > 0:
+            parts.append(f"about {seconds(elapsed / self.n * (self.total - self.n))} left")
+        if self.postfix:
+            parts.append(self.postfix)
+        return ", ".join(parts)
+
+    def update(self, n: int = 1) -> None:
+        self._start(self.created if self.iterable is None else None)
+        self.n += n
+        now = _clock()
+        if now - self.last >= LINE_EVERY_S and not (self.total is not None and self.n >= self.total):
+            self.last = now
+            self._write(self._status())
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def set_description(self, desc: str, refresh: bool = True) -> None:
+        self.desc = desc
+
+    def __iter__(self) -> Iterator:
+        try:
+            for item in self.iterable or ():
+                self._start()
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.closed or self.started is None:
+            self.closed = True
+            return
+        self.closed = True
+        extra = f", {self.postfix}" if self.postfix else ""
+        self._write(f"done, {self.n} {self.unit} in {seconds(_clock() - self.started)}{extra}")
+
+    def __enter__(self) -> LogBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def set_quiet(quiet: bool) -> None:
@@ -38,8 +110,14 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    """Whether bars are silenced process-wide (`set_quiet`)."""
+    return _quiet
+
+
 def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
-    """A tqdm bar over `iterable`; `enabled=False` (or `set_quiet`) shows nothing."""
+    """A progress bar over `iterable`: tqdm on a terminal, timestamped lines elsewhere;
+    `enabled=False` (or `set_quiet`) shows nothing."""
     from tqdm import tqdm
 
     if not enabled or _quiet:
@@ -47,5 +125,4 @@ def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
     stream = sys.stderr
     if stream.isatty():
         return tqdm(iterable, file=stream, **kwargs)
-    return tqdm(iterable, file=_Lines(stream), mininterval=LINE_EVERY_S, miniters=1, ascii=True,
-                **kwargs)
+    return LogBar(iterable, stream=stream, **kwargs)

@@ -342,8 +342,10 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts. With
     `metatest.interpolate`, a trained run is scored at each alpha (`mamf.wiseft`)."""
-    if is_main():
-        atomic_write_text(out / "evaluate-config.yaml", dump_yaml(config))
+    if is_main():  # one file per config_id, as an experiment keeps them: a row's settings
+        kept = out / "configs" / f"{config_id(config)}.yaml"
+        if not kept.exists():
+            atomic_write_text(kept, dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
     mix = None
     if alphas(config, method) != [None]:

@@ -140,7 +140,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 torch.set_rng_state(resume.global_generator_state)
         total = None if method.steps is None else method.steps - start
         seen = inputs.images_seen
-        bar = progress_bar(total=total, enabled=progress, desc=method.name, leave=False)
+        bar = progress_bar(total=total, enabled=progress, desc=f"training {method.name}", unit="step",
+                           leave=False)
         for i in itertools.count(start):
             if method.steps is not None and i >= method.steps:
                 break
@@ -151,7 +152,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             trainlog.step(i + 1, loss, _lr(method), inputs.images_seen - seen)
             seen = inputs.images_seen
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             if checkpointer and checkpointer.due(i + 1):
                 # every rank holds the same weights, optimiser state and streams: rank 0
                 # writes them (under FSDP all ranks first gather the whole state)

@@ -1,0 +1,174 @@
+"""First contact (issue 26): a quick `--help`, `--version`, an aligned `mamf methods`, one
+`--ways` grammar, and the Python API (`from mamf import train, evaluate, ...`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mamf.cli import main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _python(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": SRC, "PATH": ""},
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_help_and_import_load_no_torch():
+    out = _python(
+        "import sys, contextlib, io\n"
+        "import mamf\n"
+        "from mamf.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'mamf.allocator')"
+        " if m in sys.modules))\n")
+    assert out.strip() == "[]"  # nor is glibc's malloc tuned by `import mamf`
+
+
+def test_cli_tunes_the_allocator_at_its_entry(monkeypatch, capsys):
+    from mamf import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["models"]) == 0
+    assert calls == [1]
+
+
+def test_version_names_the_libraries_and_device(capsys):
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mamf", "torch", "transformers", "peft", "onnxruntime", "device"):
+        assert re.search(rf"^{name} ", out, re.M), name
+
+
+def test_methods_listing_is_aligned(capsys):
+    assert main(["methods"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line and not line.endswith(":")]
+    starts = {len(m.group(1)) for line in lines if (m := re.match(r"(\S+\s+)\S", line))}
+    assert len(starts) == 1
+
+
+def test_unknown_method_is_one_error_line(colour_folder, tmp_path, capsys):
+    code = main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", str(tmp_path / "e"), "--method", "nope", "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mamf: error: unknown method 'nope'")
+
+
+def test_train_ways_list_trains_one_run_per_size(colour_folder, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", "--model", "tiny-random-clip", "--data", str(colour_folder), "--out",
+                 str(out), "--ways", "2,3", "--steps", "2", "--quiet"]) == 0
+    import yaml
+
+    for n in (2, 3):
+        config = yaml.safe_load((out / f"ways-{n}" / "config.yaml").read_text())
+        assert config["data"]["ways"] == n
+
+
+def test_api_train_evaluate_report_classify(colour_folder, tmp_path):
+    from mamf import Config, classify, evaluate, load_run, make_config, report, train
+
+    config = make_config({"model": "tiny-random-clip", "data": {"root": str(colour_folder)},
+                          "train": {"steps": 3, "lr": 1e-3}}, train__batch_size=8)
+    assert isinstance(config, Config) and config.train.batch_size == 8
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(f"model: tiny-random-clip\ndata:\n  root: {colour_folder}\n")
+    assert make_config(yaml_file).data.root == str(colour_folder)
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 3
+    rows = evaluate(tmp_path / "run", tmp_path / "res", ways=[2, 3], progress=False,
+                    overrides={"metatest.epochs": 1, "data.tasks": 4})
+    zeroshot = evaluate(config, tmp_path / "res", ways=3, progress=False)
+    assert [(r["method"], r["ways"]) for r in rows + zeroshot] == [
+        ("mamf", 2), ("mamf", 3), ("zeroshot", 3)]
+    lines = (tmp_path / "res" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["method"] == "mamf"
+    files = report(tmp_path / "res")
+    assert Path(files["md"]).is_file()
+    _, model = load_run(tmp_path / "run")
+    labels = sorted(p.name for p in Path(colour_folder).iterdir() if p.is_dir())
+    images = [next((Path(colour_folder) / labels[0]).iterdir()),
+              np.full((30, 40, 3), 200, np.uint8)]
+    probs = classify(tmp_path / "run", images, labels)
+    assert probs.shape == (2, len(labels))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(classify(model, images, labels), probs, atol=1e-5)
+
+
+def test_api_progress_false_prints_no_bar(colour_folder, tmp_path, capsys):
+    from mamf import evaluate
+
+    evaluate({"model": "tiny-random-clip", "data": {"root": str(colour_folder), "tasks": 3}},
+             tmp_path / "res", ways=2, progress=False)
+    assert "%" not in capsys.readouterr().err
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's example, unchanged, on 25 generated classes with the tiny model in place of
+    the cpu preset's effnet-minilm."""
+    from PIL import Image
+
+    from mamf import api
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme.split("### Python API", 1)[1], re.S)
+    assert code, "README's Python API section has an example"
+    rng = np.random.default_rng(0)
+    for c in range(25):
+        folder = tmp_path / "data" / "emoji" / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for i in range(4):
+            pixels = np.clip(colour + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    preset = api.settings_file
+
+    def tiny(path):
+        return {**preset(path), "model": "tiny-random-clip"}
+
+    monkeypatch.setattr(api, "settings_file", tiny)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.group(1), "README.md", "exec"), {})
+    assert (tmp_path / "results" / "report.md").is_file()
+    assert len((tmp_path / "results" / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_loss_at_chance_warns(caplog):
+    from mamf.api import make_config, warn_if_chance
+
+    config = make_config({"data": {"ways": 5}, "train": {"lr": 1e-6}})
+    with caplog.at_level("WARNING"):
+        assert warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 1.60})
+    assert "ln(5) = 1.609" in caplog.text and "train.lr=1e-06" in caplog.text
+    assert not warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 0.9})
+    assert not warn_if_chance(config, {"method": "classical", "mean_loss_last_tenth": 1.6})
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["methods"]])
+def test_commands_that_need_no_data_exit_zero(argv, capsys):
+    assert main(argv) == 0
+
+
+def test_evaluate_keeps_one_config_file_per_config_id(colour_folder, tmp_path):
+    from mamf import evaluate
+
+    settings = {"model": "tiny-random-clip", "data": {"root": str(colour_folder)}}
+    out = tmp_path / "res"
+    rows = evaluate(settings, out, ways=2, progress=False)
+    evaluate(settings, out, ways=3, progress=False)  # same settings: the same file
+    other = evaluate(settings, out, ways=2, progress=False, method="prototype")
+    files = sorted(p.stem for p in (out / "configs").glob("*.yaml"))
+    assert files == sorted({rows[0]["config_id"], other[0]["config_id"]})
+    assert not (out / "evaluate-config.yaml").exists()
