@@ -461,8 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(versions())
         return 0
     if not args.command:
-        ap.print_help()
-        return 2
+        ap.error("no command given (train, evaluate, experiment, report, ...)")
     from mamf import distributed, progress
     from mamf.allocator import keep_freed_memory
 
