@@ -36,9 +36,16 @@ def _file(tmp_path, folder):
 @pytest.mark.slow
 def test_a_submitit_grid_equals_the_in_process_grid_and_reruns_only_what_is_missing(
         tmp_path, colour_folder, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the jobs' processes
+    threads = torch.get_num_threads()  # earlier tests may have left this process at another count
+    torch.set_num_threads(1)  # the thread count is part of a CPU run's numbers and of its row
     exp = load_experiment(_file(tmp_path, colour_folder))
-    here = run_experiment(exp, tmp_path / "here", progress=False)
+    try:
+        here = run_experiment(exp, tmp_path / "here", progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert len(here) == 2 * 2 * 2  # 4 units (2 methods x 2 seeds), each 2 task sizes
 
     out = tmp_path / "jobs"
