@@ -91,6 +91,16 @@ def test_lp_plus_plus_initial_blend_and_step_sizes_match_numpy():
     assert (logits.argmax(1) == task.support_labels).all()
 
 
+def test_lp_plus_plus_without_support_is_zero_shot():
+    # base-to-novel's novel classes come with no support image: the official step sizes divide
+    # by zero there, and LP++ must fall back to the text classifier
+    task = task_of(np.zeros((0, len(TEXTS[0]))), [], [[0.9, 0.2, 0.2], [0.1, 0.2, 0.9]], [0, 2],
+                   TEXTS)
+    params = fit_lpp(task, epochs=30, alpha_every=10)
+    assert torch.equal(lpp_logits(task, task.query, *params).argmax(1),
+                       task.zero_shot_logits(task.query).argmax(1))
+
+
 def test_clap_multipliers_and_penalty_match_numpy():
     task = small()
     x, y, t = unit(SUPPORT), np.array(LABELS), unit(TEXTS)

@@ -39,7 +39,14 @@ def lpp_logits(task: Embedded, features: torch.Tensor, weight, bias, alpha) -> t
 
 
 def fit_lpp(task: Embedded, epochs: int, alpha_every: int):
-    """(W, b, alpha) after `epochs` full-batch steps on the support set."""
+    """(W, b, alpha) after `epochs` full-batch steps on the support set. With no support image
+    (base-to-novel's novel classes) there is nothing to probe and no data-driven step: W = 0,
+    alpha = 1, which is the zero-shot classifier."""
+    if len(task.support) == 0:
+        dim = task.texts.shape[1]
+        zeros = torch.zeros(task.ways, dim, device=task.texts.device)
+        return zeros, torch.zeros(task.ways, device=zeros.device), \
+            torch.ones(task.ways, device=zeros.device)
     weight0, alpha0, lr_w, lr_alpha = lpp_init(task)
     weight = weight0.clone().requires_grad_(True)
     bias = torch.zeros(task.ways, device=weight.device, requires_grad=True)
