@@ -140,6 +140,9 @@ def test_degenerate_values_are_shown_as_such_not_as_certainty():
     assert math.isinf(one.ci95) and interval(one) == "0.700 (one value)"
     assert verdicts([paired({1: [1.0]}, {1: [0.0]})]) == ["inconclusive"]
     assert interval(estimate({1: [0.5, 0.7]}), signed=True).startswith("+0.600 ± ")
+    # seeds that agree to 1e-4: an interval that rounds to 0 gets the digits it needs
+    close = estimate({1: [0.13500], 2: [0.13510], 3: [0.13505]})
+    assert close.spread and interval(close) == "0.1351 ± 0.0001"
 
 
 def test_difference_of_unpaired_means():

@@ -214,7 +214,10 @@ def interval(e: Estimate, digits: int = 3, signed: bool = False) -> str:
         return f"{mean} (no spread)"
     if math.isinf(e.ci95):
         return f"{mean} (one value)"
-    return f"{mean} ± {e.ci95:.{digits}f}"
+    shown = digits  # an interval too small for `digits` gets the digits it needs, not "± 0.000"
+    while round(e.ci95, shown) == 0 and shown < digits + 3:
+        shown += 1
+    return f"{e.mean:{sign}.{shown}f} ± {e.ci95:.{shown}f}"
 
 
 def coverage_line(estimates: Sequence[Estimate]) -> str:
