@@ -164,3 +164,19 @@ def test_argument_refusals_are_one_line(argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.startswith("mamf: error:") and err.count("\n") == 1, err
+
+
+def test_failures_line_names_only_this_passes_failures(tmp_path):
+    # a rerun that redid every earlier failure must not say "some runs failed"
+    from mamf.cli import _failures_line
+    from mamf.io import append_jsonl
+
+    assert _failures_line(tmp_path, since="2026-01-01T00:00:00") == ""
+    append_jsonl(tmp_path / "failures.jsonl", {"time": "2026-12-03T07:22:22", "method": "lp++"})
+    assert _failures_line(tmp_path, since="2026-12-03T07:30:00") == ""
+    append_jsonl(tmp_path / "failures.jsonl", {"time": "2026-12-03T07:31:05", "method": "lp++"})
+    assert _failures_line(tmp_path, since="2026-12-03T07:30:00").startswith(
+        "1 run(s) failed in this pass")
+    # a report (no pass) says what the file holds
+    assert "holds 2 failure record(s), the latest at 2026-12-03T07:31:05" in \
+        _failures_line(tmp_path, since=None)

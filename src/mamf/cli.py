@@ -305,6 +305,7 @@ def cmd_experiment(args) -> None:
     from mamf.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(args.config)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if args.launcher == "submitit":
         from mamf.launcher import SlurmSettings, launch
 
@@ -314,10 +315,28 @@ def cmd_experiment(args) -> None:
     else:
         rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
     if _is_main():
-        _summarise(rows, Path(args.out), experiment.name)
+        _summarise(rows, Path(args.out), experiment.name, since=started)
 
 
-def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = None) -> None:
+def _failures_line(out: Path, since: str | None) -> str:
+    """What failures.jsonl says: the failures of this pass (`since`, an ISO time), or, for a
+    report, every record on file; earlier failures that a rerun has redone are not news."""
+    from mamf.io import read_jsonl
+
+    path = out / "failures.jsonl"
+    if not path.exists():
+        return ""
+    times = [str(r.get("time", "")) for r in read_jsonl(path)]
+    if since is not None:
+        now = [t for t in times if t >= since]
+        return (f"{len(now)} run(s) failed in this pass: see {path} (a rerun retries them)"
+                if now else "")
+    return (f"{path} holds {len(times)} failure record(s), the latest at {max(times)}; a rerun "
+            "of the experiment retries what has no rows" if times else "")
+
+
+def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = None,
+               since: str | None = None) -> None:
     from mamf.report import comparison_note, main_rows, settings_line, summary_table, write_report
     from mamf.report.tables import summary_notes
 
@@ -334,9 +353,9 @@ def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = 
     print(f"results: {out / 'results.jsonl'}")
     figure = f"; figure: {files['summary']}" if "summary" in files else ""
     print(f"report: {files['md']} and {files['html']}{figure}")
-    failures = out / "failures.jsonl"
-    if failures.exists() and failures.stat().st_size:
-        print(f"some runs failed: see {failures}")
+    failures = _failures_line(out, since)
+    if failures:
+        print(failures)
 
 
 def cmd_report(args) -> None:
