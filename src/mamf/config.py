@@ -77,6 +77,10 @@ class TrainConfig:
     unfreeze_image_blocks: int | str | None = None
     unfreeze_text_layers: int | str | None = None
     weight_decay: float = 0.0
+    # the learning rate over the steps: constant, or cosine decay from `lr` to 0 at the last step
+    lr_schedule: str = "constant"
+    # steps = this x data.shots when set (CLIP-LoRA's "500 x shots iterations"); not with `steps`
+    steps_per_shot: int | None = None
     checkpoint_every: int = 100
     # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
     # the same is always the run folder's train_log.csv. Not a setting of the measurement.
@@ -175,11 +179,13 @@ CHOICES = {
     "train.parallel": ("ddp", "fsdp"),
     "metatest.split": ("train", "dev", "test"),
     "train.adapter": ("none", "lora"),
+    "train.lr_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda") ,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
-            "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
+            "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.steps_per_shot",
+            "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
             "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
             "metatest.inner_batch_size"}
@@ -371,6 +377,9 @@ def validate(config: Config) -> Config:
         raise MamfError("config data.train_match must not be empty (it would match every file)")
     if not all(t.strip() for t in config.train.lora_targets):
         raise MamfError("config train.lora_targets must hold layer names, not empty strings")
+    if config.train.steps is not None and config.train.steps_per_shot is not None:
+        raise MamfError("config train.steps and train.steps_per_shot both set the step count: "
+                        "set one of them")
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config

@@ -51,7 +51,8 @@ def seed_everything(seed: int) -> None:
 # results stay "the same settings"
 LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
               "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                        "unfreeze_image_blocks", "unfreeze_text_layers")}
+                        "unfreeze_image_blocks", "unfreeze_text_layers", "lr_schedule",
+                        "steps_per_shot")}
 LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
 
 
