@@ -157,6 +157,16 @@ class BaselineConfig:
     ape_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 4.0, 7.0])
     ape_betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 2.0, 3.5, 5.0, 7.0])
     ape_gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
+    # coop / cocoop: the learned context in front of the class name, trained by SGD (momentum
+    # 0.9, weight decay 5e-4) at this rate over train.steps / train.epochs; `*_init` words
+    # start it (their token count is M), "" draws M = `coop_context` vectors from N(0, 0.02);
+    # `coop_class_specific`: one context per class (CoOp's CSC) instead of one shared
+    coop_context: int = 16
+    coop_init: str = "a photo of a"
+    coop_class_specific: bool = False
+    coop_lr: float = 2e-3
+    cocoop_init: str = "a photo of a"
+    cocoop_lr: float = 2e-3
 
 
 @dataclass
@@ -187,7 +197,8 @@ POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.steps_per_shot",
             "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
-            "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
+            "train.crop_scale", "train.sampler_tau", "metatest.batch_size", "baseline.coop_context",
+            "baseline.coop_lr", "baseline.cocoop_lr",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit

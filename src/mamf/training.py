@@ -103,6 +103,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     pool = train_pool(dataset, config)
     rng = np.random.default_rng([config.seed, 11, d.ways])
     sampler = make_sampler(method, model, inputs, pool, config)  # before weights are restored
+    method.extend(model, inputs)  # what it trains beyond the model's weights (CoOp's context)
     resume = checkpointer.restore(model) if checkpointer else None
     start = resume.step if resume else 0
     if distributed.from_main(start) != start:
