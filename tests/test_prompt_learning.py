@@ -192,3 +192,13 @@ def test_preset_flag_loads_the_shipped_preset(colour_folder, tmp_path, capsys):
     assert main(["train", "--preset", "nonesuch", "--data", str(colour_folder), "--out",
                  str(tmp_path / "r")]) != 0
     assert "unknown preset 'nonesuch'" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the pretrained offline model
+def test_minilm_over_its_own_input_embeddings_is_minilm():
+    model = load_model("effnet-minilm")
+    tokens = model.tokenize(["a photo of a red.", "An image of the digit 3."])
+    with torch.no_grad():
+        direct = model.encode_texts(tokens)
+        through = model.encode_text_embeddings(model.text_input_embeddings(tokens), tokens)
+    assert torch.allclose(direct, through, atol=1e-6)
