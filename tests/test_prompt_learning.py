@@ -154,6 +154,14 @@ def test_coop_with_a_text_tower_that_takes_no_embeddings_is_one_line(colour_fold
                        "HFClip's text tower cannot take input embeddings")
 
 
+def test_wise_ft_leaves_the_prompt_learners_alone():
+    from mamf.wiseft import alphas
+
+    config = build_config(overrides={"metatest.interpolate": [0, 1]})
+    assert alphas(config, "coop") == alphas(config, "cocoop") == [None]
+    assert alphas(config, "classical") == [0, 1]
+
+
 def test_cosine_rates_by_hand():
     assert [cosine_lr(1.0, i, 4) for i in range(5)] == pytest.approx(
         [1.0, (1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2, 0.0])

@@ -117,7 +117,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             parallel = DataParallel(model, t.parallel)
         elif t.parallel == "fsdp":
             raise MamfError(f"train.parallel=fsdp is for data-parallel methods: {method.name} "
-                            "splits its tasks across ranks, each adapting a whole model copy")
+                            "shares its work across the ranks itself, each holding the whole "
+                            "model")
     started = time.perf_counter()
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)

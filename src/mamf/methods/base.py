@@ -98,6 +98,10 @@ class Method:
     # a test-time baseline (docs/method.md, "Baselines"): an experiment runs it only when it
     # names it; a grid with no `methods` list runs the paper's methods
     baseline: ClassVar[bool] = False
+    # WiSE-FT (`metatest.interpolate`) mixes the trained weights with those training began from;
+    # a method whose trained part is not among the model's weights when training begins (CoOp's
+    # context) is scored as trained, at alpha null
+    interpolates: ClassVar[bool] = True
 
     def __init__(self, config: Config):
         self.config = config

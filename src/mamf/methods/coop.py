@@ -130,6 +130,7 @@ class CoOp(Method):
     order = 21
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
+    interpolates = False  # the context joins the model as training begins: no WiSE-FT start
 
     # what differs in CoCoOp (`mamf.methods.cocoop`)
     def init_words(self) -> str:
