@@ -112,6 +112,25 @@ def test_two_ranks_train_the_lora_adapter_of_one_process(shared_colour_folder, t
     assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
 
 
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_two_ranks_train_the_prompt_context_of_one_process(shared_colour_folder, tmp_path,
+                                                           method):
+    """CoOp and CoCoOp share each batch across the ranks and sum the context's gradient."""
+    extra = ("--set", "baseline.coop_lr=0.1", "--set", "baseline.cocoop_lr=0.1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(_train_args(method, shared_colour_folder, one, extra)) == 0
+    done = _torchrun(_train_args(method, shared_colour_folder, two, extra), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((two / "train.json").read_text())["processes"] == 2
+    a, b = (load_file(str(run / "model.safetensors")) for run in (one, two))
+    learned = [k for k in a if k.startswith("method_extension.")]
+    assert learned and a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 2e-4
+    la = json.loads((one / "train.json").read_text())["losses"]
+    lb = json.loads((two / "train.json").read_text())["losses"]
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+
+
 def test_two_ranks_resume_a_single_process_checkpoint(shared_colour_folder, tmp_path):
     """A run checkpointed by one process resumes on two (sharded) and ends as the uninterrupted
     run; checkpoints hold whole tensors, whatever wrote them."""

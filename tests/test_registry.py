@@ -146,6 +146,8 @@ def test_no_module_outside_methods_branches_on_a_method_name():
                 path.relative_to(root).as_posix() == "report/claims.py":
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if branch.search(line):
+            # the coop protocol shares its name with the coop method: a protocol test is not
+            # a method test
+            if branch.search(line) and "protocol" not in line:
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)

@@ -32,6 +32,9 @@ def train_args(method, folder, out, extra=()):
     ("fomaml", ("--set", "train.inner_lr=0.01")),
     ("mamf", ("--set", "train.augment=false", "--set", "train.unfreeze_image_blocks=1",
               "--set", "train.unfreeze_text_layers=1")),
+    # the learned context (and CoCoOp's meta-net) in the model, SGD's momentum, cosine rates
+    ("coop", ("--set", "train.lr_schedule=cosine", "--set", "baseline.coop_lr=0.1")),
+    ("cocoop", ("--set", "baseline.cocoop_lr=0.1")),
 ])
 def test_killed_training_resumes_to_the_same_weights(shared_colour_folder, tmp_path, method,
                                                      extra):

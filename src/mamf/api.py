@@ -30,15 +30,22 @@ if TYPE_CHECKING:
     from mamf.models.base import DualEncoder
 
 
-PRESETS = ("cpu",)  # shipped settings files: src/mamf/configs/<name>.yaml
+PRESETS = ("cpu", "clip-lora")  # shipped settings files: src/mamf/configs/<name>.yaml
+
+
+def preset(name: str) -> dict:
+    """A shipped preset's settings (`--preset NAME`)."""
+    from importlib.resources import files
+
+    if name not in PRESETS:
+        raise MamfError(f"unknown preset {name!r}: use {', '.join(PRESETS)}")
+    return load_yaml(Path(str(files("mamf") / "configs" / f"{name}.yaml")))
 
 
 def settings_file(path: str | Path) -> dict:
     """A YAML settings file, or a shipped preset by name (`cpu`) when no such file exists."""
     if str(path) in PRESETS and not Path(path).exists():
-        from importlib.resources import files
-
-        return load_yaml(Path(str(files("mamf") / "configs" / f"{path}.yaml")))
+        return preset(str(path))
     return load_yaml(path)
 
 

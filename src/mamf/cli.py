@@ -40,6 +40,8 @@ EVAL_FLAGS = {"split": "metatest.split"}
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest), "
                    "or the shipped preset 'cpu' (frozen towers, minutes on a CPU)")
+    p.add_argument("--preset", help="a shipped preset: cpu (frozen towers, minutes on a CPU) "
+                   "or clip-lora (CLIP-LoRA's recipe); --config and --set apply over it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
@@ -207,6 +209,10 @@ def _overrides(args: argparse.Namespace, flags: dict) -> dict:
 
 def _config(args, flags: dict, base: dict | None = None):
     merged = dict(base or {})
+    if getattr(args, "preset", None):
+        from mamf.api import preset
+
+        merged = deep_merge(merged, preset(args.preset))
     if args.config:
         merged = deep_merge(merged, settings_file(args.config))
     return build_config(merged, _overrides(args, flags))
@@ -257,6 +263,10 @@ def cmd_evaluate(args) -> None:
     from mamf.api import evaluate
 
     settings = settings_file(args.config) if args.config else {}
+    if args.preset:
+        from mamf.api import preset
+
+        settings = deep_merge(preset(args.preset), settings)
     dotted = _overrides(args, {**COMMON_FLAGS, **EVAL_FLAGS})
     source = Path(args.run) if args.run else settings
     rows = evaluate(source, Path(args.out), method=args.method, ways=args.ways,

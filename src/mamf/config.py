@@ -77,6 +77,10 @@ class TrainConfig:
     unfreeze_image_blocks: int | str | None = None
     unfreeze_text_layers: int | str | None = None
     weight_decay: float = 0.0
+    # the learning rate over the steps: constant, or cosine decay from `lr` to 0 at the last step
+    lr_schedule: str = "constant"
+    # steps = this x data.shots when set (CLIP-LoRA's "500 x shots iterations"); not with `steps`
+    steps_per_shot: int | None = None
     checkpoint_every: int = 100
     # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
     # the same is always the run folder's train_log.csv. Not a setting of the measurement.
@@ -153,6 +157,16 @@ class BaselineConfig:
     ape_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 4.0, 7.0])
     ape_betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 2.0, 3.5, 5.0, 7.0])
     ape_gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
+    # coop / cocoop: the learned context in front of the class name, trained by SGD (momentum
+    # 0.9, weight decay 5e-4) at this rate over train.steps / train.epochs; `*_init` words
+    # start it (their token count is M), "" draws M = `coop_context` vectors from N(0, 0.02);
+    # `coop_class_specific`: one context per class (CoOp's CSC) instead of one shared
+    coop_context: int = 16
+    coop_init: str = "a photo of a"
+    coop_class_specific: bool = False
+    coop_lr: float = 2e-3
+    cocoop_init: str = "a photo of a"
+    cocoop_lr: float = 2e-3
 
 
 @dataclass
@@ -175,13 +189,16 @@ CHOICES = {
     "train.parallel": ("ddp", "fsdp"),
     "metatest.split": ("train", "dev", "test"),
     "train.adapter": ("none", "lora"),
+    "train.lr_schedule": ("constant", "cosine"),
     "device": ("auto", "cpu", "cuda") ,
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
-            "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
+            "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.steps_per_shot",
+            "train.inner_epochs",
             "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
-            "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
+            "train.crop_scale", "train.sampler_tau", "metatest.batch_size", "baseline.coop_context",
+            "baseline.coop_lr", "baseline.cocoop_lr",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
@@ -371,6 +388,9 @@ def validate(config: Config) -> Config:
         raise MamfError("config data.train_match must not be empty (it would match every file)")
     if not all(t.strip() for t in config.train.lora_targets):
         raise MamfError("config train.lora_targets must hold layer names, not empty strings")
+    if config.train.steps is not None and config.train.steps_per_shot is not None:
+        raise MamfError("config train.steps and train.steps_per_shot both set the step count: "
+                        "set one of them")
     if config.data.start_n < 2:
         raise MamfError("config data.start_n must be at least 2")
     return config

@@ -51,7 +51,8 @@ def seed_everything(seed: int) -> None:
 # results stay "the same settings"
 LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
               "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                        "unfreeze_image_blocks", "unfreeze_text_layers")}
+                        "unfreeze_image_blocks", "unfreeze_text_layers", "lr_schedule",
+                        "steps_per_shot")}
 LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
 
 
@@ -249,6 +250,7 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
         return config, model
     model = build_model(config.model)
     try:
+        attach_extension(model, config, run_dir / WEIGHTS)
         mismatch = tensor_mismatch(run_dir / WEIGHTS, model)
         with safe_open(str(run_dir / WEIGHTS), "pt") as f:
             partial = (f.metadata() or {}).get(PARTIAL) == "1"
@@ -270,6 +272,16 @@ def load_run(run_dir: Path) -> tuple[Config, DualEncoder]:
     if missing or unexpected:
         raise MamfError(f"{run_dir / WEIGHTS} does not match model {config.model!r}")
     return config, model
+
+
+def attach_extension(model: DualEncoder, config: Config, path: Path) -> None:
+    """What the run's method trained beyond the model's weights (CoOp's context), rebuilt on
+    the model from the weights file before the weights load."""
+    prefix = f"{methods.EXTENSION}."
+    with safe_open(str(path), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}  # noqa: SIM118
+    if state:
+        methods.create(config.train.method, config).load_extension(model, state)
 
 
 def starting_model(config: Config) -> DualEncoder:

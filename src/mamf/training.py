@@ -7,8 +7,10 @@ says what a step consumes and how it updates.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +97,13 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from
     the newest checkpoint, ending with the same weights as an uninterrupted run.
     """
+    config = with_steps(config)
     t, d = config.train, config.data
     method = methods.create(t.method, config)
     pool = train_pool(dataset, config)
     rng = np.random.default_rng([config.seed, 11, d.ways])
     sampler = make_sampler(method, model, inputs, pool, config)  # before weights are restored
+    method.extend(model, inputs)  # what it trains beyond the model's weights (CoOp's context)
     resume = checkpointer.restore(model) if checkpointer else None
     start = resume.step if resume else 0
     if distributed.from_main(start) != start:
@@ -113,7 +117,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             parallel = DataParallel(model, t.parallel)
         elif t.parallel == "fsdp":
             raise MamfError(f"train.parallel=fsdp is for data-parallel methods: {method.name} "
-                            "splits its tasks across ranks, each adapting a whole model copy")
+                            "shares its work across the ranks itself, each holding the whole "
+                            "model")
     started = time.perf_counter()
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
@@ -122,6 +127,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if dropout:  # the model stays in eval mode; only the adapters' dropout trains
             adapters.dropout_active(model, True)
         method.begin(model, inputs, pool, rng, sampler, parallel)
+        schedule = LRSchedule(method, t.lr_schedule)
+        schedule.at(start)  # before a resumed optimiser state, which holds the same rate
         if resume:
             if method.steps is not None:
                 check_start(start, method.steps, checkpointer)
@@ -150,6 +157,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 break
             losses.append(loss)
             trainlog.step(i + 1, loss, _lr(method), inputs.images_seen - seen)
+            schedule.at(i + 1)
             seen = inputs.images_seen
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -172,6 +180,43 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if parallel:
             parallel.close()
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)
+
+
+def with_steps(config: Config) -> Config:
+    """`train.steps_per_shot` k: the run takes k x `data.shots` steps (CLIP-LoRA's budget)."""
+    t = config.train
+    if t.steps_per_shot is None:
+        return config
+    steps = t.steps_per_shot * config.data.shots
+    return dataclasses.replace(config, train=dataclasses.replace(t, steps=steps,
+                                                                 steps_per_shot=None))
+
+
+def cosine_lr(base: float, step: int, steps: int) -> float:
+    """Cosine decay (Loshchilov & Hutter 2017, SGDR without restarts): `base` at step 0, 0 after
+    the last step, base * (1 + cos(pi * step / steps)) / 2 between."""
+    return base * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+
+
+class LRSchedule:
+    """`train.lr_schedule`: the rate of the method's optimiser is a function of the step alone,
+    set before each step, so a resumed run takes the same rates (and a checkpoint's optimiser
+    settings, saved after step i, hold the rate of step i + 1)."""
+
+    def __init__(self, method: methods.Method, kind: str):
+        self.method, self.kind = method, kind
+        # each group's rate as the method built its optimiser (before any resumed state)
+        self.bases = [g["lr"] for g in method.optimizer.param_groups]
+        if kind == "cosine" and method.steps is None:
+            raise MamfError(f"train.lr_schedule=cosine needs the run's step count, which "
+                            f"{method.name} knows only as it ends (train.schedule=sequential): "
+                            "use train.schedule=sampled or lr_schedule=constant")
+
+    def at(self, step: int) -> None:
+        if self.kind == "constant":
+            return
+        for group, base in zip(self.method.optimizer.param_groups, self.bases):
+            group["lr"] = cosine_lr(base, step, self.method.steps)
 
 
 def _lr(method: methods.Method) -> float | None:

@@ -24,8 +24,9 @@ from mamf.config import Config
 
 def alphas(config: Config, method: str) -> list[float | None]:
     """The alphas a method's rows are measured at; None: the trained weights as they are
-    (no interpolation asked for, or a method that does not train)."""
-    if not methods.method_class(method).trains or not config.metatest.interpolate:
+    (no interpolation asked for, or a method that does not train or mix its weights)."""
+    kind = methods.method_class(method)
+    if not (kind.trains and kind.interpolates) or not config.metatest.interpolate:
         return [None]
     return list(config.metatest.interpolate)
 

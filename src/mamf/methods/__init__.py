@@ -7,6 +7,8 @@ from mamf.methods import (  # noqa: F401  (registration)
     ape,
     clap,
     classical,
+    cocoop,
+    coop,
     fomaml,
     gda,
     linear_probe,
@@ -18,6 +20,14 @@ from mamf.methods import (  # noqa: F401  (registration)
     tip_adapter,
     zeroshot,
 )
-from mamf.methods.base import REGISTRY, Method, create, method_class, names, register
+from mamf.methods.base import (
+    EXTENSION,
+    REGISTRY,
+    Method,
+    create,
+    method_class,
+    names,
+    register,
+)
 
-__all__ = ["REGISTRY", "Method", "create", "method_class", "names", "register"]
+__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register"]

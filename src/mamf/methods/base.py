@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from mamf.tasks import Task
 
 REGISTRY: dict[str, type[Method]] = {}
+# the attribute under which a method's own trained module joins the model (CoOp's context), so
+# that checkpoints, the meta-test's snapshots and a run's weights file carry it with the model
+EXTENSION = "method_extension"
 
 
 class PastTheEnd(Exception):
@@ -95,6 +98,10 @@ class Method:
     # a test-time baseline (docs/method.md, "Baselines"): an experiment runs it only when it
     # names it; a grid with no `methods` list runs the paper's methods
     baseline: ClassVar[bool] = False
+    # WiSE-FT (`metatest.interpolate`) mixes the trained weights with those training began from;
+    # a method whose trained part is not among the model's weights when training begins (CoOp's
+    # context) is scored as trained, at alpha null
+    interpolates: ClassVar[bool] = True
 
     def __init__(self, config: Config):
         self.config = config
@@ -104,6 +111,18 @@ class Method:
         self._walked: tuple[DualEncoder | None, list] = (None, [])
 
     # -- training --------------------------------------------------------------------------
+    def extend(self, model: DualEncoder, inputs: ModelInputs) -> None:
+        """Add to `model` what this method trains beyond the model's own weights (as
+        `model.<EXTENSION>`), before a checkpoint is restored into it. Default: nothing, and
+        nothing left there by another method (an experiment trains one model in turn)."""
+        if hasattr(model, EXTENSION):
+            delattr(model, EXTENSION)
+
+    def load_extension(self, model: DualEncoder, state: dict[str, torch.Tensor]) -> None:
+        """Rebuild the extension a finished run saved (its tensors `state`, named as in the
+        model) so its weights can load. Default: this method has none."""
+        raise MamfError(f"the run's weights hold a {self.name} extension it cannot rebuild")
+
     def begin(self, model: DualEncoder, inputs: ModelInputs, pool: Pool,
               rng: np.random.Generator, sampler: TaskSampler | None, parallel=None) -> None:
         raise NotImplementedError(f"{self.name} does not train")

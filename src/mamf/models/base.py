@@ -98,6 +98,21 @@ class DualEncoder(nn.Module):
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    # -- prompt learning (CoOp, CoCoOp): the text tower over input embeddings ------------------
+
+    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The word embeddings [B, T, W] of `tokens`, before positions are added: what a learned
+        prompt context replaces, position by position."""
+        raise NotImplementedError(f"{type(self).__name__}'s text tower cannot take input "
+                                  "embeddings")
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor,
+                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`encode_texts` with `embeddings` [B, T, W] in place of the word embeddings of
+        `tokens`, which still give the attention mask and the pooling position."""
+        raise NotImplementedError(f"{type(self).__name__}'s text tower cannot take input "
+                                  "embeddings")
+
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp()
 

@@ -114,6 +114,16 @@ class EffnetMiniLM(DualEncoder):
                                  attention_mask=tokens["attention_mask"]).last_hidden_state
         return mean_pool(hidden, tokens["attention_mask"])
 
+    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.text_model.embeddings.word_embeddings(tokens["input_ids"])
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor,
+                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BERT adds positions, token types and its norm to `inputs_embeds` itself."""
+        hidden = self.text_model(inputs_embeds=embeddings,
+                                 attention_mask=tokens["attention_mask"]).last_hidden_state
+        return mean_pool(hidden, tokens["attention_mask"])
+
     def head_parameters(self):
         return [self.class_embeddings]
 

@@ -57,6 +57,16 @@ class HFClip(DualEncoder):
         pooled = self.clip.text_model(**tokens).pooler_output
         return self.clip.text_projection(pooled)
 
+    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.clip.text_model.embeddings.token_embedding(tokens["input_ids"])
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor,
+                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Position embeddings added as the tower adds them, then its own causal mask, layers,
+        final norm and pooling at the EOS position of `tokens` (the whole tower as the top)."""
+        boundary = self.clip.text_model.embeddings(inputs_embeds=embeddings)
+        return self.text_top(boundary, tokens, self.text_layers())
+
     def head_parameters(self):
         return [*self.clip.visual_projection.parameters(), *self.clip.text_projection.parameters()]
 

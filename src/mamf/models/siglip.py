@@ -18,6 +18,7 @@ import torch
 
 from mamf.errors import MamfError
 from mamf.loss import sigmoid_loss, task_logits
+from mamf.models import split
 from mamf.models.base import DualEncoder
 from mamf.models.registry import register_builtin, register_family
 
@@ -56,6 +57,17 @@ class HFSiglip(DualEncoder):
 
     def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.siglip.text_model(input_ids=tokens["input_ids"]).pooler_output
+
+    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.siglip.text_model.embeddings.token_embedding(tokens["input_ids"])
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor,
+                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Positions added as the tower adds them; its own layers, norm, last-token head."""
+        tower = self.siglip.text_model
+        boundary = tower.embeddings(inputs_embeds=embeddings)
+        with split.swapped(tower, embeddings=split.Given(boundary)):
+            return tower(input_ids=tokens["input_ids"]).pooler_output
 
     def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         return task_logits(self.logit_scale(), image_emb, text_emb) + \
