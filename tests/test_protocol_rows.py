@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import torch
-
 from conftest import make_folder
 from protocol_grid import FIXTURE, grid_rows
 

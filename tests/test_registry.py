@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import re
 
 import pytest
 import torch
 
-from mamf import methods, samplers
+from mamf import methods, protocols, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.cli import main
 from mamf.config import build_config
@@ -148,4 +149,31 @@ def test_no_module_outside_methods_branches_on_a_method_name():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if branch.search(line):
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _protocol_names_in(node: ast.AST) -> list[str]:
+    """The protocol names a literal spells: a string, or the strings of a tuple, list or set."""
+    parts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [p.value for p in parts if isinstance(p, ast.Constant) and p.value in protocols.names()]
+
+
+def test_no_module_outside_protocols_branches_on_a_protocol_name():
+    """What differs between protocols is asked of the protocol (`mamf.protocols`: `all_way`,
+    `pooled`, `pool`, `test_tasks`, ...), never decided by its name, so a new protocol is one
+    file: outside the package no comparison of a protocol with a name, and no hand-written list
+    of protocol names. (A default protocol, and `ways: paper` the sweep, are names, not branches.)"""
+    root = pathlib.Path(methods.__file__).parent.parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "protocols" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                hit = "protocol" in ast.unparse(node) and any(map(_protocol_names_in, operands))
+            else:
+                hit = len(_protocol_names_in(node)) > 1
+            if hit:
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)

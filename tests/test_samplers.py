@@ -18,6 +18,7 @@ from mamf.data.dataset import Pool
 from mamf.errors import MamfError
 from mamf.experiment import load_experiment, parse_experiment, run_experiment
 from mamf.methods import create as create_method
+from mamf.protocols.episodic import episodic_pool
 from mamf.run import prepare
 from mamf.tasks import sample_classes
 from mamf.training import make_sampler, train, train_pool
@@ -48,7 +49,7 @@ def test_every_sampler_draws_valid_tasks_of_the_training_split_only(episodic, na
                            "train": {"sampler": name}})
     pool = train_pool(dataset, config)
     others = {int(c) for split in ("dev", "test")
-              for c in dataset.pool("episodic", split, config.data.class_split).classes}
+              for c in episodic_pool(dataset, split, config.data.class_split).classes}
     assert others and not others & set(pool.classes.tolist())
     sampler = make_sampler(create_method("mamf", config), model, inputs, pool, config)
     sampler.plan(400)

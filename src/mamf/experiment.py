@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf import adapters, distributed, samplers
+from mamf import adapters, distributed, protocols, samplers
 from mamf import methods as registry
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, dump_yaml, load_yaml
-from mamf.data.fewshot import is_fewshot
 from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
@@ -142,7 +141,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                 for split in exp.splits or [None]:
                     config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,
                                         split=split)
-                    if shots and config.data.protocol == "paper":
+                    if shots and not protocols.get(config.data.protocol).sets_shots:
                         raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
                                         "with set shots (episodic, coop, base2novel), not paper")
     return exp
@@ -532,7 +531,7 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
     pretrained.restore()
     kind = registry.method_class(method)
     config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
-    if not is_fewshot(config.data.protocol):  # all-way protocols train with data.ways as set
+    if not protocols.get(config.data.protocol).all_way:  # all-way protocols train with data.ways as set
         config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
                             ways=unit[0] if kind.trains_per_ways else ways[0])
     seed_everything(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mamf import protocols
 from mamf.io import atomic_write_text
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
@@ -46,7 +47,7 @@ def paper_rows(rows: list[dict]) -> list[dict]:
 def pooled_rows(rows: list[dict]) -> list[dict]:
     """The rows whose task accuracies pool into the method tables: all but base2novel's, whose
     two tasks (base, novel) are summarised by their harmonic mean in their own section."""
-    return [r for r in rows if r["protocol"] != "base2novel"]
+    return [r for r in rows if protocols.get(r["protocol"]).pooled]
 
 
 def main_rows(rows: list[dict]) -> list[dict]:
