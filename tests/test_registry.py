@@ -177,3 +177,47 @@ def test_no_module_outside_protocols_branches_on_a_protocol_name():
             if hit:
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, "\n".join(offenders)
+
+
+def _imports(root: pathlib.Path) -> dict[str, set[str]]:
+    """mamf's modules and the mamf modules each imports (at the top or inside a function;
+    not under TYPE_CHECKING, which never runs)."""
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        hidden = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                  and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        out = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(files)
+                out |= subs or {node.module}
+        graph[name] = {m for m in out if m in files and m != name}
+    return graph
+
+
+def test_no_import_cycle():
+    """Modules import downwards only: a plug-in imports its registry, never the other way, and
+    nothing below calls back up (a cycle held together by a lazy import is still a cycle)."""
+    graph = _imports(pathlib.Path(methods.__file__).parent.parent)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, " -> ".join([*path[path.index(n):], n])
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
