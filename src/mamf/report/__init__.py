@@ -105,7 +105,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     figures = out / "figures"
     overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
     fewshot, fewshot_pngs = fewshot_section(rows, figures)
-    rows = pooled_rows(rows)
+    rows = main_rows(every_row)
     if not rows:  # base2novel alone: its own section is the report
         text = "\n".join([f"# {title}", "", _header(every_row, rows), "", *fewshot])
         return _write(out, title, text, fewshot_pngs)
