@@ -38,19 +38,12 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
-from mamf.results import read_rows, row_alpha, row_sampler
+from mamf.results import grid_key, read_rows
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
 from mamf.wiseft import Interpolation, starting_weights
 
 log = logging.getLogger(__name__)
-
-
-def row_key(row: dict, by_shots: bool = False) -> tuple:
-    """A grid cell; `by_shots`: the grid has a shots axis, so the row's shots are part of it."""
-    return (row.get("experiment_dataset", row["dataset"]), row["method"], row_sampler(row),
-            row["ways"], row["seed"], row["split"], row_alpha(row),
-            row["shots"] if by_shots else None)
 
 
 def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -> str:
@@ -103,7 +96,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
 
     rows = distributed.from_main(read_rows(out / RESULTS) if distributed.is_main() else None)
     _claim(exp, out, rows, job)
-    done = {row_key(r, bool(exp.shots)) for r in rows}
+    done = {grid_key(r, bool(exp.shots)) for r in rows}
     plans, skipped = plan(exp, out, done)
     results = out / RESULTS
     if job is not None:  # the unit as the launcher planned it; rows it wrote before are done
@@ -111,7 +104,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
         plans = [p._replace(todo=u) for p in plans for u in units_of(p) if unit_id(p, u) == job]
         if not plans:
             raise MamfError(f"job {job}: no such unit left in the grid of {out}")
-        done |= {row_key(r, bool(exp.shots)) for r in read_rows(results)}
+        done |= {grid_key(r, bool(exp.shots)) for r in read_rows(results)}
     total = sum(len(p.missing) for p in plans)
     if total == 0:
         if skipped:
