@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mamf import protocols
 from mamf.cli import main
 from mamf.config import build_config
 from mamf.metatest import evaluation_tasks, meta_test, tuned_method
@@ -110,7 +111,7 @@ def test_baselines_beat_zero_shot_on_the_random_model(shared_colour_folder):
 
 def test_tip_adapter_chooses_alpha_and_beta_on_dev_tasks_only(shared_colour_folder):
     config, model, dataset, inputs = setup(shared_colour_folder)
-    test_pool = dataset.pool(config.data.protocol, "test")
+    test_pool = protocols.get(config.data.protocol).pool(dataset, config.data, "test", config.seed)
     test_images = set(np.concatenate(test_pool.images).tolist())
     seen: list[int] = []
     real = inputs.images
@@ -123,7 +124,8 @@ def test_tip_adapter_chooses_alpha_and_beta_on_dev_tasks_only(shared_colour_fold
     adapter, chosen = tuned_method(model, inputs, dataset, "tip-adapter", config, 4)
     inputs.images = real
     assert seen and not test_images & set(seen)
-    dev_images = set(np.concatenate(dataset.pool(config.data.protocol, "dev").images).tolist())
+    dev_images = set(np.concatenate(protocols.get(config.data.protocol).pool(dataset, config.data, "dev",
+                                                      config.seed).images).tolist())
     assert set(seen) <= dev_images
     b = config.baseline
     assert chosen["alpha"] in b.tip_alphas and chosen["beta"] in b.tip_betas

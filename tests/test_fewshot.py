@@ -11,9 +11,10 @@ import pytest
 from mamf.cli import main
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import harmonic_mean, image_split
+from mamf.data.fewshot import image_split
 from mamf.errors import MamfError
 from mamf.metatest import evaluation_tasks
+from mamf.protocols.base2novel import harmonic_mean
 from mamf.run import evaluate_prepared, prepare, ways_list
 from mamf.training import train_pool
 

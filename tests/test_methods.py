@@ -14,6 +14,7 @@ from mamf.finetune import Batch, batch_loss, epoch_batches
 from mamf.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
 from mamf.methods import fomaml
 from mamf.methods.classical import Classical
+from mamf.protocols.paper import paper_pool
 from mamf.run import prepare
 from mamf.tasks import paper_task
 from mamf.training import train
@@ -101,7 +102,7 @@ def test_weight_snapshot_round_trip(shared_colour_folder):
 
 def test_fomaml_applies_the_query_gradient_taken_at_the_adapted_weights(shared_colour_folder):
     _, model, dataset, inputs = setup(shared_colour_folder, **{"train.method": "fomaml"})
-    pool = dataset.pool("paper", "train")
+    pool = paper_pool(dataset, "train")
     task = paper_task(np.random.default_rng(0), pool, 3)
     lr_in, batch = 0.1, 4
     # by hand: copy, SGD on support minibatches, gradient of the query loss at the adapted copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mamf import protocols
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import class_split, paper_image_split
@@ -33,7 +34,8 @@ def test_train_split_tasks_use_only_training_images_and_classes(colour_folder, p
         assert all(set(t.classes) <= set(classes.tolist()) for t in tasks)
     used = {int(i) for t in tasks for i in np.concatenate([t.support, t.query])}
     assert used and used <= allowed
-    test = {int(i) for x in dataset.pool(protocol, "test").images for i in x}
+    pool = protocols.get(protocol).pool(dataset, config.data, "test", config.seed)
+    test = {int(i) for x in pool.images for i in x}
     assert not used & test
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import re
 
 import pytest
 import torch
 
-from mamf import methods, samplers
+from mamf import methods, protocols, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.cli import main
 from mamf.config import build_config
@@ -151,3 +152,74 @@ def test_no_module_outside_methods_branches_on_a_method_name():
             if branch.search(line) and "protocol" not in line:
                 offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def _protocol_names_in(node: ast.AST) -> list[str]:
+    """The protocol names a literal spells: a string, or the strings of a tuple, list or set."""
+    parts = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+    return [p.value for p in parts if isinstance(p, ast.Constant) and p.value in protocols.names()]
+
+
+def test_no_module_outside_protocols_branches_on_a_protocol_name():
+    """What differs between protocols is asked of the protocol (`mamf.protocols`: `all_way`,
+    `pooled`, `pool`, `test_tasks`, ...), never decided by its name, so a new protocol is one
+    file: outside the package no comparison of a protocol with a name, and no hand-written list
+    of protocol names. (A default protocol, and `ways: paper` the sweep, are names, not branches.)"""
+    root = pathlib.Path(methods.__file__).parent.parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if "protocols" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                hit = "protocol" in ast.unparse(node) and any(map(_protocol_names_in, operands))
+            else:
+                hit = len(_protocol_names_in(node)) > 1
+            if hit:
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _imports(root: pathlib.Path) -> dict[str, set[str]]:
+    """mamf's modules and the mamf modules each imports (at the top or inside a function;
+    not under TYPE_CHECKING, which never runs)."""
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        hidden = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                  and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        out = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(files)
+                out |= subs or {node.module}
+        graph[name] = {m for m in out if m in files and m != name}
+    return graph
+
+
+def test_no_import_cycle():
+    """Modules import downwards only: a plug-in imports its registry, never the other way, and
+    nothing below calls back up (a cycle held together by a lazy import is still a cycle)."""
+    graph = _imports(pathlib.Path(methods.__file__).parent.parent)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, " -> ".join([*path[path.index(n):], n])
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])

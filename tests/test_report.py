@@ -356,3 +356,21 @@ def test_the_header_counts_every_row_and_settings_never_pool_protocols(tmp_path)
                            "counting: coop, 5-way, 4-shot, 1 tasks per method and seed"), line
     md = write_report(rows, tmp_path, "mixed")["md"].read_text()
     assert "5 result rows (4 in the accuracy table); hosts: vm." in md
+
+
+def test_the_terminal_summary_and_the_report_show_the_same_main_table(tmp_path, capsys):
+    """`mamf report` prints the report's own accuracy table: the same rows (`main_rows`: no
+    training-split or WiSE-FT mix rows, no base2novel rows), the same table, on a committed study
+    that has all of them apart from base2novel."""
+    import shutil
+    from pathlib import Path
+
+    from mamf.cli import main
+
+    study = Path(__file__).parent.parent / "docs" / "results" / "paper-offline-expressive"
+    shutil.copy(study / "results.jsonl", tmp_path / "results.jsonl")
+    assert main(["report", "--quiet", str(tmp_path)]) in (0, None)
+    printed = capsys.readouterr().out
+    table = printed.split("\n\n")[0].strip()
+    assert table.startswith("|") and table in (tmp_path / "report.md").read_text()
+    assert table == (study / "report.md").read_text().split("\n\n")[3].strip()

@@ -8,6 +8,8 @@ import pytest
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import class_split, halves, paper_image_split
 from mamf.errors import MamfError
+from mamf.protocols.episodic import episodic_pool
+from mamf.protocols.paper import paper_pool
 from mamf.tasks import episodic_task, number_of_tasks, paper_task, sample_classes
 
 
@@ -60,7 +62,7 @@ def test_sampler_refuses_more_ways_than_classes():
 
 def test_paper_split_is_60_20_20_in_file_order(colour_folder):
     ds = ImageDataset.load(colour_folder, 32)
-    train, dev, test = (ds.pool("paper", s) for s in ("train", "dev", "test"))
+    train, dev, test = (paper_pool(ds, s) for s in ("train", "dev", "test"))
     for c, imgs in enumerate(ds.class_images):
         parts = [train.images[c], dev.images[c], test.images[c]]
         assert [len(p) for p in parts] == [6, 2, 2]
@@ -78,7 +80,7 @@ def test_paper_split_sizes():
 
 def test_paper_tasks_support_and_query_are_disjoint_halves(colour_folder):
     ds = ImageDataset.load(colour_folder, 32)
-    pool = ds.pool("paper", "test")
+    pool = paper_pool(ds, "test")
     rng = np.random.default_rng(1)
     for _ in range(20):
         task = paper_task(rng, pool, 4)
@@ -100,7 +102,7 @@ def test_episodic_split_is_class_disjoint_and_covers_everything():
 
 def test_episodic_tasks_have_the_requested_shape(colour_folder):
     ds = ImageDataset.load(colour_folder, 32)
-    pool = ds.pool("episodic", "train")
+    pool = episodic_pool(ds, "train")
     rng = np.random.default_rng(0)
     task = episodic_task(rng, pool, 3, shots=2, queries=4)
     assert len(task.support) == 6 and len(task.query) == 12
@@ -111,6 +113,6 @@ def test_episodic_tasks_have_the_requested_shape(colour_folder):
 
 def test_episodic_task_names_a_label_with_too_few_images(colour_folder):
     ds = ImageDataset.load(colour_folder, 32)
-    pool = ds.pool("episodic", "train")
+    pool = episodic_pool(ds, "train")
     with pytest.raises(MamfError, match=r"label .* has 10 usable image\(s\); the task needs 20"):
         episodic_task(np.random.default_rng(0), pool, 2, 5, 15, ds.classes)

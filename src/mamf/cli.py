@@ -49,8 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subdataset", help="which subdataset of a nested folder")
     p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
                    "{label}.'); a label_to_text.json beside the data wins")
-    p.add_argument("--protocol", choices=["paper", "episodic", "coop", "base2novel"],
-                   help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
+    p.add_argument("--protocol", help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
                    "class-disjoint splits, N-way K-shot episodes; coop: all-way, --shots K "
                    "training images per class drawn by --seed, the whole test split scored; "
                    "base2novel: coop on the first half of the classes, tested on both halves")

@@ -182,7 +182,6 @@ class Config:
 
 
 CHOICES = {
-    "data.protocol": ("paper", "episodic", "coop", "base2novel"),
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
     "train.candidates": ("task", "batch"),
@@ -323,10 +322,12 @@ def set_value(config: Config, dotted: str, value) -> None:
 
 
 def registry_choices() -> dict[str, tuple[str, ...]]:
-    """Choices that plug-ins add to: trained methods and task samplers (imported when needed)."""
-    from mamf import methods, samplers
+    """Choices that plug-ins add to: protocols, trained methods and task samplers (imported when
+    needed)."""
+    from mamf import methods, protocols, samplers
 
-    return {"train.method": methods.names(trained=True), "train.sampler": samplers.names()}
+    return {"data.protocol": protocols.names(), "train.method": methods.names(trained=True),
+            "train.sampler": samplers.names()}
 
 
 def _key_name(key) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from mamf.errors import MamfError
 from mamf.io import append_jsonl, atomic_write_bytes
 from mamf.lock import exclusive
-from mamf.results import read_rows, row_key
+from mamf.results import grid_key, read_rows, row_key
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,6 @@ def launch(exp, out: Path, slurm: SlurmSettings) -> list[dict]:
     except ImportError:
         raise MamfError("--launcher submitit needs submitit: pip install submitit") from None
     from mamf.experiment import plan, unit_id, units_of
-    from mamf.experiment import row_key as cell_key
     from mamf.run import RESULTS
 
     if exp.source is None:
@@ -91,7 +90,7 @@ def launch(exp, out: Path, slurm: SlurmSettings) -> list[dict]:
         merge_jobs(out)
         rows = read_rows(out / RESULTS)
         atomic_write_bytes(out / "experiment.yaml", exp.source.read_bytes())
-        done = {cell_key(r, bool(exp.shots)) for r in rows}
+        done = {grid_key(r, bool(exp.shots)) for r in rows}
         units = [unit_id(p, u) for p in plan(exp, out, done)[0] for u in units_of(p)]
         if not units:
             log.info("nothing to do: every row of the grid is in %s", out / RESULTS)

@@ -12,51 +12,22 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamf import methods
+from mamf import methods, protocols
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import fewshot_tasks, is_fewshot
 from mamf.distributed import gather_by_index, is_main, rank, world_size
-from mamf.errors import MamfError
 from mamf.finetune import trainable
-from mamf.inputs import ModelInputs, autocast
-from mamf.loss import task_logits
+from mamf.inputs import ModelInputs
+from mamf.methods.base import score  # noqa: F401  (the meta-test's default scoring)
 from mamf.models.base import DualEncoder
 from mamf.progress import bar as progress_bar
 from mamf.stats import mean_ci95
-from mamf.tasks import Task, check_pool, number_of_tasks, protocol_task
-
-SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}
+from mamf.tasks import Task
 
 
 def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: int) -> list[Task]:
     """The tasks of one (dataset, split, ways, seed): identical for every method."""
-    d = config.data
-    if is_fewshot(d.protocol):  # all-way: the task is the whole split, whatever `ways`
-        return fewshot_tasks(dataset, d, split, config.seed)
-    pool = dataset.pool(d.protocol, split, d.class_split, d.split_seed)
-    rng = np.random.default_rng([config.seed, SPLIT_STREAM[split], ways])
-    if ways > len(pool.classes):
-        raise MamfError(f"ways={ways} is more than the {len(pool.classes)} classes in the "
-                        f"{split} split of {dataset.name}")
-    if d.protocol == "paper":
-        count = number_of_tasks(ways, dataset.n_classes)
-        return [protocol_task(rng, pool, d, ways) for _ in range(count)]
-    support_ok = query_ok = None
-    if d.support_match is not None:
-        names = dataset.file_names
-        support_ok = np.array([d.support_match in n for n in names])
-        query_ok = np.array([d.query_match in n for n in names])
-        for c, imgs in zip(pool.classes, pool.images):
-            s, q = int(support_ok[imgs].sum()), int(query_ok[imgs].sum())
-            if s < d.shots or q < d.queries:
-                raise MamfError(f"label {dataset.classes[c]!r} has {s} support image(s) matching "
-                                f"{d.support_match!r} and {q} query image(s) matching "
-                                f"{d.query_match!r}; the task needs {d.shots} and {d.queries}")
-    else:
-        check_pool(pool, ways, d.shots + d.queries, dataset.classes)
-    return [protocol_task(rng, pool, d, ways, None, dataset.classes, support_ok, query_ok)
-            for _ in range(d.tasks)]
+    return protocols.get(config.data.protocol).test_tasks(dataset, config, split, ways)
 
 
 class WeightSnapshot:
@@ -75,21 +46,6 @@ class WeightSnapshot:
     def restore(self) -> None:
         for t, saved in zip(self.live, self.saved):
             t.copy_(saved)
-
-
-@torch.no_grad()
-def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
-    """Accuracy of the query images against the task's n class prompts."""
-    correct = 0
-    with autocast(inputs.device, inputs.precision):
-        text_emb = inputs.texts(model, task.classes)
-        for start in range(0, len(task.query), batch_size):
-            idx = task.query[start : start + batch_size]
-            logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
-            labels = torch.as_tensor(task.query_labels[start : start + batch_size],
-                                     device=logits.device)
-            correct += int((logits.argmax(1) == labels).sum())
-    return correct / len(task.query)
 
 
 def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],

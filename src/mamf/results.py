@@ -19,6 +19,7 @@ import logging
 import platform
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from mamf.errors import MamfError
 
@@ -29,8 +30,25 @@ _TEXT = ("method", "model", "dataset", "protocol", "split")
 _COUNTS = {"ways": 2, "shots": 0, "queries": 0, "n_tasks": 1, "seed": None}  # name: least value
 REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
-KEY_FIELDS = ("dataset", "method", "model", "run", "protocol", "ways", "shots", "queries", "seed",
-              "split", "sampler", "alpha")
+
+class RowKey(NamedTuple):
+    """A measurement's identity, the fields of KEY_FIELDS by name (see there)."""
+
+    dataset: str
+    method: str
+    model: str
+    run: str | None
+    protocol: str
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    split: str
+    sampler: str | None
+    alpha: float | None
+
+
+KEY_FIELDS = RowKey._fields
 """What `row_key` is made of. The dataset is the experiment's name for it where there is one
 (`experiment_dataset`); `run` is the trained run folder an evaluation read (absent or None for
 zero-shot and experiments); `sampler` the task sampler a method trained with (absent or None for
@@ -110,20 +128,28 @@ def row_sampler(row: dict) -> str | None:
     return "uniform" if known and methods.method_class(row["method"]).draws_tasks else None
 
 
-def row_key(row: dict) -> tuple:
+def row_key(row: dict) -> RowKey:
     """Identity of the measurement a (valid) row holds: two rows with equal keys are the same
-    measurement, so only the first may be counted. Fields in the order of KEY_FIELDS."""
-    return (dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
-            row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
-            row_sampler(row), row_alpha(row))
+    measurement, so only the first may be counted."""
+    return RowKey(dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
+                  row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
+                  row_sampler(row), row_alpha(row))
 
 
-def cell_key(row: dict) -> tuple:
+def cell_key(row: dict) -> RowKey:
     """The cell a row measures: `row_key` without `queries`, which follows from the data (a split
     file, the images per class). Two rows of one cell with other query counts measured one seed
     twice on different test sets; `evaluate` refuses the second."""
-    key = row_key(row)
-    return key[:KEY_FIELDS.index("queries")] + key[KEY_FIELDS.index("queries") + 1:]
+    return row_key(row)._replace(queries=None)
+
+
+def grid_key(row: dict, by_shots: bool = False) -> tuple:
+    """The cell of an experiment grid a row fills (the grid fixes model, protocol and run):
+    (dataset, method, sampler, ways, seed, split, alpha, shots); shots only where `by_shots` (the
+    grid has a shots axis), else None."""
+    k = row_key(row)
+    return (k.dataset, k.method, k.sampler, k.ways, k.seed, k.split, k.alpha,
+            k.shots if by_shots else None)
 
 
 def row_alpha(row: dict) -> float | None:

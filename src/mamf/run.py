@@ -15,19 +15,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mamf import adapters, distributed, methods
+from mamf import adapters, distributed, methods, protocols
 from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot, split_file_sha256
+from mamf.data.fewshot import split_file_sha256
 from mamf.data.prompts import templates_tag
-from mamf.data.splits import halves, paper_image_split
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
 from mamf.lock import exclusive
-from mamf.metatest import evaluation_tasks, meta_test, summarize, tuned_method
+from mamf.metatest import evaluation_tasks, meta_test, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.results import cell_key, environment, read_rows
@@ -296,7 +295,7 @@ def starting_model(config: Config) -> DualEncoder:
 def ways_list(config: Config, n_classes: int, value) -> list[int]:
     """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep). The coop
     and base2novel protocols classify all N classes at once: their only size is N."""
-    if is_fewshot(config.data.protocol):
+    if protocols.get(config.data.protocol).all_way:
         if value not in (None, "") and str(value).strip().lower() not in ("all", "paper",
                                                                            str(n_classes)):
             raise MamfError(f"the {config.data.protocol} protocol classifies all {n_classes} "
@@ -322,14 +321,8 @@ def ways_list(config: Config, n_classes: int, value) -> list[int]:
 
 
 def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[int, int]:
-    """Under the paper protocol shots/queries follow from images per class: report the minimum."""
-    d = config.data
-    if d.protocol == "episodic":
-        return d.shots, d.queries
-    if is_fewshot(d.protocol):  # K shots; every image of the split is a query
-        return d.shots, sum(len(x) for x in image_split(dataset, split, d.split_file))
-    sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
-    return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
+    """The support and query sizes a row records, as the protocol sets them."""
+    return protocols.get(config.data.protocol).shots_queries(dataset, config.data, split)
 
 
 def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
@@ -430,11 +423,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     started = time.perf_counter()
     adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
     accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
-    mean, ci = summarize(accs)
-    extra = {}
-    if config.data.protocol == "base2novel":  # the tasks are base, then novel
-        mean, ci = harmonic_mean(*accs), 0.0
-        extra = {"base_acc": accs[0], "novel_acc": accs[1], "hm": mean}
+    mean, ci, extra = protocols.get(config.data.protocol).summary(accs)
     shots, queries = shots_queries(dataset, config, split)
     combined = {"test_method": method, "trained_by": trained_by} \
         if row_method(method, trained_by) != method else {}

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mamf.data.dataset import Pool, group_labels
 from mamf.data.splits import halves
 from mamf.errors import MamfError
-
-if TYPE_CHECKING:
-    from mamf.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -94,17 +90,6 @@ def episodic_task(rng: np.random.Generator, pool: Pool, ways: int, shots: int, q
             query.append(rng.permutation(q_imgs)[:queries])
     return Task(pool.classes[chosen], np.concatenate(support), group_labels(support),
                 np.concatenate(query), group_labels(query))
-
-
-def protocol_task(rng: np.random.Generator, pool: Pool, data: DataConfig, ways: int,
-                  chosen: np.ndarray | None = None, class_names=None,
-                  support_ok: np.ndarray | None = None,
-                  query_ok: np.ndarray | None = None) -> Task:
-    """A task in the shape `data.protocol` prescribes, for training and testing alike."""
-    if data.protocol != "episodic":  # paper, and training tasks of coop/base2novel's K shots
-        return paper_task(rng, pool, ways, chosen)
-    return episodic_task(rng, pool, ways, data.shots, data.queries, class_names, support_ok,
-                         query_ok, chosen)
 
 
 def _too_few(class_names, class_id, have: int, need: int) -> None:

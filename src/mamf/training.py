@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf import adapters, distributed, methods, samplers
+from mamf import adapters, distributed, methods, protocols, samplers
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
@@ -28,6 +28,7 @@ from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
 from mamf.progress import bar as progress_bar
+from mamf.protocols.base import name_mask
 from mamf.trainlog import TrainLog
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,11 @@ class TrainResult:
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
     """The training split (as the protocol draws it), restricted by `data.train_match` to images
     whose file name holds it (a class left with none is dropped, with a warning)."""
-    from mamf.data.fewshot import protocol_pool
-
     d = config.data
-    pool = protocol_pool(dataset, d, "train", config.seed)
+    pool = protocols.get(d.protocol).pool(dataset, d, "train", config.seed)
     if d.train_match is None:
         return pool
-    keep = np.array([d.train_match in name for name in dataset.file_names])
+    keep = name_mask(dataset, d.train_match)
     images = [imgs[keep[imgs]] for imgs in pool.images]
     dropped = [dataset.classes[c] for c, imgs in zip(pool.classes, images) if len(imgs) == 0]
     if len(dropped) == len(images):

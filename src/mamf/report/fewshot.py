@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mamf import protocols
 from mamf.report.common import colour, in_order, label, md, safe_name
 from mamf.report.compare import one_per_cell
 from mamf.report.figures import pyplot, save
@@ -104,8 +105,9 @@ def shots_figure(rows: list[dict], dataset: str, path: Path) -> Path:
 
 def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
     """Markdown lines and figures for the coop and base2novel rows (none: nothing)."""
-    coop = [r for r in rows if r["protocol"] == "coop"]
-    b2n = [r for r in rows if r["protocol"] == "base2novel"]
+    kinds = {p: protocols.get(p) for p in {r["protocol"] for r in rows}}
+    coop = [r for r in rows if kinds[r["protocol"]].all_way and kinds[r["protocol"]].pooled]
+    b2n = [r for r in rows if kinds[r["protocol"]].all_way and not kinds[r["protocol"]].pooled]
     if not coop and not b2n:
         return [], {}
     lines, pngs = ["## Few-shot protocols", ""], {}

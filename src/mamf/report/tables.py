@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from mamf import stats
+from mamf import protocols, stats
 from mamf.report.common import label, md, method_order, numbers, rank
 from mamf.report.compare import by_seed, compare, one_per_cell, ordered, pooled
 from mamf.results import dataset_name
@@ -111,8 +111,8 @@ def settings_line(rows: list[dict]) -> str:
     parts = []
     datasets, methods = ordered(rows)
     for d in datasets:
-        protocols = list(OrderedDict.fromkeys(r["protocol"] for r in rows if dataset_name(r) == d))
-        for protocol in protocols:
+        seen = list(OrderedDict.fromkeys(r["protocol"] for r in rows if dataset_name(r) == d))
+        for protocol in seen:
             mine = [r for r in rows if dataset_name(r) == d and r["protocol"] == protocol]
             parts.append(f"{d}: {protocol}{_shapes(mine, methods)}")
     return "; ".join(parts)
@@ -140,12 +140,9 @@ def _shapes(mine: list[dict], methods: list[str]) -> str:
     return f"{common}, {', '.join(each[:-1])} and {each[-1]}"
 
 
-FIXED_IMAGES = {"paper", "coop", "base2novel"}
-
-
 def fixed_images_note(rows: list[dict]) -> str:
     """Where test tasks re-score one fixed set of test images, what an interval covers."""
-    fixed = sorted({r["protocol"] for r in rows} & FIXED_IMAGES)
+    fixed = sorted(p for p in {r["protocol"] for r in rows} if protocols.get(p).fixed_test_images)
     if not fixed:
         return ""
     return (f"Under the {', '.join(fixed)} protocol{'s' if len(fixed) > 1 else ''} every test "

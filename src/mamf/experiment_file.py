@@ -1,0 +1,295 @@
+"""The experiment file: a grid of runs, dataset x seed x method (x task sampler) x task size
+(x shots x split), read from YAML and checked before anything runs (`mamf.experiment` runs it).
+
+An experiment file names the model, methods, task samplers, seeds, shared settings, per-method
+settings and datasets (a folder, or a builder that makes one). The samplers axis applies to the
+methods that draw tasks; the others run once. `run_config` is the settings of one run of the grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mamf import methods as registry
+from mamf import protocols, samplers
+from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
+from mamf.data.splits import SPLITS
+from mamf.errors import MamfError, shown
+from mamf.wiseft import alphas
+
+log = logging.getLogger(__name__)
+
+TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
+            "datasets", "device", "precision", "shots", "splits"}
+DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways"}
+# settings a method may change without invalidating a dataset's cached tower outputs
+METHOD_SECTIONS = {"train", "metatest", "baseline"}
+SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
+# the model and its caches are prepared once per dataset: what they depend on is not per method
+CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "unfreeze_image_blocks",
+              "unfreeze_text_layers", "heads", "adapter", "lora_rank", "lora_alpha",
+              "lora_dropout", "lora_targets"}
+MAX_WAYS = AT_MOST["data.ways"]
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    root: str | None = None
+    build: str | None = None
+    build_options: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    ways: object = None
+    # per-method settings for this dataset only, over the experiment's (a learning rate chosen
+    # on this dataset's dev split for one method)
+    method_settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Experiment:
+    name: str
+    model: str
+    methods: list[str]
+    seeds: list[int]
+    settings: dict
+    method_settings: dict
+    datasets: list[DatasetSpec]
+    device: str = "auto"
+    precision: str = "auto"
+    source: Path | None = None
+    samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
+    shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
+    splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
+
+
+def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
+    """Validate an experiment mapping; every run's config is built once here to catch errors early.
+
+    Every value is type-checked before use: a YAML alias can make a tiny file hold a structure
+    whose `str()` never ends, so nothing from the file is printed or converted unchecked.
+    """
+    if not isinstance(raw, dict):
+        raise MamfError("an experiment file must hold a mapping of keys")
+    unknown = [k for k in raw if k not in TOP_KEYS]
+    if unknown:
+        raise MamfError(f"unknown experiment key(s) {', '.join(map(shown, unknown[:3]))} "
+                        f"(known: {', '.join(sorted(TOP_KEYS))})")
+    known = registry.names()
+    methods = raw.get("methods", [m for m in known if not registry.method_class(m).baseline])
+    if not isinstance(methods, list) or not methods:
+        raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
+    bad = [m for m in methods if not isinstance(m, str) or m not in known]
+    if bad:
+        raise MamfError(f"unknown method(s) {', '.join(map(shown, bad[:3]))}: use "
+                        f"{', '.join(known)}")
+    _refuse_duplicates(methods, "experiment 'methods'")
+    sampler_axis = raw.get("samplers")
+    if sampler_axis is not None:
+        if not isinstance(sampler_axis, list) or not sampler_axis:
+            raise MamfError(f"experiment 'samplers' must be a non-empty list, got "
+                            f"{shown(sampler_axis)}")
+        unknown_samplers = [s for s in sampler_axis
+                            if not isinstance(s, str) or s not in samplers.names()]
+        if unknown_samplers:
+            raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
+                            f": use {', '.join(samplers.names())}")
+        _refuse_duplicates(sampler_axis, "experiment 'samplers'")
+    shots = _axis(raw, "shots", lambda k: _is_int(k) and 1 <= k <= AT_MOST["data.shots"],
+                  "positive integers")
+    splits = _axis(raw, "splits", lambda x: isinstance(x, str) and x in SPLITS, ", ".join(SPLITS))
+    seeds = raw.get("seeds", [312])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+        raise MamfError(f"experiment 'seeds' must be a list of integers, got {shown(seeds)}")
+    _refuse_duplicates(seeds, "experiment 'seeds'")
+    for seed in seeds:
+        check_seed("experiment 'seeds'", seed)
+    method_settings = _method_settings(raw.get("method_settings"), "method_settings", known)
+    datasets_raw = raw.get("datasets")
+    if not isinstance(datasets_raw, dict) or not datasets_raw:
+        raise MamfError("experiment 'datasets' must map names to dataset entries")
+    datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    exp = Experiment(_text(raw, "name", source.stem if source else "experiment"),
+                     _text(raw, "model", "effnet-minilm"), methods, seeds,
+                     _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
+                     datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
+                     source, sampler_axis, shots, splits)
+    for ds in datasets:
+        for m in methods:
+            for sampler in samplers_of(exp, ds, m):
+                for split in exp.splits or [None]:
+                    config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,
+                                        split=split)
+                    if shots and not protocols.get(config.data.protocol).sets_shots:
+                        raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
+                                        "with set shots (episodic, coop, base2novel), not paper")
+    return exp
+
+
+def _dataset(name, entry, source: Path | None) -> DatasetSpec:
+    """One entry of `datasets:`, checked: a folder or a builder, settings, task sizes."""
+    if _is_int(name) and abs(name) < 10**9:
+        name = str(name)
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise MamfError(f"dataset name {shown(name)} must be letters, digits, '-', '_' or '.' "
+                        "(it names a folder inside --out)")
+    entry = _mapping(entry, f"dataset {name!r}")
+    if set(entry) - DATASET_KEYS:
+        raise MamfError(f"dataset {name!r}: keys must be among {sorted(DATASET_KEYS)}")
+    root, build = entry.get("root"), entry.get("build")
+    for key, value in (("root", root), ("build", build)):
+        if value is not None and not isinstance(value, str):
+            raise MamfError(f"dataset {name!r}: {key!r} must be a string, got {shown(value)}")
+    if bool(root) == bool(build):
+        raise MamfError(f"dataset {name!r} needs exactly one of 'root' (a folder) or 'build'")
+    if root and source is not None:
+        root = str((source.parent / root).expanduser())
+    options = _mapping(entry.get("build_options"), f"dataset {name!r}: 'build_options'")
+    if options and not build:
+        raise MamfError(f"dataset {name!r}: 'build_options' go with 'build'")
+    if build:
+        from mamf.data.builders import builder_options
+
+        known = builder_options(build)
+        unknown = [k for k in options if k not in known]
+        if unknown:
+            raise MamfError(f"dataset {name!r}: builder {build!r} has no option "
+                            f"{shown(unknown[0])}; options: {', '.join(known) or 'none'}")
+    return DatasetSpec(name, root, build, options,
+                       _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
+                       _ways(entry.get("ways"), name),
+                       _method_settings(entry.get("method_settings"),
+                                        f"datasets.{name}.method_settings", registry.names()))
+
+
+def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
+    """A grid axis (`shots`, `splits`): absent (None), or a non-empty list of distinct values
+    that `valid` accepts."""
+    values = raw.get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or not values or not all(valid(v) for v in values):
+        raise MamfError(f"experiment {key!r} must be a non-empty list of {expected}, got "
+                        f"{shown(values)}")
+    _refuse_duplicates(values, f"experiment {key!r}")
+    return values
+
+
+def _method_settings(raw, where: str, known) -> dict:
+    """`method_settings` (of the experiment, or of one dataset): per-method train, metatest and
+    baseline sections, which may not change what the dataset's prepared model depends on."""
+    settings = _mapping(raw, f"experiment {where!r}")
+    for m, s in settings.items():
+        if m not in known:
+            raise MamfError(f"{where} names unknown method {shown(m)}")
+        s = _mapping(s, f"{where}.{m}")
+        if set(s) - METHOD_SECTIONS:
+            raise MamfError(f"{where}.{m} may only hold train, metatest and baseline sections")
+        for section in s:
+            _mapping(s[section], f"{where}.{m}.{section}")
+        if CACHE_KEYS & set(s.get("train") or {}):
+            raise MamfError(f"{where}.{m}.train cannot change {sorted(CACHE_KEYS)}: set "
+                            "them in settings or per dataset")
+    return settings
+
+
+def _ways(value, name: str):
+    """None (the config's data.ways), 'all', one size, or a list (or comma list) of sizes."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        if value.strip().lower() in ("all", "paper"):
+            return value
+        with contextlib.suppress(ValueError):  # a comma list; anything else is refused below
+            value = [int(v) for v in value.split(",")]
+    sizes = [value] if _is_int(value) else value
+    if not isinstance(sizes, list) or not sizes or \
+            not all(_is_int(n) and 2 <= n <= MAX_WAYS for n in sizes):
+        raise MamfError(f"dataset {name!r}: 'ways' must be a task size (2 to {MAX_WAYS}), a list "
+                        f"of them or 'all', got {shown(value)}")
+    _refuse_duplicates(sizes, f"dataset {name!r}: 'ways'")
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mapping(value, what: str) -> dict:
+    """A section of the file: a mapping, or nothing (empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MamfError(f"{what} must be a mapping of keys, got {shown(value)}")
+    return value
+
+
+def _text(raw: dict, key: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise MamfError(f"experiment {key!r} must be a string, got {shown(value)}")
+    return value
+
+
+def _refuse_duplicates(items: list, what: str) -> None:
+    """Two equal entries would run (and count) one row twice."""
+    seen = []
+    for item in items:
+        if item in seen:
+            raise MamfError(f"{what} lists {shown(item)} twice")
+        seen.append(item)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    return parse_experiment(load_yaml(path), path)
+
+
+def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
+               ways: int | None = None, sampler: str | None = None,
+               shots: int | None = None, split: str | None = None) -> Config:
+    merged = deep_merge(exp.settings, ds.settings)
+    merged = deep_merge(merged, exp.method_settings.get(method, {}))
+    merged = deep_merge(merged, ds.method_settings.get(method, {}))
+    merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
+                             "precision": exp.precision, "data": {"root": root}})
+    if registry.method_class(method).trains:
+        merged = deep_merge(merged, {"train": {"method": method}})
+    if ways is not None:
+        merged = deep_merge(merged, {"data": {"ways": ways}})
+    if sampler is not None:
+        merged = deep_merge(merged, {"train": {"sampler": sampler}})
+    if shots is not None:
+        merged = deep_merge(merged, {"data": {"shots": shots}})
+    if split is not None:
+        merged = deep_merge(merged, {"metatest": {"split": split}})
+    try:
+        return build_config(merged)
+    except MamfError as e:
+        raise MamfError(f"dataset {ds.name!r}, method {method!r}: {e}") from None
+
+
+def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | None]:
+    """The task samplers `method` runs with on `ds`: the grid's axis (or the configured
+    `train.sampler`) for methods that draw tasks, [None] for the others."""
+    if not registry.method_class(method).draws_tasks:
+        return [None]
+    if exp.samplers:
+        return list(exp.samplers)
+    return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
+
+
+def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
+          sampler: str | None) -> list[tuple[str, float | None]]:
+    """The (split, alpha) rows each task size of a method gets: the splits axis (or
+    metatest.split) times its alphas (`mamf.wiseft.alphas`)."""
+    out = []
+    for split in exp.splits or [None]:
+        config = run_config(exp, ds, method, seed, root, sampler=sampler, split=split)
+        out += [(config.metatest.split, a) for a in alphas(config, method)]
+    return out

@@ -1,0 +1,102 @@
+"""The Protocol interface and the registry every protocol joins (docs/method.md, "Protocols").
+
+A protocol is one class in one file under `mamf/protocols/`, registered with `@register`. It says
+how a dataset becomes what training and the meta-test draw from:
+
+1. `pool`: the classes and images each split (train, dev, test) offers;
+2. `task`: the shape of a training task drawn from a pool (the classes chosen by a task sampler);
+3. `test_tasks`: the tasks of one (dataset, split, ways, seed), identical for every method;
+4. `shots_queries`: the task sizes a results row records;
+5. `summary`: a row's headline number from its per-task accuracies, and any fields of its own.
+
+Nothing outside this package compares a protocol's name: it asks the class (`all_way`,
+`sets_shots`, `pooled`, `fixed_test_images`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from mamf.errors import MamfError
+from mamf.stats import mean_ci95
+from mamf.tasks import paper_task
+
+if TYPE_CHECKING:
+    from mamf.config import Config, DataConfig
+    from mamf.data.dataset import ImageDataset, Pool
+    from mamf.tasks import Task
+
+REGISTRY: dict[str, type[Protocol]] = {}
+SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}  # the seeded stream of each split's tasks
+
+
+def register(cls: type[Protocol]) -> type[Protocol]:
+    """Class decorator: make a protocol reachable by its `name` (configs, the CLI, grids)."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"protocol {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def names() -> tuple[str, ...]:
+    """Registered protocol names, in registration order."""
+    return tuple(REGISTRY)
+
+
+def name_mask(dataset: ImageDataset, part: str) -> np.ndarray:
+    """Per image: whether its file name holds `part` (the `data.*_match` filters)."""
+    return np.array([part in n for n in dataset.file_names])
+
+
+def get(name: str) -> Protocol:
+    if name not in REGISTRY:
+        raise MamfError(f"unknown protocol {name!r}: use {', '.join(names())}")
+    return REGISTRY[name]()
+
+
+class Protocol:
+    name: ClassVar[str]
+    all_way: ClassVar[bool] = False  # every task classifies all N classes: its only size is N
+    sets_shots: ClassVar[bool] = True  # `data.shots` is a setting (a grid may have a shots axis)
+    pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
+    fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
+
+    def pool(self, dataset: ImageDataset, data: DataConfig, split: str, seed: int) -> Pool:
+        """What `split` offers (`seed`: the run's seed, for protocols that draw the pool)."""
+        raise NotImplementedError
+
+    def task(self, rng: np.random.Generator, pool: Pool, data: DataConfig, ways: int,
+             chosen: np.ndarray | None = None, class_names=None,
+             support_ok: np.ndarray | None = None, query_ok: np.ndarray | None = None) -> Task:
+        """A task of `ways` classes (`chosen` positions in the pool, else uniform). Default: each
+        class's split images halved into support then query (the paper's shape)."""
+        return paper_task(rng, pool, ways, chosen)
+
+    def task_images(self, data: DataConfig, pool: Pool, ways: int) -> float:
+        """Images one training task holds, on average (how many tasks fill an epoch)."""
+        return sum(len(x) for x in pool.images) * ways / len(pool.classes)
+
+    def test_tasks(self, dataset: ImageDataset, config: Config, split: str,
+                   ways: int) -> list[Task]:
+        raise NotImplementedError
+
+    def shots_queries(self, dataset: ImageDataset, data: DataConfig,
+                      split: str) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def summary(self, accs: list[float]) -> tuple[float, float, dict]:
+        """Mean, 95 % CI half-width and the row's own fields, from per-task accuracies."""
+        mean, ci = mean_ci95(accs)
+        return mean, ci, {}
+
+    def drawn_pool(self, dataset: ImageDataset, config: Config, split: str,
+                   ways: int) -> tuple[Pool, np.random.Generator]:
+        """The split's pool and the seeded stream its test tasks are drawn from."""
+        pool = self.pool(dataset, config.data, split, config.seed)
+        rng = np.random.default_rng([config.seed, SPLIT_STREAM[split], ways])
+        if ways > len(pool.classes):
+            raise MamfError(f"ways={ways} is more than the {len(pool.classes)} classes in the "
+                            f"{split} split of {dataset.name}")
+        return pool, rng

@@ -1,0 +1,45 @@
+"""The base2novel protocol (CoCoOp): the classes, in label order, split in half: the first
+ceil(N/2) are base, the rest novel. Training and support use K shots of the base classes only;
+the test is two all-way tasks, base classes on their test images (with the base support) and
+novel classes on theirs (no support: nothing of a novel class is ever seen). Rows carry both
+accuracies and their harmonic mean."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mamf.errors import MamfError
+from mamf.protocols.base import register
+from mamf.protocols.coop import Coop
+
+
+def base_novel(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Base classes: the first ceil(N/2) in label order; novel: the rest."""
+    if n_classes < 2:
+        raise MamfError("the base2novel protocol needs at least 2 classes")
+    half = math.ceil(n_classes / 2)
+    return np.arange(half), np.arange(half, n_classes)
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+@register
+class Base2Novel(Coop):
+    name = "base2novel"
+    pooled = False  # two tasks (base, novel), summarised by their harmonic mean
+
+    def train_classes(self, dataset):
+        return base_novel(dataset.n_classes)[0]
+
+    def parts(self, dataset):
+        base, novel = base_novel(dataset.n_classes)
+        return [(base, True), (novel, False)]
+
+    def summary(self, accs):
+        """The tasks are base, then novel: the row's number is their harmonic mean."""
+        hm = harmonic_mean(*accs)
+        return hm, 0.0, {"base_acc": accs[0], "novel_acc": accs[1], "hm": hm}

@@ -1,0 +1,47 @@
+"""The paper's protocol: each class's images split 60/20/20 in file-name order into
+train/dev/test; a test task is n uniform classes, each class's split images halved into support
+then query; K(n, N) tasks per task size (`mamf.tasks.number_of_tasks`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mamf.data.dataset import ImageDataset, Pool
+from mamf.data.splits import halves, paper_image_split, paper_min_images
+from mamf.errors import MamfError
+from mamf.protocols.base import Protocol, register
+from mamf.tasks import number_of_tasks
+
+
+def paper_pool(dataset: ImageDataset, split: str) -> Pool:
+    """Every class, with its `split` share of its images (refused when a class is too small)."""
+    need = paper_min_images()
+    short = [(c, len(x)) for c, x in zip(dataset.classes, dataset.class_images) if len(x) < need]
+    if short:
+        label, n = short[0]
+        raise MamfError(f"label {label!r} has {n} image(s); the paper protocol needs at "
+                        f"least {need} per class (60/20/20 split, support and query in "
+                        f"dev and test)" + (f"; {len(short)} labels are short"
+                                            if len(short) > 1 else ""))
+    images = tuple(x[paper_image_split(len(x))[split]] for x in dataset.class_images)
+    return Pool(np.arange(dataset.n_classes), images)
+
+
+@register
+class Paper(Protocol):
+    name = "paper"
+    sets_shots = False  # shots and queries follow from the images per class
+    fixed_test_images = True
+
+    def pool(self, dataset, data, split, seed):
+        return paper_pool(dataset, split)
+
+    def test_tasks(self, dataset, config, split, ways):
+        pool, rng = self.drawn_pool(dataset, config, split, ways)
+        count = number_of_tasks(ways, dataset.n_classes)
+        return [self.task(rng, pool, config.data, ways) for _ in range(count)]
+
+    def shots_queries(self, dataset, data, split):
+        """The smallest support and query halves of any class (the row reports the minimum)."""
+        sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
+        return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)
