@@ -51,6 +51,9 @@ CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "unfreeze_image_bloc
               "unfreeze_text_layers", "heads", "adapter", "lora_rank", "lora_alpha",
               "lora_dropout", "lora_targets"}
 MAX_WAYS = AT_MOST["data.ways"]
+# an experiment compares methods, so by default they train on equal budgets (docs/method.md,
+# "Budgets"); `train.budget: native` in its settings gives each method its own schedule
+EXPERIMENT_DEFAULTS = {"train": {"budget": "matched"}}
 
 
 @dataclass
@@ -270,7 +273,8 @@ def load_experiment(path: str | Path) -> Experiment:
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
                ways: int | None = None, sampler: str | None = None,
                shots: int | None = None, split: str | None = None) -> Config:
-    merged = deep_merge(exp.settings, ds.settings)
+    merged = deep_merge(EXPERIMENT_DEFAULTS, exp.settings)
+    merged = deep_merge(merged, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, ds.method_settings.get(method, {}))
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
@@ -547,7 +551,8 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         result = train(model, inputs, dataset, config, progress)
-        train_info = {"train_steps": result.steps,
+        train_info = {"train_steps": result.steps, "train_images": result.images,
+                      "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
         mix = Interpolation(model, start) if start is not None else None
