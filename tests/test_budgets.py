@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_folder
+
 from mamf import methods
 from mamf.budget import Budget
 from mamf.config import build_config
@@ -156,3 +156,48 @@ def test_a_matched_mamf_step_holds_classicals_images(emoji_folder):
             assert len(set(b.images.tolist())) == len(b.images)
             assert all(img in dataset.class_images[b.classes[label]]
                        for img, label in zip(b.images, b.labels))
+
+
+def test_experiment_rows_record_a_matched_budget_and_the_report_shows_it(tmp_path, paper_folder):
+    from mamf.experiment import parse_experiment, run_experiment
+    from mamf.report import training_line
+
+    raw = {"name": "budgets", "model": "tiny-random-clip",
+           "methods": ["zeroshot", "classical", "mamf", "fomaml"], "seeds": [1],
+           "settings": {"train": {k.split(".")[1]: v for k, v in FROZEN.items()
+                                  if k.startswith("train.")},
+                        "metatest": {"epochs": 1}, "data": {"tasks": 3}},
+           "datasets": {"p": {"root": str(paper_folder), "ways": [9]}}}
+    rows = run_experiment(parse_experiment(raw), tmp_path / "out", progress=False)
+    trained = {r["method"]: (r["train_steps"], r["train_images"], r["train_budget"])
+               for r in rows if r["method"] != "zeroshot"}
+    assert trained == {"classical": (16, 120, "matched"), "mamf": (16, 120, "matched"),
+                       "fomaml": (16, 16 * 18, "matched")}
+    assert "train_steps" not in next(r for r in rows if r["method"] == "zeroshot")
+    line = training_line(rows)
+    assert line == ("p: classical FT 16 updates and 120 images (matched), MAMF 16 updates and "
+                    "120 images (matched), FOMAML 16 updates and 288 images (matched)")
+    # rows written before budgets: steps at most, no images, no budget: said, not guessed
+    for r in rows:
+        r.pop("train_images", None), r.pop("train_budget", None)
+    old = training_line(rows)
+    assert "classical FT 16 updates and images not recorded (native*)" in old
+    assert old.endswith("trained on each method's native schedule; their images are unknown)")
+
+
+def test_train_json_and_rows_scored_from_the_run_folder_record_the_budget(tmp_path,
+                                                                          paper_folder):
+    from mamf.cli import main
+
+    run = tmp_path / "run"
+    flags = ["--set", "train.freeze_image_backbone=true", "--set", "train.freeze_text_tower=true",
+             "--set", "train.augment=false", "--set", "train.batch_size=8", "--set",
+             "train.epochs=2", "--quiet"]
+    assert main(["train", "--method", "fomaml", "--model", "tiny-random-clip", "--data",
+                 str(paper_folder), "--out", str(run), "--ways", "2", *flags]) == 0
+    summary = json.loads((run / "train.json").read_text())
+    assert (summary["steps"], summary["images"], summary["budget"]) == (10, 120, "native")
+    assert main(["evaluate", "--run", str(run), "--data", str(paper_folder), "--out",
+                 str(tmp_path / "eval"), "--ways", "2", "--quiet"]) == 0
+    row = json.loads((tmp_path / "eval" / "results.jsonl").read_text().splitlines()[0])
+    assert (row["train_steps"], row["train_images"], row["train_budget"]) == (10, 120, "native")

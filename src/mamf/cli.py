@@ -232,8 +232,10 @@ def cmd_train(args) -> None:
             continue
         processes = summary.get("processes", 1)
         on = f" on {processes} processes" if processes > 1 else ""
+        images = f", {summary['images']:,} images" if summary.get("images") else ""
+        budget = f", {summary['budget']} budget" if summary.get("budget") else ""
         print(f"trained {summary['method']} on {summary['dataset']}{on} ({summary['steps']} "
-              f"steps, {summary['train_time_s']:.1f} s): loss "
+              f"steps{images}{budget}, {summary['train_time_s']:.1f} s): loss "
               f"{summary['mean_loss_first_tenth']:.3f} -> {summary['mean_loss_last_tenth']:.3f} "
               f"(first -> last tenth of steps)")
         print(f"weights and config in {out}")

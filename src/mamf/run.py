@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods
-from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.budget import BUDGETS
+from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
 from mamf.data.fewshot import harmonic_mean, image_split, is_fewshot, split_file_sha256

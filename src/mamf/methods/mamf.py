@@ -11,7 +11,6 @@ filled with further tasks; the sequential schedule shares classical's updates am
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from mamf.budget import Budget, classical_steps, matched, pool_images
