@@ -36,12 +36,13 @@ from mamf.metatest import WeightSnapshot
 from mamf.results import read_rows, row_alpha, row_sampler
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
+from mamf.tune import TuneSpec, nested, parse_tune, tune_experiment
 from mamf.wiseft import Interpolation, alphas, starting_weights
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision", "shots", "splits"}
+            "datasets", "device", "precision", "shots", "splits", "tune"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
@@ -84,6 +85,8 @@ class Experiment:
     samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
     shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
     splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
+    tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.tune`)
+    tuned: dict = field(default_factory=dict)  # (dataset, method) -> what tuning chose
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -139,6 +142,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
                      source, sampler_axis, shots, splits)
+    if raw.get("tune") is not None:
+        exp.tune = parse_tune(raw["tune"], methods, seeds)
     for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
@@ -272,11 +277,17 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
                ways: int | None = None, sampler: str | None = None,
-               shots: int | None = None, split: str | None = None) -> Config:
+               shots: int | None = None, split: str | None = None,
+               extra: dict | None = None) -> Config:
+    """A run's config: defaults, the experiment's settings, the dataset's, the method's, what
+    tuning chose for (dataset, method), `extra` (a tuning grid point), then the grid's axes."""
     merged = deep_merge(EXPERIMENT_DEFAULTS, exp.settings)
     merged = deep_merge(merged, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, ds.method_settings.get(method, {}))
+    tuned = exp.tuned.get((ds.name, method))
+    merged = deep_merge(merged, nested(tuned["values"]) if tuned else {})
+    merged = deep_merge(merged, extra)
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
                              "precision": exp.precision, "data": {"root": root}})
     if registry.method_class(method).trains:
@@ -371,6 +382,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                         "kept, missing ones are computed with the new settings", out)
         if main:
             atomic_write_bytes(previous, text)
+    if exp.tune is not None:  # rates chosen on dev tasks before any row is computed
+        exp.tuned = tune_experiment(exp, out, progress, compute=job is None and main)
     done = {row_key(r, bool(exp.shots)) for r in rows}
     plans, skipped = plan(exp, out, done)
     results = out / RESULTS
@@ -533,25 +546,23 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
     a whole one. `prompts`: the dataset's prompt embeddings under the pretrained model
     (`task_similarity`). WiSE-FT's zero-shot weights are the model as this unit's training starts.
     """
-    pretrained.restore()
     kind = registry.method_class(method)
     config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
     if not is_fewshot(config.data.protocol):  # all-way protocols train with data.ways as set
         config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
                             ways=unit[0] if kind.trains_per_ways else ways[0])
-    seed_everything(seed)
-    inputs.generator.manual_seed(seed)
+    fresh_start(model, inputs, pretrained, config, kind.trains)
     train_info = {}
+    tuned = exp.tuned.get((ds.name, method))
+    if tuned:
+        train_info["tuned_on_dev"] = tuned
     mix = None
     if kind.trains:
-        apply_heads(model, config)
-        if adapters.enabled(config.train):
-            adapters.initialise(model, seed)
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         result = train(model, inputs, dataset, config, progress)
-        train_info = {"train_steps": result.steps, "train_images": result.images,
+        train_info |= {"train_steps": result.steps, "train_images": result.images,
                       "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
@@ -575,6 +586,18 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
                     atomic_write_text(config_file, dump_yaml(config))
                 append_jsonl(results, row)
             yield row
+
+
+def fresh_start(model, inputs, pretrained, config: Config, trains: bool) -> None:
+    """The prepared model as a run of `config` starts: pretrained weights, the seed's generators,
+    and for a method that `trains` its heads and adapters drawn from the seed."""
+    pretrained.restore()
+    seed_everything(config.seed)
+    inputs.generator.manual_seed(config.seed)
+    if trains:
+        apply_heads(model, config)
+        if adapters.enabled(config.train):
+            adapters.initialise(model, config.seed)
 
 
 def _failure(out: Path, record: dict) -> None:

@@ -1,0 +1,239 @@
+"""Learning rates chosen on dev-split tasks, on a grid (docs/method.md, "Tuning").
+
+An experiment's `tune:` section names a grid of settings (dotted keys: `train.*` ones retrain,
+`metatest.*` ones only re-score the trained weights), a seed that is none of the experiment's
+seeds, and the task sizes to tune at. For each dataset and method every grid point trains on the
+training split with that seed and is scored on tasks drawn from the *dev* split; the point with
+the best mean dev accuracy (ties: the first in grid order) is then used by every seed of the
+experiment, and its rows record it (`tuned_on_dev`). No test-split task is drawn and no test
+image read. Every grid point's score goes to `tune.json`, written atomically after each training,
+so a killed tuning resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mamf import methods as registry
+from mamf.config import Config, check_seed
+from mamf.errors import MamfError, shown
+from mamf.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+TUNE_FILE = "tune.json"
+TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings"}
+SECTIONS = ("train", "metatest")
+
+
+@dataclass
+class TuneSpec:
+    seed: int
+    grid: dict[str, list]  # dotted key -> values, in grid order
+    method_grid: dict[str, dict[str, list]] = field(default_factory=dict)
+    methods: list[str] | None = None  # None: the experiment's methods that train
+    ways: list[int] | None = None  # None: each dataset's first task size
+    settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
+
+    def grid_of(self, method: str) -> dict[str, list]:
+        return {**self.grid, **self.method_grid.get(method, {})}
+
+    def methods_of(self, exp_methods: list[str]) -> list[str]:
+        if self.methods is not None:
+            return self.methods
+        return [m for m in exp_methods if registry.method_class(m).trains]
+
+
+def parse_tune(raw, exp_methods: list[str], seeds: list[int]) -> TuneSpec:
+    if not isinstance(raw, dict):
+        raise MamfError(f"experiment 'tune' must be a mapping, got {shown(raw)}")
+    unknown = set(raw) - TUNE_KEYS
+    if unknown:
+        raise MamfError(f"experiment 'tune' has unknown key(s) {', '.join(map(shown, unknown))} "
+                        f"(known: {', '.join(sorted(TUNE_KEYS))})")
+    seed = raw.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MamfError("experiment 'tune' needs a 'seed' (an integer, none of the 'seeds')")
+    check_seed("tune.seed", seed)
+    if seed in seeds:
+        raise MamfError(f"tune.seed {seed} is one of the experiment's seeds: rates chosen on it "
+                        "would be scored by the run that chose them; pick another seed")
+    grid = _grid(raw.get("grid"), "tune.grid")
+    per = raw.get("method_grid") or {}
+    if not isinstance(per, dict) or any(m not in registry.names() for m in per):
+        raise MamfError("tune.method_grid must map method names to grids")
+    method_grid = {m: _grid(g, f"tune.method_grid.{m}") for m, g in per.items()}
+    chosen = raw.get("methods")
+    if chosen is not None and (not isinstance(chosen, list) or
+                               any(m not in exp_methods for m in chosen)):
+        raise MamfError(f"tune.methods must list methods of the experiment, got {shown(chosen)}")
+    ways = raw.get("ways")
+    if ways is not None:
+        ways = [ways] if isinstance(ways, int) else ways
+        if not isinstance(ways, list) or not ways or \
+                not all(isinstance(n, int) and n >= 2 for n in ways):
+            raise MamfError(f"tune.ways must be task sizes, got {shown(raw.get('ways'))}")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise MamfError("tune.settings must be a mapping of config sections")
+    spec = TuneSpec(seed, grid, method_grid, chosen, ways, settings)
+    if not any(spec.grid_of(m) for m in spec.methods_of(exp_methods)):
+        raise MamfError("experiment 'tune' has an empty grid: give tune.grid (e.g. train.lr)")
+    return spec
+
+
+def _grid(raw, where: str) -> dict[str, list]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MamfError(f"{where} must map dotted keys (train.lr, metatest.lr) to lists")
+    from mamf.experiment import CACHE_KEYS
+
+    for key, values in raw.items():
+        if not isinstance(key, str) or key.split(".")[0] not in SECTIONS or "." not in key:
+            raise MamfError(f"{where}: {shown(key)} is not a train.* or metatest.* key")
+        if key.split(".", 1)[1] in CACHE_KEYS:
+            raise MamfError(f"{where}: {key} changes the prepared model; tune rates, not it")
+        if not isinstance(values, list) or not values:
+            raise MamfError(f"{where}.{key} must be a non-empty list of values")
+    return dict(raw)
+
+
+def nested(dotted: dict) -> dict:
+    """{'train.lr': x} -> {'train': {'lr': x}}, as experiment settings are written."""
+    out: dict = {}
+    for key, value in dotted.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def points(grid: dict[str, list], section: str) -> list[dict]:
+    """Every combination of the grid's keys of one section, in grid order ([{}] for none)."""
+    keys = [k for k in grid if k.startswith(section + ".")]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def entry_key(dataset: str, method: str) -> str:
+    return f"{dataset}/{method}"
+
+
+def read_tune(out: Path) -> dict:
+    path = Path(out) / TUNE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MamfError(f"{path} is unreadable ({e}): delete it to tune again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise MamfError(f"{path} is damaged: delete it to tune again")
+    return data
+
+
+def choose(scores: list[dict]) -> dict:
+    """The grid point with the best mean dev accuracy; ties go to the first in grid order."""
+    return max(scores, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
+
+
+def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True) -> dict:
+    """Choose every (dataset, method)'s grid point on dev tasks, computing what `tune.json` in
+    `out` lacks (`compute`: False only reads it); returns {(dataset, method): chosen record}."""
+    from mamf.experiment import dataset_root
+
+    spec: TuneSpec = exp.tune
+    out = Path(out)
+    state = read_tune(out) or {"seed": spec.seed, "entries": {}}
+    if state.get("seed") != spec.seed:
+        raise MamfError(f"{out / TUNE_FILE} was tuned with seed {state.get('seed')}, not "
+                        f"{spec.seed}: delete it to tune again")
+    chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
+    for ds in exp.datasets:
+        root = None
+        for method in spec.methods_of(exp.methods):
+            grid = spec.grid_of(method)
+            if not grid:
+                continue
+            entry = state["entries"].setdefault(entry_key(ds.name, method),
+                                                {"grid": grid, "scores": []})
+            if entry["grid"] != grid:
+                raise MamfError(f"{out / TUNE_FILE} holds another grid for {ds.name} {method}: "
+                                "delete it to tune again")
+            todo = [p for p in points(grid, "train")
+                    if not any(s["train"] == p for s in entry["scores"])]
+            if todo and not compute:
+                raise MamfError(f"{out / TUNE_FILE} lacks {ds.name} {method}: run `mamf tune`")
+            for point in todo:
+                if root is None:
+                    root = dataset_root(ds, out, exp.datasets)
+                entry["scores"] += _score_point(exp, ds, root, method, point, grid, progress,
+                                                prepared)
+                atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+            best = choose(entry["scores"])
+            entry["chosen"] = {**best["train"], **best["metatest"]}
+            chosen[(ds.name, method)] = {"values": entry["chosen"], "seed": spec.seed,
+                                         "dev_acc": best["dev_acc"], "ways": best["ways"]}
+            log.info("%s %s: chosen on dev %s (dev accuracy %.3f)", ds.name, method,
+                     entry["chosen"], best["dev_acc"])
+    if compute:
+        atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+    return chosen
+
+
+def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
+                 progress: bool, _prepared: dict) -> list[dict]:
+    """Train once per tuned task size (once for all for a method that does not train per size)
+    at `train_point` with the tune seed, then score every metatest point on dev tasks."""
+    from mamf import samplers
+    from mamf.experiment import fresh_start
+    from mamf.metatest import WeightSnapshot
+    from mamf.run import evaluate_prepared, prepare, ways_list
+    from mamf.training import train
+
+    spec: TuneSpec = exp.tune
+    kind = registry.method_class(method)
+    extra = nested(train_point)
+    if _prepared.get("key") != (exp.name, ds.name, root):
+        _prepared.clear()
+        config = _config(exp, ds, method, root, extra)
+        model, dataset, inputs = prepare(config)
+        prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
+        _prepared.update(key=(exp.name, ds.name, root),
+                         value=(model, dataset, inputs, WeightSnapshot(model), prompts))
+    model, dataset, inputs, pretrained, prompts = _prepared["value"]
+    base = _config(exp, ds, method, root, extra)
+    sizes = spec.ways or ways_list(base, dataset.n_classes, ds.ways)[:1]
+    tests = points(grid, "metatest")
+    accs: dict[int, list[float]] = {k: [] for k in range(len(tests))}
+    for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
+        config = _config(exp, ds, method, root, extra, ways=group[0])
+        fresh_start(model, inputs, pretrained, config, kind.trains)
+        if kind.trains:
+            train(model, inputs, dataset, config, progress)
+        for n in group:
+            for k, test_point in enumerate(tests):
+                scored = _config(exp, ds, method, root, {**extra, **nested(test_point)}, ways=n)
+                row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
+                                        prompts)
+                accs[k].append(row["acc_mean"])
+                log.info("tune %s %s %d-way %s %s: dev %.3f", ds.name, method, n, train_point,
+                         test_point, row["acc_mean"])
+    pretrained.restore()
+    return [{"train": train_point, "metatest": test_point, "ways": sizes,
+             "dev_acc": float(sum(accs[k]) / len(accs[k]))} for k, test_point in enumerate(tests)]
+
+
+def _config(exp, ds, method: str, root: str, extra: dict, ways: int | None = None) -> Config:
+    """A dev run's config: the experiment's for the method, then tune.settings and the grid
+    point, the tune seed, the dev split."""
+    from mamf.config import deep_merge
+    from mamf.experiment import run_config
+
+    over = deep_merge(deep_merge(exp.tune.settings, extra), {"metatest": {"split": "dev"}})
+    return run_config(exp, ds, method, exp.tune.seed, root, ways=ways, extra=over)
