@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import yaml
-
 from conftest import make_folder
+
 from mamf import metatest, run, training
 from mamf.cli import main
 from mamf.errors import MamfError
