@@ -115,3 +115,18 @@ def test_mamf_tune_writes_the_grid_and_prints_the_choice(tmp_path, folder, capsy
     assert "colours mamf: train.lr=" in printed and "dev accuracy" in printed
     entries = json.loads((tmp_path / "out" / TUNE_FILE).read_text())["entries"]
     assert list(entries) == ["colours/mamf"] and len(entries["colours/mamf"]["scores"]) == 2
+
+
+def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
+    raw = experiment(folder)
+    del raw["tune"]
+    raw["datasets"]["colours-sequential"] = {"root": str(folder), "ways": [3],
+                                             "methods": ["classical", "mamf"],
+                                             "settings": {"train": {"schedule": "sequential"}}}
+    rows = run_experiment(parse_experiment(raw), tmp_path / "out", progress=False)
+    ran = sorted((r["experiment_dataset"], r["method"]) for r in rows)
+    assert ran == [("colours", "classical"), ("colours", "mamf"), ("colours", "zeroshot"),
+                   ("colours-sequential", "classical"), ("colours-sequential", "mamf")]
+    with pytest.raises(MamfError, match="'methods' must list methods of the experiment"):
+        raw["datasets"]["colours-sequential"]["methods"] = ["fomaml"]
+        parse_experiment(raw)

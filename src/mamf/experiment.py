@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits", "tune"}
-DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways"}
+DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
+                "methods"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -68,6 +69,9 @@ class DatasetSpec:
     # per-method settings for this dataset only, over the experiment's (a learning rate chosen
     # on this dataset's dev split for one method)
     method_settings: dict = field(default_factory=dict)
+    # the experiment's methods this dataset runs (None: all): a second entry of one dataset
+    # under other settings (MAMF's sequential schedule) need not repeat every method
+    methods: list[str] | None = None
 
 
 @dataclass
@@ -137,6 +141,11 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
     datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    for ds in datasets:
+        if ds.methods is not None and (not isinstance(ds.methods, list) or not ds.methods or
+                                       any(m not in methods for m in ds.methods)):
+            raise MamfError(f"dataset {ds.name!r}: 'methods' must list methods of the "
+                            f"experiment, got {shown(ds.methods)}")
     exp = Experiment(_text(raw, "name", source.stem if source else "experiment"),
                      _text(raw, "model", "effnet-minilm"), methods, seeds,
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
@@ -189,7 +198,8 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
                        _ways(entry.get("ways"), name),
                        _method_settings(entry.get("method_settings"),
-                                        f"datasets.{name}.method_settings", registry.names()))
+                                        f"datasets.{name}.method_settings", registry.names()),
+                       entry.get("methods"))
 
 
 def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
@@ -482,6 +492,8 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[tuple], list[str]]
         for shots in exp.shots or [None]:
             for seed in exp.seeds:
                 for method in exp.methods:
+                    if ds.methods is not None and method not in ds.methods:
+                        continue
                     for sampler in samplers_of(exp, ds, method):
                         missing = [(n, split, alpha) for n in ways
                                    for split, alpha in cells(exp, ds, root, method, seed, sampler)

@@ -42,7 +42,9 @@ class TuneSpec:
     settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
 
     def grid_of(self, method: str) -> dict[str, list]:
-        return {**self.grid, **self.method_grid.get(method, {})}
+        """The method's own grid where `method_grid` names it (FOMAML's test-time rate is
+        `metatest.inner_lr`), else the shared one."""
+        return self.method_grid.get(method, self.grid)
 
     def methods_of(self, exp_methods: list[str]) -> list[str]:
         if self.methods is not None:
@@ -158,7 +160,7 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
         root = None
         for method in spec.methods_of(exp.methods):
             grid = spec.grid_of(method)
-            if not grid:
+            if not grid or ds.methods is not None and method not in ds.methods:
                 continue
             entry = state["entries"].setdefault(entry_key(ds.name, method),
                                                 {"grid": grid, "scores": []})
