@@ -130,3 +130,23 @@ def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
     with pytest.raises(MamfError, match="'methods' must list methods of the experiment"):
         raw["datasets"]["colours-sequential"]["methods"] = ["fomaml"]
         parse_experiment(raw)
+
+
+@pytest.mark.parametrize("name", ["paper-offline-matched.yaml",
+                                  "paper-offline-expressive-matched.yaml"])
+def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
+    from pathlib import Path
+
+    from mamf.experiment import load_experiment, run_config
+
+    exp = load_experiment(Path(__file__).parents[1] / "configs" / name)
+    assert len(exp.seeds) == 5 and exp.tune.seed not in exp.seeds
+    for method in exp.tune.methods_of(exp.methods):
+        for key, values in exp.tune.grid_of(method).items():
+            assert len(values) >= 4 and max(values) / min(values) >= 999, (method, key)
+    for ds in exp.datasets:
+        config = run_config(exp, ds, "mamf", 312, "/placeholder")
+        assert config.train.budget == "matched"
+    schedules = {run_config(exp, ds, "mamf", 312, "/x").train.schedule for ds in exp.datasets}
+    assert schedules == ({"sampled", "sequential"} if name == "paper-offline-matched.yaml"
+                         else {"sampled"})
