@@ -201,3 +201,42 @@ def test_train_json_and_rows_scored_from_the_run_folder_record_the_budget(tmp_pa
                  str(tmp_path / "eval"), "--ways", "2", "--quiet"]) == 0
     row = json.loads((tmp_path / "eval" / "results.jsonl").read_text().splitlines()[0])
     assert (row["train_steps"], row["train_images"], row["train_budget"]) == (10, 120, "native")
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method, schedule, emoji", [("mamf", "sampled", True),
+                                                     ("mamf", "sequential", False),
+                                                     ("fomaml", "sampled", True)])
+def test_a_matched_run_resumes_to_the_same_losses_and_images(tmp_path, paper_folder,
+                                                             emoji_folder, monkeypatch, method,
+                                                             schedule, emoji):
+    from mamf.checkpoint import Checkpointer
+
+    over = {**(EMOJI if emoji else {"data.ways": 3}), "train.method": method,
+            "train.schedule": schedule, "train.budget": "matched", "train.epochs": 8}
+    folder = emoji_folder if emoji else paper_folder
+    whole, _, _ = run(folder, **over)
+
+    def fresh():
+        config = build_config(overrides={**FROZEN, "data.root": str(folder), **over})
+        return (config, *prepare(config))
+
+    cls = type(methods.create(method, fresh()[0]))
+    real = cls.step
+
+    def stopping(self, i):
+        if i == 3:
+            raise Stop
+        return real(self, i)
+
+    monkeypatch.setattr(cls, "step", stopping)
+    config, model, dataset, inputs = fresh()
+    with pytest.raises(Stop):
+        train(model, inputs, dataset, config, False, Checkpointer(tmp_path / "ck", 2))
+    monkeypatch.setattr(cls, "step", real)
+    config, model, dataset, inputs = fresh()
+    resumed = train(model, inputs, dataset, config, False, Checkpointer(tmp_path / "ck", 2))
+    assert (resumed.losses, resumed.images) == (whole.losses, whole.images)
