@@ -45,6 +45,10 @@ class SampledStream:
             left -= len(batches[-1].images)
         return batches
 
+    def __next__(self) -> Batch:
+        """A native step's batch: one task, up to `batch_size` of its images."""
+        return self._task(self.batch_size)
+
     def _task(self, limit: int) -> Batch:
         chosen = self.sampler.draw(self.rng, self.ways)
         images, labels = task_images(self.pool, chosen)
