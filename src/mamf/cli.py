@@ -145,6 +145,16 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--submitit-cluster", choices=["slurm", "local"],
                     help="force submitit's executor (default: slurm if sbatch is found)")
 
+    tu = sub.add_parser("tune", help="choose each method's rates on dev-split tasks (an "
+                        "experiment's tune: section)",
+                        description="Train every point of the experiment's tune.grid with "
+                        "tune.seed, score it on dev-split tasks, and write every score and the "
+                        "choice to --out/tune.json (resumable); `mamf experiment` with the same "
+                        "--out then uses the chosen values.")
+    tu.add_argument("config", help="experiment YAML with a tune: section")
+    tu.add_argument("--out", required=True, help="the experiment's output folder")
+    tu.add_argument("--quiet", action="store_true", help="no progress bars")
+
     xp = sub.add_parser("export", help="a trained run as a transformers, peft or ONNX folder",
                         description="Write the run's model in a standard form and check it, "
                         "loaded back, against the run (embeddings within 1e-5).")
@@ -237,8 +247,10 @@ def cmd_train(args) -> None:
             continue
         processes = summary.get("processes", 1)
         on = f" on {processes} processes" if processes > 1 else ""
+        images = f", {summary['images']:,} images" if summary.get("images") else ""
+        budget = f", {summary['budget']} budget" if summary.get("budget") else ""
         print(f"trained {summary['method']} on {summary['dataset']}{on} ({summary['steps']} "
-              f"steps, {summary['train_time_s']:.1f} s): loss "
+              f"steps{images}{budget}, {summary['train_time_s']:.1f} s): loss "
               f"{summary['mean_loss_first_tenth']:.3f} -> {summary['mean_loss_last_tenth']:.3f} "
               f"(first -> last tenth of steps)")
         print(f"weights and config in {out}")
@@ -325,6 +337,24 @@ def cmd_experiment(args) -> None:
         rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)
     if _is_main():
         _summarise(rows, Path(args.out), experiment.name, since=started)
+
+
+def cmd_tune(args) -> None:
+    from mamf.experiment import load_experiment
+    from mamf.lock import exclusive
+    from mamf.tune import TUNE_FILE, tune_experiment
+
+    experiment = load_experiment(args.config)
+    if experiment.tune is None:
+        raise MamfError(f"{args.config} has no tune: section (see docs/method.md, \"Tuning\")")
+    with exclusive(Path(args.out)):
+        chosen = tune_experiment(experiment, Path(args.out), progress=not args.quiet)
+    for (dataset, method), record in chosen.items():
+        values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in record["values"].items())
+        print(f"{dataset} {method}: {values} (dev accuracy {record['dev_acc']:.3f}, "
+              f"seed {record['seed']})")
+    print(f"every grid point's score in {Path(args.out) / TUNE_FILE}")
 
 
 def _failures_line(out: Path, since: str | None) -> str:
@@ -451,6 +481,7 @@ def cmd_demo(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "experiment": cmd_experiment,
+            "tune": cmd_tune,
             "report": cmd_report, "data": cmd_data, "demo": cmd_demo, "models": cmd_models,
             "methods": cmd_methods, "export": cmd_export}
 

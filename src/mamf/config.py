@@ -61,6 +61,9 @@ class TrainConfig:
     epochs: float = 8.0
     batch_size: int = 32
     steps: int | None = None
+    # matched: every method gets classical fine-tuning's updates and images per update; native:
+    # each method's own schedule (docs/method.md, "Budgets"). Experiments default to matched.
+    budget: str = "native"
     heads: str = "pretrained"
     schedule: str = "sampled"
     candidates: str = "task"
@@ -184,6 +187,7 @@ class Config:
 CHOICES = {
     "train.heads": ("pretrained", "random"),
     "train.schedule": ("sampled", "sequential"),
+    "train.budget": ("matched", "native"),
     "train.candidates": ("task", "batch"),
     "train.parallel": ("ddp", "fsdp"),
     "metatest.split": ("train", "dev", "test"),

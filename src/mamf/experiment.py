@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mamf import adapters, distributed, protocols, samplers
+from mamf import distributed, protocols, samplers
 from mamf import methods as registry
 from mamf.config import dump_yaml
 from mamf.errors import MamfError
@@ -30,6 +30,7 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
     DatasetSpec,
     Experiment,
     cells,
+    dataset_root,
     load_experiment,
     parse_experiment,
     run_config,
@@ -39,26 +40,12 @@ from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.results import grid_key, read_rows
-from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
+from mamf.run import RESULTS, evaluate_prepared, fresh_start, prepare, ways_list
 from mamf.training import train
+from mamf.tune import tune_experiment
 from mamf.wiseft import Interpolation, starting_weights
 
 log = logging.getLogger(__name__)
-
-
-def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -> str:
-    """The dataset's folder: its `root`, or `out/data/<name>` built there. Entries of `datasets`
-    that build the same thing (builder and options) share the first one's folder, so a dataset
-    studied under several settings (another training match, frozen or not) is built once."""
-    if ds.root:
-        return ds.root
-    from mamf.data.builders import build
-
-    same = [d for d in datasets if not d.root and d.build == ds.build and
-            json.dumps(d.build_options, sort_keys=True) ==
-            json.dumps(ds.build_options, sort_keys=True)]
-    name = same[0].name if same else ds.name
-    return str(build(ds.build, out / "data" / name, log=log.info, **ds.build_options))
 
 
 def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:
@@ -96,6 +83,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
 
     rows = distributed.from_main(read_rows(out / RESULTS) if distributed.is_main() else None)
     _claim(exp, out, rows, job)
+    if exp.tune is not None:  # rates chosen on dev tasks before any row is computed
+        exp.tuned = tune_experiment(exp, out, progress, compute=job is None and distributed.is_main())
     done = {grid_key(r, bool(exp.shots)) for r in rows}
     plans, skipped = plan(exp, out, done)
     results = out / RESULTS
@@ -215,6 +204,8 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
         for shots in exp.shots or [None]:
             for seed in exp.seeds:
                 for method in exp.methods:
+                    if ds.methods is not None and method not in ds.methods:
+                        continue
                     for sampler in samplers_of(exp, ds, method):
                         missing = [(n, split, alpha) for n in ways
                                    for split, alpha in cells(exp, ds, root, method, seed, sampler)
@@ -279,25 +270,24 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
     """
     ds, root, seed, method, sampler, ways, shots = \
         p.ds, p.root, p.seed, p.method, p.sampler, p.ways, p.shots
-    pretrained.restore()
     kind = registry.method_class(method)
     config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
     if not protocols.get(config.data.protocol).all_way:  # all-way protocols train with data.ways as set
         config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
                             ways=unit[0] if kind.trains_per_ways else ways[0])
-    seed_everything(seed)
-    inputs.generator.manual_seed(seed)
+    fresh_start(model, inputs, pretrained, config, kind.trains)
     train_info = {}
+    tuned = exp.tuned.get((ds.name, method))
+    if tuned:
+        train_info["tuned_on_dev"] = tuned
     mix = None
     if kind.trains:
-        apply_heads(model, config)
-        if adapters.enabled(config.train):
-            adapters.initialise(model, seed)
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         result = train(model, inputs, dataset, config, progress)
-        train_info = {"train_steps": result.steps,
+        train_info |= {"train_steps": result.steps, "train_images": result.images,
+                       "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
         mix = Interpolation(model, start) if start is not None else None

@@ -9,6 +9,7 @@ methods that draw tasks; the others run once. `run_config` is the settings of on
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -19,13 +20,15 @@ from mamf import protocols, samplers
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, shown
+from mamf.tune_spec import TuneSpec, nested, parse_tune
 from mamf.wiseft import alphas
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision", "shots", "splits"}
-DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways"}
+            "datasets", "device", "precision", "shots", "splits", "tune"}
+DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
+                "methods"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -34,6 +37,9 @@ CACHE_KEYS = {"freeze_image_backbone", "freeze_text_tower", "unfreeze_image_bloc
               "unfreeze_text_layers", "heads", "adapter", "lora_rank", "lora_alpha",
               "lora_dropout", "lora_targets"}
 MAX_WAYS = AT_MOST["data.ways"]
+# an experiment compares methods, so by default they train on equal budgets (docs/method.md,
+# "Budgets"); `train.budget: native` in its settings gives each method its own schedule
+EXPERIMENT_DEFAULTS = {"train": {"budget": "matched"}}
 
 
 @dataclass
@@ -47,6 +53,9 @@ class DatasetSpec:
     # per-method settings for this dataset only, over the experiment's (a learning rate chosen
     # on this dataset's dev split for one method)
     method_settings: dict = field(default_factory=dict)
+    # the experiment's methods this dataset runs (None: all): a second entry of one dataset
+    # under other settings (MAMF's sequential schedule) need not repeat every method
+    methods: list[str] | None = None
 
 
 @dataclass
@@ -64,6 +73,8 @@ class Experiment:
     samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
     shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
     splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
+    tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.tune`)
+    tuned: dict = field(default_factory=dict)  # (dataset, method) -> what tuning chose
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -114,11 +125,18 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
     datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    for ds in datasets:
+        if ds.methods is not None and (not isinstance(ds.methods, list) or not ds.methods or
+                                       any(m not in methods for m in ds.methods)):
+            raise MamfError(f"dataset {ds.name!r}: 'methods' must list methods of the "
+                            f"experiment, got {shown(ds.methods)}")
     exp = Experiment(_text(raw, "name", source.stem if source else "experiment"),
                      _text(raw, "model", "effnet-minilm"), methods, seeds,
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
                      source, sampler_axis, shots, splits)
+    if raw.get("tune") is not None:
+        exp.tune = parse_tune(raw["tune"], methods, seeds, CACHE_KEYS)
     for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
@@ -164,7 +182,8 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
                        _ways(entry.get("ways"), name),
                        _method_settings(entry.get("method_settings"),
-                                        f"datasets.{name}.method_settings", registry.names()))
+                                        f"datasets.{name}.method_settings", registry.names()),
+                       entry.get("methods"))
 
 
 def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
@@ -252,10 +271,17 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
                ways: int | None = None, sampler: str | None = None,
-               shots: int | None = None, split: str | None = None) -> Config:
-    merged = deep_merge(exp.settings, ds.settings)
+               shots: int | None = None, split: str | None = None,
+               extra: dict | None = None) -> Config:
+    """A run's config: defaults, the experiment's settings, the dataset's, the method's, what
+    tuning chose for (dataset, method), `extra` (a tuning grid point), then the grid's axes."""
+    merged = deep_merge(EXPERIMENT_DEFAULTS, exp.settings)
+    merged = deep_merge(merged, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
     merged = deep_merge(merged, ds.method_settings.get(method, {}))
+    tuned = exp.tuned.get((ds.name, method))
+    merged = deep_merge(merged, nested(tuned["values"]) if tuned else {})
+    merged = deep_merge(merged, extra)
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
                              "precision": exp.precision, "data": {"root": root}})
     if registry.method_class(method).trains:
@@ -293,3 +319,18 @@ def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
         config = run_config(exp, ds, method, seed, root, sampler=sampler, split=split)
         out += [(config.metatest.split, a) for a in alphas(config, method)]
     return out
+
+
+def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -> str:
+    """The dataset's folder: its `root`, or `out/data/<name>` built there. Entries of `datasets`
+    that build the same thing (builder and options) share the first one's folder, so a dataset
+    studied under several settings (another training match, frozen or not) is built once."""
+    if ds.root:
+        return ds.root
+    from mamf.data.builders import build
+
+    same = [d for d in datasets if not d.root and d.build == ds.build and
+            json.dumps(d.build_options, sort_keys=True) ==
+            json.dumps(ds.build_options, sort_keys=True)]
+    name = same[0].name if same else ds.name
+    return str(build(ds.build, out / "data" / name, log=log.info, **ds.build_options))

@@ -67,13 +67,30 @@ def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch
     computes its share and the gradients are all-reduced before the step. `observe` sees the
     logits of the rows this process computed (`batch_loss`).
     """
+    return step_tasks(model, inputs, [batch], optimizer, candidates, augment, parallel,
+                      [observe])
+
+
+def step_tasks(model: DualEncoder, inputs: ModelInputs, batches: list[Batch],
+               optimizer: torch.optim.Optimizer, candidates: str = "task",
+               augment: bool = False, parallel=None,
+               observers: list[Observer | None] | None = None) -> float:
+    """One optimiser step on several tasks' minibatches at once (a matched budget fills a step
+    with tasks, docs/method.md, "Budgets"): each batch's mean loss over its own candidates,
+    weighted by its share of the step's images, so the step's loss is the mean over all its
+    images. One batch is `step` exactly. Returns the step's loss."""
     optimizer.zero_grad(set_to_none=True)
-    if parallel is not None:
-        value = parallel.backward(inputs, batch, candidates, augment, observe)
-    else:
-        loss = batch_loss(model, inputs, batch, candidates, augment, observe=observe)
-        value = check_finite(float(loss.detach()))
-        loss.backward()
+    total = sum(len(b.images) for b in batches)
+    value = 0.0
+    for batch, observe in zip(batches, observers or [None] * len(batches)):
+        weight = len(batch.images) / total
+        if parallel is not None:
+            value += parallel.backward(inputs, batch, candidates, augment, observe, weight) \
+                * weight
+        else:
+            loss = batch_loss(model, inputs, batch, candidates, augment, observe=observe)
+            value += check_finite(float(loss.detach())) * weight
+            (loss * weight if weight != 1 else loss).backward()
     optimizer.step()
     return value
 
@@ -92,6 +109,24 @@ def epoch_batches(rng: np.random.Generator, images: np.ndarray, labels: np.ndarr
         for start in range(0, len(order), batch_size):
             pick = order[start : start + batch_size]
             yield Batch(images[pick], labels[pick], classes)
+
+
+def sized_batches(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray,
+                  classes: np.ndarray, sizes: Iterable[int]) -> Iterator[Batch]:
+    """Batches of the given sizes from back-to-back random passes over (images, labels): a batch
+    may run on into the next pass, so a pool smaller than a batch fills it by cycling."""
+    order, at = np.empty(0, dtype=np.int64), 0
+    for size in sizes:
+        picks = []
+        while size > 0:
+            if at == len(order):
+                order, at = rng.permutation(len(images)), 0
+            take = order[at : at + size]
+            picks.append(take)
+            at += len(take)
+            size -= len(take)
+        pick = np.concatenate(picks)
+        yield Batch(images[pick], labels[pick], classes)
 
 
 class EpochStream:

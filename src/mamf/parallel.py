@@ -94,9 +94,10 @@ class DataParallel:
         optimizer.load_state_dict(state)
 
     def backward(self, inputs: ModelInputs, batch: Batch, candidates: str, augment: bool,
-                 observe: Observer | None = None) -> float:
+                 observe: Observer | None = None, weight: float = 1.0) -> float:
         """This rank's share of the batch's loss, backward (gradients all-reduced); returns the
-        whole batch's loss. `observe` sees this rank's rows only (the caller sums over ranks)."""
+        whole batch's loss. `observe` sees this rank's rows only (the caller sums over ranks);
+        `weight` scales the gradient (one of several tasks in a step)."""
         if candidates == "batch":  # restricted on the whole batch, as one process would
             classes, labels = restrict_to_batch(batch.classes, batch.labels)
             batch = Batch(batch.images, labels, classes, batch.new_task)
@@ -107,7 +108,8 @@ class DataParallel:
         part = Batch(batch.images[rows], batch.labels[rows], batch.classes)
         loss = self.module(inputs, part, augment, (rows.start, total), observe if count else None)
         # DDP averages the ranks' gradients; weighting by share * world makes that the batch mean
-        (loss * (count / total * self.world)).backward()
+        scale = count / total * self.world
+        (loss * (scale * weight if weight != 1 else scale)).backward()
         if self.replicated:  # what FSDP left whole is averaged as DDP would
             self.sharded.average_gradients(self.replicated)
         return check_finite(distributed.sum_scalar(float(loss.detach()) * count / total))

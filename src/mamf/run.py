@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mamf import adapters, distributed, methods, protocols
+from mamf.budget import BUDGETS
 from mamf.checkpoint import Checkpointer, tensor_mismatch
 from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
 from mamf.data.dataset import ImageDataset
@@ -41,6 +42,19 @@ RUN_CONFIG = "config.yaml"
 RESULTS = "results.jsonl"
 
 
+def fresh_start(model, inputs, pretrained, config: Config, trains: bool) -> None:
+    """The prepared model as a run of `config` starts: pretrained weights (`pretrained`, a
+    metatest.WeightSnapshot), the seed's generators, and for a method that `trains` its heads and
+    adapters drawn from the seed."""
+    pretrained.restore()
+    seed_everything(config.seed)
+    inputs.generator.manual_seed(config.seed)
+    if trains:
+        apply_heads(model, config)
+        if adapters.enabled(config.train):
+            adapters.initialise(model, config.seed)
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -51,7 +65,7 @@ def seed_everything(seed: int) -> None:
 LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
               "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                         "unfreeze_image_blocks", "unfreeze_text_layers", "lr_schedule",
-                        "steps_per_shot")}
+                        "steps_per_shot", "budget")}
 LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
 
 
@@ -192,6 +206,7 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
     result = train(model, inputs, dataset, config, progress and is_main(), checkpointer, out)
     summary = {"method": result.method, "model": config.model, "dataset": dataset.name,
                "ways": config.data.ways, "seed": config.seed, "steps": result.steps,
+               "images": result.images, "budget": result.budget,
                "train_time_s": round(result.seconds, 3), "first_loss": result.losses[0],
                "last_loss": result.losses[-1], "processes": distributed.world_size(),
                "mean_loss_first_tenth": _mean_part(result.losses, first=True),
@@ -223,6 +238,20 @@ def read_summary(path: Path) -> dict:
         raise MamfError(f"{path} is damaged (it needs {', '.join(SUMMARY_TYPES)}): delete the "
                         "run folder to train again")
     return summary
+
+
+def run_training(run_dir: Path) -> dict:
+    """What a row scored from a run folder records of its training (docs/method.md, "Budgets"):
+    steps, images and budget from its train.json; a run trained before budgets has no images
+    (null) and the native budget."""
+    path = run_dir / "train.json"
+    if not path.is_file():
+        return {}
+    summary = read_summary(path)
+    images = summary.get("images")
+    return {"train_steps": summary["steps"],
+            "train_images": images if _is_count(images) else None,
+            "train_budget": summary["budget"] if summary.get("budget") in BUDGETS else "native"}
 
 
 def _is_count(value) -> bool:
@@ -392,6 +421,8 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
                 row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
                                         prompts, trained_by, alpha)
             row["run"] = probe["run"]
+            if run_dir is not None:
+                row.update(run_training(Path(run_dir)))
             if is_main():
                 append_jsonl(out / RESULTS, row)
             rows.append(row)

@@ -33,6 +33,8 @@ from mamf.trainlog import TrainLog
 
 log = logging.getLogger(__name__)
 
+IMAGES = "train_images"  # the images counted so far, kept beside a checkpoint's stream state
+
 
 @dataclass
 class TrainResult:
@@ -40,6 +42,8 @@ class TrainResult:
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    images: int | None = None  # back-propagated images (None: resumed from an older checkpoint)
+    budget: str = "native"
 
 
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
@@ -110,6 +114,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                         f"{checkpointer.folder} than rank 0: every node needs the run folder on "
                         "one shared file system")
     losses: list[float] = list(resume.losses) if resume else []
+    uncounted = False  # resumed from a checkpoint that did not count images
     parallel = None
     if distributed.world_size() > 1:
         if method.data_parallel:
@@ -131,8 +136,10 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if resume:
             if method.steps is not None:
                 check_start(start, method.steps, checkpointer)
+            stream_state = dict(resume.stream_state)
+            counted = stream_state.pop(IMAGES, None)  # absent in checkpoints before budgets
             try:
-                method.load_stream_state(resume.stream_state)
+                method.load_stream_state(stream_state)
             except PastTheEnd:
                 check_start(start, None, checkpointer)
             except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -141,6 +148,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                                 "it to start over") from None
             checkpointer.load_optimizer(method.optimizer, resume.optimizer_state,
                                         method.load_optimizer_state)
+            method.images = counted if isinstance(counted, int) else 0
+            uncounted = not isinstance(counted, int)
             inputs.generator.set_state(resume.generator_state)
             if resume.global_generator_state is not None:
                 torch.set_rng_state(resume.global_generator_state)
@@ -167,8 +176,9 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 if parallel:
                     parallel.sync()
                 if distributed.is_main():
-                    checkpointer.save(i + 1, model, state, method.stream_state(),
-                                      inputs.generator, losses)
+                    stream_state = {**method.stream_state(), IMAGES: method.images}
+                    checkpointer.save(i + 1, model, state, stream_state, inputs.generator,
+                                      losses)
         bar.close()
         if parallel:
             parallel.sync()
@@ -178,7 +188,8 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
-    return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)
+    return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
+                       None if uncounted else method.images, t.budget)
 
 
 def with_steps(config: Config) -> Config:

@@ -108,6 +108,7 @@ class Method:
     def __init__(self, config: Config):
         self.config = config
         self.steps: int | None = None
+        self.images = 0  # images whose loss training back-propagated so far (docs: "Budgets")
         self.optimizer: torch.optim.Optimizer | None = None
         self.parallel = None
         self._walked: tuple[DualEncoder | None, list] = (None, [])

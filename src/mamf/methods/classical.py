@@ -3,15 +3,9 @@ over all N training classes (docs/method.md, "Classical fine-tuning")."""
 
 from __future__ import annotations
 
-import math
-
-from mamf.data.dataset import Pool
+from mamf.budget import classical_steps
 from mamf.finetune import EpochStream, step
 from mamf.methods.base import Method, make_optimizer, register
-
-
-def steps_per_epoch(pool: Pool, batch_size: int) -> int:
-    return math.ceil(sum(len(x) for x in pool.images) / batch_size)
 
 
 @register
@@ -28,14 +22,16 @@ class Classical(Method):
         # 1. data: shuffled epochs over every training image, candidates = all pool classes
         images, labels = pool.all_images()
         self.stream = EpochStream(rng, images, labels, pool.classes, t.batch_size)
-        self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
+        self.steps = classical_steps(pool, t)  # the budget every matched method gets
         self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
 
     def step(self, i: int) -> float:
         # 2. update: one Adam step on the minibatch's loss
         t = self.config.train
-        return step(self.model, self.inputs, next(self.stream), self.optimizer, t.candidates,
-                    t.augment, self.parallel)
+        batch = next(self.stream)
+        self.images += len(batch.images)
+        return step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
+                    self.parallel)
 
     def stream_state(self) -> dict:
         return self.stream.state_dict()

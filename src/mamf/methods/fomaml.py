@@ -3,7 +3,10 @@ with SGD, then apply the query-set gradient taken at the adapted weights to the 
 with the outer optimiser.
 
 The official code reused one stale adapted copy across several outer steps; here every task is
-adapted afresh from the current weights.
+adapted afresh from the current weights. Under `train.budget: matched` the outer updates are
+classical fine-tuning's, and meta-batch i holds as many images (support and query) as classical's
+minibatch i: tasks are drawn until it is full, the last one cut down to what is left
+(docs/method.md, "Budgets").
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from mamf import distributed, protocols
+from mamf.budget import Budget, matched
 from mamf.errors import MamfError
 from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs
@@ -112,6 +116,27 @@ def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, ta
     return loss
 
 
+def task_size(task: Task) -> int:
+    return len(task.support) + len(task.query)
+
+
+def trim_task(rng: np.random.Generator, task: Task, images: int) -> Task:
+    """The task cut down to about `images` images, spread evenly over its classes, each class
+    keeping at least one support and one query image (so a task of n classes keeps >= 2n)."""
+    support, query = [], []
+    for j in range(task.ways):
+        share = max(2, images // task.ways + (j < images % task.ways))
+        s_imgs, q_imgs = task.support[task.support_labels == j], task.query[task.query_labels == j]
+        s = min(len(s_imgs), (share + 1) // 2)
+        q = min(len(q_imgs), share - s)
+        support.append(np.sort(rng.choice(s_imgs, size=s, replace=False)))
+        query.append(np.sort(rng.choice(q_imgs, size=q, replace=False)))
+    labels = [np.full(len(x), j, dtype=task.support_labels.dtype) for j, x in enumerate(support)]
+    query_labels = [np.full(len(x), j, dtype=task.query_labels.dtype) for j, x in enumerate(query)]
+    return Task(task.classes, np.concatenate(support), np.concatenate(labels),
+                np.concatenate(query), np.concatenate(query_labels))
+
+
 @register
 class FOMAML(Method):
     name = "fomaml"
@@ -137,9 +162,15 @@ class FOMAML(Method):
         n_images = sum(len(x) for x in pool.images)
         self.protocol = protocols.get(d.protocol)
         per_task = self.protocol.task_images(d, pool, d.ways)
-        n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
-        self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
-        sampler.plan(self.steps * t.meta_batch)
+        self.budget = Budget(pool, t) if matched(t) else None
+        self.owed = 0  # matched: images the updates so far fell short of the budget by
+        if self.budget is None:
+            n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
+            self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
+            sampler.plan(self.steps * t.meta_batch)
+        else:
+            self.steps = self.budget.steps
+            sampler.plan(self.budget.draws(per_task))
         self.learner = clone_learner(model)
         self.walked = (trainable(model), trainable(self.learner))  # once a run, not once a step
         self.optimizer = make_optimizer(self.walked[0], t.lr, t.weight_decay)
@@ -150,9 +181,18 @@ class FOMAML(Method):
         # sampler that learns then sees each task's query confusion, in task order
         t, d = self.config.train, self.config.data
         chosen, tasks = [], []
-        for _ in range(t.meta_batch):  # each task's classes, then its images
+        # matched: this update's images and what earlier ones fell short (or over) by
+        left = self.budget.size(i) + self.owed if self.budget else None
+        while self._more(tasks, left):  # each task's classes, then its images
             chosen.append(self.sampler.draw(self.rng, d.ways))
             tasks.append(self.protocol.task(self.rng, self.pool, d, d.ways, chosen[-1]))
+            if left is not None:
+                if task_size(tasks[-1]) > left:
+                    tasks[-1] = trim_task(self.rng, tasks[-1], left)
+                left -= task_size(tasks[-1])
+        if left is not None:
+            self.owed = left
+        self.images += sum(task_size(task) for task in tasks)
         task_rngs = [np.random.default_rng([self.config.seed, 12, d.ways, i, k])
                      for k in range(len(tasks))]
         confusions = ([self.sampler.recorder(task.classes) for task in tasks]
@@ -164,12 +204,23 @@ class FOMAML(Method):
             self.sampler.observe(c, confusion.values())
         return loss
 
+    def _more(self, tasks: list[Task], left: int | None) -> bool:
+        """Whether the meta-batch takes another task: `meta_batch` of them (native), or while
+        images are left and a smallest task (one support and one query image a class) comes
+        nearer the budget than stopping; every update has at least one task."""
+        if left is None:
+            return len(tasks) < self.config.train.meta_batch
+        smallest = 2 * self.config.data.ways
+        return not tasks or left > 0 and smallest - left < left
+
     def stream_state(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
+        state = {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
+        return {**state, "owed": self.owed} if self.budget else state
 
     def load_stream_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.sampler.load_state_dict(state["sampler"])
+        self.owed = int(state.get("owed", 0))
 
     def adapt(self, model, inputs, task, rng) -> None:
         # 3. test time: the inner loop's plain SGD on the support set, with its own settings

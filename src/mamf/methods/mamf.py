@@ -4,20 +4,20 @@ tasks (docs/method.md, "MAMF").
 `sampled` (default): every step draws n classes from the task sampler (uniform: the paper's) and a
 minibatch of their training images, so the compute equals classical fine-tuning's. `sequential`
 reproduces the official code: K(n, N) tasks trained one after another, `epochs` passes each, with a
-fresh optimiser per task.
+fresh optimiser per task. Under `train.budget: matched` both take classical fine-tuning's
+updates and images per update (`mamf.budget`): a sampled step holding fewer images than that is
+filled with further tasks; the sequential schedule shares classical's updates among its K tasks.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from mamf.budget import Budget, classical_steps, matched, pool_images
 from mamf.data.dataset import Pool, group_labels
 from mamf.errors import MamfError
-from mamf.finetune import Batch, epoch_batches, step
+from mamf.finetune import Batch, epoch_batches, sized_batches, step_tasks
 from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
-from mamf.methods.classical import steps_per_epoch
 from mamf.samplers import sum_over_ranks
 from mamf.tasks import number_of_tasks
 
@@ -28,16 +28,31 @@ def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 class SampledStream:
-    """Each step: n classes from the sampler, then up to `batch_size` of their images."""
+    """Each step: n classes from the sampler, then up to `batch_size` of their images. With a
+    `budget`, step i holds `budget.size(i)` images: tasks are drawn until it is full."""
 
-    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int):
+    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int,
+                 budget: Budget | None = None):
         self.rng, self.pool, self.sampler = rng, pool, sampler
-        self.ways, self.batch_size = ways, batch_size
+        self.ways, self.batch_size, self.budget = ways, batch_size, budget
+
+    def take(self, i: int) -> list[Batch]:
+        if self.budget is None:
+            return [self._task(self.batch_size)]
+        batches, left = [], self.budget.size(i)
+        while left > 0:
+            batches.append(self._task(left))
+            left -= len(batches[-1].images)
+        return batches
 
     def __next__(self) -> Batch:
+        """A native step's batch: one task, up to `batch_size` of its images."""
+        return self._task(self.batch_size)
+
+    def _task(self, limit: int) -> Batch:
         chosen = self.sampler.draw(self.rng, self.ways)
         images, labels = task_images(self.pool, chosen)
-        pick = self.rng.choice(len(images), size=min(self.batch_size, len(images)), replace=False)
+        pick = self.rng.choice(len(images), size=min(limit, len(images)), replace=False)
         return Batch(images[pick], labels[pick], self.pool.classes[chosen], chosen=chosen)
 
     def state_dict(self) -> dict:
@@ -53,10 +68,17 @@ class SequentialStream:
     task's first batch. Its state is the current task's classes, the generator as that task's
     passes began, and the batches taken from them."""
 
-    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int, epochs: int):
+    def __init__(self, rng, pool: Pool, sampler, ways: int, batch_size: int, epochs: int,
+                 budget: Budget | None = None):
         self.rng, self.pool, self.sampler = rng, pool, sampler
         self.ways, self.batch_size, self.epochs = ways, batch_size, epochs
         self.tasks = number_of_tasks(ways, len(pool.classes))
+        self.budget = budget
+        if budget is not None:  # classical's updates shared out among the tasks, in turn
+            share, extra = divmod(budget.steps, self.tasks)
+            counts = [share + (k < extra) for k in range(self.tasks)]
+            self.tasks = sum(1 for c in counts if c)
+            self.firsts = np.cumsum([0] + counts)  # task k's first update
         self.task, self.taken = -1, 0
         self.chosen: np.ndarray | None = None
         self.batches = iter(())
@@ -66,9 +88,18 @@ class SequentialStream:
         self.chosen, self.task_state = chosen, state
         self.rng.bit_generator.state = state
         images, labels = task_images(self.pool, chosen)
-        self.batches = epoch_batches(self.rng, images, labels, self.pool.classes[chosen],
-                                     self.batch_size, self.epochs)
+        classes = self.pool.classes[chosen]
+        if self.budget is None:
+            self.batches = epoch_batches(self.rng, images, labels, classes, self.batch_size,
+                                         self.epochs)
+        else:
+            sizes = [self.budget.size(i) for i in range(self.firsts[self.task],
+                                                          self.firsts[self.task + 1])]
+            self.batches = sized_batches(self.rng, images, labels, classes, sizes)
         self.taken = 0
+
+    def take(self, i: int) -> list[Batch]:
+        return [next(self)]
 
     def __next__(self) -> Batch:
         for b in self.batches:
@@ -118,14 +149,16 @@ class MAMF(Method):
             raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
         self.model, self.inputs, self.parallel = model, inputs, parallel
         # 1. data: a task per step (or the official K tasks in turn), its images in minibatches
+        budget = Budget(pool, t) if matched(t) else None
         if t.schedule == "sampled":
-            self.stream = SampledStream(rng, pool, sampler, d.ways, t.batch_size)
-            self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
-            sampler.plan(self.steps)
+            self.stream = SampledStream(rng, pool, sampler, d.ways, t.batch_size, budget)
+            self.steps = classical_steps(pool, t)
+            per_task = pool_images(pool) * d.ways / len(pool.classes)
+            sampler.plan(budget.draws(per_task) if budget else self.steps)
         else:
             self.stream = SequentialStream(rng, pool, sampler, d.ways, t.batch_size,
-                                           max(1, round(t.epochs)))
-            self.steps = None
+                                           max(1, round(t.epochs)), budget)
+            self.steps = budget.steps if budget else None
             sampler.plan(self.stream.tasks)
         self.sampler = sampler
         self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
@@ -136,17 +169,19 @@ class MAMF(Method):
         # learns sees the step's confusion among the task's classes (summed over the ranks)
         t = self.config.train
         try:
-            batch = next(self.stream)
+            batches = self.stream.take(i)
         except StopIteration:
             return None
-        if batch.new_task and i > 0:
+        if batches[0].new_task and i > 0:
             self.optimizer = make_optimizer(self.params(self.model), t.lr, t.weight_decay)
-        confusion = self.sampler.recorder(batch.classes)
-        loss = step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
-                    self.parallel, confusion)
-        if confusion is not None:
-            sum_over_ranks([confusion])
-            self.sampler.observe(batch.chosen, confusion.values())
+        confusions = [self.sampler.recorder(b.classes) for b in batches]
+        loss = step_tasks(self.model, self.inputs, batches, self.optimizer, t.candidates,
+                          t.augment, self.parallel, confusions)
+        for batch, confusion in zip(batches, confusions):
+            if confusion is not None:
+                sum_over_ranks([confusion])
+                self.sampler.observe(batch.chosen, confusion.values())
+        self.images += sum(len(b.images) for b in batches)
         return loss
 
     def stream_state(self) -> dict:

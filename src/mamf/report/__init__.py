@@ -29,13 +29,14 @@ from mamf.report.tables import (
     settings_line,
     summary_notes,
     summary_table,
+    training_line,
 )
 from mamf.results import dataset_name
 
 __all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
            "compare", "comparison_note", "in_order", "label", "main_rows", "markdown_html",
            "not_compared_markdown", "paired", "pooled", "pooled_rows", "settings_line",
-           "summary_table", "write_report"]
+           "summary_table", "training_line", "write_report"]
 
 
 def paper_rows(rows: list[dict]) -> list[dict]:
@@ -77,6 +78,9 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
         md += [note]
     fixed = fixed_images_note(rows)
     md += ([fixed] if fixed else []) + ["", f"Settings: {settings_line(rows)}.", ""]
+    trained = training_line(rows)
+    if trained:
+        md += [f"Training per run (updates, images back-propagated, budget): {trained}.", ""]
     apart = not_compared_markdown(rows)
     if apart:
         md += [apart, ""]

@@ -140,6 +140,42 @@ def _shapes(mine: list[dict], methods: list[str]) -> str:
     return f"{common}, {', '.join(each[:-1])} and {each[-1]}"
 
 
+def training_line(rows: list[dict]) -> str:
+    """Per dataset, each trained method's optimiser updates and back-propagated images per run
+    and its budget (docs/method.md, "Budgets"); '' when no row was trained. Rows written before
+    budgets were recorded lack the counts: their runs followed each method's native schedule."""
+    parts, old = [], False
+    datasets, methods = ordered(rows)
+    for d in datasets:
+        each = []
+        for m in methods:
+            own = [r for r in rows if dataset_name(r) == d and r["method"] == m
+                   and ("train_steps" in r or r.get("run"))]
+            if not own:
+                continue
+            steps = [r["train_steps"] for r in own if r.get("train_steps") is not None]
+            images = [r["train_images"] for r in own if r.get("train_images") is not None]
+            budgets = {r.get("train_budget") or "native*" for r in own}
+            old |= "native*" in budgets or len(images) < len(own)
+            counts = [f"{_span(steps)} updates" if steps else "updates not recorded",
+                      f"{_span(images)} images" if len(images) == len(own) else
+                      (f"{_span(images)} images where recorded" if images
+                       else "images not recorded")]
+            each.append(f"{label(m)} {' and '.join(counts)} ({', '.join(sorted(budgets))})")
+        if each:
+            parts.append(f"{d}: {', '.join(each)}")
+    if not parts:
+        return ""
+    note = (" (*: rows written before budgets were recorded, trained on each method's native "
+            "schedule; their images are unknown)") if old else ""
+    return "; ".join(parts) + note
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,} to {high:,}"
+
+
 def fixed_images_note(rows: list[dict]) -> str:
     """Where test tasks re-score one fixed set of test images, what an interval covers."""
     fixed = sorted(p for p in {r["protocol"] for r in rows} if protocols.get(p).fixed_test_images)

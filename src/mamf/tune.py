@@ -1,0 +1,150 @@
+"""Learning rates chosen on dev-split tasks, on a grid (docs/method.md, "Tuning").
+
+An experiment's `tune:` section names a grid of settings (dotted keys: `train.*` ones retrain,
+`metatest.*` ones only re-score the trained weights), a seed that is none of the experiment's
+seeds, and the task sizes to tune at. For each dataset and method every grid point trains on the
+training split with that seed and is scored on tasks drawn from the *dev* split; the point with
+the best mean dev accuracy (ties: the first in grid order) is then used by every seed of the
+experiment, and its rows record it (`tuned_on_dev`). No test-split task is drawn and no test
+image read. Every grid point's score goes to `tune.json`, written atomically after each training,
+so a killed tuning resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mamf import methods as registry
+from mamf.config import Config
+from mamf.errors import MamfError
+from mamf.experiment_file import dataset_root, run_config
+from mamf.io import atomic_write_text
+from mamf.tune_spec import TuneSpec, nested
+
+log = logging.getLogger(__name__)
+
+TUNE_FILE = "tune.json"
+def points(grid: dict[str, list], section: str) -> list[dict]:
+    """Every combination of the grid's keys of one section, in grid order ([{}] for none)."""
+    keys = [k for k in grid if k.startswith(section + ".")]
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def entry_key(dataset: str, method: str) -> str:
+    return f"{dataset}/{method}"
+
+
+def read_tune(out: Path) -> dict:
+    path = Path(out) / TUNE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MamfError(f"{path} is unreadable ({e}): delete it to tune again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise MamfError(f"{path} is damaged: delete it to tune again")
+    return data
+
+
+def choose(scores: list[dict]) -> dict:
+    """The grid point with the best mean dev accuracy; ties go to the first in grid order."""
+    return max(scores, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
+
+
+def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True) -> dict:
+    """Choose every (dataset, method)'s grid point on dev tasks, computing what `tune.json` in
+    `out` lacks (`compute`: False only reads it); returns {(dataset, method): chosen record}."""
+    spec: TuneSpec = exp.tune
+    out = Path(out)
+    state = read_tune(out) or {"seed": spec.seed, "entries": {}}
+    if state.get("seed") != spec.seed:
+        raise MamfError(f"{out / TUNE_FILE} was tuned with seed {state.get('seed')}, not "
+                        f"{spec.seed}: delete it to tune again")
+    chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
+    for ds in exp.datasets:
+        root = None
+        for method in spec.methods_of(exp.methods):
+            grid = spec.grid_of(method)
+            if not grid or ds.methods is not None and method not in ds.methods:
+                continue
+            entry = state["entries"].setdefault(entry_key(ds.name, method),
+                                                {"grid": grid, "scores": []})
+            if entry["grid"] != grid:
+                raise MamfError(f"{out / TUNE_FILE} holds another grid for {ds.name} {method}: "
+                                "delete it to tune again")
+            todo = [p for p in points(grid, "train")
+                    if not any(s["train"] == p for s in entry["scores"])]
+            if todo and not compute:
+                raise MamfError(f"{out / TUNE_FILE} lacks {ds.name} {method}: run `mamf tune`")
+            for point in todo:
+                if root is None:
+                    root = dataset_root(ds, out, exp.datasets)
+                entry["scores"] += _score_point(exp, ds, root, method, point, grid, progress,
+                                                prepared)
+                atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+            best = choose(entry["scores"])
+            entry["chosen"] = {**best["train"], **best["metatest"]}
+            chosen[(ds.name, method)] = {"values": entry["chosen"], "seed": spec.seed,
+                                         "dev_acc": best["dev_acc"], "ways": best["ways"]}
+            log.info("%s %s: chosen on dev %s (dev accuracy %.3f)", ds.name, method,
+                     entry["chosen"], best["dev_acc"])
+    if compute:
+        atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+    return chosen
+
+
+def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
+                 progress: bool, _prepared: dict) -> list[dict]:
+    """Train once per tuned task size (once for all for a method that does not train per size)
+    at `train_point` with the tune seed, then score every metatest point on dev tasks."""
+    from mamf import samplers
+    from mamf.metatest import WeightSnapshot
+    from mamf.run import evaluate_prepared, fresh_start, prepare, ways_list
+    from mamf.training import train
+
+    spec: TuneSpec = exp.tune
+    kind = registry.method_class(method)
+    extra = nested(train_point)
+    if _prepared.get("key") != (exp.name, ds.name, root):
+        _prepared.clear()
+        config = _config(exp, ds, method, root, extra)
+        model, dataset, inputs = prepare(config)
+        prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
+        _prepared.update(key=(exp.name, ds.name, root),
+                         value=(model, dataset, inputs, WeightSnapshot(model), prompts))
+    model, dataset, inputs, pretrained, prompts = _prepared["value"]
+    base = _config(exp, ds, method, root, extra)
+    sizes = spec.ways or ways_list(base, dataset.n_classes, ds.ways)[:1]
+    tests = points(grid, "metatest")
+    accs: dict[int, list[float]] = {k: [] for k in range(len(tests))}
+    for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
+        config = _config(exp, ds, method, root, extra, ways=group[0])
+        fresh_start(model, inputs, pretrained, config, kind.trains)
+        if kind.trains:
+            train(model, inputs, dataset, config, progress)
+        for n in group:
+            for k, test_point in enumerate(tests):
+                scored = _config(exp, ds, method, root, {**extra, **nested(test_point)}, ways=n)
+                row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
+                                        prompts)
+                accs[k].append(row["acc_mean"])
+                log.info("tune %s %s %d-way %s %s: dev %.3f", ds.name, method, n, train_point,
+                         test_point, row["acc_mean"])
+    pretrained.restore()
+    return [{"train": train_point, "metatest": test_point, "ways": sizes,
+             "dev_acc": float(sum(accs[k]) / len(accs[k]))} for k, test_point in enumerate(tests)]
+
+
+def _config(exp, ds, method: str, root: str, extra: dict, ways: int | None = None) -> Config:
+    """A dev run's config: the experiment's for the method, then tune.settings and the grid
+    point, the tune seed, the dev split."""
+    from mamf.config import deep_merge
+
+    over = deep_merge(deep_merge(exp.tune.settings, extra), {"metatest": {"split": "dev"}})
+    return run_config(exp, ds, method, exp.tune.seed, root, ways=ways, extra=over)

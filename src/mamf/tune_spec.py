@@ -1,0 +1,98 @@
+"""An experiment's `tune:` section, read and checked (`mamf.tune` runs it; docs/method.md,
+"Tuning"): a seed that is none of the test seeds, a grid of dotted `train.*` / `metatest.*`
+keys, optional per-method grids, task sizes and dev-only settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mamf import methods as registry
+from mamf.config import check_seed
+from mamf.errors import MamfError, shown
+
+TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings"}
+SECTIONS = ("train", "metatest")
+
+
+@dataclass
+class TuneSpec:
+    seed: int
+    grid: dict[str, list]  # dotted key -> values, in grid order
+    method_grid: dict[str, dict[str, list]] = field(default_factory=dict)
+    methods: list[str] | None = None  # None: the experiment's methods that train
+    ways: list[int] | None = None  # None: each dataset's first task size
+    settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
+
+    def grid_of(self, method: str) -> dict[str, list]:
+        """The method's own grid where `method_grid` names it (FOMAML's test-time rate is
+        `metatest.inner_lr`), else the shared one."""
+        return self.method_grid.get(method, self.grid)
+
+    def methods_of(self, exp_methods: list[str]) -> list[str]:
+        if self.methods is not None:
+            return self.methods
+        return [m for m in exp_methods if registry.method_class(m).trains]
+
+
+def parse_tune(raw, exp_methods: list[str], seeds: list[int], fixed=frozenset()) -> TuneSpec:
+    """The `tune:` section, checked; `fixed`: the settings the prepared model depends on, which
+    a grid may not vary."""
+    if not isinstance(raw, dict):
+        raise MamfError(f"experiment 'tune' must be a mapping, got {shown(raw)}")
+    unknown = set(raw) - TUNE_KEYS
+    if unknown:
+        raise MamfError(f"experiment 'tune' has unknown key(s) {', '.join(map(shown, unknown))} "
+                        f"(known: {', '.join(sorted(TUNE_KEYS))})")
+    seed = raw.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise MamfError("experiment 'tune' needs a 'seed' (an integer, none of the 'seeds')")
+    check_seed("tune.seed", seed)
+    if seed in seeds:
+        raise MamfError(f"tune.seed {seed} is one of the experiment's seeds: rates chosen on it "
+                        "would be scored by the run that chose them; pick another seed")
+    grid = _grid(raw.get("grid"), "tune.grid", fixed)
+    per = raw.get("method_grid") or {}
+    if not isinstance(per, dict) or any(m not in registry.names() for m in per):
+        raise MamfError("tune.method_grid must map method names to grids")
+    method_grid = {m: _grid(g, f"tune.method_grid.{m}", fixed) for m, g in per.items()}
+    chosen = raw.get("methods")
+    if chosen is not None and (not isinstance(chosen, list) or
+                               any(m not in exp_methods for m in chosen)):
+        raise MamfError(f"tune.methods must list methods of the experiment, got {shown(chosen)}")
+    ways = raw.get("ways")
+    if ways is not None:
+        ways = [ways] if isinstance(ways, int) else ways
+        if not isinstance(ways, list) or not ways or \
+                not all(isinstance(n, int) and n >= 2 for n in ways):
+            raise MamfError(f"tune.ways must be task sizes, got {shown(raw.get('ways'))}")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise MamfError("tune.settings must be a mapping of config sections")
+    spec = TuneSpec(seed, grid, method_grid, chosen, ways, settings)
+    if not any(spec.grid_of(m) for m in spec.methods_of(exp_methods)):
+        raise MamfError("experiment 'tune' has an empty grid: give tune.grid (e.g. train.lr)")
+    return spec
+
+
+def _grid(raw, where: str, fixed) -> dict[str, list]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MamfError(f"{where} must map dotted keys (train.lr, metatest.lr) to lists")
+    for key, values in raw.items():
+        if not isinstance(key, str) or key.split(".")[0] not in SECTIONS or "." not in key:
+            raise MamfError(f"{where}: {shown(key)} is not a train.* or metatest.* key")
+        if key.split(".", 1)[1] in fixed:
+            raise MamfError(f"{where}: {key} changes the prepared model; tune rates, not it")
+        if not isinstance(values, list) or not values:
+            raise MamfError(f"{where}.{key} must be a non-empty list of values")
+    return dict(raw)
+
+
+def nested(dotted: dict) -> dict:
+    """{'train.lr': x} -> {'train': {'lr': x}}, as experiment settings are written."""
+    out: dict = {}
+    for key, value in dotted.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out

@@ -1,0 +1,152 @@
+"""Tuning on dev (docs/method.md, "Tuning"): a grid of rates per method scored on dev-split tasks
+with a seed of its own, never reading a test image; the choice reaches the experiment's rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from conftest import make_folder
+
+from mamf import metatest, run, training
+from mamf.cli import main
+from mamf.errors import MamfError
+from mamf.experiment import parse_experiment, run_experiment
+from mamf.inputs import ModelInputs
+from mamf.tune import TUNE_FILE, tune_experiment
+
+GRID = {"train.lr": [1e-4, 1e-3, 1e-2, 1e-1], "metatest.lr": [1e-5, 1e-4, 1e-3, 1e-2]}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("tune") / "colours", n_classes=6, per_class=10)
+
+
+def experiment(folder, **tune):
+    return {"name": "tuned", "model": "tiny-random-clip", "methods": ["zeroshot", "classical",
+                                                                       "mamf"],
+            "seeds": [1], "settings": {"train": {"freeze_image_backbone": True,
+                                                 "freeze_text_tower": True, "augment": False,
+                                                 "epochs": 1, "batch_size": 16},
+                                       "metatest": {"epochs": 1}},
+            "datasets": {"colours": {"root": str(folder), "ways": [3]}},
+            "tune": {"seed": 0, "grid": GRID, **tune}}
+
+
+def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, folder,
+                                                                     monkeypatch):
+    exp = parse_experiment(experiment(folder))
+    seen, splits, trained = [], [], []
+    real_images, real_tasks, real_train = ModelInputs.images, metatest.evaluation_tasks, \
+        training.train
+
+    def images(self, model, indices, *args, **kwargs):
+        seen.extend(np.asarray(indices).tolist())
+        return real_images(self, model, indices, *args, **kwargs)
+
+    def tasks(dataset, config, split, ways):
+        splits.append(split)
+        return real_tasks(dataset, config, split, ways)
+
+    def counted(*args, **kwargs):
+        trained.append(args[3].train.lr)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(ModelInputs, "images", images)
+    monkeypatch.setattr(run, "evaluation_tasks", tasks)
+    monkeypatch.setattr(metatest, "evaluation_tasks", tasks)
+    monkeypatch.setattr("mamf.tune.train", counted, raising=False)
+    import mamf.training
+
+    monkeypatch.setattr(mamf.training, "train", counted)
+    chosen = tune_experiment(exp, tmp_path / "out")
+    from mamf.data.dataset import ImageDataset
+
+    dataset = ImageDataset.load(str(folder), 16)
+    test = set(np.concatenate(dataset.pool("paper", "test").images).tolist())
+    assert seen and not test & set(seen)  # no test image was embedded for tuning
+    assert splits and set(splits) == {"dev"}
+    assert trained == GRID["train.lr"] * 2  # each train point once per method, metatest re-scores
+    saved = json.loads((tmp_path / "out" / TUNE_FILE).read_text())
+    for method in ("classical", "mamf"):
+        entry = saved["entries"][f"colours/{method}"]
+        assert len(entry["scores"]) == 16
+        best = max(entry["scores"], key=lambda s: s["dev_acc"])
+        assert entry["chosen"] == {**best["train"], **best["metatest"]}
+        assert chosen[("colours", method)]["values"] == entry["chosen"]
+        assert chosen[("colours", method)]["seed"] == 0
+    # resumable: a second call trains nothing and chooses the same
+    trained.clear()
+    assert tune_experiment(exp, tmp_path / "out") == chosen and trained == []
+    monkeypatch.undo()
+    rows = run_experiment(exp, tmp_path / "out", progress=False)
+    for r in rows:
+        if r["method"] == "zeroshot":
+            assert "tuned_on_dev" not in r
+            continue
+        assert r["tuned_on_dev"] == chosen[("colours", r["method"])]
+        config = yaml.safe_load((tmp_path / "out" / "configs" / f"{r['config_id']}.yaml")
+                                .read_text())
+        values = r["tuned_on_dev"]["values"]
+        assert config["train"]["lr"] == values["train.lr"]
+        assert config["metatest"]["lr"] == values["metatest.lr"]
+        assert config["seed"] == 1
+
+
+def test_the_tune_section_is_checked(folder):
+    with pytest.raises(MamfError, match="one of the experiment's seeds"):
+        parse_experiment(experiment(folder, seed=1))
+    with pytest.raises(MamfError, match="not a train"):
+        parse_experiment(experiment(folder, grid={"data.ways": [2]}))
+    with pytest.raises(MamfError, match="changes the prepared model"):
+        parse_experiment(experiment(folder, grid={"train.freeze_text_tower": [True]}))
+
+
+def test_mamf_tune_writes_the_grid_and_prints_the_choice(tmp_path, folder, capsys):
+    raw = experiment(folder, grid={"train.lr": [1e-3, 1e-2], "metatest.lr": [1e-4]},
+                     methods=["mamf"])
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["tune", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "colours mamf: train.lr=" in printed and "dev accuracy" in printed
+    entries = json.loads((tmp_path / "out" / TUNE_FILE).read_text())["entries"]
+    assert list(entries) == ["colours/mamf"] and len(entries["colours/mamf"]["scores"]) == 2
+
+
+def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
+    raw = experiment(folder)
+    del raw["tune"]
+    raw["datasets"]["colours-sequential"] = {"root": str(folder), "ways": [3],
+                                             "methods": ["classical", "mamf"],
+                                             "settings": {"train": {"schedule": "sequential"}}}
+    rows = run_experiment(parse_experiment(raw), tmp_path / "out", progress=False)
+    ran = sorted((r["experiment_dataset"], r["method"]) for r in rows)
+    assert ran == [("colours", "classical"), ("colours", "mamf"), ("colours", "zeroshot"),
+                   ("colours-sequential", "classical"), ("colours-sequential", "mamf")]
+    with pytest.raises(MamfError, match="'methods' must list methods of the experiment"):
+        raw["datasets"]["colours-sequential"]["methods"] = ["fomaml"]
+        parse_experiment(raw)
+
+
+@pytest.mark.parametrize("name", ["paper-offline-matched.yaml",
+                                  "paper-offline-expressive-matched.yaml"])
+def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
+    from pathlib import Path
+
+    from mamf.experiment import load_experiment, run_config
+
+    exp = load_experiment(Path(__file__).parents[1] / "configs" / name)
+    assert len(exp.seeds) == 5 and exp.tune.seed not in exp.seeds
+    for method in exp.tune.methods_of(exp.methods):
+        for key, values in exp.tune.grid_of(method).items():
+            assert len(values) >= 4 and max(values) / min(values) >= 999, (method, key)
+    for ds in exp.datasets:
+        config = run_config(exp, ds, "mamf", 312, "/placeholder")
+        assert config.train.budget == "matched"
+    schedules = {run_config(exp, ds, "mamf", 312, "/x").train.schedule for ds in exp.datasets}
+    assert schedules == ({"sampled", "sequential"} if name == "paper-offline-matched.yaml"
+                         else {"sampled"})
