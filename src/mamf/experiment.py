@@ -33,8 +33,10 @@ from mamf.errors import MamfError, shown
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
+from mamf.progress import Eta
 from mamf.results import read_rows, row_alpha, row_sampler
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
+from mamf.tasks import number_of_tasks
 from mamf.training import train
 from mamf.wiseft import Interpolation, alphas, starting_weights
 
@@ -388,7 +390,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
     log.info("%d row(s) to compute (%d already done)", total, len(done))
     bar = tqdm(total=total, desc=f"experiment {exp.name}", unit="row",
                disable=None if progress else True)
-    clock = _Clock(total)
+    eta, works = _planned(exp, plans)
+    rows_done = 0
     prepared: dict[str, tuple] = {}
     for ds, root, seed, method, sampler, todo, ways, missing, shots in plans:
         key = ds.name
@@ -396,7 +399,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
             prepared.clear()  # one dataset's model and caches in memory at a time
             try:
                 config = run_config(exp, ds, method, seed, root)
-                with clock.apart() as one_off:
+                with eta.apart() as one_off:
                     model, dataset, inputs = prepare(config)
                     # every class's prompt under the pretrained model, before any training
                     pretrained_prompts = samplers.prompt_embeddings(
@@ -409,24 +412,31 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                 log.error("dataset %s skipped: %s", ds.name, e)
                 _failure(out, {"dataset": ds.name, "error": str(e)})
                 bar.update(len(missing))
+                rows_done += len(missing)
+                for _ in units_of((ds, root, seed, method, sampler, todo, ways, missing, shots)):
+                    for kind, units, _ in works.pop(0):
+                        eta.forget(kind, units)
                 continue
         model, dataset, inputs, pretrained, prompts = prepared[key]
         units = units_of((ds, root, seed, method, sampler, todo, ways, missing, shots))
         name = method if sampler is None else f"{method} ({sampler})"
         for unit in units:
             left = sum(1 for n, _, _ in missing if n in unit)
+            work = works.pop(0)
             try:
                 for row in _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model,
                                      dataset, inputs, pretrained, prompts, results, progress,
                                      done, shots):
                     left -= 1
+                    rows_done += 1
                     bar.update(1)
+                    _measured(eta, work, row)
                     if main:
                         at = (f" {row['split']}" if exp.splits else "") + \
                             ("" if row["alpha"] is None else f" alpha {row['alpha']}")
                         log.info("%s %s %s-way seed %d%s: %.3f ± %.3f  [%s]", ds.name,
                                  name, row["ways"], seed, at, row["acc_mean"],
-                                 row["acc_ci95"], clock.tick())
+                                 row["acc_ci95"], eta.line(rows_done, total))
             except MamfError as e:
                 log.error("%s %s seed %d ways %s failed: %s", ds.name, name, seed, unit, e)
                 _failure(out, {"dataset": ds.name, "method": method, "sampler": sampler,
@@ -439,6 +449,9 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                                "seed": seed, "ways": unit, "error": repr(e),
                                "traceback": traceback.format_exc()})
             bar.update(left)  # rows a failure left undone
+            rows_done += left
+            for kind, units, _ in work:  # what a failure left undone is not waited for
+                eta.forget(kind, units)
     bar.close()
     return distributed.from_main(read_rows(results) if main else None)
 
@@ -494,28 +507,49 @@ def job_results(out: Path, job: str) -> Path:
     return out / "jobs" / job / RESULTS
 
 
-class _Clock:
-    """Rows done of the total and the estimated time left, for log lines. One-off costs (loading
-    the model, building the image and frozen-feature caches) are timed apart and left out of the
-    rate: a first row that built the caches would otherwise be extrapolated to every row."""
+def _planned(exp: Experiment, plans: list[tuple]) -> tuple[Eta, list[list[tuple]]]:
+    """The grid's clock and each unit's work (`unit_work`), in the order the units run."""
+    from mamf.data.folder import scan_folder
 
-    def __init__(self, total: int):
-        self.total, self.done, self.start, self.one_off = total, 0, time.perf_counter(), 0.0
+    eta, works, classes = Eta(), [], {}
+    for p in plans:
+        ds, root = p[:2]
+        if root not in classes:
+            base = run_config(exp, ds, p[3], p[2], root)
+            classes[root] = len(scan_folder(root, base.data.subdataset).classes)
+        for unit in units_of(p):
+            works.append(unit_work(exp, p, unit, classes[root]))
+            for kind, units, _ in works[-1]:
+                eta.plan(kind, units)
+    return eta, works
 
-    @contextlib.contextmanager
-    def apart(self):
-        """Time the block apart; yields a function that gives its seconds so far."""
-        started = time.perf_counter()
-        try:
-            yield lambda: time.perf_counter() - started
-        finally:
-            self.one_off += time.perf_counter() - started
 
-    def tick(self) -> str:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start - self.one_off
-        left = elapsed / self.done * (self.total - self.done)
-        return f"{self.done}/{self.total}, about {left / 60:.1f} min left"
+def _measured(eta: Eta, work: list[tuple], row: dict) -> None:
+    """A finished row's times into the clock: its unit's training (with the unit's first row)
+    and its own test tasks; `work` keeps what of the unit is still to come."""
+    for item in [w for w in work if w[2] is None][:1] + \
+            [w for w in work if w[2] == row["ways"]][:1]:
+        kind, units, _ = item
+        eta.done(kind, row.get("train_time_s", 0.0) if kind[0] == "train" else row["time_s"],
+                 units)
+        work.remove(item)
+
+
+def unit_work(exp: Experiment, p: tuple, unit: list[int], n_classes: int) -> list[tuple]:
+    """The (kind, units, n) of work a unit still has, for the time left (`mamf.progress.Eta`): its
+    training, once, and each missing row's test tasks (K(n, N) under the paper protocol, so a
+    2-way row weighs what its 100-odd tasks cost). Kinds are per dataset, method, sampler and
+    shots: their costs differ by orders of magnitude."""
+    ds, root, seed, method, sampler = p[:5]
+    kind = (ds.name, method, sampler, p[8])
+    work = [(("train", *kind), 1.0, None)] if registry.method_class(method).trains else []
+    data = run_config(exp, ds, method, seed, root).data
+    for n, _, _ in p[7]:
+        if n in unit:
+            tasks = (number_of_tasks(n, n_classes) if data.protocol == "paper" else
+                     data.tasks if data.protocol == "episodic" else 1)
+            work.append((("test", *kind), float(tasks), n))
+    return work
 
 
 def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, inputs,
