@@ -164,6 +164,13 @@ class FOMAML(Method):
             self.sampler.observe(c, confusion.values())
         return loss
 
+    def chance_classes(self, pool) -> int | None:
+        return self.config.data.ways  # the query loss over the task's n classes
+
+    def chance_hint(self) -> str:
+        return (f"its loss is the query loss after SGD at train.inner_lr="
+                f"{self.config.train.inner_lr:g} on each task's support set")
+
     def stream_state(self) -> dict:
         return {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
 
