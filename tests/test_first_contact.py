@@ -23,16 +23,62 @@ def _python(code: str) -> str:
 
 
 def test_help_and_import_load_no_torch():
+    from mamf.cli import COMMANDS
+
+    commands = [["--help"], *([c, "--help"] for c in COMMANDS)]
     out = _python(
         "import sys, contextlib, io\n"
         "import mamf\n"
         "from mamf.cli import main\n"
-        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+        f"for argv in {commands!r}:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'mamf.allocator')"
         " if m in sys.modules))\n")
     assert out.strip() == "[]"  # nor is glibc's malloc tuned by `import mamf`
+
+
+def _options():
+    """(command, option action) of every option of every command."""
+    import argparse
+
+    from mamf.cli import parser
+
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    for command, p in [("mamf", top), *sub.choices.items()]:
+        for action in p._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield command, action
+
+
+def _mentions(text: str, value) -> bool:
+    forms = {str(value)}
+    if isinstance(value, float):
+        forms |= {f"{value:g}", f"{value:g}".replace("e-0", "e-")}
+    return "default" in text and any(f in text for f in forms)
+
+
+def test_every_option_shows_its_default():
+    """An option with a default (argparse's, or the config setting it sets) says it in --help."""
+    from mamf.cli import COMMON_FLAGS, EVAL_FLAGS, TRAIN_FLAGS
+    from mamf.config import build_config, to_dict
+
+    defaults = to_dict(build_config({}))
+    flags = {"train": {**COMMON_FLAGS, **TRAIN_FLAGS}, "evaluate": {**COMMON_FLAGS, **EVAL_FLAGS}}
+    checked = 0
+    for command, action in _options():
+        value = action.default
+        key = flags.get(command, {}).get(action.dest)
+        if value in (None, [], False) and key is not None:
+            value = defaults
+            for part in key.split("."):
+                value = value[part]
+        if value in (None, [], False, ""):
+            continue
+        checked += 1
+        assert _mentions(action.help or "", value), (command, action.option_strings, value)
+    assert checked > 25
 
 
 def test_cli_tunes_the_allocator_at_its_entry(monkeypatch, capsys):
