@@ -117,7 +117,8 @@ def feature_rates(out: Path, sample: int, repeats: int, whole_s: float) -> None:
     from mamf.models import load_model
 
     model = load_model("effnet-minilm").eval()
-    ds = ImageDataset.load(out / "data" / "emoji", model.image_size)
+    folder = sorted(p for p in (out / "data").iterdir() if not p.name.startswith("."))[-1]
+    ds = ImageDataset.load(folder, model.image_size)  # emoji in the demo
     n = min(sample, len(ds.images))
     ds.images = ds.images[:n]
     mine = inputs.ModelInputs(model, ds, torch.device("cpu"))
@@ -142,10 +143,10 @@ def feature_rates(out: Path, sample: int, repeats: int, whole_s: float) -> None:
                          "eager PyTorch": eager, "onnxruntime directly": direct}, repeats)
     f32 = matmul_rate(torch.float32)
     flops = backbone_flops(model)
-    total = len(ImageDataset.load(out / "data" / "emoji", model.image_size).images)
-    print(f"\nfrozen image backbone on {n} of the demo's emoji images ({flops / 1e9:.2f} GFLOP "
+    total = len(ImageDataset.load(folder, model.image_size).images)
+    print(f"\nfrozen image backbone on {n} of the demo's {folder.name} images ({flops / 1e9:.2f} GFLOP "
           f"each), float32 matmul {f32 / 1e9:.1f} GFLOP/s, load {os.getloadavg()[0]:.2f}")
-    print("| variant | img/s | share of the matmul rate | vs mamf | emoji's "
+    print(f"| variant | img/s | share of the matmul rate | vs mamf | {folder.name}'s "
           f"{total} images at this rate, s |")
     print("|---|---|---|---|---|")
     for name, seconds in times.items():
