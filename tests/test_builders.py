@@ -85,6 +85,20 @@ def test_slugs_are_path_safe_and_unique():
 
 # --------------------------------------------------------------------------- counting
 
+def test_counting_in_worker_processes_writes_the_same_bytes_as_one(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    log = Log()
+    two = BUILDERS["counting"](tmp_path / "two", log=log, per_class=2, size=32, seed=3)
+    assert any("2 processes" in line for line in log)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0}, raising=False)
+    one = BUILDERS["counting"](tmp_path / "one", log=Log(), per_class=2, size=32, seed=3)
+    files = sorted(p.relative_to(one) for p in one.rglob("*.png"))
+    assert len(files) == 20
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+
+
 def test_counting_layout_idempotent_and_deterministic(tmp_path):
     log = Log()
     root = BUILDERS["counting"](tmp_path / "counting", log=log, per_class=3, size=48, seed=0)

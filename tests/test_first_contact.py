@@ -23,16 +23,62 @@ def _python(code: str) -> str:
 
 
 def test_help_and_import_load_no_torch():
+    from mamf.cli import COMMANDS
+
+    commands = [["--help"], *([c, "--help"] for c in COMMANDS)]
     out = _python(
         "import sys, contextlib, io\n"
         "import mamf\n"
         "from mamf.cli import main\n"
-        "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+        f"for argv in {commands!r}:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'mamf.allocator')"
         " if m in sys.modules))\n")
     assert out.strip() == "[]"  # nor is glibc's malloc tuned by `import mamf`
+
+
+def _options():
+    """(command, option action) of every option of every command."""
+    import argparse
+
+    from mamf.cli import parser
+
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    for command, p in [("mamf", top), *sub.choices.items()]:
+        for action in p._actions:
+            if action.option_strings and not isinstance(action, argparse._HelpAction):
+                yield command, action
+
+
+def _mentions(text: str, value) -> bool:
+    forms = {str(value)}
+    if isinstance(value, float):
+        forms |= {f"{value:g}", f"{value:g}".replace("e-0", "e-")}
+    return "default" in text and any(f in text for f in forms)
+
+
+def test_every_option_shows_its_default():
+    """An option with a default (argparse's, or the config setting it sets) says it in --help."""
+    from mamf.cli import COMMON_FLAGS, EVAL_FLAGS, TRAIN_FLAGS
+    from mamf.config import build_config, to_dict
+
+    defaults = to_dict(build_config({}))
+    flags = {"train": {**COMMON_FLAGS, **TRAIN_FLAGS}, "evaluate": {**COMMON_FLAGS, **EVAL_FLAGS}}
+    checked = 0
+    for command, action in _options():
+        value = action.default
+        key = flags.get(command, {}).get(action.dest)
+        if value in (None, [], False) and key is not None:
+            value = defaults
+            for part in key.split("."):
+                value = value[part]
+        if value in (None, [], False, ""):
+            continue
+        checked += 1
+        assert _mentions(action.help or "", value), (command, action.option_strings, value)
+    assert checked > 25
 
 
 def test_cli_tunes_the_allocator_at_its_entry(monkeypatch, capsys):
@@ -145,15 +191,36 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch):
     assert len((tmp_path / "results" / "results.jsonl").read_text().splitlines()) == 2
 
 
-def test_loss_at_chance_warns(caplog):
-    from mamf.api import make_config, warn_if_chance
+@pytest.mark.parametrize("method", ["classical", "mamf", "fomaml"])
+def test_a_loss_at_chance_warns_with_its_likely_cause(method, colour_folder, tmp_path, caplog):
+    """A rate that moves nothing (1e-12, as near 0 as train.lr may be) leaves the loss at
+    ln(classes): the run says so and names the rate and what trains."""
+    from mamf import train
 
-    config = make_config({"data": {"ways": 5}, "train": {"lr": 1e-6}})
-    with caplog.at_level("WARNING"):
-        assert warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 1.60})
-    assert "ln(5) = 1.609" in caplog.text and "train.lr=1e-06" in caplog.text
-    assert not warn_if_chance(config, {"method": "mamf", "mean_loss_last_tenth": 0.9})
-    assert not warn_if_chance(config, {"method": "classical", "mean_loss_last_tenth": 1.6})
+    config = {"model": "tiny-random-clip", "data": {"root": str(colour_folder), "ways": 3},
+              "train": {"method": method, "steps": 20, "lr": 1e-12, "inner_lr": 0.0,
+                        "freeze_image_backbone": True, "freeze_text_tower": True}}
+    with caplog.at_level("WARNING", logger="mamf"):
+        train(config, tmp_path / "run", progress=False)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"{method}: training loss stayed at chance" in warning
+    classes = 3 if method != "classical" else len(
+        [p for p in Path(colour_folder).iterdir() if p.is_dir()])
+    assert f"ln({classes})" in warning
+    assert "train.lr=1e-12 is far too low" in warning and "both towers frozen" in warning
+    assert ("train.inner_lr=0" in warning) == (method == "fomaml")
+
+
+def test_the_likely_cause_names_the_paper_rate_end_to_end():
+    from mamf.chance import at_chance, likely_cause
+    from mamf.config import build_config
+
+    cause = likely_cause(build_config({}))  # the defaults: both towers end to end at 1e-6
+    assert "train.lr=1e-06 (both towers end to end) is the paper's rate" in cause
+    assert "--config cpu" in cause
+    assert at_chance([1.61] * 20, 5) == pytest.approx(np.log(5))
+    assert at_chance([1.6] * 10 + [0.9] * 10, 5) is None  # it learned
+    assert at_chance([0.1], None) is None  # a loss over classes that vary: nothing to compare
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["methods"]])

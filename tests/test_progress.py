@@ -93,20 +93,62 @@ def test_quiet_bars_print_nothing(log_file, monkeypatch):
     assert log_file.lines == []
 
 
-def test_the_clock_leaves_one_off_costs_out(monkeypatch):
+def test_the_eta_leaves_one_off_costs_out(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(perf_counter=clock))
-    eta = experiment._Clock(total=5)
+    monkeypatch.setattr(progress, "_clock", clock)
+    eta = progress.Eta()
+    eta.plan("row", 5)
     with eta.apart():
         clock.now += 600.0  # the cache build, in the first row
     clock.now += 60.0  # the first row itself
-    assert eta.tick() == "1/5, about 4.0 min left"  # not (660 s x 4)
+    eta.done("row", 60.0)
+    assert eta.line(1, 5) == "1/5, about 4.0 min left"  # not (660 s x 4)
+
+
+def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
+    """Zero-shot rows of 1 s a task and trained rows of 200 s of training each, interleaved as a
+    grid runs them: the time left is each kind's rate times its own work left, not the mean row
+    (which made the demo's ETA 4x off), and it is not shown before every kind left has run."""
+    clock = FakeClock()
+    monkeypatch.setattr(progress, "_clock", clock)
+    eta = progress.Eta()
+    for _ in range(3):  # three datasets' worth: a zero-shot row of 10 tasks, a trained one
+        eta.plan(("test", "zeroshot"), 10)
+        eta.plan(("train", "mamf"), 1)
+        eta.plan(("test", "mamf"), 10)
+    clock.now += 10.0
+    eta.done(("test", "zeroshot"), 10.0, 10)
+    assert eta.seconds_left() is None  # mamf has not run yet: no ETA rather than a wrong one
+    assert eta.line(1, 6) == "1/6"
+    clock.now += 210.0
+    eta.done(("train", "mamf"), 200.0)
+    eta.done(("test", "mamf"), 10.0, 10)
+    # left: 2 zero-shot rows (2 x 10 s) and 2 trained ones (2 x 210 s)
+    assert eta.seconds_left() == pytest.approx(440.0)
+    assert eta.line(2, 6) == "2/6, about 7.3 min left"
+    # the mean row (110 s) would have said 4 x 110 = 440 s here too, but not after a cheap
+    # row: after the next zero-shot row the mean row says 3 x 76.7 = 230 s, the truth 430 s
+    clock.now += 10.0
+    eta.done(("test", "zeroshot"), 10.0, 10)
+    assert eta.seconds_left() == pytest.approx(430.0)
+    eta.forget(("train", "mamf"))  # a training that failed is not waited for
+    eta.forget(("test", "mamf"), 10)
+    assert eta.seconds_left() == pytest.approx(220.0)
+
+
+def test_the_eta_scales_for_time_between_the_measured_parts(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(progress, "_clock", clock)
+    eta = progress.Eta()
+    eta.plan("row", 3)
+    clock.now += 20.0  # 10 s of the row measured, 10 s setting it up
+    eta.done("row", 10.0)
+    assert eta.seconds_left() == pytest.approx(40.0)
 
 
 def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, monkeypatch, caplog):
     clock = types.SimpleNamespace(offset=0.0)
-    monkeypatch.setattr(experiment, "time", types.SimpleNamespace(
-        perf_counter=lambda: time.perf_counter() + clock.offset))
+    monkeypatch.setattr(progress, "_clock", lambda: time.monotonic() + clock.offset)
     real_prepare = experiment.prepare
 
     def slow_prepare(*args, **kwargs):  # as if building the caches took 10 minutes
@@ -114,8 +156,8 @@ def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, mon
         return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(experiment, "prepare", slow_prepare)
-    raw = {"name": "eta", "model": "tiny-random-clip", "methods": ["zeroshot"], "seeds": [1],
-           "settings": {"metatest": {"epochs": 1}},
+    raw = {"name": "eta", "model": "tiny-random-clip", "methods": ["zeroshot", "classical"],
+           "seeds": [1], "settings": {"metatest": {"epochs": 1}, "train": {"steps": 2}},
            "datasets": {"colours": {"root": str(colour_folder), "ways": [2, 3, 4]}}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
     with caplog.at_level(logging.INFO):
@@ -123,8 +165,11 @@ def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, mon
                                   tmp_path / "out", progress=False)
     messages = [r.getMessage() for r in caplog.records]
     assert any(re.match(r"colours: model and caches ready in 6\d\d\.\d s", m) for m in messages)
-    first = next(m for m in messages if "[1/3," in m)
-    assert float(re.search(r"about ([\d.]+) min left", first).group(1)) < 5  # not 2 x 10 min
+    lines = [re.search(r"\[(\d+)/6(.*)\]", m) for m in messages if "/6" in m]
+    assert [int(m.group(1)) for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(m.group(2) == "" for m in lines[:3])  # classical not yet run: no time left shown
+    left = re.search(r"about ([\d.]+) (s|min) left", lines[3].group(2))
+    assert left and (left.group(2) == "s" or float(left.group(1)) < 5)  # not 2 x 10 min
 
 
 def test_quiet_silences_the_cache_builds_too(colour_folder, tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from mamf.cli import main
 from mamf.errors import MamfError
 from mamf.experiment import parse_experiment, run_experiment
 from mamf.inputs import ModelInputs
+from mamf.protocols.paper import paper_pool
 from mamf.tune import TUNE_FILE, tune_experiment
 
 GRID = {"train.lr": [1e-4, 1e-3, 1e-2, 1e-1], "metatest.lr": [1e-5, 1e-4, 1e-3, 1e-2]}
@@ -66,7 +67,7 @@ def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, f
     from mamf.data.dataset import ImageDataset
 
     dataset = ImageDataset.load(str(folder), 16)
-    test = set(np.concatenate(dataset.pool("paper", "test").images).tolist())
+    test = set(np.concatenate(paper_pool(dataset, "test").images).tolist())
     assert seen and not test & set(seen)  # no test image was embedded for tuning
     assert splits and set(splits) == {"dev"}
     assert trained == GRID["train.lr"] * 2  # each train point once per method, metatest re-scores

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,28 +80,7 @@ def train(config: Config | dict | str | Path, out: str | Path, progress: bool = 
 
     config = make_config(config)
     with _bars(progress):
-        summary = train_run(config, Path(out), progress=progress)
-    warn_if_chance(config, summary)
-    return summary
-
-
-def warn_if_chance(config: Config, summary: dict) -> bool:
-    """Warn when a task-trained run's loss ended at ln(n), the loss of a uniform guess over the
-    task's n classes: training changed nothing, most often for a rate too low for the weights
-    it trains (the paper's 1e-6 for CLIP end to end, on a CPU's few steps)."""
-    from mamf.methods import method_class
-
-    if not method_class(summary["method"]).trains_per_ways:
-        return False
-    chance = math.log(config.data.ways)
-    last = summary["mean_loss_last_tenth"]
-    if last < 0.97 * chance:
-        return False
-    log.warning("training loss stayed at chance: %.3f in the last tenth of steps against "
-                "ln(%d) = %.3f; the weights barely moved, most likely train.lr=%g is too low for "
-                "what trains (try --config cpu, or a higher --lr)", last, config.data.ways,
-                chance, config.train.lr)
-    return True
+        return train_run(config, Path(out), progress=progress)
 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:

@@ -46,19 +46,22 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
                    "<root>/<subdataset>/<label>/<image>")
-    p.add_argument("--subdataset", help="which subdataset of a nested folder")
+    p.add_argument("--subdataset", help="which subdataset of a nested folder (default: none, "
+                   "the folder's labels)")
     p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
                    "{label}.'); a label_to_text.json beside the data wins")
     p.add_argument("--protocol", help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
                    "class-disjoint splits, N-way K-shot episodes; coop: all-way, --shots K "
                    "training images per class drawn by --seed, the whole test split scored; "
-                   "base2novel: coop on the first half of the classes, tested on both halves")
+                   "base2novel: coop on the first half of the classes, tested on both halves "
+                   "(default paper)")
     p.add_argument("--split-file", help="coop/base2novel: a CoOp split file "
-                   "(split_zhou_<Dataset>.json) instead of the 60/20/20 per-class split")
+                   "(split_zhou_<Dataset>.json) instead of the 60/20/20 per-class split "
+                   "(default: none)")
     p.add_argument("--seed", type=int, help="seed for tasks, training and adaptation (default 312)")
     p.add_argument("--shots", type=int, help="episodic: support images per class; coop, "
-                   "base2novel: training shots per class")
-    p.add_argument("--queries", type=int, help="episodic: query images per class")
+                   "base2novel: training shots per class (default 1)")
+    p.add_argument("--queries", type=int, help="episodic: query images per class (default 15)")
     p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
@@ -101,13 +104,16 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, help="default 32")
     tr.add_argument("--steps", type=int, help="optimiser steps (default: from --epochs)")
     tr.add_argument("--heads", choices=["pretrained", "random"],
-                    help="random reproduces the official code's fresh projection heads")
+                    help="default pretrained; random reproduces the official code's fresh "
+                    "projection heads")
     tr.add_argument("--schedule", choices=["sampled", "sequential"],
-                    help="mamf: tasks drawn per step (default) or the official K tasks in turn")
+                    help="mamf: sampled, a task drawn per step (default sampled), or sequential, "
+                    "the official K tasks in turn")
     tr.add_argument("--candidates", choices=["task", "batch"],
-                    help="loss over the task's classes (default) or only the batch's (official)")
+                    help="task: the loss over the task's classes (default task), or batch: only "
+                    "the batch's (official)")
     tr.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars (loss, "
-                    "learning rate, images/s) to DIR; train_log.csv in --out always has them")
+                    "learning rate, images/s) to DIR (default: none); train_log.csv in --out always has them")
     _common(tr)
 
     ev = sub.add_parser("evaluate", help="meta-test a trained run, or a model zero-shot",

@@ -39,6 +39,7 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
+from mamf.progress import Eta
 from mamf.results import grid_key, read_rows
 from mamf.run import RESULTS, evaluate_prepared, fresh_start, prepare, ways_list
 from mamf.training import train
@@ -105,7 +106,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
     log.info("%d row(s) to compute (%d already done)", total, len(done))
     bar = tqdm(total=total, desc=f"experiment {exp.name}", unit="row",
                disable=None if progress else True)
-    clock = _Clock(total)
+    clock = _Clock(total, *_planned(exp, plans))
     prepared: dict[str, tuple] = {}
     for p in plans:
         if p.ds.name not in prepared:
@@ -116,6 +117,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                 log.error("dataset %s skipped: %s", p.ds.name, e)
                 _failure(out, {"dataset": p.ds.name, "error": str(e)})
                 bar.update(len(p.missing))
+                for unit in units_of(p):
+                    clock.drop(clock.unit(), sum(1 for n, _, _ in p.missing if n in unit))
                 continue
         for unit in units_of(p):
             _run_recorded(exp, out, p, unit, prepared[p.ds.name], results, progress, done, bar,
@@ -159,16 +162,18 @@ def _run_recorded(exp: Experiment, out: Path, p: Plan, unit: list[int], prepared
     model, dataset, inputs, pretrained, prompts = prepared
     name = p.method if p.sampler is None else f"{p.method} ({p.sampler})"
     left = sum(1 for n, _, _ in p.missing if n in unit)
+    work = clock.unit()
     try:
         for row in _run_unit(exp, p, unit, model, dataset, inputs, pretrained, prompts,
                              results, progress, done):
             left -= 1
             bar.update(1)
+            line = clock.row(work, row)
             if distributed.is_main():
                 at = (f" {row['split']}" if exp.splits else "") + \
                     ("" if row["alpha"] is None else f" alpha {row['alpha']}")
                 log.info("%s %s %s-way seed %d%s: %.3f ± %.3f  [%s]", p.ds.name, name,
-                         row["ways"], p.seed, at, row["acc_mean"], row["acc_ci95"], clock.tick())
+                         row["ways"], p.seed, at, row["acc_mean"], row["acc_ci95"], line)
     except MamfError as e:
         log.error("%s %s seed %d ways %s failed: %s", p.ds.name, name, p.seed, unit, e)
         _failure(out, {"dataset": p.ds.name, "method": p.method, "sampler": p.sampler,
@@ -181,6 +186,7 @@ def _run_recorded(exp: Experiment, out: Path, p: Plan, unit: list[int], prepared
                        "seed": p.seed, "ways": unit, "error": repr(e),
                        "traceback": traceback.format_exc()})
     bar.update(left)  # rows a failure left undone
+    clock.drop(work, left)
 
 
 def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
@@ -234,27 +240,74 @@ def job_results(out: Path, job: str) -> Path:
 
 
 class _Clock:
-    """Rows done of the total and the estimated time left, for log lines. One-off costs (loading
-    the model, building the image and frozen-feature caches) are timed apart and left out of the
-    rate: a first row that built the caches would otherwise be extrapolated to every row."""
+    """Rows done of the total and the time left, for log lines: each kind of work (a method's
+    training, its test tasks) at its own measured rate (`progress.Eta`), one-off costs (the model
+    and its caches) timed apart; `works`: each unit's work (`unit_work`), in the order units run."""
 
-    def __init__(self, total: int):
-        self.total, self.done, self.start, self.one_off = total, 0, time.perf_counter(), 0.0
+    def __init__(self, total: int, eta: Eta, works: list[list[tuple]]):
+        self.total, self.rows, self.eta, self.works = total, 0, eta, works
 
-    @contextlib.contextmanager
     def apart(self):
-        """Time the block apart; yields a function that gives its seconds so far."""
-        started = time.perf_counter()
-        try:
-            yield lambda: time.perf_counter() - started
-        finally:
-            self.one_off += time.perf_counter() - started
+        return self.eta.apart()
 
-    def tick(self) -> str:
-        self.done += 1
-        elapsed = time.perf_counter() - self.start - self.one_off
-        left = elapsed / self.done * (self.total - self.done)
-        return f"{self.done}/{self.total}, about {left / 60:.1f} min left"
+    def unit(self) -> list[tuple]:
+        """The next unit's work, as it starts."""
+        return self.works.pop(0)
+
+    def row(self, work: list[tuple], row: dict) -> str:
+        """A finished row into the clock; its log line's `12/36, about 1.5 min left`."""
+        self.rows += 1
+        _measured(self.eta, work, row)
+        return self.eta.line(self.rows, self.total)
+
+    def drop(self, work: list[tuple], rows: int) -> None:
+        """What a failure (or a skipped dataset) left undone: not waited for."""
+        self.rows += rows
+        for kind, units, _ in work:
+            self.eta.forget(kind, units)
+        work.clear()
+
+
+def _planned(exp: Experiment, plans: list[Plan]) -> tuple[Eta, list[list[tuple]]]:
+    """The grid's clock and each unit's work (`unit_work`), in the order the units run."""
+    from mamf.data.folder import scan_folder
+
+    eta, works, classes = Eta(), [], {}
+    for p in plans:
+        if p.root not in classes:
+            base = run_config(exp, p.ds, p.method, p.seed, p.root)
+            classes[p.root] = len(scan_folder(p.root, base.data.subdataset).classes)
+        for unit in units_of(p):
+            works.append(unit_work(exp, p, unit, classes[p.root]))
+            for kind, units, _ in works[-1]:
+                eta.plan(kind, units)
+    return eta, works
+
+
+def _measured(eta: Eta, work: list[tuple], row: dict) -> None:
+    """A finished row's times into the clock: its unit's training (with the unit's first row)
+    and its own test tasks; `work` keeps what of the unit is still to come."""
+    for item in [w for w in work if w[2] is None][:1] + \
+            [w for w in work if w[2] == row["ways"]][:1]:
+        kind, units, _ = item
+        eta.done(kind, row.get("train_time_s", 0.0) if kind[0] == "train" else row["time_s"],
+                 units)
+        work.remove(item)
+
+
+def unit_work(exp: Experiment, p: Plan, unit: list[int], n_classes: int) -> list[tuple]:
+    """The (kind, units, n) of work a unit still has, for the time left (`mamf.progress.Eta`): its
+    training, once, and each missing row's test tasks (K(n, N) under the paper protocol, so a
+    2-way row weighs what its 100-odd tasks cost). Kinds are per dataset, method, sampler and
+    shots: their costs differ by orders of magnitude."""
+    kind = (p.ds.name, p.method, p.sampler, p.shots)
+    work = [(("train", *kind), 1.0, None)] if registry.method_class(p.method).trains else []
+    data = run_config(exp, p.ds, p.method, p.seed, p.root).data
+    protocol = protocols.get(data.protocol)
+    for n, _, _ in p.missing:
+        if n in unit:
+            work.append((("test", *kind), protocol.test_task_count(data, n, n_classes), n))
+    return work
 
 
 def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs, pretrained,

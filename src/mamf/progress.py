@@ -8,9 +8,10 @@ with its count and duration. Nothing is written for a stage that never starts.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 LINE_EVERY_S = 30.0
 _quiet = False  # the command line's --quiet: no bar anywhere in the process
@@ -126,3 +127,54 @@ def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
     if stream.isatty():
         return tqdm(iterable, file=stream, **kwargs)
     return LogBar(iterable, stream=stream, **kwargs)
+
+
+class Eta:
+    """The time left of a grid whose kinds of work cost orders of magnitude apart (one method's
+    training, another's test tasks): each kind's seconds per unit of work (a training, a test
+    task) as measured so far, times that kind's units still to do. Not estimated (None) while a
+    kind that is still to do has not been measured once: an average over other kinds' rows is
+    what made the ETA several times off. One-off costs (`apart`) are left out; time between the
+    measured parts (setting up a row) scales the estimate as it did the work so far."""
+
+    def __init__(self) -> None:
+        self.todo: dict[Hashable, float] = {}  # kind -> units still to do
+        self.spent: dict[Hashable, list[float]] = {}  # kind -> [seconds, units] measured
+        self.started, self.one_off = _clock(), 0.0
+
+    def plan(self, kind: Hashable, units: float = 1.0) -> None:
+        self.todo[kind] = self.todo.get(kind, 0.0) + units
+
+    def done(self, kind: Hashable, seconds: float, units: float = 1.0) -> None:
+        """`units` of `kind` finished in `seconds`."""
+        spent = self.spent.setdefault(kind, [0.0, 0.0])
+        spent[0] += seconds
+        spent[1] += units
+        self.forget(kind, units)
+
+    def forget(self, kind: Hashable, units: float = 1.0) -> None:
+        """Planned work that will not be done (it failed)."""
+        self.todo[kind] = max(0.0, self.todo.get(kind, 0.0) - units)
+
+    @contextlib.contextmanager
+    def apart(self):
+        """Time the block apart (a cache build); yields a function giving its seconds so far."""
+        started = _clock()
+        try:
+            yield lambda: _clock() - started
+        finally:
+            self.one_off += _clock() - started
+
+    def seconds_left(self) -> float | None:
+        left = [(kind, units) for kind, units in self.todo.items() if units > 0]
+        if any(kind not in self.spent or self.spent[kind][1] <= 0 for kind, _ in left):
+            return None
+        estimate = sum(self.spent[k][0] / self.spent[k][1] * units for k, units in left)
+        measured = sum(seconds for seconds, _ in self.spent.values())
+        wall = _clock() - self.started - self.one_off
+        return estimate * max(1.0, wall / measured) if measured > 0 else estimate
+
+    def line(self, done: int, total: int) -> str:
+        """`12/36, about 1.5 min left`, or only the count while the time left is unknown."""
+        left = self.seconds_left()
+        return f"{done}/{total}" + ("" if left is None else f", about {seconds(left)} left")

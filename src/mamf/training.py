@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mamf import adapters, distributed, methods, protocols, samplers
+from mamf.chance import warn_if_chance
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
@@ -188,6 +189,9 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
+    if distributed.is_main():
+        warn_if_chance(config, method.name, losses, method.chance_classes(pool),
+                       method.chance_hint())
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
                        None if uncounted else method.images, t.budget)
 

@@ -161,6 +161,15 @@ class Method:
             self._walked = (model, trainable(model))
         return self._walked[1]
 
+    def chance_classes(self, pool: Pool) -> int | None:
+        """How many classes a training step's loss spreads over: its loss at chance is the log
+        of it (`mamf.chance`); None when it varies from step to step."""
+        return None
+
+    def chance_hint(self) -> str:
+        """A setting of this method's besides the rate that can keep its loss at chance."""
+        return ""
+
     # -- test time -------------------------------------------------------------------------
     tunes_on_dev: ClassVar[bool] = False  # `tune` chooses hyper-parameters on dev-split tasks
 

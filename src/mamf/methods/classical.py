@@ -33,6 +33,10 @@ class Classical(Method):
         return step(self.model, self.inputs, batch, self.optimizer, t.candidates, t.augment,
                     self.parallel)
 
+    def chance_classes(self, pool) -> int | None:
+        # every training class, unless the loss is over the batch's classes only
+        return len(pool.classes) if self.config.train.candidates == "task" else None
+
     def stream_state(self) -> dict:
         return self.stream.state_dict()
 

@@ -213,6 +213,13 @@ class FOMAML(Method):
         smallest = 2 * self.config.data.ways
         return not tasks or left > 0 and smallest - left < left
 
+    def chance_classes(self, pool) -> int | None:
+        return self.config.data.ways  # the query loss over the task's n classes
+
+    def chance_hint(self) -> str:
+        return (f"its loss is the query loss after SGD at train.inner_lr="
+                f"{self.config.train.inner_lr:g} on each task's support set")
+
     def stream_state(self) -> dict:
         state = {"rng": self.rng.bit_generator.state, "sampler": self.sampler.state_dict()}
         return {**state, "owed": self.owed} if self.budget else state

@@ -184,6 +184,10 @@ class MAMF(Method):
         self.images += sum(len(b.images) for b in batches)
         return loss
 
+    def chance_classes(self, pool) -> int | None:
+        # the task's n classes, unless the loss is over the batch's classes only
+        return self.config.data.ways if self.config.train.candidates == "task" else None
+
     def stream_state(self) -> dict:
         return self.stream.state_dict()
 

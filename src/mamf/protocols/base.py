@@ -82,6 +82,11 @@ class Protocol:
                    ways: int) -> list[Task]:
         raise NotImplementedError
 
+    def test_task_count(self, data: DataConfig, ways: int, n_classes: int) -> float:
+        """About how many test tasks a row of `ways` scores, without building them (the time
+        left weighs rows by it); default one."""
+        return 1.0
+
     def shots_queries(self, dataset: ImageDataset, data: DataConfig,
                       split: str) -> tuple[int, int]:
         raise NotImplementedError

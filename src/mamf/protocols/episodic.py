@@ -53,5 +53,8 @@ class Episodic(Protocol):
         return [self.task(rng, pool, d, ways, None, dataset.classes, support_ok, query_ok)
                 for _ in range(d.tasks)]
 
+    def test_task_count(self, data, ways, n_classes):
+        return float(data.tasks)
+
     def shots_queries(self, dataset, data, split):
         return data.shots, data.queries

@@ -41,6 +41,10 @@ class Paper(Protocol):
         count = number_of_tasks(ways, dataset.n_classes)
         return [self.task(rng, pool, config.data, ways) for _ in range(count)]
 
+    def test_task_count(self, data, ways, n_classes):
+        # K(n, N); a size the dataset cannot hold fails as its row runs, and weighs one task
+        return float(number_of_tasks(ways, n_classes)) if ways <= n_classes else 1.0
+
     def shots_queries(self, dataset, data, split):
         """The smallest support and query halves of any class (the row reports the minimum)."""
         sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]

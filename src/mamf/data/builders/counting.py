@@ -13,6 +13,8 @@ import colorsys
 import math
 import os
 import random
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -145,6 +147,14 @@ def draw_scene(n: int, size: int, rng: _Rng) -> Image.Image:
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
+def _draw_class(job: tuple[str, int, int, int, int]) -> None:
+    """Every scene of one count into its folder (a worker process's share of the build)."""
+    folder, n, per_class, size, seed = job
+    for i in range(per_class):
+        img = draw_scene(n, size, _Rng(f"mamf-counting/{seed}/{n}/{i}"))
+        img.save(Path(folder) / f"{i:04d}.png", compress_level=1)  # lossless at any level
+
+
 def build_counting(out: str | os.PathLike, *, log: Log = print, per_class: int = 60,
                    size: int = 128, seed: int = 0) -> Path:
     """Generate `per_class` scenes for each count 1..10 into `out`; returns the dataset root.
@@ -158,13 +168,20 @@ def build_counting(out: str | os.PathLike, *, log: Log = print, per_class: int =
     options = {"per_class": per_class, "size": size, "seed": seed}
 
     def make(tmp: Path) -> BuiltDataset:
-        log(f"{NAME}: drawing {10 * per_class} scenes of {size}x{size} (seed {seed})")
+        workers = min(10, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+        log(f"{NAME}: drawing {10 * per_class} scenes of {size}x{size} (seed {seed}"
+            f"{f', {workers} processes' if workers > 1 else ''})")
+        jobs = []
         for n in range(1, 11):
-            folder = tmp / label_folder(n)
-            folder.mkdir()
-            for i in range(per_class):
-                img = draw_scene(n, size, _Rng(f"mamf-counting/{seed}/{n}/{i}"))
-                img.save(folder / f"{i:04d}.png", compress_level=1)  # lossless at any level
+            (tmp / label_folder(n)).mkdir()
+            jobs.append((str(tmp / label_folder(n)), n, per_class, size, seed))
+        if workers > 1:  # every image has its own generator: the same bytes in any process
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                list(pool.map(_draw_class, jobs))
+        else:
+            for job in jobs:
+                _draw_class(job)
         return BuiltDataset(
             title="Counting: generated scenes with 1 to 10 objects",
             label_to_text={label_folder(n): prompt(n) for n in range(1, 11)},
