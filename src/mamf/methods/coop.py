@@ -19,19 +19,17 @@ summed over the ranks, so P ranks take one process's steps.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
 from mamf import distributed
+from mamf.budget import classical_steps
 from mamf.data.prompts import label_text
 from mamf.errors import MamfError
 from mamf.finetune import EpochStream, check_finite
 from mamf.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
-from mamf.methods.classical import steps_per_epoch
 from mamf.methods.embedded import accuracy
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
@@ -201,7 +199,7 @@ class CoOp(Method):
         # 1. data: shuffled epochs over the training pool, candidates all its classes
         images, labels = pool.all_images()
         self.stream = EpochStream(rng, images, labels, pool.classes, t.batch_size)
-        self.steps = t.steps or math.ceil(t.epochs * steps_per_epoch(pool, t.batch_size))
+        self.steps = classical_steps(pool, t)  # classical's schedule, under either budget
         self.params = list(self.context.parameters())
         self.optimizer = torch.optim.SGD(self.params, lr=self.learning_rate(), momentum=MOMENTUM,
                                          weight_decay=WEIGHT_DECAY)
@@ -217,6 +215,7 @@ class CoOp(Method):
         t = self.config.train
         batch = next(self.stream)
         total = len(batch.images)
+        self.images += total
         start, count = distributed.share(total, distributed.rank(), distributed.world_size())
         self.optimizer.zero_grad(set_to_none=True)
         value = 0.0
