@@ -22,6 +22,7 @@ from mamf.data.builders.counting import build_counting
 from mamf.data.builders.digits import build_digits
 from mamf.data.builders.emoji import build_emoji
 from mamf.data.builders.fashion_mnist import build_fashion_mnist
+from mamf.data.builders.spurious import build_spurious
 from mamf.errors import MamfError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
@@ -29,6 +30,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     "counting": build_counting,
     "fashion-mnist": build_fashion_mnist,
     "digits": build_digits,
+    "spurious": build_spurious,
 }
 
 
@@ -58,4 +60,4 @@ def build(name: str, out: str | os.PathLike, *, log: Callable[[str], None] = pri
 
 
 __all__ = ["BUILDERS", "build", "builder_options", "build_counting", "build_digits", "build_emoji",
-           "build_fashion_mnist"]
+           "build_fashion_mnist", "build_spurious"]
