@@ -83,8 +83,11 @@ def emoji_root(tmp_path) -> Path:
 
 
 def test_levels_partition_the_classes_by_score(emoji_root, tmp_path):
-    built = [BUILDERS["emoji-levels"](tmp_path / "data" / f"level{k}", log=Log(), level=k,
+    logs = [Log() for _ in range(3)]
+    built = [BUILDERS["emoji-levels"](tmp_path / "data" / f"level{k}", log=logs[k], level=k,
                                       levels=3, model="tiny-random-clip") for k in range(3)]
+    assert any("scoring 9 classes" in line for line in logs[0])
+    assert all(any("using the zero-shot scores kept" in line for line in log) for log in logs[1:])
     classes = [json.loads((root / "classes.json").read_text()) for root in built]
     for root in built:
         check_layout(root, 3, 6)

@@ -14,6 +14,7 @@ Against four random distractors a class of score s is recognised with probabilit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from mamf.data.builders.common import (
     resolve_out,
 )
 from mamf.errors import MamfError, shown
+from mamf.io import atomic_write_text
 
 NAME = "emoji-levels"
 VERSION = 1
@@ -61,6 +63,31 @@ def class_scores(model, images: list[Path], prompts: list[str]) -> np.ndarray:
     own = np.diag(sim)[:, None]
     n = len(prompts)
     return ((sim < own).sum(axis=1)) / max(n - 1, 1)
+
+
+def cached_scores(src: Path, model: str, style: str, labels: list[str], prompts: list[str],
+                  log: Log) -> np.ndarray:
+    """`class_scores` of the source's classes, kept in `<source>/../.zeroshot-scores/` under a key
+    of the source's manifest, the model name and the style: every level of one ranking (one
+    build each) scores the classes once, not once a level."""
+    key = hashlib.sha256(json.dumps([(src / ".mamf-dataset.json").read_text(encoding="utf-8"),
+                                     model, style]).encode()).hexdigest()[:20]
+    path = src.parent / ".zeroshot-scores" / f"{src.name}-{key}.json"
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept.get("labels") == labels:
+            log(f"{NAME}: using the zero-shot scores kept in {path}")
+            return np.array(kept["scores"], dtype=np.float64)
+    except (OSError, ValueError, AttributeError):
+        pass
+    from mamf.models import load_model
+
+    log(f"{NAME}: scoring {len(labels)} classes zero-shot with {model} on their {style} image")
+    scores = class_scores(load_model(model), [src / c / f"{style}.png" for c in labels], prompts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"model": model, "style": style, "labels": labels,
+                                        "scores": scores.tolist()}) + "\n")
+    return scores
 
 
 def _licence_of(source: Path) -> str:
@@ -106,8 +133,6 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
     options = {"level": level, "levels": levels, "model": model, "style": style}
 
     def make(tmp: Path) -> BuiltDataset:
-        from mamf.models import load_model
-
         src = _source(root, source, log)
         classes = json.loads((src / "classes.json").read_text(encoding="utf-8"))
         prompts = json.loads((src / LABEL_TO_TEXT).read_text(encoding="utf-8"))
@@ -117,8 +142,7 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
         if missing:
             raise MamfError(f"{NAME}: {missing[0]} is missing; the source has no {style!r} images"
                             + (" (build emoji with openmoji=true)" if style == "openmoji" else ""))
-        log(f"{NAME}: scoring {len(labels)} classes zero-shot with {model} on their {style} image")
-        scores = class_scores(load_model(model), images, [prompts[c] for c in labels])
+        scores = cached_scores(src, model, style, labels, [prompts[c] for c in labels], log)
         order = sorted(range(len(labels)), key=lambda i: (scores[i], labels[i]))
         groups = np.array_split(np.array(order), levels)
         chosen = sorted(int(i) for i in groups[level])
