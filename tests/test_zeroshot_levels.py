@@ -162,3 +162,19 @@ def test_claim2_figure_plots_the_paired_gains(tmp_path, monkeypatch):
     mamf_gain = [paired(by_seed("mamf", d), by_seed("fomaml", d)).mean for d in levels]
     assert drawn[0][1] == pytest.approx(fomaml_gain) and drawn[1][1] == pytest.approx(mamf_gain)
     assert drawn[0][0] == pytest.approx([c.zero_shot for c in judged])
+
+
+def test_the_zeroshot_levels_study_config():
+    from mamf.config import TrainConfig
+    from mamf.experiment import load_experiment, run_config
+
+    if "budget" not in TrainConfig.__dataclass_fields__:
+        pytest.skip("train.budget arrives with the budgets work (issue 23, part 1)")
+    path = Path(__file__).resolve().parents[1] / "configs" / "zeroshot-levels-offline.yaml"
+    exp = load_experiment(path)
+    assert exp.seeds == [312, 313, 314, 315, 316]
+    levels = sorted(ds.build_options["level"] for ds in exp.datasets)
+    assert levels == list(range(exp.datasets[0].build_options["levels"]))
+    for ds in exp.datasets:
+        config = run_config(exp, ds, "fomaml", 312, "/data")
+        assert (config.data.support_match, config.data.query_match) == ("google", "twitter")

@@ -61,5 +61,5 @@ def build(name: str, out: str | os.PathLike, *, log: Callable[[str], None] = pri
     return _get(name)(out, log=log, **options)
 
 
-__all__ = ["BUILDERS", "build", "builder_options", "build_counting", "build_digits", "build_emoji", "build_emoji_levels",
-           "build_fashion_mnist", "build_spurious"]
+__all__ = ["BUILDERS", "build", "builder_options", "build_counting", "build_digits", "build_emoji",
+           "build_emoji_levels", "build_fashion_mnist", "build_spurious"]

@@ -176,9 +176,11 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
                 + (" or `google`" if style == "twitter" else "") + "), so the images that set a "
                 "class's level are not the ones it is scored on.\n\n"
                 "| level | classes | score range | mean score |\n|---|---|---|---|\n" + table),
-            notes=(f"This level: mean score {mean:.3f}; mean score^4 (about the 5-way zero-shot "
-                   f"accuracy against random distractors from all classes) {five_way:.3f}. "
-                   "`classes.json` gives each class's score (`zeroshot_score`)."),
+            notes=(f"This level: mean score {mean:.3f}; mean score^4 {five_way:.3f} (the 5-way "
+                   "zero-shot accuracy it would predict with distractors drawn from all classes "
+                   "and queries in the scored style; a level's tasks draw distractors from the "
+                   "level and score another style, so measure it). `classes.json` gives each "
+                   "class's score (`zeroshot_score`)."),
             extra={"zeroshot": {"model": model, "style": style, "bounds": bounds,
                                 "mean_score": mean}},
         )
