@@ -66,7 +66,8 @@ def assert_idempotent(name: str, root: Path, **options) -> None:
 
 
 def test_registry_and_options():
-    assert set(BUILDERS) == {"emoji", "counting", "fashion-mnist", "digits", "spurious"}
+    assert set(BUILDERS) == {"emoji", "emoji-levels", "counting", "fashion-mnist", "digits",
+                             "spurious"}
     assert builder_options("counting") == {"per_class": 60, "size": 128, "seed": 0}
     with pytest.raises(MamfError, match="no dataset builder"):
         build("imagenet", "x")
