@@ -66,7 +66,8 @@ def assert_idempotent(name: str, root: Path, **options) -> None:
 
 
 def test_registry_and_options():
-    assert set(BUILDERS) == {"emoji", "counting", "fashion-mnist", "digits"}
+    assert set(BUILDERS) == {"emoji", "emoji-levels", "counting", "fashion-mnist", "digits",
+                             "spurious"}
     assert builder_options("counting") == {"per_class": 60, "size": 128, "seed": 0}
     with pytest.raises(MamfError, match="no dataset builder"):
         build("imagenet", "x")
@@ -374,3 +375,75 @@ def test_emoji_real_packages(tmp_path, npm_cache):
     assert not any("downloading" in line for line in log)  # the cache was used
     assert any("1906 with images in both sets" in line for line in log)
     assert_idempotent("emoji", root, limit=25, cache_dir=npm_cache)
+
+
+def _svg(fill: str) -> bytes:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72">'
+            f'<rect x="18" y="18" width="36" height="36" fill="{fill}"/></svg>').encode()
+
+
+def _fake_openmoji(path: Path, svgs: dict[str, bytes]) -> None:
+    files = {"package/LICENSE.txt": b"CC BY-SA 4.0", "package/data/openmoji.json": b"[]",
+             **{f"package/color/svg/{k}.svg": v for k, v in svgs.items()},
+             **{f"package/black/svg/{k}.svg": _svg("#000") for k in svgs}}
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_emoji_with_openmoji_as_third_style(tmp_path):
+    """openmoji=True: only emoji OpenMoji draws are kept (code points matched without FE0F), each
+    with a rasterised openmoji.png; the licence is recorded; without it the build is as before."""
+    pytest.importorskip("resvg_py")
+    entries = [{"name": n, "short_name": n, "unified": u, "image": f"{u.lower()}.png",
+                "category": "Symbols", "subcategory": "heart", "sort_order": k, "added_in": "1.0",
+                "has_img_google": True, "has_img_twitter": True}
+               for k, (n, u) in enumerate([("RED HEART", "2764-FE0F"), ("ORANGE HEART", "1F9E1"),
+                                           ("BLUE HEART", "1F499")])]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for image_set in ("google", "twitter"):
+        images = {e["image"]: _png((40 * k, 10, 10, 255), mark=k) for k, e in enumerate(entries)}
+        _fake_package(cache / f"{emoji_mod.SETS[image_set]}-{emoji_mod.NPM_VERSION}.tgz",
+                      image_set, entries, images)
+    # OpenMoji names red heart without FE0F and has no blue heart
+    _fake_openmoji(cache / "openmoji-17.0.0.tgz", {"2764": _svg("#ff0000"), "1F9E1": _svg("#ff8000"),
+                                                   "1F600": _svg("#ffff00")})
+    log = Log()
+    root = BUILDERS["emoji"](tmp_path / "emoji", log=log, cache_dir=cache, openmoji=True)
+    check_layout(root, 2, 6)
+    assert sorted(p.name for p in (root / "red_heart").iterdir()) == ["google.png", "openmoji.png",
+                                                                     "twitter.png"]
+    with Image.open(root / "red_heart" / "openmoji.png") as im:
+        assert im.mode == "RGB" and im.size == (64, 64)
+        assert im.getpixel((0, 0)) == (255, 255, 255)
+        assert im.getpixel((32, 32)) == (255, 0, 0)
+    with Image.open(root / "orange_heart" / "openmoji.png") as im:
+        assert im.getpixel((32, 32)) == (255, 128, 0)
+    assert any("2 of 3 emoji are drawn in OpenMoji" in line for line in log)
+    text = (root / "DATASET.md").read_text(encoding="utf-8")
+    assert "CC BY-SA 4.0" in text and "openmoji@17.0.0" in text
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert "openmoji" in manifest["npm"] and manifest["options"]["openmoji"] is True
+    assert_idempotent("emoji", root, cache_dir=cache, openmoji=True)
+    plain = BUILDERS["emoji"](tmp_path / "plain", log=Log(), cache_dir=cache)
+    check_layout(plain, 3, 6)
+    assert "openmoji" not in json.loads((plain / MANIFEST).read_text())["options"]
+    assert "CC BY-SA" not in (plain / "DATASET.md").read_text(encoding="utf-8")
+
+
+def test_openmoji_without_rasteriser_is_one_line(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_resvg(name, *a, **kw):
+        if name == "resvg_py":
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_resvg)
+    with pytest.raises(MamfError, match="needs the SVG rasteriser resvg-py"):
+        emoji_mod.rasterise(_svg("#000"))

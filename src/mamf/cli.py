@@ -179,7 +179,8 @@ def parser() -> argparse.ArgumentParser:
 
     da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
                         "or import one of the paper's from its archive")
-    da.add_argument("name", help="build emoji, counting, fashion-mnist or digits; import cub, "
+    da.add_argument("name", help="build emoji, emoji-levels, counting, spurious, fashion-mnist or "
+                    "digits; import cub, "
                     "mini-imagenet, fungi, clevr-counting or abo-material (with --from)")
     da.add_argument("--out", required=True, help="folder to write the dataset to")
     da.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

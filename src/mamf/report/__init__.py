@@ -1,9 +1,10 @@
 """Tables and figures from results rows: what a person reads at a glance.
 
 One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
-`claims` (the paper's two claims), `reference` (every method against one), `samplers`,
-`fewshot` (coop and base2novel), `overfitting` (training split, WiSE-FT); `figures` apart from
-the tables; `compare` decides which rows are compared; every number comes from `mamf.stats`.
+`claims` (the paper's two claims), `zeroshot` (claim 2's figure), `reference` (every method
+against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
+WiSE-FT); `figures` apart from the tables; `compare` decides which rows are compared; every
+number comes from `mamf.stats`.
 report.md is the text; report.html is the same text as a self-contained page (`html`).
 """
 
@@ -16,7 +17,7 @@ from mamf.io import atomic_write_text
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
-from mamf.report.figures import bar_figure, curve_figure, gain_figure
+from mamf.report.figures import bar_figure, curve_figure
 from mamf.report.html import markdown_html
 from mamf.report.overfitting import main_rows as _held_out_unmixed
 from mamf.report.overfitting import overfitting_sections
@@ -31,6 +32,7 @@ from mamf.report.tables import (
     summary_table,
     training_line,
 )
+from mamf.report.zeroshot import zeroshot_figure
 from mamf.results import dataset_name
 
 __all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
@@ -120,8 +122,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
                                                          f"curve-{safe_name(d)}.png")
     judged = claim2(rows)
     if judged:
-        pngs["fomaml"] = gain_figure([(c.dataset, c.zero_shot, c.fomaml_gain) for c in judged],
-                                     figures / "fomaml-vs-zeroshot.png")
+        pngs["fomaml"] = zeroshot_figure(judged, figures / "fomaml-vs-zeroshot.png")
     pngs.update(fewshot_pngs)
     pngs.update(overfitting_pngs)
     extra = samplers_section(_held_out_unmixed(every_row)) + fewshot + \

@@ -107,21 +107,3 @@ def curve_figure(rows: list[dict], dataset: str, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, plt, path)
-
-
-def gain_figure(points: list[tuple[str, float, stats.Estimate]], path: Path) -> Path:
-    """FOMAML's paired gain over zero-shot against zero-shot accuracy, one point per dataset:
-    (dataset, zero-shot accuracy, gain)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=120)
-    for name, zero_shot, g in points:
-        ax.errorbar([zero_shot], [g.mean], yerr=[_whisker(g)], fmt="o", capsize=3,
-                    color="#2ca02c")
-        ax.annotate(name, (zero_shot, g.mean), textcoords="offset points", xytext=(5, 5),
-                    fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("zero-shot accuracy")
-    ax.set_ylabel("FOMAML − zero-shot (paired, 95% CI)")
-    ax.set_title("Does FOMAML help only where zero-shot is high?")
-    fig.tight_layout()
-    return save(fig, plt, path)

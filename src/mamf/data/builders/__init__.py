@@ -21,14 +21,18 @@ from typing import Any
 from mamf.data.builders.counting import build_counting
 from mamf.data.builders.digits import build_digits
 from mamf.data.builders.emoji import build_emoji
+from mamf.data.builders.emoji_levels import build_emoji_levels
 from mamf.data.builders.fashion_mnist import build_fashion_mnist
+from mamf.data.builders.spurious import build_spurious
 from mamf.errors import MamfError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
     "emoji": build_emoji,
+    "emoji-levels": build_emoji_levels,
     "counting": build_counting,
     "fashion-mnist": build_fashion_mnist,
     "digits": build_digits,
+    "spurious": build_spurious,
 }
 
 
@@ -58,4 +62,4 @@ def build(name: str, out: str | os.PathLike, *, log: Callable[[str], None] = pri
 
 
 __all__ = ["BUILDERS", "build", "builder_options", "build_counting", "build_digits", "build_emoji",
-           "build_fashion_mnist"]
+           "build_emoji_levels", "build_fashion_mnist", "build_spurious"]

@@ -2,7 +2,9 @@
 
 One class per emoji that has a 64x64 image in both sets; each class folder holds `google.png` and
 `twitter.png`, flattened onto white as RGB. The apple and facebook sets are never used: they are not
-licensed for redistribution.
+licensed for redistribution. With `openmoji=True` a third style joins: npm `openmoji` (17.0.0,
+CC BY-SA 4.0, colour SVG) rasterised by resvg to `openmoji.png`, and only emoji drawn in all three
+sets are kept; it is meant as an unseen style for queries (`data.query_match: openmoji`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ VERSION = 1
 NPM_VERSION = "16.0.0"
 SETS = {"google": "emoji-datasource-google", "twitter": "emoji-datasource-twitter"}
 SLUG_SUBSTITUTIONS = {"&": " and ", "*": " asterisk ", "#": " number sign ", "’": "", "'": ""}
+OPENMOJI = ("openmoji", "17.0.0")
 SKIPPED_CATEGORIES = ("Component",)  # skin-tone swatches and hair-style components, not emoji
 
 
@@ -83,28 +86,66 @@ def _safe_member(member: tarfile.TarInfo, archive: Path) -> None:
                         "(delete the file and run again)")
 
 
-def read_package(archive: Path, image_set: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
-    """The package's top-level files and its `img/<set>/64/*.png`, read safely into memory."""
-    top_files = {"emoji.json", "LICENSE", "README.md", "package.json"}
-    prefix = f"package/img/{image_set}/64/"
-    meta, images = {}, {}
+def _read_tar(archive: Path, keep) -> dict[str, bytes]:
+    """The regular files of an npm .tgz whose member name `keep(name)` accepts, read safely."""
+    out = {}
     try:
         with tarfile.open(archive, "r|gz") as tar:
             for member in tar:
                 _safe_member(member, archive)
-                if not member.isfile():
-                    continue
-                name = member.name
-                if name.startswith("package/") and name[len("package/"):] in top_files:
-                    meta[name[len("package/"):]] = tar.extractfile(member).read()
-                elif name.startswith(prefix) and name.endswith(".png") and "/" not in name[len(prefix):]:
-                    images[name[len(prefix):]] = tar.extractfile(member).read()
+                if member.isfile() and keep(member.name):
+                    out[member.name] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
         raise MamfError(f"{archive} is not a readable npm package ({e}); delete it and run again") from None
+    return out
+
+
+def read_package(archive: Path, image_set: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The package's top-level files and its `img/<set>/64/*.png`, read safely into memory."""
+    top_files = {"emoji.json", "LICENSE", "README.md", "package.json"}
+    prefix = f"package/img/{image_set}/64/"
+
+    def keep(name: str) -> bool:
+        return (name.startswith("package/") and name[len("package/"):] in top_files) or \
+            (name.startswith(prefix) and name.endswith(".png") and "/" not in name[len(prefix):])
+
+    files = _read_tar(archive, keep)
+    meta = {k[len("package/"):]: v for k, v in files.items() if not k.startswith(prefix)}
+    images = {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
     if "emoji.json" not in meta or not images:
         raise MamfError(f"{archive} has no package/emoji.json or no {prefix} images; is it "
                         f"{SETS[image_set]}@{NPM_VERSION}?")
     return meta, images
+
+
+def codepoints(hexcode: str) -> str:
+    """A sequence's code points without variation selector 16, so emoji-data's `unified` and
+    OpenMoji's `hexcode` name one emoji alike ('2764-FE0F' and '2764')."""
+    return "-".join(p for p in hexcode.upper().split("-") if p != "FE0F")
+
+
+def read_openmoji(archive: Path) -> dict[str, bytes]:
+    """OpenMoji's colour SVGs (`package/color/svg/<hexcode>.svg`), keyed by `codepoints`."""
+    prefix = "package/color/svg/"
+    files = _read_tar(archive, lambda n: n.startswith(prefix) and n.endswith(".svg")
+                      and "/" not in n[len(prefix):])
+    if not files:
+        raise MamfError(f"{archive} has no {prefix}*.svg; is it {OPENMOJI[0]}@{OPENMOJI[1]}?")
+    return {codepoints(k[len(prefix):-len(".svg")]): v for k, v in files.items()}
+
+
+def rasterise(svg: bytes, size: int = 64) -> Image.Image:
+    """An SVG drawn by resvg (PyPI `resvg-py`, a self-contained wheel) at size x size, on white."""
+    try:
+        import resvg_py
+    except ImportError:
+        raise MamfError("the emoji builder's openmoji option needs the SVG rasteriser resvg-py: "
+                        "pip install resvg-py (or mamf's offline extra)") from None
+    try:
+        png = resvg_py.svg_to_bytes(svg_string=svg.decode("utf-8"), width=size, height=size)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MamfError(f"an OpenMoji SVG could not be drawn ({e})") from None
+    return _flatten(bytes(png))
 
 
 # --------------------------------------------------------------------------- classes
@@ -169,7 +210,8 @@ def _duplicate_groups(keys: dict[str, list[str]]) -> dict[str, str]:
 
 
 def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None = None,
-                drop_duplicates: bool = True, cache_dir: str | os.PathLike | None = None) -> Path:
+                drop_duplicates: bool = True, cache_dir: str | os.PathLike | None = None,
+                openmoji: bool = False) -> Path:
     """Build the emoji dataset: `<out>/<slug>/{google,twitter}.png` plus `classes.json`.
 
     `limit`: keep only the first N classes in sorted folder order (for tests). `drop_duplicates`:
@@ -181,7 +223,11 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
     check_folder(NAME, "cache_dir", cache_dir)
     root = resolve_out(out)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else root.parent / ".downloads"
+    if not isinstance(openmoji, bool):
+        raise MamfError(f"{NAME}: openmoji must be true or false, not {openmoji!r}")
     options = {"limit": limit, "drop_duplicates": bool(drop_duplicates)}
+    if openmoji:  # only when asked, so builds made before the option existed stay valid
+        options["openmoji"] = True
 
     def make(tmp: Path) -> BuiltDataset:
         # the two downloads wait on the network, not the CPU: side by side they take one's time
@@ -212,6 +258,14 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
         log(f"{NAME}: {len(listing)} emoji listed, {len(entries)} with images in both sets "
             f"(skipped {skipped}: no image in one set or category {', '.join(SKIPPED_CATEGORIES)}); "
             "skin-tone variations are not used")
+        om_archive, om_svgs = None, {}
+        if openmoji:
+            om_archive = npm_pack(*OPENMOJI, cache, log)
+            om_svgs = read_openmoji(om_archive)
+            before = len(entries)
+            entries = [u for u in entries if codepoints(u.unified) in om_svgs]
+            log(f"{NAME}: {len(entries)} of {before} emoji are drawn in OpenMoji too; only they are "
+                "kept")
 
         flat = {u.unified: (_flatten(g_images[u.image]), _flatten(t_images[u.image]))
                 for u in entries}
@@ -251,6 +305,9 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
             # PNG is lossless at any level: level 1 writes the same pixels several times faster
             google.save(folder / "google.png", compress_level=1)
             twitter.save(folder / "twitter.png", compress_level=1)
+            if openmoji:
+                rasterise(om_svgs[codepoints(u.unified)]).save(folder / "openmoji.png",
+                                                               compress_level=1)
             classes[slug] = {"name": names[i], "category": u.category, "subcategory": u.subcategory,
                              "unified": u.unified, "short_name": u.short_name}
             label_to_text[slug] = prompt(names[i])
@@ -263,9 +320,17 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
                         if ln.strip().startswith("*") and "images" in ln
                         and ("Google" in ln or "Twitter" in ln)]
         digests = {s: hashlib.sha256(archives[s].read_bytes()).hexdigest() for s in SETS}
+        npm = {SETS[s]: {"version": NPM_VERSION, "sha256": digests[s]} for s in SETS}
+        om_lines = []
+        if om_archive is not None:
+            om_digest = hashlib.sha256(om_archive.read_bytes()).hexdigest()
+            npm[OPENMOJI[0]] = {"version": OPENMOJI[1], "sha256": om_digest}
+            om_lines = [f"- npm `{OPENMOJI[0]}@{OPENMOJI[1]}` (`npm pack`), sha256 of the .tgz "
+                        f"`{om_digest}`: `package/color/svg/<hexcode>.svg`, rasterised at 64x64 "
+                        "by resvg (PyPI `resvg-py`)."]
         source = "\n".join(
             [f"- npm `{SETS[s]}@{NPM_VERSION}` (`npm pack`), sha256 of the .tgz `{digests[s]}`: "
-             f"`package/img/{s}/64/*.png` and `package/emoji.json`." for s in SETS]
+             f"`package/img/{s}/64/*.png` and `package/emoji.json`." for s in SETS] + om_lines
             + ["- Emoji names, categories and subcategories: `emoji.json` of emoji-data by Cal "
                "Henderson (https://github.com/iamcal/emoji-data)."])
         licence = "\n".join([
@@ -282,7 +347,13 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
             *[f"  > {ln}" for ln in readme_lines],
             "- The apple and facebook image sets are not used: they are not licensed for "
             "redistribution.",
-        ])
+        ] + ([
+            "- OpenMoji images (https://openmoji.org, the `openmoji.png` files): CC BY-SA 4.0 "
+            "(https://creativecommons.org/licenses/by-sa/4.0/), by the OpenMoji project and its "
+            "contributors. Changes made here: the colour SVG rasterised at 64x64, flattened onto "
+            "white and stored as RGB PNG. Share-alike: these adapted images, and what is shared "
+            "of them, stay under CC BY-SA 4.0.",
+        ] if openmoji else []))
         method = (
             "Classes are the emoji listed in `emoji.json` with a 64x64 image in both the google and "
             "the twitter set (`has_img_google`, `has_img_twitter`, and the file present), without "
@@ -296,14 +367,20 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
             "ASCII slug of the name (with `__2`... on collisions); `classes.json` maps it to the "
             "name, category and subcategory. "
             "Each folder holds `google.png` and `twitter.png`, flattened onto white (RGB). "
-            f"Prompt: \"{prompt('{name}')}\"."
+            + ("With openmoji=true only emoji that OpenMoji also draws are kept (matched by code "
+               "points, ignoring U+FE0F), and each folder also holds `openmoji.png`: the colour "
+               "SVG rasterised by resvg at 64x64 and flattened onto white, a third style for "
+               "queries never used in training (`data.train_match` on google or twitter). "
+               if openmoji else "")
+            + f"Prompt: \"{prompt('{name}')}\"."
             + (f" Only the first {limit} classes in folder order are kept (limit={limit})."
                if limit is not None else ""))
         return BuiltDataset(
-            title="Emoji: Google (Noto) and Twitter (Twemoji) images of the same emoji",
+            title="Emoji: Google (Noto) and Twitter (Twemoji) images of the same emoji"
+                  + (", and OpenMoji" if openmoji else ""),
             label_to_text=label_to_text, source=source, licence=licence, method=method,
             notes=f"{len(classes)} classes in {n_sub} (category, subcategory) groups; see classes.json.",
-            extra={"npm": {SETS[s]: {"version": NPM_VERSION, "sha256": digests[s]} for s in SETS}},
+            extra={"npm": npm},
         )
 
     return build_with(NAME, root, options, log, make, version=VERSION)
