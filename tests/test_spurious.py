@@ -105,11 +105,8 @@ def test_shapes_differ_and_bad_options_are_one_line(tmp_path):
 
 def test_the_spurious_study_config():
     """configs/spurious-offline.yaml: >= 4 rho values, 5 seeds, one entry per (rho, capacity)."""
-    from mamf.config import TrainConfig
     from mamf.experiment import load_experiment, run_config
 
-    if "budget" not in TrainConfig.__dataclass_fields__:
-        pytest.skip("train.budget arrives with the budgets work (issue 23, part 1)")
     exp = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "spurious-offline.yaml")
     assert exp.seeds == [312, 313, 314, 315, 316]
     assert exp.methods == ["zeroshot", "classical", "mamf", "fomaml"]
@@ -118,5 +115,8 @@ def test_the_spurious_study_config():
         assert ds.build == "spurious"
         config = run_config(exp, ds, "classical", 312, "/data")
         assert config.data.protocol == "paper"
-        rhos.setdefault(ds.build_options["rho"], set()).add(config.train.unfreeze_image_blocks)
+        t = config.train
+        rhos.setdefault(ds.build_options["rho"], set()).add(
+            0 if t.freeze_image_backbone else t.unfreeze_image_blocks)
+    # each rho at two capacities: the frozen towers' heads, and the last image block too
     assert len(rhos) >= 4 and all(caps == {0, 1} for caps in rhos.values())

@@ -165,11 +165,8 @@ def test_claim2_figure_plots_the_paired_gains(tmp_path, monkeypatch):
 
 
 def test_the_zeroshot_levels_study_config():
-    from mamf.config import TrainConfig
     from mamf.experiment import load_experiment, run_config
 
-    if "budget" not in TrainConfig.__dataclass_fields__:
-        pytest.skip("train.budget arrives with the budgets work (issue 23, part 1)")
     path = Path(__file__).resolve().parents[1] / "configs" / "zeroshot-levels-offline.yaml"
     exp = load_experiment(path)
     assert exp.seeds == [312, 313, 314, 315, 316]

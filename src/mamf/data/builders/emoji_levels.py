@@ -106,9 +106,9 @@ def _source(out: Path, source: str | os.PathLike | None, log: Log) -> Path:
             raise MamfError(f"{NAME}: source {root} is not a finished emoji build "
                             "(build it with `mamf data emoji OUT`)")
         return root
-    from mamf.data.builders import build
+    from mamf.data.builders.emoji import build_emoji
 
-    return build("emoji", out.parent / "emoji", log=log)
+    return build_emoji(out.parent / "emoji", log=log)
 
 
 def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int = 0,
