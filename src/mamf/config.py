@@ -81,6 +81,9 @@ class TrainConfig:
     # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
     # the same is always the run folder's train_log.csv. Not a setting of the measurement.
     log_dir: str | None = None
+    # every this many steps, the dev split's tasks are scored (no test-time adaptation) into the
+    # log's dev_acc; unset: never. Like log_dir, not a setting of the measurement
+    eval_every: int | None = None
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
     # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
     parallel: str = "ddp"
@@ -180,7 +183,8 @@ CHOICES = {
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.inner_epochs",
-            "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
+            "train.meta_batch", "train.inner_batch_size", "train.eval_every", "train.lora_rank",
+            "train.lora_alpha",
             "train.crop_scale", "train.sampler_tau", "metatest.batch_size",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")

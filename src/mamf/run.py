@@ -61,7 +61,8 @@ def config_id(config: Config) -> str:
     alphas do not change it), and so are LATER_KEYS at their defaults."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
-    del settings["train"]["log_dir"]  # where logs go, not what is measured
+    for key in ("log_dir", "eval_every"):  # what is logged and where, not what is measured
+        del settings["train"][key]
     for section, keys in LATER_KEYS.items():
         for key in keys:
             if settings[section][key] == defaults[section][key]:
@@ -161,7 +162,8 @@ def same_settings(path: Path, config: Config) -> bool:
         there, here = to_dict(build_config(load_yaml(path))), to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
-    there["train"].pop("log_dir"), here["train"].pop("log_dir")  # logs may go elsewhere now
+    for key in ("log_dir", "eval_every"):  # logs may go elsewhere now, or hold more
+        there["train"].pop(key), here["train"].pop(key)
     recorded = path.parent / SPLIT_SHA
     if there == here and config.data.split_file and recorded.is_file():
         return recorded.read_text(encoding="utf-8").strip() == \

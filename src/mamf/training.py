@@ -22,6 +22,7 @@ from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs
+from mamf.metatest import evaluation_tasks, score
 from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
@@ -117,6 +118,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     started = time.perf_counter()
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
+    dev = DevScore(model, inputs, dataset, config) if t.eval_every else None
     dropout = adapters.enabled(t) and t.lora_dropout > 0
     try:
         if dropout:  # the model stays in eval mode; only the adapters' dropout trains
@@ -149,7 +151,9 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             if loss is None:  # a stream of unknown length has ended
                 break
             losses.append(loss)
-            trainlog.step(i + 1, loss, _lr(method), inputs.images_seen - seen)
+            images = inputs.images_seen - seen
+            dev_acc = dev() if dev and (i + 1) % t.eval_every == 0 else None
+            trainlog.step(i + 1, loss, _lr(method), images, dev_acc)
             seen = inputs.images_seen
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
@@ -172,6 +176,32 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         if parallel:
             parallel.close()
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses)
+
+
+class DevScore:
+    """The dev accuracy `train.eval_every` logs: the model's query accuracy, as it is after the
+    step, on the dev split's tasks (drawn as the meta-test draws test tasks), scored against the
+    class prompts without test-time adaptation, so that it costs forward passes only and
+    changes no weight and no random stream of the training. Every rank scores alike."""
+
+    def __init__(self, model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset,
+                 config: Config):
+        if distributed.world_size() > 1 and config.train.parallel == "fsdp":
+            raise MamfError("train.eval_every cannot go with train.parallel=fsdp: the sharded "
+                            "model has no whole copy to score")
+        self.model, self.inputs = model, inputs
+        self.dropout = adapters.enabled(config.train) and config.train.lora_dropout > 0
+        self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+
+    def __call__(self) -> float:
+        if self.dropout:
+            adapters.dropout_active(self.model, False)
+        try:
+            accs = [score(self.model, self.inputs, task) for task in self.tasks]
+        finally:
+            if self.dropout:
+                adapters.dropout_active(self.model, True)
+        return float(np.mean(accs))
 
 
 def _lr(method: methods.Method) -> float | None:
