@@ -68,10 +68,9 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
 def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colour_folder,
                                                                             tmp_path):
     pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     import numpy as np
     import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mamf.config import build_config
     from mamf.data.dataset import ImageDataset

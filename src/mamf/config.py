@@ -114,6 +114,10 @@ class MetaTestConfig:
     # WiSE-FT: score (1 - alpha) * zero-shot + alpha * trained weights, one row per alpha;
     # empty: the trained weights as they are (rows carry alpha null)
     interpolate: list[float] = field(default_factory=list)
+    # keep each test task's predictions in its row (`predictions`: a few bytes per query image;
+    # the report's per-class accuracy and confusion matrix read them). Not a setting of the
+    # measurement
+    save_predictions: bool = False
 
 
 @dataclass

@@ -30,12 +30,13 @@ from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, d
 from mamf.data.fewshot import is_fewshot
 from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, shown
-from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.results import read_rows, row_alpha, row_sampler
 from mamf.run import RESULTS, apply_heads, evaluate_prepared, prepare, seed_everything, ways_list
 from mamf.training import train
+from mamf.trainlog import CSV_NAME
 from mamf.wiseft import Interpolation, alphas, starting_weights
 
 log = logging.getLogger(__name__)
@@ -546,8 +547,11 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
-        result = train(model, inputs, dataset, config, progress)
-        train_info = {"train_steps": result.steps,
+        logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots, unit)
+        result = train(model, inputs, dataset, config, progress,
+                       log_folder=logs if distributed.is_main() else None)
+        train_info = {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),
+                      "train_steps": result.steps,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
         mix = Interpolation(model, start) if start is not None else None
@@ -570,6 +574,22 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
                     atomic_write_text(config_file, dump_yaml(config))
                 append_jsonl(results, row)
             yield row
+
+
+def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,
+                     shots: int | None, unit: list[int]) -> Path:
+    """Where one unit's training log goes (`train_logs/...`, one folder per unit, so jobs of one
+    grid never share a file); its rows name it (`train_log`, relative to the results folder)."""
+    parts = [dataset, method, sampler, f"s{seed}", None if shots is None else f"{shots}shot",
+             "n" + "-".join(map(str, unit))]
+    name = "_".join(safe_part(p) for p in parts if p is not None)
+    folder = out / "train_logs" / name
+    make_folder(folder)
+    return folder
+
+
+def safe_part(text: object) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(text))
 
 
 def _failure(out: Path, record: dict) -> None:

@@ -78,26 +78,36 @@ class WeightSnapshot:
 
 
 @torch.no_grad()
-def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
-    """Accuracy of the query images against the task's n class prompts."""
-    correct = 0
+def predict(model: DualEncoder, inputs: ModelInputs, task: Task,
+            batch_size: int = 256) -> np.ndarray:
+    """The class (0..n-1) of the task's n class prompts nearest each query image."""
+    out = []
     with autocast(inputs.device, inputs.precision):
         text_emb = inputs.texts(model, task.classes)
         for start in range(0, len(task.query), batch_size):
             idx = task.query[start : start + batch_size]
             logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
-            labels = torch.as_tensor(task.query_labels[start : start + batch_size],
-                                     device=logits.device)
-            correct += int((logits.argmax(1) == labels).sum())
-    return correct / len(task.query)
+            out.append(logits.argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(predicted: np.ndarray, task: Task) -> float:
+    """The share of the task's query images given their own class."""
+    return int((np.asarray(predicted) == task.query_labels).sum()) / len(task.query)
+
+
+def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
+    """Accuracy of the query images against the task's n class prompts."""
+    return accuracy(predict(model, inputs, task, batch_size), task)
 
 
 def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
               method: str | methods.Method, config: Config, ways: int,
-              progress: bool = True) -> list[float]:
+              progress: bool = True, predictions: list | None = None) -> list[float]:
     """Per-task accuracies. With `metatest.reset` off, adaptation carries over between tasks
     (the official code's behaviour); either way the model ends as it started. `method`: a name,
-    or a method already tuned on dev tasks (`tuned_method`)."""
+    or a method already tuned on dev tasks (`tuned_method`). `predictions`, a list, receives
+    each task's `encode_predictions`, in task order."""
     adapter = methods.create(method, config) if isinstance(method, str) else method
     method = adapter.name
     snapshot = WeightSnapshot(model)
@@ -114,9 +124,40 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
         adapter.adapt(model, inputs, tasks[i], rng)
-        local[i] = adapter.score(model, inputs, tasks[i])
+        predicted = adapter.predict(model, inputs, tasks[i])
+        local[i] = (accuracy(predicted, tasks[i]),
+                    encode_predictions(tasks[i], predicted) if predictions is not None else None)
     snapshot.restore()
-    return gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    if predictions is not None:
+        predictions.extend(p for _, p in both)
+    return [a for a, _ in both]
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def encode_predictions(task: Task, predicted: np.ndarray) -> list:
+    """One task's predictions, compactly: [its classes (global ids), the query images' true
+    classes, the classes they were given], the last two as task-local indices, one character
+    each ("0"-"9", "a"-"z", "A"-"Z") for tasks of up to 62 classes, else lists of integers."""
+    def code(labels) -> str | list[int]:
+        labels = [int(x) for x in labels]
+        return "".join(_DIGITS[x] for x in labels) if task.ways <= len(_DIGITS) else labels
+
+    return [[int(c) for c in task.classes], code(task.query_labels), code(predicted)]
+
+
+def decode_predictions(record: list) -> tuple[np.ndarray, np.ndarray]:
+    """(true, given) global class ids of one task's query images (`encode_predictions`)."""
+    classes, truth, given = record
+    classes = np.asarray(classes, dtype=np.int64)
+
+    def local(labels) -> np.ndarray:
+        return np.array([_DIGITS.index(c) for c in labels] if isinstance(labels, str)
+                        else labels, dtype=np.int64)
+
+    return classes[local(truth)], classes[local(given)]
 
 
 def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, method: str,

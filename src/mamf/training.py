@@ -152,7 +152,11 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 break
             losses.append(loss)
             images = inputs.images_seen - seen
-            dev_acc = dev() if dev and (i + 1) % t.eval_every == 0 else None
+            dev_acc = None
+            if dev and (i + 1) % t.eval_every == 0:
+                scoring = time.perf_counter()
+                dev_acc = dev()
+                trainlog.exclude(time.perf_counter() - scoring)
             trainlog.step(i + 1, loss, _lr(method), images, dev_acc)
             seen = inputs.images_seen
             bar.update(1)

@@ -72,6 +72,10 @@ class TrainLog:
             if dev_acc is not None:
                 self.writer.add_scalar("dev/accuracy", dev_acc, step)
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (a dev evaluation between steps) out of the next step's images/s."""
+        self.last += seconds
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()

@@ -147,11 +147,18 @@ class Method:
         which the results row records. Default: nothing to choose."""
         return {}
 
-    def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
-        """Accuracy on the task's query set: the (adapted) model against the class prompts."""
-        from mamf.metatest import score
+    def predict(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> np.ndarray:
+        """The class (0..n-1) given to each query image: the (adapted) model against the class
+        prompts. A method that scores otherwise overrides this, never `score`."""
+        from mamf.metatest import predict
 
-        return score(model, inputs, task)
+        return predict(model, inputs, task)
+
+    def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
+        """Accuracy on the task's query set (`predict` against the query labels)."""
+        from mamf.metatest import accuracy
+
+        return accuracy(self.predict(model, inputs, task), task)
 
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:
