@@ -153,3 +153,27 @@ def test_one_task_size_draws_no_curve(grid, tmp_path):
     _, rows = grid
     files = write_report([r for r in rows if r["ways"] == 3], tmp_path, "one size")
     assert not any(name.startswith("curve-") for name in files)
+
+
+def test_the_summary_legend_fits_the_figure_with_one_dataset(tmp_path, monkeypatch):
+    from mamf.report import figures
+
+    methods = ["zeroshot", "classical", "mamf", "prototype", "linear-probe", "tip-adapter",
+               "tip-adapter-f"]
+    rows = [{"method": m, "model": "m", "dataset": "counting", "protocol": "paper", "ways": 5,
+             "shots": 1, "queries": 5, "seed": 1, "split": "test", "n_tasks": 2,
+             "task_accs": [0.2, 0.4]} for m in methods]
+    seen = {}
+    original = figures.save
+
+    def spy(fig, plt, path, tight=False):
+        fig.canvas.draw()
+        box = fig.legends[0] if fig.legends else fig.axes[0].get_legend()
+        seen["legend"] = box.get_window_extent()
+        seen["figure"] = fig.bbox
+        return original(fig, plt, path, tight)
+
+    monkeypatch.setattr(figures, "save", spy)
+    figures.bar_figure(rows, tmp_path / "summary.png")
+    legend, figure = seen["legend"], seen["figure"]
+    assert figure.x0 <= legend.x0 and legend.x1 <= figure.x1  # no label runs off a side

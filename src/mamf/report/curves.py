@@ -52,6 +52,10 @@ def curves_figure(logs: dict, dataset: str, path: Path) -> Path:
             if dev and points:
                 axes[0][1].plot(*zip(*points), marker="o", markersize=3, color=colour(m),
                                 linewidth=0.9, label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_xlabel("training step")
     axes[0][0].set_ylabel("training loss")
     axes[0][0].set_title(f"{dataset}: training loss (one line per seed)")
