@@ -547,7 +547,8 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
-        logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots, unit)
+        logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
+                                unit[0] if kind.trains_per_ways else None)
         result = train(model, inputs, dataset, config, progress,
                        log_folder=logs if distributed.is_main() else None)
         train_info = {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),
@@ -577,11 +578,13 @@ def _run_unit(exp, ds, root, seed, method, sampler, unit, ways, model, dataset, 
 
 
 def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,
-                     shots: int | None, unit: list[int]) -> Path:
-    """Where one unit's training log goes (`train_logs/...`, one folder per unit, so jobs of one
-    grid never share a file); its rows name it (`train_log`, relative to the results folder)."""
+                     shots: int | None, ways: int | None) -> Path:
+    """Where one training's log goes (`train_logs/...`, one folder per training, so jobs of one
+    grid never share a file); its rows name it (`train_log`, relative to the results folder).
+    `ways`: the task size of a method that trains per size, None for one trained once for all
+    (the name never depends on which rows were left to compute)."""
     parts = [dataset, method, sampler, f"s{seed}", None if shots is None else f"{shots}shot",
-             "n" + "-".join(map(str, unit))]
+             None if ways is None else f"n{ways}"]
     name = "_".join(safe_part(p) for p in parts if p is not None)
     folder = out / "train_logs" / name
     make_folder(folder)

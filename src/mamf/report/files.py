@@ -3,6 +3,7 @@ training log, found relative to the results folder (a grid's jobs keep theirs un
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from mamf.config import load_yaml
@@ -19,7 +20,8 @@ def _found(folder: Path, relative: str) -> Path | None:
 
 def row_config(row: dict, folder: Path | None) -> dict | None:
     """The settings of a row as written beside it (configs/<config_id>.yaml, or the trained
-    run's config.yaml), None when neither is there."""
+    run's config.yaml), None when neither is there (`grid_config` rebuilds them from the
+    grid's file)."""
     candidates = []
     if folder is not None and row.get("config_id"):
         candidates.append(_found(folder, f"configs/{row['config_id']}.yaml"))
@@ -43,3 +45,32 @@ def train_log_path(row: dict, folder: Path | None) -> Path | None:
     if row.get("run") and (Path(row["run"]) / CSV_NAME).is_file():
         return Path(row["run"]) / CSV_NAME
     return None
+
+
+def grid_config(row: dict, folder: Path | None) -> dict | None:
+    """A grid row's settings rebuilt from the experiment.yaml beside it, for rows written before
+    grids kept configs/; None without one. The data folder is not known then, so the settings'
+    hash cannot be checked against the row's: the file is taken as the one that ran."""
+    from mamf.config import to_dict
+    from mamf.experiment import run_config
+
+    if folder is None or not row.get("experiment_dataset") or \
+            not (Path(folder) / "experiment.yaml").is_file():
+        return None
+    try:
+        exp = _experiment(str(Path(folder) / "experiment.yaml"))
+        ds = next((d for d in exp.datasets if d.name == row["experiment_dataset"]), None)
+        if ds is None:
+            return None
+        return to_dict(run_config(exp, ds, row["method"], row["seed"], ds.root or ".",
+                                  ways=row["ways"], sampler=row.get("sampler"),
+                                  split=row["split"]))
+    except (MamfError, KeyError, TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _experiment(path: str):
+    from mamf.experiment import load_experiment
+
+    return load_experiment(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mamf.report.common import in_order, label, md, numbers
-from mamf.report.files import row_config
+from mamf.report.files import grid_config, row_config
 
 COLUMNS = ("method", "model", "trainable parameters", "training steps", "training images",
            "lr (train / test)", "epochs (train / test)", "templates", "seeds")
@@ -37,13 +37,24 @@ def _templates(rows: list[dict], configs: list[dict]) -> str:
     return ", ".join(sorted(single)) if single else "–"
 
 
-def setup_grid(rows: list[dict], folder: Path | None) -> tuple[list[str], list[list[str]], int]:
-    """(header, one row per method, how many rows had no settings file beside them)."""
-    body, missing = [], 0
+def _config(row: dict, folder: Path | None, rebuilt: list) -> dict | None:
+    config = row_config(row, folder)
+    if config is None:
+        config = grid_config(row, folder)
+        if config is not None:
+            rebuilt.append(row)
+    return config
+
+
+def setup_grid(rows: list[dict], folder: Path | None
+               ) -> tuple[list[str], list[list[str]], int, int]:
+    """(header, one row per method, how many rows had no settings file beside them, how many
+    of those had theirs rebuilt from the grid's experiment.yaml)."""
+    body, missing, rebuilt = [], 0, []
     for m in in_order({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == m]
-        configs = [c for c in (row_config(r, folder) for r in mine) if c is not None]
-        missing += len(mine) - len(configs)
+        configs = [c for c in (_config(r, folder, rebuilt) for r in mine) if c is not None]
+        missing += len(mine) - len(configs) + sum(1 for r in rebuilt if r in mine)
         trains = any(r.get("train_steps") is not None for r in mine)
         lr = f"{_span(_setting(configs, 'train', 'lr')) if trains else '–'} / " \
              f"{_span(_setting(configs, 'metatest', 'lr'))}"
@@ -54,12 +65,12 @@ def setup_grid(rows: list[dict], folder: Path | None) -> tuple[list[str], list[l
                      _span([r.get("train_steps") for r in mine]),
                      _span([r.get("train_images") for r in mine]), lr, epochs,
                      _templates(mine, configs), numbers(r["seed"] for r in mine)])
-    return list(COLUMNS), body, missing
+    return list(COLUMNS), body, missing, len(rebuilt)
 
 
 def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tuple]:
     """The section's markdown and its grid (for the CSV and LaTeX copies)."""
-    head, body, missing = setup_grid(rows, folder)
+    head, body, missing, rebuilt = setup_grid(rows, folder)
     lines = ["## Setup", "",
              "Per method: the trainable parameters are those training and test-time adaptation "
              "change; steps and images are the training's (– for methods that do not train, "
@@ -69,8 +80,12 @@ def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tup
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
     if missing:
         lines += ["", f"{missing} of {len(rows)} rows have no settings file beside them "
-                  "(configs/<config_id>.yaml, or their run's config.yaml): their rates, epochs "
-                  "and templates are not known here."]
+                  "(configs/<config_id>.yaml, or their run's config.yaml)"
+                  + (f"; the settings of {rebuilt} of them are rebuilt from the grid's "
+                     "experiment.yaml beside the rows, taken as the file that ran (without its "
+                     "data folders their settings' hash cannot be checked)" if rebuilt else "")
+                  + (": the others' rates, epochs and templates are not known here."
+                     if missing > rebuilt else ".")]
     if any(r.get("trainable_params") is None for r in rows):
         lines += ["", "Rows written before rows recorded it carry no trainable-parameter "
                   "count."]
