@@ -218,8 +218,8 @@ def test_html_report_is_real_html_with_tables_and_inline_figures(tmp_path):
     page = files["html"].read_text()
     parsed = _Elements()
     parsed.feed(page)
-    # summary, not compared, every method against classical FT, claim 1, claim 2
-    assert parsed.tags.count("table") == 5
+    # summary, not compared, every method against classical FT, claim 1, claim 2, setup
+    assert parsed.tags.count("table") == 6
     assert {"h1", "h2", "thead", "tbody", "tr", "th", "td", "figure", "style"} <= set(parsed.tags)
     assert "pre" not in parsed.tags and "script" not in parsed.tags
     assert "| dataset |" not in page and "|---|" not in page  # no markdown left over

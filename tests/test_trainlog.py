@@ -63,3 +63,51 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in logged] == [1.0, 0.5, 1.0 / 3, 2.0, 2.0, 2.0]
     assert logged[-1]["lr"] is None
+
+
+def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colour_folder,
+                                                                            tmp_path):
+    pytest.importorskip("tensorboard")
+    import numpy as np
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mamf.config import build_config
+    from mamf.data.dataset import ImageDataset
+    from mamf.inputs import ModelInputs
+    from mamf.metatest import evaluation_tasks, score
+    from mamf.run import config_id, load_run
+
+    plain, every, logs = tmp_path / "plain", tmp_path / "every", tmp_path / "tb"
+    assert _train(colour_folder, plain) == 0
+    assert _train(colour_folder, every, "--set", "train.eval_every=2",
+                  "--tensorboard", str(logs)) == 0
+    logged = read_csv(every / CSV_NAME)
+    assert [r["step"] for r in logged if r["dev_acc"] is not None] == [2, 4]
+    assert all(0 <= r["dev_acc"] <= 1 for r in logged if r["dev_acc"] is not None)
+    assert [r["dev_acc"] for r in read_csv(plain / CSV_NAME)] == [None] * 4
+    # scoring the dev tasks changes no weight and no random stream of the training
+    assert [r["loss"] for r in logged] == [r["loss"] for r in read_csv(plain / CSV_NAME)]
+    assert (every / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
+    # the last logged value (step 4, the last step) is the trained model's dev accuracy
+    config, model = load_run(every)
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    inputs = ModelInputs(model.eval(), dataset, torch.device("cpu"))
+    tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+    assert logged[-1]["dev_acc"] == pytest.approx(
+        float(np.mean([score(model, inputs, t) for t in tasks])), abs=1e-9)
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    assert [s.step for s in events.Scalars("dev/accuracy")] == [2, 4]
+    assert [s.value for s in events.Scalars("dev/accuracy")] == pytest.approx(
+        [r["dev_acc"] for r in logged if r["dev_acc"] is not None], rel=1e-6)
+    config = build_config(overrides={"train.eval_every": 3})
+    assert config_id(config) == config_id(build_config())  # what is logged, not what is measured
+
+
+def test_eval_every_must_be_positive():
+    from mamf.config import build_config
+    from mamf.errors import MamfError
+
+    with pytest.raises(MamfError, match="train.eval_every must be positive, got 0"):
+        build_config(overrides={"train.eval_every": 0})

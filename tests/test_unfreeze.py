@@ -275,3 +275,47 @@ def test_a_trained_run_is_evaluated_over_the_boundary_it_trained_on(colour_folde
                  "metatest.epochs=1"]) == 0
     assert sorted(colour_folder.parent.rglob("features-*.npy")) == files
     assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_siglip_split_forward_equals_the_full_forward():
+    model = load_model("tiny-random-siglip").eval()
+    pixels = torch.randn(3, 3, model.image_size, model.image_size,
+                         generator=torch.Generator().manual_seed(0))
+    errors = split_errors(model, pixels, TEXTS)
+    assert set(errors) == {("image", k) for k in range(3)} | {("text", k) for k in range(3)}
+    assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
+def test_siglip_cached_boundaries_give_the_end_to_end_embeddings(colour_folder, cache,
+                                                                 monkeypatch, engine):
+    if engine == "torch":
+        monkeypatch.setenv(frozen_engine.ENV, "torch")
+    model = load_model("tiny-random-siglip").eval()
+    whole = inputs(model, colour_folder)
+    split = inputs(model, colour_folder, image_top_blocks=1, text_top_layers=1, feature_batch=16)
+    assert split.features.shape == (60, 16, 64)  # [images, patches, width]: SigLIP has no CLS
+    idx, classes = np.array([0, 13, 59, 7]), np.array([4, 0, 2])
+    with torch.no_grad():
+        assert torch.allclose(split.images(model, idx), whole.images(model, idx), atol=1e-4)
+        assert torch.allclose(split.texts(model, classes), whole.texts(model, classes), atol=1e-5)
+
+
+def test_siglip_training_the_last_block_trains_the_top_and_its_pooling_heads(colour_folder,
+                                                                             cache):
+    config = build_config(overrides={
+        "model": "tiny-random-siglip", "data.root": str(colour_folder), "data.ways": 3,
+        "train.method": "classical", "train.steps": 4, "train.lr": 1e-2, "train.batch_size": 8,
+        "train.augment": False, "train.unfreeze_image_blocks": 1,
+        "train.unfreeze_text_layers": 1, "data.tasks": 2})
+    model, dataset, prepared = prepare(config, fresh=True)
+    names = trainable_names(model)
+    assert {n for n in names if ".layers.0." in n or "embeddings" in n} == set()
+    assert any("vision_model.head." in n for n in names)  # the attention-pooling head
+    assert {"siglip.text_model.head.weight", "siglip.vision_model.post_layernorm.weight"} <= names
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, prepared, dataset, config, progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= names
+    assert any("vision_model.encoder.layers.1." in n for n in changed)
+    assert any("text_model.encoder.layers.1." in n for n in changed)

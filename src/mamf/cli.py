@@ -175,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--reference", metavar="METHOD", default=None,
                     help="pair every method against this one (default: classical FT where it "
                     "ran, else zero-shot)")
+    rp.add_argument("--cell", metavar="DATASET:METHOD:WAYS", default=None,
+                    help="the cell whose per-class accuracy and confusion matrix are shown "
+                    "(default: the first with stored predictions)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
@@ -382,7 +385,7 @@ def _failures_line(out: Path, since: str | None) -> str:
 
 
 def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = None,
-               since: str | None = None) -> None:
+               cell: tuple | None = None, since: str | None = None) -> None:
     from mamf.report import comparison_note, main_rows, settings_line, summary_table, write_report
     from mamf.report.tables import summary_notes
 
@@ -395,7 +398,7 @@ def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = 
             if note:
                 print(f"\n{note}")
         print(f"\n({settings_line(main)})")
-    files = write_report(rows, out, title, reference)
+    files = write_report(rows, out, title, reference, cell)
     print(f"results: {out / 'results.jsonl'}")
     figure = f"; figure: {files['summary']}" if "summary" in files else ""
     print(f"report: {files['md']} and {files['html']}{figure}")
@@ -410,7 +413,16 @@ def cmd_report(args) -> None:
     out = Path(args.dir)
     if not (out / "results.jsonl").is_file():
         raise MamfError(f"{out} holds no results.jsonl")
-    _summarise(read_rows(out / "results.jsonl"), out, out.name, args.reference)
+    _summarise(read_rows(out / "results.jsonl"), out, out.name, args.reference,
+               _cell(args.cell) if args.cell else None)
+
+
+def _cell(text: str) -> tuple:
+    """DATASET:METHOD:WAYS as (dataset, method, ways); a dataset's name may hold colons."""
+    dataset, method, ways = text.rsplit(":", 2) if text.count(":") >= 2 else (text, "", "")
+    if not dataset or not method or not ways.isdigit():
+        raise MamfError(f"--cell must be DATASET:METHOD:WAYS (e.g. emoji:mamf:5), got {text!r}")
+    return dataset, method, int(ways)
 
 
 def cmd_data(args) -> None:

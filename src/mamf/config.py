@@ -88,6 +88,9 @@ class TrainConfig:
     # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
     # the same is always the run folder's train_log.csv. Not a setting of the measurement.
     log_dir: str | None = None
+    # every this many steps, the dev split's tasks are scored (no test-time adaptation) into the
+    # log's dev_acc; unset: never. Like log_dir, not a setting of the measurement
+    eval_every: int | None = None
     # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
     # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
     parallel: str = "ddp"
@@ -118,6 +121,10 @@ class MetaTestConfig:
     # WiSE-FT: score (1 - alpha) * zero-shot + alpha * trained weights, one row per alpha;
     # empty: the trained weights as they are (rows carry alpha null)
     interpolate: list[float] = field(default_factory=list)
+    # keep each test task's predictions in its row (`predictions`: a few bytes per query image;
+    # the report's per-class accuracy and confusion matrix read them). Not a setting of the
+    # measurement
+    save_predictions: bool = False
 
 
 @dataclass
@@ -198,10 +205,9 @@ CHOICES = {
 }
 POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
             "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.steps_per_shot",
-            "train.inner_epochs",
-            "train.meta_batch", "train.inner_batch_size", "train.lora_rank", "train.lora_alpha",
-            "train.crop_scale", "train.sampler_tau", "metatest.batch_size", "baseline.coop_context",
-            "baseline.coop_lr", "baseline.cocoop_lr",
+            "train.inner_epochs", "train.meta_batch", "train.inner_batch_size", "train.eval_every",
+            "train.lora_rank", "train.lora_alpha", "train.crop_scale", "train.sampler_tau",
+            "metatest.batch_size", "baseline.coop_context", "baseline.coop_lr", "baseline.cocoop_lr",
             "metatest.inner_batch_size"}
 SEEDS = ("seed", "data.split_seed")
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit

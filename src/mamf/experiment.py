@@ -36,13 +36,14 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
     run_config,
     samplers_of,
 )
-from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.progress import Eta
 from mamf.results import grid_key, read_rows
 from mamf.run import RESULTS, evaluate_prepared, fresh_start, prepare, ways_list
 from mamf.training import train
+from mamf.trainlog import CSV_NAME
 from mamf.tune import tune_experiment
 from mamf.wiseft import Interpolation, starting_weights
 
@@ -338,8 +339,12 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
-        result = train(model, inputs, dataset, config, progress)
-        train_info |= {"train_steps": result.steps, "train_images": result.images,
+        logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
+                                unit[0] if kind.trains_per_ways else None)
+        result = train(model, inputs, dataset, config, progress,
+                       log_folder=logs if distributed.is_main() else None)
+        train_info |= {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),
+                       "train_steps": result.steps, "train_images": result.images,
                        "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
                       "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
@@ -363,6 +368,24 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                     atomic_write_text(config_file, dump_yaml(config))
                 append_jsonl(results, row)
             yield row
+
+
+def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,
+                     shots: int | None, ways: int | None) -> Path:
+    """Where one training's log goes (`train_logs/...`, one folder per training, so jobs of one
+    grid never share a file); its rows name it (`train_log`, relative to the results folder).
+    `ways`: the task size of a method that trains per size, None for one trained once for all
+    (the name never depends on which rows were left to compute)."""
+    parts = [dataset, method, sampler, f"s{seed}", None if shots is None else f"{shots}shot",
+             None if ways is None else f"n{ways}"]
+    name = "_".join(safe_part(p) for p in parts if p is not None)
+    folder = out / "train_logs" / name
+    make_folder(folder)
+    return folder
+
+
+def safe_part(text: object) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "-" for c in str(text))
 
 
 def _failure(out: Path, record: dict) -> None:

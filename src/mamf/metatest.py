@@ -18,7 +18,7 @@ from mamf.data.dataset import ImageDataset
 from mamf.distributed import gather_by_index, is_main, rank, world_size
 from mamf.finetune import trainable
 from mamf.inputs import ModelInputs
-from mamf.methods.base import score  # noqa: F401  (the meta-test's default scoring)
+from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
 from mamf.models.base import DualEncoder
 from mamf.progress import bar as progress_bar
 from mamf.stats import mean_ci95
@@ -50,10 +50,11 @@ class WeightSnapshot:
 
 def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
               method: str | methods.Method, config: Config, ways: int,
-              progress: bool = True) -> list[float]:
+              progress: bool = True, predictions: list | None = None) -> list[float]:
     """Per-task accuracies. With `metatest.reset` off, adaptation carries over between tasks
     (the official code's behaviour); either way the model ends as it started. `method`: a name,
-    or a method already tuned on dev tasks (`tuned_method`)."""
+    or a method already tuned on dev tasks (`tuned_method`). `predictions`, a list, receives
+    each task's `encode_predictions`, in task order."""
     adapter = methods.create(method, config) if isinstance(method, str) else method
     method = adapter.name
     snapshot = WeightSnapshot(model)
@@ -70,9 +71,40 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
         adapter.adapt(model, inputs, tasks[i], rng)
-        local[i] = adapter.score(model, inputs, tasks[i])
+        predicted = adapter.predict(model, inputs, tasks[i])
+        local[i] = (accuracy(predicted, tasks[i]),
+                    encode_predictions(tasks[i], predicted) if predictions is not None else None)
     snapshot.restore()
-    return gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    if predictions is not None:
+        predictions.extend(p for _, p in both)
+    return [a for a, _ in both]
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def encode_predictions(task: Task, predicted: np.ndarray) -> list:
+    """One task's predictions, compactly: [its classes (global ids), the query images' true
+    classes, the classes they were given], the last two as task-local indices, one character
+    each ("0"-"9", "a"-"z", "A"-"Z") for tasks of up to 62 classes, else lists of integers."""
+    def code(labels) -> str | list[int]:
+        labels = [int(x) for x in labels]
+        return "".join(_DIGITS[x] for x in labels) if task.ways <= len(_DIGITS) else labels
+
+    return [[int(c) for c in task.classes], code(task.query_labels), code(predicted)]
+
+
+def decode_predictions(record: list) -> tuple[np.ndarray, np.ndarray]:
+    """(true, given) global class ids of one task's query images (`encode_predictions`)."""
+    classes, truth, given = record
+    classes = np.asarray(classes, dtype=np.int64)
+
+    def local(labels) -> np.ndarray:
+        return np.array([_DIGITS.index(c) for c in labels] if isinstance(labels, str)
+                        else labels, dtype=np.int64)
+
+    return classes[local(truth)], classes[local(given)]
 
 
 def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, method: str,

@@ -24,6 +24,7 @@ from mamf.data.fewshot import split_file_sha256
 from mamf.data.prompts import templates_tag
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
+from mamf.finetune import trainable
 from mamf.inputs import ModelInputs, resolve_device
 from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
 from mamf.lock import exclusive
@@ -75,7 +76,9 @@ def config_id(config: Config) -> str:
     alphas do not change it), and so are LATER_KEYS at their defaults."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
-    del settings["train"]["log_dir"]  # where logs go, not what is measured
+    del settings["metatest"]["save_predictions"]  # what a row keeps, not what it measures
+    for key in ("log_dir", "eval_every"):  # what is logged and where, not what is measured
+        del settings["train"][key]
     for section, keys in LATER_KEYS.items():
         for key in keys:
             if settings[section][key] == defaults[section][key]:
@@ -175,7 +178,9 @@ def same_settings(path: Path, config: Config) -> bool:
         there, here = to_dict(build_config(load_yaml(path))), to_dict(config)
     except MamfError:  # a key this version no longer knows, or a damaged file
         return False
-    there["train"].pop("log_dir"), here["train"].pop("log_dir")  # logs may go elsewhere now
+    for key in ("log_dir", "eval_every"):  # logs may go elsewhere now, or hold more
+        there["train"].pop(key), here["train"].pop(key)
+    there["metatest"].pop("save_predictions"), here["metatest"].pop("save_predictions")
     recorded = path.parent / SPLIT_SHA
     if there == here and config.data.split_file and recorded.is_file():
         return recorded.read_text(encoding="utf-8").strip() == \
@@ -453,7 +458,8 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
                   for t in tasks]
     started = time.perf_counter()
     adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
-    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress)
+    predictions = [] if config.metatest.save_predictions else None
+    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress, predictions)
     mean, ci, extra = protocols.get(config.data.protocol).summary(accs)
     shots, queries = shots_queries(dataset, config, split)
     combined = {"test_method": method, "trained_by": trained_by} \
@@ -465,9 +471,12 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
             "sampler": trained_sampler(config, trained_by or method),
             "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
             "split_file_sha256": split_file_sha256(config.data.split_file),
-            "alpha": alpha, "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
+            "alpha": alpha, "trainable_params": sum(p.numel() for p in trainable(model)),
+            "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
             "task_accs": accs,
             "task_similarity": similarity,
             "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
             "host": platform.node(), **environment(str(inputs.device)),
-            **({"chosen_on_dev": chosen} if chosen is not None else {}), **extra}
+            **({"chosen_on_dev": chosen} if chosen is not None else {}),
+            **({"class_names": list(dataset.classes), "predictions": predictions}
+               if predictions is not None else {}), **extra}

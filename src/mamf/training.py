@@ -25,6 +25,7 @@ from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
 from mamf.inputs import ModelInputs
+from mamf.metatest import evaluation_tasks, score
 from mamf.methods.base import PastTheEnd
 from mamf.models.base import DualEncoder
 from mamf.parallel import DataParallel
@@ -127,6 +128,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     started = time.perf_counter()
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
+    dev = DevScore(model, inputs, dataset, config) if t.eval_every else None
     dropout = adapters.enabled(t) and t.lora_dropout > 0
     try:
         if dropout:  # the model stays in eval mode; only the adapters' dropout trains
@@ -165,7 +167,13 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             if loss is None:  # a stream of unknown length has ended
                 break
             losses.append(loss)
-            trainlog.step(i + 1, loss, _lr(method), inputs.images_seen - seen)
+            images = inputs.images_seen - seen
+            dev_acc = None
+            if dev and (i + 1) % t.eval_every == 0:
+                scoring = time.perf_counter()
+                dev_acc = dev()
+                trainlog.exclude(time.perf_counter() - scoring)
+            trainlog.step(i + 1, loss, _lr(method), images, dev_acc)
             schedule.at(i + 1)
             seen = inputs.images_seen
             bar.update(1)
@@ -231,6 +239,32 @@ class LRSchedule:
             return
         for group, base in zip(self.method.optimizer.param_groups, self.bases):
             group["lr"] = cosine_lr(base, step, self.method.steps)
+
+
+class DevScore:
+    """The dev accuracy `train.eval_every` logs: the model's query accuracy, as it is after the
+    step, on the dev split's tasks (drawn as the meta-test draws test tasks), scored against the
+    class prompts without test-time adaptation, so that it costs forward passes only and
+    changes no weight and no random stream of the training. Every rank scores alike."""
+
+    def __init__(self, model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset,
+                 config: Config):
+        if distributed.world_size() > 1 and config.train.parallel == "fsdp":
+            raise MamfError("train.eval_every cannot go with train.parallel=fsdp: the sharded "
+                            "model has no whole copy to score")
+        self.model, self.inputs = model, inputs
+        self.dropout = adapters.enabled(config.train) and config.train.lora_dropout > 0
+        self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+
+    def __call__(self) -> float:
+        if self.dropout:
+            adapters.dropout_active(self.model, False)
+        try:
+            accs = [score(self.model, self.inputs, task) for task in self.tasks]
+        finally:
+            if self.dropout:
+                adapters.dropout_active(self.model, True)
+        return float(np.mean(accs))
 
 
 def _lr(method: methods.Method) -> float | None:

@@ -2,7 +2,9 @@
 scalars where `train.log_dir` (`--tensorboard DIR`) is set.
 
 Each step logs its loss, the learning rate of the optimiser's first group and the images per
-second the step embedded (forward passes through `ModelInputs.images`, cached or not). The CSV is
+second the step embedded (forward passes through `ModelInputs.images`, cached or not); with
+`train.eval_every` set, every that many steps also the dev split's accuracy (`dev_acc`, empty in
+the other rows; `mamf.training.dev_accuracy`). The CSV is
 flushed every step, so a run that is killed keeps its log; a resumed run drops the rows past its
 checkpoint before logging again, so the log holds each step once.
 """
@@ -20,7 +22,7 @@ from mamf.errors import MamfError
 log = logging.getLogger(__name__)
 
 CSV_NAME = "train_log.csv"
-COLUMNS = ("step", "loss", "lr", "images_per_s")
+COLUMNS = ("step", "loss", "lr", "images_per_s", "dev_acc")
 
 
 class TrainLog:
@@ -51,19 +53,28 @@ class TrainLog:
                 raise MamfError(f"cannot write TensorBoard logs to {log_dir}: "
                                 f"{e.strerror or e}") from None
 
-    def step(self, step: int, loss: float, lr: float | None, images: int) -> None:
-        """Log step `step` (1-based: the optimiser steps taken) that embedded `images` images."""
+    def step(self, step: int, loss: float, lr: float | None, images: int,
+             dev_acc: float | None = None) -> None:
+        """Log step `step` (1-based: the optimiser steps taken) that embedded `images` images;
+        `dev_acc`: the dev accuracy after it, where one was measured."""
         now = time.perf_counter()
         rate = images / (now - self.last) if now > self.last else 0.0
         self.last = now
         if self.file is not None:
-            self.csv.writerow([step, repr(loss), "" if lr is None else repr(lr), f"{rate:.3f}"])
+            self.csv.writerow([step, repr(loss), "" if lr is None else repr(lr), f"{rate:.3f}",
+                               "" if dev_acc is None else repr(dev_acc)])
             self.file.flush()
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             if lr is not None:
                 self.writer.add_scalar("train/lr", lr, step)
             self.writer.add_scalar("train/images_per_s", rate, step)
+            if dev_acc is not None:
+                self.writer.add_scalar("dev/accuracy", dev_acc, step)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (a dev evaluation between steps) out of the next step's images/s."""
+        self.last += seconds
 
     def close(self) -> None:
         if self.file is not None:
@@ -85,6 +96,8 @@ def _rows_up_to(path: Path, start: int) -> list[list[str]]:
         return []
     kept = []
     for row in rows:
+        if len(row) == len(COLUMNS) - 1:  # a log written before dev_acc
+            row = [*row, ""]
         try:
             if len(row) == len(COLUMNS) and int(row[0]) <= start:
                 kept.append(row)
@@ -94,8 +107,11 @@ def _rows_up_to(path: Path, start: int) -> list[list[str]]:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """A run's training log as dicts of numbers (empty lr: None)."""
+    """A run's training log as dicts of numbers (empty lr or dev_acc, or a log without the
+    dev_acc column: None)."""
     with Path(path).open(encoding="utf-8", newline="") as f:
         return [{"step": int(r["step"]), "loss": float(r["loss"]),
                  "lr": float(r["lr"]) if r["lr"] else None,
-                 "images_per_s": float(r["images_per_s"])} for r in csv.DictReader(f)]
+                 "images_per_s": float(r["images_per_s"]),
+                 "dev_acc": float(r["dev_acc"]) if r.get("dev_acc") else None}
+                for r in csv.DictReader(f)]

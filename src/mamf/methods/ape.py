@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot
+from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
 
 
 def ape_channels(task: Embedded, share: float, weights: list[float]) -> torch.Tensor:
@@ -98,7 +99,7 @@ class APE(Method):
         self.task = embed_task(model, inputs, task)
         self.cache = self.parts(self.task)
 
-    def score(self, model, inputs, task) -> float:
+    def predict(self, model, inputs, task) -> np.ndarray:
         logits = ape_logits(self.task, self.task.query, self.cache, self.alpha, self.beta,
                             self.gamma)
-        return accuracy(logits, self.task.query_labels)
+        return predicted(logits)

@@ -178,9 +178,14 @@ class Method:
         which the results row records. Default: nothing to choose."""
         return {}
 
+    def predict(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> np.ndarray:
+        """The class (0..n-1) given to each query image: the (adapted) model against the class
+        prompts. A method that scores otherwise overrides this, never `score`."""
+        return predict(model, inputs, task)
+
     def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
-        """Accuracy on the task's query set: the (adapted) model against the class prompts."""
-        return score(model, inputs, task)
+        """Accuracy on the task's query set (`predict` against the query labels)."""
+        return accuracy(self.predict(model, inputs, task), task)
 
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:
@@ -197,15 +202,24 @@ class Method:
 
 
 @torch.no_grad()
-def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
-    """Accuracy of the query images against the task's n class prompts."""
-    correct = 0
+def predict(model: DualEncoder, inputs: ModelInputs, task: Task,
+            batch_size: int = 256) -> np.ndarray:
+    """The class (0..n-1) of the task's n class prompts nearest each query image."""
+    out = []
     with autocast(inputs.device, inputs.precision):
         text_emb = inputs.texts(model, task.classes)
         for start in range(0, len(task.query), batch_size):
             idx = task.query[start : start + batch_size]
             logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
-            labels = torch.as_tensor(task.query_labels[start : start + batch_size],
-                                     device=logits.device)
-            correct += int((logits.argmax(1) == labels).sum())
-    return correct / len(task.query)
+            out.append(logits.argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(predicted: np.ndarray, task: Task) -> float:
+    """The share of the task's query images given their own class."""
+    return int((np.asarray(predicted) == task.query_labels).sum()) / len(task.query)
+
+
+def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
+    """Accuracy of the query images against the task's n class prompts."""
+    return accuracy(predict(model, inputs, task, batch_size), task)

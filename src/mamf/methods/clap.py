@@ -14,11 +14,12 @@ gets right near its prompt. Full-batch SGD (momentum 0.9), `baseline.clap_lr`, c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot
+from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 
 
 def clap_multipliers(task: Embedded) -> torch.Tensor:
@@ -72,9 +73,8 @@ class CLAP(Method):
         self.task = embed_task(model, inputs, task)
         self.prototypes = fit_prototypes(self.task, b.clap_epochs, b.clap_lr, self.constrained)
 
-    def score(self, model, inputs, task) -> float:
-        return accuracy(prototype_logits(self.task, self.task.query, self.prototypes),
-                        self.task.query_labels)
+    def predict(self, model, inputs, task) -> np.ndarray:
+        return predicted(prototype_logits(self.task, self.task.query, self.prototypes))
 
 
 @register

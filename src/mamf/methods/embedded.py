@@ -70,6 +70,11 @@ def embed_task(model: DualEncoder, inputs: ModelInputs, task: Task) -> Embedded:
                     float(model.logit_scale().float()))
 
 
+def predicted(logits: torch.Tensor) -> np.ndarray:
+    """The class (0..n-1) each query image is given: its largest logit's."""
+    return logits.argmax(1).cpu().numpy()
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 

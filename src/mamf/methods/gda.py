@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot
+from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,6 @@ class GDA(Method):
         self.task = embed_task(model, inputs, task)
         self.weight, self.bias = self.fit(self.task)
 
-    def score(self, model, inputs, task) -> float:
+    def predict(self, model, inputs, task) -> np.ndarray:
         logits = gda_logits(self.task, self.task.query, self.weight, self.bias, self.alpha)
-        return accuracy(logits, self.task.query_labels)
+        return predicted(logits)

@@ -9,11 +9,12 @@ cross-entropy. The model itself is never changed.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task
+from mamf.methods.embedded import Embedded, embed_task, predicted
 
 
 def fit_probe(task: Embedded, steps: int, lr: float,
@@ -49,6 +50,6 @@ class LinearProbe(Method):
         self.weight, self.bias = fit_probe(self.task, b.probe_steps, b.probe_lr,
                                            b.probe_weight_decay)
 
-    def score(self, model, inputs, task) -> float:
+    def predict(self, model, inputs, task) -> np.ndarray:
         logits = self.task.scale * self.task.query @ self.weight.T + self.bias
-        return accuracy(logits, self.task.query_labels)
+        return predicted(logits)

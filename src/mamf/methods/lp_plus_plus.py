@@ -12,11 +12,12 @@ size N / (4 max_c sum_i (f_i . t_c)^2) every `baseline.lpp_alpha_every` epochs. 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot
+from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 
 
 def lpp_init(task: Embedded) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -80,6 +81,5 @@ class LPPlusPlus(Method):
         self.task = embed_task(model, inputs, task)
         self.params = fit_lpp(self.task, b.lpp_epochs, b.lpp_alpha_every)
 
-    def score(self, model, inputs, task) -> float:
-        return accuracy(lpp_logits(self.task, self.task.query, *self.params),
-                        self.task.query_labels)
+    def predict(self, model, inputs, task) -> np.ndarray:
+        return predicted(lpp_logits(self.task, self.task.query, *self.params))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mamf.errors import MamfError
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import accuracy, class_texts
+from mamf.methods.embedded import class_texts, predicted
 
 
 @torch.no_grad()
@@ -120,9 +120,8 @@ class ProLIP(Method):
                                       b.prolip_lr, 1.0 / shots)
 
     @torch.no_grad()
-    def score(self, model, inputs, task) -> float:
+    def predict(self, model, inputs, task) -> np.ndarray:
         feats = backbone_features(model, inputs, task.query)
         with swapped(self.params, self.weights):
             emb = F.normalize(model.image_head(feats).float(), dim=-1)
-        return accuracy(emb @ self.texts.T,
-                        torch.as_tensor(task.query_labels, device=emb.device))
+        return predicted(emb @ self.texts.T)

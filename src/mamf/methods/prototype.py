@@ -8,11 +8,12 @@ the plain nearest-mean classifier, m = 0 zero-shot.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot
+from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 
 
 def prototypes(task: Embedded, mix: float) -> torch.Tensor:
@@ -38,5 +39,5 @@ class Prototype(Method):
         self.task = embed_task(model, inputs, task)
         self.prototypes = prototypes(self.task, self.config.baseline.prototype_mix)
 
-    def score(self, model, inputs, task) -> float:
-        return accuracy(self.task.query @ self.prototypes.T, self.task.query_labels)
+    def predict(self, model, inputs, task) -> np.ndarray:
+        return predicted(self.task.query @ self.prototypes.T)

@@ -10,11 +10,12 @@ fixes a and the rate per dataset and reports no validation search; neither is se
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task
+from mamf.methods.embedded import Embedded, embed_task, predicted
 
 
 def taskres_classifier(task: Embedded, residual: torch.Tensor, scale: float) -> torch.Tensor:
@@ -52,8 +53,8 @@ class TaskRes(Method):
         self.task = embed_task(model, inputs, task)
         self.residual = fit_residual(self.task, b.taskres_epochs, b.taskres_lr, b.taskres_scale)
 
-    def score(self, model, inputs, task) -> float:
+    def predict(self, model, inputs, task) -> np.ndarray:
         b = self.config.baseline
         logits = self.task.scale * self.task.query @ taskres_classifier(
             self.task, self.residual, b.taskres_scale).T
-        return accuracy(logits, self.task.query_labels)
+        return predicted(logits)

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mamf.errors import MamfError
 from mamf.loss import sigmoid_loss, task_logits
@@ -68,6 +69,66 @@ class HFSiglip(DualEncoder):
         boundary = tower.embeddings(inputs_embeds=embeddings)
         with split.swapped(tower, embeddings=split.Given(boundary)):
             return tower(input_ids=tokens["input_ids"]).pooler_output
+
+
+    # -- partial unfreezing, as CLIP's: a tower's blocks are its encoder layers, the boundary
+    # [tokens, width]; the top holds the last k layers, the final norm and the tower's own
+    # pooling head (the image tower's attention pooling, the text tower's linear head)
+
+    def image_blocks(self) -> int:
+        return len(self.siglip.vision_model.encoder.layers)
+
+    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return self.image_backbone(pixel_values)
+        tower = self.siglip.vision_model
+        n = self.image_blocks()
+        with split.swapped(tower, post_layernorm=nn.Identity(), head=nn.Identity()), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", 0, n - k)):
+            return tower(pixel_values=pixel_values).last_hidden_state
+
+    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return boundary
+        tower = self.siglip.vision_model
+        n = self.image_blocks()
+        with split.swapped(tower, embeddings=split.Given(boundary)), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", n - k)):
+            return tower(pixel_values=boundary).pooler_output
+
+    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
+        tower = self.siglip.vision_model
+        n = self.image_blocks()
+        return split.parameters(*tower.encoder.layers[n - k:], tower.post_layernorm,
+                                tower.head) if k else []
+
+    def text_layers(self) -> int:
+        return len(self.siglip.text_model.encoder.layers)
+
+    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        if k == 0:
+            return self.encode_texts(tokens)
+        tower = self.siglip.text_model
+        n = self.text_layers()
+        with split.swapped(tower, final_layer_norm=nn.Identity(), head=nn.Identity()), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", 0, n - k)):
+            return tower(input_ids=tokens["input_ids"]).last_hidden_state
+
+    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
+                 k: int) -> torch.Tensor:
+        if k == 0:
+            return boundary
+        tower = self.siglip.text_model
+        n = self.text_layers()
+        with split.swapped(tower, embeddings=split.Given(boundary)), \
+                split.swapped(tower.encoder, layers=split.layers(tower.encoder, "layers", n - k)):
+            return tower(input_ids=tokens["input_ids"]).pooler_output
+
+    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
+        tower = self.siglip.text_model
+        n = self.text_layers()
+        return split.parameters(*tower.encoder.layers[n - k:], tower.final_layer_norm,
+                                tower.head) if k else []
 
     def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         return task_logits(self.logit_scale(), image_emb, text_emb) + \

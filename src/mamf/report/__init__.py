@@ -3,9 +3,11 @@
 One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
 `claims` (the paper's two claims), `zeroshot` (claim 2's figure), `reference` (every method
 against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
-WiSE-FT); `figures` apart from the tables; `compare` decides which rows are compared; every
-number comes from `mamf.stats`.
-report.md is the text; report.html is the same text as a self-contained page (`html`).
+WiSE-FT), `setup` (how each method was trained), `curves` (training logs), `predictions`
+(per-class accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from
+the tables; `compare` decides which rows are compared; `files` finds what lies beside the rows;
+every number comes from `mamf.stats`. report.md is the text; report.html is the same text as a
+self-contained page (`html`); the tables are also CSV and LaTeX files under tables/ (`export`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ from mamf.io import atomic_write_text
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
+from mamf.report.curves import curves_section
+from mamf.report.environment import environment_lines
+from mamf.report.export import write_tables
 from mamf.report.figures import bar_figure, curve_figure
 from mamf.report.html import markdown_html
 from mamf.report.overfitting import main_rows as _held_out_unmixed
 from mamf.report.overfitting import overfitting_sections
+from mamf.report.predictions import predictions_section
 from mamf.report.reference import check_reference, reference_section
 from mamf.report.samplers import baseline_rows, samplers_section
+from mamf.report.setup import setup_section
 from mamf.report.tables import (
     comparison_note,
     fixed_images_note,
     not_compared_markdown,
     settings_line,
+    summary_grid,
     summary_notes,
     summary_table,
     training_line,
@@ -97,10 +105,28 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
     return "\n".join(md) + "\n"
 
 
+def curve_datasets(rows: list[dict]) -> list[str]:
+    """The datasets that get an accuracy-against-n curve: those where some compared method has
+    two task sizes or more (a single size would be a one-point "curve")."""
+    out = []
+    for d in ordered(rows)[0]:
+        mine = [r for r in rows if dataset_name(r) == d]
+        sizes = {}
+        for n in {r["ways"] for r in mine}:
+            for r in compare([r for r in mine if r["ways"] == n]).compared:
+                sizes.setdefault(r["method"], set()).add(n)
+        if any(len(ns) > 1 for ns in sizes.values()):
+            out.append(d)
+    return out
+
+
 def write_report(rows: list[dict], out: Path, title: str = "mamf report",
-                 reference: str | None = None) -> dict[str, Path]:
-    """report.md, report.html (figures embedded) and the PNGs, in `out`. `reference`: the
-    method every other is paired against (default: classical FT, else zero-shot)."""
+                 reference: str | None = None, cell: tuple | None = None) -> dict[str, Path]:
+    """report.md, report.html (figures embedded), the PNGs and tables/ (CSV and LaTeX), in
+    `out`, which also holds what the rows point to (configs/, train_logs/). `reference`: the
+    method every other is paired against (default: classical FT, else zero-shot); `cell`:
+    (dataset, method, ways) whose per-class accuracy and confusion are shown (default: the
+    first with stored predictions)."""
     from mamf.report.fewshot import fewshot_section
 
     if reference is not None:
@@ -116,19 +142,28 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
         text = "\n".join([f"# {title}", "", _header(every_row, rows), "", *fewshot])
         return _write(out, title, text, fewshot_pngs)
     pngs = {"summary": bar_figure(rows, figures / "summary.png", title)}
-    for d in ordered(rows)[0]:
-        if len({r["ways"] for r in rows if dataset_name(r) == d}) > 1:
-            pngs[f"curve-{safe_name(d)}"] = curve_figure(rows, d, figures /
-                                                         f"curve-{safe_name(d)}.png")
+    for d in curve_datasets(rows):
+        pngs[f"curve-{safe_name(d)}"] = curve_figure(rows, d, figures / f"curve-{safe_name(d)}.png")
     judged = claim2(rows)
     if judged:
         pngs["fomaml"] = zeroshot_figure(judged, figures / "fomaml-vs-zeroshot.png")
     pngs.update(fewshot_pngs)
     pngs.update(overfitting_pngs)
+    setup, setup_table = setup_section(rows, out)
+    curves, curve_pngs = curves_section(rows, out, figures)
+    per_class, class_pngs, class_tables = predictions_section(rows, figures, cell)
+    pngs.update(curve_pngs)
+    pngs.update(class_pngs)
+    tables = {"accuracy": summary_grid(rows), "setup": setup_table, **class_tables}
+    listed = ", ".join(f"tables/{name}.csv" for name in tables)
     extra = samplers_section(_held_out_unmixed(every_row)) + fewshot + \
-        ([""] if overfitting else []) + overfitting
+        ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \
+        environment_lines(every_row, compare(rows).compared) + \
+        [f"Tables as files: {listed} (and .tex beside each, for LaTeX)."]
     text = report_markdown(rows, title, pngs, extra, every_row, reference)
-    return _write(out, title, text, pngs)
+    written = _write(out, title, text, pngs)
+    write_tables(out, tables)
+    return written
 
 
 def _write(out: Path, title: str, text: str, pngs: dict[str, Path]) -> dict[str, Path]:

@@ -23,14 +23,15 @@ def pyplot():
     return plt
 
 
-def save(fig, plt, path: Path) -> Path:
-    """Write the figure atomically (a temporary file, then a rename)."""
+def save(fig, plt, path: Path, tight: bool = False) -> Path:
+    """Write the figure atomically (a temporary file, then a rename); `tight`: the saved area
+    grows to hold everything drawn (a legend below the axes)."""
     path = Path(path)
     make_folder(path.parent)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     try:
         with writing(path):
-            fig.savefig(tmp)
+            fig.savefig(tmp, bbox_inches="tight" if tight else None)
             tmp.replace(path)
     finally:
         plt.close(fig)
@@ -49,7 +50,8 @@ def bar_figure(rows: list[dict], path: Path, title: str = "") -> Path:
     compared = compare(rows).compared
     est = pooled(compared)
     datasets, methods = ordered(rows)
-    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(datasets), 3.6), dpi=120)
+    width_in = max(5.2, 1.6 + 2.2 * len(datasets))
+    fig, ax = plt.subplots(figsize=(width_in, 3.6), dpi=120)
     width = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):
         xs, ys, es = [], [], []
@@ -68,9 +70,12 @@ def bar_figure(rows: list[dict], path: Path, title: str = "") -> Path:
     ax.set_ylabel("query accuracy (mean ± 95% CI)")
     ax.set_ylim(0, 1)
     ax.set_title(title or "few-shot accuracy (dotted: chance)")
-    ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    # as many legend columns as the figure's width holds, so no label is cut off
+    longest = max((len(label(m)) for m in methods), default=1)
+    ncol = max(1, min(len(methods), int(width_in / (0.45 + 0.075 * longest))))
+    ax.legend(fontsize=8, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
-    return save(fig, plt, path)
+    return save(fig, plt, path, tight=True)
 
 
 def method_lines(ax, by: dict[str, dict]) -> None:

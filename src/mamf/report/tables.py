@@ -10,20 +10,31 @@ from mamf.report.compare import by_seed, compare, one_per_cell, ordered, pooled
 from mamf.results import dataset_name
 
 
-def summary_table(rows: list[dict]) -> str:
-    """A markdown table: one row per dataset, one column per method, mean ± 95 % interval over
-    the cells every method of the dataset has, and the seeds and tasks the interval covers."""
+def summary_grid(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The accuracy table as (header, rows of cells): one row per dataset, one column per
+    method, mean ± 95 % interval over the cells every method of the dataset has, and the seeds
+    and tasks the interval covers."""
     est = pooled(compare(rows).compared)
     datasets, methods = ordered(rows)
-    head = "| dataset | " + " | ".join(label(m) for m in methods) + " | seeds | tasks |"
-    lines = [head, "|" + "---|" * (len(methods) + 3)]
+    head = ["dataset", *(label(m) for m in methods), "seeds", "tasks"]
+    body = []
     for d in datasets:
         mine = [est[(d, m)] for m in methods if (d, m) in est]
         cells = [stats.interval(est[(d, m)]) if (d, m) in est else "–" for m in methods]
         seeds = numbers(e.seeds for e in mine) if mine else "–"
         tasks = numbers(e.tasks for e in mine) if mine else "–"
-        lines.append(f"| {md(d)} | " + " | ".join(cells) + f" | {seeds} | {tasks} |")
-    return "\n".join(lines)
+        body.append([d, *cells, seeds, tasks])
+    return head, body
+
+
+def grid_markdown(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(md(h) for h in head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(md(c) for c in row) + " |" for row in body])
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The accuracy table (`summary_grid`) in markdown."""
+    return grid_markdown(*summary_grid(rows))
 
 
 def summary_notes(rows: list[dict]) -> list[str]:

@@ -1,0 +1,115 @@
+"""The report's "Per-class accuracy and confusion" for one chosen cell (dataset, method, task
+size): the stored predictions of every test task of its rows (`metatest.save_predictions`)
+pooled into a confusion matrix over the dataset's classes, and each class's accuracy as the
+share of its query images given their own class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mamf.errors import MamfError
+from mamf.metatest import decode_predictions
+from mamf.report.common import in_order, label, md, safe_name
+from mamf.report.figures import pyplot, save
+from mamf.results import dataset_name
+
+Choice = tuple  # (dataset, method, ways)
+
+
+def with_predictions(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("predictions") and r.get("class_names")]
+
+
+def choose(rows: list[dict], cell: Choice | None = None) -> Choice | None:
+    """The cell shown: `cell` when given (it must have predictions), else the first dataset's
+    first method in table order that has them, at its largest task size."""
+    kept = with_predictions(rows)
+    if cell is not None:
+        if not any((dataset_name(r), r["method"], r["ways"]) == tuple(cell) for r in kept):
+            raise MamfError(f"no rows with stored predictions for {cell[0]} {cell[1]} "
+                            f"{cell[2]}-way (evaluate with --set metatest.save_predictions=true)")
+        return tuple(cell)
+    if not kept:
+        return None
+    d = dataset_name(kept[0])
+    m = in_order({r["method"] for r in kept if dataset_name(r) == d})[0]
+    return d, m, max(r["ways"] for r in kept if dataset_name(r) == d and r["method"] == m)
+
+
+def confusion(rows: list[dict]) -> tuple[list[str], np.ndarray]:
+    """(class names, counts[true, given]) over every stored task of `rows`, the classes that
+    occur as a true class in some task, in the dataset's order."""
+    names = rows[0]["class_names"]
+    counts = np.zeros((len(names), len(names)), dtype=np.int64)
+    for r in rows:
+        for record in r["predictions"]:
+            truth, given = decode_predictions(record)
+            np.add.at(counts, (truth, given), 1)
+    seen = np.flatnonzero(counts.sum(1))
+    return [names[i] for i in seen], counts[np.ix_(seen, seen)]
+
+
+def per_class(names: list[str], counts: np.ndarray) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): each class's query images, accuracy, and the class it is most often
+    mistaken for."""
+    body = []
+    for i, name in enumerate(names):
+        total = int(counts[i].sum())
+        wrong = counts[i].copy()
+        wrong[i] = 0
+        worst = names[int(wrong.argmax())] if wrong.any() else "–"
+        body.append([name, str(total), f"{counts[i, i] / total:.3f}", worst])
+    return ["class", "query images", "accuracy", "most often given instead"], body
+
+
+def confusion_figure(names: list[str], counts: np.ndarray, title: str, path: Path) -> Path:
+    plt = pyplot()
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = min(9.0, 2.5 + 0.35 * len(names))
+    fig, ax = plt.subplots(figsize=(size + 1.2, size), dpi=120)
+    image = ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    if len(names) <= 40:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("given class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="share of the true class's query images")
+    fig.tight_layout()
+    return save(fig, plt, path)
+
+
+def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = None
+                        ) -> tuple[list[str], dict[str, Path], dict[str, tuple]]:
+    """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen cell; rows with no
+    stored predictions get one line saying so."""
+    chosen = choose(rows, cell)
+    lines = ["## Per-class accuracy and confusion", ""]
+    if chosen is None:
+        return lines + ["No row holds its test tasks' predictions, so per-class accuracy and a "
+                        "confusion matrix cannot be computed: evaluate with `--set "
+                        "metatest.save_predictions=true` to keep them.", ""], {}, {}
+    d, m, ways = chosen
+    mine = [r for r in with_predictions(rows)
+            if (dataset_name(r), r["method"], r["ways"]) == chosen]
+    names, counts = confusion(mine)
+    tasks = sum(len(r["predictions"]) for r in mine)
+    seeds = sorted({r["seed"] for r in mine})
+    head, body = per_class(names, counts)
+    lines += [f"{label(m)} on {d}, {ways}-way: the {tasks} test tasks of seed"
+              f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} pooled "
+              f"({int(counts.sum())} query images); overall "
+              f"{np.trace(counts) / counts.sum():.3f} of them given their own class.", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+    lines += ["", "The confusion matrix (rows: true class, columns: given class, each row as "
+              "shares of its query images) is under *Figures*, and as counts in "
+              "tables/confusion.csv.", ""]
+    safe = safe_name(f"{d}-{m}-{ways}")
+    png = confusion_figure(names, counts, f"{label(m)} on {d}, {ways}-way",
+                           figures / f"confusion-{safe}.png")
+    matrix = (["true \\ given", *names],
+              [[n, *map(str, counts[i])] for i, n in enumerate(names)])
+    return lines, {f"confusion-{safe}": png}, {"per-class": (head, body), "confusion": matrix}

@@ -1,0 +1,92 @@
+"""The report's "Setup" block: per method, what was trained and how (model, trainable
+parameters, steps, images, learning rates, epochs, templates, seeds), from the rows and the
+settings written beside them (`mamf.report.files`), so a paper's appendix can state them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mamf.report.common import in_order, label, md, numbers
+from mamf.report.files import grid_config, row_config
+
+COLUMNS = ("method", "model", "trainable parameters", "training steps", "training images",
+           "lr (train / test)", "epochs (train / test)", "templates", "seeds")
+
+
+def _span(values: list) -> str:
+    present = sorted({v for v in values if v is not None})
+    if not present:
+        return "–"
+    show = [f"{v:,}" if isinstance(v, int) else str(v) for v in present]
+    return show[0] if len(show) == 1 else f"{show[0]} to {show[-1]}"
+
+
+def _setting(configs: list[dict], section: str, key: str) -> list:
+    return [c.get(section, {}).get(key) for c in configs if isinstance(c.get(section), dict)]
+
+
+def _templates(rows: list[dict], configs: list[dict]) -> str:
+    tags = {r["templates"] for r in rows if r.get("templates")}
+    if tags:
+        return ", ".join(sorted(tags))
+    data = [c.get("data", {}) for c in configs if isinstance(c.get("data"), dict)]
+    ensembles = {len(d["templates"]) for d in data if d.get("templates")}
+    if ensembles:
+        return ", ".join(f"{n} templates" for n in sorted(ensembles))
+    single = {d.get("template") for d in data if d.get("template")}
+    return ", ".join(sorted(single)) if single else "–"
+
+
+def _config(row: dict, folder: Path | None, rebuilt: list) -> dict | None:
+    config = row_config(row, folder)
+    if config is None:
+        config = grid_config(row, folder)
+        if config is not None:
+            rebuilt.append(row)
+    return config
+
+
+def setup_grid(rows: list[dict], folder: Path | None
+               ) -> tuple[list[str], list[list[str]], int, int]:
+    """(header, one row per method, how many rows had no settings file beside them, how many
+    of those had theirs rebuilt from the grid's experiment.yaml)."""
+    body, missing, rebuilt = [], 0, []
+    for m in in_order({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == m]
+        configs = [c for c in (_config(r, folder, rebuilt) for r in mine) if c is not None]
+        missing += len(mine) - len(configs) + sum(1 for r in rebuilt if r in mine)
+        trains = any(r.get("train_steps") is not None for r in mine)
+        lr = f"{_span(_setting(configs, 'train', 'lr')) if trains else '–'} / " \
+             f"{_span(_setting(configs, 'metatest', 'lr'))}"
+        epochs = f"{_span(_setting(configs, 'train', 'epochs')) if trains else '–'} / " \
+                 f"{_span(_setting(configs, 'metatest', 'epochs'))}"
+        body.append([label(m), ", ".join(sorted({r["model"] for r in mine})),
+                     _span([r.get("trainable_params") for r in mine]),
+                     _span([r.get("train_steps") for r in mine]),
+                     _span([r.get("train_images") for r in mine]), lr, epochs,
+                     _templates(mine, configs), numbers(r["seed"] for r in mine)])
+    return list(COLUMNS), body, missing, len(rebuilt)
+
+
+def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tuple]:
+    """The section's markdown and its grid (for the CSV and LaTeX copies)."""
+    head, body, missing, rebuilt = setup_grid(rows, folder)
+    lines = ["## Setup", "",
+             "Per method: the trainable parameters are those training and test-time adaptation "
+             "change; steps and images are the training's (– for methods that do not train, "
+             "or rows that do not record them); rates and epochs are training / test-time "
+             "adaptation.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+    if missing:
+        lines += ["", f"{missing} of {len(rows)} rows have no settings file beside them "
+                  "(configs/<config_id>.yaml, or their run's config.yaml)"
+                  + (f"; the settings of {rebuilt} of them are rebuilt from the grid's "
+                     "experiment.yaml beside the rows, taken as the file that ran (without its "
+                     "data folders their settings' hash cannot be checked)" if rebuilt else "")
+                  + (": the others' rates, epochs and templates are not known here."
+                     if missing > rebuilt else ".")]
+    if any(r.get("trainable_params") is None for r in rows):
+        lines += ["", "Rows written before rows recorded it carry no trainable-parameter "
+                  "count."]
+    return lines + [""], (head, body)
