@@ -213,7 +213,7 @@ DATA = {"d": {"root": "x"}}
     ({"datasets": {"d": {"root": "x", "ways": [1]}}}, "'ways' must be a task size"),
     ({"datasets": {"d": {"root": "x", "ways": "two"}}}, "'ways' must be a task size"),
     ({"datasets": {(1, 2): {"root": "x"}}}, r"dataset name \(1, 2\) must be"),
-    ({"datasets": DATA, "methods": [["mamf"]]}, r"unknown method\(s\) \['mamf'\]"),
+    ({"datasets": DATA, "methods": [["mamf"]]}, r"unknown method \['mamf'\]"),
     ({"datasets": DATA, "methods": "mamf"}, "'methods' must be a non-empty list"),
     ({"datasets": DATA, "seeds": [1, "2"]}, "'seeds' must be a list of integers"),
     ({"datasets": DATA, "seeds": []}, "'seeds' must be a list of integers"),

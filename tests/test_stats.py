@@ -143,6 +143,9 @@ def test_degenerate_values_are_shown_as_such_not_as_certainty():
     # seeds that agree to 1e-4: an interval that rounds to 0 gets the digits it needs
     close = estimate({1: [0.13500], 2: [0.13510], 3: [0.13505]})
     assert close.spread and interval(close) == "0.1351 ± 0.0001"
+    # tasks that differ within seeds whose means agree (up to rounding): no spread over seeds
+    agree = estimate({1: [0.1, 0.2, 0.3], 2: [0.3, 0.1, 0.2], 3: [0.2, 0.3, 0.1]})
+    assert agree.spread and interval(agree) == "0.200 (no spread over seeds)"
 
 
 def test_difference_of_unpaired_means():

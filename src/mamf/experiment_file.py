@@ -95,8 +95,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
         raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
     bad = [m for m in methods if not isinstance(m, str) or m not in known]
     if bad:
-        raise MamfError(f"unknown method(s) {', '.join(map(shown, bad[:3]))}: use "
-                        f"{', '.join(known)}")
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise MamfError(f"unknown method {shown(bad[0])}{more}: use {', '.join(known)}")
     _refuse_duplicates(methods, "experiment 'methods'")
     sampler_axis = raw.get("samplers")
     if sampler_axis is not None:
