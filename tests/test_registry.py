@@ -223,3 +223,11 @@ def test_no_import_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_every_method_has_its_own_colour():
+    # two methods drawn in one colour cannot be told apart in a figure's bars
+    from mamf import methods
+
+    colours = [methods.method_class(m).colour for m in methods.names()]
+    assert len(set(colours)) == len(colours)

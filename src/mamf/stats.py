@@ -214,11 +214,11 @@ def interval(e: Estimate, digits: int = 3, signed: bool = False) -> str:
         return f"{mean} (no spread)"
     if math.isinf(e.ci95):
         return f"{mean} (one value)"
-    if e.ci95 <= SAME:  # tasks differ, but every seed's mean is the same
-        return f"{mean} (no spread over {'seeds' if e.level == SEEDS else 'tasks'})"
     shown = digits  # an interval too small for `digits` gets the digits it needs, not "± 0.000"
     while round(e.ci95, shown) == 0 and shown < digits + 3:
         shown += 1
+    if round(e.ci95, shown) == 0:  # tasks differ, but every seed's mean is the same (to rounding)
+        return f"{mean} (no spread over {'seeds' if e.level == SEEDS else 'tasks'})"
     return f"{e.mean:{sign}.{shown}f} ± {e.ci95:.{shown}f}"
 
 

@@ -124,7 +124,7 @@ class CoOp(Method):
     name = "coop"
     label = "CoOp"
     summary = "a learned prompt context in front of the class names; the towers frozen (baseline)"
-    colour = "#17becf"
+    colour = "#ff7f0e"
     order = 21
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
