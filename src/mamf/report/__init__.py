@@ -80,9 +80,10 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
     """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
     are linked relative to the report's folder; `extra`: more sections' lines before them."""
     note = comparison_note(rows)
-    over = "the test tasks every method has" if note else "all test tasks"
+    # what the interval is over (seeds, or one run's tasks) is the coverage line's to say
+    over = ", on the test tasks every method has" if note else ""
     md = [f"# {title}", "", _header(every_row or rows, rows), "",
-          f"## Accuracy (mean ± 95 % interval over {over})", "", summary_table(rows), "",
+          f"## Accuracy (mean ± 95 % interval{over})", "", summary_table(rows), "",
           *summary_notes(rows)]
     if note:
         md += [note]
