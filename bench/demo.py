@@ -31,14 +31,12 @@ from pathlib import Path
 
 os.environ.setdefault("MAMF_CACHE_DIR", tempfile.mkdtemp(prefix="mamf-bench-demo-cache-"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import interleaved  # noqa: E402
-from frozen import backbone_flops  # noqa: E402
+from frozen import backbone_contenders, backbone_flops  # noqa: E402
 from hardware import matmul_rate  # noqa: E402
 
 from mamf import experiment, frozen_engine, inputs, run  # noqa: E402
-from mamf.data.cache import cache_root  # noqa: E402
 
 STAGES: dict[str, float] = defaultdict(float)
 
@@ -111,7 +109,6 @@ def report_stages(rows: list[dict], wall: float) -> None:
 def feature_rates(out: Path, sample: int, repeats: int, whole_s: float) -> None:
     """mamf's frozen-backbone path against eager PyTorch and onnxruntime directly, on a sample of
     the demo's own emoji images."""
-    import onnxruntime as ort
 
     from mamf.data.dataset import ImageDataset
     from mamf.models import load_model
@@ -122,25 +119,8 @@ def feature_rates(out: Path, sample: int, repeats: int, whole_s: float) -> None:
     n = min(sample, len(ds.images))
     ds.images = ds.images[:n]
     mine = inputs.ModelInputs(model, ds, torch.device("cpu"))
-    weights = frozen_engine.weights_digest(model)
-    ours = frozen_engine.onnx_backbone(model, weights)
-    (graph,) = (cache_root() / "onnx").glob(f"*{weights[:20]}*.onnx")
-    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    pixels = model.preprocess(ds.batch(np.arange(n)))
-    chunks = [pixels[i : i + 64] for i in range(0, n, 64)]
-    arrays = [c.contiguous().numpy() for c in chunks]
-
-    def eager():
-        with torch.no_grad():
-            for c in chunks:
-                model.image_backbone(c)
-
-    def direct():
-        for a in arrays:
-            plain.run(None, {"pixels": a})
-
-    times = interleaved({"mamf": lambda: mine._compute_backbone_features(model, ours, 64),
-                         "eager PyTorch": eager, "onnxruntime directly": direct}, repeats)
+    ours = frozen_engine.onnx_backbone(model, frozen_engine.weights_digest(model))
+    times = interleaved(backbone_contenders(model, ds, mine, ours), repeats)
     f32 = matmul_rate(torch.float32)
     flops = backbone_flops(model)
     total = len(ImageDataset.load(folder, model.image_size).images)

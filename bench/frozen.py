@@ -47,6 +47,32 @@ def backbone_flops(model) -> int:
     return counter.get_total_flops()
 
 
+def backbone_contenders(model, ds, inputs: ModelInputs, ours) -> dict:
+    """The frozen image backbone over all of `ds`'s images in chunks of 64, three ways: mamf's
+    path (`ours`, its onnxruntime session), eager PyTorch, and onnxruntime run directly on the
+    same graph file; name -> a function that runs it once."""
+    import onnxruntime as ort
+
+    weights = frozen_engine.weights_digest(model)
+    (graph,) = (cache_root() / "onnx").glob(f"*{weights[:20]}*.onnx")
+    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    pixels = model.preprocess(ds.batch(np.arange(len(ds.images))))
+    chunks = [pixels[i : i + 64] for i in range(0, len(ds.images), 64)]
+    arrays = [c.contiguous().numpy() for c in chunks]
+
+    def eager():
+        with torch.no_grad():
+            for c in chunks:
+                model.image_backbone(c)
+
+    def direct():
+        for a in arrays:
+            plain.run(None, {"pixels": a})
+
+    return {"mamf": lambda: inputs._compute_backbone_features(model, ours, 64),
+            "eager PyTorch": eager, "onnxruntime directly": direct}
+
+
 def outputs(args) -> None:
     import onnxruntime as ort
 
@@ -59,26 +85,9 @@ def outputs(args) -> None:
     if ours is None:
         raise SystemExit(f"mamf computes {args.model}'s frozen outputs with PyTorch here; "
                          "install onnxruntime and onnx (the offline extra)")
-    (graph,) = (cache_root() / "onnx").glob(f"*{weights[:20]}*.onnx")
-    plain = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     n = len(ds.images)
-    pixels = model.preprocess(ds.batch(np.arange(n)))
-    chunks = [pixels[i : i + 64] for i in range(0, n, 64)]
-    arrays = [c.contiguous().numpy() for c in chunks]
-
-    def eager():
-        with torch.no_grad():
-            for c in chunks:
-                model.image_backbone(c)
-
-    def mamf_path():
-        inputs._compute_backbone_features(model, ours, 64)
-
-    def direct():
-        for a in arrays:
-            plain.run(None, {"pixels": a})
-
-    times = interleaved({"eager PyTorch": eager, "mamf": mamf_path, "onnxruntime directly": direct},
+    run = backbone_contenders(model, ds, inputs, ours)
+    times = interleaved({k: run[k] for k in ("eager PyTorch", "mamf", "onnxruntime directly")},
                         args.repeats)
     f32 = matmul_rate(torch.float32)
     flops = backbone_flops(model)
