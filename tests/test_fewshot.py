@@ -80,7 +80,7 @@ def test_base2novel_rows_carry_base_novel_and_their_harmonic_mean(shared_colour_
     assert list(base.classes) == [0, 1, 2, 3, 4] and list(novel.classes) == [5, 6, 7, 8, 9]
     assert len(base.support) == 10 and len(novel.support) == 0
     assert list(train_pool(dataset, config).classes) == [0, 1, 2, 3, 4]
-    row = evaluate_prepared(model, dataset, inputs, config, "prototype", 10, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "prototype", 10, progress=False).to_json()
     assert row["task_accs"] == [row["base_acc"], row["novel_acc"]]
     b, n = row["base_acc"], row["novel_acc"]
     assert row["hm"] == row["acc_mean"] == pytest.approx(2 * b * n / (b + n))
