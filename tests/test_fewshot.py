@@ -140,7 +140,8 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
 
     def rows(model, datasets, protocol="coop"):
         return [{"dataset": d, "method": "tip-adapter", "model": model, "protocol": protocol,
-                 "ways": 10, "split": "test", "shots": k, "seed": s, "acc_mean": 0.5}
+                 "ways": 10, "split": "test", "shots": k, "queries": 20, "seed": s,
+                 "acc_mean": 0.5}
                 for d in datasets for k in (1, 4, 16)
                 for s in (1, 2, 3)]
 
