@@ -186,7 +186,7 @@ class Row:
         only the first may be counted (`read_rows`). The one definition of a row's key."""
         fields = {f: getattr(self, f) for f in KEY_FIELDS}
         fields["dataset"] = self.experiment_dataset or self.dataset
-        fields["alpha"] = None if self.alpha is None else float(self.alpha)
+        fields["alpha"] = row_alpha(self)
         return RowKey(**fields)
 
     @property
@@ -199,7 +199,7 @@ class Row:
         """The row a JSON object holds, its fields in their order; a row from before samplers
         names the sampler `row_sampler` says it was drawn with. Only the key's fields are
         required here: whether a row is one mamf can count is `row_problem`'s to say."""
-        missing = [k for k in _IDENTITY if k not in obj]
+        missing = [k for k in _NEEDED if k not in obj]
         if missing:
             raise MamfError(f"not a results row: no {', '.join(missing)}")
         named = {k: v for k, v in obj.items() if k in _NAMED}
@@ -223,7 +223,8 @@ class Row:
 
 
 _NAMED = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra", "order"}
-_IDENTITY = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
+# what `from_json` needs: the fields of the key every row has had since the first
+_NEEDED = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
              and f.default_factory is dataclasses.MISSING]
 
 
@@ -261,9 +262,9 @@ def grid_key(row: dict | Row, by_shots: bool = False) -> RowKey:
     return row_key(row).without(*GRID_LEAVES_OUT, *(() if by_shots else ("shots",)))
 
 
-def row_alpha(row: dict) -> float | None:
+def row_alpha(row: dict | Row) -> float | None:
     """The WiSE-FT alpha a row was scored at; None (or absent, in older rows): no mix."""
-    alpha = row.get("alpha")
+    alpha = row.alpha if isinstance(row, Row) else row.get("alpha")
     return None if alpha is None else float(alpha)
 
 
