@@ -1,7 +1,8 @@
 """Tables and figures from results rows: what a person reads at a glance.
 
 One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
-`claims` (the paper's two claims), `zeroshot` (claim 2's figure), `reference` (every method
+`claims` (the paper's two claims), `zeroshot` (claim 2's figure), `spurious` (claim 1 against
+a shortcut's strength), `reference` (every method
 against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
 WiSE-FT), `setup` (how each method was trained), `curves` (training logs), `predictions`
 (per-class accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from
@@ -30,6 +31,7 @@ from mamf.report.predictions import predictions_section
 from mamf.report.reference import check_reference, reference_section
 from mamf.report.samplers import baseline_rows, samplers_section
 from mamf.report.setup import setup_section
+from mamf.report.spurious import spurious_section
 from mamf.report.tables import (
     comparison_note,
     fixed_images_note,
@@ -148,6 +150,8 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     judged = claim2(rows)
     if judged:
         pngs["fomaml"] = zeroshot_figure(judged, figures / "fomaml-vs-zeroshot.png")
+    shortcut, shortcut_pngs = spurious_section(rows, out, figures)
+    pngs.update(shortcut_pngs)
     pngs.update(fewshot_pngs)
     pngs.update(overfitting_pngs)
     setup, setup_table = setup_section(rows, out)
@@ -157,7 +161,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     pngs.update(class_pngs)
     tables = {"accuracy": summary_grid(rows), "setup": setup_table, **class_tables}
     listed = ", ".join(f"tables/{name}.csv" for name in tables)
-    extra = samplers_section(_held_out_unmixed(every_row)) + fewshot + \
+    extra = shortcut + samplers_section(_held_out_unmixed(every_row)) + fewshot + \
         ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \
         environment_lines(every_row, compare(rows).compared) + \
         [f"Tables as files: {listed} (and .tex beside each, for LaTeX)."]
