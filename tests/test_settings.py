@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pickle
+import sys
 
+import pytest
 from config_cases import FIXTURE, cases, record
 
-from mamf.config import Config, to_dict
+from mamf import methods, samplers
+from mamf.cli import main, methods_listing
+from mamf.config import Config, build_config, to_dict
+from mamf.errors import MamfError
+from mamf.settings import Setting
 
 
 def test_every_recorded_config_keeps_its_keys_order_defaults_and_config_id():
@@ -14,3 +22,92 @@ def test_every_recorded_config_keeps_its_keys_order_defaults_and_config_id():
     assert json.dumps(to_dict(Config())) == json.dumps(before["defaults"])
     now = {name: record(config) for name, config in cases()}
     assert now == before["cases"]
+
+
+TOY = '''
+"""A method with one setting, in a file of its own (tests/test_settings.py)."""
+from mamf.methods.base import Method, register, predict
+from mamf.settings import Setting
+
+
+@register
+class Toy(Method):
+    name = "toy"
+    label = "Toy"
+    summary = "zero-shot, noting the scale it was given (a test's method)"
+    trains = False
+    baseline = True
+    order = 99
+    settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)
+    seen = []
+
+    def adapt(self, model, inputs, task, rng):
+        return None
+
+    def predict(self, model, inputs, task):
+        Toy.seen.append(self.config.baseline.toy_scale)
+        return predict(model, inputs, task)
+'''
+
+
+@pytest.fixture
+def toy_method(tmp_path, monkeypatch):
+    """`toy`, registered from a module in a temporary folder, and unregistered afterwards."""
+    (tmp_path / "toy_method.py").write_text(TOY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("toy_method")
+    yield module.Toy
+    del methods.REGISTRY["toy"]
+    sys.modules.pop("toy_method")
+
+
+def test_a_method_declares_its_setting_in_its_own_file(toy_method, colour_folder, tmp_path):
+    config = build_config(overrides={"baseline.toy_scale": "3"})  # the command line's text
+    assert config.baseline.toy_scale == 3.0 and isinstance(config.baseline.toy_scale, float)
+    assert to_dict(build_config({}))["baseline"]["toy_scale"] == 2.0  # its default, in the dict
+    assert list(to_dict(build_config({}))["baseline"])[-1] == "toy_scale"  # after the others
+    with pytest.raises(MamfError, match=r"^config baseline.toy_scale must be a finite number"):
+        build_config(overrides={"baseline.toy_scale": "big"})
+    with pytest.raises(MamfError) as refused:
+        build_config({"baseline": {"toy_scale": -1}})
+    assert str(refused.value) == "config baseline.toy_scale must not be negative, got -1.0"
+    assert "baseline.toy_scale = 2.0 (>= 0): how far the toy scales" in methods_listing()
+    # the command line's --set reaches the method
+    assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", str(tmp_path / "out"), "--method", "toy", "--ways", "2", "--quiet",
+                 "--set", "baseline.toy_scale=0.5"]) == 0
+    assert toy_method.seen and set(toy_method.seen) == {0.5}
+
+
+def test_without_the_plug_in_its_setting_is_an_unknown_key():
+    with pytest.raises(MamfError, match=r"unknown config key 'baseline.toy_scale' in section "
+                                        r"'baseline' \(known: ape_alphas, ape_betas, "):
+        build_config(overrides={"baseline.toy_scale": 1})
+
+
+def test_a_key_declared_twice_or_outside_a_section_is_refused(monkeypatch):
+    class Twice(methods.Method):
+        settings = (Setting("baseline.coop_lr", float, 1.0),)
+
+    class Loose(methods.Method):
+        settings = (Setting("loose", float, 1.0),)
+
+    for name, kind, message in (("twice", Twice, "declared twice"),
+                                ("loose", Loose, "not in a section")):
+        monkeypatch.setitem(methods.REGISTRY, name, kind)
+        with pytest.raises(ValueError, match=message):
+            build_config({})
+        monkeypatch.delitem(methods.REGISTRY, name)
+
+
+def test_sections_keep_their_names_and_pickle():
+    from mamf.config import TrainConfig
+
+    assert TrainConfig(adapter="lora").lr == 1e-6
+    config = build_config(overrides={"train.sampler": "confusion", "baseline.coop_lr": 0.1})
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert type(config.train).__name__ == "TrainConfig"
+
+
+def test_the_default_sampler_is_the_registrys():
+    assert build_config({}).train.sampler == samplers.DEFAULT in samplers.names()
