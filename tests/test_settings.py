@@ -8,12 +8,13 @@ import pickle
 import sys
 
 import pytest
-from config_cases import FIXTURE, cases, record
+from config_cases import FIXTURE, OVERRIDES, cases, record
 
 from mamf import methods, samplers
 from mamf.cli import main, methods_listing
-from mamf.config import Config, build_config, to_dict
+from mamf.config import Config, build_config, declared, to_dict
 from mamf.errors import MamfError
+from mamf.run import config_id
 from mamf.settings import Setting
 
 
@@ -38,7 +39,8 @@ class Toy(Method):
     trains = False
     baseline = True
     order = 99
-    settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)
+    settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0,
+                        later=True),)
     seen = []
 
     def adapt(self, model, inputs, task, rng):
@@ -77,6 +79,20 @@ def test_a_method_declares_its_setting_in_its_own_file(toy_method, colour_folder
                  "--out", str(tmp_path / "out"), "--method", "toy", "--ways", "2", "--quiet",
                  "--set", "baseline.toy_scale=0.5"]) == 0
     assert toy_method.seen and set(toy_method.seen) == {0.5}
+    # a config that sets a baseline's value keeps the settings' hash it had before toy existed
+    recorded = json.loads(FIXTURE.read_text())["cases"]["overrides 2"]["config_id"]
+    assert config_id(build_config(overrides=OVERRIDES[2])) == recorded
+    assert config_id(build_config(overrides={**OVERRIDES[2], "baseline.toy_scale": 1})) != recorded
+
+
+def test_every_setting_added_since_the_fixture_is_later():
+    """A setting a config did not have when the fixture was made leaves older configs' hash
+    alone only if it is `later` (left out of `config_id` at its default)."""
+    before = json.loads(FIXTURE.read_text())["defaults"]
+    for key, setting in declared().items():
+        section, _, name = key.rpartition(".")
+        if name not in (before[section] if section else before):
+            assert setting.later, f"{key} is new: declare it later=True"
 
 
 def test_without_the_plug_in_its_setting_is_an_unknown_key():

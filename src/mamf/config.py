@@ -76,7 +76,7 @@ CORE = (
             "label_to_text.json beside the data wins"),
     Setting("data.templates", list[str] | None, None, "a prompt ensemble instead of `template`: "
             "templates with {label} (or {}), or one set's name (imagenet: CLIP's 80 ImageNet "
-            "templates); a class's embedding is the mean of the normalised ones"),
+            "templates); a class's embedding is the mean of the normalised ones", later=True),
     Setting("data.protocol", str, "paper", "how a dataset becomes tasks (docs/method.md, "
             "\"Protocols\")", choices=_protocols),
     _count("data.ways", 5, "task size n for methods that train on tasks, and of test tasks"),
@@ -93,9 +93,9 @@ CORE = (
     Setting("data.query_match", str | None, None, "query images are those whose file name holds "
             "this (with data.support_match)"),
     Setting("data.split_file", str | None, None, "coop and base2novel: a CoOp split file "
-            "(split_zhou_<Dataset>.json) instead of 60/20/20 per class"),
+            "(split_zhou_<Dataset>.json) instead of 60/20/20 per class", later=True),
     Setting("data.train_match", str | None, None, "training uses only images whose file name "
-            "holds this (e.g. one emoji vendor's set)", nonempty=True),
+            "holds this (e.g. one emoji vendor's set)", nonempty=True, later=True),
     # train: how a method fine-tunes on the training pool
     Setting("train.method", str, "mamf", "the method that trains (`mamf methods`)",
             choices=_trained_methods),
@@ -108,7 +108,7 @@ CORE = (
     Setting("train.budget", str, "native", "matched: every method gets classical fine-tuning's "
             "updates and images per update; native: each method's own schedule "
             "(docs/method.md, \"Budgets\"); experiments default to matched",
-            choices=("matched", "native")),
+            choices=("matched", "native"), later=True),
     Setting("train.heads", str, "pretrained", "random: fresh projection heads, as the official "
             "code", choices=("pretrained", "random")),
     Setting("train.schedule", str, "sampled", "mamf: a task drawn per step (sampled) or the "
@@ -130,14 +130,14 @@ CORE = (
             "cached)"),
     Setting("train.unfreeze_image_blocks", int | str | None, None, "the last k blocks of the "
             "image tower train, the ones below are frozen and cached: k >= 0 (0: frozen) or all "
-            "(end to end); unset: train.freeze_image_backbone decides"),
+            "(end to end); unset: train.freeze_image_backbone decides", later=True),
     Setting("train.unfreeze_text_layers", int | str | None, None, "the last k layers of the text "
-            "tower train: k >= 0 or all; unset: train.freeze_text_tower decides"),
+            "tower train: k >= 0 or all; unset: train.freeze_text_tower decides", later=True),
     Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0),
     Setting("train.lr_schedule", str, "constant", "the rate over the steps: constant, or cosine "
-            "decay from train.lr to 0 at the last step", choices=("constant", "cosine")),
+            "decay from train.lr to 0 at the last step", choices=("constant", "cosine"), later=True),
     Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
-            "\"500 x shots iterations\"); not with train.steps", minimum=0, above=True),
+            "\"500 x shots iterations\"); not with train.steps", minimum=0, above=True, later=True),
     Setting("train.checkpoint_every", int, 100, "steps between checkpoints", minimum=0),
     Setting("train.log_dir", str | None, None, "TensorBoard scalars (loss, lr, images/s) go "
             "here (train_log.csv always has them); not a setting of the measurement"),
@@ -148,13 +148,13 @@ CORE = (
             "shards it (models too big for one GPU); train.batch_size stays the global batch",
             choices=("ddp", "fsdp")),
     Setting("train.adapter", str, "none", "lora: low-rank adapters (peft) train instead of the "
-            "whole model (docs/method.md, \"LoRA\")", choices=("none", "lora")),
-    Setting("train.lora_rank", int, 2, "LoRA's rank", minimum=0, above=True),
-    Setting("train.lora_alpha", float, 1.0, "LoRA's alpha", minimum=0, above=True),
+            "whole model (docs/method.md, \"LoRA\")", choices=("none", "lora"), later=True),
+    Setting("train.lora_rank", int, 2, "LoRA's rank", minimum=0, above=True, later=True),
+    Setting("train.lora_alpha", float, 1.0, "LoRA's alpha", minimum=0, above=True, later=True),
     Setting("train.lora_dropout", float, 0.0, "LoRA's dropout probability", minimum=0,
-            maximum=1, below=True),
+            maximum=1, below=True, later=True),
     Setting("train.lora_targets", list[str], [], "the layers LoRA adapts (empty: the model's "
-            "own defaults)"),
+            "own defaults)", later=True),
     # metatest: per-test-task adaptation on the support set, then query scoring
     Setting("metatest.split", str, "test", "which split's tasks are scored (train: "
             "overfitting)", choices=("train", "dev", "test")),

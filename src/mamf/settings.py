@@ -33,6 +33,10 @@ class Setting:
     below: bool = False
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
     nonempty: bool = False  # a list must hold a value
+    # added after results rows were first written: at its default it is left out of the
+    # settings' hash (`config_id`), so the rows of every config that predates it keep theirs.
+    # Every setting added from now on is `later` (tests/test_settings.py checks)
+    later: bool = False
 
     @property
     def section(self) -> str:

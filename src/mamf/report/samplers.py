@@ -19,8 +19,8 @@ from mamf.report.common import holm_line
 from mamf.report.common import label as _label
 from mamf.results import dataset_name as _dataset
 from mamf.results import row_sampler
+from mamf.samplers import DEFAULT as BASELINE  # the other samplers are compared with it
 
-BASELINE = "uniform"
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
 
 
