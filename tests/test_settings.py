@@ -127,3 +127,27 @@ def test_sections_keep_their_names_and_pickle():
 
 def test_the_default_sampler_is_the_registrys():
     assert build_config({}).train.sampler == samplers.DEFAULT in samplers.names()
+
+
+def test_protocols_and_models_declare_settings_as_methods_do(monkeypatch):
+    from mamf import protocols
+    from mamf.models import registry
+
+    class Margined(protocols.Protocol):
+        name = "margined"
+        settings = (Setting("data.margin", int, 3, "images kept apart", minimum=1, later=True),)
+
+    monkeypatch.setitem(protocols.REGISTRY, "margined", Margined)
+    monkeypatch.setattr(registry, "_BUILTIN", dict(registry._BUILTIN))
+    monkeypatch.setattr(registry, "DECLARED", dict(registry.DECLARED))
+    registry.register_builtin("deep-toy", "a test's model", settings=(
+        Setting("train.toy_depth", int, 2, "blocks of the toy", minimum=1, later=True),))(
+        lambda: None)
+    config = build_config(overrides={"data.protocol": "margined", "train.toy_depth": "4"})
+    assert (config.data.margin, config.train.toy_depth) == (3, 4)
+    assert list(to_dict(config)["data"])[-1] == "margin"  # at the end of its section
+    with pytest.raises(MamfError, match="^config data.margin must be at least 1, got 0$"):
+        build_config(overrides={"data.margin": 0})
+    listing = methods_listing()
+    assert "data.margin = 3 (>= 1): images kept apart" in listing
+    assert "train.toy_depth = 2 (>= 1): blocks of the toy" in listing

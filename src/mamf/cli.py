@@ -217,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("models", help="list the built-in models")
-    sub.add_parser("methods", help="list the methods and task samplers")
+    sub.add_parser("methods", help="list the methods and task samplers, each with its own "
+                   "settings (default, range, help)")
     return ap
 
 

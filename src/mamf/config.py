@@ -192,6 +192,8 @@ def _section(name: str):
 
 @dataclass
 class Config:
+    """All the settings of a run: four top-level ones and the sections (`section_class`)."""
+
     model: str = TOP["model"].default
     seed: int = TOP["seed"].default
     device: str = TOP["device"].default
