@@ -50,8 +50,8 @@ def _trained_methods() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where a kind of plug-in's settings sit among the core ones of their section (a kind
-    without a slot in a section has its settings at the section's end)."""
+    """Where a kind of plug-in's settings sit among the core settings of the section it is in (a
+    kind without a slot in a section has its settings at the section's end)."""
 
     kind: str
 
@@ -115,12 +115,7 @@ CORE = (
             "official K tasks in turn (sequential)", choices=("sampled", "sequential")),
     Setting("train.candidates", str, "task", "the loss over the task's classes (task) or only "
             "the batch's (batch, official)", choices=("task", "batch")),
-    Setting("train.inner_lr", float, 1e-7, "fomaml: the inner loop's SGD rate", minimum=0),
-    Setting("train.inner_epochs", int, 1, "fomaml: the inner loop's passes over a task's "
-            "support set", minimum=0, above=True),
-    Setting("train.meta_batch", int, 1, "fomaml: tasks per outer step", minimum=0, above=True),
-    Setting("train.inner_batch_size", int, 8, "fomaml: the inner loop's batch size", minimum=0,
-            above=True),
+    Slot("methods"),  # a method's own train settings (fomaml's inner loop)
     Setting("train.augment", bool, True, "random crops and flips of training images"),
     Setting("train.crop_scale", float, 0.8, "the smallest crop's share of the image's area",
             minimum=0, above=True, maximum=1),
@@ -165,12 +160,7 @@ CORE = (
     Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),
     Setting("metatest.reset", bool, True, "the trained weights are restored before each task"),
     Setting("metatest.augment", bool, False, "random crops and flips of support images"),
-    Setting("metatest.inner_lr", float, 1e-7, "fomaml adapts to a test task as its inner loop "
-            "does: plain SGD at this rate", minimum=0),
-    Setting("metatest.inner_epochs", int, 1, "fomaml: the test-time inner loop's passes",
-            minimum=0),
-    Setting("metatest.inner_batch_size", int, 8, "fomaml: the test-time inner loop's batch size",
-            minimum=0, above=True),
+    Slot("methods"),  # a method's own metatest settings (fomaml's test-time inner loop)
     Setting("metatest.interpolate", list[float], [], "WiSE-FT: score (1 - alpha) x zero-shot + "
             "alpha x trained weights, one row per alpha, each in [0, 1]; empty: the trained "
             "weights as they are"),
