@@ -69,7 +69,7 @@ def backbone_contenders(model, ds, inputs: ModelInputs, ours) -> dict:
         for a in arrays:
             plain.run(None, {"pixels": a})
 
-    return {"mamf": lambda: inputs._compute_backbone_features(model, ours, 64),
+    return {"mamf": lambda: inputs._compute_backbone_features(model, ours, 64, contiguous=True),
             "eager PyTorch": eager, "onnxruntime directly": direct}
 
 

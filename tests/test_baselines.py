@@ -103,9 +103,9 @@ def test_each_baseline_reduces_to_zero_shot_on_the_meta_test(shared_colour_folde
 def test_baselines_beat_zero_shot_on_the_random_model(shared_colour_folder):
     """tiny-random-clip's prompts say nothing; the support set's embeddings do."""
     config, model, dataset, inputs = setup(shared_colour_folder)
-    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 4, progress=False)
+    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 4, progress=False).to_json()
     for method in ("prototype", "linear-probe", "tip-adapter", "tip-adapter-f"):
-        row = evaluate_prepared(model, dataset, inputs, config, method, 4, progress=False)
+        row = evaluate_prepared(model, dataset, inputs, config, method, 4, progress=False).to_json()
         assert row["acc_mean"] > zero["acc_mean"] + 0.1, (method, row["acc_mean"])
 
 
@@ -131,7 +131,7 @@ def test_tip_adapter_chooses_alpha_and_beta_on_dev_tasks_only(shared_colour_fold
     assert chosen["alpha"] in b.tip_alphas and chosen["beta"] in b.tip_betas
     assert (adapter.alpha, adapter.beta) == (chosen["alpha"], chosen["beta"])
     assert chosen["dev_tasks"] == len(evaluation_tasks(dataset, config, "dev", 4))
-    row = evaluate_prepared(model, dataset, inputs, config, "tip-adapter", 4, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "tip-adapter", 4, progress=False).to_json()
     assert row["chosen_on_dev"] == chosen
 
 

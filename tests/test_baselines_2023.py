@@ -162,8 +162,8 @@ def test_each_new_baseline_runs_through_the_meta_test(shared_colour_folder, meth
                                      "baseline.taskres_epochs": 50, "baseline.taskres_lr": 2e-2,
                                      "baseline.prolip_epochs": 50, "baseline.prolip_lr": 1e-2})
     model, dataset, inputs = prepare(config)
-    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 2, progress=False)
-    row = evaluate_prepared(model, dataset, inputs, config, method, 2, progress=False)
+    zero = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 2, progress=False).to_json()
+    row = evaluate_prepared(model, dataset, inputs, config, method, 2, progress=False).to_json()
     assert row["method"] == method
     assert row["acc_mean"] > zero["acc_mean"], (method, row["acc_mean"], zero["acc_mean"])
     if method in ("gda", "ape"):

@@ -80,7 +80,7 @@ def test_base2novel_rows_carry_base_novel_and_their_harmonic_mean(shared_colour_
     assert list(base.classes) == [0, 1, 2, 3, 4] and list(novel.classes) == [5, 6, 7, 8, 9]
     assert len(base.support) == 10 and len(novel.support) == 0
     assert list(train_pool(dataset, config).classes) == [0, 1, 2, 3, 4]
-    row = evaluate_prepared(model, dataset, inputs, config, "prototype", 10, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "prototype", 10, progress=False).to_json()
     assert row["task_accs"] == [row["base_acc"], row["novel_acc"]]
     b, n = row["base_acc"], row["novel_acc"]
     assert row["hm"] == row["acc_mean"] == pytest.approx(2 * b * n / (b + n))
@@ -140,7 +140,8 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
 
     def rows(model, datasets, protocol="coop"):
         return [{"dataset": d, "method": "tip-adapter", "model": model, "protocol": protocol,
-                 "ways": 10, "split": "test", "shots": k, "seed": s, "acc_mean": 0.5}
+                 "ways": 10, "split": "test", "shots": k, "queries": 20, "seed": s,
+                 "acc_mean": 0.5}
                 for d in datasets for k in (1, 4, 16)
                 for s in (1, 2, 3)]
 

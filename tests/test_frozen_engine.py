@@ -51,6 +51,16 @@ def test_onnxruntime_outputs_match_pytorch(colour_folder, cache, monkeypatch):
     assert len(list(cache.rglob("features-*.npy"))) == 2  # cached per engine
 
 
+def test_contiguous_preprocessing_gives_the_same_values(colour_folder):
+    """The engine's faster NCHW preprocessing feeds it exactly the values PyTorch is given, so the
+    cached features keep their bits; PyTorch's own path keeps its channels-last strides."""
+    model = load_model("tiny-random-clip").eval()
+    images = ImageDataset.load(colour_folder, model.image_size).batch(range(12))
+    default, packed = model.preprocess(images), model.preprocess(images, contiguous=True)
+    assert torch.equal(default, packed)
+    assert packed.is_contiguous() and not default.is_contiguous()
+
+
 def test_the_exported_graph_is_reused(tmp_path, cache, monkeypatch):
     model = load_model("tiny-random-clip").eval()
     features(model, make_folder(tmp_path / "a", n_classes=3, per_class=4, seed=1))

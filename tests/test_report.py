@@ -306,8 +306,8 @@ def test_holm_changes_a_table_verdict_that_one_comparison_alone_would_give():
     from mamf.stats import verdicts
 
     def r(sampler, seed, accs):
-        return {"dataset": "d", "method": "mamf", "ways": 2, "seed": seed, "split": "test",
-                "sampler": sampler, "task_accs": accs, "task_similarity": [0.1, 0.5]}
+        return row("mamf", 2, accs, seed, dataset="d", sampler=sampler,
+                   task_similarity=[0.1, 0.5])
 
     rows = []
     gains = {1: 0.03, 2: 0.0, 3: 0.04, 4: 0.01, 5: 0.02}  # mean 0.02, t = 2.83, p = 0.047

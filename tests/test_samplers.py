@@ -317,7 +317,8 @@ def test_a_bad_samplers_axis_is_refused(samplers_value, message):
 
 
 def _row(method, sampler="absent", accs=(1.0, 0.0), sims=(0.1, 0.9), seed=1):
-    row = {"dataset": "d", "method": method, "ways": 2, "seed": seed, "split": "test",
+    row = {"dataset": "d", "method": method, "model": "m", "protocol": "paper", "ways": 2,
+           "shots": 1, "queries": 1, "seed": seed, "split": "test", "n_tasks": len(accs),
            "task_accs": list(accs), "task_similarity": list(sims)}
     if sampler != "absent":
         row["sampler"] = sampler
@@ -328,8 +329,7 @@ def test_rows_from_before_samplers_read_as_uniform_for_methods_that_draw_tasks()
     from mamf.results import grid_key, row_sampler
 
     def key(*args):
-        return grid_key({**_row(*args), "model": "m", "protocol": "paper", "shots": 1,
-                         "queries": 1})
+        return grid_key(_row(*args))
 
     assert row_sampler(_row("mamf")) == "uniform" and row_sampler(_row("classical")) is None
     assert key("mamf") == key("mamf", "uniform")

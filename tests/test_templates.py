@@ -36,7 +36,7 @@ def test_a_template_list_averages_the_normalised_prompt_embeddings(colour_folder
             assert torch.allclose(row, want, atol=1e-5)
         # the mean of two different unit vectors is shorter than one: really averaged
         assert float(got[0].norm()) < 0.999
-    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False).to_json()
     assert row["templates"] == templates_tag(TWO) and row["templates"].startswith("2 templates #")
 
 
@@ -50,7 +50,7 @@ def test_the_imagenet_set_is_clips_80_templates_and_rows_name_it(colour_folder):
                                      "train.freeze_text_tower": True})
     model, dataset, inputs = prepare(config)
     assert len(dataset.ensemble[0]) == 80 and inputs.texts(model, np.arange(6)).shape[0] == 6
-    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False).to_json()
     assert row["templates"] == "imagenet"
     with pytest.raises(MamfError, match="unknown template set 'nope'"):
         resolve_templates(["nope"])
@@ -63,5 +63,5 @@ def test_without_an_ensemble_nothing_changes(colour_folder):
     with torch.no_grad():
         assert torch.equal(inputs.texts(model, np.array([1]))[0],
                            encode(model, dataset.prompts[1]))
-    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False)
+    row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False).to_json()
     assert row["templates"] is None

@@ -1,8 +1,8 @@
 """Running an experiment grid (`mamf.experiment_file` reads and checks it): resumable, rows
 appended as they finish.
 
-Every finished (dataset, method, sampler, ways, seed, split) row is appended to `results.jsonl`
-at once; a second invocation skips what is there. The grid is planned as method runs (`Plan`),
+Every finished row is appended to `results.jsonl` at once; a second invocation skips the grid's
+cells that are there (`results.grid_key`). The grid is planned as method runs (`Plan`),
 each trained once per unit (`units_of`). All methods and samplers of one (dataset, ways, seed)
 meet the same test tasks, so they compare pairwise; every row also carries each test task's
 prompt similarity under the pretrained model (`task_similarity`), computed once per dataset
@@ -40,7 +40,7 @@ from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_fo
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.progress import Eta
-from mamf.results import grid_key, read_rows
+from mamf.results import Row, RowKey, grid_key, read_rows
 from mamf.run import RESULTS, evaluate_prepared, fresh_start, prepare, ways_list
 from mamf.training import train
 from mamf.trainlog import CSV_NAME
@@ -171,10 +171,10 @@ def _run_recorded(exp: Experiment, out: Path, p: Plan, unit: list[int], prepared
             bar.update(1)
             line = clock.row(work, row)
             if distributed.is_main():
-                at = (f" {row['split']}" if exp.splits else "") + \
-                    ("" if row["alpha"] is None else f" alpha {row['alpha']}")
+                at = (f" {row.split}" if exp.splits else "") + \
+                    ("" if row.alpha is None else f" alpha {row.alpha}")
                 log.info("%s %s %s-way seed %d%s: %.3f ± %.3f  [%s]", p.ds.name, name,
-                         row["ways"], p.seed, at, row["acc_mean"], row["acc_ci95"], line)
+                         row.ways, p.seed, at, row.acc_mean, row.acc_ci95, line)
     except MamfError as e:
         log.error("%s %s seed %d ways %s failed: %s", p.ds.name, name, p.seed, unit, e)
         _failure(out, {"dataset": p.ds.name, "method": p.method, "sampler": p.sampler,
@@ -216,13 +216,21 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                     for sampler in samplers_of(exp, ds, method):
                         missing = [(n, split, alpha) for n in ways
                                    for split, alpha in cells(exp, ds, root, method, seed, sampler)
-                                   if (ds.name, method, sampler, n, seed, split, alpha, shots)
-                                   not in done]
+                                   if grid_cell(ds, method, sampler, seed, shots, n, split,
+                                                alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
                         if todo:
                             plans.append(Plan(ds, root, seed, method, sampler, todo, ways,
                                               missing, shots))
     return plans, skipped
+
+
+def grid_cell(ds: DatasetSpec, method: str, sampler: str | None, seed: int, shots: int | None,
+              ways: int, split: str, alpha: float | None) -> RowKey:
+    """The `grid_key` of the row a method run of the grid writes at (ways, split, alpha), before
+    it is measured: what the grid names, the rest blank."""
+    return RowKey.partial(dataset=ds.name, method=method, sampler=sampler, seed=seed,
+                          shots=shots, ways=ways, split=split, alpha=alpha)
 
 
 def units_of(p: Plan) -> list[list[int]]:
@@ -255,7 +263,7 @@ class _Clock:
         """The next unit's work, as it starts."""
         return self.works.pop(0)
 
-    def row(self, work: list[tuple], row: dict) -> str:
+    def row(self, work: list[tuple], row: Row) -> str:
         """A finished row into the clock; its log line's `12/36, about 1.5 min left`."""
         self.rows += 1
         _measured(self.eta, work, row)
@@ -285,13 +293,13 @@ def _planned(exp: Experiment, plans: list[Plan]) -> tuple[Eta, list[list[tuple]]
     return eta, works
 
 
-def _measured(eta: Eta, work: list[tuple], row: dict) -> None:
+def _measured(eta: Eta, work: list[tuple], row: Row) -> None:
     """A finished row's times into the clock: its unit's training (with the unit's first row)
     and its own test tasks; `work` keeps what of the unit is still to come."""
     for item in [w for w in work if w[2] is None][:1] + \
-            [w for w in work if w[2] == row["ways"]][:1]:
+            [w for w in work if w[2] == row.ways][:1]:
         kind, units, _ = item
-        eta.done(kind, row.get("train_time_s", 0.0) if kind[0] == "train" else row["time_s"],
+        eta.done(kind, (row.train_time_s or 0.0) if kind[0] == "train" else row.time_s,
                  units)
         work.remove(item)
 
@@ -351,7 +359,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         mix = Interpolation(model, start) if start is not None else None
     for n in unit:
         for split, alpha in cells(exp, ds, root, method, seed, sampler):
-            if (ds.name, method, sampler, n, seed, split, alpha, shots) in done:
+            if grid_cell(ds, method, sampler, seed, shots, n, split, alpha) in done:
                 continue
             config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler,
                                 shots=shots, split=split)
@@ -363,10 +371,10 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
             row.update(train_info)
             row.update({"experiment": exp.name, "experiment_dataset": ds.name})
             if distributed.is_main():
-                config_file = results.parent / "configs" / f"{row['config_id']}.yaml"
+                config_file = results.parent / "configs" / f"{row.config_id}.yaml"
                 if not config_file.exists():
                     atomic_write_text(config_file, dump_yaml(config))
-                append_jsonl(results, row)
+                append_jsonl(results, row.to_json())
             yield row
 
 

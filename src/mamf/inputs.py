@@ -165,16 +165,17 @@ class ModelInputs:
             return torch.from_numpy(np.load(path)).to(self.device)
         backbone = model.image_backbone if not top_blocks else \
             (lambda pixels: model.image_bottom(pixels, top_blocks))
+        on_engine = False  # onnxruntime reads NCHW memory; PyTorch keeps the layout it always had
         if engine == frozen_engine.ONNXRUNTIME:
             with distributed.main_first():  # rank 0 exports; the others find its file
                 run = frozen_engine.onnx_backbone(model, weights, top_blocks)
             if distributed.sum_scalar(float(run is None)) == 0:  # on every rank, or on none
-                backbone = run
+                backbone, on_engine = run, True
             else:
                 path = self._feature_cache_path(weights, frozen_engine.TORCH, top_blocks)
                 if path is not None and distributed.from_main(path.exists()):
                     return torch.from_numpy(np.load(path)).to(self.device)
-        features = self._compute_backbone_features(model, backbone, batch)
+        features = self._compute_backbone_features(model, backbone, batch, on_engine)
         if path is not None and distributed.is_main():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
             with writing(path, CACHE_HINT):
@@ -196,7 +197,7 @@ class ModelInputs:
         return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy")
 
     def _compute_backbone_features(self, model: DualEncoder, backbone: frozen_engine.Backbone,
-                                   batch: int) -> torch.Tensor:
+                                   batch: int, contiguous: bool = False) -> torch.Tensor:
         """Under torchrun each rank computes a run of whole chunks (the chunks one process
         would form, so the numbers are the same) and the ranks gather them."""
         n = len(self.dataset.images)
@@ -212,7 +213,7 @@ class ModelInputs:
                                       desc="caching frozen image features (once)", unit="chunk",
                                       leave=False):
                 idx = np.arange(start, min(n, start + batch))
-                px = model.preprocess(self.dataset.batch(idx).to(self.device))
+                px = model.preprocess(self.dataset.batch(idx).to(self.device), contiguous)
                 chunks.append(backbone(px).float().to(self.device))
         local = torch.cat(chunks)
         if world == 1:

@@ -2,15 +2,18 @@
 
 A results row is one meta-test of one method at one task size: a JSON object on one line of
 `results.jsonl`, written by `mamf evaluate` and `mamf experiment` (see `mamf.run.evaluate_prepared`
-for every field). Everything that reads `results.jsonl` goes through `read_rows`, so a torn,
-damaged or repeated line is skipped the same way everywhere and no row is ever counted twice.
+for every field), and in Python a `Row`, whose `key` (a `RowKey`) says which measurement it is.
+Everything that reads `results.jsonl` goes through `read_rows`, so a torn, damaged or repeated
+line is skipped the same way everywhere and no row is ever counted twice.
 
     rows = read_rows(out / "results.jsonl")      # valid rows, one per row_key, in file order
     done = {row_key(r) for r in rows}            # what a rerun may skip
+    Row.from_json(rows[0]).to_json() == rows[0]  # a row read and written back is unchanged
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import importlib.metadata
@@ -18,6 +21,7 @@ import json
 import logging
 import platform
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,7 +36,9 @@ REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
 
 class RowKey(NamedTuple):
-    """A measurement's identity, the fields of KEY_FIELDS by name (see there)."""
+    """A measurement's identity, the fields of KEY_FIELDS by name (see there); `Row.key` makes
+    it, and every coarser grouping (a grid's cell, the report's comparison cell, a row without
+    its WiSE-FT alpha) is this key with some fields blank (`without`), never a tuple of its own."""
 
     dataset: str
     method: str
@@ -47,6 +53,20 @@ class RowKey(NamedTuple):
     sampler: str | None
     alpha: float | None
 
+    def without(self, *fields: str) -> RowKey:
+        """This key with `fields` blank (None): the identity that does not tell rows apart by
+        them."""
+        unknown = [f for f in fields if f not in self._fields]
+        if unknown:
+            raise ValueError(f"not fields of a row's key: {', '.join(unknown)}")
+        return self._replace(**dict.fromkeys(fields))
+
+    @classmethod
+    def partial(cls, **fields) -> RowKey:
+        """A key of `fields` alone, the others blank: what is known of a row before it is
+        measured (an experiment's plan)."""
+        return cls(**{**dict.fromkeys(cls._fields), **fields})
+
 
 KEY_FIELDS = RowKey._fields
 """What `row_key` is made of. The dataset is the experiment's name for it where there is one
@@ -58,6 +78,9 @@ methods that draw no tasks); `alpha` the WiSE-FT mix of zero-shot and trained we
 an experiment keeps its finished rows when its file changes, so the same measurement may carry
 another hash."""
 
+GRID_LEAVES_OUT = ("model", "run", "protocol", "queries")
+"""What an experiment's grid does not tell its rows apart by (`grid_key`): the grid fixes the
+model, protocol and run, and the query count follows from the data."""
 
 ENVIRONMENT_FIELDS = ("mamf", "mamf_commit", "torch", "transformers", "peft", "onnxruntime",
                       "python", "device", "threads", "date")
@@ -112,6 +135,99 @@ def environment(device: str | None = None) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
+@dataclass(kw_only=True)
+class Row:
+    """One results row: its identity (what `key` is made of), what every row measured, and the
+    rest of its JSON fields in `extra`, so that nothing is lost when a row is read and written.
+
+    `order` is the row's JSON fields as read (`from_json`) or as made, in order: `to_json`
+    writes exactly those, so a row read back is written as it was (older rows lack `sampler` and
+    `alpha`, `evaluate`'s rows name their `run`, an experiment's do not). Change fields with
+    `update`, which adds a new one at the end as a dict would.
+    """
+
+    # identity (`key`)
+    method: str
+    model: str
+    dataset: str  # the data folder's name; `experiment_dataset` is the experiment's for it
+    protocol: str
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    split: str
+    sampler: str | None = None  # from a row without one: what `row_sampler` says
+    alpha: float | None = None
+    run: str | None = None
+    experiment_dataset: str | None = None
+    # what was measured (nothing yet in a row looked up before it is measured, `run.row_head`)
+    n_tasks: int = 0
+    task_accs: list[float] = field(default_factory=list)
+    acc_mean: float | None = None
+    acc_ci95: float | None = None
+    task_similarity: list[float | None] | None = None
+    time_s: float | None = None
+    config_id: str | None = None
+    templates: str | None = None
+    split_file_sha256: str | None = None
+    trainable_params: int | None = None
+    train_steps: int | None = None
+    train_images: int | None = None
+    train_budget: str | None = None
+    train_time_s: float | None = None
+    experiment: str | None = None
+    host: str | None = None
+    extra: dict = field(default_factory=dict)  # every other field (environment, protocol's own)
+    order: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> RowKey:
+        """Identity of the measurement: two rows with equal keys are the same measurement, so
+        only the first may be counted (`read_rows`). The one definition of a row's key."""
+        fields = {f: getattr(self, f) for f in KEY_FIELDS}
+        fields["dataset"] = self.experiment_dataset or self.dataset
+        fields["alpha"] = row_alpha(self)
+        return RowKey(**fields)
+
+    @property
+    def environment(self) -> dict:
+        """The ENVIRONMENT_FIELDS the row holds (rows before some of them lack them)."""
+        return {f: self.extra[f] for f in ENVIRONMENT_FIELDS if f in self.extra}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Row:
+        """The row a JSON object holds, its fields in their order; a row from before samplers
+        names the sampler `row_sampler` says it was drawn with. Only the key's fields are
+        required here: whether a row is one mamf can count is `row_problem`'s to say."""
+        missing = [k for k in _NEEDED if k not in obj]
+        if missing:
+            raise MamfError(f"not a results row: no {', '.join(missing)}")
+        named = {k: v for k, v in obj.items() if k in _NAMED}
+        if "sampler" not in obj:
+            named["sampler"] = row_sampler(obj)
+        return cls(**named, extra={k: v for k, v in obj.items() if k not in _NAMED},
+                   order=tuple(obj))
+
+    def to_json(self) -> dict:
+        """The JSON object of the row: the fields of `order`, in that order."""
+        return {k: getattr(self, k) if k in _NAMED else self.extra[k] for k in self.order}
+
+    def update(self, fields: dict) -> None:
+        """Set `fields`, as `dict.update` would: new ones are written last."""
+        for k, v in fields.items():
+            if k in _NAMED:
+                setattr(self, k, v)
+            else:
+                self.extra[k] = v
+        self.order += tuple(k for k in fields if k not in self.order)
+
+
+_NAMED = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra", "order"}
+# what `from_json` needs: the fields of the key every row has had since the first
+_NEEDED = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
+             and f.default_factory is dataclasses.MISSING]
+
+
 def dataset_name(row: dict) -> str:
     """The dataset a row belongs to: the experiment's name for it, else the data folder's."""
     return row.get("experiment_dataset") or row["dataset"]
@@ -129,33 +245,27 @@ def row_sampler(row: dict) -> str | None:
     return samplers.Uniform.name if drawn else None  # as `mamf.tasks.sample_classes` drew
 
 
-def row_key(row: dict) -> RowKey:
-    """Identity of the measurement a (valid) row holds: two rows with equal keys are the same
-    measurement, so only the first may be counted."""
-    return RowKey(dataset_name(row), row["method"], row["model"], row.get("run"), row["protocol"],
-                  row["ways"], row["shots"], row["queries"], row["seed"], row["split"],
-                  row_sampler(row), row_alpha(row))
+def row_key(row: dict | Row) -> RowKey:
+    """`Row.key` of a row as JSON (or of a Row)."""
+    return (row if isinstance(row, Row) else Row.from_json(row)).key
 
 
-def cell_key(row: dict) -> RowKey:
+def cell_key(row: dict | Row) -> RowKey:
     """The cell a row measures: `row_key` without `queries`, which follows from the data (a split
     file, the images per class). Two rows of one cell with other query counts measured one seed
     twice on different test sets; `evaluate` refuses the second."""
-    return row_key(row)._replace(queries=None)
+    return row_key(row).without("queries")
 
 
-def grid_key(row: dict, by_shots: bool = False) -> tuple:
-    """The cell of an experiment grid a row fills (the grid fixes model, protocol and run):
-    (dataset, method, sampler, ways, seed, split, alpha, shots); shots only where `by_shots` (the
-    grid has a shots axis), else None."""
-    k = row_key(row)
-    return (k.dataset, k.method, k.sampler, k.ways, k.seed, k.split, k.alpha,
-            k.shots if by_shots else None)
+def grid_key(row: dict | Row, by_shots: bool = False) -> RowKey:
+    """The cell of an experiment grid a row fills: `row_key` without GRID_LEAVES_OUT, and
+    without shots unless `by_shots` (the grid has a shots axis)."""
+    return row_key(row).without(*GRID_LEAVES_OUT, *(() if by_shots else ("shots",)))
 
 
-def row_alpha(row: dict) -> float | None:
+def row_alpha(row: dict | Row) -> float | None:
     """The WiSE-FT alpha a row was scored at; None (or absent, in older rows): no mix."""
-    alpha = row.get("alpha")
+    alpha = row.alpha if isinstance(row, Row) else row.get("alpha")
     return None if alpha is None else float(alpha)
 
 

@@ -41,7 +41,7 @@ from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, tuned_method
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
-from mamf.results import cell_key, environment, read_rows
+from mamf.results import Row, cell_key, environment, read_rows
 from mamf.samplers import prompt_embeddings, task_similarity
 from mamf.training import train
 from mamf.wiseft import Interpolation, alphas, starting_weights
@@ -409,37 +409,33 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
     finished = distributed.from_main({cell_key(r): r for r in read_rows(out / RESULTS)}
                                      if is_main() else None)
     settings = config_id(config)
-    shots, queries = shots_queries(dataset, config, config.metatest.split)
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
         for alpha in alphas(config, method):
-            probe = {"dataset": dataset.name, "method": row_method(method, trained_by),
-                     "model": config.model, "run": str(run_dir) if run_dir else None,
-                     "protocol": config.data.protocol, "ways": n, "shots": shots,
-                     "queries": queries, "seed": config.seed, "split": config.metatest.split,
-                     "sampler": trained_sampler(config, trained_by or method), "alpha": alpha}
+            probe = Row.from_json({**row_head(dataset, config, method, n, trained_by, alpha),
+                                   "run": str(run_dir) if run_dir else None})
             at = "" if alpha is None else f" alpha {alpha}"
             done = finished.get(cell_key(probe))
             if done is not None and done.get("config_id") == settings and \
-                    done["queries"] == queries:
-                log.info("%s %d-way seed %d%s is already in %s: skipped", probe["method"], n,
+                    done["queries"] == probe.queries:
+                log.info("%s %d-way seed %d%s is already in %s: skipped", probe.method, n,
                          config.seed, at, out / RESULTS)
                 rows.append(done)
                 continue
             if done is not None:
-                raise MamfError(f"{out / RESULTS} already holds {probe['method']} {n}-way seed "
+                raise MamfError(f"{out / RESULTS} already holds {probe.method} {n}-way seed "
                                 f"{config.seed}{at} on {dataset.name} ({config.metatest.split}) "
                                 "measured with other settings: choose another --out")
             with mix.at(alpha) if mix else contextlib.nullcontext():
                 row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
                                         prompts, trained_by, alpha)
-            row["run"] = probe["run"]
+            row.update({"run": probe.run})
             if run_dir is not None:
                 row.update(run_training(Path(run_dir)))
             if is_main():
-                append_jsonl(out / RESULTS, row)
-            rows.append(row)
+                append_jsonl(out / RESULTS, row.to_json())
+            rows.append(row.to_json())
     return rows
 
 
@@ -448,18 +444,36 @@ def trained_sampler(config: Config, method: str) -> str | None:
     return config.train.sampler if methods.method_class(method).draws_tasks else None
 
 
+def row_head(dataset: ImageDataset, config: Config, method: str, ways: int,
+             trained_by: str | None = None, alpha: float | None = None) -> dict:
+    """The leading fields of the row `evaluate_prepared` writes, in its order: what names the
+    measurement (`Row.key` but the `run`, which `evaluate` adds) and the data it was made on;
+    known before anything is measured, so `evaluate` can tell what is already done."""
+    split = config.metatest.split
+    shots, queries = shots_queries(dataset, config, split)
+    combined = {"test_method": method, "trained_by": trained_by} \
+        if row_method(method, trained_by) != method else {}
+    return {"method": row_method(method, trained_by), **combined, "model": config.model,
+            "dataset": dataset.name,
+            "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
+            "seed": config.seed, "split": split,
+            "sampler": trained_sampler(config, trained_by or method),
+            "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
+            "split_file_sha256": split_file_sha256(config.data.split_file), "alpha": alpha}
+
+
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
                       config: Config, method: str, ways: int, progress: bool = True,
                       prompts: np.ndarray | None = None, trained_by: str | None = None,
-                      alpha: float | None = None) -> dict:
+                      alpha: float | None = None) -> Row:
     """Meta-test one task size on an already prepared model; returns the results row.
     `alpha`: the WiSE-FT mix the model holds now (`mamf.wiseft`), None for none.
 
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
     embeddings `prompts` (all classes; default: the model's as it is now)."""
-    split = config.metatest.split
-    tasks = evaluation_tasks(dataset, config, split, ways)
+    head = row_head(dataset, config, method, ways, trained_by, alpha)
+    tasks = evaluation_tasks(dataset, config, config.metatest.split, ways)
     if prompts is None:
         prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     # a one-class task (base2novel's novel half of 3 classes) has no pair: null, never NaN
@@ -470,22 +484,13 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     predictions = [] if config.metatest.save_predictions else None
     accs = meta_test(model, inputs, tasks, adapter, config, ways, progress, predictions)
     mean, ci, extra = protocols.get(config.data.protocol).summary(accs)
-    shots, queries = shots_queries(dataset, config, split)
-    combined = {"test_method": method, "trained_by": trained_by} \
-        if row_method(method, trained_by) != method else {}
-    return {"method": row_method(method, trained_by), **combined, "model": config.model,
-            "dataset": dataset.name,
-            "protocol": config.data.protocol, "ways": ways, "shots": shots, "queries": queries,
-            "seed": config.seed, "split": split,
-            "sampler": trained_sampler(config, trained_by or method),
-            "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
-            "split_file_sha256": split_file_sha256(config.data.split_file),
-            "alpha": alpha, "trainable_params": sum(p.numel() for p in trainable(model)),
-            "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
-            "task_accs": accs,
-            "task_similarity": similarity,
-            "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
-            "host": platform.node(), **environment(str(inputs.device)),
-            **({"chosen_on_dev": chosen} if chosen is not None else {}),
-            **({"class_names": list(dataset.classes), "predictions": predictions}
-               if predictions is not None else {}), **extra}
+    return Row.from_json({
+        **head, "trainable_params": sum(p.numel() for p in trainable(model)),
+        "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
+        "task_accs": accs,
+        "task_similarity": similarity,
+        "time_s": round(time.perf_counter() - started, 3), "config_id": config_id(config),
+        "host": platform.node(), **environment(str(inputs.device)),
+        **({"chosen_on_dev": chosen} if chosen is not None else {}),
+        **({"class_names": list(dataset.classes), "predictions": predictions}
+           if predictions is not None else {}), **extra})

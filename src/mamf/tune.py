@@ -133,9 +133,9 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
                 scored = _config(exp, ds, method, root, {**extra, **nested(test_point)}, ways=n)
                 row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
                                         prompts)
-                accs[k].append(row["acc_mean"])
+                accs[k].append(row.acc_mean)
                 log.info("tune %s %s %d-way %s %s: dev %.3f", ds.name, method, n, train_point,
-                         test_point, row["acc_mean"])
+                         test_point, row.acc_mean)
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
              "dev_acc": float(sum(accs[k]) / len(accs[k]))} for k, test_point in enumerate(tests)]

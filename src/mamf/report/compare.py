@@ -15,14 +15,19 @@ from dataclasses import dataclass
 
 from mamf import stats
 from mamf.report.common import in_order, label, labels
-from mamf.results import dataset_name
+from mamf.results import RowKey, dataset_name, row_key
 from mamf.stats import Estimate
 
-Cell = tuple  # (dataset, ways, shots, seed, split): what two methods must share to be compared
+Cell = RowKey  # the key of the test tasks: what two methods must share to be compared
+NOT_IN_CELL = ("method", "model", "run", "protocol", "queries", "sampler", "alpha")
+"""What rows of one cell may differ by: the method (and its sampler and mix) is what is
+compared; a second row of one method in a cell (another model, run or protocol) is set apart."""
 
 
 def cell_of(row: dict) -> Cell:
-    return (dataset_name(row), row["ways"], row["shots"], row["seed"], row["split"])
+    """The cell a row was measured in: its key without NOT_IN_CELL, i.e. (dataset, ways, shots,
+    seed, split), whose test tasks are the same for every method."""
+    return row_key(row).without(*NOT_IN_CELL)
 
 
 @dataclass
@@ -58,13 +63,13 @@ def compare(rows: list[dict], methods: Sequence[str] | None = None) -> Compariso
     index, apart = one_per_cell(rows)
     have: dict[str, dict[str, set]] = {}
     for c, m in index:
-        have.setdefault(c[0], {}).setdefault(m, set()).add(c)
+        have.setdefault(c.dataset, {}).setdefault(m, set()).add(c)
     compared = []
     for (c, m), r in index.items():
-        wanted = list(methods) if methods is not None else in_order(have[c[0]])
+        wanted = list(methods) if methods is not None else in_order(have[c.dataset])
         if m not in wanted:
             continue
-        holders = [x for x in wanted if c in have[c[0]].get(x, ())]
+        holders = [x for x in wanted if c in have[c.dataset].get(x, ())]
         if len(holders) == len(wanted):
             compared.append(r)
         else:
@@ -101,8 +106,8 @@ def paired(rows: list[dict], a: str, b: str) -> dict[str, Estimate]:
         rb = index.get((c, b)) if m == a else None
         if rb is None or len(rb["task_accs"]) != len(ra["task_accs"]):
             continue
-        xs.setdefault(c[0], {}).setdefault(c[3], []).extend(ra["task_accs"])
-        ys.setdefault(c[0], {}).setdefault(c[3], []).extend(rb["task_accs"])
+        xs.setdefault(c.dataset, {}).setdefault(c.seed, []).extend(ra["task_accs"])
+        ys.setdefault(c.dataset, {}).setdefault(c.seed, []).extend(rb["task_accs"])
     return {d: stats.paired(xs[d], ys[d]) for d in xs}
 
 

@@ -14,20 +14,16 @@ from pathlib import Path
 from mamf import stats
 from mamf.report.common import in_order, label, safe_name
 from mamf.report.figures import method_lines, pyplot, save
-from mamf.results import dataset_name, row_alpha
-
-
-def _without_alpha(row: dict) -> tuple:
-    return (dataset_name(row), row["method"], row.get("model"), row.get("run"), row["ways"],
-            row["shots"], row["seed"], row["split"], row.get("sampler"))
+from mamf.results import dataset_name, row_alpha, row_key
 
 
 def main_rows(rows: list[dict]) -> list[dict]:
-    """The rows the main tables compare (see the module's docstring)."""
+    """The rows the main tables compare (see the module's docstring): an alpha-1 row stands in
+    for its measurement unmixed (its key with alpha blank) where there is none."""
     held_out = [r for r in rows if r["split"] != "train"] or rows
-    plain = {_without_alpha(r) for r in held_out if row_alpha(r) is None}
+    plain = {row_key(r) for r in held_out if row_alpha(r) is None}
     return [r for r in held_out if row_alpha(r) is None or
-            (row_alpha(r) == 1.0 and _without_alpha(r) not in plain)]
+            (row_alpha(r) == 1.0 and row_key(r).without("alpha") not in plain)]
 
 
 def _trained_weights(rows: list[dict]) -> list[dict]:

@@ -17,8 +17,9 @@ from mamf import stats
 from mamf.methods import names as method_names
 from mamf.report.common import holm_line
 from mamf.report.common import label as _label
+from mamf.report.compare import cell_of
 from mamf.results import dataset_name as _dataset
-from mamf.results import row_sampler
+from mamf.results import row_key, row_sampler
 from mamf.samplers import DEFAULT as BASELINE  # the other samplers are compared with it
 
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
@@ -32,21 +33,22 @@ def baseline_rows(rows: list[dict]) -> list[dict]:
             or (_dataset(r), r["method"]) not in with_uniform]
 
 
-def _index(rows: list[dict]) -> dict[tuple, dict]:
-    return {(_dataset(r), r["method"], row_sampler(r), r["ways"], r["seed"], r["split"]): r
-            for r in rows}
+NOT_PAIRED_BY = ("run", "alpha")
+"""What a sampler's row and its uniform twin may differ by besides the sampler: the run folders
+each trained into, and the mix (the rows here are the trained weights, unmixed or at alpha 1)."""
 
 
 def _pairs(rows: list[dict]):
     """(dataset, method, sampler, seed, its row, uniform's row) for every row of a sampler
-    other than uniform whose uniform twin (same dataset, method, ways, seed, split) is there."""
-    index = _index(rows)
-    for (d, m, s, ways, seed, split), row in index.items():
-        if s in (None, BASELINE):
+    other than uniform whose uniform twin (the same key but for the sampler and NOT_PAIRED_BY)
+    is there."""
+    index = {row_key(r).without(*NOT_PAIRED_BY): r for r in rows}
+    for k, row in index.items():
+        if k.sampler in (None, BASELINE):
             continue
-        twin = index.get((d, m, BASELINE, ways, seed, split))
+        twin = index.get(k._replace(sampler=BASELINE))
         if twin is not None and len(twin["task_accs"]) == len(row["task_accs"]):
-            yield d, m, s, seed, row, twin
+            yield k.dataset, k.method, k.sampler, k.seed, row, twin
 
 
 def _ordered_samplers(rows: list[dict]) -> list[str]:
@@ -74,7 +76,7 @@ def tertile_bounds(rows: list[dict], dataset: str) -> tuple[float, float] | None
     tasks = {}
     for r in rows:
         if _dataset(r) == dataset and r.get("task_similarity") is not None:
-            tasks[(r["ways"], r["seed"], r["split"])] = r["task_similarity"]
+            tasks[cell_of(r)] = r["task_similarity"]
     values = [v for sims in tasks.values() for v in sims if v is not None]
     if len(values) < 3:
         return None
