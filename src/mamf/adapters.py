@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +22,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from mamf.config import TrainConfig, unfrozen
+from mamf.config import unfrozen
 from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
+
+if TYPE_CHECKING:
+    from mamf.config import TrainConfig  # built from the declared settings when first used
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from mamf.config import build_config, deep_merge, to_dict
+from mamf.config import CORE, build_config, deep_merge, to_dict
 from mamf.errors import MamfError
+from mamf.settings import Setting
 
 
 def settings_file(path: str) -> dict:
@@ -35,6 +36,25 @@ TRAIN_FLAGS = {
     "tensorboard": "train.log_dir",
 }
 EVAL_FLAGS = {"split": "metatest.split"}
+DECLARED = {s.key: s for s in CORE if isinstance(s, Setting)}
+
+
+def _setting(p: argparse.ArgumentParser, flag: str, key: str, help: str | None = None,
+             **kwargs) -> None:
+    """A flag for the core setting `key`: its type, choices and help (with its default) from the
+    setting's declaration (`mamf.config.CORE`); `help` replaces the declared text."""
+    setting = DECLARED[key]
+    kind = next((t for t in (int, float) if t is setting.type or t in
+                 getattr(setting.type, "__args__", ())), None)
+    default = setting.default
+    if isinstance(default, float):
+        default = f"{default:g}".replace("e-0", "e-")
+    elif isinstance(default, str) and " " in default:
+        default = repr(default)
+    said = f" (default {default})" if default not in (None, "", [], False) else ""
+    choices = setting.choices if isinstance(setting.choices, tuple) else None
+    p.add_argument(flag, type=kind, choices=choices, help=f"{help or setting.help}{said}",
+                   **kwargs)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -43,29 +63,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="a shipped preset: cpu (frozen towers, minutes on a CPU) "
                    "or clip-lora (CLIP-LoRA's recipe); --config and --set apply over it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any setting, e.g. --set train.lr=1e-5 (repeatable)")
-    p.add_argument("--data", help="image folder: <root>/<label>/<image> or "
-                   "<root>/<subdataset>/<label>/<image>")
-    p.add_argument("--subdataset", help="which subdataset of a nested folder (default: none, "
-                   "the folder's labels)")
-    p.add_argument("--template", help="prompt template with {label} (default 'A photo of a "
-                   "{label}.'); a label_to_text.json beside the data wins")
+                   help="override any setting, e.g. --set train.lr=1e-5 or --set "
+                   "baseline.coop_lr=0.01 (repeatable); `mamf methods` lists the methods' and "
+                   "task samplers' own settings with their defaults")
+    _setting(p, "--data", "data.root")
+    _setting(p, "--subdataset", "data.subdataset", "which subdataset of a nested folder "
+             "(default: none, the folder's labels)")
+    _setting(p, "--template", "data.template")
     p.add_argument("--protocol", help="paper: per-class 60/20/20 image split, K(n,N) tasks; episodic: "
                    "class-disjoint splits, N-way K-shot episodes; coop: all-way, --shots K "
                    "training images per class drawn by --seed, the whole test split scored; "
                    "base2novel: coop on the first half of the classes, tested on both halves "
                    "(default paper)")
-    p.add_argument("--split-file", help="coop/base2novel: a CoOp split file "
-                   "(split_zhou_<Dataset>.json) instead of the 60/20/20 per-class split "
-                   "(default: none)")
-    p.add_argument("--seed", type=int, help="seed for tasks, training and adaptation (default 312)")
-    p.add_argument("--shots", type=int, help="episodic: support images per class; coop, "
-                   "base2novel: training shots per class (default 1)")
-    p.add_argument("--queries", type=int, help="episodic: query images per class (default 15)")
-    p.add_argument("--tasks", type=int, help="episodic: number of test episodes (default 600)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (default auto: bf16 on a GPU, fp32 on a CPU)")
+    _setting(p, "--split-file", "data.split_file")
+    _setting(p, "--seed", "seed")
+    _setting(p, "--shots", "data.shots")
+    _setting(p, "--queries", "data.queries")
+    _setting(p, "--tasks", "data.tasks")
+    _setting(p, "--device", "device")
+    _setting(p, "--precision", "precision")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -99,19 +115,13 @@ def parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="run folder to write")
     tr.add_argument("--ways", help="task size n for methods that train on tasks (default 5); "
                     "a comma list or 'all' trains one run per size, in <out>/ways-<n>")
-    tr.add_argument("--lr", type=float, help="Adam learning rate (default 1e-6)")
-    tr.add_argument("--epochs", type=float, help="passes over the training pool (default 8)")
-    tr.add_argument("--batch-size", type=int, help="default 32")
-    tr.add_argument("--steps", type=int, help="optimiser steps (default: from --epochs)")
-    tr.add_argument("--heads", choices=["pretrained", "random"],
-                    help="default pretrained; random reproduces the official code's fresh "
-                    "projection heads")
-    tr.add_argument("--schedule", choices=["sampled", "sequential"],
-                    help="mamf: sampled, a task drawn per step (default sampled), or sequential, "
-                    "the official K tasks in turn")
-    tr.add_argument("--candidates", choices=["task", "batch"],
-                    help="task: the loss over the task's classes (default task), or batch: only "
-                    "the batch's (official)")
+    _setting(tr, "--lr", "train.lr")
+    _setting(tr, "--epochs", "train.epochs")
+    _setting(tr, "--batch-size", "train.batch_size")
+    _setting(tr, "--steps", "train.steps", "optimiser steps (default: from --epochs)")
+    _setting(tr, "--heads", "train.heads")
+    _setting(tr, "--schedule", "train.schedule")
+    _setting(tr, "--candidates", "train.candidates")
     tr.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard scalars (loss, "
                     "learning rate, images/s) to DIR (default: none); train_log.csv in --out always has them")
     _common(tr)
@@ -125,8 +135,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
     ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1); "
                     "default 5, or a run's own")
-    ev.add_argument("--split", choices=["train", "dev", "test"],
-                    help="default test; train: tasks from the training split (overfitting)")
+    _setting(ev, "--split", "metatest.split")
     ev.add_argument("--method",
                     help="the test-time method: with --model one that does not train (default "
                     "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "
@@ -208,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("--quiet", action="store_true", help="no progress bars")
 
     sub.add_parser("models", help="list the built-in models")
-    sub.add_parser("methods", help="list the methods and task samplers")
+    sub.add_parser("methods", help="list the methods and task samplers, each with its own "
+                   "settings (default, range, help)")
     return ap
 
 
@@ -319,17 +329,36 @@ def cmd_models(args) -> None:
 
 
 def cmd_methods(args) -> None:
-    from mamf import methods, samplers
+    print(methods_listing())
+
+
+def methods_listing() -> str:
+    """`mamf methods`: the methods and task samplers, each with its own settings (key, default,
+    range, help) indented below it, then any protocol's or model's settings."""
+    from mamf import methods, protocols, samplers
+    from mamf.models import registry as models
 
     width = max(len(n) for n in (*methods.names(), *samplers.names())) + 2
+    lines = []
+
+    def own(settings) -> None:
+        lines.extend(f"{'':{width}}  {s.describe()}" for s in settings)
+
     for name in methods.names():
         kind = methods.method_class(name)
         what = ("trains per task size" if kind.trains_per_ways else "trains once") \
             if kind.trains else "no training"
-        print(f"{name:{width}}{kind.summary} [{what}]")
-    print("\ntask samplers (train.sampler, for methods that train on tasks):")
+        lines.append(f"{name:{width}}{kind.summary} [{what}]")
+        own(kind.settings)
+    lines.append(f"\ntask samplers ({samplers.SAMPLER.describe()}):")
     for name in samplers.names():
-        print(f"{name:{width}}{samplers.REGISTRY[name].summary}")
+        lines.append(f"{name:{width}}{samplers.REGISTRY[name].summary}")
+        own(samplers.REGISTRY[name].settings)
+    others = [*protocols.settings(), *models.settings()]
+    if others:
+        lines.append("\nsettings of the protocols and models:")
+        own(others)
+    return "\n".join(lines)
 
 
 def cmd_experiment(args) -> None:

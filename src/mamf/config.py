@@ -1,7 +1,11 @@
-"""Configuration: one dataclass per concern, loadable from YAML, overridable from the command line.
+"""Configuration: the declared settings, loadable from YAML, overridable from the command line.
 
-Every key is checked: an unknown key or a value of the wrong type is one clear error, and YAML is
-read with `safe_load`, so a config file can never import or execute anything.
+Every setting is a `mamf.settings.Setting`: the core ones are declared here, a plug-in's in its
+own file (a method's, a task sampler's, a protocol's, a model family's `settings`). The config's
+sections (data, train, metatest, baseline) are dataclasses built from all of them the first time
+a config is made, after the registries have loaded. Every key is checked: an unknown key, a value
+of the wrong type or out of its declared range is one clear error, and YAML is read with
+`safe_load`, so a config file can never import or execute anything.
 """
 
 from __future__ import annotations
@@ -17,215 +21,267 @@ from pathlib import Path
 import yaml
 
 from mamf.errors import MamfError, shown
+from mamf.settings import Setting, gather
 
-
-@dataclass
-class DataConfig:
-    """Which images, which prompts, which protocol and task shape."""
-
-    root: str = ""
-    subdataset: str | None = None
-    template: str = "A photo of a {label}."
-    # a prompt ensemble instead of `template`: templates with {label} (or {}), or one set's name
-    # (imagenet: CLIP's 80 ImageNet templates); class embedding = mean of the normalised ones
-    templates: list[str] | None = None
-    protocol: str = "paper"
-    ways: int = 5
-    start_n: int = 2
-    shots: int = 1
-    queries: int = 15
-    tasks: int = 600
-    class_split: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
-    split_seed: int = 0
-    support_match: str | None = None
-    query_match: str | None = None
-    # coop and base2novel: a CoOp split file (split_zhou_<Dataset>.json); else 60/20/20 per class
-    split_file: str | None = None
-    # training uses only images whose file name contains this (e.g. one emoji vendor's set)
-    train_match: str | None = None
-
-
-@dataclass
-class TrainConfig:
-    """How a method fine-tunes on the training pool (defaults: docs/method.md, "Defaults")."""
-
-    method: str = "mamf"
-    sampler: str = "uniform"  # which classes a training task gets (methods that draw tasks)
-    # similar, diverse, curriculum: temperature on prompt cosine similarities (smaller: sharper)
-    sampler_tau: float = 0.1
-    # confusion: how much of a class pair's old potential is kept at each update (0..1) and how
-    # strongly a step's confusion raises it (docs/method.md, "Task samplers")
-    sampler_discount: float = 0.5
-    sampler_scale: float = 1.0
-    lr: float = 1e-6
-    epochs: float = 8.0
-    batch_size: int = 32
-    steps: int | None = None
-    # matched: every method gets classical fine-tuning's updates and images per update; native:
-    # each method's own schedule (docs/method.md, "Budgets"). Experiments default to matched.
-    budget: str = "native"
-    heads: str = "pretrained"
-    schedule: str = "sampled"
-    candidates: str = "task"
-    inner_lr: float = 1e-7
-    inner_epochs: int = 1
-    meta_batch: int = 1
-    inner_batch_size: int = 8
-    augment: bool = True
-    crop_scale: float = 0.8
-    freeze_image_backbone: bool = False
-    freeze_text_tower: bool = False
-    # the last k blocks (layers) of a tower train, the ones below are frozen and their outputs
-    # cached: an integer >= 0 (0: frozen) or "all" (end to end); unset: the freeze_* key decides
-    unfreeze_image_blocks: int | str | None = None
-    unfreeze_text_layers: int | str | None = None
-    weight_decay: float = 0.0
-    # the learning rate over the steps: constant, or cosine decay from `lr` to 0 at the last step
-    lr_schedule: str = "constant"
-    # steps = this x data.shots when set (CLIP-LoRA's "500 x shots iterations"); not with `steps`
-    steps_per_shot: int | None = None
-    checkpoint_every: int = 100
-    # TensorBoard scalars (loss, lr, images/s) go here when set (`--tensorboard DIR`); a CSV of
-    # the same is always the run folder's train_log.csv. Not a setting of the measurement.
-    log_dir: str | None = None
-    # every this many steps, the dev split's tasks are scored (no test-time adaptation) into the
-    # log's dev_acc; unset: never. Like log_dir, not a setting of the measurement
-    eval_every: int | None = None
-    # under torchrun: batch_size stays the global batch; ddp replicates the model on every rank,
-    # fsdp shards parameters, gradients and optimiser state (models too big for one GPU)
-    parallel: str = "ddp"
-    # low-rank adapters (peft's LoRA) instead of full fine-tuning: only the adapters, the logit
-    # scale and (with heads=random) the fresh heads train; lora_targets empty = the model's own
-    # defaults (docs/method.md, "LoRA")
-    adapter: str = "none"
-    lora_rank: int = 2
-    lora_alpha: float = 1.0
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=list)
-
-
-@dataclass
-class MetaTestConfig:
-    """Per-test-task adaptation on the support set, then query scoring."""
-
-    split: str = "test"
-    lr: float = 1e-7
-    epochs: int = 5
-    batch_size: int = 8
-    reset: bool = True
-    augment: bool = False
-    # FOMAML adapts to a test task as its inner loop does: plain SGD with these settings
-    inner_lr: float = 1e-7
-    inner_epochs: int = 1
-    inner_batch_size: int = 8
-    # WiSE-FT: score (1 - alpha) * zero-shot + alpha * trained weights, one row per alpha;
-    # empty: the trained weights as they are (rows carry alpha null)
-    interpolate: list[float] = field(default_factory=list)
-    # keep each test task's predictions in its row (`predictions`: a few bytes per query image;
-    # the report's per-class accuracy and confusion matrix read them). Not a setting of the
-    # measurement
-    save_predictions: bool = False
-
-
-@dataclass
-class BaselineConfig:
-    """The test-time baselines' settings (docs/method.md, "Baselines")."""
-
-    # linear-probe: full-batch Adam steps on the support set, from the class prompts' embeddings
-    probe_steps: int = 100
-    probe_lr: float = 1e-3
-    probe_weight_decay: float = 0.0
-    # prototype: weight of the support mean against the prompt embedding (1: nearest mean only)
-    prototype_mix: float = 0.5
-    # tip-adapter(-f): the alpha x beta grid searched on dev-split tasks (never test ones)
-    tip_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 3.0])
-    tip_betas: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 7.0])
-    # tip-adapter-f: fine-tuning of the cache keys on the support set (the paper's defaults)
-    tip_f_epochs: int = 20
-    tip_f_lr: float = 1e-3
-    tip_f_alpha: float = 1.0
-    tip_f_beta: float = 1.0
-    # gda: the weight of the Gaussian discriminant's logits, chosen on dev tasks from this grid
-    gda_alphas: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0,
-                                                             100.0])
-    # lp++: full-batch epochs (the blend's step every `lpp_alpha_every` of them), no validation
-    lpp_epochs: int = 300
-    lpp_alpha_every: int = 10
-    # clap / zs-lp: SGD (momentum 0.9) with cosine decay over full-batch epochs, no validation
-    clap_epochs: int = 300
-    clap_lr: float = 0.1
-    # taskres: Adam with cosine decay on a residual scaled by `taskres_scale`, no validation
-    taskres_epochs: int = 200
-    taskres_lr: float = 2e-3
-    taskres_scale: float = 0.5
-    # prolip: full-batch Adam with cosine decay on the image projection; lambda = 1 / shots
-    prolip_epochs: int = 300
-    prolip_lr: float = 1e-3
-    # ape: the share of channels kept, the criterion's weights, and the dev-task grids
-    ape_channels: float = 0.8
-    ape_weights: list[float] = field(default_factory=lambda: [0.5, 0.5])
-    ape_alphas: list[float] = field(default_factory=lambda: [0.1, 0.5, 1.0, 2.0, 4.0, 7.0])
-    ape_betas: list[float] = field(default_factory=lambda: [0.1, 1.0, 2.0, 3.5, 5.0, 7.0])
-    ape_gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 0.75])
-    # coop / cocoop: the learned context in front of the class name, trained by SGD (momentum
-    # 0.9, weight decay 5e-4) at this rate over train.steps / train.epochs; `*_init` words
-    # start it (their token count is M), "" draws M = `coop_context` vectors from N(0, 0.02);
-    # `coop_class_specific`: one context per class (CoOp's CSC) instead of one shared
-    coop_context: int = 16
-    coop_init: str = "a photo of a"
-    coop_class_specific: bool = False
-    coop_lr: float = 2e-3
-    cocoop_init: str = "a photo of a"
-    cocoop_lr: float = 2e-3
-
-
-@dataclass
-class Config:
-    model: str = "effnet-minilm"
-    seed: int = 312
-    device: str = "auto"
-    precision: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    metatest: MetaTestConfig = field(default_factory=MetaTestConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-
-
-CHOICES = {
-    "train.heads": ("pretrained", "random"),
-    "train.schedule": ("sampled", "sequential"),
-    "train.budget": ("matched", "native"),
-    "train.candidates": ("task", "batch"),
-    "train.parallel": ("ddp", "fsdp"),
-    "metatest.split": ("train", "dev", "test"),
-    "train.adapter": ("none", "lora"),
-    "train.lr_schedule": ("constant", "cosine"),
-    "device": ("auto", "cpu", "cuda") ,
-    "precision": ("auto", "fp32", "bf16", "fp16"),
-}
-POSITIVE = {"data.ways", "data.shots", "data.queries", "data.tasks", "data.start_n",
-            "train.lr", "train.epochs", "train.batch_size", "train.steps", "train.steps_per_shot",
-            "train.inner_epochs", "train.meta_batch", "train.inner_batch_size", "train.eval_every",
-            "train.lora_rank", "train.lora_alpha", "train.crop_scale", "train.sampler_tau",
-            "metatest.batch_size", "baseline.coop_context", "baseline.coop_lr", "baseline.cocoop_lr",
-            "metatest.inner_batch_size"}
-SEEDS = ("seed", "data.split_seed")
-# numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
-# range's top keeps a seed valid for both and for any tool that stores it as an int64
-MAX_SEED = 2**63 - 1
-NON_NEGATIVE = {"train.checkpoint_every", "train.inner_lr", "train.weight_decay",
-                "train.sampler_discount", "train.sampler_scale", "metatest.lr",
-                "metatest.epochs", "metatest.inner_lr", "metatest.inner_epochs",
-                "baseline.probe_steps", "baseline.probe_lr", "baseline.probe_weight_decay",
-                "baseline.prototype_mix", "baseline.tip_f_epochs", "baseline.tip_f_lr",
-                "baseline.tip_f_alpha", "baseline.tip_f_beta",
-                "train.lora_dropout"}
+SECTIONS = ("data", "train", "metatest", "baseline")
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
            "data.tasks": 10**7}
+# numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
+# range's top keeps a seed valid for both and for any tool that stores it as an int64
+MAX_SEED = 2**63 - 1
+SEEDS = ("seed", "data.split_seed")
 # config and experiment files nest a handful of levels; anything far deeper is a mistake or an attack
 MAX_DEPTH = 32
+
+
+def _protocols() -> tuple[str, ...]:
+    from mamf import protocols
+
+    return protocols.names()
+
+
+def _trained_methods() -> tuple[str, ...]:
+    from mamf import methods
+
+    return methods.names(trained=True)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a kind of plug-in's settings sit among the core settings of the section it is in (a
+    kind without a slot in a section has its settings at the section's end)."""
+
+    kind: str
+
+
+def _count(key: str, default: int, help: str) -> Setting:
+    return Setting(key, int, default, help, minimum=0, above=True, maximum=AT_MOST[key])
+
+
+# the core settings, in the order a config lists them (docs/method.md, "Defaults")
+CORE = (
+    Setting("model", str, "effnet-minilm", "a built-in name (`mamf models`), a CLIP or SigLIP "
+            "model folder, or a hub id"),
+    Setting("seed", int, 312, "seed for tasks, training and adaptation"),
+    Setting("device", str, "auto", "where to run", choices=("auto", "cpu", "cuda")),
+    Setting("precision", str, "auto", "autocast precision (auto: bf16 on a GPU, fp32 on a CPU)",
+            choices=("auto", "fp32", "bf16", "fp16")),
+    # data: which images, which prompts, which protocol and task shape
+    Setting("data.root", str, "", "image folder: <root>/<label>/<image> or "
+            "<root>/<subdataset>/<label>/<image>"),
+    Setting("data.subdataset", str | None, None, "which subdataset of a nested folder"),
+    Setting("data.template", str, "A photo of a {label}.", "prompt template with {label}; a "
+            "label_to_text.json beside the data wins"),
+    Setting("data.templates", list[str] | None, None, "a prompt ensemble instead of `template`: "
+            "templates with {label} (or {}), or one set's name (imagenet: CLIP's 80 ImageNet "
+            "templates); a class's embedding is the mean of the normalised ones", later=True),
+    Setting("data.protocol", str, "paper", "how a dataset becomes tasks (docs/method.md, "
+            "\"Protocols\")", choices=_protocols),
+    _count("data.ways", 5, "task size n for methods that train on tasks, and of test tasks"),
+    Setting("data.start_n", int, 2, "the smallest task size of `--ways all`", minimum=2,
+            maximum=AT_MOST["data.start_n"]),
+    _count("data.shots", 1, "episodic: support images per class; coop, base2novel: training "
+           "shots per class"),
+    _count("data.queries", 15, "episodic: query images per class"),
+    _count("data.tasks", 600, "episodic: number of test episodes"),
+    Setting("data.class_split", list[float], [0.6, 0.2, 0.2], "the train, dev and test shares"),
+    Setting("data.split_seed", int, 0, "seed of the class or image split"),
+    Setting("data.support_match", str | None, None, "support images are those whose file name "
+            "holds this (with data.query_match)"),
+    Setting("data.query_match", str | None, None, "query images are those whose file name holds "
+            "this (with data.support_match)"),
+    Setting("data.split_file", str | None, None, "coop and base2novel: a CoOp split file "
+            "(split_zhou_<Dataset>.json) instead of 60/20/20 per class", later=True),
+    Setting("data.train_match", str | None, None, "training uses only images whose file name "
+            "holds this (e.g. one emoji vendor's set)", nonempty=True, later=True),
+    # train: how a method fine-tunes on the training pool
+    Setting("train.method", str, "mamf", "the method that trains (`mamf methods`)",
+            choices=_trained_methods),
+    Slot("samplers"),  # train.sampler and the task samplers' own settings
+    Setting("train.lr", float, 1e-6, "Adam learning rate", minimum=0, above=True),
+    Setting("train.epochs", float, 8.0, "passes over the training pool", minimum=0, above=True),
+    Setting("train.batch_size", int, 32, "images per step", minimum=0, above=True),
+    Setting("train.steps", int | None, None, "optimiser steps (unset: from train.epochs)",
+            minimum=0, above=True),
+    Setting("train.budget", str, "native", "matched: every method gets classical fine-tuning's "
+            "updates and images per update; native: each method's own schedule "
+            "(docs/method.md, \"Budgets\"); experiments default to matched",
+            choices=("matched", "native"), later=True),
+    Setting("train.heads", str, "pretrained", "random: fresh projection heads, as the official "
+            "code", choices=("pretrained", "random")),
+    Setting("train.schedule", str, "sampled", "mamf: a task drawn per step (sampled) or the "
+            "official K tasks in turn (sequential)", choices=("sampled", "sequential")),
+    Setting("train.candidates", str, "task", "the loss over the task's classes (task) or only "
+            "the batch's (batch, official)", choices=("task", "batch")),
+    Slot("methods"),  # a method's own train settings (fomaml's inner loop)
+    Setting("train.augment", bool, True, "random crops and flips of training images"),
+    Setting("train.crop_scale", float, 0.8, "the smallest crop's share of the image's area",
+            minimum=0, above=True, maximum=1),
+    Setting("train.freeze_image_backbone", bool, False, "the image tower is frozen (its outputs "
+            "cached)"),
+    Setting("train.freeze_text_tower", bool, False, "the text tower is frozen (its outputs "
+            "cached)"),
+    Setting("train.unfreeze_image_blocks", int | str | None, None, "the last k blocks of the "
+            "image tower train, the ones below are frozen and cached: k >= 0 (0: frozen) or all "
+            "(end to end); unset: train.freeze_image_backbone decides", later=True),
+    Setting("train.unfreeze_text_layers", int | str | None, None, "the last k layers of the text "
+            "tower train: k >= 0 or all; unset: train.freeze_text_tower decides", later=True),
+    Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0),
+    Setting("train.lr_schedule", str, "constant", "the rate over the steps: constant, or cosine "
+            "decay from train.lr to 0 at the last step", choices=("constant", "cosine"), later=True),
+    Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
+            "\"500 x shots iterations\"); not with train.steps", minimum=0, above=True, later=True),
+    Setting("train.checkpoint_every", int, 100, "steps between checkpoints", minimum=0),
+    Setting("train.log_dir", str | None, None, "TensorBoard scalars (loss, lr, images/s) go "
+            "here (train_log.csv always has them); not a setting of the measurement"),
+    Setting("train.eval_every", int | None, None, "every this many steps the dev split's tasks "
+            "are scored into the log's dev_acc; not a setting of the measurement", minimum=0,
+            above=True),
+    Setting("train.parallel", str, "ddp", "under torchrun: ddp replicates the model, fsdp "
+            "shards it (models too big for one GPU); train.batch_size stays the global batch",
+            choices=("ddp", "fsdp")),
+    Setting("train.adapter", str, "none", "lora: low-rank adapters (peft) train instead of the "
+            "whole model (docs/method.md, \"LoRA\")", choices=("none", "lora"), later=True),
+    Setting("train.lora_rank", int, 2, "LoRA's rank", minimum=0, above=True, later=True),
+    Setting("train.lora_alpha", float, 1.0, "LoRA's alpha", minimum=0, above=True, later=True),
+    Setting("train.lora_dropout", float, 0.0, "LoRA's dropout probability", minimum=0,
+            maximum=1, below=True, later=True),
+    Setting("train.lora_targets", list[str], [], "the layers LoRA adapts (empty: the model's "
+            "own defaults)", later=True),
+    # metatest: per-test-task adaptation on the support set, then query scoring
+    Setting("metatest.split", str, "test", "which split's tasks are scored (train: "
+            "overfitting)", choices=("train", "dev", "test")),
+    Setting("metatest.lr", float, 1e-7, "Adam rate of the adaptation to a test task's support "
+            "set", minimum=0),
+    Setting("metatest.epochs", int, 5, "passes over the support set (0: no adaptation)",
+            minimum=0),
+    Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),
+    Setting("metatest.reset", bool, True, "the trained weights are restored before each task"),
+    Setting("metatest.augment", bool, False, "random crops and flips of support images"),
+    Slot("methods"),  # a method's own metatest settings (fomaml's test-time inner loop)
+    Setting("metatest.interpolate", list[float], [], "WiSE-FT: score (1 - alpha) x zero-shot + "
+            "alpha x trained weights, one row per alpha, each in [0, 1]; empty: the trained "
+            "weights as they are"),
+    Setting("metatest.save_predictions", bool, False, "keep each test task's predictions in its "
+            "row (the report's per-class accuracy and confusion matrix read them); not a setting "
+            "of the measurement"),
+)
+TOP = {s.key: s for s in CORE if isinstance(s, Setting) and not s.section}
+
+
+class Section:
+    """A section of a config (data, train, metatest, baseline): the dataclasses `section_class`
+    builds from the declarations derive from it."""
+
+
+def _section(name: str):
+    return field(default_factory=lambda: section_class(name)())
+
+
+@dataclass
+class Config:
+    """All the settings of a run: four top-level ones and the sections (`section_class`)."""
+
+    model: str = TOP["model"].default
+    seed: int = TOP["seed"].default
+    device: str = TOP["device"].default
+    precision: str = TOP["precision"].default
+    data: Section = _section("data")
+    train: Section = _section("train")
+    metatest: Section = _section("metatest")
+    baseline: Section = _section("baseline")
+
+
+# the section classes under the names they had as hand-written dataclasses (pickle finds them so)
+CLASS_NAMES = {"DataConfig": "data", "TrainConfig": "train", "MetaTestConfig": "metatest",
+               "BaselineConfig": "baseline"}
+
+
+def __getattr__(name: str):
+    if name in CLASS_NAMES:
+        return section_class(CLASS_NAMES[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _registries() -> dict[str, dict]:
+    """Each kind of plug-in's registry (importing them registers the built-in plug-ins)."""
+    from mamf import methods, protocols, samplers
+    from mamf.models import registry as models
+
+    return {"methods": methods.REGISTRY, "samplers": samplers.REGISTRY,
+            "protocols": protocols.REGISTRY, "models": models.DECLARED}
+
+
+def plugin_settings() -> dict[str, list[Setting]]:
+    """Each kind of plug-in's declared settings, in registration order."""
+    from mamf import methods, protocols, samplers
+    from mamf.models import registry as models
+
+    return {"methods": methods.settings(), "samplers": samplers.settings(),
+            "protocols": protocols.settings(), "models": models.settings()}
+
+
+# per state of the registries: the declared settings and the sections' classes built from them
+_MADE: dict[tuple, tuple[dict[str, Setting], dict[str, type]]] = {}
+
+
+def _made() -> tuple[dict[str, Setting], dict[str, type]]:
+    """Made once for each state of the registries: a plug-in registered later (as in a test)
+    gets sections of its own."""
+    state = tuple(tuple(r.items()) for r in _registries().values())
+    if state not in _MADE:
+        settings = _order(plugin_settings())
+        _MADE[state] = settings, {section: _make(section, [s for s in settings.values()
+                                                           if s.section == section])
+                                  for section in SECTIONS}
+    return _MADE[state]
+
+
+def declared() -> dict[str, Setting]:
+    """Every setting by its dotted key, in the order a config lists them."""
+    return _made()[0]
+
+
+def section_class(name: str) -> type:
+    """The dataclass of section `name` (data, train, metatest, baseline)."""
+    return _made()[1][name]
+
+
+def _order(plugins: dict[str, list[Setting]]) -> dict[str, Setting]:
+    """The core settings in their order, each kind of plug-in's at its `Slot`, or else at the
+    end of their section."""
+    known = {s.key for s in CORE if isinstance(s, Setting)}
+    for kind, settings in plugins.items():
+        for s in settings:
+            if s.section not in SECTIONS or s.key in known:
+                where = "is a core setting" if s.key in known else \
+                    f"is not in a section ({', '.join(SECTIONS)})"
+                raise ValueError(f"{kind}: setting {s.key!r} {where}")
+    ordered: list[Setting] = []
+    for section in ("", *SECTIONS):
+        slotted, current = set(), ""
+        for item in CORE:
+            if isinstance(item, Setting):
+                current = item.section
+                if current == section:
+                    ordered.append(item)
+            elif current == section:  # a Slot, in the section of the setting before it
+                slotted.add(item.kind)
+                ordered += [s for s in plugins[item.kind] if s.section == section]
+        ordered += [s for kind, settings in plugins.items() if kind not in slotted
+                    for s in settings if s.section == section]
+    return {s.key: s for s in gather([ordered])}
+
+
+def _make(section: str, settings: list[Setting]) -> type:
+    class_name = next(k for k, v in CLASS_NAMES.items() if v == section)
+    fields = [(s.name, s.type, field(default_factory=s.new_default)) for s in settings]
+    made = dataclasses.make_dataclass(class_name, fields, bases=(Section,))
+    made.__module__ = __name__
+    made.__doc__ = f"The {section} section: {', '.join(s.name for s in settings) or 'empty'}."
+    return made
 
 
 def _coerce(key: str, value, annotation):
@@ -300,44 +356,40 @@ def _is_integer(text: str) -> bool:
     return True
 
 
-def _hints(obj) -> dict:
-    return typing.get_type_hints(type(obj))
-
-
 def set_value(config: Config, dotted: str, value) -> None:
-    """Set `section.key` (or a top-level key) with type checking."""
+    """Set `section.key` (or a top-level key) with type checking; a section's name takes a
+    mapping of its keys."""
+    settings = declared()
+    if dotted in SECTIONS:
+        if isinstance(value, str):  # from the command line: `{lr: 1e-5, steps: 10}`
+            value = parse_yaml(value, f"config {dotted}")
+        if not isinstance(value, dict):
+            raise MamfError(f"config {dotted} must be a mapping of its keys")
+        for k, v in value.items():
+            set_value(config, f"{dotted}.{_key_name(k)}", v)
+        return
+    if dotted not in settings:
+        raise MamfError(_unknown(dotted, settings))
+    setting = settings[dotted]
+    target = getattr(config, setting.section) if setting.section else config
+    setattr(target, setting.name, _coerce(dotted, value, setting.type))
+
+
+def _unknown(dotted: str, settings: dict[str, Setting]) -> str:
+    """Why `dotted` names no setting: which part is unknown (and the known names there), or
+    which setting it treats as a section."""
     parts = dotted.split(".")
-    target = config
-    for i, part in enumerate(parts):
-        hints = _hints(target)
-        if part not in hints:
-            prefix = ".".join(parts[:i])
-            known = ", ".join(sorted(hints))
+    for i in range(1, len(parts) + 1):
+        prefix, head = ".".join(parts[:i - 1]), ".".join(parts[:i])
+        if head in settings:
+            return f"config {head} is not a section"
+        if head not in SECTIONS:
+            below = f"{prefix}." if prefix else ""
+            known = sorted({k[len(below):].split(".")[0] for k in settings if k.startswith(below)}
+                           | (set() if prefix else set(SECTIONS)))
             where = f" in section {prefix!r}" if prefix else ""
-            raise MamfError(f"unknown config key {shown(dotted)}{where} (known: {known})")
-        if i == len(parts) - 1:
-            if dataclasses.is_dataclass(getattr(target, part)):
-                if isinstance(value, str):  # from the command line: `{lr: 1e-5, steps: 10}`
-                    value = parse_yaml(value, f"config {dotted}")
-                if not isinstance(value, dict):
-                    raise MamfError(f"config {dotted} must be a mapping of its keys")
-                for k, v in value.items():
-                    set_value(config, f"{dotted}.{_key_name(k)}", v)
-                return
-            setattr(target, part, _coerce(dotted, value, hints[part]))
-            return
-        target = getattr(target, part)
-        if not dataclasses.is_dataclass(target):
-            raise MamfError(f"config {'.'.join(parts[:i + 1])} is not a section")
-
-
-def registry_choices() -> dict[str, tuple[str, ...]]:
-    """Choices that plug-ins add to: protocols, trained methods and task samplers (imported when
-    needed)."""
-    from mamf import methods, protocols, samplers
-
-    return {"data.protocol": protocols.names(), "train.method": methods.names(trained=True),
-            "train.sampler": samplers.names()}
+            return f"unknown config key {shown(dotted)}{where} (known: {', '.join(known)})"
+    return f"config {dotted} is not a setting"
 
 
 def _key_name(key) -> str:
@@ -346,24 +398,18 @@ def _key_name(key) -> str:
     return key
 
 
+def value_of(config: Config, key: str):
+    """The value of dotted `key` in `config`."""
+    section, _, name = key.rpartition(".")
+    return getattr(getattr(config, section) if section else config, name)
+
+
 def validate(config: Config) -> Config:
-    flat = to_dict(config)
-    for key, choices in {**CHOICES, **registry_choices()}.items():
-        value = _get(flat, key)
-        if value not in choices:
-            raise MamfError(f"config {key} must be one of {', '.join(choices)}; got {shown(value)}")
-    for key in POSITIVE:
-        value = _get(flat, key)
-        if value is not None and value <= 0:
-            raise MamfError(f"config {key} must be positive, got {shown(value)}")
+    """Every value against its declaration (range, choices), then the rules between settings."""
+    for key, setting in declared().items():
+        setting.check(value_of(config, key))
     for key in SEEDS:
-        check_seed(f"config {key}", _get(flat, key))
-    for key, top in AT_MOST.items():
-        if _get(flat, key) > top:
-            raise MamfError(f"config {key} must be at most {top}, got {shown(_get(flat, key))}")
-    for key in NON_NEGATIVE:
-        if _get(flat, key) < 0:
-            raise MamfError(f"config {key} must not be negative, got {shown(_get(flat, key))}")
+        check_seed(f"config {key}", value_of(config, key))
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
     image_blocks, text_layers = unfrozen(config.train)
@@ -375,35 +421,19 @@ def validate(config: Config) -> Config:
         raise MamfError(f"{which}=true cannot go with train.unfreeze_image_blocks="
                         f"{image_blocks}: augmentation acts on pixels and the frozen blocks' "
                         f"outputs are cached; set {which}=false")
-    if config.train.sampler_discount > 1:
-        raise MamfError("config train.sampler_discount is the share of a potential kept, at most 1")
-    if config.train.crop_scale > 1:
-        raise MamfError("config train.crop_scale is the smallest crop area fraction, at most 1")
-    if config.baseline.prototype_mix > 1:
-        raise MamfError("config baseline.prototype_mix is the support mean's weight, at most 1")
-    b = config.baseline
-    if not b.tip_alphas or not b.tip_betas or min(b.tip_alphas + b.tip_betas) < 0:
-        raise MamfError("config baseline.tip_alphas and tip_betas must be non-empty lists of "
-                        "numbers >= 0")
     if config.train.adapter != "none" and config.train.parallel == "fsdp":
         raise MamfError("train.adapter=lora cannot go with train.parallel=fsdp: adapters train "
                         "few enough values for ddp")
-    if config.train.lora_dropout >= 1:
-        raise MamfError("config train.lora_dropout is a dropout probability, below 1")
     if not all(0 <= a <= 1 for a in config.metatest.interpolate):
         raise MamfError(f"config metatest.interpolate holds weights of the trained model, each "
                         f"in [0, 1]; got {shown(config.metatest.interpolate)}")
     if len(set(config.metatest.interpolate)) != len(config.metatest.interpolate):
         raise MamfError("config metatest.interpolate lists an alpha twice")
-    if config.data.train_match == "":
-        raise MamfError("config data.train_match must not be empty (it would match every file)")
     if not all(t.strip() for t in config.train.lora_targets):
         raise MamfError("config train.lora_targets must hold layer names, not empty strings")
     if config.train.steps is not None and config.train.steps_per_shot is not None:
         raise MamfError("config train.steps and train.steps_per_shot both set the step count: "
                         "set one of them")
-    if config.data.start_n < 2:
-        raise MamfError("config data.start_n must be at least 2")
     return config
 
 
@@ -411,7 +441,7 @@ UNFREEZE = {"unfreeze_image_blocks": "freeze_image_backbone",
             "unfreeze_text_layers": "freeze_text_tower"}
 
 
-def unfrozen(train: TrainConfig) -> tuple[int | None, int | None]:
+def unfrozen(train: Section) -> tuple[int | None, int | None]:
     """How many top blocks of the image tower and top layers of the text tower train: k >= 0
     (0: the tower is frozen), None: all of it (end to end). An unset `unfreeze_*` key follows its
     `freeze_*` key; the two may not disagree. The counts are checked against the model in
@@ -437,12 +467,6 @@ def check_seed(what: str, value: int) -> None:
     """Seeds reach numpy and torch: refuse one that either would reject."""
     if not 0 <= value <= MAX_SEED:
         raise MamfError(f"{what} must be an integer in [0, 2**63-1], got {shown(value)}")
-
-
-def _get(flat: dict, dotted: str):
-    for part in dotted.split("."):
-        flat = flat[part]
-    return flat
 
 
 def to_dict(config) -> dict:

@@ -238,10 +238,11 @@ def row_sampler(row: dict) -> str | None:
     method that draws tasks) or by none."""
     if "sampler" in row:
         return row["sampler"]
-    from mamf import methods
+    from mamf import methods, samplers
 
     known = row["method"] in methods.REGISTRY
-    return "uniform" if known and methods.method_class(row["method"]).draws_tasks else None
+    drawn = known and methods.method_class(row["method"]).draws_tasks
+    return samplers.Uniform.name if drawn else None  # as `mamf.tasks.sample_classes` drew
 
 
 def row_key(row: dict | Row) -> RowKey:

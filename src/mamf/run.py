@@ -18,7 +18,17 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from mamf import adapters, distributed, methods, protocols
 from mamf.budget import BUDGETS
 from mamf.checkpoint import Checkpointer, tensor_mismatch
-from mamf.config import AT_MOST, Config, build_config, dump_yaml, load_yaml, to_dict, unfrozen
+from mamf.config import (
+    AT_MOST,
+    Config,
+    build_config,
+    declared,
+    dump_yaml,
+    load_yaml,
+    to_dict,
+    unfrozen,
+    value_of,
+)
 from mamf.data.dataset import ImageDataset
 from mamf.data.fewshot import split_file_sha256
 from mamf.data.prompts import templates_tag
@@ -61,34 +71,33 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-# settings added after rows were first written: at their defaults they hash as before, so older
-# results stay "the same settings"
-LATER_KEYS = {"data": ("train_match", "split_file", "templates"),
-              "train": ("adapter", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                        "unfreeze_image_blocks", "unfreeze_text_layers", "lr_schedule",
-                        "steps_per_shot", "budget")}
 LATER_SECTIONS = ("baseline",)  # whole sections added later, left out while all at defaults
 
 
 def config_id(config: Config) -> str:
     """The settings' hash, with the split file's sha256 (its content changes the numbers).
     `metatest.interpolate` is left out (a row's `alpha` says which mix it measured, and the other
-    alphas do not change it), and so are LATER_KEYS at their defaults."""
+    alphas do not change it), and so are settings added after rows were first written (declared
+    `later`) at their defaults, so older results stay "the same settings"."""
     settings, defaults = to_dict(config), to_dict(Config())
     del settings["metatest"]["interpolate"]
     del settings["metatest"]["save_predictions"]  # what a row keeps, not what it measures
     for key in ("log_dir", "eval_every"):  # what is logged and where, not what is measured
         del settings["train"][key]
-    for section, keys in LATER_KEYS.items():
-        for key in keys:
-            if settings[section][key] == defaults[section][key]:
-                del settings[section][key]
-    for section in LATER_SECTIONS:
-        if settings[section] == defaults[section]:
-            del settings[section]
+    untouched = [s for s in LATER_SECTIONS if settings[s] == defaults[s]]
+    for key, setting in declared().items():
+        section, _, name = key.rpartition(".")
+        if setting.later and value_of(config, key) == _at(defaults, section)[name]:
+            del _at(settings, section)[name]
+    for section in untouched:
+        del settings[section]
     if config.data.split_file:  # the file's content changes the numbers, not only its path
         settings["data"]["split_file_sha256"] = split_file_sha256(config.data.split_file)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _at(settings: dict, section: str) -> dict:
+    return settings[section] if section else settings
 
 
 def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False):

@@ -10,7 +10,9 @@ A vision-language model offers a measure of how alike two classes are for free: 
 their prompt embeddings. `similar`, `diverse` and `curriculum` draw on it; `confusion` learns
 which classes the model confuses from the training steps' own logits.
 
-A sampler is one class with `@register`; nothing outside this module branches on a sampler's name.
+A sampler is one class with `@register`, its own settings declared on it (`settings`); nothing
+outside this module branches on a sampler's name. `train.sampler` itself is declared here, its
+default the one sampler that draws as the paper does (`DEFAULT`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from mamf.errors import MamfError
+from mamf.settings import Setting, gather
 from mamf.tasks import check_ways, sample_classes
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from mamf.models.base import DualEncoder
 
 REGISTRY: dict[str, type[TaskSampler]] = {}
+DEFAULT = "uniform"  # train.sampler's default; reports compare the other samplers with it
 
 
 def register(cls: type[TaskSampler]) -> type[TaskSampler]:
@@ -43,6 +47,15 @@ def register(cls: type[TaskSampler]) -> type[TaskSampler]:
 
 def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+SAMPLER = Setting("train.sampler", str, DEFAULT, "which classes a training task gets, for "
+                  "methods that train on tasks", choices=names)
+
+
+def settings() -> list[Setting]:
+    """`train.sampler`, then the registered samplers' settings in registration order."""
+    return gather([(SAMPLER,), *(cls.settings for cls in REGISTRY.values())])
 
 
 def create(name: str, pool: Pool, config: Config,
@@ -111,6 +124,7 @@ class TaskSampler:
     name: ClassVar[str]
     summary: ClassVar[str]
     learns: ClassVar[bool] = False  # observes each step's logits
+    settings: ClassVar[tuple[Setting, ...]] = ()
 
     def __init__(self, pool: Pool, config: Config,
                  class_embeddings: Callable[[], np.ndarray] | None = None):
@@ -187,7 +201,7 @@ class Uniform(TaskSampler):
     """The paper's sampler: n classes uniformly at random without replacement (docs/method.md,
     "Task samplers"); it draws exactly as `mamf.tasks.sample_classes` always has."""
 
-    name = "uniform"
+    name = DEFAULT
     summary = "n classes uniformly at random without replacement (the paper's sampler)"
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
@@ -197,6 +211,10 @@ class Uniform(TaskSampler):
 class ByMeaning(TaskSampler):
     """A sampler that reads the pool classes' prompt similarities: `cos[a, b]` is the cosine of
     the prompt embeddings of pool classes a and b, from the model as training starts."""
+
+    settings = (Setting("train.sampler_tau", float, 0.1, "similar, diverse, curriculum: the "
+                        "temperature on prompt cosine similarities (smaller: sharper)",
+                        minimum=0, above=True),)
 
     def __init__(self, pool, config, class_embeddings=None):
         super().__init__(pool, config, class_embeddings)
@@ -305,6 +323,12 @@ class AdaptiveConfusion(TaskSampler):
     summary = ("adaptive class-pair sampling (Liu et al. 2020): pairs the model confuses "
                "(sampler_discount, sampler_scale)")
     learns = True
+    settings = (
+        Setting("train.sampler_discount", float, 0.5, "confusion: the share of a class pair's "
+                "old potential kept at each update (the paper's tau)", minimum=0, maximum=1),
+        Setting("train.sampler_scale", float, 1.0, "confusion: how strongly a step's confusion "
+                "raises a pair's potential (the paper's alpha)", minimum=0),
+    )
 
     def __init__(self, pool, config, class_embeddings=None):
         super().__init__(pool, config, class_embeddings)

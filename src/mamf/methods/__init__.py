@@ -1,25 +1,12 @@
 """The methods, each one file that registers itself (see `mamf.methods.base`).
 
-Importing this package registers the built-in methods in the order tables list them.
+Importing this package registers the built-in methods. Tables list them by their `order`; the
+registration order below is the order in which a config lists their settings.
 """
 
-from mamf.methods import (  # noqa: F401  (registration)
-    ape,
-    clap,
-    classical,
-    cocoop,
-    coop,
-    fomaml,
-    gda,
-    linear_probe,
-    lp_plus_plus,
-    mamf,
-    prolip,
-    prototype,
-    taskres,
-    tip_adapter,
-    zeroshot,
-)
+from mamf.methods import classical, mamf, fomaml, zeroshot  # noqa: F401, I001  (registration)
+from mamf.methods import linear_probe, prototype, tip_adapter, gda, lp_plus_plus  # noqa: F401, I001
+from mamf.methods import clap, taskres, prolip, ape, coop, cocoop  # noqa: F401, I001
 from mamf.methods.base import (
     EXTENSION,
     REGISTRY,
@@ -28,6 +15,8 @@ from mamf.methods.base import (
     method_class,
     names,
     register,
+    settings,
 )
 
-__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register"]
+__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register",
+           "settings"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 
 def ape_channels(task: Embedded, share: float, weights: list[float]) -> torch.Tensor:
@@ -69,6 +70,18 @@ class APE(Method):
     trains = False
     baseline = True
     tunes_on_dev = True
+    settings = (
+        Setting("baseline.ape_channels", float, 0.8, "the share of channels kept", minimum=0,
+                above=True, maximum=1),
+        Setting("baseline.ape_weights", list[float], [0.5, 0.5], "the channel criterion's "
+                "weights (similarity across classes, variance across prompts)"),
+        Setting("baseline.ape_alphas", list[float], [0.1, 0.5, 1.0, 2.0, 4.0, 7.0], "the alpha "
+                "grid searched on dev-split tasks", nonempty=True),
+        Setting("baseline.ape_betas", list[float], [0.1, 1.0, 2.0, 3.5, 5.0, 7.0], "the beta grid "
+                "searched on dev-split tasks", nonempty=True),
+        Setting("baseline.ape_gammas", list[float], [0.0, 0.1, 0.25, 0.5, 0.75], "the gamma grid "
+                "searched on dev-split tasks", nonempty=True),
+    )
 
     def __init__(self, config):
         super().__init__(config)

@@ -12,6 +12,9 @@ the order of its pseudo-code:
    otherwise;
 5. `tune`: hyper-parameters chosen on dev-split tasks before the meta-test (default: none).
 
+A method's own settings are declared on its class (`settings`, `mamf.settings.Setting`): the
+config gains them, checks them and `mamf methods` lists them.
+
 The one training loop (`mamf.training.train`) owns progress, losses, checkpoints, resume and the
 DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.metatest`) calls `tune`, `adapt`
 and `score`. Nothing
@@ -30,6 +33,7 @@ from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
 from mamf.inputs import autocast
 from mamf.loss import task_logits
+from mamf.settings import Setting, gather
 
 if TYPE_CHECKING:
     from mamf.config import Config
@@ -61,6 +65,11 @@ def names(trained: bool | None = None) -> tuple[str, ...]:
     """Registered method names in table order; `trained` keeps only those that do (not) train."""
     ordered = sorted(REGISTRY.values(), key=lambda c: c.order)
     return tuple(c.name for c in ordered if trained is None or c.trains == trained)
+
+
+def settings() -> list[Setting]:
+    """The registered methods' settings, in registration order, each key once."""
+    return gather(cls.settings for cls in REGISTRY.values())
 
 
 def method_class(name: str) -> type[Method]:
@@ -104,6 +113,8 @@ class Method:
     # a method whose trained part is not among the model's weights when training begins (CoOp's
     # context) is scored as trained, at alpha null
     interpolates: ClassVar[bool] = True
+    # this method's settings (a subclass lists those it shares with its parent too)
+    settings: ClassVar[tuple[Setting, ...]] = ()
 
     def __init__(self, config: Config):
         self.config = config

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 
 def clap_multipliers(task: Embedded) -> torch.Tensor:
@@ -66,6 +67,11 @@ class CLAP(Method):
     order = 16
     trains = False
     baseline = True
+    settings = (
+        Setting("baseline.clap_epochs", int, 300, "full-batch SGD epochs, cosine decay (no "
+                "validation)", minimum=0),
+        Setting("baseline.clap_lr", float, 0.1, "the SGD rate (momentum 0.9)", minimum=0),
+    )
     constrained = True
 
     def adapt(self, model, inputs, task, rng) -> None:

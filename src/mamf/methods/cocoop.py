@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import register
-from mamf.methods.coop import CoOp, class_embeddings, meta_network
+from mamf.methods.coop import CONTEXT, CoOp, class_embeddings, meta_network
+from mamf.settings import Setting
 
 PROMPTS_PER_CHUNK = 1024  # (image, class) prompts a test-time text forward takes at most
 
@@ -29,6 +30,13 @@ class CoCoOp(CoOp):
     summary = "CoOp's context shifted per image by a meta-net (baseline)"
     colour = "#9edae5"
     order = 22
+    settings = (
+        CONTEXT,
+        Setting("baseline.cocoop_init", str, "a photo of a", "the words the context starts at "
+                "(the paper's M = 4); \"\": M random vectors"),
+        Setting("baseline.cocoop_lr", float, 2e-3, "the SGD rate of the context and the "
+                "meta-net", minimum=0, above=True),
+    )
 
     def init_words(self) -> str:
         return self.config.baseline.cocoop_init

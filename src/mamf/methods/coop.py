@@ -31,9 +31,13 @@ from mamf.finetune import EpochStream, check_finite
 from mamf.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
 from mamf.methods.embedded import accuracy
+from mamf.settings import Setting
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # CoOp's SGD
+# the random context's length M, which CoCoOp reads too
+CONTEXT = Setting("baseline.coop_context", int, 16, "M, the context vectors drawn from N(0, 0.02) "
+                  "when the init words are \"\"", minimum=0, above=True)
 
 
 class PromptContext(nn.Module):
@@ -129,6 +133,15 @@ class CoOp(Method):
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start
+    settings = (
+        CONTEXT,
+        Setting("baseline.coop_init", str, "a photo of a", "the words the context starts at "
+                "(their token count is M); \"\": M random vectors"),
+        Setting("baseline.coop_class_specific", bool, False, "one context per class (CoOp's CSC) "
+                "instead of one shared"),
+        Setting("baseline.coop_lr", float, 2e-3, "the context's SGD rate (momentum 0.9, weight "
+                "decay 5e-4) over train.steps / train.epochs", minimum=0, above=True),
+    )
 
     # what differs in CoCoOp (`mamf.methods.cocoop`)
     def init_words(self) -> str:

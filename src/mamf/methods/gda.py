@@ -22,6 +22,7 @@ import torch
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class GDA(Method):
     trains = False
     baseline = True
     tunes_on_dev = True
+    settings = (Setting("baseline.gda_alphas", list[float],
+                        [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "the grid of the "
+                        "discriminant's weight, searched on dev-split tasks", nonempty=True),)
 
     def __init__(self, config):
         super().__init__(config)

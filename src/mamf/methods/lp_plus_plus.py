@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 
 def lpp_init(task: Embedded) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -75,6 +76,11 @@ class LPPlusPlus(Method):
     order = 15
     trains = False
     baseline = True
+    settings = (
+        Setting("baseline.lpp_epochs", int, 300, "full-batch epochs (no validation)", minimum=0),
+        Setting("baseline.lpp_alpha_every", int, 10, "epochs between steps of the blend's "
+                "weights", minimum=0, above=True),
+    )
 
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline

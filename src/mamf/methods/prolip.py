@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from mamf.errors import MamfError
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
+from mamf.settings import Setting
 
 
 @torch.no_grad()
@@ -107,6 +108,11 @@ class ProLIP(Method):
     order = 20
     trains = False
     baseline = True
+    settings = (
+        Setting("baseline.prolip_epochs", int, 300, "full-batch Adam epochs on the image "
+                "projection, cosine decay (lambda = 1 / shots)", minimum=0),
+        Setting("baseline.prolip_lr", float, 1e-3, "the projection's Adam rate", minimum=0),
+    )
 
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 
 def prototypes(task: Embedded, mix: float) -> torch.Tensor:
@@ -34,6 +35,8 @@ class Prototype(Method):
     order = 10
     trains = False
     baseline = True
+    settings = (Setting("baseline.prototype_mix", float, 0.5, "the support mean's weight against "
+                        "the prompt embedding (1: nearest mean only)", minimum=0, maximum=1),)
 
     def adapt(self, model, inputs, task, rng) -> None:
         self.task = embed_task(model, inputs, task)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
+from mamf.settings import Setting
 
 
 def taskres_classifier(task: Embedded, residual: torch.Tensor, scale: float) -> torch.Tensor:
@@ -47,6 +48,12 @@ class TaskRes(Method):
     order = 18
     trains = False
     baseline = True
+    settings = (
+        Setting("baseline.taskres_epochs", int, 200, "Adam epochs on the residual, cosine decay "
+                "(no validation)", minimum=0),
+        Setting("baseline.taskres_lr", float, 2e-3, "the residual's Adam rate", minimum=0),
+        Setting("baseline.taskres_scale", float, 0.5, "the residual's scale a"),
+    )
 
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline

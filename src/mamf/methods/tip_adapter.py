@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
+from mamf.settings import Setting
 
 
 def tip_logits(task: Embedded, features: torch.Tensor, keys: torch.Tensor, alpha: float,
@@ -64,6 +65,12 @@ class TipAdapter(Method):
     trains = False
     baseline = True
     tunes_on_dev = True
+    settings = (
+        Setting("baseline.tip_alphas", list[float], [0.1, 0.5, 1.0, 2.0, 3.0], "the alpha grid "
+                "searched on dev-split tasks", minimum=0, nonempty=True),
+        Setting("baseline.tip_betas", list[float], [1.0, 3.0, 5.0, 7.0], "the beta grid searched "
+                "on dev-split tasks", minimum=0, nonempty=True),
+    )
 
     def __init__(self, config):
         super().__init__(config)
@@ -104,6 +111,14 @@ class TipAdapterF(TipAdapter):
     summary = "Tip-Adapter with cache keys fine-tuned on the support set (baseline)"
     colour = "#bcbd22"
     order = 13
+    settings = (
+        *TipAdapter.settings,
+        Setting("baseline.tip_f_epochs", int, 20, "full-batch AdamW epochs fine-tuning the cache "
+                "keys on the support set", minimum=0),
+        Setting("baseline.tip_f_lr", float, 1e-3, "the keys' AdamW rate", minimum=0),
+        Setting("baseline.tip_f_alpha", float, 1.0, "alpha while the keys train", minimum=0),
+        Setting("baseline.tip_f_beta", float, 1.0, "beta while the keys train", minimum=0),
+    )
 
     def keys(self, task: Embedded) -> torch.Tensor:
         b = self.config.baseline

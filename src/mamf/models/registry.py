@@ -2,7 +2,8 @@
 
 Two tables: built-in names (`register_builtin`: a name and a builder, e.g. `tiny-random-clip`)
 and transformers families (`register_family`: a config.json `model_type` and a loader of a folder
-or hub id, e.g. "clip", "siglip"). A new family is one file that registers its loader; nothing
+or hub id, e.g. "clip", "siglip"). A new family is one file that registers its loader, with
+the settings it reads (`settings=`, `mamf.settings.Setting`) as a method declares its own; nothing
 here knows one family from another.
 """
 
@@ -14,26 +15,40 @@ from pathlib import Path
 
 from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
+from mamf.settings import Setting, gather
 
 _BUILTIN: dict[str, tuple[str, Callable[[], DualEncoder]]] = {}
 _FAMILIES: dict[str, tuple[str, Callable[[str], DualEncoder]]] = {}
+# a built-in name's or family's own settings (a family's under `<model_type> folder`)
+DECLARED: dict[str, tuple[Setting, ...]] = {}
 
 
-def register_builtin(name: str, description: str):
+def register_builtin(name: str, description: str, settings: tuple[Setting, ...] = ()):
     """Decorator: `builder()` builds the model called `name` (no files, or its own)."""
     def add(builder: Callable[[], DualEncoder]) -> Callable[[], DualEncoder]:
+        if name in _BUILTIN:
+            raise ValueError(f"model {name!r} is registered twice")
         _BUILTIN[name] = (description, builder)
+        DECLARED[name] = tuple(settings)
         return builder
     return add
 
 
-def register_family(model_type: str, description: str):
+def register_family(model_type: str, description: str, settings: tuple[Setting, ...] = ()):
     """Decorator: `loader(name_or_path)` loads a transformers folder or hub id whose config.json
     says `model_type`."""
     def add(loader: Callable[[str], DualEncoder]) -> Callable[[str], DualEncoder]:
+        if f"{model_type} folder" in DECLARED:
+            raise ValueError(f"model family {model_type!r} is registered twice")
         _FAMILIES[model_type] = (description, loader)
+        DECLARED[f"{model_type} folder"] = tuple(settings)
         return loader
     return add
+
+
+def settings() -> list[Setting]:
+    """The registered models' and families' settings, in registration order, each key once."""
+    return gather(DECLARED.values())
 
 
 def model_names() -> dict[str, str]:

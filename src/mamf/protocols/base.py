@@ -10,7 +10,8 @@ how a dataset becomes what training and the meta-test draw from:
 5. `summary`: a row's headline number from its per-task accuracies, and any fields of its own.
 
 Nothing outside this package compares a protocol's name: it asks the class (`all_way`,
-`sets_shots`, `pooled`, `fixed_test_images`).
+`sets_shots`, `pooled`, `fixed_test_images`). A protocol's own settings are declared on its class
+(`settings`, `mamf.settings.Setting`), as a method's are.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from mamf.errors import MamfError
+from mamf.settings import Setting, gather
 from mamf.stats import mean_ci95
 from mamf.tasks import paper_task
 
@@ -45,6 +47,11 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
+def settings() -> list[Setting]:
+    """The registered protocols' settings, in registration order, each key once."""
+    return gather(cls.settings for cls in REGISTRY.values())
+
+
 def name_mask(dataset: ImageDataset, part: str) -> np.ndarray:
     """Per image: whether its file name holds `part` (the `data.*_match` filters)."""
     return np.array([part in n for n in dataset.file_names])
@@ -62,6 +69,7 @@ class Protocol:
     sets_shots: ClassVar[bool] = True  # `data.shots` is a setting (a grid may have a shots axis)
     pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
     fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
+    settings: ClassVar[tuple[Setting, ...]] = ()  # this protocol's own settings
 
     def pool(self, dataset: ImageDataset, data: DataConfig, split: str, seed: int) -> Pool:
         """What `split` offers (`seed`: the run's seed, for protocols that draw the pool)."""
