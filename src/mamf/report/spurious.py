@@ -29,7 +29,9 @@ from mamf.results import dataset_name
 from mamf.stats import Estimate
 
 BUILDER = "spurious"
-METHODS = ("zeroshot", "classical", "mamf", "fomaml")
+# the paper's named methods: like the claims (report/claims.py), this section is about them
+TRAINED = ("classical", "mamf", "fomaml")
+METHODS = ("zeroshot", *TRAINED)
 
 
 def _default_rho() -> float:
@@ -95,7 +97,7 @@ class Sweep:
 
 def _capacity(rows: list[dict]) -> int | None:
     """The values classical fine-tuning (else any trained method) trains on these rows."""
-    for method in ("classical", "mamf", "fomaml"):
+    for method in TRAINED:
         counts = {r.get("trainable_params") for r in rows if r["method"] == method}
         counts.discard(None)
         if counts:
@@ -127,7 +129,7 @@ def sweeps(rows: list[dict], strengths: dict[str, float]) -> list[Sweep]:
         gap = paired(shared, "mamf", "classical")
         low, high = datasets[0], datasets[-1]
         cost, ends = {}, {}
-        for method in ("classical", "mamf", "fomaml"):
+        for method in TRAINED:
             a = _seed_means([r for r in shared if dataset_name(r) == high], method)
             b = _seed_means([r for r in shared if dataset_name(r) == low], method)
             seeds = sorted(set(a) & set(b))
@@ -185,7 +187,7 @@ def spurious_section(rows: list[dict], folder: Path | None,
         judged = stats.verdicts([s.cost_gap for s in costs])
         for s, v in zip(costs, judged):
             cell = [stats.interval(s.cost[m], signed=True) if m in s.cost else "–"
-                    for m in ("classical", "mamf", "fomaml")]
+                    for m in TRAINED]
             lines.append(f"| {_values(s.capacity)} | {s.rhos[0]:g} → {s.rhos[-1]:g} | " +
                          " | ".join(cell) + f" | {stats.interval(s.cost_gap, signed=True)} | "
                          f"{md(stats.worded(v, s.cost_gap))} |")
