@@ -10,8 +10,8 @@ import pytest
 
 from mamf.cli import main
 from mamf.config import build_config
+from mamf.data.coop_splits import image_split
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import image_split
 from mamf.errors import MamfError
 from mamf.metatest import evaluation_tasks
 from mamf.protocols.base2novel import harmonic_mean

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mamf.cli import main
+from mamf.data.coop_splits import image_split
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import image_split
 from mamf.data.prompts import class_prompts, resolve_templates
 from mamf.errors import MamfError
 

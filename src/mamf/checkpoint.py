@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mamf.errors import MamfError
+from mamf.errors import MamfError, is_int
 from mamf.io import atomic_write_text, fsync_path, make_folder, writing
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class Checkpointer:
         if missing:
             raise self._damaged(f"{name}/{STATE} lacks {', '.join(missing)}")
         step, losses = meta["step"], meta["losses"]
-        if not (_is_int(step) and step >= 0 and name == f"checkpoint-{step:09d}"):
+        if not (is_int(step) and step >= 0 and name == f"checkpoint-{step:09d}"):
             raise self._damaged(f"{name}/{STATE} holds step {reprlib.repr(step)}")
         if not (isinstance(losses, list) and len(losses) == step and
                 all(_is_number(x) for x in losses)):
@@ -236,8 +236,6 @@ class Checkpointer:
         return step, losses, stream_state, generator_state
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -277,7 +275,7 @@ def _generator_state(value) -> torch.Tensor | None:
     scratch = torch.Generator()
     size = len(scratch.get_state())
     if not (isinstance(value, list) and len(value) == size and
-            all(_is_int(x) and 0 <= x < 256 for x in value)):
+            all(is_int(x) and 0 <= x < 256 for x in value)):
         return None
     tensor = torch.tensor(value, dtype=torch.uint8)
     try:

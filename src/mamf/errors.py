@@ -35,3 +35,8 @@ def shown(value: object) -> str:
     """`repr(value)` for an error message, cut short: user values may be huge or deeply shared."""
     text = _SHORT.repr(value)
     return text if len(text) <= LIMIT else text[:LIMIT - 3] + "..."
+
+
+def is_int(value: object) -> bool:
+    """An integer as a user's file means one: YAML's and JSON's `true` is a bool, not a count."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -19,7 +19,7 @@ from mamf import methods as registry
 from mamf import protocols, samplers
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
-from mamf.errors import MamfError, shown
+from mamf.errors import MamfError, is_int, shown
 from mamf.tune_spec import TuneSpec, nested, parse_tune
 from mamf.wiseft import alphas
 
@@ -109,13 +109,13 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
             raise MamfError(f"unknown task sampler(s) {', '.join(map(shown, unknown_samplers[:3]))}"
                             f": use {', '.join(samplers.names())}")
         _refuse_duplicates(sampler_axis, "experiment 'samplers'")
-    shots = _axis(raw, "shots", lambda k: _is_int(k) and 1 <= k <= AT_MOST["data.shots"],
+    shots = _axis(raw, "shots", lambda k: is_int(k) and 1 <= k <= AT_MOST["data.shots"],
                   "positive integers")
     splits = _axis(raw, "splits", lambda x: isinstance(x, str) and x in SPLITS, ", ".join(SPLITS))
     seeds = raw.get("seeds", [312])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(is_int(s) for s in seeds):
         raise MamfError(f"experiment 'seeds' must be a list of integers, got {shown(seeds)}")
     _refuse_duplicates(seeds, "experiment 'seeds'")
     for seed in seeds:
@@ -151,7 +151,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
 
 def _dataset(name, entry, source: Path | None) -> DatasetSpec:
     """One entry of `datasets:`, checked: a folder or a builder, settings, task sizes."""
-    if _is_int(name) and abs(name) < 10**9:
+    if is_int(name) and abs(name) < 10**9:
         name = str(name)
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
         raise MamfError(f"dataset name {shown(name)} must be letters, digits, '-', '_' or '.' "
@@ -226,17 +226,15 @@ def _ways(value, name: str):
             return value
         with contextlib.suppress(ValueError):  # a comma list; anything else is refused below
             value = [int(v) for v in value.split(",")]
-    sizes = [value] if _is_int(value) else value
+    sizes = [value] if is_int(value) else value
     if not isinstance(sizes, list) or not sizes or \
-            not all(_is_int(n) and 2 <= n <= MAX_WAYS for n in sizes):
+            not all(is_int(n) and 2 <= n <= MAX_WAYS for n in sizes):
         raise MamfError(f"dataset {name!r}: 'ways' must be a task size (2 to {MAX_WAYS}), a list "
                         f"of them or 'all', got {shown(value)}")
     _refuse_duplicates(sizes, f"dataset {name!r}: 'ways'")
     return value
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _mapping(value, what: str) -> dict:

@@ -55,8 +55,8 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     (the official code's behaviour); either way the model ends as it started. `method`: a name,
     or a method already tuned on dev tasks (`tuned_method`). `predictions`, a list, receives
     each task's `encode_predictions`, in task order."""
-    adapter = methods.create(method, config) if isinstance(method, str) else method
-    method = adapter.name
+    plugin = methods.create(method, config) if isinstance(method, str) else method
+    method = plugin.name
     snapshot = WeightSnapshot(model)
     # under torchrun each rank takes every world_size-th task; each task's randomness depends
     # only on its index, so the gathered accuracies equal a single process's. Carried-over
@@ -70,8 +70,8 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
         if config.metatest.reset:
             snapshot.restore()
         rng = np.random.default_rng([config.seed, 103, ways, i])
-        adapter.adapt(model, inputs, tasks[i], rng)
-        predicted = adapter.predict(model, inputs, tasks[i])
+        plugin.adapt(model, inputs, tasks[i], rng)
+        predicted = plugin.predict(model, inputs, tasks[i])
         local[i] = (accuracy(predicted, tasks[i]),
                     encode_predictions(tasks[i], predicted) if predictions is not None else None)
     snapshot.restore()
@@ -111,11 +111,11 @@ def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset,
                  config: Config, ways: int) -> tuple[methods.Method, dict | None]:
     """The method, its hyper-parameters chosen on the dev split's tasks (drawn as test tasks
     are) when it chooses any; returns it and what it chose (None: nothing to choose)."""
-    adapter = methods.create(method, config)
-    if not adapter.tunes_on_dev:
-        return adapter, None
+    plugin = methods.create(method, config)
+    if not plugin.tunes_on_dev:
+        return plugin, None
     dev = evaluation_tasks(dataset, config, "dev", ways)
-    return adapter, adapter.tune(model, inputs, dev)
+    return plugin, plugin.tune(model, inputs, dev)
 
 
 def summarize(accs: list[float]) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from mamf.errors import MamfError
+from mamf.errors import MamfError, is_int
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +269,6 @@ def row_alpha(row: dict | Row) -> float | None:
     return None if alpha is None else float(alpha)
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def row_problem(obj: object) -> str | None:
@@ -284,7 +282,7 @@ def row_problem(obj: object) -> str | None:
         if not isinstance(obj[k], str) or not obj[k]:
             return f"{k} is not a non-empty string"
     for k, least in _COUNTS.items():
-        if not _is_int(obj[k]) or (least is not None and obj[k] < least):
+        if not is_int(obj[k]) or (least is not None and obj[k] < least):
             return f"{k} is not an integer" + (f" >= {least}" if least is not None else "")
     alpha = obj.get("alpha")
     if alpha is not None and not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)
@@ -296,7 +294,7 @@ def row_problem(obj: object) -> str | None:
     accs = obj["task_accs"]
     if not isinstance(accs, list) or not accs:
         return "task_accs is not a non-empty list"
-    if not all((_is_int(a) or isinstance(a, float)) and 0 <= a <= 1 for a in accs):  # no NaN
+    if not all((is_int(a) or isinstance(a, float)) and 0 <= a <= 1 for a in accs):  # no NaN
         return "task_accs holds something other than accuracies in [0, 1]"
     if len(accs) != obj["n_tasks"]:
         return f"n_tasks is {obj['n_tasks']} but task_accs holds {len(accs)}"

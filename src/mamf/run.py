@@ -29,8 +29,8 @@ from mamf.config import (
     unfrozen,
     value_of,
 )
+from mamf.data.coop_splits import split_file_sha256
 from mamf.data.dataset import ImageDataset
-from mamf.data.fewshot import split_file_sha256
 from mamf.data.prompts import templates_tag
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
@@ -480,9 +480,9 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     similarity = [round(task_similarity(prompts, t.classes), 6) if t.ways > 1 else None
                   for t in tasks]
     started = time.perf_counter()
-    adapter, chosen = tuned_method(model, inputs, dataset, method, config, ways)
+    plugin, chosen = tuned_method(model, inputs, dataset, method, config, ways)
     predictions = [] if config.metatest.save_predictions else None
-    accs = meta_test(model, inputs, tasks, adapter, config, ways, progress, predictions)
+    accs = meta_test(model, inputs, tasks, plugin, config, ways, progress, predictions)
     mean, ci, extra = protocols.get(config.data.protocol).summary(accs)
     return Row.from_json({
         **head, "trainable_params": sum(p.numel() for p in trainable(model)),

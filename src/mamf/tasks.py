@@ -36,12 +36,13 @@ def number_of_tasks(n: int, N: int, miss_probability: float = 0.001) -> int:
     return int(np.rint(math.log(miss_probability) / math.log(1 - n / N)))
 
 
-def check_ways(pool_size: int, ways: int) -> None:
-    """A task needs at least 2 classes and at most the pool's."""
+def check_ways(pool_size: int, ways: int, of: str = "classes available", least: int = 2) -> None:
+    """A task needs at least `least` classes and at most the pool's; one line naming what the
+    pool holds (`of`) otherwise."""
     if ways > pool_size:
-        raise MamfError(f"ways={ways} is more than the {pool_size} classes available")
-    if ways < 2:
-        raise MamfError(f"ways must be at least 2, got {ways}")
+        raise MamfError(f"ways={ways} is more than the {pool_size} {of}")
+    if ways < least:
+        raise MamfError(f"ways must be at least {least}, got {ways}")
 
 
 def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.ndarray:
@@ -100,8 +101,7 @@ def _too_few(class_names, class_id, have: int, need: int) -> None:
 
 def check_pool(pool: Pool, ways: int, need: int, class_names=None) -> None:
     """Refuse up front, naming the label, when a pool cannot supply every possible task."""
-    if ways > len(pool.classes):
-        raise MamfError(f"ways={ways} is more than the {len(pool.classes)} classes in this split")
+    check_ways(len(pool.classes), ways, "classes in this split", least=1)
     for c, imgs in zip(pool.classes, pool.images):
         if len(imgs) < need:
             _too_few(class_names, c, len(imgs), need)

@@ -27,7 +27,7 @@ from mamf.methods.base import Method, make_optimizer, register
 from mamf.models.base import DualEncoder
 from mamf.samplers import Confusion, sum_over_ranks
 from mamf.settings import Setting
-from mamf.tasks import Task
+from mamf.tasks import Task, check_ways
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ class FOMAML(Method):
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
         t, d = self.config.train, self.config.data
-        if d.ways > len(pool.classes):
-            raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
+        check_ways(len(pool.classes), d.ways, "training classes", least=1)
         if t.meta_batch < distributed.world_size() and distributed.is_main():
             log.warning("fomaml: meta_batch=%d tasks per step on %d processes leaves %d of them "
                         "idle; raise train.meta_batch to use them all", t.meta_batch,

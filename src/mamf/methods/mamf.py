@@ -15,11 +15,10 @@ import numpy as np
 
 from mamf.budget import Budget, classical_steps, matched, pool_images
 from mamf.data.dataset import Pool, group_labels
-from mamf.errors import MamfError
 from mamf.finetune import Batch, epoch_batches, sized_batches, step_tasks
 from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
 from mamf.samplers import sum_over_ranks
-from mamf.tasks import number_of_tasks
+from mamf.tasks import check_ways, number_of_tasks
 
 
 def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,8 +144,7 @@ class MAMF(Method):
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
         t, d = self.config.train, self.config.data
-        if d.ways > len(pool.classes):
-            raise MamfError(f"ways={d.ways} is more than the {len(pool.classes)} training classes")
+        check_ways(len(pool.classes), d.ways, "training classes", least=1)
         self.model, self.inputs, self.parallel = model, inputs, parallel
         # 1. data: a task per step (or the official K tasks in turn), its images in minibatches
         budget = Budget(pool, t) if matched(t) else None

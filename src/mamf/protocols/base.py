@@ -23,7 +23,7 @@ import numpy as np
 from mamf.errors import MamfError
 from mamf.settings import Setting, gather
 from mamf.stats import mean_ci95
-from mamf.tasks import paper_task
+from mamf.tasks import check_ways, paper_task
 
 if TYPE_CHECKING:
     from mamf.config import Config, DataConfig
@@ -109,7 +109,6 @@ class Protocol:
         """The split's pool and the seeded stream its test tasks are drawn from."""
         pool = self.pool(dataset, config.data, split, config.seed)
         rng = np.random.default_rng([config.seed, SPLIT_STREAM[split], ways])
-        if ways > len(pool.classes):
-            raise MamfError(f"ways={ways} is more than the {len(pool.classes)} classes in the "
-                            f"{split} split of {dataset.name}")
+        check_ways(len(pool.classes), ways, f"classes in the {split} split of {dataset.name}",
+                   least=1)
         return pool, rng

@@ -1,6 +1,6 @@
 """The coop protocol (CoOp, Tip-Adapter, CLIP-LoRA): all-way classification. Each class's images
 go to train/dev/test, from a CoOp split file (`data.split_file`) when one is given, else
-60/20/20 in file-name order as in the paper protocol (`mamf.data.fewshot`). The seed draws K =
+60/20/20 in file-name order as in the paper protocol (`mamf.data.coop_splits`). The seed draws K =
 `data.shots` training images per class: they are the whole training set of a trained method and
 the support set of the single test task, whose query set is every test image."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mamf.data.coop_splits import image_split, training_shots
 from mamf.data.dataset import ImageDataset, Pool, group_labels
-from mamf.data.fewshot import image_split, training_shots
 from mamf.errors import MamfError
 from mamf.protocols.base import Protocol, register
 from mamf.tasks import Task
