@@ -73,13 +73,15 @@ def shortcut_strengths(rows: list[dict], folder: Path | None) -> dict[str, float
         return {}
     folder = Path(folder)
     found = _from_experiment(folder)
+    first = {}  # one row a dataset: its rows share a data folder, so its record is read once
     for r in rows:
-        d = dataset_name(r)
+        first.setdefault(dataset_name(r), r)
+    for d, r in first.items():
         if d not in found:
             rho = _from_data(r, folder)
             if rho is not None:
                 found[d] = rho
-    return {d: rho for d, rho in found.items() if any(dataset_name(r) == d for r in rows)}
+    return {d: rho for d, rho in found.items() if d in first}
 
 
 @dataclass
