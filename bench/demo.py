@@ -6,7 +6,8 @@ features, rows.
 Part 1 runs the demo's own experiment (the shipped demo.yaml; its data built into a temporary
 folder, MAMF_CACHE_DIR empty) in this process and times each stage where the library does it:
 building each dataset, building the model (cold: the first build converts and embeds, then
-cached), decoding the image cache, the frozen towers' outputs, and the rows (each method's
+cached; it runs in a background thread while the data is built, and is shown beside the stages),
+decoding the image cache, the frozen towers' outputs, and the rows (each method's
 training and meta-test, from the rows' own `train_time_s` and `time_s`). What no stage claims
 (setting a row up, prompt similarities, the report) is "other".
 
@@ -23,20 +24,24 @@ less.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("MAMF_CACHE_DIR", tempfile.mkdtemp(prefix="mamf-bench-demo-cache-"))
+# the counting builder's worker processes start by importing this file again: they need none of
+# the rest, and importing torch there would add seconds `mamf demo` never spends
+if multiprocessing.parent_process() is None:
+    os.environ.setdefault("MAMF_CACHE_DIR", tempfile.mkdtemp(prefix="mamf-bench-demo-cache-"))
 
-import torch  # noqa: E402
-from common import interleaved  # noqa: E402
-from frozen import backbone_contenders, backbone_flops  # noqa: E402
-from hardware import matmul_rate  # noqa: E402
+    import torch
+    from common import interleaved
+    from frozen import backbone_contenders, backbone_flops
+    from hardware import matmul_rate
 
-from mamf import experiment, frozen_engine, inputs, run  # noqa: E402
+    from mamf import experiment, frozen_engine, inputs, run
 
 STAGES: dict[str, float] = defaultdict(float)
 
@@ -66,9 +71,15 @@ def stage_of_dataset(original):
     return wrapper
 
 
+BACKGROUND = "model build, in a background thread while the data is built"
+
+
 def whole_demo(config: Path, out: Path) -> tuple[list[dict], float]:
+    from mamf.models import effnet_minilm
+
     experiment.dataset_root = stage_of_dataset(experiment.dataset_root)
-    timed_stage(run, "build_model", "model build")
+    timed_stage(effnet_minilm, "_build", BACKGROUND)  # overlaps the stages, not counted in them
+    timed_stage(run, "build_model", "model build (what the rows wait for it, then a copy)")
     timed_stage(run.ImageDataset, "load", "image cache (decode, resize)")
     timed_stage(inputs.ModelInputs, "_backbone_features", "frozen image features")
     timed_stage(inputs.ModelInputs, "_text_embeddings", "frozen text embeddings")
@@ -96,14 +107,16 @@ def report_stages(rows: list[dict], wall: float) -> None:
     print("|---|---|---|")
     accounted = 0.0
     for stage, seconds in STAGES.items():
-        accounted += seconds
-        print(f"| {stage} | {seconds:.1f} | {seconds / wall:.0%} |")
+        if stage != BACKGROUND:
+            accounted += seconds
+            print(f"| {stage} | {seconds:.1f} | {seconds / wall:.0%} |")
     for (ds, method), (train_s, test_s, n) in by_method.items():
         accounted += train_s + test_s
         print(f"| rows: {ds} {method} ({n}): training | {train_s:.1f} | {train_s / wall:.0%} |")
         print(f"| rows: {ds} {method} ({n}): meta-test | {test_s:.1f} | {test_s / wall:.0%} |")
     other = wall - accounted
     print(f"| other (row set-up, prompt similarities, report) | {other:.1f} | {other / wall:.0%} |")
+    print(f"(beside these: {BACKGROUND}, {STAGES[BACKGROUND]:.1f} s)")
 
 
 def feature_rates(out: Path, sample: int, repeats: int, whole_s: float) -> None:

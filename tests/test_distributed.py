@@ -190,9 +190,9 @@ def test_ranks_share_the_frozen_backbone_features(shared_colour_folder, tmp_path
     done = _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path,
                      MAMF_CACHE_DIR=str(tmp_path / "cache-two"))
     assert done.returncode == 0, done.stderr
-    (a,), (b,) = (list((tmp_path / c).rglob("features-*.npy")) for c in ("cache-one",
+    (a,), (b,) = (list((tmp_path / c).rglob("features-*.npz")) for c in ("cache-one",
                                                                           "cache-two"))
-    assert np.array_equal(np.load(a), np.load(b))
+    assert np.array_equal(np.load(a)["features"], np.load(b)["features"])
     one, two = ((tmp_path / d / "results.jsonl").read_text() for d in ("one", "two"))
     assert [json.loads(x)["task_accs"] for x in one.splitlines()] == \
         [json.loads(x)["task_accs"] for x in two.splitlines()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_folder
@@ -48,7 +49,7 @@ def test_onnxruntime_outputs_match_pytorch(colour_folder, cache, monkeypatch):
     monkeypatch.setenv(frozen_engine.ENV, "torch")
     forced = features(model, colour_folder, feature_batch=16)
     assert torch.equal(forced, eager(model, colour_folder))  # PyTorch's own numbers, forced
-    assert len(list(cache.rglob("features-*.npy"))) == 2  # cached per engine
+    assert len(list(cache.rglob("features-*.npz"))) == 2  # cached per engine
 
 
 def test_contiguous_preprocessing_gives_the_same_values(colour_folder):
@@ -90,7 +91,7 @@ def test_failed_export_falls_back_with_one_warning(colour_folder, cache, monkeyp
     model = load_model("tiny-random-clip").eval()
     with caplog.at_level(logging.WARNING):
         first = features(model, colour_folder)
-        for p in cache.rglob("features-*.npy"):
+        for p in cache.rglob("features-*.npz"):
             p.unlink()
         features(model, colour_folder)
     assert torch.equal(first, eager(model, colour_folder))
@@ -242,3 +243,61 @@ def test_effnet_minilm_text_tower_on_onnxruntime_matches_pytorch(tmp_path, cache
     ours = text_embeddings(model, folder, TWO, feature_batch=4)
     assert len(text_graphs(cache)) == 1
     assert torch.allclose(ours, eager_texts(model, folder, TWO), rtol=0, atol=1e-4)
+
+
+def held(cache) -> np.ndarray:
+    """Which images the one onnxruntime features file holds."""
+    (path,) = cache.rglob("features-*.npz")
+    with np.load(path) as stored:
+        return stored["have"]
+
+
+def test_only_the_images_read_are_computed_and_bit_for_bit_a_full_pass(colour_folder, cache,
+                                                                       monkeypatch, caplog):
+    """On onnxruntime `reads` computes those images only (a demo's dev split is never scored),
+    in chunks other than a full pass's, with a full pass's bits; an image read though not
+    declared is computed when first read, as bit-identical."""
+    model = load_model("tiny-random-clip").eval()
+    full = features(model, colour_folder, feature_batch=16)
+    for p in cache.rglob("features-*.npz"):
+        p.unlink()
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    reads = np.arange(0, 60, 3)  # 20 of 60, none of them side by side
+    inputs = ModelInputs(model, dataset, CPU, freeze_image_backbone=True, feature_batch=16,
+                         reads=reads)
+    assert held(cache).nonzero()[0].tolist() == reads.tolist()
+    assert torch.equal(inputs.frozen_features(reads), full[reads])
+    with caplog.at_level(logging.INFO):
+        late = inputs.frozen_features(np.array([1, 2, 3]))
+    assert torch.equal(late, full[[1, 2, 3]])
+    assert "computing the frozen image features of 2 more image(s)" in caplog.text
+    assert held(cache).sum() == 22  # kept for the next run
+    # a later run whose reads the file already holds computes nothing (and reads the rest later)
+    monkeypatch.setattr(ModelInputs, "_compute_backbone_features",
+                        lambda *a, **k: pytest.fail("computed again"))
+    again = ModelInputs(model, dataset, CPU, freeze_image_backbone=True, reads=reads[:5])
+    assert torch.equal(again.frozen_features(reads), full[reads])
+    monkeypatch.undo()
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(cache))
+    assert torch.equal(again.frozen_features(np.arange(60)), full)
+    assert held(cache).all()
+
+
+def test_pytorch_computes_every_image_whatever_is_declared(colour_folder, cache, monkeypatch):
+    """PyTorch's kernels may round by batch, so on it `reads` is ignored: the chunks, and the
+    bits, are always those of the full pass."""
+    monkeypatch.setenv(frozen_engine.ENV, "torch")
+    model = load_model("tiny-random-clip").eval()
+    dataset = ImageDataset.load(colour_folder, model.image_size)
+    inputs = ModelInputs(model, dataset, CPU, freeze_image_backbone=True, reads=np.arange(5))
+    assert inputs._missing is None and held(cache).all()
+    assert torch.equal(inputs.features, eager(model, colour_folder))
+
+
+def test_a_features_file_of_an_earlier_version_holds_every_image(colour_folder, cache):
+    model = load_model("tiny-random-clip").eval()
+    full = features(model, colour_folder)
+    (path,) = cache.rglob("features-*.npz")
+    np.save(path.with_suffix(".npy"), full.numpy() + 1)  # as earlier versions wrote it
+    path.unlink()
+    assert torch.equal(features(model, colour_folder), full + 1)

@@ -93,7 +93,7 @@ def test_cached_boundaries_give_the_end_to_end_embeddings(colour_folder, cache, 
 def test_the_boundary_cache_is_written_once_and_keyed_by_k_and_the_frozen_weights(
         colour_folder, cache, monkeypatch):
     model = load_model("tiny-random-clip").eval()
-    files = lambda: sorted(colour_folder.parent.rglob("features-*.npy"))  # noqa: E731
+    files = lambda: sorted(colour_folder.parent.rglob("features-*.npz"))  # noqa: E731
     first = inputs(model, colour_folder, image_top_blocks=1).features
     assert len(files()) == 1
     top = model.image_top_parameters(1)
@@ -267,13 +267,13 @@ def test_a_trained_run_is_evaluated_over_the_boundary_it_trained_on(colour_folde
                  str(colour_folder), "--out", str(run), "--steps", "4", "--lr", "1e-2",
                  "--quiet", "--set", "train.augment=false", "--set",
                  "train.unfreeze_image_blocks=1"]) == 0
-    files = sorted(colour_folder.parent.rglob("features-*.npy"))
+    files = sorted(colour_folder.parent.rglob("features-*.npz"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
                  str(tmp_path / "results"), "--ways", "2", "--quiet", "--set",
                  "metatest.epochs=1"]) == 0
-    assert sorted(colour_folder.parent.rglob("features-*.npy")) == files
+    assert sorted(colour_folder.parent.rglob("features-*.npz")) == files
     assert files[0].stat().st_mtime_ns == stamp
 
 

@@ -39,9 +39,10 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
+from mamf.models.registry import prefetch
 from mamf.progress import Eta
 from mamf.results import Row, RowKey, grid_key, read_rows
-from mamf.run import RESULTS, evaluate_prepared, fresh_start, prepare, ways_list
+from mamf.run import RESULTS, evaluate_prepared, fresh_start, images_read, prepare, ways_list
 from mamf.training import train
 from mamf.trainlog import CSV_NAME
 from mamf.tune import tune_experiment
@@ -85,6 +86,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
 
     rows = distributed.from_main(read_rows(out / RESULTS) if distributed.is_main() else None)
     _claim(exp, out, rows, job)
+    prefetch(exp.model)  # the model loads while the datasets are built
     if exp.tune is not None:  # rates chosen on dev tasks before any row is computed
         exp.tuned = tune_experiment(exp, out, progress, compute=job is None and distributed.is_main())
     done = {grid_key(r, bool(exp.shots)) for r in rows}
@@ -113,7 +115,8 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
         if p.ds.name not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
             try:
-                prepared[p.ds.name] = _prepare_dataset(exp, p, clock)
+                prepared[p.ds.name] = _prepare_dataset(
+                    exp, p, clock, [q for q in plans if q.ds.name == p.ds.name])
             except MamfError as e:
                 log.error("dataset %s skipped: %s", p.ds.name, e)
                 _failure(out, {"dataset": p.ds.name, "error": str(e)})
@@ -145,12 +148,19 @@ def _claim(exp: Experiment, out: Path, rows: list[dict], job: str | None) -> Non
             atomic_write_bytes(previous, text)
 
 
-def _prepare_dataset(exp: Experiment, p: Plan, clock: _Clock) -> tuple:
+def _prepare_dataset(exp: Experiment, p: Plan, clock: _Clock, plans: list[Plan]) -> tuple:
     """The dataset's model, images, inputs, the pretrained weights and every class's prompt
-    embedding under them (before any training), once per dataset."""
+    embedding under them (before any training), once per dataset. A frozen image tower computes
+    first what the dataset's `plans` read."""
     config = run_config(exp, p.ds, p.method, p.seed, p.root)
+
+    def reads(dataset) -> np.ndarray:
+        return np.unique(np.concatenate([
+            images_read(dataset, run_config(exp, q.ds, q.method, q.seed, q.root), q.method,
+                        {split for _, split, _ in q.missing}) for q in plans]))
+
     with clock.apart() as one_off:
-        model, dataset, inputs = prepare(config)
+        model, dataset, inputs = prepare(config, reads=reads)
         prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     log.info("%s: model and caches ready in %.1f s (once; not counted in the time left)",
              p.ds.name, one_off())

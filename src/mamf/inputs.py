@@ -1,8 +1,9 @@
 """Feeds a model: image indices -> image embeddings, class ids -> text embeddings.
 
 Prompts are tokenised once per dataset; a step encodes each of its candidate classes' prompts once,
-never once per image. With a frozen image backbone, its outputs are computed once for every cached
-image and the step runs only the image head. With only the last k blocks of a tower trainable
+never once per image. With a frozen image backbone, its outputs are computed once per cached image
+(on onnxruntime first only for the images a run says it reads, any other when first read) and the
+step runs only the image head. With only the last k blocks of a tower trainable
 (`train.unfreeze_image_blocks`, `unfreeze_text_layers`), the frozen part's outputs at the boundary
 are computed once (images: on disk, beside the image cache; prompts: in memory) and a step runs
 only the top k blocks.
@@ -69,7 +70,8 @@ class ModelInputs:
                  precision: str = "fp32", freeze_image_backbone: bool = False,
                  freeze_text_tower: bool = False,
                  crop_scale: float = 0.8, seed: int = 0, feature_batch: int = 64,
-                 image_top_blocks: int = 0, text_top_layers: int = 0):
+                 image_top_blocks: int = 0, text_top_layers: int = 0,
+                 reads: np.ndarray | None = None):
         self.dataset = dataset
         self.device = device
         self.precision = resolve_precision(precision, device)
@@ -91,8 +93,10 @@ class ModelInputs:
             _check_count(model, "text", model.text_layers, text_top_layers)
         # the frozen image part's outputs: the backbone's, or the boundary below the top blocks
         self.features: torch.Tensor | None = None
+        self._missing: np.ndarray | None = None  # images whose frozen outputs are not computed
+        self._fill: tuple | None = None  # what computes them when first read
         if freeze_image_backbone or image_top_blocks:
-            self.features = self._backbone_features(model, feature_batch, image_top_blocks)
+            self.features = self._backbone_features(model, feature_batch, image_top_blocks, reads)
         self.text_cache: torch.Tensor | None = None
         if freeze_text_tower:
             self.text_cache = self._text_embeddings(model, feature_batch)
@@ -146,11 +150,17 @@ class ModelInputs:
                 chunks.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])))
         return torch.cat(chunks)
 
-    def _backbone_features(self, model: DualEncoder, batch: int, top_blocks: int = 0) \
-            -> torch.Tensor:
+    def _backbone_features(self, model: DualEncoder, batch: int, top_blocks: int = 0,
+                           reads: np.ndarray | None = None) -> torch.Tensor:
         """Backbone outputs (`top_blocks` k > 0: the boundary activations below the last k
         blocks) for every cached image, kept on disk beside the image cache and keyed by the
-        images, the frozen part's exact weights, k, the precision and the engine."""
+        images, the frozen part's exact weights, k, the precision and the engine.
+
+        `reads`: the images the caller will read (say, not the dev split). On onnxruntime only
+        those are computed now, and any other on its first use: its per-image outputs do not
+        depend on which images share a batch (`tests/test_frozen_engine.py`), so the numbers
+        are those of a full pass. PyTorch's kernels may round differently by batch: on it every
+        image is computed, in the same chunks as always."""
         if top_blocks:
             frozen = freeze_except(model.image_backbone_parameters(),
                                    model.image_top_parameters(top_blocks))
@@ -158,34 +168,87 @@ class ModelInputs:
         else:
             freeze_backbone(model)
             weights = frozen_engine.weights_digest(model)
+        n = len(self.dataset.images)
         engine = frozen_engine.engine_for(model, self.device, self.precision)
+        wanted = np.ones(n, dtype=bool)
+        if reads is not None and engine == frozen_engine.ONNXRUNTIME:
+            wanted[:] = False
+            wanted[np.asarray(reads, dtype=np.int64)] = True
+            wanted[0] |= not wanted.any()  # one image at least: it gives the outputs' shape
         path = self._feature_cache_path(weights, engine, top_blocks)
         # rank 0 decides for all: every rank must join the computation's gather, or none
-        if path is not None and distributed.from_main(path.exists()):
-            return torch.from_numpy(np.load(path)).to(self.device)
+        cached = distributed.from_main(_read_features(path) if distributed.is_main() else None)
+        fill = (model, weights, top_blocks, batch, path)
+        if cached is not None and cached[1][wanted].all():
+            return self._keep(torch.from_numpy(cached[0]).to(self.device), cached[1], fill)
+        backbone, on_engine = self._frozen_part(model, weights, top_blocks, collective=True)
+        if engine == frozen_engine.ONNXRUNTIME and not on_engine:
+            # PyTorch after all: every image, under PyTorch's own cache file
+            wanted[:] = True
+            path = self._feature_cache_path(weights, frozen_engine.TORCH, top_blocks)
+            cached = distributed.from_main(_read_features(path) if distributed.is_main() else None)
+        if cached is not None and cached[1].all():
+            return self._keep(torch.from_numpy(cached[0]).to(self.device), cached[1], None)
+        if not on_engine:  # PyTorch never adds to a partial file: its chunks are always the same
+            cached = None
+        have = np.zeros(n, dtype=bool) if cached is None else cached[1].copy()
+        todo = np.flatnonzero(wanted & ~have)
+        computed = self._compute_backbone_features(model, backbone, batch, on_engine, todo)
+        features = torch.zeros((n, *computed.shape[1:]), dtype=computed.dtype,
+                               device=self.device) if cached is None else \
+            torch.from_numpy(cached[0]).to(self.device)
+        features[torch.as_tensor(todo, device=self.device)] = computed
+        have[todo] = True
+        if path is not None and distributed.is_main():
+            _write_features(path, features, have)
+        return self._keep(features, have, fill)
+
+    def _frozen_part(self, model: DualEncoder, weights: str, top_blocks: int,
+                     collective: bool) -> tuple[frozen_engine.Backbone, bool]:
+        """What computes the frozen outputs, and whether it is onnxruntime (on every rank or on
+        none when `collective`; a rank filling in images of its own alone decides for itself)."""
         backbone = model.image_backbone if not top_blocks else \
             (lambda pixels: model.image_bottom(pixels, top_blocks))
-        on_engine = False  # onnxruntime reads NCHW memory; PyTorch keeps the layout it always had
-        if engine == frozen_engine.ONNXRUNTIME:
-            with distributed.main_first():  # rank 0 exports; the others find its file
-                run = frozen_engine.onnx_backbone(model, weights, top_blocks)
-            if distributed.sum_scalar(float(run is None)) == 0:  # on every rank, or on none
-                backbone, on_engine = run, True
-            else:
-                path = self._feature_cache_path(weights, frozen_engine.TORCH, top_blocks)
-                if path is not None and distributed.from_main(path.exists()):
-                    return torch.from_numpy(np.load(path)).to(self.device)
-        features = self._compute_backbone_features(model, backbone, batch, on_engine)
-        if path is not None and distributed.is_main():
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-            with writing(path, CACHE_HINT):
-                try:
-                    np.save(tmp, features.cpu().numpy())
-                    os.replace(tmp, path)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+        if frozen_engine.engine_for(model, self.device, self.precision) != frozen_engine.ONNXRUNTIME:
+            return backbone, False
+        if not collective:
+            run = frozen_engine.onnx_backbone(model, weights, top_blocks)
+            return (backbone, False) if run is None else (run, True)
+        with distributed.main_first():  # rank 0 exports; the others find its file
+            run = frozen_engine.onnx_backbone(model, weights, top_blocks)
+        if distributed.sum_scalar(float(run is None)) == 0:  # on every rank, or on none
+            return run, True
+        return backbone, False
+
+    def _keep(self, features: torch.Tensor, have: np.ndarray, fill: tuple | None) \
+            -> torch.Tensor:
+        """Hold `features`; `fill` names what computes the images `have` lacks, on first read."""
+        self._missing = None if have.all() else ~have
+        self._fill = fill
         return features
+
+    def frozen_features(self, indices: np.ndarray) -> torch.Tensor:
+        """The cached frozen outputs of `indices`, computing first any not computed yet (images
+        outside the `reads` a run declared: read after all, they get a full pass's numbers)."""
+        if self._missing is not None:
+            self._complete(np.asarray(indices, dtype=np.int64))
+        return self.features[torch.as_tensor(indices, device=self.device)]
+
+    def _complete(self, indices: np.ndarray) -> None:
+        todo = np.unique(indices[self._missing[indices]])
+        if len(todo) == 0:
+            return
+        model, weights, top_blocks, batch, path = self._fill
+        backbone, on_engine = self._frozen_part(model, weights, top_blocks, collective=False)
+        log.info("computing the frozen image features of %d more image(s), read though not "
+                 "declared", len(todo))
+        self.features[torch.as_tensor(todo, device=self.device)] = \
+            self._compute_backbone_features(model, backbone, batch, on_engine, todo, share=False)
+        self._missing[todo] = False
+        if path is not None and distributed.is_main():
+            _write_features(path, self.features, ~self._missing)
+        if not self._missing.any():
+            self._missing = None
 
     def _feature_cache_path(self, weights: str, engine: str, top_blocks: int = 0) -> Path | None:
         source = getattr(self.dataset.images, "filename", None)
@@ -194,15 +257,17 @@ class ModelInputs:
         key = f"{Path(source).name}|{self.precision}|{self.device.type}|{engine}|{weights}"
         if top_blocks:
             key += f"|below the last {top_blocks} blocks"
-        return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy")
+        return Path(source).with_name(f"features-{hashlib.sha256(key.encode()).hexdigest()[:20]}.npz")
 
     def _compute_backbone_features(self, model: DualEncoder, backbone: frozen_engine.Backbone,
-                                   batch: int, contiguous: bool = False) -> torch.Tensor:
-        """Under torchrun each rank computes a run of whole chunks (the chunks one process
-        would form, so the numbers are the same) and the ranks gather them."""
-        n = len(self.dataset.images)
+                                   batch: int, contiguous: bool, todo: np.ndarray,
+                                   share: bool = True) -> torch.Tensor:
+        """The outputs of images `todo`, in chunks of `batch`. Under torchrun (`share`) each
+        rank computes a run of whole chunks (the chunks one process would form, so the numbers
+        are the same) and the ranks gather them; without `share` each rank computes all."""
+        n = len(todo)
         starts = list(range(0, n, batch))
-        world = distributed.world_size()
+        world = distributed.world_size() if share else 1
         if len(starts) < world:  # too few chunks to share out: every rank computes all
             world = 1
         spans = [distributed.share(len(starts), r, world) for r in range(world)]
@@ -212,10 +277,10 @@ class ModelInputs:
             for start in progress.bar(starts[first : first + count], enabled=distributed.is_main(),
                                       desc="caching frozen image features (once)", unit="chunk",
                                       leave=False):
-                idx = np.arange(start, min(n, start + batch))
+                idx = todo[start : start + batch]
                 px = model.preprocess(self.dataset.batch(idx).to(self.device), contiguous)
                 chunks.append(backbone(px).float().to(self.device))
-        local = torch.cat(chunks)
+        local = torch.cat(chunks) if chunks else torch.zeros(0)
         if world == 1:
             return local
         sizes = [min(n, (f + c) * batch) - f * batch for f, c in spans]
@@ -228,7 +293,7 @@ class ModelInputs:
         these rows, so every rank count consumes the generator alike and crops the same."""
         self.images_seen += len(indices)  # the training log's images/s
         if self.features is not None:
-            cached = self.features[torch.as_tensor(indices, device=self.device)]
+            cached = self.frozen_features(indices)
             if self.image_top_blocks:
                 cached = model.image_top(cached, self.image_top_blocks)
             return model.image_head(cached)
@@ -285,6 +350,33 @@ class ModelInputs:
             width = int(tokens["attention_mask"].sum(1).max())
             tokens = {k: v[:, :width] for k, v in tokens.items()}
         return tokens
+
+
+def _read_features(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features, which images they hold) from a cache file, or None. One .npz holds both, so
+    the mask is never newer or older than the rows; an .npy of an earlier version holds all."""
+    if path is None:
+        return None
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["features"], stored["have"]
+    legacy = path.with_suffix(".npy")
+    if legacy.exists():
+        features = np.load(legacy)
+        return features, np.ones(len(features), dtype=bool)
+    return None
+
+
+def _write_features(path: Path, features: torch.Tensor, have: np.ndarray) -> None:
+    """Written beside and renamed over: a reader sees the old file or the new, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    with writing(path, CACHE_HINT):
+        try:
+            np.savez(tmp, features=features.cpu().numpy(), have=have)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def freeze_backbone(model: DualEncoder) -> None:

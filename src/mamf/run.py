@@ -8,6 +8,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -100,11 +101,32 @@ def _at(settings: dict, section: str) -> dict:
     return settings[section] if section else settings
 
 
-def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False):
+def images_read(dataset: ImageDataset, config: Config, method: str,
+                scored: Iterable[str]) -> np.ndarray:
+    """The images a run of `method` reads when its rows score the splits `scored`: its
+    training split if it trains, and dev if it tunes there or training is scored on it
+    (`train.eval_every`). What a frozen image tower computes first (`prepare`'s `reads`)."""
+    cls = methods.method_class(method)
+    splits = set(scored)
+    if cls.trains:
+        splits.add("train")
+        if config.train.eval_every:
+            splits.add("dev")
+    if cls.tunes_on_dev:
+        splits.add("dev")
+    protocol = protocols.get(config.data.protocol)
+    pools = [protocol.pool(dataset, config.data, split, config.seed) for split in sorted(splits)]
+    return np.unique(np.concatenate([p.all_images()[0] for p in pools])) if pools else \
+        np.zeros(0, dtype=np.int64)
+
+
+def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False,
+            reads: Callable[[ImageDataset], np.ndarray] | None = None):
     """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs.
 
     `fresh`: the model is about to be trained from its pretrained weights, so `heads=random`
-    applies (before any frozen tower's outputs are cached).
+    applies (before any frozen tower's outputs are cached). `reads(dataset)`: the images the
+    caller will read (`images_read`); a frozen tower may compute only those now.
     """
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
@@ -126,7 +148,8 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     image_blocks, text_layers = unfrozen(config.train)
     inputs = ModelInputs(model, dataset, device, config.precision, image_blocks == 0,
                          text_layers == 0, config.train.crop_scale, seed=config.seed,
-                         image_top_blocks=image_blocks or 0, text_top_layers=text_layers or 0)
+                         image_top_blocks=image_blocks or 0, text_top_layers=text_layers or 0,
+                         reads=None if reads is None else reads(dataset))
     return model, dataset, inputs
 
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +90,34 @@ def reserve(path: Path) -> None:
         os.close(fd)
 
 
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+WINDOW = 256  # files in flight at once: memory stays bounded however large the folder
+
+
+def _decode_or_error(path: Path, size: int) -> np.ndarray | Exception:
+    try:
+        return decode(path, size)
+    except UNREADABLE as e:
+        return e
+
+
+def _decoded(files: list[Path], size: int, workers: int) -> Iterator[np.ndarray | Exception]:
+    """Each file's pixels (or why it is unreadable), in order. PIL lets go of the GIL while it
+    decodes and resizes, so `workers` threads keep as many cores busy; each image is decoded on
+    its own, so the pixels are the same for any number of workers."""
+    if workers <= 1:
+        yield from (_decode_or_error(f, size) for f in files)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for start in range(0, len(files), WINDOW):
+            yield from pool.map(_decode_or_error, files[start : start + WINDOW],
+                                [size] * len(files[start : start + WINDOW]))
+
+
 def load_or_build(files: list[Path], size: int, name: str = "data",
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Return (images [M, size, size, 3] uint8 memmap, ok [M] bool). Unreadable files get ok=False."""
+                  progress: bool = True, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Return (images [M, size, size, 3] uint8 memmap, ok [M] bool). Unreadable files get ok=False.
+    `workers`: threads that decode (the pixels do not depend on it)."""
     root = cache_root()
     key = _key(files, size)
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
@@ -112,14 +139,14 @@ def load_or_build(files: list[Path], size: int, name: str = "data",
     ok = np.ones(len(files), dtype=bool)
     bad: list[str] = []
     try:
-        for i, f in enumerate(bar(files, enabled=progress, desc=f"caching {name} at {size}px (once)",
-                                  unit="img", leave=False)):
-            try:
-                array[i] = decode(f, size)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
-                    Image.DecompressionBombError) as e:
+        decoded = bar(_decoded(files, size, workers), total=len(files), enabled=progress,
+                      desc=f"caching {name} at {size}px (once)", unit="img", leave=False)
+        for i, pixels in enumerate(decoded):
+            if isinstance(pixels, Exception):
                 ok[i] = False
-                bad.append(f"{f}: {type(e).__name__}")
+                bad.append(f"{files[i]}: {type(pixels).__name__}")
+            else:
+                array[i] = pixels
         with writing(array_path, CACHE_HINT):
             array.flush()
             del array

@@ -63,7 +63,8 @@ class ImageDataset:
         prompts = [group[0] for group in ensemble] if ensemble else \
             class_prompts(scan.root, scan.classes, template, scan.top)
         files = [f for group in scan.files for f in group]
-        images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"))
+        images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"),
+                                  workers=torch.get_num_threads())
         classes, kept_prompts, class_images, kept_sets, start = [], [], [], [], 0
         for k, (label, prompt, group) in enumerate(zip(scan.classes, prompts, scan.files)):
             idx = np.arange(start, start + len(group))

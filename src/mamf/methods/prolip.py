@@ -28,7 +28,7 @@ from mamf.settings import Setting
 def backbone_features(model, inputs, indices: np.ndarray) -> torch.Tensor:
     """The image tower's outputs before its projection head, from the cache when there is one."""
     if inputs.features is not None and not inputs.image_top_blocks:
-        return inputs.features[torch.as_tensor(indices, device=inputs.device)].float()
+        return inputs.frozen_features(indices).float()
     chunks = [model.image_backbone(model.preprocess(inputs.dataset.batch(indices[i : i + 256])))
               for i in range(0, len(indices), 256)]
     return torch.cat(chunks).float()

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -298,6 +299,7 @@ def _load_minilm():
 
 
 _PRETRAINED: EffnetMiniLM | None = None  # this process's first build, never handed out
+_BUILDING = threading.Lock()  # `warm` may be building it in another thread
 
 
 def build() -> EffnetMiniLM:
@@ -307,10 +309,21 @@ def build() -> EffnetMiniLM:
     experiment prepares the model once per dataset, and loading the packages and embedding the
     1000 ImageNet prompts again cost seconds each time (a copy costs a tenth of one)."""
     global _PRETRAINED
-    if _PRETRAINED is None:
-        _PRETRAINED = _build()
+    with _BUILDING:
+        if _PRETRAINED is None:
+            _PRETRAINED = _build()
     shared = {id(_PRETRAINED.tokenizer): _PRETRAINED.tokenizer}  # read-only: no copy needed
     return copy.deepcopy(_PRETRAINED, shared)
+
+
+def warm() -> None:
+    """Build the pristine copy now, so that a `build` later only copies it (an experiment calls
+    this in a background thread while its datasets are built: the seconds of loading the
+    packages and embedding the ImageNet prompts then overlap that work)."""
+    with _BUILDING:
+        global _PRETRAINED
+        if _PRETRAINED is None:
+            _PRETRAINED = _build()
 
 
 def _build() -> EffnetMiniLM:

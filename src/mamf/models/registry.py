@@ -9,7 +9,9 @@ here knows one family from another.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,17 +20,23 @@ from mamf.models.base import DualEncoder
 from mamf.settings import Setting, gather
 
 _BUILTIN: dict[str, tuple[str, Callable[[], DualEncoder]]] = {}
+# a built-in name's `warm`: builds what its builder keeps for the process, ahead of need
+_WARM: dict[str, Callable[[], None]] = {}
 _FAMILIES: dict[str, tuple[str, Callable[[str], DualEncoder]]] = {}
 # a built-in name's or family's own settings (a family's under `<model_type> folder`)
 DECLARED: dict[str, tuple[Setting, ...]] = {}
 
 
-def register_builtin(name: str, description: str, settings: tuple[Setting, ...] = ()):
-    """Decorator: `builder()` builds the model called `name` (no files, or its own)."""
+def register_builtin(name: str, description: str, settings: tuple[Setting, ...] = (),
+                     warm: Callable[[], None] | None = None):
+    """Decorator: `builder()` builds the model called `name` (no files, or its own). `warm`:
+    for a builder that keeps a pristine copy for the process, what builds that copy (`prefetch`)."""
     def add(builder: Callable[[], DualEncoder]) -> Callable[[], DualEncoder]:
         if name in _BUILTIN:
             raise ValueError(f"model {name!r} is registered twice")
         _BUILTIN[name] = (description, builder)
+        if warm is not None:
+            _WARM[name] = warm
         DECLARED[name] = tuple(settings)
         return builder
     return add
@@ -80,6 +88,23 @@ def load_model(name: str) -> DualEncoder:
     return _FAMILIES[model_type][1](name)
 
 
+def prefetch(name: str) -> threading.Thread | None:
+    """Start building `name`'s process copy in a background thread, where its builder keeps one
+    (`warm=`); None otherwise. A failure there is dropped: the `load_model` that needs the model
+    meets it again and reports it."""
+    warm = _WARM.get(name)
+    if warm is None:
+        return None
+
+    def quietly() -> None:
+        with contextlib.suppress(Exception):  # reported by the load that needs it
+            warm()
+
+    thread = threading.Thread(target=quietly, name=f"mamf-prefetch-{name}", daemon=True)
+    thread.start()
+    return thread
+
+
 def _model_type(name: str) -> object:
     """config.json's model_type of a folder; for a hub id, transformers' own config lookup."""
     path = Path(name).expanduser()
@@ -103,8 +128,14 @@ def _model_type(name: str) -> object:
         raise MamfError(f"cannot load model {name!r}: {first}") from None
 
 
+def _warm_effnet_minilm() -> None:
+    from mamf.models.effnet_minilm import warm
+
+    warm()
+
+
 @register_builtin("effnet-minilm", "offline pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, "
-                  "ConSE-joined (needs the [offline] extra)")
+                  "ConSE-joined (needs the [offline] extra)", warm=_warm_effnet_minilm)
 def _effnet_minilm() -> DualEncoder:
     try:
         from mamf.models.effnet_minilm import build
