@@ -24,16 +24,15 @@ less.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-# the counting builder's worker processes start by importing this file again: they need none of
-# the rest, and importing torch there would add seconds `mamf demo` never spends
-if multiprocessing.parent_process() is None:
+# the counting builder's worker processes start by running this file again, as "__mp_main__":
+# they need none of the rest, and importing torch there adds seconds `mamf demo` never spends
+if __name__ == "__main__":
     os.environ.setdefault("MAMF_CACHE_DIR", tempfile.mkdtemp(prefix="mamf-bench-demo-cache-"))
 
     import torch

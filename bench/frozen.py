@@ -69,7 +69,8 @@ def backbone_contenders(model, ds, inputs: ModelInputs, ours) -> dict:
         for a in arrays:
             plain.run(None, {"pixels": a})
 
-    return {"mamf": lambda: inputs._compute_backbone_features(model, ours, 64, contiguous=True),
+    every = np.arange(len(ds.images))
+    return {"mamf": lambda: inputs._compute_backbone_features(model, ours, 64, True, every),
             "eager PyTorch": eager, "onnxruntime directly": direct}
 
 
