@@ -236,6 +236,43 @@ def test_experiment_under_torchrun_writes_one_process_file(shared_colour_folder,
     assert (tmp_path / "two" / "results.jsonl").read_text().count("\n") == 8
 
 
+FROZEN_EXPERIMENT = """
+name: two-ranks-frozen
+model: tiny-random-clip
+methods: [zeroshot, classical]
+seeds: [5]
+settings:
+  data: {{protocol: episodic, shots: 1, queries: 1, tasks: 6}}
+  train: {{lr: 1.0e-3, steps: 4, batch_size: 8, augment: false, freeze_image_backbone: true,
+          freeze_text_tower: true}}
+  metatest: {{lr: 1.0e-3, epochs: 1}}
+datasets:
+  colours: {{root: {root}, ways: [2]}}
+"""
+
+
+def test_frozen_features_of_only_the_images_read_are_shared_by_the_ranks(shared_colour_folder,
+                                                                        tmp_path, monkeypatch):
+    """The ranks compute the images an experiment reads (not dev) in shares and gather them:
+    the same features file, the same rows, as one process."""
+    spec = tmp_path / "exp.yaml"
+    spec.write_text(FROZEN_EXPERIMENT.format(root=shared_colour_folder))
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache-one"))
+    assert main(["experiment", str(spec), "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    done = _torchrun(["experiment", str(spec), "--out", str(tmp_path / "two"), "--quiet"],
+                     tmp_path, MAMF_CACHE_DIR=str(tmp_path / "cache-two"))
+    assert done.returncode == 0, done.stderr
+    (a,), (b,) = (list((tmp_path / c).rglob("features-*.npz")) for c in ("cache-one",
+                                                                          "cache-two"))
+    with np.load(a) as one_file, np.load(b) as two_file:
+        assert not one_file["have"].all()  # dev was never computed
+        assert np.array_equal(one_file["have"], two_file["have"])
+        assert np.array_equal(one_file["features"], two_file["features"])
+    one, two = ((tmp_path / d / "results.jsonl").read_text() for d in ("one", "two"))
+    assert [json.loads(x)["task_accs"] for x in one.splitlines()] == \
+        [json.loads(x)["task_accs"] for x in two.splitlines()]
+
+
 FAILING_RANK = """
 import sys
 import torch.distributed as dist

@@ -95,6 +95,7 @@ class ModelInputs:
         self.features: torch.Tensor | None = None
         self._missing: np.ndarray | None = None  # images whose frozen outputs are not computed
         self._fill: tuple | None = None  # what computes them when first read
+        self._fill_engine: tuple | None = None  # (backbone, on onnxruntime), made on first use
         if freeze_image_backbone or image_top_blocks:
             self.features = self._backbone_features(model, feature_batch, image_top_blocks, reads)
         self.text_cache: torch.Tensor | None = None
@@ -176,27 +177,27 @@ class ModelInputs:
             wanted[np.asarray(reads, dtype=np.int64)] = True
             wanted[0] |= not wanted.any()  # one image at least: it gives the outputs' shape
         path = self._feature_cache_path(weights, engine, top_blocks)
-        # rank 0 decides for all: every rank must join the computation's gather, or none
-        cached = distributed.from_main(_read_features(path) if distributed.is_main() else None)
+        # rank 0 decides for all (every rank must join the computation's gather, or none); each
+        # rank reads the file itself, whose rows only ever grow, each with the same bits
+        have = distributed.from_main(_held(path) if distributed.is_main() else None)
         fill = (model, weights, top_blocks, batch, path)
-        if cached is not None and cached[1][wanted].all():
-            return self._keep(torch.from_numpy(cached[0]).to(self.device), cached[1], fill)
+        if have is not None and have[wanted].all():
+            return self._keep(self._load(path), have, fill)
         backbone, on_engine = self._frozen_part(model, weights, top_blocks, collective=True)
         if engine == frozen_engine.ONNXRUNTIME and not on_engine:
             # PyTorch after all: every image, under PyTorch's own cache file
             wanted[:] = True
             path = self._feature_cache_path(weights, frozen_engine.TORCH, top_blocks)
-            cached = distributed.from_main(_read_features(path) if distributed.is_main() else None)
-        if cached is not None and cached[1].all():
-            return self._keep(torch.from_numpy(cached[0]).to(self.device), cached[1], None)
+            have = distributed.from_main(_held(path) if distributed.is_main() else None)
+        if have is not None and have.all():
+            return self._keep(self._load(path), have, None)
         if not on_engine:  # PyTorch never adds to a partial file: its chunks are always the same
-            cached = None
-        have = np.zeros(n, dtype=bool) if cached is None else cached[1].copy()
-        todo = np.flatnonzero(wanted & ~have)
+            have = None
+        todo = np.flatnonzero(wanted & ~have) if have is not None else np.flatnonzero(wanted)
         computed = self._compute_backbone_features(model, backbone, batch, on_engine, todo)
         features = torch.zeros((n, *computed.shape[1:]), dtype=computed.dtype,
-                               device=self.device) if cached is None else \
-            torch.from_numpy(cached[0]).to(self.device)
+                               device=self.device) if have is None else self._load(path)
+        have = np.zeros(n, dtype=bool) if have is None else have.copy()
         features[torch.as_tensor(todo, device=self.device)] = computed
         have[todo] = True
         if path is not None and distributed.is_main():
@@ -220,6 +221,9 @@ class ModelInputs:
             return run, True
         return backbone, False
 
+    def _load(self, path: Path) -> torch.Tensor:
+        return torch.from_numpy(_stored_features(path)).to(self.device)
+
     def _keep(self, features: torch.Tensor, have: np.ndarray, fill: tuple | None) \
             -> torch.Tensor:
         """Hold `features`; `fill` names what computes the images `have` lacks, on first read."""
@@ -239,7 +243,9 @@ class ModelInputs:
         if len(todo) == 0:
             return
         model, weights, top_blocks, batch, path = self._fill
-        backbone, on_engine = self._frozen_part(model, weights, top_blocks, collective=False)
+        if self._fill_engine is None:  # the engine's session is made once, on the first fill
+            self._fill_engine = self._frozen_part(model, weights, top_blocks, collective=False)
+        backbone, on_engine = self._fill_engine
         log.info("computing the frozen image features of %d more image(s), read though not "
                  "declared", len(todo))
         self.features[torch.as_tensor(todo, device=self.device)] = \
@@ -352,19 +358,26 @@ class ModelInputs:
         return tokens
 
 
-def _read_features(path: Path | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(features, which images they hold) from a cache file, or None. One .npz holds both, so
-    the mask is never newer or older than the rows; an .npy of an earlier version holds all."""
+def _held(path: Path | None) -> np.ndarray | None:
+    """Which images a features cache file holds, or None where there is none. One .npz holds the
+    rows and this mask, so the mask is never newer or older than the rows; an .npy of an
+    earlier version holds every image."""
     if path is None:
         return None
     if path.exists():
         with np.load(path) as stored:
-            return stored["features"], stored["have"]
+            return stored["have"]
     legacy = path.with_suffix(".npy")
     if legacy.exists():
-        features = np.load(legacy)
-        return features, np.ones(len(features), dtype=bool)
+        return np.ones(len(np.load(legacy, mmap_mode="r")), dtype=bool)
     return None
+
+
+def _stored_features(path: Path) -> np.ndarray:
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["features"]
+    return np.load(path.with_suffix(".npy"))
 
 
 def _write_features(path: Path, features: torch.Tensor, have: np.ndarray) -> None:
