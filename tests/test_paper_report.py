@@ -17,6 +17,7 @@ from mamf.report import write_report
 from mamf.report.environment import differing, environment_lines
 from mamf.report.export import latex_text
 from mamf.report.predictions import confusion, per_class
+from mamf.report.setup import setup_grid
 from mamf.tasks import Task
 
 
@@ -71,6 +72,26 @@ def test_latex_escapes_and_csv_round_trips():
     assert r"fashion\_mnist \& co & 0.50 $\pm$ 0.02 \\" in tex
     assert r"50\% & -- \\" in tex
     assert tex.startswith(r"\begin{tabular}{lr}") and tex.rstrip().endswith(r"\end{tabular}")
+
+
+def test_setup_states_each_methods_own_rates_and_what_tuning_chose(tmp_path):
+    """FOMAML adapts at `metatest.inner_lr`, zero-shot not at all; a row whose settings are
+    rebuilt from experiment.yaml gets the rates its tuning chose, not the file's."""
+    exp = {"name": "t", "model": "tiny-random-clip", "methods": ["zeroshot", "classical", "fomaml"],
+           "seeds": [1], "settings": {"train": {"lr": 1e-3}, "metatest": {"lr": 1e-4,
+                                                                          "inner_lr": 0.05}},
+           "datasets": {"colours": {"root": str(tmp_path), "ways": [2]}}}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(exp))
+    base = {"model": "tiny-random-clip", "seed": 1, "ways": 2, "split": "test",
+            "experiment_dataset": "colours", "config_id": "none", "trainable_params": 10}
+    rows = [{**base, "method": "zeroshot"},
+            {**base, "method": "classical", "train_steps": 5,
+             "tuned_on_dev": {"values": {"train.lr": 0.1, "metatest.lr": 0.01}}},
+            {**base, "method": "fomaml", "train_steps": 5}]
+    _, body, missing, rebuilt = setup_grid(rows, tmp_path)
+    assert (missing, rebuilt) == (3, 3)
+    assert {b[0]: b[5] for b in body} == {"zero-shot": "– / –", "classical FT": "0.1 / 0.01",
+                                         "FOMAML": "0.001 / 0.05"}
 
 
 @pytest.fixture(scope="module")

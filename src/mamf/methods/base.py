@@ -103,6 +103,11 @@ class Method:
     colour: ClassVar[str] = "#7f7f7f"
     order: ClassVar[int] = 100  # position in tables and listings
     trains: ClassVar[bool] = True
+    # the settings that are its training and test-time rates and epochs (None: it has none),
+    # for the report's Setup block, which states them for a paper
+    train_rate: ClassVar[str | None] = "train.lr"
+    adapt_rate: ClassVar[str | None] = "metatest.lr"
+    adapt_epochs: ClassVar[str | None] = "metatest.epochs"
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch

@@ -126,6 +126,7 @@ def class_embeddings(model, prompts: Prompts, class_ids: np.ndarray,
 @register
 class CoOp(Method):
     name = "coop"
+    train_rate, adapt_rate, adapt_epochs = "baseline.coop_lr", None, None  # no test-time step
     label = "CoOp"
     summary = "a learned prompt context in front of the class names; the towers frozen (baseline)"
     colour = "#ff7f0e"

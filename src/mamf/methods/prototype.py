@@ -29,6 +29,7 @@ def prototypes(task: Embedded, mix: float) -> torch.Tensor:
 @register
 class Prototype(Method):
     name = "prototype"
+    adapt_rate = adapt_epochs = None  # closed form
     label = "prototype"
     summary = "nearest support class mean, mixed with the prompt embedding (baseline)"
     colour = "#8c564b"

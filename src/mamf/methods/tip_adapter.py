@@ -58,6 +58,7 @@ def fine_tune_keys(task: Embedded, epochs: int, lr: float, alpha: float,
 @register
 class TipAdapter(Method):
     name = "tip-adapter"
+    adapt_rate = adapt_epochs = None  # its cache is built, not trained
     label = "Tip-Adapter"
     summary = "training-free cache of support embeddings; alpha, beta chosen on dev (baseline)"
     colour = "#17becf"
@@ -107,6 +108,7 @@ class TipAdapter(Method):
 @register
 class TipAdapterF(TipAdapter):
     name = "tip-adapter-f"
+    adapt_rate, adapt_epochs = "baseline.tip_f_lr", "baseline.tip_f_epochs"
     label = "Tip-Adapter-F"
     summary = "Tip-Adapter with cache keys fine-tuned on the support set (baseline)"
     colour = "#bcbd22"

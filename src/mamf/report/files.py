@@ -49,10 +49,13 @@ def train_log_path(row: dict, folder: Path | None) -> Path | None:
 
 def grid_config(row: dict, folder: Path | None) -> dict | None:
     """A grid row's settings rebuilt from the experiment.yaml beside it, for rows written before
-    grids kept configs/; None without one. The data folder is not known then, so the settings'
-    hash cannot be checked against the row's: the file is taken as the one that ran."""
+    grids kept configs/; None without one. What tuning chose for the row (its `tuned_on_dev`)
+    goes over the file's settings, as it did when the row ran. The data folder is not known
+    then, so the settings' hash cannot be checked against the row's: the file is taken as the
+    one that ran."""
     from mamf.config import to_dict
     from mamf.experiment import run_config
+    from mamf.tune_spec import nested
 
     if folder is None or not row.get("experiment_dataset") or \
             not (Path(folder) / "experiment.yaml").is_file():
@@ -62,9 +65,12 @@ def grid_config(row: dict, folder: Path | None) -> dict | None:
         ds = next((d for d in exp.datasets if d.name == row["experiment_dataset"]), None)
         if ds is None:
             return None
+        tuned = row.get("tuned_on_dev")
+        extra = nested(tuned["values"]) if isinstance(tuned, dict) and tuned.get("values") \
+            else None
         return to_dict(run_config(exp, ds, row["method"], row["seed"], ds.root or ".",
                                   ways=row["ways"], sampler=row.get("sampler"),
-                                  split=row["split"]))
+                                  split=row["split"], extra=extra))
     except (MamfError, KeyError, TypeError, ValueError):
         return None
 

@@ -21,8 +21,25 @@ def _span(values: list) -> str:
     return show[0] if len(show) == 1 else f"{show[0]} to {show[-1]}"
 
 
-def _setting(configs: list[dict], section: str, key: str) -> list:
+def _setting(configs: list[dict], dotted: str | None) -> list:
+    """A setting's values in these configs (none for a method that has no such setting)."""
+    if dotted is None:
+        return []
+    section, key = dotted.split(".", 1)
     return [c.get(section, {}).get(key) for c in configs if isinstance(c.get(section), dict)]
+
+
+def _declared(method: str) -> tuple[str | None, str | None, str | None]:
+    """The settings that are `method`'s training rate, test-time rate and epochs, as it declares
+    them; a method no longer registered is read as the default (`metatest.lr`, ...)."""
+    from mamf.errors import MamfError
+    from mamf.methods import Method, method_class
+
+    try:
+        cls = method_class(method)
+    except MamfError:
+        cls = Method
+    return cls.train_rate, cls.adapt_rate, cls.adapt_epochs
 
 
 def _templates(rows: list[dict], configs: list[dict]) -> str:
@@ -56,10 +73,11 @@ def setup_grid(rows: list[dict], folder: Path | None
         configs = [c for c in (_config(r, folder, rebuilt) for r in mine) if c is not None]
         missing += len(mine) - len(configs) + sum(1 for r in rebuilt if r in mine)
         trains = any(r.get("train_steps") is not None for r in mine)
-        lr = f"{_span(_setting(configs, 'train', 'lr')) if trains else '–'} / " \
-             f"{_span(_setting(configs, 'metatest', 'lr'))}"
-        epochs = f"{_span(_setting(configs, 'train', 'epochs')) if trains else '–'} / " \
-                 f"{_span(_setting(configs, 'metatest', 'epochs'))}"
+        train_rate, adapt_rate, adapt_epochs = _declared(m)
+        lr = f"{_span(_setting(configs, train_rate)) if trains else '–'} / " \
+             f"{_span(_setting(configs, adapt_rate))}"
+        epochs = f"{_span(_setting(configs, 'train.epochs')) if trains else '–'} / " \
+                 f"{_span(_setting(configs, adapt_epochs))}"
         body.append([label(m), ", ".join(sorted({r["model"] for r in mine})),
                      _span([r.get("trainable_params") for r in mine]),
                      _span([r.get("train_steps") for r in mine]),
@@ -75,7 +93,8 @@ def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tup
              "Per method: the trainable parameters are those training and test-time adaptation "
              "change; steps and images are the training's (– for methods that do not train, "
              "or rows that do not record them); rates and epochs are training / test-time "
-             "adaptation.", "",
+             "adaptation, each the setting the method declares as its own (FOMAML's test-time "
+             "rate is `metatest.inner_lr`; – where a method has none).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
     if missing:
