@@ -129,3 +129,21 @@ def test_an_experiment_computes_no_features_of_a_split_it_never_reads(tmp_path, 
     ModelInputs(model, dataset, torch.device("cpu"), freeze_image_backbone=True)
     again = run_experiment(load_experiment(path), tmp_path / "again", progress=False)
     assert [r["task_accs"] for r in again] == [r["task_accs"] for r in rows]
+
+
+def test_a_split_that_cannot_be_formed_is_still_reported_by_its_rows(tmp_path, monkeypatch):
+    """Declaring the images read must not move a protocol's error from the rows that read the
+    split to the whole dataset: the rows fail one by one, as before."""
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "cache"))
+    folder = make_folder(tmp_path / "colours", n_classes=4, per_class=5)  # < 8 a class
+    raw = {"name": "short", "model": "tiny-random-clip", "methods": ["zeroshot", "classical"],
+           "seeds": [1], "settings": {"train": {**FROZEN, "epochs": 1},
+                                      "metatest": {"epochs": 1}, "data": {"protocol": "paper"}},
+           "datasets": {"colours": {"root": str(folder), "ways": [2]}}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_experiment(load_experiment(path), tmp_path / "out", progress=False)
+    failures = [yaml.safe_load(x) for x in (tmp_path / "out" / "failures.jsonl").read_text()
+                .splitlines()]
+    assert [f["method"] for f in failures] == ["zeroshot", "classical"]
+    assert all("needs at least 8 per class" in f["error"] for f in failures)
