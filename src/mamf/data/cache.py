@@ -110,8 +110,8 @@ def _decoded(files: list[Path], size: int, workers: int) -> Iterator[np.ndarray 
         return
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(files), WINDOW):
-            yield from pool.map(_decode_or_error, files[start : start + WINDOW],
-                                [size] * len(files[start : start + WINDOW]))
+            window = files[start : start + WINDOW]
+            yield from pool.map(_decode_or_error, window, [size] * len(window))
 
 
 def load_or_build(files: list[Path], size: int, name: str = "data",

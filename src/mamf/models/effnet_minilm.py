@@ -308,10 +308,7 @@ def build() -> EffnetMiniLM:
     The first build in a process is kept pristine and every call returns a copy of it: an
     experiment prepares the model once per dataset, and loading the packages and embedding the
     1000 ImageNet prompts again cost seconds each time (a copy costs a tenth of one)."""
-    global _PRETRAINED
-    with _BUILDING:
-        if _PRETRAINED is None:
-            _PRETRAINED = _build()
+    warm()
     shared = {id(_PRETRAINED.tokenizer): _PRETRAINED.tokenizer}  # read-only: no copy needed
     return copy.deepcopy(_PRETRAINED, shared)
 
@@ -320,8 +317,8 @@ def warm() -> None:
     """Build the pristine copy now, so that a `build` later only copies it (an experiment calls
     this in a background thread while its datasets are built: the seconds of loading the
     packages and embedding the ImageNet prompts then overlap that work)."""
+    global _PRETRAINED
     with _BUILDING:
-        global _PRETRAINED
         if _PRETRAINED is None:
             _PRETRAINED = _build()
 
