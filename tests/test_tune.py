@@ -151,3 +151,26 @@ def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
     schedules = {run_config(exp, ds, "mamf", 312, "/x").train.schedule for ds in exp.datasets}
     assert schedules == ({"sampled", "sequential"} if name == "paper-offline-matched.yaml"
                          else {"sampled"})
+
+
+def test_a_diverging_grid_point_is_recorded_and_the_rest_are_scored_as_alone(tmp_path, folder):
+    """A rate at which the loss becomes NaN is a grid point that lost, not the end of tuning;
+    and a test-time rate that diverges leaves no weights behind for the next point."""
+    def tune(out, train_lrs, test_lrs):
+        raw = experiment(folder, grid={"train.lr": train_lrs, "metatest.lr": test_lrs},
+                         methods=["classical"])
+        raw["settings"]["metatest"]["epochs"] = 3
+        raw["settings"]["train"].update(freeze_image_backbone=False, steps=30, batch_size=8)
+        tune_experiment(parse_experiment(raw), tmp_path / out)
+        return json.loads((tmp_path / out / TUNE_FILE).read_text())["entries"]["colours/classical"]
+
+    entry = tune("both", [1e30, 1e-2], [1e30, 1e-4])
+    marks = {(s["train"]["train.lr"], s["metatest"]["metatest.lr"]): s.get("diverged")
+             for s in entry["scores"]}
+    assert marks == {(1e30, 1e30): "training", (1e30, 1e-4): "training",
+                     (1e-2, 1e30): "meta-test", (1e-2, 1e-4): None}
+    assert entry["chosen"] == {"train.lr": 1e-2, "metatest.lr": 1e-4}
+    alone = tune("alone", [1e-2], [1e-4])
+    assert entry["scores"][-1]["dev_acc"] == alone["scores"][0]["dev_acc"] is not None
+    with pytest.raises(MamfError, match="every tuning grid point of colours classical diverged"):
+        tune("none", [1e30], [1e-4])

@@ -10,6 +10,11 @@ class MamfError(Exception):
     """A problem with the user's input (data, config, model name) rather than a bug in mamf."""
 
 
+class Diverged(MamfError):
+    """A loss became NaN or infinite: the rate is too high for this model and data. A run stops
+    with it; tuning records the grid point as diverged and goes on (`mamf.tune`)."""
+
+
 class _ShortRepr(reprlib.Repr):
     """reprlib with small caps, and huge integers shown by size (repr of one raises past 4300
     digits); it never walks more than a few elements of a container, however YAML aliases nest."""

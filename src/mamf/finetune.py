@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mamf.errors import MamfError
+from mamf.errors import Diverged
 from mamf.inputs import ModelInputs, autocast
 from mamf.loss import restrict_to_batch
 from mamf.models.base import DualEncoder
@@ -97,7 +97,7 @@ def step_tasks(model: DualEncoder, inputs: ModelInputs, batches: list[Batch],
 
 def check_finite(value: float) -> float:
     if not math.isfinite(value):
-        raise MamfError(f"the training loss became {value}: lower the learning rate")
+        raise Diverged(f"the training loss became {value}: lower the learning rate")
     return value
 
 

@@ -66,15 +66,18 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     local = {}
     bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
                        leave=False)
-    for i in bar:
-        if config.metatest.reset:
-            snapshot.restore()
-        rng = np.random.default_rng([config.seed, 103, ways, i])
-        plugin.adapt(model, inputs, tasks[i], rng)
-        predicted = plugin.predict(model, inputs, tasks[i])
-        local[i] = (accuracy(predicted, tasks[i]),
-                    encode_predictions(tasks[i], predicted) if predictions is not None else None)
-    snapshot.restore()
+    try:  # a task whose adaptation diverges must not leave its weights behind
+        for i in bar:
+            if config.metatest.reset:
+                snapshot.restore()
+            rng = np.random.default_rng([config.seed, 103, ways, i])
+            plugin.adapt(model, inputs, tasks[i], rng)
+            predicted = plugin.predict(model, inputs, tasks[i])
+            local[i] = (accuracy(predicted, tasks[i]),
+                        encode_predictions(tasks[i], predicted) if predictions is not None
+                        else None)
+    finally:
+        snapshot.restore()
     both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
     if predictions is not None:
         predictions.extend(p for _, p in both)

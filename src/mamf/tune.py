@@ -21,7 +21,7 @@ import numpy as np
 
 from mamf import methods as registry
 from mamf.config import Config
-from mamf.errors import MamfError
+from mamf.errors import Diverged, MamfError
 from mamf.experiment_file import dataset_root, run_config
 from mamf.io import atomic_write_text
 from mamf.tune_spec import TuneSpec, nested
@@ -52,9 +52,14 @@ def read_tune(out: Path) -> dict:
     return data
 
 
-def choose(scores: list[dict]) -> dict:
-    """The grid point with the best mean dev accuracy; ties go to the first in grid order."""
-    return max(scores, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
+def choose(scores: list[dict], where: str = "") -> dict:
+    """The grid point with the best mean dev accuracy; ties go to the first in grid order.
+    Diverged points (dev_acc null) are never chosen."""
+    finite = [s for s in scores if s["dev_acc"] is not None]
+    if not finite:
+        raise MamfError(f"every tuning grid point of {where or 'this entry'} diverged: "
+                        "give the grid lower rates")
+    return max(finite, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
 
 
 def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True) -> dict:
@@ -88,7 +93,7 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                 entry["scores"] += _score_point(exp, ds, root, method, point, grid, progress,
                                                 prepared)
                 atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
-            best = choose(entry["scores"])
+            best = choose(entry["scores"], f"{ds.name} {method}")
             entry["chosen"] = {**best["train"], **best["metatest"]}
             chosen[(ds.name, method)] = {"values": entry["chosen"], "seed": spec.seed,
                                          "dev_acc": best["dev_acc"], "ways": best["ways"]}
@@ -123,22 +128,39 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     sizes = spec.ways or ways_list(base, dataset.n_classes, ds.ways)[:1]
     tests = points(grid, "metatest")
     accs: dict[int, list[float]] = {k: [] for k in range(len(tests))}
+    diverged: dict[int, str] = {}  # grid point -> where its loss became NaN or infinite
     for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
         config = _config(exp, ds, method, root, extra, ways=group[0])
         fresh_start(model, inputs, pretrained, config, kind.trains)
         if kind.trains:
-            train(model, inputs, dataset, config, progress)
+            try:
+                train(model, inputs, dataset, config, progress)
+            except Diverged as e:
+                log.info("tune %s %s %s: diverged in training (%s)", ds.name, method,
+                         train_point, e)
+                diverged.update({k: "training" for k in range(len(tests))})
+                continue
         for n in group:
             for k, test_point in enumerate(tests):
+                if k in diverged:
+                    continue
                 scored = _config(exp, ds, method, root, {**extra, **nested(test_point)}, ways=n)
-                row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
-                                        prompts)
+                try:
+                    row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
+                                            prompts)
+                except Diverged as e:
+                    log.info("tune %s %s %d-way %s %s: diverged at test time (%s)", ds.name,
+                             method, n, train_point, test_point, e)
+                    diverged[k] = "meta-test"
+                    continue
                 accs[k].append(row.acc_mean)
                 log.info("tune %s %s %d-way %s %s: dev %.3f", ds.name, method, n, train_point,
                          test_point, row.acc_mean)
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
-             "dev_acc": float(sum(accs[k]) / len(accs[k]))} for k, test_point in enumerate(tests)]
+             **({"dev_acc": None, "diverged": diverged[k]} if k in diverged else
+                {"dev_acc": float(sum(accs[k]) / len(accs[k]))})}
+            for k, test_point in enumerate(tests)]
 
 
 def _config(exp, ds, method: str, root: str, extra: dict, ways: int | None = None) -> Config:

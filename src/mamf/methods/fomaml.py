@@ -20,7 +20,7 @@ import torch
 
 from mamf import distributed, protocols
 from mamf.budget import Budget, matched
-from mamf.errors import MamfError
+from mamf.errors import Diverged
 from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
@@ -112,7 +112,7 @@ def outer_step(model: DualEncoder, learner: DualEncoder, inputs: ModelInputs, ta
         sum_over_ranks(confusions)
     loss = distributed.sum_scalar(loss)
     if not np.isfinite(loss):
-        raise MamfError(f"the FOMAML query loss became {loss}: lower the learning rates")
+        raise Diverged(f"the FOMAML query loss became {loss}: lower the learning rates")
     outer.step()
     return loss
 
