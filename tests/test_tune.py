@@ -133,7 +133,7 @@ def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
         parse_experiment(raw)
 
 
-@pytest.mark.parametrize("name", ["paper-offline-matched.yaml",
+@pytest.mark.parametrize("name", ["paper-offline-matched.yaml", "spurious-tuned.yaml",
                                   "paper-offline-expressive-matched.yaml"])
 def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
     from pathlib import Path
@@ -143,8 +143,9 @@ def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
     exp = load_experiment(Path(__file__).parents[1] / "configs" / name)
     assert len(exp.seeds) == 5 and exp.tune.seed not in exp.seeds
     for method in exp.tune.methods_of(exp.methods):
-        for key, values in exp.tune.grid_of(method).items():
-            assert len(values) >= 4 and max(values) / min(values) >= 999, (method, key)
+        for ds in exp.datasets:
+            for key, values in exp.tune.grid_of(method, ds.name).items():
+                assert len(values) >= 4 and max(values) / min(values) >= 999, (method, key)
     for ds in exp.datasets:
         config = run_config(exp, ds, "mamf", 312, "/placeholder")
         assert config.train.budget == "matched"
@@ -174,3 +175,32 @@ def test_a_diverging_grid_point_is_recorded_and_the_rest_are_scored_as_alone(tmp
     assert entry["scores"][-1]["dev_acc"] == alone["scores"][0]["dev_acc"] is not None
     with pytest.raises(MamfError, match="every tuning grid point of colours classical diverged"):
         tune("none", [1e30], [1e-4])
+
+
+def test_a_dataset_entry_may_give_its_own_grid(tmp_path, folder):
+    """A capacity that trains more values is tuned on lower rates: the entry's `tune:` grid
+    replaces the experiment's for it, and only for it."""
+    raw = experiment(folder, grid={"train.lr": [1e-2, 1e-1], "metatest.lr": [1e-3]},
+                     methods=["classical"])
+    raw["datasets"]["colours-low"] = {"root": str(folder), "ways": [3],
+                                      "tune": {"grid": {"train.lr": [1e-5, 1e-4, 1e-3],
+                                                        "metatest.lr": [1e-5]}}}
+    exp = parse_experiment(raw)
+    assert exp.tune.grid_of("classical", "colours") == raw["tune"]["grid"]
+    chosen = tune_experiment(exp, tmp_path / "out")
+    entries = json.loads((tmp_path / "out" / TUNE_FILE).read_text())["entries"]
+    assert [s["train"]["train.lr"] for s in entries["colours-low/classical"]["scores"]] == \
+        [1e-5, 1e-4, 1e-3]
+    assert [s["train"]["train.lr"] for s in entries["colours/classical"]["scores"]] == [1e-2, 1e-1]
+    assert chosen[("colours-low", "classical")]["values"]["train.lr"] in (1e-5, 1e-4, 1e-3)
+    assert chosen[("colours-low", "classical")]["values"]["metatest.lr"] == 1e-5
+    raw["datasets"]["colours-low"]["tune"] = {"seed": 5}
+    with pytest.raises(MamfError, match="'tune' takes 'grid' and 'method_grid' only"):
+        parse_experiment(raw)
+    raw["datasets"]["colours-low"]["tune"] = {"grid": {"train.freeze_text_tower": [True]}}
+    with pytest.raises(MamfError, match="changes the prepared model"):
+        parse_experiment(raw)
+    del raw["tune"]
+    raw["datasets"]["colours-low"]["tune"] = {"grid": {"train.lr": [1e-3]}}
+    with pytest.raises(MamfError, match="needs the experiment's 'tune:' section"):
+        parse_experiment(raw)

@@ -20,7 +20,7 @@ from mamf import protocols, samplers
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, is_int, shown
-from mamf.tune_spec import TuneSpec, nested, parse_tune
+from mamf.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune
 from mamf.wiseft import alphas
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits", "tune"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
-                "methods"}
+                "methods", "tune"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -56,6 +56,9 @@ class DatasetSpec:
     # the experiment's methods this dataset runs (None: all): a second entry of one dataset
     # under other settings (MAMF's sequential schedule) need not repeat every method
     methods: list[str] | None = None
+    # this dataset's own tuning grids (`grid`, `method_grid`) over the experiment's `tune:`: a
+    # capacity that trains more values wants lower rates than the head alone
+    tune: dict | None = None
 
 
 @dataclass
@@ -138,6 +141,12 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if raw.get("tune") is not None:
         exp.tune = parse_tune(raw["tune"], methods, seeds, CACHE_KEYS)
     for ds in datasets:
+        if ds.tune is not None:
+            if exp.tune is None:
+                raise MamfError(f"dataset {ds.name!r}: 'tune' gives this dataset's own grids, "
+                                "and needs the experiment's 'tune:' section (its seed)")
+            exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
+    for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
                 for split in exp.splits or [None]:
@@ -183,7 +192,9 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        _ways(entry.get("ways"), name),
                        _method_settings(entry.get("method_settings"),
                                         f"datasets.{name}.method_settings", registry.names()),
-                       entry.get("methods"))
+                       entry.get("methods"),
+                       None if entry.get("tune") is None else
+                       _mapping(entry["tune"], f"dataset {name!r}: 'tune'"))
 
 
 def _axis(raw: dict, key: str, valid, expected: str) -> list | None:

@@ -75,7 +75,7 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
     for ds in exp.datasets:
         root = None
         for method in spec.methods_of(exp.methods):
-            grid = spec.grid_of(method)
+            grid = spec.grid_of(method, ds.name)
             if not grid or ds.methods is not None and method not in ds.methods:
                 continue
             entry = state["entries"].setdefault(entry_key(ds.name, method),

@@ -22,11 +22,15 @@ class TuneSpec:
     methods: list[str] | None = None  # None: the experiment's methods that train
     ways: list[int] | None = None  # None: each dataset's first task size
     settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
+    # dataset name -> its own {"grid", "method_grid"} (a dataset entry's `tune:`), each where given
+    dataset_grids: dict[str, dict] = field(default_factory=dict)
 
-    def grid_of(self, method: str) -> dict[str, list]:
+    def grid_of(self, method: str, dataset: str | None = None) -> dict[str, list]:
         """The method's own grid where `method_grid` names it (FOMAML's test-time rate is
-        `metatest.inner_lr`), else the shared one."""
-        return self.method_grid.get(method, self.grid)
+        `metatest.inner_lr`), else the shared one; a dataset's own `grid` and `method_grid`
+        replace the experiment's for that dataset."""
+        own = self.dataset_grids.get(dataset, {})
+        return own.get("method_grid", self.method_grid).get(method, own.get("grid", self.grid))
 
     def methods_of(self, exp_methods: list[str]) -> list[str]:
         if self.methods is not None:
@@ -72,6 +76,25 @@ def parse_tune(raw, exp_methods: list[str], seeds: list[int], fixed=frozenset())
     if not any(spec.grid_of(m) for m in spec.methods_of(exp_methods)):
         raise MamfError("experiment 'tune' has an empty grid: give tune.grid (e.g. train.lr)")
     return spec
+
+
+def parse_dataset_grids(raw: dict, dataset: str, fixed=frozenset()) -> dict:
+    """A dataset entry's `tune:` (only `grid` and `method_grid`: the seed, task sizes and dev
+    settings are the experiment's), checked as the experiment's are."""
+    unknown = set(raw) - {"grid", "method_grid"}
+    if unknown or not raw:
+        raise MamfError(f"dataset {dataset!r}: 'tune' takes 'grid' and 'method_grid' only, got "
+                        f"{', '.join(map(shown, sorted(raw, key=str))) or 'neither'}")
+    own = {}
+    if "grid" in raw:
+        own["grid"] = _grid(raw["grid"], f"datasets.{dataset}.tune.grid", fixed)
+    if "method_grid" in raw:
+        per = raw["method_grid"]
+        if not isinstance(per, dict) or any(m not in registry.names() for m in per):
+            raise MamfError(f"datasets.{dataset}.tune.method_grid must map method names to grids")
+        own["method_grid"] = {m: _grid(g, f"datasets.{dataset}.tune.method_grid.{m}", fixed)
+                              for m, g in per.items()}
+    return own
 
 
 def _grid(raw, where: str, fixed) -> dict[str, list]:
