@@ -65,3 +65,36 @@ def test_without_an_ensemble_nothing_changes(colour_folder):
                            encode(model, dataset.prompts[1]))
     row = evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3, progress=False).to_json()
     assert row["templates"] is None
+
+
+def test_rows_and_the_reports_setup_say_what_gave_the_prompts(colour_folder, tmp_path):
+    """A label_to_text.json beside the data wins over the config's template: the row says so,
+    and the report's Setup names the file, not the template that was never used."""
+    import json
+    import shutil
+
+    from mamf.report.setup import setup_grid
+
+    def zeroshot_row(root, **over):
+        config = build_config(overrides={"model": "tiny-random-clip", "data.root": str(root),
+                                         **over})
+        model, dataset, inputs = prepare(config)
+        return evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3,
+                                 progress=False).to_json()
+
+    def prompts_column(rows):
+        head, body, _, _ = setup_grid(rows, None)
+        return body[0][head.index("prompts")]
+
+    named = tmp_path / "named"
+    shutil.copytree(colour_folder, named)
+    classes = sorted(p.name for p in named.iterdir() if p.is_dir())
+    (named / "label_to_text.json").write_text(json.dumps({c: f"A {c} square." for c in classes}))
+    own = zeroshot_row(named)
+    assert own["prompts"] == "label_to_text.json"
+    assert prompts_column([own]) == "the data's label_to_text.json"
+    assert zeroshot_row(colour_folder)["prompts"] == "template"
+    assert zeroshot_row(named, **{"data.templates": TWO})["prompts"] == "label_to_text.json"
+    assert zeroshot_row(colour_folder, **{"data.templates": TWO})["prompts"] == "templates"
+    old = {k: v for k, v in own.items() if k != "prompts"}  # a row from before the field
+    assert "which wins where present" in prompts_column([old])

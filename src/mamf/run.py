@@ -482,6 +482,7 @@ def row_head(dataset: ImageDataset, config: Config, method: str, ways: int,
             "seed": config.seed, "split": split,
             "sampler": trained_sampler(config, trained_by or method),
             "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
+            "prompts": dataset.prompt_source,
             "split_file_sha256": split_file_sha256(config.data.split_file), "alpha": alpha}
 
 

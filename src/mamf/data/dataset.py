@@ -12,7 +12,8 @@ import torch
 
 from mamf.data.cache import load_or_build
 from mamf.data.folder import scan_folder
-from mamf.data.prompts import DEFAULT_TEMPLATE, class_prompts, ensemble_prompts, resolve_templates
+from mamf.data.prompts import (DEFAULT_TEMPLATE, LABEL_TO_TEXT, class_prompts,
+                               ensemble_prompts, prompt_file, resolve_templates)
 from mamf.errors import MamfError
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class ImageDataset:
         self.file_names = file_names
         # per class, its prompts under every template of an ensemble (None: one prompt a class)
         self.ensemble: list[list[str]] | None = None
+        # what gave the prompts (rows record it): the data's label_to_text.json, or the
+        # config's `template` or `templates`
+        self.prompt_source = "template"
 
     @classmethod
     def load(cls, root: str | Path, image_size: int, subdataset: str | None = None,
@@ -82,6 +86,8 @@ class ImageDataset:
         dataset = cls(scan.name, scan.root, classes, kept_prompts, images, class_images,
                       [f.name for f in files])
         dataset.ensemble = kept_sets if ensemble else None
+        dataset.prompt_source = LABEL_TO_TEXT if prompt_file(scan.root, scan.top) else \
+            "templates" if ensemble else "template"
         return dataset
 
     @property

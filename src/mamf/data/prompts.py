@@ -60,13 +60,22 @@ def templates_tag(templates: list[str] | None) -> str | None:
     return f"{len(resolved)} templates #{digest}"
 
 
+def prompt_file(root: Path, top: Path | None = None) -> Path | None:
+    """The `label_to_text.json` that gives the data's prompts (the folder's own, else the nested
+    layout's top folder's), or None where the template does."""
+    for candidate in [Path(root) / LABEL_TO_TEXT] + ([Path(top) / LABEL_TO_TEXT] if top else []):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def ensemble_prompts(root: Path, classes, templates: list[str], top: Path | None = None):
     """Per class, its prompt under every template; None where a `label_to_text.json` gives the
     prompts (it wins, as over a single template)."""
-    for candidate in [Path(root) / LABEL_TO_TEXT] + ([Path(top) / LABEL_TO_TEXT] if top else []):
-        if candidate.is_file():
-            log.info("prompts from %s: data.templates is not used", candidate)
-            return None
+    found = prompt_file(root, top)
+    if found is not None:
+        log.info("prompts from %s: data.templates is not used", found)
+        return None
     per_template = [_from_template(t, classes) for t in templates]
     log.info("prompts: an ensemble of %d templates, e.g. %s", len(templates),
              shown(per_template[0][0]))
@@ -86,12 +95,10 @@ def class_prompts(root: Path, classes: tuple[str, ...] | list[str],
     `label_to_text.json` serves every subdataset. A plain dataset's parent folder is never read:
     a file there belongs to something else.
     """
-    root = Path(root)
-    candidates = [root / LABEL_TO_TEXT] + ([Path(top) / LABEL_TO_TEXT] if top else [])
-    for candidate in candidates:
-        if candidate.is_file():
-            log.info("prompts from %s", candidate)
-            return _from_json(candidate, classes)
+    found = prompt_file(root, top)
+    if found is not None:
+        log.info("prompts from %s", found)
+        return _from_json(found, classes)
     prompts = _from_template(template, classes)
     log.info("prompts from the template %s, e.g. %s", shown(template), shown(prompts[0]))
     return prompts

@@ -10,7 +10,7 @@ from mamf.report.common import in_order, label, md, numbers
 from mamf.report.files import grid_config, row_config
 
 COLUMNS = ("method", "model", "trainable parameters", "training steps", "training images",
-           "lr (train / test)", "epochs (train / test)", "templates", "seeds")
+           "lr (train / test)", "epochs (train / test)", "prompts", "seeds")
 
 
 def _span(values: list) -> str:
@@ -42,7 +42,26 @@ def _declared(method: str) -> tuple[str | None, str | None, str | None]:
     return cls.train_rate, cls.adapt_rate, cls.adapt_epochs
 
 
-def _templates(rows: list[dict], configs: list[dict]) -> str:
+def _templates(pairs: list[tuple[dict, dict | None]]) -> str:
+    """What gave the prompts of these (row, config) pairs: the data's label_to_text.json, an
+    ensemble, or the template. Rows from before rows said so (no `prompts` field) cannot tell
+    the file from the template."""
+    from mamf.data.prompts import LABEL_TO_TEXT
+
+    sources = {r.get("prompts") for r, _ in pairs}
+    parts = [f"the data's {LABEL_TO_TEXT}"] if LABEL_TO_TEXT in sources else []
+    rest = [(r, c) for r, c in pairs if r.get("prompts") != LABEL_TO_TEXT]
+    if rest:
+        named = _configured([r for r, _ in rest], [c for _, c in rest if c is not None])
+        if None in sources:
+            named += f" (or the data's {LABEL_TO_TEXT}, which wins where present: these rows " \
+                "predate rows recording which)"
+        parts.append(named)
+    return ", ".join(parts)
+
+
+def _configured(rows: list[dict], configs: list[dict]) -> str:
+    """The ensemble or template these rows' configs name."""
     tags = {r["templates"] for r in rows if r.get("templates")}
     if tags:
         return ", ".join(sorted(tags))
@@ -70,7 +89,8 @@ def setup_grid(rows: list[dict], folder: Path | None
     body, missing, rebuilt = [], 0, []
     for m in in_order({r["method"] for r in rows}):
         mine = [r for r in rows if r["method"] == m]
-        configs = [c for c in (_config(r, folder, rebuilt) for r in mine) if c is not None]
+        pairs = [(r, _config(r, folder, rebuilt)) for r in mine]
+        configs = [c for _, c in pairs if c is not None]
         missing += len(mine) - len(configs) + sum(1 for r in rebuilt if r in mine)
         trains = any(r.get("train_steps") is not None for r in mine)
         train_rate, adapt_rate, adapt_epochs = _declared(m)
@@ -82,7 +102,7 @@ def setup_grid(rows: list[dict], folder: Path | None
                      _span([r.get("trainable_params") for r in mine]),
                      _span([r.get("train_steps") for r in mine]),
                      _span([r.get("train_images") for r in mine]), lr, epochs,
-                     _templates(mine, configs), numbers(r["seed"] for r in mine)])
+                     _templates(pairs), numbers(r["seed"] for r in mine)])
     return list(COLUMNS), body, missing, len(rebuilt)
 
 
