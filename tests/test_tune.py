@@ -204,3 +204,30 @@ def test_a_dataset_entry_may_give_its_own_grid(tmp_path, folder):
     raw["datasets"]["colours-low"]["tune"] = {"grid": {"train.lr": [1e-3]}}
     with pytest.raises(MamfError, match="needs the experiment's 'tune:' section"):
         parse_experiment(raw)
+
+
+def test_several_tune_seeds_average_each_point_over_their_trainings(tmp_path, folder):
+    """A rate that trains well on one seed only is not chosen on that seed's luck: with
+    `seed: [a, b]` every point trains under each and scores their mean."""
+    def entry(out, seed):
+        raw = experiment(folder, seed=seed, grid={"train.lr": [1e-3, 1e-1],
+                                                  "metatest.lr": [1e-4]}, methods=["mamf"])
+        chosen = tune_experiment(parse_experiment(raw), tmp_path / out)
+        saved = json.loads((tmp_path / out / TUNE_FILE).read_text())
+        return saved, chosen[("colours", "mamf")]
+
+    one, _ = entry("a", 0)
+    other, _ = entry("b", 7)
+    both, chosen = entry("ab", [0, 7])
+    assert both["seed"] == [0, 7] and chosen["seed"] == [0, 7]
+    for k, score in enumerate(both["entries"]["colours/mamf"]["scores"]):
+        a = one["entries"]["colours/mamf"]["scores"][k]["dev_acc"]
+        b = other["entries"]["colours/mamf"]["scores"][k]["dev_acc"]
+        assert score["dev_acc_by_seed"] == {"0": a, "7": b}
+        assert score["dev_acc"] == pytest.approx((a + b) / 2)
+    with pytest.raises(MamfError, match="one of the experiment's seeds"):
+        parse_experiment(experiment(folder, seed=[0, 1]))
+    with pytest.raises(MamfError, match="a list of distinct"):
+        parse_experiment(experiment(folder, seed=[0, 0]))
+    with pytest.raises(MamfError, match="was tuned with seed"):
+        tune_experiment(parse_experiment(experiment(folder, seed=[0, 8])), tmp_path / "ab")

@@ -391,8 +391,9 @@ def cmd_tune(args) -> None:
     for (dataset, method), record in chosen.items():
         values = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in record["values"].items())
+        seeds = record["seed"] if isinstance(record["seed"], list) else [record["seed"]]
         print(f"{dataset} {method}: {values} (dev accuracy {record['dev_acc']:.3f}, "
-              f"seed {record['seed']})")
+              f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})")
     print(f"every grid point's score in {Path(args.out) / TUNE_FILE}")
 
 

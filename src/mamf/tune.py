@@ -1,10 +1,10 @@
 """Learning rates chosen on dev-split tasks, on a grid (docs/method.md, "Tuning").
 
 An experiment's `tune:` section names a grid of settings (dotted keys: `train.*` ones retrain,
-`metatest.*` ones only re-score the trained weights), a seed that is none of the experiment's
-seeds, and the task sizes to tune at. For each dataset and method every grid point trains on the
-training split with that seed and is scored on tasks drawn from the *dev* split; the point with
-the best mean dev accuracy (ties: the first in grid order) is then used by every seed of the
+`metatest.*` ones only re-score the trained weights), a seed (or several) that is none of the
+experiment's seeds, and the task sizes to tune at. For each dataset and method every grid point
+trains on the training split with each tune seed and is scored on tasks drawn from the *dev*
+split; the point with the best mean dev accuracy (ties: the first in grid order) is then used by every seed of the
 experiment, and its rows record it (`tuned_on_dev`). No test-split task is drawn and no test
 image read. Every grid point's score goes to `tune.json`, written atomically after each training,
 so a killed tuning resumes where it stopped.
@@ -127,46 +127,63 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     base = _config(exp, ds, method, root, extra)
     sizes = spec.ways or ways_list(base, dataset.n_classes, ds.ways)[:1]
     tests = points(grid, "metatest")
-    accs: dict[int, list[float]] = {k: [] for k in range(len(tests))}
+    # grid point -> tune seed -> dev accuracies (one per tuned size)
+    accs: dict[int, dict[int, list[float]]] = {k: {} for k in range(len(tests))}
     diverged: dict[int, str] = {}  # grid point -> where its loss became NaN or infinite
-    for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
-        config = _config(exp, ds, method, root, extra, ways=group[0])
-        fresh_start(model, inputs, pretrained, config, kind.trains)
-        if kind.trains:
-            try:
-                train(model, inputs, dataset, config, progress)
-            except Diverged as e:
-                log.info("tune %s %s %s: diverged in training (%s)", ds.name, method,
-                         train_point, e)
-                diverged.update({k: "training" for k in range(len(tests))})
-                continue
-        for n in group:
-            for k, test_point in enumerate(tests):
-                if k in diverged:
-                    continue
-                scored = _config(exp, ds, method, root, {**extra, **nested(test_point)}, ways=n)
+    for seed in spec.seeds:
+        if len(diverged) == len(tests):
+            break  # diverged under an earlier seed: no mean can be formed
+        for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
+            config = _config(exp, ds, method, root, extra, ways=group[0], seed=seed)
+            fresh_start(model, inputs, pretrained, config, kind.trains)
+            if kind.trains:
                 try:
-                    row = evaluate_prepared(model, dataset, inputs, scored, method, n, progress,
-                                            prompts)
+                    train(model, inputs, dataset, config, progress)
                 except Diverged as e:
-                    log.info("tune %s %s %d-way %s %s: diverged at test time (%s)", ds.name,
-                             method, n, train_point, test_point, e)
-                    diverged[k] = "meta-test"
+                    log.info("tune %s %s %s seed %d: diverged in training (%s)", ds.name,
+                             method, train_point, seed, e)
+                    diverged.update({k: "training" for k in range(len(tests))})
                     continue
-                accs[k].append(row.acc_mean)
-                log.info("tune %s %s %d-way %s %s: dev %.3f", ds.name, method, n, train_point,
-                         test_point, row.acc_mean)
+            for n in group:
+                for k, test_point in enumerate(tests):
+                    if k in diverged:
+                        continue
+                    scored = _config(exp, ds, method, root, {**extra, **nested(test_point)},
+                                     ways=n, seed=seed)
+                    try:
+                        row = evaluate_prepared(model, dataset, inputs, scored, method, n,
+                                                progress, prompts)
+                    except Diverged as e:
+                        log.info("tune %s %s %d-way %s %s seed %d: diverged at test time (%s)",
+                                 ds.name, method, n, train_point, test_point, seed, e)
+                        diverged[k] = "meta-test"
+                        continue
+                    accs[k].setdefault(seed, []).append(row.acc_mean)
+                    log.info("tune %s %s %d-way %s %s seed %d: dev %.3f", ds.name, method, n,
+                             train_point, test_point, seed, row.acc_mean)
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
              **({"dev_acc": None, "diverged": diverged[k]} if k in diverged else
-                {"dev_acc": float(sum(accs[k]) / len(accs[k]))})}
+                _dev_acc(accs[k]))}
             for k, test_point in enumerate(tests)]
 
 
-def _config(exp, ds, method: str, root: str, extra: dict, ways: int | None = None) -> Config:
+def _dev_acc(by_seed: dict[int, list[float]]) -> dict:
+    """A point's dev accuracy: the mean over tuned sizes, then over tune seeds (each seed's own
+    kept where there are several, to show how stable the point is)."""
+    means = {seed: float(sum(a) / len(a)) for seed, a in by_seed.items()}
+    out = {"dev_acc": float(sum(means.values()) / len(means))}
+    if len(means) > 1:
+        out["dev_acc_by_seed"] = {str(seed): acc for seed, acc in means.items()}
+    return out
+
+
+def _config(exp, ds, method: str, root: str, extra: dict, ways: int | None = None,
+            seed: int | None = None) -> Config:
     """A dev run's config: the experiment's for the method, then tune.settings and the grid
-    point, the tune seed, the dev split."""
+    point, a tune seed (default: the first), the dev split."""
     from mamf.config import deep_merge
 
     over = deep_merge(deep_merge(exp.tune.settings, extra), {"metatest": {"split": "dev"}})
-    return run_config(exp, ds, method, exp.tune.seed, root, ways=ways, extra=over)
+    return run_config(exp, ds, method, exp.tune.seeds[0] if seed is None else seed, root,
+                      ways=ways, extra=over)

@@ -16,7 +16,7 @@ SECTIONS = ("train", "metatest")
 
 @dataclass
 class TuneSpec:
-    seed: int
+    seed: int | list[int]  # several: each point trains once per seed, its dev accuracy their mean
     grid: dict[str, list]  # dotted key -> values, in grid order
     method_grid: dict[str, dict[str, list]] = field(default_factory=dict)
     methods: list[str] | None = None  # None: the experiment's methods that train
@@ -24,6 +24,10 @@ class TuneSpec:
     settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
     # dataset name -> its own {"grid", "method_grid"} (a dataset entry's `tune:`), each where given
     dataset_grids: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return self.seed if isinstance(self.seed, list) else [self.seed]
 
     def grid_of(self, method: str, dataset: str | None = None) -> dict[str, list]:
         """The method's own grid where `method_grid` names it (FOMAML's test-time rate is
@@ -48,12 +52,16 @@ def parse_tune(raw, exp_methods: list[str], seeds: list[int], fixed=frozenset())
         raise MamfError(f"experiment 'tune' has unknown key(s) {', '.join(map(shown, unknown))} "
                         f"(known: {', '.join(sorted(TUNE_KEYS))})")
     seed = raw.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise MamfError("experiment 'tune' needs a 'seed' (an integer, none of the 'seeds')")
-    check_seed("tune.seed", seed)
-    if seed in seeds:
-        raise MamfError(f"tune.seed {seed} is one of the experiment's seeds: rates chosen on it "
-                        "would be scored by the run that chose them; pick another seed")
+    several = seed if isinstance(seed, list) else [seed]
+    if not several or not all(isinstance(s, int) and not isinstance(s, bool) for s in several) \
+            or len(set(several)) < len(several):
+        raise MamfError("experiment 'tune' needs a 'seed': an integer, or a list of distinct "
+                        "ones, none of the 'seeds'")
+    for one in several:
+        check_seed("tune.seed", one)
+        if one in seeds:
+            raise MamfError(f"tune.seed {one} is one of the experiment's seeds: rates chosen on "
+                            "it would be scored by the run that chose them; pick another seed")
     grid = _grid(raw.get("grid"), "tune.grid", fixed)
     per = raw.get("method_grid") or {}
     if not isinstance(per, dict) or any(m not in registry.names() for m in per):
