@@ -4,8 +4,9 @@ An experiment's `tune:` section names a grid of settings (dotted keys: `train.*`
 `metatest.*` ones only re-score the trained weights), a seed (or several) that is none of the
 experiment's seeds, and the task sizes to tune at. For each dataset and method every grid point
 trains on the training split with each tune seed and is scored on tasks drawn from the *dev*
-split; the point with the best mean dev accuracy (ties: the first in grid order) is then used by every seed of the
-experiment, and its rows record it (`tuned_on_dev`). No test-split task is drawn and no test
+split; the point with the best mean dev accuracy (ties: the first in grid order) is then used by
+every seed of the experiment, and its rows record it (`tuned_on_dev`). A point whose loss
+diverges is recorded as such and never chosen. No test-split task is drawn and no test
 image read. Every grid point's score goes to `tune.json`, written atomically after each training,
 so a killed tuning resumes where it stopped.
 """

@@ -12,8 +12,14 @@ import torch
 
 from mamf.data.cache import load_or_build
 from mamf.data.folder import scan_folder
-from mamf.data.prompts import (DEFAULT_TEMPLATE, LABEL_TO_TEXT, class_prompts,
-                               ensemble_prompts, prompt_file, resolve_templates)
+from mamf.data.prompts import (
+    DEFAULT_TEMPLATE,
+    LABEL_TO_TEXT,
+    class_prompts,
+    ensemble_prompts,
+    prompt_file,
+    resolve_templates,
+)
 from mamf.errors import MamfError
 
 log = logging.getLogger(__name__)
