@@ -97,4 +97,8 @@ def test_rows_and_the_reports_setup_say_what_gave_the_prompts(colour_folder, tmp
     assert zeroshot_row(named, **{"data.templates": TWO})["prompts"] == "label_to_text.json"
     assert zeroshot_row(colour_folder, **{"data.templates": TWO})["prompts"] == "templates"
     old = {k: v for k, v in own.items() if k != "prompts"}  # a row from before the field
-    assert "which wins where present" in prompts_column([old])
+    assert prompts_column([old]).endswith("or label_to_text.json (not recorded)")
+    from mamf.report.setup import setup_section
+
+    assert any("which every builder writes" in line for line in setup_section([old], None)[0])
+    assert not any("not recorded" in line for line in setup_section([own], None)[0])

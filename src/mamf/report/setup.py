@@ -53,10 +53,7 @@ def _templates(pairs: list[tuple[dict, dict | None]]) -> str:
     rest = [(r, c) for r, c in pairs if r.get("prompts") != LABEL_TO_TEXT]
     if rest:
         named = _configured([r for r, _ in rest], [c for _, c in rest if c is not None])
-        if None in sources:
-            named += f" (or the data's {LABEL_TO_TEXT}, which wins where present: these rows " \
-                "predate rows recording which)"
-        parts.append(named)
+        parts.append(f"{named} or {LABEL_TO_TEXT} (not recorded)" if None in sources else named)
     return ", ".join(parts)
 
 
@@ -125,6 +122,11 @@ def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tup
                      "data folders their settings' hash cannot be checked)" if rebuilt else "")
                   + (": the others' rates, epochs and templates are not known here."
                      if missing > rebuilt else ".")]
+    if any(r.get("prompts") is None for r in rows):
+        lines += ["", "Prompts \"not recorded\": rows written before rows named their prompts' "
+                  "source do not say whether a label_to_text.json beside the data (which every "
+                  "builder writes, and which wins over any template) or the template shown gave "
+                  "them."]
     if any(r.get("trainable_params") is None for r in rows):
         lines += ["", "Rows written before rows recorded it carry no trainable-parameter "
                   "count."]
