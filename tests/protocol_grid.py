@@ -19,7 +19,8 @@ FIXTURE = Path(__file__).parent / "data" / "protocol_rows.json"
 
 # what depends on the machine or the clock, not on the code's numbers
 UNSTABLE = {"host", "time_s", "train_time_s", "date", "mamf", "mamf_commit", "torch",
-            "transformers", "peft", "onnxruntime", "python", "device", "threads", "config_id",
+            "transformers", "peft", "onnxruntime", "python", "device", "threads", "denormals",
+            "config_id",
             "run"}
 
 METHODS = ["zeroshot", "tip-adapter", "mamf", "fomaml"]

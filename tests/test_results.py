@@ -161,6 +161,7 @@ def test_rows_record_their_environment(colour_folder, tmp_path):
     import torch
 
     import mamf
+    from mamf import denormals
     from mamf.cli import main
     from mamf.results import ENVIRONMENT_FIELDS
 
@@ -174,6 +175,7 @@ def test_rows_record_their_environment(colour_folder, tmp_path):
         assert got[package] == importlib.metadata.version(package)
     assert got["python"] == platform.python_version()
     assert got["device"] == "cpu" and got["threads"] == torch.get_num_threads()
+    assert got["denormals"] == denormals.mode()  # "flush" unless MAMF_DENORMALS=keep
     assert datetime.datetime.fromisoformat(got["date"]).tzinfo is not None
     commit = got["mamf_commit"]
     assert commit is None or len(commit.removesuffix("+dirty")) == 40

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mamf import denormals
 from mamf.data.cache import cache_root
 from mamf.io import atomic_write_bytes
 from mamf.models.base import DualEncoder
@@ -139,7 +140,8 @@ def _session(graph: bytes):
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    with denormals.kept():  # creating a session clears the thread's flush-to-zero mode
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
 def _runner(session) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamf import methods, protocols
+from mamf import denormals, methods, protocols
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
 from mamf.distributed import gather_by_index, is_main, rank, world_size
@@ -48,6 +48,7 @@ class WeightSnapshot:
             t.copy_(saved)
 
 
+@denormals.flushed()  # as training: subnormal gradients are slow on a CPU
 def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
               method: str | methods.Method, config: Config, ways: int,
               progress: bool = True, predictions: list | None = None) -> list[float]:

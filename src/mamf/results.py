@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from mamf import denormals
 from mamf.errors import MamfError, is_int
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ GRID_LEAVES_OUT = ("model", "run", "protocol", "queries")
 model, protocol and run, and the query count follows from the data."""
 
 ENVIRONMENT_FIELDS = ("mamf", "mamf_commit", "torch", "transformers", "peft", "onnxruntime",
-                      "python", "device", "threads", "date")
+                      "python", "device", "threads", "denormals", "date")
 """What `environment` adds to every row: the software and machine a number was measured on, so
 that two rows that differ can be told apart by more than their settings (on a CPU the thread
 count changes the floating-point reductions, hence the last digits)."""
@@ -131,7 +132,7 @@ def environment(device: str | None = None) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return {**_static_environment(), "torch": torch.__version__, "device": device,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "denormals": denormals.mode(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 

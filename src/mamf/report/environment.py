@@ -10,7 +10,8 @@ from mamf.results import ENVIRONMENT_FIELDS
 
 NAMES = {"mamf": "mamf", "mamf_commit": "commit", "torch": "torch",
          "transformers": "transformers", "peft": "peft", "onnxruntime": "onnxruntime",
-         "python": "Python", "device": "device", "threads": "threads", "date": "date"}
+         "python": "Python", "device": "device", "threads": "threads",
+         "denormals": "subnormals", "date": "date"}
 
 
 def _value(row: dict, field: str):
