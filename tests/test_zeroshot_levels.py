@@ -164,6 +164,48 @@ def test_claim2_figure_plots_the_paired_gains(tmp_path, monkeypatch):
     assert drawn[0][0] == pytest.approx([c.zero_shot for c in judged])
 
 
+def test_the_claims_contrast_tests_each_difference_from_the_lowest_to_the_highest_level():
+    """Per seed: the difference at the highest zero-shot level minus at the lowest; t over the
+    seeds; a fall of MAMF - FOMAML is the claim's way, so it holds; FOMAML's gain does not rise."""
+    from scipy import stats as scipy_stats
+
+    from mamf.report.claims import claim2_contrasts, claims_markdown
+
+    rng = np.random.default_rng(1)
+    rows = []
+    # level1 lies between the two ends and must not enter the contrast
+    for d, z, lead in (("level0", 0.22, 0.10), ("level1", 0.3, 0.5), ("level2", 0.8, -0.02)):
+        for seed in (1, 2, 3, 4):
+            noise = rng.normal(0, 0.03, 6)
+            rows += [row("zeroshot", d, seed, list(np.full(6, z))),
+                     row("fomaml", d, seed, list(z + 0.1 + noise)),
+                     row("mamf", d, seed, list(z + 0.1 + lead + noise + rng.normal(0, 0.02, 6)))]
+
+    def gain(a, b, d, seed):
+        pick = {m: next(r["task_accs"] for r in rows if (r["method"], r["dataset"], r["seed"])
+                        == (m, d, seed)) for m in (a, b)}
+        return float(np.mean(np.subtract(pick[a], pick[b])))
+
+    found = {c.difference: c for c in claim2_contrasts(rows, claim2(rows))}
+    assert set(found) == {"FOMAML − zero-shot", "MAMF − FOMAML"}
+    for name, (a, b) in {"MAMF − FOMAML": ("mamf", "fomaml"),
+                         "FOMAML − zero-shot": ("fomaml", "zeroshot")}.items():
+        per_seed = [gain(a, b, "level2", s) - gain(a, b, "level0", s) for s in (1, 2, 3, 4)]
+        c = found[name]
+        assert (c.low.dataset, c.high.dataset) == ("level0", "level2")
+        assert c.change.mean == pytest.approx(np.mean(per_seed)) and c.change.seeds == 4
+        half = scipy_stats.t.ppf(0.975, 3) * np.std(per_seed, ddof=1) / 2
+        assert c.change.ci95 == pytest.approx(half)
+    assert found["MAMF − FOMAML"].change.mean < -0.1
+    assert found["MAMF − FOMAML"].verdict == "holds"  # a fall, as the claim expects
+    assert found["FOMAML − zero-shot"].verdict == "inconclusive"  # no change but noise
+    text = claims_markdown(rows)
+    assert "**The claim's contrast**, from the lowest zero-shot accuracy (level0, 0.220)" in text
+    assert "*holds* when the change goes the way the claim expects" in text
+    # every level below the claim's 'low' bound: no contrast to test
+    assert claim2_contrasts(rows, [c for c in claim2(rows) if c.dataset != "level2"]) == []
+
+
 def test_the_zeroshot_levels_study_config():
     from mamf.experiment import load_experiment, run_config
 

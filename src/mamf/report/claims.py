@@ -4,11 +4,13 @@ seed-level estimates (`mamf.stats`), Holm-adjusted across the datasets a claim i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from mamf import stats
 from mamf.report.common import holm_line, labels, md
-from mamf.report.compare import compare, ordered, paired, pooled
+from mamf.report.compare import compare, ordered, paired, paired_tasks, pooled
 from mamf.results import dataset_name
 from mamf.stats import Estimate
 
@@ -51,6 +53,80 @@ def claim2(rows: list[dict]) -> list[Claim2]:
     adjusted = dict(zip([i for i, _ in tested], stats.verdicts([e for _, e in tested])))
     return [Claim2(d, z, gain, m, expect, adjusted.get(i, "no MAMF rows"))
             for i, (d, z, gain, m, expect) in enumerate(found)]
+
+
+@dataclass
+class Contrast:
+    """How one of claim 2's differences changes from the lowest zero-shot dataset to the
+    highest: `change` is its value there minus here (per seed, then t over seeds). `verdict` is
+    Holm-adjusted over the contrasts and says whether it moved the way the claim expects."""
+
+    difference: str
+    low: Claim2
+    high: Claim2
+    at_low: Estimate | None  # the difference on each of the two datasets
+    at_high: Estimate | None
+    change: Estimate
+    expect: str  # "rise" or "fall"
+    verdict: str
+
+
+# claim 2's two differences: (label, a, b, how the claim expects a - b to move as zero-shot
+# rises, the Claim2 field holding a - b)
+CONTRASTS = [("FOMAML − zero-shot", "fomaml", "zeroshot", "rise", "fomaml_gain"),
+             ("MAMF − FOMAML", "mamf", "fomaml", "fall", "mamf_gain")]
+
+
+def _task_differences(rows: list[dict], dataset: str, a: str, b: str) -> dict[int, np.ndarray]:
+    """seed -> a − b task by task on `dataset`, over the cells claim 2 compares there."""
+    mine = [r for r in rows if dataset_name(r) == dataset]
+    found = paired_tasks(compare(mine, _claim2_methods(mine)).compared, a, b).get(dataset)
+    if found is None:
+        return {}
+    xs, ys = found
+    return {s: np.asarray(xs[s], dtype=np.float64) - np.asarray(ys[s], dtype=np.float64)
+            for s in xs}
+
+
+def claim2_contrasts(rows: list[dict], judged: list[Claim2]) -> list[Contrast]:
+    """The claim's contrast, tested: from the judged dataset of lowest zero-shot accuracy to the
+    one of highest, where they lie on both sides of LOW_ZERO_SHOT; none otherwise."""
+    if not judged:
+        return []
+    low = min(judged, key=lambda c: c.zero_shot)
+    high = max(judged, key=lambda c: c.zero_shot)
+    if not low.zero_shot < LOW_ZERO_SHOT <= high.zero_shot:
+        return []
+    found = []
+    for name, a, b, expect, field in CONTRASTS:
+        here = _task_differences(rows, low.dataset, a, b)
+        there = _task_differences(rows, high.dataset, a, b)
+        if set(here) & set(there):
+            found.append(Contrast(name, low, high, getattr(low, field), getattr(high, field),
+                                  stats.difference(there, here), expect, ""))
+    # a verdict of "holds" is a change the claim's way: a fall is tested as its negation
+    tested = [c.change if c.expect == "rise" else replace(c.change, mean=-c.change.mean)
+              for c in found]
+    return [replace(c, verdict=v) for c, v in zip(found, stats.verdicts(tested))]
+
+
+def _contrast_lines(contrasts: list[Contrast]) -> list[str]:
+    if not contrasts:
+        return []
+    low, high = contrasts[0].low, contrasts[0].high
+    lines = ["", f"**The claim's contrast**, from the lowest zero-shot accuracy "
+             f"({md(low.dataset)}, {low.zero_shot:.3f}) to the highest ({md(high.dataset)}, "
+             f"{high.zero_shot:.3f}): each difference there minus here, per seed, then t over "
+             "the seeds.", "",
+             f"| difference | at {md(low.dataset)} | at {md(high.dataset)} | change | "
+             "the claim expects | verdict |", "|---|---|---|---|---|---|"]
+    for c in contrasts:
+        at = [stats.interval(x, signed=True) if x else "–" for x in (c.at_low, c.at_high)]
+        lines.append(f"| {c.difference} | {at[0]} | {at[1]} | "
+                     f"{stats.interval(c.change, signed=True)} | a {c.expect} | "
+                     f"{stats.worded(c.verdict, c.change)} |")
+    return lines + ["", holm_line(len(contrasts), "the change goes the way the claim expects",
+                                  "when it goes the other way")]
 
 
 def _why_not(rows: list[dict], needed: Sequence[str], where: str) -> str:
@@ -122,4 +198,5 @@ def claims_markdown(rows: list[dict]) -> str:
                      "only one half of the claim is tested: its contrast, FOMAML's benefit "
                      "rising with zero-shot accuracy, needs datasets on both sides.")
     lines += _not_judged(rows, {c.dataset for c in judged}, _claim2_methods)
+    lines += _contrast_lines(claim2_contrasts(rows, judged))
     return "\n".join(lines)

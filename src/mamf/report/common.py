@@ -58,11 +58,16 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
-def holm_line(count: int) -> str:
-    """The one line a table of several comparisons carries under it."""
+def holm_line(count: int, holds: str = "the difference is above 0",
+              fails: str = "when below") -> str:
+    """The one line a table of several comparisons carries under it; `holds` and `fails` say
+    what the verdicts mean where *holds* is not "above 0"."""
     if count < 2:
-        return ("Verdict: *holds* when the difference is above 0 at the 5 % level (its 95 % "
+        return (f"Verdict: *holds* when {holds} at the 5 % level (its 95 % interval excludes 0 "
+                f"on that side), *does not hold* {fails}, else *inconclusive*."
+                if holds != "the difference is above 0" else
+                "Verdict: *holds* when the difference is above 0 at the 5 % level (its 95 % "
                 "interval lies above 0), *does not hold* when below, else *inconclusive*.")
     return (f"Verdicts are Holm-adjusted over the {count} comparisons of this table (family-wise "
-            "error 5 %): *holds* when the difference is above 0, *does not hold* when below, "
+            f"error 5 %): *holds* when {holds}, *does not hold* {fails}, "
             "*inconclusive* otherwise; the intervals shown are unadjusted 95 % intervals.")

@@ -99,6 +99,12 @@ def pooled(rows: list[dict]) -> dict[tuple[str, str], Estimate]:
 def paired(rows: list[dict], a: str, b: str) -> dict[str, Estimate]:
     """Per dataset: `a` minus `b` over the same test tasks, i.e. over the cells both have (paired
     by cell and task order), as a seed-level estimate."""
+    return {d: stats.paired(xs, ys) for d, (xs, ys) in paired_tasks(rows, a, b).items()}
+
+
+def paired_tasks(rows: list[dict], a: str, b: str) -> dict[str, tuple[dict, dict]]:
+    """Per dataset: seed -> `a`'s and seed -> `b`'s task accuracies over the cells both have, in
+    the same task order (what `paired` estimates from)."""
     index, _ = one_per_cell(rows)
     xs: dict[str, dict[int, list[float]]] = OrderedDict()
     ys: dict[str, dict[int, list[float]]] = OrderedDict()
@@ -108,7 +114,7 @@ def paired(rows: list[dict], a: str, b: str) -> dict[str, Estimate]:
             continue
         xs.setdefault(c.dataset, {}).setdefault(c.seed, []).extend(ra["task_accs"])
         ys.setdefault(c.dataset, {}).setdefault(c.seed, []).extend(rb["task_accs"])
-    return {d: stats.paired(xs[d], ys[d]) for d in xs}
+    return {d: (xs[d], ys[d]) for d in xs}
 
 
 def ordered(rows: list[dict]) -> tuple[list[str], list[str]]:
