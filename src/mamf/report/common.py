@@ -64,10 +64,7 @@ def holm_line(count: int, holds: str = "the difference is above 0",
     what the verdicts mean where *holds* is not "above 0"."""
     if count < 2:
         return (f"Verdict: *holds* when {holds} at the 5 % level (its 95 % interval excludes 0 "
-                f"on that side), *does not hold* {fails}, else *inconclusive*."
-                if holds != "the difference is above 0" else
-                "Verdict: *holds* when the difference is above 0 at the 5 % level (its 95 % "
-                "interval lies above 0), *does not hold* when below, else *inconclusive*.")
+                f"on that side), *does not hold* {fails}, else *inconclusive*.")
     return (f"Verdicts are Holm-adjusted over the {count} comparisons of this table (family-wise "
             f"error 5 %): *holds* when {holds}, *does not hold* {fails}, "
             "*inconclusive* otherwise; the intervals shown are unadjusted 95 % intervals.")
