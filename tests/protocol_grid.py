@@ -33,12 +33,16 @@ PROTOCOLS = {
 }
 
 
-def grid_rows(folder: Path, out: Path) -> list[dict]:
-    """Every protocol x METHODS x one seed on `folder`, each row stripped to its measurement."""
+def grid_rows(folder: Path, out: Path, protocols: list[str] | None = None) -> list[dict]:
+    """Every protocol (or those named) x METHODS x one seed on `folder`, each row stripped to its
+    measurement."""
     from mamf.experiment import load_experiment, run_experiment
 
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, settings in PROTOCOLS.items():
+        if protocols is not None and name not in protocols:
+            continue
         # native: the fixture predates budgets (experiments now default to matched ones)
         merged = {"train": {"steps": 2, "meta_batch": 2, "freeze_image_backbone": True,
                             "freeze_text_tower": True, "budget": "native"},
