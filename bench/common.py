@@ -46,7 +46,7 @@ def whole_batch(ds, batch_size: int, seed: int = 0):
     import numpy as np
 
     from mamf.data.dataset import group_labels
-    from mamf.finetune import Batch
+    from mamf.methods.finetune import Batch
 
     idx = np.random.default_rng(seed).choice(len(ds.images), batch_size, replace=False)
     labels = group_labels(ds.class_images)[idx]

@@ -14,9 +14,9 @@ from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step, trainable
-from mamf.inputs import ModelInputs
+from mamf.features.inputs import ModelInputs
 from mamf.methods.base import make_optimizer
+from mamf.methods.finetune import step, trainable
 
 
 def measure(name: str, folder, files, batch_size: int, repeats: int) -> None:

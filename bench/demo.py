@@ -40,7 +40,8 @@ if __name__ == "__main__":
     from frozen import backbone_contenders, backbone_flops
     from hardware import matmul_rate
 
-    from mamf import experiment, frozen_engine, inputs, run
+    from mamf.features import frozen_engine, inputs
+    from mamf.runs import experiment, run
 
 STAGES: dict[str, float] = defaultdict(float)
 

@@ -19,7 +19,7 @@ import os
 import torch
 from common import interleaved
 
-from mamf import denormals
+from mamf.system import denormals
 
 os.environ.pop(denormals.ENV, None)  # "flushed" flushes even where MAMF_DENORMALS=keep is set
 

@@ -31,12 +31,12 @@ from common import image_folder, interleaved, model_by_name, whole_batch
 from hardware import matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
 
-from mamf import frozen_engine
 from mamf.data.cache import cache_root
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step, trainable
-from mamf.inputs import ModelInputs
+from mamf.features import frozen_engine
+from mamf.features.inputs import ModelInputs
 from mamf.methods.base import make_optimizer
+from mamf.methods.finetune import step, trainable
 from mamf.models.effnet_minilm import imagenet_classes
 
 

@@ -3,7 +3,7 @@
     python bench/gpu_step.py [--device cuda] [--precision bf16] [--batch 128] [--repeats 20]
 
 One prepared command for a lent GPU machine (it also runs on a CPU with --device cpu --batch 8,
-which is how it is checked here). Ours is `mamf.finetune.step` reading the uint8 image cache and
+which is how it is checked here). Ours is `mamf.methods.finetune.step` reading the uint8 image cache and
 moving each batch to the device, as training does; plain holds the batch on the device already.
 Prints images per second for both, and the step's FLOP rate against the bare matmul rate.
 """
@@ -20,8 +20,8 @@ from hardware import matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
 
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step, trainable
-from mamf.inputs import ModelInputs, autocast
+from mamf.features.inputs import ModelInputs, autocast
+from mamf.methods.finetune import step, trainable
 
 
 def main() -> None:

@@ -41,11 +41,11 @@ def child(workload: str, model_name: str, folder: str, steps: int) -> None:
     import torch
     from common import model_by_name, whole_batch
 
-    from mamf.allocator import keep_freed_memory
     from mamf.data.dataset import ImageDataset
-    from mamf.finetune import step, trainable
-    from mamf.inputs import ModelInputs
-    from mamf.training import make_optimizer
+    from mamf.engine.training import make_optimizer
+    from mamf.features.inputs import ModelInputs
+    from mamf.methods.finetune import step, trainable
+    from mamf.system.allocator import keep_freed_memory
 
     KEPT = keep_freed_memory()  # as the CLI does; MAMF_MALLOC=system leaves glibc alone
 

@@ -14,8 +14,8 @@ from common import image_folder, model_by_name
 
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
-from mamf.inputs import ModelInputs
-from mamf.metatest import WeightSnapshot, evaluation_tasks, score
+from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, score
+from mamf.features.inputs import ModelInputs
 from mamf.methods import create
 
 

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from common import interleaved  # noqa: E402
 
-from mamf import samplers  # noqa: E402
 from mamf.config import build_config  # noqa: E402
 from mamf.data.dataset import Pool  # noqa: E402
+from mamf.tasks import samplers  # noqa: E402
 
 
 def made(name: str, n_classes: int, ways: int):

@@ -22,9 +22,9 @@ sys.path.insert(0, sys.argv[3])
 from conftest import make_folder
 from pathlib import Path
 from mamf.config import build_config
-from mamf.run import prepare
-from mamf.training import train
-from mamf.metatest import evaluation_tasks, meta_test
+from mamf.runs.run import prepare
+from mamf.engine.training import train
+from mamf.engine.metatest import evaluation_tasks, meta_test
 root = Path(sys.argv[1]); per_class = int(sys.argv[2])
 folder = make_folder(root / "data", n_classes=10, per_class=per_class, size=64)
 os.environ["MAMF_CACHE_DIR"] = str(root / "cache")

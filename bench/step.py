@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from common import image_folder, interleaved, model_by_name, whole_batch
 
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import Batch, step
-from mamf.inputs import ModelInputs
+from mamf.features.inputs import ModelInputs
 from mamf.methods import fomaml
-from mamf.tasks import Task
+from mamf.methods.finetune import Batch, step
+from mamf.tasks.task import Task
 
 
 def plain_loss(model, pixels, tokens, labels):

@@ -4,7 +4,7 @@ against end-to-end training and against recomputing the frozen part every step (
     python bench/unfreeze.py [--model effnet-minilm] [--ks 1,2] [--batch 32] [--threads 2]
 
 k applies to both towers (`train.unfreeze_image_blocks` = `unfreeze_text_layers` = k). Every
-variant is a classical step through `mamf.finetune.step` on its own copy of the model (frozen
+variant is a classical step through `mamf.methods.finetune.step` on its own copy of the model (frozen
 parameters differ between them), on one batch over all 10 classes, timed interleaved. The cache
 build (the frozen part run once over every image and prompt) is timed apart, with the engine
 mamf picks (onnxruntime on the CPU) and with PyTorch.
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from common import image_folder, interleaved_samples, model_by_name, whole_batch
 
-from mamf import frozen_engine
 from mamf.data.dataset import ImageDataset
-from mamf.finetune import step, trainable
-from mamf.inputs import ModelInputs
+from mamf.features import frozen_engine
+from mamf.features.inputs import ModelInputs
+from mamf.methods.finetune import step, trainable
 
 CPU = torch.device("cpu")
 

@@ -28,7 +28,7 @@ def cases():
     """(name, Config) of every recorded config."""
     from mamf.api import preset
     from mamf.config import Config, build_config
-    from mamf.experiment_file import load_experiment, run_config, samplers_of
+    from mamf.runs.experiment_file import load_experiment, run_config, samplers_of
 
     yield "defaults", Config()
     yield "built defaults", build_config({})
@@ -49,7 +49,7 @@ def cases():
 
 def record(config) -> dict:
     from mamf.config import to_dict
-    from mamf.run import config_id
+    from mamf.runs.run import config_id
 
     text = json.dumps(to_dict(config))  # in order: the keys' order is part of what is kept
     return {"dict_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],

@@ -36,7 +36,7 @@ PROTOCOLS = {
 def grid_rows(folder: Path, out: Path, protocols: list[str] | None = None) -> list[dict]:
     """Every protocol (or those named) x METHODS x one seed on `folder`, each row stripped to its
     measurement."""
-    from mamf.experiment import load_experiment, run_experiment
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mamf
-from mamf import allocator
+from mamf.system import allocator
 
 BLOCK = 64 << 20  # over glibc's largest default mmap threshold (32 MiB)
 

@@ -26,8 +26,8 @@ from mamf.cli import main
 from mamf.config import build_config
 from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
-from mamf.errors import MamfError
-from mamf.experiment import parse_experiment
+from mamf.runs.experiment import parse_experiment
+from mamf.system.errors import MamfError
 
 
 def one_error_line(capsys) -> str:
@@ -374,7 +374,7 @@ def test_a_template_gets_its_real_format_error(tmp_path, capsys, colour_folder):
 
 
 def test_huge_values_are_shown_short(tmp_path, capsys, colour_folder):
-    from mamf.errors import shown
+    from mamf.system.errors import shown
 
     assert evaluate(colour_folder, tmp_path / "o", "--set", f"data.start_n=-{'9' * 300}") == 2
     line = one_error_line(capsys)

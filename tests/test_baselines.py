@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from mamf import protocols
 from mamf.cli import main
 from mamf.config import build_config
-from mamf.metatest import evaluation_tasks, meta_test, tuned_method
+from mamf.engine.metatest import evaluation_tasks, meta_test, tuned_method
 from mamf.methods.embedded import Embedded
 from mamf.methods.linear_probe import fit_probe
 from mamf.methods.prototype import prototypes
 from mamf.methods.tip_adapter import fine_tune_keys, tip_logits
-from mamf.run import evaluate_prepared, prepare
+from mamf.runs.run import evaluate_prepared, prepare
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True, "data.ways": 4}

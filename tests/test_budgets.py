@@ -11,12 +11,12 @@ import pytest
 from conftest import make_folder
 
 from mamf import methods
-from mamf.budget import Budget
 from mamf.config import build_config
-from mamf.finetune import EpochStream
-from mamf.run import prepare
-from mamf.tasks import number_of_tasks
-from mamf.training import make_sampler, train, train_pool
+from mamf.engine.training import make_sampler, train, train_pool
+from mamf.methods.budget import Budget
+from mamf.methods.finetune import EpochStream
+from mamf.runs.run import prepare
+from mamf.tasks.task import number_of_tasks
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True, "train.augment": False, "train.lr": 1e-3,
@@ -159,8 +159,8 @@ def test_a_matched_mamf_step_holds_classicals_images(emoji_folder):
 
 
 def test_experiment_rows_record_a_matched_budget_and_the_report_shows_it(tmp_path, paper_folder):
-    from mamf.experiment import parse_experiment, run_experiment
     from mamf.report import training_line
+    from mamf.runs.experiment import parse_experiment, run_experiment
 
     raw = {"name": "budgets", "model": "tiny-random-clip",
            "methods": ["zeroshot", "classical", "mamf", "fomaml"], "seeds": [1],
@@ -213,7 +213,7 @@ class Stop(Exception):
 def test_a_matched_run_resumes_to_the_same_losses_and_images(tmp_path, paper_folder,
                                                              emoji_folder, monkeypatch, method,
                                                              schedule, emoji):
-    from mamf.checkpoint import Checkpointer
+    from mamf.engine.checkpoint import Checkpointer
 
     over = {**(EMOJI if emoji else {"data.ways": 3}), "train.method": method,
             "train.schedule": schedule, "train.budget": "matched", "train.epochs": 8}

@@ -21,7 +21,7 @@ from mamf.data.builders import fashion_mnist as fm_mod
 from mamf.data.builders.common import MANIFEST, slugify, unique_slugs
 from mamf.data.folder import scan_folder
 from mamf.data.prompts import class_prompts
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 class Log(list):

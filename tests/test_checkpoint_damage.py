@@ -16,13 +16,13 @@ from conftest import make_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mamf import checkpoint
-from mamf.checkpoint import Checkpointer
 from mamf.cli import main
-from mamf.errors import MamfError
-from mamf.finetune import trainable
+from mamf.engine import checkpoint
+from mamf.engine.checkpoint import Checkpointer
 from mamf.methods.base import make_optimizer
+from mamf.methods.finetune import trainable
 from mamf.models import load_model
+from mamf.system.errors import MamfError
 
 STEP = "checkpoint-000000008"
 

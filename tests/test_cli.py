@@ -13,8 +13,8 @@ import yaml
 
 from mamf.cli import main
 from mamf.config import build_config
-from mamf.errors import MamfError
-from mamf.tasks import number_of_tasks
+from mamf.system.errors import MamfError
+from mamf.tasks.task import number_of_tasks
 
 ROW_FIELDS = {"method", "model", "dataset", "protocol", "ways", "shots", "queries", "seed",
               "split", "n_tasks", "acc_mean", "acc_ci95", "task_accs", "time_s"}
@@ -144,7 +144,7 @@ def test_paper_protocol_names_a_label_with_too_few_images(tmp_path, capsys):
 
 
 def test_a_second_writer_to_the_same_folder_is_refused(colour_folder, tmp_path, capsys):
-    from mamf.lock import exclusive
+    from mamf.system.lock import exclusive
 
     out = tmp_path / "eval"
     with exclusive(out):
@@ -169,7 +169,7 @@ def test_argument_refusals_are_one_line(argv, capsys):
 def test_failures_line_names_only_this_passes_failures(tmp_path):
     # a rerun that redid every earlier failure must not say "some runs failed"
     from mamf.cli import _failures_line
-    from mamf.io import append_jsonl
+    from mamf.system.io import append_jsonl
 
     assert _failures_line(tmp_path, since="2026-01-01T00:00:00") == ""
     append_jsonl(tmp_path / "failures.jsonl", {"time": "2026-12-03T07:22:22", "method": "lp++"})

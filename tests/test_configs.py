@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mamf.experiment import load_experiment, run_config
-from mamf.run import ways_list
-from mamf.tasks import number_of_tasks
+from mamf.runs.experiment import load_experiment, run_config
+from mamf.runs.run import ways_list
+from mamf.tasks.task import number_of_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = [ROOT / "configs" / n for n in ("paper-clip.yaml", "paper-offline.yaml", "quick.yaml",
@@ -44,7 +44,7 @@ def test_paper_clip_expands_to_the_papers_grid():
 
 
 def test_the_samplers_study_runs_every_sampler_for_the_methods_that_draw_tasks():
-    from mamf.experiment import samplers_of
+    from mamf.runs.experiment import samplers_of
 
     exp = load_experiment(ROOT / "configs" / "samplers-offline.yaml")
     assert len(exp.seeds) >= 3 and exp.samplers == ["uniform", "similar", "diverse",

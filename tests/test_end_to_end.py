@@ -8,7 +8,7 @@ import yaml
 pytest.importorskip("efficientnet_lite_pytorch")
 
 from mamf.cli import main  # noqa: E402
-from mamf.io import read_jsonl  # noqa: E402
+from mamf.system.io import read_jsonl  # noqa: E402
 
 pytestmark = pytest.mark.slow  # torchrun, subprocesses or the pretrained model
 

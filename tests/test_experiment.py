@@ -6,10 +6,10 @@ import pytest
 import yaml
 
 from mamf.cli import main
-from mamf.errors import MamfError
-from mamf.experiment import load_experiment, parse_experiment, run_experiment
-from mamf.io import read_jsonl
 from mamf.report import summary_table
+from mamf.runs.experiment import load_experiment, parse_experiment, run_experiment
+from mamf.system.errors import MamfError
+from mamf.system.io import read_jsonl
 
 
 def experiment_file(tmp_path, folder, **extra):
@@ -154,7 +154,7 @@ def test_entries_that_build_the_same_dataset_share_one_build(tmp_path, monkeypat
     """A dataset studied under several settings (another training match, frozen or not) is
     built once, in the first entry's folder; other build options get their own."""
     from mamf.data import builders
-    from mamf.experiment import dataset_root
+    from mamf.runs.experiment import dataset_root
 
     built = []
     monkeypatch.setattr(builders, "build", lambda name, folder, log, **options:
@@ -170,7 +170,7 @@ def test_entries_that_build_the_same_dataset_share_one_build(tmp_path, monkeypat
 
 def test_a_dataset_sets_one_methods_settings_over_the_experiments():
     """A rate chosen on one dataset's dev split for one method applies there only."""
-    from mamf.experiment import run_config
+    from mamf.runs.experiment import run_config
 
     exp = parse_experiment({
         "methods": ["classical", "mamf"], "settings": {"train": {"lr": 1e-3}},
@@ -200,7 +200,7 @@ def test_bad_shots_and_splits_axes_are_refused(key, value):
 def test_a_skipped_dataset_is_not_called_nothing_to_do(tmp_path, caplog):
     import logging
 
-    from mamf.experiment import load_experiment, run_experiment
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     (tmp_path / "empty").mkdir()
     path = tmp_path / "e.yaml"

@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 
 from mamf.cli import main
-from mamf.errors import MamfError
-from mamf.export import MANIFEST, export_run
-from mamf.run import load_run
+from mamf.runs.export import MANIFEST, export_run
+from mamf.runs.run import load_run
+from mamf.system.errors import MamfError
 
 
 def _train(folder, out, *extra):

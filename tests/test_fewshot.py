@@ -12,11 +12,11 @@ from mamf.cli import main
 from mamf.config import build_config
 from mamf.data.coop_splits import image_split
 from mamf.data.dataset import ImageDataset
-from mamf.errors import MamfError
-from mamf.metatest import evaluation_tasks
+from mamf.engine.metatest import evaluation_tasks
+from mamf.engine.training import train_pool
 from mamf.protocols.base2novel import harmonic_mean
-from mamf.run import evaluate_prepared, prepare, ways_list
-from mamf.training import train_pool
+from mamf.runs.run import evaluate_prepared, prepare, ways_list
+from mamf.system.errors import MamfError
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True}
@@ -103,8 +103,8 @@ def test_a_trained_method_on_coop_trains_on_the_k_shots_and_evaluates_all_way(
 
 def test_a_coop_experiment_runs_the_shots_axis_and_reports_mean_and_std(shared_colour_folder,
                                                                        tmp_path):
-    from mamf.experiment import load_experiment, run_experiment
     from mamf.report import write_report
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     path = tmp_path / "coop.yaml"
     path.write_text(f"""
@@ -160,7 +160,7 @@ def test_shots_and_splits_axes_together_resume_cell_by_cell(shared_colour_folder
     resumed grid recomputes exactly the lost cells, with the same numbers."""
     import json
 
-    from mamf.experiment import load_experiment, run_experiment
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     path = tmp_path / "grid.yaml"
     path.write_text(f"""

@@ -33,7 +33,7 @@ def test_help_and_import_load_no_torch():
         f"for argv in {commands!r}:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
-        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'mamf.allocator')"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'mamf.system.allocator')"
         " if m in sys.modules))\n")
     assert out.strip() == "[]"  # nor is glibc's malloc tuned by `import mamf`
 
@@ -82,7 +82,7 @@ def test_every_option_shows_its_default():
 
 
 def test_cli_tunes_the_allocator_at_its_entry(monkeypatch, capsys):
-    from mamf import allocator
+    from mamf.system import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -212,8 +212,8 @@ def test_a_loss_at_chance_warns_with_its_likely_cause(method, colour_folder, tmp
 
 
 def test_the_likely_cause_names_the_paper_rate_end_to_end():
-    from mamf.chance import at_chance, likely_cause
     from mamf.config import build_config
+    from mamf.engine.chance import at_chance, likely_cause
 
     cause = likely_cause(build_config({}))  # the defaults: both towers end to end at 1e-6
     assert "train.lr=1e-06 (both towers end to end) is the paper's rate" in cause

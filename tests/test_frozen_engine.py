@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_folder
 
-from mamf import frozen_engine
 from mamf.data.dataset import ImageDataset
-from mamf.inputs import ModelInputs
+from mamf.features import frozen_engine
+from mamf.features.inputs import ModelInputs
 from mamf.models import load_model
 from mamf.models.hf_clip import HFClip
 

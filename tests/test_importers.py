@@ -20,7 +20,7 @@ from mamf.data.importers import IMPORTERS
 from mamf.data.importers.archive import Archive
 from mamf.data.importers.clevr import iter_array
 from mamf.data.importers.mini_imagenet import class_table
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 SIZE = (24, 20)
 

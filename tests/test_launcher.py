@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from mamf.experiment import load_experiment, run_experiment
-from mamf.launcher import SlurmSettings, launch
+from mamf.runs.experiment import load_experiment, run_experiment
+from mamf.runs.launcher import SlurmSettings, launch
 
 pytest.importorskip("submitit")
 

@@ -7,15 +7,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mamf import adapters
 from mamf.cli import main
 from mamf.config import Config, build_config
-from mamf.errors import MamfError
-from mamf.io import read_jsonl
+from mamf.engine.training import train
+from mamf.models import adapters
 from mamf.models.tiny import build
 from mamf.results import read_rows, row_key
-from mamf.run import config_id, load_run, prepare, starting_model
-from mamf.training import train
+from mamf.runs.run import config_id, load_run, prepare, starting_model
+from mamf.system.errors import MamfError
+from mamf.system.io import read_jsonl
 
 
 def lora_config(folder, **train) -> Config:
@@ -137,7 +137,7 @@ def test_run_keeps_the_adapter_and_evaluate_run_scores_as_the_model_in_memory(co
     train(model, inputs, dataset, config, progress=False)
     for n, p in loaded.named_parameters():
         assert torch.equal(p, dict(model.named_parameters())[n]), n
-    from mamf.run import evaluate
+    from mamf.runs.run import evaluate
 
     mem = evaluate(config, tmp_path / "mem", "classical", model, [3], progress=False)
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
@@ -169,7 +169,7 @@ def test_lora_resumes_to_the_same_adapter(shared_colour_folder, tmp_path, method
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert main([*args, "--out", str(whole)]) == 0
     # stop after step 8: run 8 steps with the same settings file, keep its checkpoint
-    from mamf.checkpoint import Checkpointer
+    from mamf.engine.checkpoint import Checkpointer
 
     config = build_config(yaml.safe_load((whole / "config.yaml").read_text()))
     half = build_config({**yaml.safe_load((whole / "config.yaml").read_text()),
@@ -186,7 +186,7 @@ def test_lora_resumes_to_the_same_adapter(shared_colour_folder, tmp_path, method
 
 
 def test_test_time_adaptation_moves_only_the_adapters_and_is_undone(colour_folder):
-    from mamf.metatest import evaluation_tasks, meta_test
+    from mamf.engine.metatest import evaluation_tasks, meta_test
 
     config = lora_config(colour_folder)
     model, dataset, inputs = prepare(config, fresh=True)
@@ -224,7 +224,7 @@ def test_interpolation_ends_are_zero_shot_and_trained_exactly(colour_folder, tmp
 
 
 def test_lora_interpolation_scales_the_adapter_delta(colour_folder):
-    from mamf.wiseft import Interpolation, starting_weights
+    from mamf.engine.wiseft import Interpolation, starting_weights
 
     config = lora_config(colour_folder)
     model, dataset, inputs = prepare(config, fresh=True)
@@ -244,7 +244,7 @@ def test_lora_interpolation_scales_the_adapter_delta(colour_folder):
 
 def test_interpolation_needs_a_run(colour_folder, tmp_path, capsys):
     model = starting_model(lora_config(colour_folder))
-    from mamf.run import evaluate
+    from mamf.runs.run import evaluate
 
     config = lora_config(colour_folder, )
     config.metatest.interpolate = [0.5]

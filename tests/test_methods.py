@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from mamf.config import build_config
-from mamf.finetune import Batch, batch_loss, epoch_batches
-from mamf.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
+from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
+from mamf.engine.training import train
 from mamf.methods import fomaml
 from mamf.methods.classical import Classical
+from mamf.methods.finetune import Batch, batch_loss, epoch_batches
 from mamf.protocols.paper import paper_pool
-from mamf.run import prepare
-from mamf.tasks import paper_task
-from mamf.training import train
+from mamf.runs.run import prepare
+from mamf.tasks.task import paper_task
 
 FAST = {"train.lr": 3e-3, "train.batch_size": 16, "train.epochs": 15, "train.augment": False,
         "train.inner_lr": 0.01, "train.inner_epochs": 1, "metatest.inner_lr": 0.01,

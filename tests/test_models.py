@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from mamf.errors import MamfError
 from mamf.models import load_model
+from mamf.system.errors import MamfError
 
 
 def save_clip_folder(path):

@@ -16,10 +16,10 @@ from mamf import protocols
 from mamf.config import build_config
 from mamf.data.cache import load_or_build
 from mamf.data.dataset import ImageDataset
-from mamf.experiment import load_experiment, run_experiment
-from mamf.inputs import ModelInputs
+from mamf.features.inputs import ModelInputs
 from mamf.models import effnet_minilm, load_model, registry
-from mamf.run import images_read
+from mamf.runs.experiment import load_experiment, run_experiment
+from mamf.runs.run import images_read
 
 FROZEN = {"freeze_image_backbone": True, "freeze_text_tower": True, "augment": False}
 

@@ -9,9 +9,9 @@ from mamf import protocols
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import class_split, paper_image_split
-from mamf.errors import MamfError
-from mamf.metatest import evaluation_tasks
-from mamf.training import train_pool
+from mamf.engine.metatest import evaluation_tasks
+from mamf.engine.training import train_pool
+from mamf.system.errors import MamfError
 
 
 def config_for(folder, protocol="paper", **data):
@@ -41,7 +41,7 @@ def test_train_split_tasks_use_only_training_images_and_classes(colour_folder, p
 
 def test_split_train_rows_from_evaluate(colour_folder, tmp_path):
     from mamf.cli import main
-    from mamf.io import read_jsonl
+    from mamf.system.io import read_jsonl
 
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder), "--out",
                  str(tmp_path), "--ways", "3", "--split", "train", "--quiet"]) == 0
@@ -82,7 +82,7 @@ def test_train_match_restricts_training_images_and_drops_empty_classes(tmp_path,
 def test_train_match_reaches_training(tmp_path):
     """Trained on google images only, every method's batches hold google images only."""
     from mamf import methods
-    from mamf.run import prepare
+    from mamf.runs.run import prepare
 
     root = styled_folder(tmp_path / "styles")
     for method in ("classical", "mamf"):
@@ -91,7 +91,7 @@ def test_train_match_reaches_training(tmp_path):
                                "train": {"method": method, "steps": 5, "batch_size": 4}})
         model, dataset, inputs = prepare(config, fresh=True)
         m = methods.create(method, config)
-        from mamf.training import make_sampler
+        from mamf.engine.training import make_sampler
 
         pool = train_pool(dataset, config)
         m.begin(model, inputs, pool, np.random.default_rng(0),

@@ -13,7 +13,8 @@ import pytest
 import tqdm
 import yaml
 
-from mamf import experiment, progress
+from mamf.runs import experiment
+from mamf.system import progress
 
 
 class FakeClock:

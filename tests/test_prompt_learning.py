@@ -15,14 +15,14 @@ from mamf import methods
 from mamf.api import make_config
 from mamf.cli import main
 from mamf.config import build_config
-from mamf.errors import MamfError
+from mamf.engine.training import cosine_lr, train, with_steps
 from mamf.methods.base import EXTENSION
 from mamf.methods.coop import Prompts, class_contexts, class_embeddings
 from mamf.models.base import DualEncoder
 from mamf.models.hf_clip import HFClip
 from mamf.models.registry import load_model
-from mamf.run import prepare
-from mamf.training import cosine_lr, train, with_steps
+from mamf.runs.run import prepare
+from mamf.system.errors import MamfError
 
 
 def _config(folder, method="coop", **settings):
@@ -82,8 +82,8 @@ def test_coop_changes_only_its_context(colour_folder, specific):
     start = context.vectors.detach().clone()
     assert start.shape[0] == (len(dataset.classes) if specific else 12)
     # the first batch as the run draws it, and the loss's gradient worked out apart
-    from mamf.finetune import EpochStream
-    from mamf.training import train_pool
+    from mamf.engine.training import train_pool
+    from mamf.methods.finetune import EpochStream
 
     pool = train_pool(dataset, config)
     images, labels = pool.all_images()
@@ -155,7 +155,7 @@ def test_coop_with_a_text_tower_that_takes_no_embeddings_is_one_line(colour_fold
 
 
 def test_wise_ft_leaves_the_prompt_learners_alone():
-    from mamf.wiseft import alphas
+    from mamf.engine.wiseft import alphas
 
     config = build_config(overrides={"metatest.interpolate": [0, 1]})
     assert alphas(config, "coop") == alphas(config, "cocoop") == [None]

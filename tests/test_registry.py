@@ -9,15 +9,16 @@ import re
 import pytest
 import torch
 
-from mamf import methods, protocols, samplers
-from mamf.checkpoint import Checkpointer
+from mamf import methods, protocols
 from mamf.cli import main
 from mamf.config import build_config
-from mamf.errors import MamfError
-from mamf.experiment import load_experiment, run_experiment
+from mamf.engine.checkpoint import Checkpointer
+from mamf.engine.training import train
 from mamf.methods.classical import Classical
-from mamf.run import prepare
-from mamf.training import train
+from mamf.runs.experiment import load_experiment, run_experiment
+from mamf.runs.run import prepare
+from mamf.system.errors import MamfError
+from mamf.tasks import samplers
 
 BASE = {"model": "tiny-random-clip", "train.lr": 1e-3, "train.batch_size": 8, "data.ways": 3,
         "train.augment": True, "train.inner_lr": 0.01}

@@ -19,7 +19,7 @@ from mamf.cli import main
 from mamf.config import Config, build_config, set_value
 from mamf.data.dataset import ImageDataset
 from mamf.data.folder import scan_folder
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 def evaluate(folder, out, *extra):
@@ -115,14 +115,14 @@ def test_a_config_file_cannot_execute_anything(tmp_path, capsys, colour_folder):
 
 
 def test_dataset_names_cannot_escape_the_output_folder():
-    from mamf.experiment import parse_experiment
+    from mamf.runs.experiment import parse_experiment
 
     with pytest.raises(MamfError, match="names a folder inside --out"):
         parse_experiment({"datasets": {"../../etc": {"build": "counting"}}})
 
 
 def test_an_experiment_folder_of_another_experiment_is_refused(tmp_path, colour_folder):
-    from mamf.experiment import parse_experiment, run_experiment
+    from mamf.runs.experiment import parse_experiment, run_experiment
 
     raw = {"model": "tiny-random-clip", "methods": ["zeroshot"], "seeds": [1],
            "datasets": {"c": {"root": str(colour_folder), "ways": [2]}}}

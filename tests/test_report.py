@@ -18,7 +18,7 @@ from mamf.report import (
 )
 from mamf.results import read_rows
 from mamf.stats import estimate, interval
-from mamf.tasks import number_of_tasks
+from mamf.tasks.task import number_of_tasks
 
 PAPER_OFFLINE = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper-offline"
 
@@ -294,7 +294,7 @@ def test_every_method_is_paired_against_a_reference_with_holm(tmp_path):
     # the default reference is classical FT where it ran, else zero-shot
     md = write_report(rows, tmp_path, "ref")["md"].read_text()
     assert "## Every method against zero-shot" in md
-    from mamf.errors import MamfError
+    from mamf.system.errors import MamfError
 
     with pytest.raises(MamfError, match="--reference 'classical' has no rows here"):
         write_report(rows, tmp_path, "ref", reference="classical")

@@ -161,9 +161,9 @@ def test_rows_record_their_environment(colour_folder, tmp_path):
     import torch
 
     import mamf
-    from mamf import denormals
     from mamf.cli import main
     from mamf.results import ENVIRONMENT_FIELDS
+    from mamf.system import denormals
 
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),

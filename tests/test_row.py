@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from mamf.errors import MamfError
-from mamf.experiment import grid_cell
-from mamf.experiment_file import DatasetSpec
 from mamf.report.compare import cell_of
 from mamf.report.overfitting import main_rows
 from mamf.results import (
@@ -24,6 +21,9 @@ from mamf.results import (
     read_rows,
     row_key,
 )
+from mamf.runs.experiment import grid_cell
+from mamf.runs.experiment_file import DatasetSpec
+from mamf.system.errors import MamfError
 
 STUDIES = sorted((Path(__file__).parents[1] / "docs" / "results").glob("*/results.jsonl"))
 

@@ -11,17 +11,17 @@ import pytest
 import torch
 import yaml
 
-from mamf import samplers
-from mamf.checkpoint import Checkpointer
 from mamf.config import build_config
 from mamf.data.dataset import Pool
-from mamf.errors import MamfError
-from mamf.experiment import load_experiment, parse_experiment, run_experiment
+from mamf.engine.checkpoint import Checkpointer
+from mamf.engine.training import make_sampler, train, train_pool
 from mamf.methods import create as create_method
 from mamf.protocols.episodic import episodic_pool
-from mamf.run import prepare
-from mamf.tasks import sample_classes
-from mamf.training import make_sampler, train, train_pool
+from mamf.runs.experiment import load_experiment, parse_experiment, run_experiment
+from mamf.runs.run import prepare
+from mamf.system.errors import MamfError
+from mamf.tasks import samplers
+from mamf.tasks.task import sample_classes
 
 ALL = samplers.names()
 

@@ -7,8 +7,8 @@ import pytest
 
 from mamf.cli import main
 from mamf.config import build_config
-from mamf.errors import MamfError
-from mamf.experiment import parse_experiment
+from mamf.runs.experiment import parse_experiment
+from mamf.system.errors import MamfError
 
 
 def evaluate(folder, out, *extra):

@@ -10,12 +10,13 @@ import sys
 import pytest
 from config_cases import FIXTURE, OVERRIDES, cases, record
 
-from mamf import methods, samplers
+from mamf import methods
 from mamf.cli import main, methods_listing
 from mamf.config import Config, build_config, declared, to_dict
-from mamf.errors import MamfError
-from mamf.run import config_id
+from mamf.runs.run import config_id
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
+from mamf.tasks import samplers
 
 
 def test_every_recorded_config_keeps_its_keys_order_defaults_and_config_id():

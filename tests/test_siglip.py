@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mamf.cli import main
-from mamf.export import export_run
 from mamf.models import load_model
 from mamf.models.registry import families, model_names
 from mamf.results import read_rows
+from mamf.runs.export import export_run
 
 
 def test_the_task_loss_is_siglips_own_loss():
@@ -50,7 +50,7 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
                  "--steps", "3", "--batch-size", "6", "--quiet"]) == 0
     losses = json.loads((run / "train.json").read_text())["losses"]
     assert len(losses) == 3 and losses[0] > 1.0  # ~ 2 classes x softplus(10): not a CE value
-    from mamf.run import load_run
+    from mamf.runs.run import load_run
 
     _, trained = load_run(run)
     assert trained.siglip.logit_bias.item() != -10.0
@@ -74,7 +74,7 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
 
 
 def test_lora_on_siglip_trains_the_logit_bias_beside_the_adapters(colour_folder, tmp_path):
-    from mamf.run import load_run
+    from mamf.runs.run import load_run
 
     run = tmp_path / "run"
     assert main(["train", "--method", "classical", "--model", "tiny-random-siglip", "--data",

@@ -18,7 +18,7 @@ from mamf.cli import main
 from mamf.data.coop_splits import image_split
 from mamf.data.dataset import ImageDataset
 from mamf.data.prompts import class_prompts, resolve_templates
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 COMMON = ["--model", "tiny-random-clip", "--protocol", "coop", "--shots", "2", "--set",
           "train.freeze_image_backbone=true", "--set", "train.freeze_text_tower=true", "--quiet"]
@@ -134,7 +134,7 @@ def test_base2novel_with_one_novel_class_writes_strict_json(tmp_path):
 
 
 def test_rows_never_hold_nan(tmp_path):
-    from mamf.io import append_jsonl
+    from mamf.system.io import append_jsonl
 
     append_jsonl(tmp_path / "r.jsonl", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2})
     assert json.loads((tmp_path / "r.jsonl").read_text()) == {"a": None, "b": [1.0, None], "c": 2}

@@ -14,7 +14,7 @@ from mamf.data.builders import spurious as sp
 from mamf.data.dataset import ImageDataset
 from mamf.data.folder import scan_folder
 from mamf.data.splits import paper_image_split
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 def measured(root: Path) -> dict[str, list[tuple[int, int]]]:
@@ -105,7 +105,7 @@ def test_shapes_differ_and_bad_options_are_one_line(tmp_path):
 
 def test_the_spurious_study_config():
     """configs/spurious-offline.yaml: >= 4 rho values, 5 seeds, one entry per (rho, capacity)."""
-    from mamf.experiment import load_experiment, run_config
+    from mamf.runs.experiment import load_experiment, run_config
 
     exp = load_experiment(Path(__file__).resolve().parents[1] / "configs" / "spurious-offline.yaml")
     assert exp.seeds == [312, 313, 314, 315, 316]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mamf.metatest import summarize
+from mamf.engine.metatest import summarize
 from mamf.stats import (
     ci95,
     coverage_line,

@@ -7,10 +7,10 @@ import pytest
 
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import class_split, halves, paper_image_split
-from mamf.errors import MamfError
 from mamf.protocols.episodic import episodic_pool
 from mamf.protocols.paper import paper_pool
-from mamf.tasks import episodic_task, number_of_tasks, paper_task, sample_classes
+from mamf.system.errors import MamfError
+from mamf.tasks.task import episodic_task, number_of_tasks, paper_task, sample_classes
 
 
 def test_number_of_tasks_matches_the_paper_for_ten_classes():

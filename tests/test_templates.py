@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from mamf.config import build_config
 from mamf.data.prompts import resolve_templates, templates_tag
-from mamf.errors import MamfError
-from mamf.run import evaluate_prepared, prepare
+from mamf.runs.run import evaluate_prepared, prepare
+from mamf.system.errors import MamfError
 
 TWO = ["a photo of a {label}.", "a drawing of a {}."]
 

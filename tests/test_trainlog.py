@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mamf.cli import main
-from mamf.trainlog import CSV_NAME, read_csv
+from mamf.engine.trainlog import CSV_NAME, read_csv
 
 
 def _train(folder, out, *extra):
@@ -49,7 +49,7 @@ def test_the_log_folder_is_not_a_setting(colour_folder, tmp_path):
 
 def test_a_resumed_run_logs_each_step_once(tmp_path):
     """Rows past the checkpoint a run resumes from are dropped before it logs them again."""
-    from mamf.trainlog import TrainLog
+    from mamf.engine.trainlog import TrainLog
 
     first = TrainLog(tmp_path, None)
     for step in range(1, 6):
@@ -74,9 +74,9 @@ def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colo
 
     from mamf.config import build_config
     from mamf.data.dataset import ImageDataset
-    from mamf.inputs import ModelInputs
-    from mamf.metatest import evaluation_tasks, score
-    from mamf.run import config_id, load_run
+    from mamf.engine.metatest import evaluation_tasks, score
+    from mamf.features.inputs import ModelInputs
+    from mamf.runs.run import config_id, load_run
 
     plain, every, logs = tmp_path / "plain", tmp_path / "every", tmp_path / "tb"
     assert _train(colour_folder, plain) == 0
@@ -107,7 +107,7 @@ def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colo
 
 def test_eval_every_must_be_positive():
     from mamf.config import build_config
-    from mamf.errors import MamfError
+    from mamf.system.errors import MamfError
 
     with pytest.raises(MamfError, match="train.eval_every must be positive, got 0"):
         build_config(overrides={"train.eval_every": 0})

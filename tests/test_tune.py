@@ -10,13 +10,14 @@ import pytest
 import yaml
 from conftest import make_folder
 
-from mamf import metatest, run, training
 from mamf.cli import main
-from mamf.errors import MamfError
-from mamf.experiment import parse_experiment, run_experiment
-from mamf.inputs import ModelInputs
+from mamf.engine import metatest, training
+from mamf.features.inputs import ModelInputs
 from mamf.protocols.paper import paper_pool
-from mamf.tune import TUNE_FILE, tune_experiment
+from mamf.runs import run
+from mamf.runs.experiment import parse_experiment, run_experiment
+from mamf.runs.tune import TUNE_FILE, tune_experiment
+from mamf.system.errors import MamfError
 
 GRID = {"train.lr": [1e-4, 1e-3, 1e-2, 1e-1], "metatest.lr": [1e-5, 1e-4, 1e-3, 1e-2]}
 
@@ -59,10 +60,10 @@ def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, f
     monkeypatch.setattr(ModelInputs, "images", images)
     monkeypatch.setattr(run, "evaluation_tasks", tasks)
     monkeypatch.setattr(metatest, "evaluation_tasks", tasks)
-    monkeypatch.setattr("mamf.tune.train", counted, raising=False)
-    import mamf.training
+    monkeypatch.setattr("mamf.runs.tune.train", counted, raising=False)
+    import mamf.engine.training
 
-    monkeypatch.setattr(mamf.training, "train", counted)
+    monkeypatch.setattr(mamf.engine.training, "train", counted)
     chosen = tune_experiment(exp, tmp_path / "out")
     from mamf.data.dataset import ImageDataset
 
@@ -138,7 +139,7 @@ def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
 def test_the_matched_studies_tune_on_dev_with_wide_grids(name):
     from pathlib import Path
 
-    from mamf.experiment import load_experiment, run_config
+    from mamf.runs.experiment import load_experiment, run_config
 
     exp = load_experiment(Path(__file__).parents[1] / "configs" / name)
     assert len(exp.seeds) == 5 and exp.tune.seed not in exp.seeds

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from mamf import frozen_engine
 from mamf.cli import main
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
-from mamf.errors import MamfError
-from mamf.inputs import ModelInputs
-from mamf.metatest import WeightSnapshot, evaluation_tasks, meta_test
+from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test
+from mamf.engine.training import train
+from mamf.features import frozen_engine
+from mamf.features.inputs import ModelInputs
 from mamf.models import load_model
-from mamf.run import prepare
-from mamf.training import train
+from mamf.runs.run import prepare
+from mamf.system.errors import MamfError
 
 CPU = torch.device("cpu")
 
@@ -251,7 +251,7 @@ def test_effnet_minilm_boundary_comes_from_onnxruntime(tmp_path, cache):
 
 def test_an_experiment_method_cannot_change_the_boundary():
     """The caches of a dataset are built once for all of its methods."""
-    from mamf.experiment import parse_experiment
+    from mamf.runs.experiment import parse_experiment
 
     raw = {"model": "tiny-random-clip", "datasets": {"a": {"root": "x"}},
            "method_settings": {"classical": {"train": {"unfreeze_image_blocks": 1}}}}

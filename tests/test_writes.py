@@ -16,8 +16,8 @@ import os
 import pytest
 from safetensors import SafetensorError
 
-from mamf import run
 from mamf.cli import main
+from mamf.runs import run
 
 
 def one_error_line(capsys) -> str:
@@ -172,7 +172,7 @@ def test_a_full_disk_while_replacing_a_file(colour_folder, tmp_path, capsys, mon
     assert evaluate(colour_folder, out) == 2
     line = one_error_line(capsys)
     assert f"cannot write {out / 'configs'}" in line and "No space left on device" in line, line
-    assert sorted(p.name for p in out.iterdir()) == [".mamf.lock", "configs"]
+    assert sorted(p.name for p in out.iterdir()) == [".mamf.system.lock", "configs"]
     assert not any((out / "configs").iterdir())  # the folder only, no torn file
 
 

@@ -14,10 +14,10 @@ from test_builders import Log, _fake_package, _png, check_layout
 from mamf.data.builders import BUILDERS
 from mamf.data.builders import emoji as emoji_mod
 from mamf.data.builders.emoji_levels import class_scores
-from mamf.errors import MamfError
 from mamf.report import claim2, write_report
 from mamf.report import zeroshot as zeroshot_mod
 from mamf.stats import paired
+from mamf.system.errors import MamfError
 
 
 class Stub:
@@ -207,7 +207,7 @@ def test_the_claims_contrast_tests_each_difference_from_the_lowest_to_the_highes
 
 
 def test_the_zeroshot_levels_study_config():
-    from mamf.experiment import load_experiment, run_config
+    from mamf.runs.experiment import load_experiment, run_config
 
     path = Path(__file__).resolve().parents[1] / "configs" / "zeroshot-levels-offline.yaml"
     exp = load_experiment(path)

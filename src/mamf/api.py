@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mamf.config import Config, build_config, load_yaml, to_dict
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 log = logging.getLogger("mamf")
 
@@ -64,7 +64,7 @@ def make_config(settings: dict | str | Path | Config | None = None,
 @contextlib.contextmanager
 def _bars(progress: bool) -> Iterator[None]:
     """`progress=False` silences every bar of the call, a cache build's included."""
-    from mamf import progress as bars
+    from mamf.system import progress as bars
 
     before = bars.is_quiet()
     bars.set_quiet(before or not progress)
@@ -76,7 +76,7 @@ def _bars(progress: bool) -> Iterator[None]:
 
 def train(config: Config | dict | str | Path, out: str | Path, progress: bool = True) -> dict:
     """Train `config.train.method` into the run folder `out`; returns its summary (train.json)."""
-    from mamf.run import train_run
+    from mamf.runs.run import train_run
 
     config = make_config(config)
     with _bars(progress):
@@ -85,7 +85,7 @@ def train(config: Config | dict | str | Path, out: str | Path, progress: bool = 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:
     """A finished run's config and its model with the trained weights."""
-    from mamf.run import load_run as load
+    from mamf.runs.run import load_run as load
 
     return load(Path(run))
 
@@ -100,8 +100,8 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
     from mamf.config import deep_merge
     from mamf.data.folder import scan_folder
     from mamf.methods import names
-    from mamf.run import evaluate as meta_test
-    from mamf.run import ways_list
+    from mamf.runs.run import evaluate as meta_test
+    from mamf.runs.run import ways_list
 
     model, run_dir, trained_by = None, None, None
     test_time = names(trained=False)

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from mamf.config import CORE, build_config, deep_merge, to_dict
-from mamf.errors import MamfError
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
 
 
 def settings_file(path: str) -> dict:
@@ -248,7 +248,7 @@ def _config(args, flags: dict, base: dict | None = None):
 
 
 def _is_main() -> bool:
-    from mamf.distributed import is_main
+    from mamf.parallel.distributed import is_main
 
     return is_main()
 
@@ -278,7 +278,7 @@ def cmd_train(args) -> None:
 
 def _train_sizes(config, value) -> list[int]:
     """`train --ways` in evaluate's grammar: n, a comma list, or 'all' (one run per size)."""
-    from mamf.run import ways_list
+    from mamf.runs.run import ways_list
 
     if value is None:
         return [config.data.ways]
@@ -313,7 +313,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from mamf.export import export_run
+    from mamf.runs.export import export_run
 
     written = export_run(Path(args.run), args.format, Path(args.out))
     print(f"exported {args.run} as {args.format} to {args.out} (checked against the run): "
@@ -335,8 +335,9 @@ def cmd_methods(args) -> None:
 def methods_listing() -> str:
     """`mamf methods`: the methods and task samplers, each with its own settings (key, default,
     range, help) indented below it, then any protocol's or model's settings."""
-    from mamf import methods, protocols, samplers
+    from mamf import methods, protocols
     from mamf.models import registry as models
+    from mamf.tasks import samplers
 
     width = max(len(n) for n in (*methods.names(), *samplers.names())) + 2
     lines = []
@@ -362,12 +363,12 @@ def methods_listing() -> str:
 
 
 def cmd_experiment(args) -> None:
-    from mamf.experiment import load_experiment, run_experiment
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(args.config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if args.launcher == "submitit":
-        from mamf.launcher import SlurmSettings, launch
+        from mamf.runs.launcher import SlurmSettings, launch
 
         slurm = SlurmSettings(args.slurm_partition, args.slurm_time, args.slurm_cpus,
                               args.slurm_gpus, args.slurm_mem_gb, args.submitit_cluster)
@@ -379,9 +380,9 @@ def cmd_experiment(args) -> None:
 
 
 def cmd_tune(args) -> None:
-    from mamf.experiment import load_experiment
-    from mamf.lock import exclusive
-    from mamf.tune import TUNE_FILE, tune_experiment
+    from mamf.runs.experiment import load_experiment
+    from mamf.runs.tune import TUNE_FILE, tune_experiment
+    from mamf.system.lock import exclusive
 
     experiment = load_experiment(args.config)
     if experiment.tune is None:
@@ -400,7 +401,7 @@ def cmd_tune(args) -> None:
 def _failures_line(out: Path, since: str | None) -> str:
     """What failures.jsonl says: the failures of this pass (`since`, an ISO time), or, for a
     report, every record on file; earlier failures that a rerun has redone are not news."""
-    from mamf.io import read_jsonl
+    from mamf.system.io import read_jsonl
 
     path = out / "failures.jsonl"
     if not path.exists():
@@ -508,7 +509,7 @@ def _literal(value: str):
 def cmd_demo(args) -> None:
     from importlib.resources import files
 
-    from mamf.experiment import load_experiment, run_experiment
+    from mamf.runs.experiment import load_experiment, run_experiment
 
     config = Path(args.config) if args.config else Path(str(files("mamf") / "configs" /
                                                               "demo.yaml"))
@@ -570,8 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.command:
         ap.error("no command given (train, evaluate, experiment, report, ...)")
-    from mamf import distributed, progress
-    from mamf.allocator import keep_freed_memory
+    from mamf.parallel import distributed
+    from mamf.system import progress
+    from mamf.system.allocator import keep_freed_memory
 
     keep_freed_memory()  # the command line's process (torchrun's workers too), before big tensors
 
@@ -605,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _where() -> str:
     """Under torchrun, which rank speaks."""
-    from mamf import distributed
+    from mamf.parallel import distributed
 
     return f"rank {distributed.rank()}: " if distributed.launched() else ""
 

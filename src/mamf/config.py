@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from mamf.errors import MamfError, shown
 from mamf.settings import Setting, gather
+from mamf.system.errors import MamfError, shown
 
 SECTIONS = ("data", "train", "metatest", "baseline")
 # counts of classes and images per task: anything larger is a typo, and is refused before it
@@ -207,8 +207,9 @@ def __getattr__(name: str):
 
 def _registries() -> dict[str, dict]:
     """Each kind of plug-in's registry (importing them registers the built-in plug-ins)."""
-    from mamf import methods, protocols, samplers
+    from mamf import methods, protocols
     from mamf.models import registry as models
+    from mamf.tasks import samplers
 
     return {"methods": methods.REGISTRY, "samplers": samplers.REGISTRY,
             "protocols": protocols.REGISTRY, "models": models.DECLARED}
@@ -216,8 +217,9 @@ def _registries() -> dict[str, dict]:
 
 def plugin_settings() -> dict[str, list[Setting]]:
     """Each kind of plug-in's declared settings, in registration order."""
-    from mamf import methods, protocols, samplers
+    from mamf import methods, protocols
     from mamf.models import registry as models
+    from mamf.tasks import samplers
 
     return {"methods": methods.settings(), "samplers": samplers.settings(),
             "protocols": protocols.settings(), "models": models.settings()}
@@ -445,7 +447,7 @@ def unfrozen(train: Section) -> tuple[int | None, int | None]:
     """How many top blocks of the image tower and top layers of the text tower train: k >= 0
     (0: the tower is frozen), None: all of it (end to end). An unset `unfreeze_*` key follows its
     `freeze_*` key; the two may not disagree. The counts are checked against the model in
-    `mamf.inputs`, which knows its towers."""
+    `mamf.features.inputs`, which knows its towers."""
     out = []
     for key, old in UNFREEZE.items():
         value, frozen = getattr(train, key), getattr(train, old)

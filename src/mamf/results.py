@@ -1,7 +1,7 @@
 """The results row: what one is, which rows are the same measurement, and reading them back.
 
 A results row is one meta-test of one method at one task size: a JSON object on one line of
-`results.jsonl`, written by `mamf evaluate` and `mamf experiment` (see `mamf.run.evaluate_prepared`
+`results.jsonl`, written by `mamf evaluate` and `mamf experiment` (see `mamf.runs.run.evaluate_prepared`
 for every field), and in Python a `Row`, whose `key` (a `RowKey`) says which measurement it is.
 Everything that reads `results.jsonl` goes through `read_rows`, so a torn, damaged or repeated
 line is skipped the same way everywhere and no row is ever counted twice.
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from mamf import denormals
-from mamf.errors import MamfError, is_int
+from mamf.system import denormals
+from mamf.system.errors import MamfError, is_int
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +239,12 @@ def row_sampler(row: dict) -> str | None:
     method that draws tasks) or by none."""
     if "sampler" in row:
         return row["sampler"]
-    from mamf import methods, samplers
+    from mamf import methods
+    from mamf.tasks import samplers
 
     known = row["method"] in methods.REGISTRY
     drawn = known and methods.method_class(row["method"]).draws_tasks
-    return samplers.Uniform.name if drawn else None  # as `mamf.tasks.sample_classes` drew
+    return samplers.Uniform.name if drawn else None  # as `mamf.tasks.task.sample_classes` drew
 
 
 def row_key(row: dict | Row) -> RowKey:

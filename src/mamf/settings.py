@@ -14,7 +14,7 @@ import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from mamf.errors import MamfError, shown
+from mamf.system.errors import MamfError, shown
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mamf.io import atomic_write_text, make_folder, writing
-from mamf.progress import bar
+from mamf.system.io import atomic_write_text, make_folder, writing
+from mamf.system.progress import bar
 
 log = logging.getLogger(__name__)
 

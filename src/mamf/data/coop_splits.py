@@ -15,7 +15,7 @@ import numpy as np
 
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import paper_image_split
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from mamf.data.prompts import (
     prompt_file,
     resolve_templates,
 )
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
 

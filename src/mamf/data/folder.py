@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import string
 from pathlib import Path
 
 from mamf.data.folder import printable
-from mamf.errors import MamfError, shown
+from mamf.system.errors import MamfError, shown
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 SPLITS = ("train", "dev", "test")
 

@@ -15,8 +15,8 @@ the order of its pseudo-code:
 A method's own settings are declared on its class (`settings`, `mamf.settings.Setting`): the
 config gains them, checks them and `mamf methods` lists them.
 
-The one training loop (`mamf.training.train`) owns progress, losses, checkpoints, resume and the
-DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.metatest`) calls `tune`, `adapt`
+The one training loop (`mamf.engine.training.train`) owns progress, losses, checkpoints, resume and the
+DDP/FSDP lifecycle, and calls these; the one meta-test (`mamf.engine.metatest`) calls `tune`, `adapt`
 and `score`. Nothing
 outside this package branches on a method's name: it asks the class (`trains`,
 `trains_per_ways`, `draws_tasks`, `data_parallel`).
@@ -29,19 +29,19 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from mamf.errors import MamfError
-from mamf.finetune import epoch_batches, run_batches, trainable
-from mamf.inputs import autocast
-from mamf.loss import task_logits
+from mamf.features.inputs import autocast
+from mamf.methods.finetune import epoch_batches, run_batches, trainable
+from mamf.models.loss import task_logits
 from mamf.settings import Setting, gather
+from mamf.system.errors import MamfError
 
 if TYPE_CHECKING:
     from mamf.config import Config
     from mamf.data.dataset import Pool
-    from mamf.inputs import ModelInputs
+    from mamf.features.inputs import ModelInputs
     from mamf.models.base import DualEncoder
-    from mamf.samplers import TaskSampler
-    from mamf.tasks import Task
+    from mamf.tasks.samplers import TaskSampler
+    from mamf.tasks.task import Task
 
 REGISTRY: dict[str, type[Method]] = {}
 # the attribute under which a method's own trained module joins the model (CoOp's context), so
@@ -179,7 +179,7 @@ class Method:
 
     def chance_classes(self, pool: Pool) -> int | None:
         """How many classes a training step's loss spreads over: its loss at chance is the log
-        of it (`mamf.chance`); None when it varies from step to step."""
+        of it (`mamf.engine.chance`); None when it varies from step to step."""
         return None
 
     def chance_hint(self) -> str:

@@ -3,9 +3,9 @@ over all N training classes (docs/method.md, "Classical fine-tuning")."""
 
 from __future__ import annotations
 
-from mamf.budget import classical_steps
-from mamf.finetune import EpochStream, step
 from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.budget import classical_steps
+from mamf.methods.finetune import EpochStream, step
 
 
 @register

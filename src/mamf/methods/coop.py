@@ -23,15 +23,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from mamf import distributed
-from mamf.budget import classical_steps
 from mamf.data.prompts import label_text
-from mamf.errors import MamfError
-from mamf.finetune import EpochStream, check_finite
-from mamf.inputs import autocast
+from mamf.features.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
+from mamf.methods.budget import classical_steps
 from mamf.methods.embedded import accuracy
+from mamf.methods.finetune import EpochStream, check_finite
+from mamf.parallel import distributed
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # CoOp's SGD

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.inputs import ModelInputs, autocast
+from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
-from mamf.tasks import Task
+from mamf.tasks.task import Task
 
 
 @torch.no_grad()

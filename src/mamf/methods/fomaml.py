@@ -18,16 +18,17 @@ import math
 import numpy as np
 import torch
 
-from mamf import distributed, protocols
-from mamf.budget import Budget, matched
-from mamf.errors import Diverged
-from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
-from mamf.inputs import ModelInputs
+from mamf import protocols
+from mamf.features.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.budget import Budget, matched
+from mamf.methods.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.models.base import DualEncoder
-from mamf.samplers import Confusion, sum_over_ranks
+from mamf.parallel import distributed
 from mamf.settings import Setting
-from mamf.tasks import Task, check_ways
+from mamf.system.errors import Diverged
+from mamf.tasks.samplers import Confusion, sum_over_ranks
+from mamf.tasks.task import Task, check_ways
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ tasks (docs/method.md, "MAMF").
 minibatch of their training images, so the compute equals classical fine-tuning's. `sequential`
 reproduces the official code: K(n, N) tasks trained one after another, `epochs` passes each, with a
 fresh optimiser per task. Under `train.budget: matched` both take classical fine-tuning's
-updates and images per update (`mamf.budget`): a sampled step holding fewer images than that is
+updates and images per update (`mamf.methods.budget`): a sampled step holding fewer images than that is
 filled with further tasks; the sequential schedule shares classical's updates among its K tasks.
 """
 
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamf.budget import Budget, classical_steps, matched, pool_images
 from mamf.data.dataset import Pool, group_labels
-from mamf.finetune import Batch, epoch_batches, sized_batches, step_tasks
 from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
-from mamf.samplers import sum_over_ranks
-from mamf.tasks import check_ways, number_of_tasks
+from mamf.methods.budget import Budget, classical_steps, matched, pool_images
+from mamf.methods.finetune import Batch, epoch_batches, sized_batches, step_tasks
+from mamf.tasks.samplers import sum_over_ranks
+from mamf.tasks.task import check_ways, number_of_tasks
 
 
 def task_images(pool: Pool, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

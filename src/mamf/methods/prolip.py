@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.errors import MamfError
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
 
 
 @torch.no_grad()

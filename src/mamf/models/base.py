@@ -131,13 +131,13 @@ class DualEncoder(nn.Module):
 
     def task_logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
         """[B, D] x [C, D] -> [B, C] logits of the model's own loss (CLIP: scaled cosines)."""
-        from mamf.loss import task_logits
+        from mamf.models.loss import task_logits
 
         return task_logits(self.logit_scale(), image_emb, text_emb)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The model's own training loss over `task_logits` (CLIP: softmax cross-entropy)."""
-        from mamf.loss import cross_entropy
+        from mamf.models.loss import cross_entropy
 
         return cross_entropy(logits, labels)
 

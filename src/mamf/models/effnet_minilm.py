@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamf.errors import MamfError
 from mamf.models import split
 from mamf.models.base import DualEncoder
+from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def effnet_state(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file, save_file
 
     from mamf.data.cache import cache_root
-    from mamf.io import fsync_path, make_folder
+    from mamf.system.io import fsync_path, make_folder
 
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]

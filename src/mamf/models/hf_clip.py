@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mamf.errors import MamfError, shown
 from mamf.models import split
 from mamf.models.base import DualEncoder
 from mamf.models.registry import register_family
+from mamf.system.errors import MamfError, shown
 
 
 class HFClip(DualEncoder):

@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
 from mamf.settings import Setting, gather
+from mamf.system.errors import MamfError, shown
 
 _BUILTIN: dict[str, tuple[str, Callable[[], DualEncoder]]] = {}
 # a built-in name's `warm`: builds what its builder keeps for the process, ahead of need

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mamf.errors import MamfError
-from mamf.loss import sigmoid_loss, task_logits
 from mamf.models import split
 from mamf.models.base import DualEncoder
+from mamf.models.loss import sigmoid_loss, task_logits
 from mamf.models.registry import register_builtin, register_family
+from mamf.system.errors import MamfError
 
 
 class HFSiglip(DualEncoder):

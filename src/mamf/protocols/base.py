@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from mamf.errors import MamfError
 from mamf.settings import Setting, gather
 from mamf.stats import mean_ci95
-from mamf.tasks import check_ways, paper_task
+from mamf.system.errors import MamfError
+from mamf.tasks.task import check_ways, paper_task
 
 if TYPE_CHECKING:
     from mamf.config import Config, DataConfig
     from mamf.data.dataset import ImageDataset, Pool
-    from mamf.tasks import Task
+    from mamf.tasks.task import Task
 
 REGISTRY: dict[str, type[Protocol]] = {}
 SPLIT_STREAM = {"train": 100, "dev": 101, "test": 102}  # the seeded stream of each split's tasks

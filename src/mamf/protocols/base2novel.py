@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from mamf.errors import MamfError
 from mamf.protocols.base import register
 from mamf.protocols.coop import Coop
+from mamf.system.errors import MamfError
 
 
 def base_novel(n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,9 @@ import numpy as np
 
 from mamf.data.coop_splits import image_split, training_shots
 from mamf.data.dataset import ImageDataset, Pool, group_labels
-from mamf.errors import MamfError
 from mamf.protocols.base import Protocol, register
-from mamf.tasks import Task
+from mamf.system.errors import MamfError
+from mamf.tasks.task import Task
 
 
 @register

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.data.splits import class_split
-from mamf.errors import MamfError
 from mamf.protocols.base import Protocol, name_mask, register
-from mamf.tasks import check_pool, episodic_task
+from mamf.system.errors import MamfError
+from mamf.tasks.task import check_pool, episodic_task
 
 
 def episodic_pool(dataset: ImageDataset, split: str, fractions=(0.6, 0.2, 0.2),

@@ -1,6 +1,6 @@
 """The paper's protocol: each class's images split 60/20/20 in file-name order into
 train/dev/test; a test task is n uniform classes, each class's split images halved into support
-then query; K(n, N) tasks per task size (`mamf.tasks.number_of_tasks`)."""
+then query; K(n, N) tasks per task size (`mamf.tasks.task.number_of_tasks`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.data.splits import halves, paper_image_split, paper_min_images
-from mamf.errors import MamfError
 from mamf.protocols.base import Protocol, register
-from mamf.tasks import number_of_tasks
+from mamf.system.errors import MamfError
+from mamf.tasks.task import number_of_tasks
 
 
 def paper_pool(dataset: ImageDataset, split: str) -> Pool:

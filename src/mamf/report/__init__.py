@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mamf import protocols
-from mamf.io import atomic_write_text
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
@@ -44,6 +43,7 @@ from mamf.report.tables import (
 )
 from mamf.report.zeroshot import zeroshot_figure
 from mamf.results import dataset_name
+from mamf.system.io import atomic_write_text
 
 __all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
            "compare", "comparison_note", "in_order", "label", "main_rows", "markdown_html",

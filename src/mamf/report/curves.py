@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
-from mamf.errors import MamfError
+from mamf.engine.trainlog import read_csv
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.figures import pyplot, save
 from mamf.report.files import train_log_path
 from mamf.results import dataset_name
-from mamf.trainlog import read_csv
+from mamf.system.errors import MamfError
 
 
 def _logs(rows: list[dict], folder: Path | None) -> tuple[dict, int]:

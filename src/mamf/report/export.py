@@ -7,7 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from mamf.io import atomic_write_text, make_folder
+from mamf.system.io import atomic_write_text, make_folder
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
           "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",

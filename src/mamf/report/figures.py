@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from mamf import stats
-from mamf.io import make_folder, writing
 from mamf.report.common import colour, in_order, label
 from mamf.report.compare import compare, ordered, pooled
 from mamf.results import dataset_name
+from mamf.system.io import make_folder, writing
 
 
 def pyplot():

@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 from mamf.config import load_yaml
-from mamf.errors import MamfError
-from mamf.trainlog import CSV_NAME
+from mamf.engine.trainlog import CSV_NAME
+from mamf.system.errors import MamfError
 
 
 def _found(folder: Path, relative: str) -> Path | None:
@@ -54,8 +54,8 @@ def grid_config(row: dict, folder: Path | None) -> dict | None:
     then, so the settings' hash cannot be checked against the row's: the file is taken as the
     one that ran."""
     from mamf.config import to_dict
-    from mamf.experiment import run_config
-    from mamf.tune_spec import nested
+    from mamf.runs.experiment import run_config
+    from mamf.runs.tune_spec import nested
 
     if folder is None or not row.get("experiment_dataset") or \
             not (Path(folder) / "experiment.yaml").is_file():
@@ -77,6 +77,6 @@ def grid_config(row: dict, folder: Path | None) -> dict | None:
 
 @functools.lru_cache(maxsize=8)
 def _experiment(path: str):
-    from mamf.experiment import load_experiment
+    from mamf.runs.experiment import load_experiment
 
     return load_experiment(path)

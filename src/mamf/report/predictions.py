@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf.errors import MamfError
-from mamf.metatest import decode_predictions
+from mamf.engine.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.figures import pyplot, save
 from mamf.results import dataset_name
+from mamf.system.errors import MamfError
 
 Choice = tuple  # (dataset, method, ways)
 

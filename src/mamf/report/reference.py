@@ -4,10 +4,10 @@ the cells each pair shares, as seed-level estimates, Holm-adjusted over the whol
 from __future__ import annotations
 
 from mamf import stats
-from mamf.errors import MamfError
 from mamf.report.common import holm_line, in_order, label, md
 from mamf.report.compare import ordered, paired
 from mamf.results import dataset_name
+from mamf.system.errors import MamfError
 
 DEFAULT_REFERENCES = ("classical", "zeroshot")
 

@@ -20,7 +20,7 @@ from mamf.report.common import label as _label
 from mamf.report.compare import cell_of
 from mamf.results import dataset_name as _dataset
 from mamf.results import row_key, row_sampler
-from mamf.samplers import DEFAULT as BASELINE  # the other samplers are compared with it
+from mamf.tasks.samplers import DEFAULT as BASELINE  # the other samplers are compared with it
 
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
 

@@ -32,8 +32,8 @@ def _setting(configs: list[dict], dotted: str | None) -> list:
 def _declared(method: str) -> tuple[str | None, str | None, str | None]:
     """The settings that are `method`'s training rate, test-time rate and epochs, as it declares
     them; a method no longer registered is read as the default (`metatest.lr`, ...)."""
-    from mamf.errors import MamfError
     from mamf.methods import Method, method_class
+    from mamf.system.errors import MamfError
 
     try:
         cls = method_class(method)

@@ -24,7 +24,7 @@ from mamf.data.builders.emoji import build_emoji
 from mamf.data.builders.emoji_levels import build_emoji_levels
 from mamf.data.builders.fashion_mnist import build_fashion_mnist
 from mamf.data.builders.spurious import build_spurious
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
     "emoji": build_emoji,

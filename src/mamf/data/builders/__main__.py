@@ -10,7 +10,7 @@ import json
 import sys
 
 from mamf.data.builders import BUILDERS, build, builder_options
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 def _value(text: str):

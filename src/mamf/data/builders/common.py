@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mamf.errors import MamfError, shown
-from mamf.io import make_folder
+from mamf.system.errors import MamfError, shown
+from mamf.system.io import make_folder
 
 MANIFEST = ".mamf-dataset.json"
 LABEL_TO_TEXT = "label_to_text.json"

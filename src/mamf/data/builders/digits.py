@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 NAME = "digits"
 VERSION = 1

@@ -32,7 +32,7 @@ from mamf.data.builders.common import (
     resolve_out,
     unique_slugs,
 )
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 NAME = "emoji"
 VERSION = 1

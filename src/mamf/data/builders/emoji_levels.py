@@ -34,8 +34,8 @@ from mamf.data.builders.common import (
     read_manifest,
     resolve_out,
 )
-from mamf.errors import MamfError, shown
-from mamf.io import atomic_write_text
+from mamf.system.errors import MamfError, shown
+from mamf.system.io import atomic_write_text
 
 NAME = "emoji-levels"
 VERSION = 1

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from mamf.data.builders.common import BuiltDataset, Log, build_with, check_folder, check_int
-from mamf.errors import MamfError, shown
+from mamf.system.errors import MamfError, shown
 
 NAME = "fashion-mnist"
 VERSION = 1

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
 from mamf.data.builders.counting import SUPERSAMPLE, _hls, _polygon, _Rng
 from mamf.data.splits import paper_image_split
-from mamf.errors import MamfError, shown
+from mamf.system.errors import MamfError, shown
 
 NAME = "spurious"
 VERSION = 1

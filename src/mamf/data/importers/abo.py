@@ -28,7 +28,7 @@ from typing import IO
 from mamf.data.builders.common import Log, unique_slugs
 from mamf.data.importers.archive import READ_ERRORS, Archive, basename, tail
 from mamf.data.importers.common import Catalogue, Item, require, run_import
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 NAME = "abo-material"
 VERSION = 1

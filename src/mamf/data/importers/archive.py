@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 # What a damaged archive raises while it is being read.
 READ_ERRORS = (OSError, EOFError, zlib.error, tarfile.TarError, zipfile.BadZipFile)

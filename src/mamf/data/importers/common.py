@@ -35,7 +35,7 @@ from mamf.data.builders.common import (
     resolve_out,
 )
 from mamf.data.importers.archive import READ_ERRORS, Archive, basename, tail
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 ImageBox = tuple[float, float, float, float]  # x, y, width, height in pixels
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from mamf.data.builders.common import Log
 from mamf.data.importers.archive import Archive, basename
 from mamf.data.importers.common import Catalogue, Item, read_metadata, run_import
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 NAME = "cub"
 VERSION = 1

@@ -21,7 +21,7 @@ from pathlib import Path
 from mamf.data.builders.common import Log, unique_slugs
 from mamf.data.importers.archive import Archive, basename, tail
 from mamf.data.importers.common import Catalogue, Item, read_json, read_metadata, run_import
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 NAME = "fungi"
 VERSION = 1

@@ -22,10 +22,10 @@ import numpy as np
 
 from mamf import methods as registry
 from mamf.config import Config
-from mamf.errors import Diverged, MamfError
-from mamf.experiment_file import dataset_root, run_config
-from mamf.io import atomic_write_text
-from mamf.tune_spec import TuneSpec, nested
+from mamf.runs.experiment_file import dataset_root, run_config
+from mamf.runs.tune_spec import TuneSpec, nested
+from mamf.system.errors import Diverged, MamfError
+from mamf.system.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,10 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
                  progress: bool, _prepared: dict) -> list[dict]:
     """Train once per tuned task size (once for all for a method that does not train per size)
     at `train_point` with the tune seed, then score every metatest point on dev tasks."""
-    from mamf import samplers
-    from mamf.metatest import WeightSnapshot
-    from mamf.run import evaluate_prepared, fresh_start, prepare, ways_list
-    from mamf.training import train
+    from mamf.engine.metatest import WeightSnapshot
+    from mamf.engine.training import train
+    from mamf.runs.run import evaluate_prepared, fresh_start, prepare, ways_list
+    from mamf.tasks import samplers
 
     spec: TuneSpec = exp.tune
     kind = registry.method_class(method)

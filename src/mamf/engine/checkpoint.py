@@ -26,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mamf.errors import MamfError, is_int
-from mamf.io import atomic_write_text, fsync_path, make_folder, writing
+from mamf.system.errors import MamfError, is_int
+from mamf.system.io import atomic_write_text, fsync_path, make_folder, writing
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import torch
 
 from mamf import methods
-from mamf.adapters import is_lora_a
 from mamf.config import Config
+from mamf.models.adapters import is_lora_a
 
 
 def alphas(config: Config, method: str) -> list[float | None]:

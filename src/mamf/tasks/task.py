@@ -9,7 +9,7 @@ import numpy as np
 
 from mamf.data.dataset import Pool, group_labels
 from mamf.data.splits import halves
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 @dataclass(frozen=True)

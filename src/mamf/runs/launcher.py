@@ -19,10 +19,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mamf.errors import MamfError
-from mamf.io import append_jsonl, atomic_write_bytes
-from mamf.lock import exclusive
 from mamf.results import grid_key, read_rows, row_key
+from mamf.system.errors import MamfError
+from mamf.system.io import append_jsonl, atomic_write_bytes
+from mamf.system.lock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class SlurmSettings:
 def merge_jobs(out: Path, order: list[str] = ()) -> int:
     """Append every job's rows not yet in `out/results.jsonl` (jobs in `order` first, then the
     others by name); returns how many were added. The caller holds the experiment's lock."""
-    from mamf.experiment import job_results
-    from mamf.run import RESULTS
+    from mamf.runs.experiment import job_results
+    from mamf.runs.run import RESULTS
 
     results = out / RESULTS
     seen = {row_key(r) for r in read_rows(results)}
@@ -64,7 +64,7 @@ def merge_jobs(out: Path, order: list[str] = ()) -> int:
 
 def run_job(source: str, out: str, job: str) -> int:
     """One unit, in a job: its rows to its own file; returns how many it holds."""
-    from mamf.experiment import _run_experiment, job_results, load_experiment
+    from mamf.runs.experiment import _run_experiment, job_results, load_experiment
 
     out_path = Path(out)
     folder = job_results(out_path, job).parent
@@ -79,8 +79,8 @@ def launch(exp, out: Path, slurm: SlurmSettings) -> list[dict]:
         import submitit
     except ImportError:
         raise MamfError("--launcher submitit needs submitit: pip install submitit") from None
-    from mamf.experiment import plan, unit_id, units_of
-    from mamf.run import RESULTS
+    from mamf.runs.experiment import plan, unit_id, units_of
+    from mamf.runs.run import RESULTS
 
     if exp.source is None:
         raise MamfError("--launcher submitit needs the experiment as a file")

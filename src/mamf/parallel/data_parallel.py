@@ -15,11 +15,11 @@ from copy import deepcopy
 
 import torch
 
-from mamf import distributed
-from mamf.finetune import Batch, Observer, batch_loss, check_finite
-from mamf.inputs import ModelInputs
-from mamf.loss import restrict_to_batch
+from mamf.features.inputs import ModelInputs
+from mamf.methods.finetune import Batch, Observer, batch_loss, check_finite
 from mamf.models.base import DualEncoder
+from mamf.models.loss import restrict_to_batch
+from mamf.parallel import distributed
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,10 @@ class DataParallel:
     def __init__(self, model: DualEncoder, strategy: str = "ddp"):
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.model, self.device = model, model_device(model)
-        self.sharded = None  # mamf.sharded under FSDP (imported only then: it is slow to import)
+        self.sharded = None  # mamf.parallel.sharded under FSDP (imported only then: it is slow to import)
         self.replicated: list[torch.nn.Parameter] = []
         if strategy == "fsdp":
-            from mamf import sharded
+            from mamf.parallel import sharded
 
             self.sharded = sharded
             if self.device.type == "cuda":

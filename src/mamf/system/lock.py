@@ -7,10 +7,10 @@ import fcntl
 import os
 from pathlib import Path
 
-from mamf.errors import MamfError
-from mamf.io import make_folder, writing
+from mamf.system.errors import MamfError
+from mamf.system.io import make_folder, writing
 
-LOCK_NAME = ".mamf.lock"
+LOCK_NAME = ".mamf.system.lock"
 
 
 @contextlib.contextmanager

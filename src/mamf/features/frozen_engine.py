@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf import denormals
 from mamf.data.cache import cache_root
-from mamf.io import atomic_write_bytes
 from mamf.models.base import DualEncoder
+from mamf.system import denormals
+from mamf.system.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from mamf import adapters, distributed, methods, protocols
-from mamf.budget import BUDGETS
-from mamf.checkpoint import Checkpointer, tensor_mismatch
+from mamf import methods, protocols
 from mamf.config import (
     AT_MOST,
     Config,
@@ -33,19 +31,23 @@ from mamf.config import (
 from mamf.data.coop_splits import split_file_sha256
 from mamf.data.dataset import ImageDataset
 from mamf.data.prompts import templates_tag
-from mamf.distributed import is_main, main_only
-from mamf.errors import MamfError, shown
-from mamf.finetune import trainable
-from mamf.inputs import ModelInputs, resolve_device
-from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
-from mamf.lock import exclusive
-from mamf.metatest import evaluation_tasks, meta_test, tuned_method
+from mamf.engine.checkpoint import Checkpointer, tensor_mismatch
+from mamf.engine.metatest import evaluation_tasks, meta_test, tuned_method
+from mamf.engine.training import train
+from mamf.engine.wiseft import Interpolation, alphas, starting_weights
+from mamf.features.inputs import ModelInputs, resolve_device
+from mamf.methods.budget import BUDGETS
+from mamf.methods.finetune import trainable
+from mamf.models import adapters
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
+from mamf.parallel import distributed
+from mamf.parallel.distributed import is_main, main_only
 from mamf.results import Row, cell_key, environment, read_rows
-from mamf.samplers import prompt_embeddings, task_similarity
-from mamf.training import train
-from mamf.wiseft import Interpolation, alphas, starting_weights
+from mamf.system.errors import MamfError, shown
+from mamf.system.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
+from mamf.system.lock import exclusive
+from mamf.tasks.samplers import prompt_embeddings, task_similarity
 
 log = logging.getLogger(__name__)
 
@@ -412,7 +414,7 @@ def row_method(method: str, trained_by: str | None) -> str:
 def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[dict]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts. With
-    `metatest.interpolate`, a trained run is scored at each alpha (`mamf.wiseft`)."""
+    `metatest.interpolate`, a trained run is scored at each alpha (`mamf.engine.wiseft`)."""
     if is_main():  # one file per config_id, as an experiment keeps them: a row's settings
         kept = out / "configs" / f"{config_id(config)}.yaml"
         if not kept.exists():
@@ -491,7 +493,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
                       prompts: np.ndarray | None = None, trained_by: str | None = None,
                       alpha: float | None = None) -> Row:
     """Meta-test one task size on an already prepared model; returns the results row.
-    `alpha`: the WiSE-FT mix the model holds now (`mamf.wiseft`), None for none.
+    `alpha`: the WiSE-FT mix the model holds now (`mamf.engine.wiseft`), None for none.
 
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt

@@ -12,17 +12,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamf import denormals, methods, protocols
+from mamf import methods, protocols
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
-from mamf.distributed import gather_by_index, is_main, rank, world_size
-from mamf.finetune import trainable
-from mamf.inputs import ModelInputs
+from mamf.features.inputs import ModelInputs
 from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
+from mamf.methods.finetune import trainable
 from mamf.models.base import DualEncoder
-from mamf.progress import bar as progress_bar
+from mamf.parallel.distributed import gather_by_index, is_main, rank, world_size
 from mamf.stats import mean_ci95
-from mamf.tasks import Task
+from mamf.system import denormals
+from mamf.system.progress import bar as progress_bar
+from mamf.tasks.task import Task
 
 
 def evaluation_tasks(dataset: ImageDataset, config: Config, split: str, ways: int) -> list[Task]:

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from mamf.errors import MamfError
 from mamf.settings import Setting, gather
-from mamf.tasks import check_ways, sample_classes
+from mamf.system.errors import MamfError
+from mamf.tasks.task import check_ways, sample_classes
 
 if TYPE_CHECKING:
     from mamf.config import Config
     from mamf.data.dataset import Pool
-    from mamf.inputs import ModelInputs
+    from mamf.features.inputs import ModelInputs
     from mamf.models.base import DualEncoder
 
 REGISTRY: dict[str, type[TaskSampler]] = {}
@@ -71,7 +71,7 @@ def create(name: str, pool: Pool, config: Config,
 # -- prompt similarity -------------------------------------------------------------------------
 def prompt_embeddings(model: DualEncoder, inputs: ModelInputs, class_ids) -> np.ndarray:
     """The classes' prompt embeddings, normalised to unit length: [C, D] float32."""
-    from mamf.inputs import autocast
+    from mamf.features.inputs import autocast
 
     with torch.no_grad(), autocast(inputs.device, inputs.precision):
         emb = inputs.texts(model, np.asarray(class_ids)).float()
@@ -190,7 +190,7 @@ class Confusion:
 def sum_over_ranks(confusions: list[Confusion]) -> None:
     """Under torchrun: every rank's tables become the sums over the ranks (one all-reduce), so
     every rank's sampler learns the same."""
-    from mamf import distributed
+    from mamf.parallel import distributed
 
     distributed.sum_tensors([c.table for c in confusions])
 
@@ -199,7 +199,7 @@ def sum_over_ranks(confusions: list[Confusion]) -> None:
 @register
 class Uniform(TaskSampler):
     """The paper's sampler: n classes uniformly at random without replacement (docs/method.md,
-    "Task samplers"); it draws exactly as `mamf.tasks.sample_classes` always has."""
+    "Task samplers"); it draws exactly as `mamf.tasks.task.sample_classes` always has."""
 
     name = DEFAULT
     summary = "n classes uniformly at random without replacement (the paper's sampler)"

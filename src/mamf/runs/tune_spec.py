@@ -1,4 +1,4 @@
-"""An experiment's `tune:` section, read and checked (`mamf.tune` runs it; docs/method.md,
+"""An experiment's `tune:` section, read and checked (`mamf.runs.tune` runs it; docs/method.md,
 "Tuning"): a seed that is none of the test seeds, a grid of dotted `train.*` / `metatest.*`
 keys, optional per-method grids, task sizes and dev-only settings."""
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from mamf import methods as registry
 from mamf.config import check_seed
-from mamf.errors import MamfError, shown
+from mamf.system.errors import MamfError, shown
 
 TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings"}
 SECTIONS = ("train", "metatest")

@@ -21,13 +21,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf import distributed, frozen_engine, progress
-from mamf.augment import draws, random_crop_flip
 from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
-from mamf.errors import MamfError
-from mamf.io import writing
+from mamf.features import frozen_engine
+from mamf.features.augment import draws, random_crop_flip
 from mamf.models.base import DualEncoder
+from mamf.parallel import distributed
+from mamf.system import progress
+from mamf.system.errors import MamfError
+from mamf.system.io import writing
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from mamf.errors import MamfError
+        from mamf.system.errors import MamfError
 
         raise MamfError("--device cuda was asked for but no CUDA GPU is available")
     return torch.device(name)

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mamf.config import unfrozen
-from mamf.errors import MamfError, shown
 from mamf.models.base import DualEncoder
+from mamf.system.errors import MamfError, shown
 
 if TYPE_CHECKING:
     from mamf.config import TrainConfig  # built from the declared settings when first used

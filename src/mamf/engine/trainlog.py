@@ -4,7 +4,7 @@ scalars where `train.log_dir` (`--tensorboard DIR`) is set.
 Each step logs its loss, the learning rate of the optimiser's first group and the images per
 second the step embedded (forward passes through `ModelInputs.images`, cached or not); with
 `train.eval_every` set, every that many steps also the dev split's accuracy (`dev_acc`, empty in
-the other rows; `mamf.training.dev_accuracy`). The CSV is
+the other rows; `mamf.engine.training.dev_accuracy`). The CSV is
 flushed every step, so a run that is killed keeps its log; a resumed run drops the rows past its
 checkpoint before logging again, so the log holds each step once.
 """
@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from mamf import distributed
+from mamf.parallel import distributed
 
 
 def _has_scalar(module: torch.nn.Module) -> bool:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mamf import adapters
-from mamf.errors import MamfError
-from mamf.io import atomic_write_bytes, atomic_write_text, follow_umask, make_folder
+from mamf.models import adapters
 from mamf.models.base import DualEncoder
+from mamf.system.errors import MamfError
+from mamf.system.io import atomic_write_bytes, atomic_write_text, follow_umask, make_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MANIFEST = "mamf_export.json"
 
 def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
     """Export the run at `run_dir` as `fmt` into `out`; returns the files written (checked)."""
-    from mamf.run import load_run
+    from mamf.runs.run import load_run
 
     if fmt not in FORMATS:
         raise MamfError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -203,7 +203,7 @@ def _load_peft(model: DualEncoder, config, out: Path) -> DualEncoder:
 
 
 def _export_onnx(model: DualEncoder, examples: dict, out: Path) -> list[str]:
-    from mamf.frozen_engine import _export, _TextTower
+    from mamf.features.frozen_engine import _export, _TextTower
 
     image = _export(_ImageTower(model), (examples["pixels"],),
                     {"pixel_values": {0: "batch"}})
@@ -217,7 +217,7 @@ def _export_onnx(model: DualEncoder, examples: dict, out: Path) -> list[str]:
 
 
 def _run_onnx(out: Path, examples: dict) -> dict[str, torch.Tensor]:
-    from mamf.frozen_engine import _runner, _session
+    from mamf.features.frozen_engine import _runner, _session
 
     image = _runner(_session((out / "image.onnx").read_bytes()))
     text = _runner(_session((out / "text.onnx").read_bytes()))

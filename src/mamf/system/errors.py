@@ -12,7 +12,7 @@ class MamfError(Exception):
 
 class Diverged(MamfError):
     """A loss became NaN or infinite: the rate is too high for this model and data. A run stops
-    with it; tuning records the grid point as diverged and goes on (`mamf.tune`)."""
+    with it; tuning records the grid point as diverged and goes on (`mamf.runs.tune`)."""
 
 
 class _ShortRepr(reprlib.Repr):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from mamf.errors import MamfError
+from mamf.system.errors import MamfError
 
 
 @contextlib.contextmanager

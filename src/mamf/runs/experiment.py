@@ -1,4 +1,4 @@
-"""Running an experiment grid (`mamf.experiment_file` reads and checks it): resumable, rows
+"""Running an experiment grid (`mamf.runs.experiment_file` reads and checks it): resumable, rows
 appended as they finish.
 
 Every finished row is appended to `results.jsonl` at once; a second invocation skips the grid's
@@ -22,11 +22,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mamf import distributed, protocols, samplers
 from mamf import methods as registry
+from mamf import protocols
 from mamf.config import dump_yaml
-from mamf.errors import MamfError
-from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
+from mamf.engine.metatest import WeightSnapshot
+from mamf.engine.training import train
+from mamf.engine.trainlog import CSV_NAME
+from mamf.engine.wiseft import Interpolation, starting_weights
+from mamf.models.registry import prefetch
+from mamf.parallel import distributed
+from mamf.results import Row, RowKey, grid_key, read_rows
+from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
     DatasetSpec,
     Experiment,
     cells,
@@ -36,17 +42,13 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
     run_config,
     samplers_of,
 )
-from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
-from mamf.lock import exclusive
-from mamf.metatest import WeightSnapshot
-from mamf.models.registry import prefetch
-from mamf.progress import Eta
-from mamf.results import Row, RowKey, grid_key, read_rows
-from mamf.run import RESULTS, evaluate_prepared, fresh_start, images_read, prepare, ways_list
-from mamf.training import train
-from mamf.trainlog import CSV_NAME
-from mamf.tune import tune_experiment
-from mamf.wiseft import Interpolation, starting_weights
+from mamf.runs.run import RESULTS, evaluate_prepared, fresh_start, images_read, prepare, ways_list
+from mamf.runs.tune import tune_experiment
+from mamf.system.errors import MamfError
+from mamf.system.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
+from mamf.system.lock import exclusive
+from mamf.system.progress import Eta
+from mamf.tasks import samplers
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> l
     Under torchrun every rank runs the grid together (training data-parallel, test tasks
     sharded) and rank 0 alone writes, so the files are those of one process.
     """
-    from mamf.inputs import resolve_device
+    from mamf.features.inputs import resolve_device
 
     distributed.init(distributed.local_device(resolve_device(exp.device)))
     with distributed.main_only(exclusive(out)):
@@ -81,7 +83,7 @@ class Plan(NamedTuple):
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
         -> list[dict]:
     """The grid's missing rows, in-process; `job`: only the unit `unit_id` names, its rows
-    appended to its own `jobs/<id>/results.jsonl` (`mamf.launcher`), never to the shared file."""
+    appended to its own `jobs/<id>/results.jsonl` (`mamf.runs.launcher`), never to the shared file."""
     from tqdm import tqdm
 
     rows = distributed.from_main(read_rows(out / RESULTS) if distributed.is_main() else None)
@@ -318,7 +320,7 @@ def _measured(eta: Eta, work: list[tuple], row: Row) -> None:
 
 
 def unit_work(exp: Experiment, p: Plan, unit: list[int], n_classes: int) -> list[tuple]:
-    """The (kind, units, n) of work a unit still has, for the time left (`mamf.progress.Eta`): its
+    """The (kind, units, n) of work a unit still has, for the time left (`mamf.system.progress.Eta`): its
     training, once, and each missing row's test tasks (K(n, N) under the paper protocol, so a
     2-way row weighs what its 100-odd tasks cost). Kinds are per dataset, method, sampler and
     shots: their costs differ by orders of magnitude."""

@@ -18,20 +18,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf import adapters, denormals, distributed, methods, protocols, samplers
-from mamf.chance import warn_if_chance
-from mamf.checkpoint import Checkpointer
+from mamf import methods, protocols
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
-from mamf.errors import MamfError
-from mamf.inputs import ModelInputs
-from mamf.metatest import evaluation_tasks, score
+from mamf.engine.chance import warn_if_chance
+from mamf.engine.checkpoint import Checkpointer
+from mamf.engine.metatest import evaluation_tasks, score
+from mamf.engine.trainlog import TrainLog
+from mamf.features.inputs import ModelInputs
 from mamf.methods.base import PastTheEnd
+from mamf.models import adapters
 from mamf.models.base import DualEncoder
-from mamf.parallel import DataParallel
-from mamf.progress import bar as progress_bar
+from mamf.parallel import distributed
+from mamf.parallel.data_parallel import DataParallel
 from mamf.protocols.base import name_mask
-from mamf.trainlog import TrainLog
+from mamf.system import denormals
+from mamf.system.errors import MamfError
+from mamf.system.progress import bar as progress_bar
+from mamf.tasks import samplers
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     """Run `config.train.method`; deterministic given `config.seed` on CPU.
 
     Under torchrun, methods that are `data_parallel` train over shares of each global batch
-    (`mamf.parallel`); the others (FOMAML) split their work across the ranks themselves. Either
+    (`mamf.parallel.data_parallel`); the others (FOMAML) split their work across the ranks themselves. Either
     way the steps are a single process's.
 
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from

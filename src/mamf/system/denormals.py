@@ -27,7 +27,7 @@ MODES = ("flush", "keep")
 
 def mode(environ: Mapping[str, str] = os.environ) -> str:
     """'flush' (the default) or 'keep', from MAMF_DENORMALS; anything else is refused."""
-    from mamf.errors import MamfError
+    from mamf.system.errors import MamfError
 
     value = environ.get(ENV, "").strip().lower() or "flush"
     if value not in MODES:

@@ -1,5 +1,5 @@
 """The experiment file: a grid of runs, dataset x seed x method (x task sampler) x task size
-(x shots x split), read from YAML and checked before anything runs (`mamf.experiment` runs it).
+(x shots x split), read from YAML and checked before anything runs (`mamf.runs.experiment` runs it).
 
 An experiment file names the model, methods, task samplers, seeds, shared settings, per-method
 settings and datasets (a folder, or a builder that makes one). The samplers axis applies to the
@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamf import methods as registry
-from mamf import protocols, samplers
+from mamf import protocols
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
-from mamf.errors import MamfError, is_int, shown
-from mamf.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune
-from mamf.wiseft import alphas
+from mamf.engine.wiseft import alphas
+from mamf.runs.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune
+from mamf.system.errors import MamfError, is_int, shown
+from mamf.tasks import samplers
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Experiment:
     samplers: list[str] | None = None  # the grid's sampler axis; None: train.sampler as set
     shots: list[int] | None = None  # the grid's shots axis (data.shots); None: as set
     splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
-    tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.tune`)
+    tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.runs.tune`)
     tuned: dict = field(default_factory=dict)  # (dataset, method) -> what tuning chose
 
 
@@ -322,7 +323,7 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
 def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
           sampler: str | None) -> list[tuple[str, float | None]]:
     """The (split, alpha) rows each task size of a method gets: the splits axis (or
-    metatest.split) times its alphas (`mamf.wiseft.alphas`)."""
+    metatest.split) times its alphas (`mamf.engine.wiseft.alphas`)."""
     out = []
     for split in exp.splits or [None]:
         config = run_config(exp, ds, method, seed, root, sampler=sampler, split=split)

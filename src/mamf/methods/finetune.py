@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mamf.errors import Diverged
-from mamf.inputs import ModelInputs, autocast
-from mamf.loss import restrict_to_batch
+from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
+from mamf.models.loss import restrict_to_batch
+from mamf.system.errors import Diverged
 
 # sees a loss's logits [B, C], labels [B] and the C candidate classes' global ids
 Observer = Callable[[torch.Tensor, torch.Tensor, np.ndarray], None]
@@ -40,7 +40,7 @@ def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates
     """Mean loss over the batch; `within` places a rank's share in the whole batch (augmentation).
 
     `observe(logits, labels, classes)` sees the loss's own logits (a task sampler that learns
-    from them, `mamf.samplers.Confusion`): no extra forward pass."""
+    from them, `mamf.tasks.samplers.Confusion`): no extra forward pass."""
     classes, labels = batch.classes, batch.labels
     if candidates == "batch":
         classes, labels = restrict_to_batch(classes, labels)
@@ -63,7 +63,7 @@ def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch
          observe: Observer | None = None) -> float:
     """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run.
 
-    With `parallel` (a `mamf.parallel.DataParallel`) the batch is the global one: each rank
+    With `parallel` (a `mamf.parallel.data_parallel.DataParallel`) the batch is the global one: each rank
     computes its share and the gradients are all-reduced before the step. `observe` sees the
     logits of the rows this process computed (`batch_loss`).
     """

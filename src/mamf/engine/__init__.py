@@ -1,0 +1,1 @@
+"""The one training loop, its checkpoints and log, and the meta-test."""

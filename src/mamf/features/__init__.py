@@ -1,0 +1,1 @@
+"""What the model reads: model inputs, the frozen-tower engine, augmentation."""

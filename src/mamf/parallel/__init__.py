@@ -1,0 +1,1 @@
+"""Several processes: ranks, data-parallel and sharded training helpers."""

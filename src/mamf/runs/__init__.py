@@ -1,0 +1,1 @@
+"""Run folders, experiments, tuning, launchers and exports: measurements become rows."""

@@ -1,0 +1,1 @@
+"""Tasks and the task samplers that choose their classes."""
