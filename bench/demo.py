@@ -41,7 +41,7 @@ if __name__ == "__main__":
     from hardware import matmul_rate
 
     from mamf.features import frozen_engine, inputs
-    from mamf.runs import experiment, run
+    from mamf.runs import experiment, prepare
 
 STAGES: dict[str, float] = defaultdict(float)
 
@@ -79,8 +79,8 @@ def whole_demo(config: Path, out: Path) -> tuple[list[dict], float]:
 
     experiment.dataset_root = stage_of_dataset(experiment.dataset_root)
     timed_stage(effnet_minilm, "_build", BACKGROUND)  # overlaps the stages, not counted in them
-    timed_stage(run, "build_model", "model build (what the rows wait for it, then a copy)")
-    timed_stage(run.ImageDataset, "load", "image cache (decode, resize)")
+    timed_stage(prepare, "build_model", "model build (what the rows wait for it, then a copy)")
+    timed_stage(prepare.ImageDataset, "load", "image cache (decode, resize)")
     timed_stage(inputs.ModelInputs, "_backbone_features", "frozen image features")
     timed_stage(inputs.ModelInputs, "_text_embeddings", "frozen text embeddings")
     started = time.perf_counter()

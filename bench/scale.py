@@ -22,7 +22,7 @@ sys.path.insert(0, sys.argv[3])
 from conftest import make_folder
 from pathlib import Path
 from mamf.config import build_config
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.engine.training import train
 from mamf.engine.metatest import evaluation_tasks, meta_test
 root = Path(sys.argv[1]); per_class = int(sys.argv[2])

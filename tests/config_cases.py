@@ -27,7 +27,8 @@ OVERRIDES = [
 def cases():
     """(name, Config) of every recorded config."""
     from mamf.api import preset
-    from mamf.config import Config, build_config
+    from mamf.catalogue import Config
+    from mamf.config import build_config
     from mamf.runs.experiment_file import load_experiment, run_config, samplers_of
 
     yield "defaults", Config()
@@ -49,7 +50,7 @@ def cases():
 
 def record(config) -> dict:
     from mamf.config import to_dict
-    from mamf.runs.run import config_id
+    from mamf.runs.config_id import config_id
 
     text = json.dumps(to_dict(config))  # in order: the keys' order is part of what is kept
     return {"dict_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
@@ -57,7 +58,8 @@ def record(config) -> dict:
 
 
 if __name__ == "__main__":
-    from mamf.config import Config, to_dict
+    from mamf.catalogue import Config
+    from mamf.config import to_dict
 
     recorded = {name: record(config) for name, config in cases()}
     FIXTURE.write_text(json.dumps({"defaults": to_dict(Config()), "cases": recorded},

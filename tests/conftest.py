@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mamf.plugins  # noqa: F401  (the built-in plug-ins join the settings catalogue, as entry points do)
+
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
     "yellow": (230, 220, 30), "magenta": (210, 30, 210), "cyan": (30, 210, 210),

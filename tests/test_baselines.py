@@ -18,7 +18,8 @@ from mamf.methods.embedded import Embedded
 from mamf.methods.linear_probe import fit_probe
 from mamf.methods.prototype import prototypes
 from mamf.methods.tip_adapter import fine_tune_keys, tip_logits
-from mamf.runs.run import evaluate_prepared, prepare
+from mamf.runs.measure import evaluate_prepared
+from mamf.runs.prepare import prepare
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True, "data.ways": 4}

@@ -16,7 +16,8 @@ from mamf.methods.gda import gda_classifier, gda_logits
 from mamf.methods.lp_plus_plus import fit_lpp, lpp_init, lpp_logits
 from mamf.methods.taskres import fit_residual, taskres_classifier
 from mamf.methods.tip_adapter import tip_logits
-from mamf.runs.run import evaluate_prepared, prepare
+from mamf.runs.measure import evaluate_prepared
+from mamf.runs.prepare import prepare
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True, "data.ways": 2, "data.protocol": "episodic",

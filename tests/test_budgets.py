@@ -15,7 +15,7 @@ from mamf.config import build_config
 from mamf.engine.training import make_sampler, train, train_pool
 from mamf.methods.budget import Budget
 from mamf.methods.finetune import EpochStream
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.tasks.task import number_of_tasks
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,

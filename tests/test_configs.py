@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mamf.runs.experiment import load_experiment, run_config
-from mamf.runs.run import ways_list
+from mamf.runs.ways import ways_list
 from mamf.tasks.task import number_of_tasks
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from conftest import make_folder
 from mamf.config import build_config
 from mamf.engine.metatest import evaluation_tasks, meta_test
 from mamf.engine.training import train
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.system import denormals
 from mamf.system.errors import MamfError
 

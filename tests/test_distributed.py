@@ -19,7 +19,7 @@ from mamf.cli import main
 from mamf.config import build_config, dump_yaml
 from mamf.engine.checkpoint import Checkpointer
 from mamf.engine.training import train
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses
 

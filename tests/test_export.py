@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from mamf.cli import main
 from mamf.runs.export import MANIFEST, export_run
-from mamf.runs.run import load_run
+from mamf.runs.run_folder import load_run
 from mamf.system.errors import MamfError
 
 

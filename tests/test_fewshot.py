@@ -15,7 +15,9 @@ from mamf.data.dataset import ImageDataset
 from mamf.engine.metatest import evaluation_tasks
 from mamf.engine.training import train_pool
 from mamf.protocols.base2novel import harmonic_mean
-from mamf.runs.run import evaluate_prepared, prepare, ways_list
+from mamf.runs.measure import evaluate_prepared
+from mamf.runs.prepare import prepare
+from mamf.runs.ways import ways_list
 from mamf.system.errors import MamfError
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,

@@ -7,13 +7,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mamf.catalogue import Config
 from mamf.cli import main
-from mamf.config import Config, build_config
+from mamf.config import build_config
 from mamf.engine.training import train
 from mamf.models import adapters
 from mamf.models.tiny import build
 from mamf.results import read_rows, row_key
-from mamf.runs.run import config_id, load_run, prepare, starting_model
+from mamf.runs.config_id import config_id
+from mamf.runs.prepare import prepare, starting_model
+from mamf.runs.run_folder import load_run
 from mamf.system.errors import MamfError
 from mamf.system.io import read_jsonl
 
@@ -137,7 +140,7 @@ def test_run_keeps_the_adapter_and_evaluate_run_scores_as_the_model_in_memory(co
     train(model, inputs, dataset, config, progress=False)
     for n, p in loaded.named_parameters():
         assert torch.equal(p, dict(model.named_parameters())[n]), n
-    from mamf.runs.run import evaluate
+    from mamf.runs.measure import evaluate
 
     mem = evaluate(config, tmp_path / "mem", "classical", model, [3], progress=False)
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
@@ -244,7 +247,7 @@ def test_lora_interpolation_scales_the_adapter_delta(colour_folder):
 
 def test_interpolation_needs_a_run(colour_folder, tmp_path, capsys):
     model = starting_model(lora_config(colour_folder))
-    from mamf.runs.run import evaluate
+    from mamf.runs.measure import evaluate
 
     config = lora_config(colour_folder, )
     config.metatest.interpolate = [0.5]
@@ -317,7 +320,7 @@ def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
 @pytest.mark.slow
 def test_effnet_minilm_defaults_attach_and_start_as_built():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from mamf.config import TrainConfig
+    from mamf.catalogue import TrainConfig
     from mamf.models.effnet_minilm import build as build_effnet
 
     model, x = build_effnet(), torch.randint(0, 255, (2, 224, 224, 3), dtype=torch.uint8)

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from mamf.config import build_config
-from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test, summarize
+from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test
 from mamf.engine.training import train
 from mamf.methods import fomaml
 from mamf.methods.classical import Classical
 from mamf.methods.finetune import Batch, batch_loss, epoch_batches
 from mamf.protocols.paper import paper_pool
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
+from mamf.stats import mean_ci95
 from mamf.tasks.task import paper_task
 
 FAST = {"train.lr": 3e-3, "train.batch_size": 16, "train.epochs": 15, "train.augment": False,
@@ -33,7 +34,7 @@ def setup(folder, **over):
 
 def held_out(config, model, dataset, inputs, method):
     tasks = evaluation_tasks(dataset, config, "test", 5)
-    return summarize(meta_test(model, inputs, tasks, method, config, 5, progress=False))
+    return mean_ci95(meta_test(model, inputs, tasks, method, config, 5, progress=False))
 
 
 @pytest.mark.parametrize("method", ["classical", "mamf", "fomaml"])
@@ -56,7 +57,7 @@ def test_zeroshot_scores_a_trained_model_above_chance_and_changes_nothing(shared
     weights = [p.detach().clone() for p in model.parameters()]
     tasks = evaluation_tasks(dataset, config, "test", 5)
     accs = meta_test(model, inputs, tasks, "zeroshot", config, 5, progress=False)
-    mean, ci = summarize(accs)
+    mean, ci = mean_ci95(accs)
     assert mean - ci > 0.2
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     random_model = setup(shared_colour_folder)

@@ -19,7 +19,7 @@ from mamf.data.dataset import ImageDataset
 from mamf.features.inputs import ModelInputs
 from mamf.models import effnet_minilm, load_model, registry
 from mamf.runs.experiment import load_experiment, run_experiment
-from mamf.runs.run import images_read
+from mamf.runs.prepare import images_read
 
 FROZEN = {"freeze_image_backbone": True, "freeze_text_tower": True, "augment": False}
 

@@ -82,7 +82,7 @@ def test_train_match_restricts_training_images_and_drops_empty_classes(tmp_path,
 def test_train_match_reaches_training(tmp_path):
     """Trained on google images only, every method's batches hold google images only."""
     from mamf import methods
-    from mamf.runs.run import prepare
+    from mamf.runs.prepare import prepare
 
     root = styled_folder(tmp_path / "styles")
     for method in ("classical", "mamf"):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from mamf.engine.metatest import decode_predictions, encode_predictions
 from mamf.report import write_report
 from mamf.report.environment import differing, environment_lines
 from mamf.report.export import latex_text
 from mamf.report.predictions import confusion, per_class
 from mamf.report.setup import setup_grid
+from mamf.results import decode_predictions, encode_predictions
 from mamf.runs.experiment import load_experiment, run_experiment
 from mamf.tasks.task import Task
 

@@ -21,7 +21,7 @@ from mamf.methods.coop import Prompts, class_contexts, class_embeddings
 from mamf.models.base import DualEncoder
 from mamf.models.hf_clip import HFClip
 from mamf.models.registry import load_model
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
 
 

@@ -14,9 +14,11 @@ from mamf.cli import main
 from mamf.config import build_config
 from mamf.engine.checkpoint import Checkpointer
 from mamf.engine.training import train
+from mamf.methods.base import unregister
 from mamf.methods.classical import Classical
+from mamf.methods.presentation import Presentation
 from mamf.runs.experiment import load_experiment, run_experiment
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
 from mamf.tasks import samplers
 
@@ -92,8 +94,7 @@ class HalfRateClassical(Classical):
     """A plug-in defined outside the package: classical fine-tuning with a lower learning rate."""
 
     name = "test-plugin"
-    label = "plug-in"
-    summary = "a method registered by a test"
+    presentation = Presentation(label="plug-in", summary="a method registered by a test")
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None):
         super().begin(model, inputs, pool, rng, sampler, parallel)
@@ -105,7 +106,7 @@ class HalfRateClassical(Classical):
 def plugin():
     methods.register(HalfRateClassical)
     yield HalfRateClassical
-    del methods.REGISTRY[HalfRateClassical.name]
+    unregister(HalfRateClassical.name)
 
 
 def test_a_new_method_is_one_class_and_runs_everywhere(tmp_path, colour_folder, capsys, plugin):
@@ -230,5 +231,5 @@ def test_every_method_has_its_own_colour():
     # two methods drawn in one colour cannot be told apart in a figure's bars
     from mamf import methods
 
-    colours = [methods.method_class(m).colour for m in methods.names()]
+    colours = [methods.method_class(m).presentation.colour for m in methods.names()]
     assert len(set(colours)) == len(colours)

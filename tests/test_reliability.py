@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mamf.catalogue import Config
 from mamf.cli import main
-from mamf.config import Config, build_config, set_value
+from mamf.config import build_config, set_value
 from mamf.data.dataset import ImageDataset
 from mamf.data.folder import scan_folder
 from mamf.system.errors import MamfError

@@ -18,7 +18,7 @@ from mamf.engine.training import make_sampler, train, train_pool
 from mamf.methods import create as create_method
 from mamf.protocols.episodic import episodic_pool
 from mamf.runs.experiment import load_experiment, parse_experiment, run_experiment
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
 from mamf.tasks import samplers
 from mamf.tasks.task import sample_classes

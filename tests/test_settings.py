@@ -11,9 +11,11 @@ import pytest
 from config_cases import FIXTURE, OVERRIDES, cases, record
 
 from mamf import methods
+from mamf.catalogue import Config, declared
 from mamf.cli import main, methods_listing
-from mamf.config import Config, build_config, declared, to_dict
-from mamf.runs.run import config_id
+from mamf.config import build_config, to_dict
+from mamf.methods.base import unregister
+from mamf.runs.config_id import FIRST_SETTINGS, config_id
 from mamf.settings import Setting
 from mamf.system.errors import MamfError
 from mamf.tasks import samplers
@@ -29,19 +31,18 @@ def test_every_recorded_config_keeps_its_keys_order_defaults_and_config_id():
 TOY = '''
 """A method with one setting, in a file of its own (tests/test_settings.py)."""
 from mamf.methods.base import Method, register, predict
+from mamf.methods.presentation import Presentation
 from mamf.settings import Setting
 
 
 @register
 class Toy(Method):
     name = "toy"
-    label = "Toy"
-    summary = "zero-shot, noting the scale it was given (a test's method)"
+    presentation = Presentation(label="Toy", order=99,
+                                summary="zero-shot, noting the scale it was given (a test's method)")
     trains = False
     baseline = True
-    order = 99
-    settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0,
-                        later=True),)
+    settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)
     seen = []
 
     def adapt(self, model, inputs, task, rng):
@@ -60,7 +61,7 @@ def toy_method(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("toy_method")
     yield module.Toy
-    del methods.REGISTRY["toy"]
+    unregister("toy")
     sys.modules.pop("toy_method")
 
 
@@ -86,14 +87,16 @@ def test_a_method_declares_its_setting_in_its_own_file(toy_method, colour_folder
     assert config_id(build_config(overrides={**OVERRIDES[2], "baseline.toy_scale": 1})) != recorded
 
 
-def test_every_setting_added_since_the_fixture_is_later():
-    """A setting a config did not have when the fixture was made leaves older configs' hash
-    alone only if it is `later` (left out of `config_id` at its default)."""
+def test_settings_added_since_rows_were_first_written_leave_older_hashes_alone():
+    """`config_id` hashes the first settings at any value and every later one only away from
+    its default: the first settings are a fixed list, all of them still declared and recorded in
+    the fixture's defaults, so no new declaration can change an older row's hash."""
     before = json.loads(FIXTURE.read_text())["defaults"]
-    for key, setting in declared().items():
-        section, _, name = key.rpartition(".")
-        if name not in (before[section] if section else before):
-            assert setting.later, f"{key} is new: declare it later=True"
+    recorded = {f"{section}.{k}" for section, keys in before.items() if isinstance(keys, dict)
+                for k in keys} | {k for k, v in before.items() if not isinstance(v, dict)}
+    assert set(declared()) >= FIRST_SETTINGS and recorded >= FIRST_SETTINGS
+    later = [k for k in declared() if k not in FIRST_SETTINGS]
+    assert "train.adapter" in later and "data.split_file" in later
 
 
 def test_without_the_plug_in_its_setting_is_an_unknown_key():
@@ -118,7 +121,7 @@ def test_a_key_declared_twice_or_outside_a_section_is_refused(monkeypatch):
 
 
 def test_sections_keep_their_names_and_pickle():
-    from mamf.config import TrainConfig
+    from mamf.catalogue import TrainConfig
 
     assert TrainConfig(adapter="lora").lr == 1e-6
     config = build_config(overrides={"train.sampler": "confusion", "baseline.coop_lr": 0.1})
@@ -136,13 +139,13 @@ def test_protocols_and_models_declare_settings_as_methods_do(monkeypatch):
 
     class Margined(protocols.Protocol):
         name = "margined"
-        settings = (Setting("data.margin", int, 3, "images kept apart", minimum=1, later=True),)
+        settings = (Setting("data.margin", int, 3, "images kept apart", minimum=1),)
 
     monkeypatch.setitem(protocols.REGISTRY, "margined", Margined)
     monkeypatch.setattr(registry, "_BUILTIN", dict(registry._BUILTIN))
     monkeypatch.setattr(registry, "DECLARED", dict(registry.DECLARED))
     registry.register_builtin("deep-toy", "a test's model", settings=(
-        Setting("train.toy_depth", int, 2, "blocks of the toy", minimum=1, later=True),))(
+        Setting("train.toy_depth", int, 2, "blocks of the toy", minimum=1),))(
         lambda: None)
     config = build_config(overrides={"data.protocol": "margined", "train.toy_depth": "4"})
     assert (config.data.margin, config.train.toy_depth) == (3, 4)

@@ -50,7 +50,7 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
                  "--steps", "3", "--batch-size", "6", "--quiet"]) == 0
     losses = json.loads((run / "train.json").read_text())["losses"]
     assert len(losses) == 3 and losses[0] > 1.0  # ~ 2 classes x softplus(10): not a CE value
-    from mamf.runs.run import load_run
+    from mamf.runs.run_folder import load_run
 
     _, trained = load_run(run)
     assert trained.siglip.logit_bias.item() != -10.0
@@ -74,7 +74,7 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
 
 
 def test_lora_on_siglip_trains_the_logit_bias_beside_the_adapters(colour_folder, tmp_path):
-    from mamf.runs.run import load_run
+    from mamf.runs.run_folder import load_run
 
     run = tmp_path / "run"
     assert main(["train", "--method", "classical", "--model", "tiny-random-siglip", "--data",

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from mamf.engine.metatest import summarize
 from mamf.stats import (
     ci95,
     coverage_line,
@@ -34,11 +33,6 @@ def test_small_samples_use_t_not_1_96():
     assert ci95([0.7]) == 0.0 and mean_ci95([0.7]) == (0.7, 0.0)  # a row of one task
     mean, ci = mean_ci95([])
     assert math.isnan(mean) and math.isnan(ci)
-
-
-def test_the_meta_test_summary_gives_the_same_numbers_bit_for_bit():
-    accs = [0.5, 0.25, 1.0, 0.75, 0.4166666666666667, 0.3333333333333333]
-    assert mean_ci95(accs) == summarize(accs)
 
 
 def test_several_seeds_give_t_over_the_per_seed_means():

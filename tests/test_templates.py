@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from mamf.config import build_config
 from mamf.data.prompts import resolve_templates, templates_tag
-from mamf.runs.run import evaluate_prepared, prepare
+from mamf.runs.measure import evaluate_prepared
+from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
 
 TWO = ["a photo of a {label}.", "a drawing of a {}."]

@@ -76,7 +76,8 @@ def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colo
     from mamf.data.dataset import ImageDataset
     from mamf.engine.metatest import evaluation_tasks, score
     from mamf.features.inputs import ModelInputs
-    from mamf.runs.run import config_id, load_run
+    from mamf.runs.config_id import config_id
+    from mamf.runs.run_folder import load_run
 
     plain, every, logs = tmp_path / "plain", tmp_path / "every", tmp_path / "tb"
     assert _train(colour_folder, plain) == 0

@@ -14,7 +14,7 @@ from mamf.cli import main
 from mamf.engine import metatest, training
 from mamf.features.inputs import ModelInputs
 from mamf.protocols.paper import paper_pool
-from mamf.runs import run
+from mamf.runs import measure
 from mamf.runs.experiment import parse_experiment, run_experiment
 from mamf.runs.tune import TUNE_FILE, tune_experiment
 from mamf.system.errors import MamfError
@@ -58,7 +58,7 @@ def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, f
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(ModelInputs, "images", images)
-    monkeypatch.setattr(run, "evaluation_tasks", tasks)
+    monkeypatch.setattr(measure, "evaluation_tasks", tasks)
     monkeypatch.setattr(metatest, "evaluation_tasks", tasks)
     monkeypatch.setattr("mamf.runs.tune.train", counted, raising=False)
     import mamf.engine.training

@@ -17,7 +17,7 @@ from mamf.engine.training import train
 from mamf.features import frozen_engine
 from mamf.features.inputs import ModelInputs
 from mamf.models import load_model
-from mamf.runs.run import prepare
+from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
 
 CPU = torch.device("cpu")
@@ -189,7 +189,7 @@ def test_bad_values_are_refused_in_one_line(overrides, message):
 
 
 def test_good_values_resolve(colour_folder):
-    from mamf.config import unfrozen
+    from mamf.catalogue import unfrozen
 
     def resolved(**kw):
         return unfrozen(build_config(overrides={f"train.{k}": v for k, v in kw.items()}).train)

@@ -17,7 +17,7 @@ import pytest
 from safetensors import SafetensorError
 
 from mamf.cli import main
-from mamf.runs import run
+from mamf.runs import run_folder
 
 
 def one_error_line(capsys) -> str:
@@ -187,7 +187,7 @@ def test_a_full_disk_at_the_final_weights_keeps_the_checkpoint(shared_colour_fol
                               "(os error 28)")
 
     with monkeypatch.context() as mp:
-        mp.setattr(run, "save_model", full)
+        mp.setattr(run_folder, "save_model", full)
         assert train(shared_colour_folder, out) == 2
     line = one_error_line(capsys)
     assert f"cannot write {out / 'model.safetensors'}" in line and "No space left" in line, line

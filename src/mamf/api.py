@@ -18,7 +18,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mamf.config import Config, build_config, load_yaml, to_dict
+from mamf import plugins  # noqa: F401  (every plug-in joins the catalogue before a config is built)
+from mamf.catalogue import Config
+from mamf.config import build_config, load_yaml, to_dict
 from mamf.system.errors import MamfError
 
 log = logging.getLogger("mamf")
@@ -76,7 +78,7 @@ def _bars(progress: bool) -> Iterator[None]:
 
 def train(config: Config | dict | str | Path, out: str | Path, progress: bool = True) -> dict:
     """Train `config.train.method` into the run folder `out`; returns its summary (train.json)."""
-    from mamf.runs.run import train_run
+    from mamf.runs.run_folder import train_run
 
     config = make_config(config)
     with _bars(progress):
@@ -85,7 +87,7 @@ def train(config: Config | dict | str | Path, out: str | Path, progress: bool = 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:
     """A finished run's config and its model with the trained weights."""
-    from mamf.runs.run import load_run as load
+    from mamf.runs.run_folder import load_run as load
 
     return load(Path(run))
 
@@ -100,8 +102,8 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
     from mamf.config import deep_merge
     from mamf.data.folder import scan_folder
     from mamf.methods import names
-    from mamf.runs.run import evaluate as meta_test
-    from mamf.runs.run import ways_list
+    from mamf.runs.measure import evaluate as meta_test
+    from mamf.runs.ways import ways_list
 
     model, run_dir, trained_by = None, None, None
     test_time = names(trained=False)

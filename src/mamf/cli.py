@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from mamf.config import CORE, build_config, deep_merge, to_dict
+from mamf.catalogue import CORE
+from mamf.config import build_config, deep_merge, to_dict
 from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
@@ -237,6 +238,8 @@ def _overrides(args: argparse.Namespace, flags: dict) -> dict:
 
 
 def _config(args, flags: dict, base: dict | None = None):
+    from mamf import plugins  # noqa: F401  (every plug-in joins the catalogue)
+
     merged = dict(base or {})
     if getattr(args, "preset", None):
         from mamf.api import preset
@@ -278,7 +281,7 @@ def cmd_train(args) -> None:
 
 def _train_sizes(config, value) -> list[int]:
     """`train --ways` in evaluate's grammar: n, a comma list, or 'all' (one run per size)."""
-    from mamf.runs.run import ways_list
+    from mamf.runs.ways import ways_list
 
     if value is None:
         return [config.data.ways]
@@ -349,7 +352,7 @@ def methods_listing() -> str:
         kind = methods.method_class(name)
         what = ("trains per task size" if kind.trains_per_ways else "trains once") \
             if kind.trains else "no training"
-        lines.append(f"{name:{width}}{kind.summary} [{what}]")
+        lines.append(f"{name:{width}}{kind.presentation.summary} [{what}]")
         own(kind.settings)
     lines.append(f"\ntask samplers ({samplers.SAMPLER.describe()}):")
     for name in samplers.names():

@@ -1,7 +1,7 @@
 """The results row: what one is, which rows are the same measurement, and reading them back.
 
 A results row is one meta-test of one method at one task size: a JSON object on one line of
-`results.jsonl`, written by `mamf evaluate` and `mamf experiment` (see `mamf.runs.run.evaluate_prepared`
+`results.jsonl`, written by `mamf evaluate` and `mamf experiment` (see `mamf.runs.measure.evaluate_prepared`
 for every field), and in Python a `Row`, whose `key` (a `RowKey`) says which measurement it is.
 Everything that reads `results.jsonl` goes through `read_rows`, so a torn, damaged or repeated
 line is skipped the same way everywhere and no row is ever counted twice.
@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+import numpy as np
 
 from mamf.system import denormals
 from mamf.system.errors import MamfError, is_int
@@ -356,3 +358,30 @@ def read_rows(path: str | Path) -> list[dict]:
                     ", ".join(KEY_FIELDS), ", ".join(map(str, repeated[:5])),
                     ", ..." if len(repeated) > 5 else "")
     return rows
+
+
+# a row's `predictions` (metatest.save_predictions): written by the meta-test, read by the report
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def encode_predictions(task, predicted: np.ndarray) -> list:
+    """One task's predictions, compactly: [its classes (global ids), the query images' true
+    classes, the classes they were given], the last two as task-local indices, one character
+    each ("0"-"9", "a"-"z", "A"-"Z") for tasks of up to 62 classes, else lists of integers."""
+    def code(labels) -> str | list[int]:
+        labels = [int(x) for x in labels]
+        return "".join(_DIGITS[x] for x in labels) if task.ways <= len(_DIGITS) else labels
+
+    return [[int(c) for c in task.classes], code(task.query_labels), code(predicted)]
+
+
+def decode_predictions(record: list) -> tuple[np.ndarray, np.ndarray]:
+    """(true, given) global class ids of one task's query images (`encode_predictions`)."""
+    classes, truth, given = record
+    classes = np.asarray(classes, dtype=np.int64)
+
+    def local(labels) -> np.ndarray:
+        return np.array([_DIGITS.index(c) for c in labels] if isinstance(labels, str)
+                        else labels, dtype=np.int64)
+
+    return classes[local(truth)], classes[local(given)]

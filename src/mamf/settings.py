@@ -1,10 +1,10 @@
 """A setting, declared where it is read: its dotted key, type, default, range and one line of help.
 
-The core settings (the model, the data, training, the meta-test) are declared in `mamf.config`;
-a plug-in (a method, a task sampler, a protocol, a model family) carries its own as
-`settings = (Setting(...), ...)`. `mamf.config` builds the config's sections from all of them and
-checks every value against its declaration, and `mamf methods` lists them, so adding a method
-with a setting is one file. This module imports nothing heavy: the command line's parser reads
+The core settings (the model, the data, training, the meta-test) are declared in
+`mamf.catalogue`; a plug-in (a method, a task sampler, a protocol, a model family) carries its own
+as `settings = (Setting(...), ...)`. The catalogue builds the config's sections from all of them,
+`mamf.config` checks every value against its declaration, and `mamf methods` lists them, so adding
+a method with a setting is one file. This module imports nothing heavy: the command line's parser reads
 the core declarations for its flags' help.
 """
 
@@ -33,10 +33,6 @@ class Setting:
     below: bool = False
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
     nonempty: bool = False  # a list must hold a value
-    # added after results rows were first written: at its default it is left out of the
-    # settings' hash (`config_id`), so the rows of every config that predates it keep theirs.
-    # Every setting added from now on is `later` (tests/test_settings.py checks)
-    later: bool = False
 
     @property
     def section(self) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mamf.data.cache import load_or_build
 from mamf.data.folder import scan_folder
@@ -21,6 +21,9 @@ from mamf.data.prompts import (
     resolve_templates,
 )
 from mamf.system.errors import MamfError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class ImageDataset:
             class_prompts(scan.root, scan.classes, template, scan.top)
         files = [f for group in scan.files for f in group]
         images, ok = load_or_build(files, image_size, name=scan.name.replace("/", "-"),
-                                  workers=torch.get_num_threads())
+                                  workers=_threads())
         classes, kept_prompts, class_images, kept_sets, start = [], [], [], [], 0
         for k, (label, prompt, group) in enumerate(zip(scan.classes, prompts, scan.files)):
             idx = np.arange(start, start + len(group))
@@ -106,4 +109,13 @@ class ImageDataset:
         order = np.argsort(indices, kind="stable")
         out = np.empty((len(indices), *self.images.shape[1:]), dtype=np.uint8)
         out[order] = self.images[indices[order]]
+        import torch  # the pools and protocols above this module need no model framework
+
         return torch.from_numpy(out)
+
+
+def _threads() -> int:
+    """Decode on as many threads as torch computes on (PIL lets go of the GIL)."""
+    import torch
+
+    return torch.get_num_threads()

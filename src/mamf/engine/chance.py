@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from mamf.config import Config, unfrozen
+from mamf.catalogue import Config, unfrozen
 
 log = logging.getLogger("mamf")
 

@@ -13,14 +13,14 @@ import numpy as np
 import torch
 
 from mamf import methods, protocols
-from mamf.config import Config
+from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset
 from mamf.features.inputs import ModelInputs
 from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
 from mamf.methods.finetune import trainable
 from mamf.models.base import DualEncoder
 from mamf.parallel.distributed import gather_by_index, is_main, rank, world_size
-from mamf.stats import mean_ci95
+from mamf.results import encode_predictions
 from mamf.system import denormals
 from mamf.system.progress import bar as progress_bar
 from mamf.tasks.task import Task
@@ -86,32 +86,6 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     return [a for a, _ in both]
 
 
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def encode_predictions(task: Task, predicted: np.ndarray) -> list:
-    """One task's predictions, compactly: [its classes (global ids), the query images' true
-    classes, the classes they were given], the last two as task-local indices, one character
-    each ("0"-"9", "a"-"z", "A"-"Z") for tasks of up to 62 classes, else lists of integers."""
-    def code(labels) -> str | list[int]:
-        labels = [int(x) for x in labels]
-        return "".join(_DIGITS[x] for x in labels) if task.ways <= len(_DIGITS) else labels
-
-    return [[int(c) for c in task.classes], code(task.query_labels), code(predicted)]
-
-
-def decode_predictions(record: list) -> tuple[np.ndarray, np.ndarray]:
-    """(true, given) global class ids of one task's query images (`encode_predictions`)."""
-    classes, truth, given = record
-    classes = np.asarray(classes, dtype=np.int64)
-
-    def local(labels) -> np.ndarray:
-        return np.array([_DIGITS.index(c) for c in labels] if isinstance(labels, str)
-                        else labels, dtype=np.int64)
-
-    return classes[local(truth)], classes[local(given)]
-
-
 def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, method: str,
                  config: Config, ways: int) -> tuple[methods.Method, dict | None]:
     """The method, its hyper-parameters chosen on the dev split's tasks (drawn as test tasks
@@ -121,8 +95,3 @@ def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset,
         return plugin, None
     dev = evaluation_tasks(dataset, config, "dev", ways)
     return plugin, plugin.tune(model, inputs, dev)
-
-
-def summarize(accs: list[float]) -> tuple[float, float]:
-    """Mean and 95 % CI half-width of per-task accuracies (`mamf.stats.mean_ci95`)."""
-    return mean_ci95(accs)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mamf import methods, protocols
-from mamf.config import Config
+from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.engine.chance import warn_if_chance
 from mamf.engine.checkpoint import Checkpointer

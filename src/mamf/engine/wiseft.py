@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from mamf import methods
-from mamf.config import Config
+from mamf.catalogue import Config
 from mamf.models.adapters import is_lora_a
 
 

@@ -1,22 +1,23 @@
-"""The methods, each one file that registers itself (see `mamf.methods.base`).
+"""The methods: one file each (see `mamf.methods.base`), with a table record in
+`presentation.py` (how reports show it).
 
-Importing this package registers the built-in methods. Tables list them by their `order`; the
-registration order below is the order in which a config lists their settings.
+Importing this package, or `presentation`, loads no model framework: a report names and orders
+methods from the records alone. The registry's functions and classes (`method_class`, `create`,
+`names`, `Method`, ...) are taken from `mamf.methods.base` when first asked, after every built-in
+method has registered itself (`mamf.methods.builtin`).
 """
 
-from mamf.methods import classical, mamf, fomaml, zeroshot  # noqa: F401, I001  (registration)
-from mamf.methods import linear_probe, prototype, tip_adapter, gda, lp_plus_plus  # noqa: F401, I001
-from mamf.methods import clap, taskres, prolip, ape, coop, cocoop  # noqa: F401, I001
-from mamf.methods.base import (
-    EXTENSION,
-    REGISTRY,
-    Method,
-    create,
-    method_class,
-    names,
-    register,
-    settings,
-)
+from __future__ import annotations
 
-__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register",
-           "settings"]
+import importlib
+
+_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register",
+                 "settings")
+__all__ = list(_REGISTRY_API)
+
+
+def __getattr__(name: str):
+    if name in _REGISTRY_API:
+        importlib.import_module("mamf.methods.builtin")  # registers the built-in methods
+        return getattr(importlib.import_module("mamf.methods.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

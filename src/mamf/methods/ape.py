@@ -63,11 +63,6 @@ def ape_logits(task: Embedded, features, parts, alpha: float, beta: float, gamma
 @register
 class APE(Method):
     name = "ape"
-    adapt_rate = adapt_epochs = None  # closed form
-    label = "APE"
-    summary = "Tip-Adapter's cache on refined channels, values weighted by zero-shot (baseline)"
-    colour = "#7b4173"
-    order = 19
     trains = False
     baseline = True
     tunes_on_dev = True

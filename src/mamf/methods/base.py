@@ -29,16 +29,19 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from mamf import catalogue
 from mamf.features.inputs import autocast
+from mamf.methods import presentation
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.models.loss import task_logits
 from mamf.settings import Setting, gather
 from mamf.system.errors import MamfError
 
 if TYPE_CHECKING:
-    from mamf.config import Config
+    from mamf.catalogue import Config
     from mamf.data.dataset import Pool
     from mamf.features.inputs import ModelInputs
+    from mamf.methods.presentation import Presentation
     from mamf.models.base import DualEncoder
     from mamf.tasks.samplers import TaskSampler
     from mamf.tasks.task import Task
@@ -54,22 +57,39 @@ class PastTheEnd(Exception):
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method reachable by its `name` everywhere (CLI, configs, grids)."""
+    """Class decorator: make a method reachable by its `name` everywhere (CLI, configs, grids).
+    A built-in method's table record is in `presentation.BUILTIN`; any other brings its own as
+    the class's `presentation`."""
     if cls.name in REGISTRY:
         raise ValueError(f"method {cls.name!r} is registered twice")
+    own = cls.__dict__.get("presentation")
+    if own is None and cls.name not in presentation.BUILTIN:
+        raise ValueError(f"method {cls.name!r} needs a presentation (label, summary, ...)")
+    cls.presentation = own or presentation.BUILTIN[cls.name]
+    presentation.SHOWN[cls.name] = cls.presentation
     REGISTRY[cls.name] = cls
     return cls
 
 
+def unregister(name: str) -> None:
+    """Forget a method registered at run time (a test's plug-in), its record too."""
+    REGISTRY.pop(name)
+    if name not in presentation.BUILTIN:
+        presentation.SHOWN.pop(name, None)
+
+
 def names(trained: bool | None = None) -> tuple[str, ...]:
     """Registered method names in table order; `trained` keeps only those that do (not) train."""
-    ordered = sorted(REGISTRY.values(), key=lambda c: c.order)
+    ordered = sorted(REGISTRY.values(), key=lambda c: (c.presentation.order, c.name))
     return tuple(c.name for c in ordered if trained is None or c.trains == trained)
 
 
 def settings() -> list[Setting]:
     """The registered methods' settings, in registration order, each key once."""
     return gather(cls.settings for cls in REGISTRY.values())
+
+
+catalogue.join("methods", names=names, settings=settings)
 
 
 def method_class(name: str) -> type[Method]:
@@ -98,16 +118,8 @@ class Method:
     """
 
     name: ClassVar[str]
-    label: ClassVar[str]  # how tables and figures name it
-    summary: ClassVar[str]  # one line for `mamf methods`
-    colour: ClassVar[str] = "#7f7f7f"
-    order: ClassVar[int] = 100  # position in tables and listings
+    presentation: ClassVar[Presentation]  # how tables, figures and listings show it
     trains: ClassVar[bool] = True
-    # the settings that are its training and test-time rates and epochs (None: it has none),
-    # for the report's Setup block, which states them for a paper
-    train_rate: ClassVar[str | None] = "train.lr"
-    adapt_rate: ClassVar[str | None] = "metatest.lr"
-    adapt_epochs: ClassVar[str | None] = "metatest.epochs"
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch

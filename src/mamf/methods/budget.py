@@ -13,7 +13,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mamf.config import TrainConfig
+    from mamf.catalogue import TrainConfig
     from mamf.data.dataset import Pool
 
 BUDGETS = ("matched", "native")

@@ -61,11 +61,6 @@ def fit_prototypes(task: Embedded, epochs: int, lr: float, constrained: bool) ->
 @register
 class CLAP(Method):
     name = "clap"
-    adapt_rate, adapt_epochs = "baseline.clap_lr", "baseline.clap_epochs"
-    label = "CLAP"
-    summary = "zero-shot-initialised linear probe held near the prompts, class-wise (baseline)"
-    colour = "#8c6d31"
-    order = 16
     trains = False
     baseline = True
     settings = (
@@ -87,8 +82,4 @@ class CLAP(Method):
 @register
 class ZSLP(CLAP):
     name = "zs-lp"
-    label = "ZS-LP"
-    summary = "CLAP's zero-shot-initialised linear probe without the constraint (baseline)"
-    colour = "#bd9e39"
-    order = 17
     constrained = False

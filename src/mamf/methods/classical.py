@@ -11,10 +11,6 @@ from mamf.methods.finetune import EpochStream, step
 @register
 class Classical(Method):
     name = "classical"
-    label = "classical FT"
-    summary = "minibatch fine-tuning on the whole training pool, loss over all N classes"
-    colour = "#1f77b4"
-    order = 1
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
         t = self.config.train

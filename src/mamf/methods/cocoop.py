@@ -26,11 +26,6 @@ PROMPTS_PER_CHUNK = 1024  # (image, class) prompts a test-time text forward take
 @register
 class CoCoOp(CoOp):
     name = "cocoop"
-    train_rate = "baseline.cocoop_lr"
-    label = "CoCoOp"
-    summary = "CoOp's context shifted per image by a meta-net (baseline)"
-    colour = "#9edae5"
-    order = 22
     settings = (
         CONTEXT,
         Setting("baseline.cocoop_init", str, "a photo of a", "the words the context starts at "

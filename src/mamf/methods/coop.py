@@ -126,11 +126,6 @@ def class_embeddings(model, prompts: Prompts, class_ids: np.ndarray,
 @register
 class CoOp(Method):
     name = "coop"
-    train_rate, adapt_rate, adapt_epochs = "baseline.coop_lr", None, None  # no test-time step
-    label = "CoOp"
-    summary = "a learned prompt context in front of the class names; the towers frozen (baseline)"
-    colour = "#ff7f0e"
-    order = 21
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start

@@ -142,11 +142,6 @@ def trim_task(rng: np.random.Generator, task: Task, images: int) -> Task:
 @register
 class FOMAML(Method):
     name = "fomaml"
-    adapt_rate, adapt_epochs = "metatest.inner_lr", "metatest.inner_epochs"
-    label = "FOMAML"
-    summary = "first-order MAML: inner SGD on each task's support set, outer Adam on its query loss"
-    colour = "#2ca02c"
-    order = 3
     trains_per_ways = True
     draws_tasks = True
     data_parallel = False  # under torchrun the ranks split each meta-batch of tasks instead

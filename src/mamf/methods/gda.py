@@ -49,11 +49,6 @@ def gda_logits(task: Embedded, features: torch.Tensor, weight: torch.Tensor, bia
 @register
 class GDA(Method):
     name = "gda"
-    adapt_rate = adapt_epochs = None  # closed form
-    label = "GDA"
-    summary = "Gaussian discriminant on support embeddings beside zero-shot; alpha on dev (baseline)"
-    colour = "#393b79"
-    order = 14
     trains = False
     baseline = True
     tunes_on_dev = True

@@ -38,11 +38,6 @@ def fit_probe(task: Embedded, steps: int, lr: float,
 @register
 class LinearProbe(Method):
     name = "linear-probe"
-    adapt_rate, adapt_epochs = "baseline.probe_lr", None  # (it counts steps)
-    label = "linear probe"
-    summary = "logistic regression on image embeddings from the prompt embeddings (baseline)"
-    colour = "#e377c2"
-    order = 11
     trains = False
     baseline = True
     settings = (

@@ -70,11 +70,6 @@ def fit_lpp(task: Embedded, epochs: int, alpha_every: int):
 @register
 class LPPlusPlus(Method):
     name = "lp++"
-    adapt_rate, adapt_epochs = None, "baseline.lpp_epochs"  # its rates come from the data
-    label = "LP++"
-    summary = "linear probe blended class-wise with the text embeddings, data-driven steps (baseline)"
-    colour = "#637939"
-    order = 15
     trains = False
     baseline = True
     settings = (

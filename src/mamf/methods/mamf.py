@@ -135,10 +135,6 @@ class SequentialStream:
 @register
 class MAMF(Method):
     name = "mamf"
-    label = "MAMF"
-    summary = "fine-tuning on n-way tasks drawn by train.sampler, loss over the task's n classes"
-    colour = "#d62728"
-    order = 2
     trains_per_ways = True
     draws_tasks = True
 

@@ -102,11 +102,6 @@ def fit_projection(model, params, features, labels, texts, scale, epochs, lr, la
 @register
 class ProLIP(Method):
     name = "prolip"
-    adapt_rate, adapt_epochs = "baseline.prolip_lr", "baseline.prolip_epochs"
-    label = "ProLIP"
-    summary = "fine-tunes only the image projection, held near its pretrained weights (baseline)"
-    colour = "#5254a3"
-    order = 20
     trains = False
     baseline = True
     settings = (

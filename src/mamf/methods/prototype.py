@@ -29,11 +29,6 @@ def prototypes(task: Embedded, mix: float) -> torch.Tensor:
 @register
 class Prototype(Method):
     name = "prototype"
-    adapt_rate = adapt_epochs = None  # closed form
-    label = "prototype"
-    summary = "nearest support class mean, mixed with the prompt embedding (baseline)"
-    colour = "#8c564b"
-    order = 10
     trains = False
     baseline = True
     settings = (Setting("baseline.prototype_mix", float, 0.5, "the support mean's weight against "

@@ -42,11 +42,6 @@ def fit_residual(task: Embedded, epochs: int, lr: float, scale: float) -> torch.
 @register
 class TaskRes(Method):
     name = "taskres"
-    adapt_rate, adapt_epochs = "baseline.taskres_lr", "baseline.taskres_epochs"
-    label = "TaskRes"
-    summary = "a learned residual on the prompts' text classifier (baseline)"
-    colour = "#843c39"
-    order = 18
     trains = False
     baseline = True
     settings = (

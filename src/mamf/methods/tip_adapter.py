@@ -58,11 +58,6 @@ def fine_tune_keys(task: Embedded, epochs: int, lr: float, alpha: float,
 @register
 class TipAdapter(Method):
     name = "tip-adapter"
-    adapt_rate = adapt_epochs = None  # its cache is built, not trained
-    label = "Tip-Adapter"
-    summary = "training-free cache of support embeddings; alpha, beta chosen on dev (baseline)"
-    colour = "#17becf"
-    order = 12
     trains = False
     baseline = True
     tunes_on_dev = True
@@ -108,11 +103,6 @@ class TipAdapter(Method):
 @register
 class TipAdapterF(TipAdapter):
     name = "tip-adapter-f"
-    adapt_rate, adapt_epochs = "baseline.tip_f_lr", "baseline.tip_f_epochs"
-    label = "Tip-Adapter-F"
-    summary = "Tip-Adapter with cache keys fine-tuned on the support set (baseline)"
-    colour = "#bcbd22"
-    order = 13
     settings = (
         *TipAdapter.settings,
         Setting("baseline.tip_f_epochs", int, 20, "full-batch AdamW epochs fine-tuning the cache "

@@ -9,11 +9,6 @@ from mamf.methods.base import Method, register
 @register
 class ZeroShot(Method):
     name = "zeroshot"
-    adapt_rate = adapt_epochs = None  # it does not adapt
-    label = "zero-shot"
-    summary = "the pretrained model, no training, no test-time adaptation"
-    colour = "#9e9e9e"
-    order = 0
     trains = False
 
     def adapt(self, model, inputs, task, rng) -> None:

@@ -22,12 +22,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from mamf.config import unfrozen
+from mamf.catalogue import unfrozen
 from mamf.models.base import DualEncoder
 from mamf.system.errors import MamfError, shown
 
 if TYPE_CHECKING:
-    from mamf.config import TrainConfig  # built from the declared settings when first used
+    from mamf.catalogue import TrainConfig  # built from the declared settings when first used
 
 log = logging.getLogger(__name__)
 

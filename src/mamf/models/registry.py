@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from mamf import catalogue
 from mamf.models.base import DualEncoder
 from mamf.settings import Setting, gather
 from mamf.system.errors import MamfError, shown
@@ -67,6 +68,14 @@ def model_names() -> dict[str, str]:
 
 def families() -> tuple[str, ...]:
     return tuple(_FAMILIES)
+
+
+def names() -> tuple[str, ...]:
+    """Built-in model names and the transformers families."""
+    return (*_BUILTIN, *_FAMILIES)
+
+
+catalogue.join("models", names=names, settings=settings)
 
 
 def load_model(name: str) -> DualEncoder:

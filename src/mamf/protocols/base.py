@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from mamf import catalogue
 from mamf.settings import Setting, gather
 from mamf.stats import mean_ci95
 from mamf.system.errors import MamfError
 from mamf.tasks.task import check_ways, paper_task
 
 if TYPE_CHECKING:
-    from mamf.config import Config, DataConfig
+    from mamf.catalogue import Config, DataConfig
     from mamf.data.dataset import ImageDataset, Pool
     from mamf.tasks.task import Task
 
@@ -50,6 +51,9 @@ def names() -> tuple[str, ...]:
 def settings() -> list[Setting]:
     """The registered protocols' settings, in registration order, each key once."""
     return gather(cls.settings for cls in REGISTRY.values())
+
+
+catalogue.join("protocols", names=names, settings=settings)
 
 
 def name_mask(dataset: ImageDataset, part: str) -> np.ndarray:

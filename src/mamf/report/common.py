@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from mamf.methods import REGISTRY
-from mamf.methods import names as method_names
+from mamf.methods import presentation
 
 
 def label(method: str) -> str:
     """How tables name a method: its registered label, else its name as rows spell it; a trained
     run scored by a baseline (`mamf+tip-adapter`) reads `MAMF + Tip-Adapter`."""
-    if method not in REGISTRY and "+" in method:
+    shown = presentation.of(method)
+    if shown is None and "+" in method:
         return " + ".join(label(part) for part in method.split("+"))
-    return REGISTRY[method].label if method in REGISTRY else method
+    return shown.label if shown else method
 
 
 def colour(method: str) -> str:
-    return REGISTRY[method].colour if method in REGISTRY else "#7f7f7f"
+    shown = presentation.of(method)
+    return shown.colour if shown else "#7f7f7f"
 
 
 def method_order() -> list[str]:
-    """Registered methods in table order."""
-    return list(method_names())
+    """Methods with a record (`mamf.methods.presentation`), in table order."""
+    return presentation.ordered()
 
 
 def in_order(present: Iterable[str]) -> list[str]:

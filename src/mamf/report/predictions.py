@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mamf.engine.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.figures import pyplot, save
-from mamf.results import dataset_name
+from mamf.results import dataset_name, decode_predictions
 from mamf.system.errors import MamfError
 
 Choice = tuple  # (dataset, method, ways)

@@ -14,13 +14,13 @@ from collections import OrderedDict
 import numpy as np
 
 from mamf import stats
-from mamf.methods import names as method_names
+from mamf.methods.presentation import ordered as method_order
 from mamf.report.common import holm_line
 from mamf.report.common import label as _label
 from mamf.report.compare import cell_of
 from mamf.results import dataset_name as _dataset
 from mamf.results import row_key, row_sampler
-from mamf.tasks.samplers import DEFAULT as BASELINE  # the other samplers are compared with it
+from mamf.tasks import DEFAULT_SAMPLER as BASELINE  # the other samplers are compared with it
 
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
 
@@ -125,7 +125,7 @@ def samplers_section(rows: list[dict]) -> list[str]:
     if not compared:
         return []
     datasets = list(OrderedDict.fromkeys(map(_dataset, rows)))
-    order = {m: i for i, m in enumerate(method_names())}
+    order = {m: i for i, m in enumerate(method_order())}
     samplers = _ordered_samplers(rows)
     keys = sorted(compared, key=lambda k: (datasets.index(k[0]), order.get(k[1], len(order)),
                                            samplers.index(k[2])))

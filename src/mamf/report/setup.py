@@ -32,14 +32,10 @@ def _setting(configs: list[dict], dotted: str | None) -> list:
 def _declared(method: str) -> tuple[str | None, str | None, str | None]:
     """The settings that are `method`'s training rate, test-time rate and epochs, as it declares
     them; a method no longer registered is read as the default (`metatest.lr`, ...)."""
-    from mamf.methods import Method, method_class
-    from mamf.system.errors import MamfError
+    from mamf.methods.presentation import Presentation, of
 
-    try:
-        cls = method_class(method)
-    except MamfError:
-        cls = Method
-    return cls.train_rate, cls.adapt_rate, cls.adapt_epochs
+    shown = of(method) or Presentation(label=method, summary="")
+    return shown.train_rate, shown.adapt_rate, shown.adapt_epochs
 
 
 def _templates(pairs: list[tuple[dict, dict | None]]) -> str:

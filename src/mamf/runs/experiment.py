@@ -42,8 +42,10 @@ from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for ca
     run_config,
     samplers_of,
 )
-from mamf.runs.run import RESULTS, evaluate_prepared, fresh_start, images_read, prepare, ways_list
+from mamf.runs.measure import RESULTS, evaluate_prepared
+from mamf.runs.prepare import fresh_start, images_read, prepare
 from mamf.runs.tune import tune_experiment
+from mamf.runs.ways import ways_list
 from mamf.system.errors import MamfError
 from mamf.system.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.system.lock import exclusive

@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamf import methods as registry
-from mamf import protocols
-from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
+from mamf import (
+    plugins,  # noqa: F401  (every plug-in joins the catalogue before a config is built)
+    protocols,
+)
+from mamf.catalogue import AT_MOST, Config, check_seed
+from mamf.config import build_config, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
 from mamf.engine.wiseft import alphas
 from mamf.runs.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune

@@ -37,7 +37,7 @@ MANIFEST = "mamf_export.json"
 
 def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
     """Export the run at `run_dir` as `fmt` into `out`; returns the files written (checked)."""
-    from mamf.runs.run import load_run
+    from mamf.runs.run_folder import load_run
 
     if fmt not in FORMATS:
         raise MamfError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")

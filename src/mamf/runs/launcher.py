@@ -43,7 +43,7 @@ def merge_jobs(out: Path, order: list[str] = ()) -> int:
     """Append every job's rows not yet in `out/results.jsonl` (jobs in `order` first, then the
     others by name); returns how many were added. The caller holds the experiment's lock."""
     from mamf.runs.experiment import job_results
-    from mamf.runs.run import RESULTS
+    from mamf.runs.measure import RESULTS
 
     results = out / RESULTS
     seen = {row_key(r) for r in read_rows(results)}
@@ -80,7 +80,7 @@ def launch(exp, out: Path, slurm: SlurmSettings) -> list[dict]:
     except ImportError:
         raise MamfError("--launcher submitit needs submitit: pip install submitit") from None
     from mamf.runs.experiment import plan, unit_id, units_of
-    from mamf.runs.run import RESULTS
+    from mamf.runs.measure import RESULTS
 
     if exp.source is None:
         raise MamfError("--launcher submitit needs the experiment as a file")

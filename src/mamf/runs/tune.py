@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mamf import methods as registry
-from mamf.config import Config
+from mamf.catalogue import Config
 from mamf.runs.experiment_file import dataset_root, run_config
 from mamf.runs.tune_spec import TuneSpec, nested
 from mamf.system.errors import Diverged, MamfError
@@ -111,7 +111,9 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     at `train_point` with the tune seed, then score every metatest point on dev tasks."""
     from mamf.engine.metatest import WeightSnapshot
     from mamf.engine.training import train
-    from mamf.runs.run import evaluate_prepared, fresh_start, prepare, ways_list
+    from mamf.runs.measure import evaluate_prepared
+    from mamf.runs.prepare import fresh_start, prepare
+    from mamf.runs.ways import ways_list
     from mamf.tasks import samplers
 
     spec: TuneSpec = exp.tune

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mamf import methods as registry
-from mamf.config import check_seed
+from mamf.catalogue import check_seed
 from mamf.system.errors import MamfError, shown
 
 TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings"}

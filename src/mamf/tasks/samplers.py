@@ -24,18 +24,20 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from mamf import catalogue
 from mamf.settings import Setting, gather
 from mamf.system.errors import MamfError
+from mamf.tasks import DEFAULT_SAMPLER
 from mamf.tasks.task import check_ways, sample_classes
 
 if TYPE_CHECKING:
-    from mamf.config import Config
+    from mamf.catalogue import Config
     from mamf.data.dataset import Pool
     from mamf.features.inputs import ModelInputs
     from mamf.models.base import DualEncoder
 
 REGISTRY: dict[str, type[TaskSampler]] = {}
-DEFAULT = "uniform"  # train.sampler's default; reports compare the other samplers with it
+DEFAULT = DEFAULT_SAMPLER
 
 
 def register(cls: type[TaskSampler]) -> type[TaskSampler]:
@@ -56,6 +58,9 @@ SAMPLER = Setting("train.sampler", str, DEFAULT, "which classes a training task 
 def settings() -> list[Setting]:
     """`train.sampler`, then the registered samplers' settings in registration order."""
     return gather([(SAMPLER,), *(cls.settings for cls in REGISTRY.values())])
+
+
+catalogue.join("samplers", names=names, settings=settings)
 
 
 def create(name: str, pool: Pool, config: Config,
