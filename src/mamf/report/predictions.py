@@ -13,38 +13,38 @@ from mamf.errors import MamfError
 from mamf.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.figures import pyplot, save
-from mamf.results import dataset_name
+from mamf.results import Row
 
 Choice = tuple  # (dataset, method, ways)
 
 
-def with_predictions(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("predictions") and r.get("class_names")]
+def with_predictions(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.predictions and r.class_names]
 
 
-def choose(rows: list[dict], cell: Choice | None = None) -> Choice | None:
+def choose(rows: list[Row], cell: Choice | None = None) -> Choice | None:
     """The cell shown: `cell` when given (it must have predictions), else the first dataset's
     first method in table order that has them, at its largest task size."""
     kept = with_predictions(rows)
     if cell is not None:
-        if not any((dataset_name(r), r["method"], r["ways"]) == tuple(cell) for r in kept):
+        if not any((r.dataset_name, r.method, r.ways) == tuple(cell) for r in kept):
             raise MamfError(f"no rows with stored predictions for {cell[0]} {cell[1]} "
                             f"{cell[2]}-way (evaluate with --set metatest.save_predictions=true)")
         return tuple(cell)
     if not kept:
         return None
-    d = dataset_name(kept[0])
-    m = in_order({r["method"] for r in kept if dataset_name(r) == d})[0]
-    return d, m, max(r["ways"] for r in kept if dataset_name(r) == d and r["method"] == m)
+    d = kept[0].dataset_name
+    m = in_order({r.method for r in kept if r.dataset_name == d})[0]
+    return d, m, max(r.ways for r in kept if r.dataset_name == d and r.method == m)
 
 
-def confusion(rows: list[dict]) -> tuple[list[str], np.ndarray]:
+def confusion(rows: list[Row]) -> tuple[list[str], np.ndarray]:
     """(class names, counts[true, given]) over every stored task of `rows`, the classes that
     occur as a true class in some task, in the dataset's order."""
-    names = rows[0]["class_names"]
+    names = rows[0].class_names
     counts = np.zeros((len(names), len(names)), dtype=np.int64)
     for r in rows:
-        for record in r["predictions"]:
+        for record in r.predictions:
             truth, given = decode_predictions(record)
             np.add.at(counts, (truth, given), 1)
     seen = np.flatnonzero(counts.sum(1))
@@ -81,7 +81,7 @@ def confusion_figure(names: list[str], counts: np.ndarray, title: str, path: Pat
     return save(fig, plt, path)
 
 
-def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = None
+def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = None
                         ) -> tuple[list[str], dict[str, Path], dict[str, tuple]]:
     """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen cell; rows with no
     stored predictions get one line saying so."""
@@ -93,10 +93,10 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
                         "metatest.save_predictions=true` to keep them.", ""], {}, {}
     d, m, ways = chosen
     mine = [r for r in with_predictions(rows)
-            if (dataset_name(r), r["method"], r["ways"]) == chosen]
+            if (r.dataset_name, r.method, r.ways) == chosen]
     names, counts = confusion(mine)
-    tasks = sum(len(r["predictions"]) for r in mine)
-    seeds = sorted({r["seed"] for r in mine})
+    tasks = sum(len(r.predictions) for r in mine)
+    seeds = sorted({r.seed for r in mine})
     head, body = per_class(names, counts)
     lines += [f"{label(m)} on {d}, {ways}-way: the {tasks} test tasks of seed"
               f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} pooled "
