@@ -12,6 +12,7 @@ from mamf.errors import MamfError
 from mamf.experiment import load_experiment, parse_experiment, run_experiment
 from mamf.io import read_jsonl
 from mamf.report import summary_table
+from mamf.results import Row
 
 
 def experiment_file(tmp_path, folder, **extra):
@@ -116,8 +117,8 @@ def test_killed_experiment_resumes_without_duplicates(tmp_path, colour_folder):
 VOLATILE = {"time_s", "train_time_s", "host", "date"}
 
 
-def _measurement(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in VOLATILE}
+def _measurement(row: Row) -> dict:
+    return {k: v for k, v in row.to_json().items() if k not in VOLATILE}
 
 
 def test_a_grid_killed_between_any_two_rows_resumes_to_the_same_rows(tmp_path, colour_folder):
@@ -125,8 +126,6 @@ def test_a_grid_killed_between_any_two_rows_resumes_to_the_same_rows(tmp_path, c
 
     Classical and zero-shot train once for all task sizes, and random heads are drawn per seed:
     neither may depend on which rows happened to be left to compute."""
-    import json
-
     path = experiment_file(tmp_path, colour_folder,
                            methods=["classical", "mamf"],
                            settings={"train": {"lr": 1e-3, "steps": 3, "augment": False,
