@@ -10,12 +10,6 @@ from mamf.report.compare import Headline, by_seed, compare, headline, one_per_ce
 from mamf.report.export import Grid
 from mamf.results import Row
 
-SETTING_COLUMNS = {"protocol": "protocol", "ways": "ways", "shots": "shots"}
-
-
-def _shown(value: object) -> str:
-    return "–" if value is None else str(value)
-
 
 def summary_grid(rows: list[Row]) -> Grid:
     """The accuracy table: one row per dataset and setting, one column per method, mean ± 95 %
@@ -26,15 +20,14 @@ def summary_grid(rows: list[Row]) -> Grid:
     table = headline(rows)
     est = table.estimates()
     methods = ordered(rows)[1]
-    head = ["dataset", *(SETTING_COLUMNS[f] for f in table.varying),
-            *(label(m) for m in methods), "seeds", "tasks"]
+    head = ["dataset", *table.varying, *(label(m) for m in methods), "seeds", "tasks"]
     body, behind = [], []
     for (d, s), by_method in table.entries.items():
         mine = [est[(d, s, m)] for m in methods if m in by_method]
         cells = [stats.interval(est[(d, s, m)]) if m in by_method else "–" for m in methods]
         seeds = numbers(e.seeds for e in mine) if mine else "–"
         tasks = numbers(e.tasks for e in mine) if mine else "–"
-        where = [_shown(v) for v in s] or ["–"] * len(table.varying)
+        where = [str(v) for v in s] or ["–"] * len(table.varying)  # "–": no compared row
         body.append([d, *where, *cells, seeds, tasks])
         first = 1 + len(table.varying)
         behind.append({first + i: by_method[m] for i, m in enumerate(methods) if m in by_method})
