@@ -179,7 +179,7 @@ class Row:
     train_time_s: float | None = None
     train_log: str | None = None  # a grid's training log, relative to the results folder
     tuned_on_dev: dict | None = None  # what `mamf tune` chose, where it chose
-    prompts: str | None = None  # where the prompts came from (`data.prompts`)
+    prompts: str | None = None  # what gave the prompts: template, templates or label_to_text.json
     class_names: list[str] | None = None  # with `metatest.save_predictions`
     predictions: list | None = None  # per test task, `metatest.decode_predictions` reads it
     experiment: str | None = None
