@@ -159,8 +159,18 @@ def test_the_report_has_the_new_sections_on_a_tiny_grid(grid):
             mine = [r for r in rows if r.method == method and r.ways == int(line[1])]
             assert line[column] == str(len(mine)) == "2"  # two seeds
             assert line[column + 1] == " ".join(sorted({r.config_id for r in mine}))
+    with (out / "tables" / "per-class.csv").open() as f:
+        classes = list(csv.reader(f))
+    chosen = [r for r in rows if r.method == "classical" and r.ways == 3]
+    assert classes[0][:3] == ["class", "class rows", "class config_ids"]
+    for line in classes[1:]:  # the rows whose tasks hold the class, and their settings
+        holding = [r for r in chosen if any(
+            line[0] in [r.class_names[t] for t in decode_predictions(p)[0]] for p in r.predictions)]
+        assert line[1] == str(len(holding)) != "0"
+        assert line[2] == " ".join(sorted({r.config_id for r in holding}))
     with (out / "tables" / "confusion.csv").open() as f:
         matrix = list(csv.reader(f))
+        matrix = [[line[0], *line[3:]] for line in matrix]  # without the rows behind each
     assert sum(int(c) for r in matrix[1:] for c in r[1:]) == sum(
         len(p[1]) for r in rows if r.method == "classical" and r.ways == 3
         for p in r.predictions)

@@ -12,6 +12,7 @@ import numpy as np
 from mamf.errors import MamfError
 from mamf.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
+from mamf.report.export import Grid
 from mamf.report.figures import pyplot, save
 from mamf.results import Row
 
@@ -51,6 +52,17 @@ def confusion(rows: list[Row]) -> tuple[list[str], np.ndarray]:
     return [names[i] for i in seen], counts[np.ix_(seen, seen)]
 
 
+def rows_by_class(rows: list[Row]) -> dict[str, list[Row]]:
+    """Class name -> the rows with a stored test task that has query images of that class (the
+    rows behind its line in tables/per-class.csv and tables/confusion.csv)."""
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        truths = {int(t) for record in r.predictions for t in decode_predictions(record)[0]}
+        for t in sorted(truths):
+            out.setdefault(r.class_names[t], []).append(r)
+    return out
+
+
 def per_class(names: list[str], counts: np.ndarray) -> tuple[list[str], list[list[str]]]:
     """(header, rows): each class's query images, accuracy, and the class it is most often
     mistaken for."""
@@ -82,7 +94,7 @@ def confusion_figure(names: list[str], counts: np.ndarray, title: str, path: Pat
 
 
 def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = None
-                        ) -> tuple[list[str], dict[str, Path], dict[str, tuple]]:
+                        ) -> tuple[list[str], dict[str, Path], dict[str, Grid]]:
     """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen cell; rows with no
     stored predictions get one line saying so."""
     chosen = choose(rows, cell)
@@ -110,6 +122,8 @@ def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = No
     safe = safe_name(f"{d}-{m}-{ways}")
     png = confusion_figure(names, counts, f"{label(m)} on {d}, {ways}-way",
                            figures / f"confusion-{safe}.png")
-    matrix = (["true \\ given", *names],
-              [[n, *map(str, counts[i])] for i, n in enumerate(names)])
-    return lines, {f"confusion-{safe}": png}, {"per-class": (head, body), "confusion": matrix}
+    behind = [{0: rows_by_class(mine)[n]} for n in names]
+    matrix = Grid(["true \\ given", *names],
+                  [[n, *map(str, counts[i])] for i, n in enumerate(names)], behind)
+    return lines, {f"confusion-{safe}": png}, {"per-class": Grid(head, body, behind),
+                                               "confusion": matrix}
