@@ -251,13 +251,6 @@ _NEEDED = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.M
              and f.default_factory is dataclasses.MISSING]
 
 
-def dataset_name(row: dict | Row) -> str:
-    """The dataset a row belongs to: the experiment's name for it, else the data folder's."""
-    if isinstance(row, Row):
-        return row.dataset_name
-    return row.get("experiment_dataset") or row["dataset"]
-
-
 def row_sampler(row: dict) -> str | None:
     """A row's task sampler; rows written before samplers existed were drawn uniformly (by a
     method that draws tasks) or by none."""
