@@ -29,6 +29,10 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mamf.results import Row
 
 # the counting builder's worker processes start by running this file again, as "__mp_main__":
 # they need none of the rest, and importing torch there adds seconds `mamf demo` never spends
@@ -88,19 +92,19 @@ def whole_demo(config: Path, out: Path) -> tuple[list[dict], float]:
     return rows, time.perf_counter() - started
 
 
-def report_stages(rows: list[dict], wall: float) -> None:
+def report_stages(rows: list[Row], wall: float) -> None:
     # ModelInputs' own time minus the frozen parts would be negligible; the stages nest only
     # where the image cache is read inside the frozen features (it is not: load decodes it)
     by_method = defaultdict(lambda: [0.0, 0.0, 0])
     seen_units = set()
     for r in rows:
-        key = (r["experiment_dataset"], r["method"])
-        by_method[key][1] += r["time_s"]
+        key = (r.experiment_dataset, r.method)
+        by_method[key][1] += r.time_s
         by_method[key][2] += 1
-        unit = (key, r.get("train_time_s"), r.get("train_steps"))
-        if r.get("train_time_s") is not None and unit not in seen_units:
+        unit = (key, r.train_time_s, r.train_steps)
+        if r.train_time_s is not None and unit not in seen_units:
             seen_units.add(unit)
-            by_method[key][0] += r["train_time_s"]
+            by_method[key][0] += r.train_time_s
     print(f"mamf demo from an empty cache: {wall:.1f} s wall, load {os.getloadavg()[0]:.2f}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| stage | s | share |")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from common import image_folder
 
+from mamf.results import read_rows
+
 CONFIGS = {
     "1 process, 2 threads": (1, 2),
     "1 process, 1 thread": (1, 1),
@@ -54,9 +56,9 @@ def run(model: str, folder: Path, ways: str, processes: int, threads: int) -> tu
     wall = launch(["evaluate", "--model", model, "--data", str(folder), "--ways", ways, "--out",
                    str(out), "--quiet", "--device", "cpu", "--set", "metatest.lr=1e-5",
                    "--set", "metatest.epochs=5"], processes, threads)
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    tasks = sum(r["n_tasks"] for r in rows)
-    return tasks / sum(r["time_s"] for r in rows), wall
+    rows = read_rows(out / "results.jsonl")
+    tasks = sum(r.n_tasks for r in rows)
+    return tasks / sum(r.time_s for r in rows), wall
 
 
 def run_train(model: str, folder: Path, steps: int, processes: int,

@@ -38,6 +38,16 @@ def make_folder(root: Path, n_classes: int = 6, per_class: int = 10, size: int =
     return root
 
 
+def results_row(**fields):
+    """A `mamf.results.Row` of `fields`, the key's other fields filled in (a zero-shot paper row
+    of one seed on `counting`): what the report's readers get from `read_rows`."""
+    from mamf.results import Row
+
+    base = {"method": "zeroshot", "model": "m", "dataset": "counting", "protocol": "paper",
+            "ways": 5, "shots": 1, "queries": 5, "seed": 1, "split": "test"}
+    return Row.from_json({**base, **fields})
+
+
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mamf-cache"))

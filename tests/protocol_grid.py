@@ -53,7 +53,7 @@ def grid_rows(folder: Path, out: Path, protocols: list[str] | None = None) -> li
         path = out / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         for row in run_experiment(load_experiment(path), out / name, progress=False):
-            rows.append({k: v for k, v in sorted(row.items()) if k not in UNSTABLE})
+            rows.append({k: v for k, v in sorted(row.to_json().items()) if k not in UNSTABLE})
     return rows
 
 

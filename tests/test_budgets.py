@@ -15,6 +15,7 @@ from mamf.config import build_config
 from mamf.engine.training import make_sampler, train, train_pool
 from mamf.methods.budget import Budget
 from mamf.methods.finetune import EpochStream
+from mamf.results import Row
 from mamf.runs.prepare import prepare
 from mamf.tasks.task import number_of_tasks
 
@@ -169,18 +170,18 @@ def test_experiment_rows_record_a_matched_budget_and_the_report_shows_it(tmp_pat
                         "metatest": {"epochs": 1}, "data": {"tasks": 3}},
            "datasets": {"p": {"root": str(paper_folder), "ways": [9]}}}
     rows = run_experiment(parse_experiment(raw), tmp_path / "out", progress=False)
-    trained = {r["method"]: (r["train_steps"], r["train_images"], r["train_budget"])
-               for r in rows if r["method"] != "zeroshot"}
+    trained = {r.method: (r.train_steps, r.train_images, r.train_budget)
+               for r in rows if r.method != "zeroshot"}
     assert trained == {"classical": (16, 120, "matched"), "mamf": (16, 120, "matched"),
                        "fomaml": (16, 16 * 18, "matched")}
-    assert "train_steps" not in next(r for r in rows if r["method"] == "zeroshot")
+    assert "train_steps" not in next(r for r in rows if r.method == "zeroshot").to_json()
     line = training_line(rows)
     assert line == ("p: classical FT 16 updates and 120 images (matched), MAMF 16 updates and "
                     "120 images (matched), FOMAML 16 updates and 288 images (matched)")
     # rows written before budgets: steps at most, no images, no budget: said, not guessed
-    for r in rows:
-        r.pop("train_images", None), r.pop("train_budget", None)
-    old = training_line(rows)
+    old = training_line([Row.from_json({k: v for k, v in r.to_json().items()
+                                        if k not in ("train_images", "train_budget")})
+                         for r in rows])
     assert "classical FT 16 updates and images not recorded (native*)" in old
     assert old.endswith("trained on each method's native schedule; their images are unknown)")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from mamf.cli import main
 from mamf.report import summary_table
+from mamf.results import Row
 from mamf.runs.experiment import load_experiment, parse_experiment, run_experiment
 from mamf.system.errors import MamfError
 from mamf.system.io import read_jsonl
@@ -30,21 +33,21 @@ def test_grid_runs_once_and_resumes_without_duplicates(tmp_path, colour_folder):
     exp = load_experiment(experiment_file(tmp_path, colour_folder))
     out = tmp_path / "out"
     rows = run_experiment(exp, out, progress=False)
-    keys = [(r["method"], r["ways"], r["seed"]) for r in rows]
+    keys = [(r.method, r.ways, r.seed) for r in rows]
     assert len(keys) == len(set(keys)) == 3 * 2 * 2
     # methods of one (ways, seed) meet the same tasks: same count, same query sizes
     by = {}
     for r in rows:
-        by.setdefault((r["ways"], r["seed"]), set()).add(r["n_tasks"])
+        by.setdefault((r.ways, r.seed), set()).add(r.n_tasks)
     assert all(len(v) == 1 for v in by.values())
     # a rerun does nothing; deleting rows recomputes exactly those, with the same numbers
     assert run_experiment(exp, out, progress=False) == rows
-    kept = [r for r in rows if not (r["method"] == "mamf" and r["seed"] == 2)]
-    (out / "results.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in kept))
+    kept = [r for r in rows if not (r.method == "mamf" and r.seed == 2)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in kept))
     again = run_experiment(exp, out, progress=False)
     assert len(again) == len(rows)
-    redone = {(r["ways"]): r["task_accs"] for r in again if r["method"] == "mamf" and r["seed"] == 2}
-    first = {(r["ways"]): r["task_accs"] for r in rows if r["method"] == "mamf" and r["seed"] == 2}
+    redone = {r.ways: r.task_accs for r in again if r.method == "mamf" and r.seed == 2}
+    first = {r.ways: r.task_accs for r in rows if r.method == "mamf" and r.seed == 2}
     assert redone == first
     table = summary_table(again)
     assert "MAMF" in table and "colours" in table
@@ -54,7 +57,7 @@ def test_a_failing_run_does_not_stop_the_grid(tmp_path, colour_folder):
     path = experiment_file(tmp_path, colour_folder, datasets={
         "colours": {"root": str(colour_folder), "ways": [2, 9]}})
     rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
-    assert {r["ways"] for r in rows} == {2}
+    assert {r.ways for r in rows} == {2}
     failures = read_jsonl(tmp_path / "out" / "failures.jsonl")
     assert failures and "ways=9" in failures[0]["error"]
 
@@ -107,15 +110,15 @@ def test_killed_experiment_resumes_without_duplicates(tmp_path, colour_folder):
     with results.open("a") as f:
         f.write('{"method": "torn')  # as if killed mid-write
     rows = run_experiment(load_experiment(path), out, progress=False)
-    keys = [(r["method"], r["ways"], r["seed"]) for r in rows]
+    keys = [(r.method, r.ways, r.seed) for r in rows]
     assert len(keys) == len(set(keys)) == 18
 
 
 VOLATILE = {"time_s", "train_time_s", "host", "date"}
 
 
-def _measurement(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in VOLATILE}
+def _measurement(row: Row) -> dict:
+    return {k: v for k, v in row.to_json().items() if k not in VOLATILE}
 
 
 def test_a_grid_killed_between_any_two_rows_resumes_to_the_same_rows(tmp_path, colour_folder):
@@ -123,8 +126,6 @@ def test_a_grid_killed_between_any_two_rows_resumes_to_the_same_rows(tmp_path, c
 
     Classical and zero-shot train once for all task sizes, and random heads are drawn per seed:
     neither may depend on which rows happened to be left to compute."""
-    import json
-
     path = experiment_file(tmp_path, colour_folder,
                            methods=["classical", "mamf"],
                            settings={"train": {"lr": 1e-3, "steps": 3, "augment": False,

@@ -19,6 +19,7 @@ from mamf.runs.measure import evaluate_prepared
 from mamf.runs.prepare import prepare
 from mamf.runs.ways import ways_list
 from mamf.system.errors import MamfError
+from tests.conftest import results_row
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,
           "train.freeze_text_tower": True}
@@ -120,17 +121,21 @@ settings: {{data: {{protocol: coop, ways: 3}}, train: {{steps: 2, freeze_image_b
 datasets: {{colours: {{root: {shared_colour_folder}}}}}
 """)
     rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
-    assert sorted((r["method"], r["shots"], r["seed"]) for r in rows) == sorted(
+    assert sorted((r.method, r.shots, r.seed) for r in rows) == sorted(
         (m, k, s) for m in ("zeroshot", "tip-adapter", "mamf") for k in (1, 2) for s in (1, 2))
-    assert all(r["ways"] == 10 and r["n_tasks"] == 1 for r in rows)
+    assert all(r.ways == 10 and r.n_tasks == 1 for r in rows)
     assert run_experiment(load_experiment(path), tmp_path / "out", progress=False) == rows
     files = write_report(rows, tmp_path / "out", "coop")
     text = files["md"].read_text()
     assert "### coop: all-way accuracy against shots" in text and "| 1-shot | 2-shot |" in text
-    tip = [r["acc_mean"] for r in rows if r["method"] == "tip-adapter" and r["shots"] == 2]
+    tip = [r.acc_mean for r in rows if r.method == "tip-adapter" and r.shots == 2]
     assert f"{100 * np.mean(tip):.1f} ± {100 * np.std(tip, ddof=1):.1f} (2)" in text
     assert files["shots-colours"].is_file()
     assert "published" not in text  # an offline dataset matches no published number
+    # the headline never pools the two shot counts: a row each, as the shots table has them
+    head = text.split("## Accuracy")[1].split("\n\n")[1]
+    assert head.startswith("| dataset | shots | zero-shot | MAMF | Tip-Adapter |"), head
+    assert [line.split(" | ")[1] for line in head.splitlines()[2:]] == ["1", "2"]
 
 
 def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match():
@@ -141,9 +146,8 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
              "FGVCAircraft", "SUN397", "DTD", "EuroSAT", "UCF101"]
 
     def rows(model, datasets, protocol="coop"):
-        return [{"dataset": d, "method": "tip-adapter", "model": model, "protocol": protocol,
-                 "ways": 10, "split": "test", "shots": k, "queries": 20, "seed": s,
-                 "acc_mean": 0.5}
+        return [results_row(dataset=d, method="tip-adapter", model=model, protocol=protocol,
+                            ways=10, shots=k, queries=20, seed=s, acc_mean=0.5)
                 for d in datasets for k in (1, 4, 16)
                 for s in (1, 2, 3)]
 
@@ -155,6 +159,8 @@ def test_published_numbers_appear_only_where_dataset_backbone_and_protocol_match
     assert anchor_lines(rows("openai/clip-vit-base-patch16", names[:-1])) == []  # 10 of 11
     assert anchor_lines(rows("tiny-random-clip", ["colours"])) == []
     assert anchors["protocol"] == "coop"
+    other = rows("openai/clip-vit-base-patch16", names, protocol="episodic")
+    assert anchor_lines(other) == []  # another protocol's rows
 
 
 def test_shots_and_splits_axes_together_resume_cell_by_cell(shared_colour_folder, tmp_path):
@@ -178,12 +184,12 @@ datasets: {{colours: {{root: {shared_colour_folder}}}}}
 """)
     out = tmp_path / "out"
     rows = run_experiment(load_experiment(path), out, progress=False)
-    cells = sorted((r["method"], r["shots"], r["split"]) for r in rows)
+    cells = sorted((r.method, r.shots, r.split) for r in rows)
     assert cells == sorted((m, k, s) for m in ("zeroshot", "classical") for k in (1, 2)
                            for s in ("test", "dev"))
-    kept = [r for r in rows if not (r["method"] == "classical" and r["shots"] == 2)]
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    kept = [r for r in rows if not (r.method == "classical" and r.shots == 2)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in kept))
     again = run_experiment(load_experiment(path), out, progress=False)
     assert len(again) == len(rows)
-    key = lambda r: (r["method"], r["shots"], r["split"])  # noqa: E731
-    assert {key(r): r["task_accs"] for r in again} == {key(r): r["task_accs"] for r in rows}
+    key = lambda r: (r.method, r.shots, r.split)  # noqa: E731
+    assert {key(r): r.task_accs for r in again} == {key(r): r.task_accs for r in rows}

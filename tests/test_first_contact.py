@@ -137,7 +137,7 @@ def test_api_train_evaluate_report_classify(colour_folder, tmp_path):
     rows = evaluate(tmp_path / "run", tmp_path / "res", ways=[2, 3], progress=False,
                     overrides={"metatest.epochs": 1, "data.tasks": 4})
     zeroshot = evaluate(config, tmp_path / "res", ways=3, progress=False)
-    assert [(r["method"], r["ways"]) for r in rows + zeroshot] == [
+    assert [(r.method, r.ways) for r in rows + zeroshot] == [
         ("mamf", 2), ("mamf", 3), ("zeroshot", 3)]
     lines = (tmp_path / "res" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 3 and json.loads(lines[0])["method"] == "mamf"
@@ -237,5 +237,5 @@ def test_evaluate_keeps_one_config_file_per_config_id(colour_folder, tmp_path):
     evaluate(settings, out, ways=3, progress=False)  # same settings: the same file
     other = evaluate(settings, out, ways=2, progress=False, method="prototype")
     files = sorted(p.stem for p in (out / "configs").glob("*.yaml"))
-    assert files == sorted({rows[0]["config_id"], other[0]["config_id"]})
+    assert files == sorted({rows[0].config_id, other[0].config_id})
     assert not (out / "evaluate-config.yaml").exists()

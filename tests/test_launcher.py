@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from mamf.results import Row
 from mamf.runs.experiment import load_experiment, run_experiment
 from mamf.runs.launcher import SlurmSettings, launch
 
@@ -16,8 +17,8 @@ VOLATILE = {"time_s", "train_time_s", "host", "date"}
 LOCAL = SlurmSettings(time_min=10, cpus=1, cluster="local")
 
 
-def _measurement(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in VOLATILE}
+def _measurement(row: Row) -> dict:
+    return {k: v for k, v in row.to_json().items() if k not in VOLATILE}
 
 
 def _file(tmp_path, folder):
@@ -61,13 +62,13 @@ def test_a_submitit_grid_equals_the_in_process_grid_and_reruns_only_what_is_miss
     assert len(list((out / "submitit").glob("*_result.pkl"))) == 4
 
     # losing one unit's rows (its job folder too): the rerun submits that unit alone
-    lost = [r for r in jobs if not (r["method"] == "classical" and r["seed"] == 2)]
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lost))
+    lost = [r for r in jobs if not (r.method == "classical" and r.seed == 2)]
+    (out / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in lost))
     for folder in (out / "jobs").iterdir():
         if folder.name.startswith("colours-classical-s2-"):
             shutil.rmtree(folder)
     again = launch(exp, out, LOCAL)
     assert len(list((out / "submitit").glob("*_result.pkl"))) == 5
-    key = lambda r: (r["method"], r["seed"], r["ways"])  # noqa: E731
+    key = lambda r: (r["method"], r["seed"], r["ways"])  # noqa: E731  (of a _measurement)
     assert sorted(map(_measurement, again), key=lambda r: key(r)) == \
         sorted(map(_measurement, here), key=lambda r: key(r))

@@ -13,7 +13,7 @@ from mamf.config import build_config
 from mamf.engine.training import train
 from mamf.models import adapters
 from mamf.models.tiny import build
-from mamf.results import read_rows, row_key
+from mamf.results import Row, read_rows, row_key
 from mamf.runs.config_id import config_id
 from mamf.runs.prepare import prepare, starting_model
 from mamf.runs.run_folder import load_run
@@ -146,7 +146,7 @@ def test_run_keeps_the_adapter_and_evaluate_run_scores_as_the_model_in_memory(co
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out",
                  str(tmp_path / "res"), "--ways", "3", "--quiet"]) == 0
     disk = read_jsonl(tmp_path / "res" / "results.jsonl")
-    assert disk[0]["task_accs"] == mem[0]["task_accs"]
+    assert disk[0]["task_accs"] == mem[0].task_accs
 
 
 def test_a_damaged_adapter_file_is_one_line(colour_folder, tmp_path, capsys):
@@ -216,7 +216,7 @@ def test_interpolation_ends_are_zero_shot_and_trained_exactly(colour_folder, tmp
         assert main(["evaluate", "--run", str(run), *common,
                      "--set", "metatest.interpolate=[0, 0.5, 1]"]) == 0
         rows = read_rows(res / "results.jsonl")
-        by = {(r["method"], r["alpha"]): r for r in rows}
+        by = {(r.method, r.alpha): r.to_json() for r in rows}
         assert set(by) == {("zeroshot", None), ("classical", None), ("classical", 0.0),
                            ("classical", 0.5), ("classical", 1.0)}
         assert len({row_key(r) for r in rows}) == 5
@@ -274,13 +274,13 @@ def test_experiment_rows_per_alpha_and_split_resume(colour_folder, tmp_path):
     out = tmp_path / "out"
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     rows = read_rows(out / "results.jsonl")
-    got = sorted((r["method"], r["split"], r["alpha"]) for r in rows)
+    got = sorted((r.method, r.split, r.alpha) for r in rows)
     assert got == sorted([("zeroshot", "test", None), ("zeroshot", "train", None),
                           ("classical", "test", 0.0), ("classical", "test", 1.0),
                           ("classical", "train", 0.0), ("classical", "train", 1.0)])
-    by = {(r["method"], r["split"], r["alpha"]): r for r in rows}
+    by = {(r.method, r.split, r.alpha): r for r in rows}
     for split in ("test", "train"):
-        assert by["classical", split, 0.0]["task_accs"] == by["zeroshot", split, None]["task_accs"]
+        assert by["classical", split, 0.0].task_accs == by["zeroshot", split, None].task_accs
     lines = (out / "results.jsonl").read_text().splitlines()
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     assert (out / "results.jsonl").read_text().splitlines() == lines  # nothing run twice
@@ -288,7 +288,7 @@ def test_experiment_rows_per_alpha_and_split_resume(colour_folder, tmp_path):
     (out / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n")
     assert main(["experiment", str(path), "--out", str(out), "--quiet"]) == 0
     again = read_rows(out / "results.jsonl")
-    assert {row_key(r): r["task_accs"] for r in again} == {row_key(r): r["task_accs"] for r in rows}
+    assert {r.key: r.task_accs for r in again} == {r.key: r.task_accs for r in rows}
 
 
 def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
@@ -297,9 +297,10 @@ def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
     from mamf.report import write_report
 
     def row(method, split, alpha, acc):
-        return {"dataset": "d", "method": method, "model": "m", "protocol": "paper", "ways": 2,
-                "shots": 1, "queries": 1, "seed": 1, "split": split, "alpha": alpha,
-                "n_tasks": 2, "task_accs": [acc, acc], "acc_mean": acc, "acc_ci95": 0.0}
+        return Row.from_json({
+            "dataset": "d", "method": method, "model": "m", "protocol": "paper", "ways": 2,
+            "shots": 1, "queries": 1, "seed": 1, "split": split, "alpha": alpha, "n_tasks": 2,
+            "task_accs": [acc, acc], "acc_mean": acc, "acc_ci95": 0.0})
 
     rows = [row("zeroshot", "test", None, 0.5), row("zeroshot", "train", None, 0.5)]
     for alpha, acc in ((0.0, 0.5), (0.5, 0.75), (1.0, 0.7)):
@@ -312,7 +313,7 @@ def test_report_shows_alpha_curves_and_train_against_test(tmp_path):
         in text
     assert "0.700" in text.split("## Accuracy")[1].split("\n\n")[1]  # alpha 1 in the main table
     assert "data:image/png;base64" in (tmp_path / "report.html").read_text()
-    plain = write_report([r for r in rows if r["alpha"] in (None, 1.0) and r["split"] == "test"],
+    plain = write_report([r for r in rows if r.alpha in (None, 1.0) and r.split == "test"],
                          tmp_path / "plain")
     assert not any(k.startswith("alpha-") for k in plain)
 

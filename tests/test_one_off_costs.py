@@ -128,7 +128,7 @@ def test_an_experiment_computes_no_features_of_a_split_it_never_reads(tmp_path, 
     features.unlink()  # every image computed beforehand (no `reads`): the same rows
     ModelInputs(model, dataset, torch.device("cpu"), freeze_image_backbone=True)
     again = run_experiment(load_experiment(path), tmp_path / "again", progress=False)
-    assert [r["task_accs"] for r in again] == [r["task_accs"] for r in rows]
+    assert [r.task_accs for r in again] == [r.task_accs for r in rows]
 
 
 def test_a_split_that_cannot_be_formed_is_still_reported_by_its_rows(tmp_path, monkeypatch):

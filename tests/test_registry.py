@@ -126,8 +126,8 @@ settings: {{train: {{lr: 1.0e-3, steps: 4, augment: false}}, metatest: {{epochs:
 datasets: {{colours: {{root: {colour_folder}, ways: [2, 3]}}}}
 """)
     rows = run_experiment(load_experiment(path), tmp_path / "out", progress=False)
-    plug = [r for r in rows if r["method"] == "test-plugin"]
-    assert [r["ways"] for r in plug] == [2, 3]  # trained once, like its parent class
+    plug = [r for r in rows if r.method == "test-plugin"]
+    assert [r.ways for r in plug] == [2, 3]  # trained once, like its parent class
 
 
 def test_unknown_methods_and_samplers_are_refused_by_name():

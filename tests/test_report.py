@@ -16,31 +16,31 @@ from mamf.report import (
     summary_table,
     write_report,
 )
-from mamf.results import read_rows
+from mamf.results import Row, read_rows
 from mamf.stats import estimate, interval
 from mamf.tasks.task import number_of_tasks
 
 PAPER_OFFLINE = Path(__file__).resolve().parents[1] / "docs" / "results" / "paper-offline"
 
 
-def row(method: str, ways: int, accs: list[float], seed: int = 312, **over) -> dict:
+def row(method: str, ways: int, accs: list[float], seed: int = 312, **over) -> Row:
     r = {"method": method, "model": "effnet-minilm", "dataset": "counting", "protocol": "paper",
          "ways": ways, "shots": 6, "queries": 6, "seed": seed, "split": "test",
          "n_tasks": len(accs), "acc_mean": sum(accs) / len(accs), "acc_ci95": 0.0,
          "task_accs": accs, "time_s": 1.0, "host": "vm", "run": None}
     r.update(over)
-    return r
+    return Row.from_json(r)
 
 
-def quick_start_rows() -> list[dict]:
+def quick_start_rows() -> list[Row]:
     """The README's quick start as the issue ran it: effnet-minilm zero-shot on counting at
     n = 2..9 (K(n, 10) tasks each, 95 in all; these are the committed sweep's seed-312 rows, at
     chance for every n), then MAMF trained and evaluated at n = 5 only (10 tasks, mean 0.273)."""
     rows = [r for r in read_rows(PAPER_OFFLINE / "results.jsonl")
-            if r["experiment_dataset"] == "counting" and r["seed"] == 312
-            and r["method"] == "zeroshot"]
-    assert [r["ways"] for r in rows] == list(range(2, 10))
-    assert [r["n_tasks"] for r in rows] == [number_of_tasks(n, 10) for n in range(2, 10)]
+            if r.experiment_dataset == "counting" and r.seed == 312
+            and r.method == "zeroshot"]
+    assert [r.ways for r in rows] == list(range(2, 10))
+    assert [r.n_tasks for r in rows] == [number_of_tasks(n, 10) for n in range(2, 10)]
     mamf = [8 / 30, 9 / 30, 7 / 30, 8 / 30, 9 / 30, 8 / 30, 9 / 30, 8 / 30, 8 / 30, 8 / 30]
     return rows + [row("mamf", 5, mamf, run="runs/mamf")]
 
@@ -62,7 +62,7 @@ def test_methods_are_compared_over_the_cells_they_share(tmp_path):
     apart = md.split("## Not compared")[1].split("##")[0]
     for n in (2, 3, 4, 6, 7, 8, 9):
         k = number_of_tasks(n, 10)
-        accs = next(r["task_accs"] for r in rows if r["ways"] == n)
+        accs = next(r.task_accs for r in rows if r.ways == n)
         shown = interval(estimate({312: accs}))
         assert f"| counting | zero-shot | {n} | 6 | 312 | test | {k} | {shown} | " \
                "only zero-shot has this cell |" in apart
@@ -118,13 +118,38 @@ def test_claims_are_judged_over_shared_cells_and_name_what_they_skip():
 # The committed paper-offline sweep, 5 seeds: intervals over the per-seed means (t, 4 df). The
 # issue that brought them in computed counting's MAMF - classical by hand over the 5 per-seed
 # means as -0.014 ± 0.023: inconclusive, where the pooled-task interval had said "does not hold".
+# one row per dataset and task size: the paper sweeps n, and no headline number pools two n
 FULL_GRID = """\
-| dataset | zero-shot | classical FT | MAMF | FOMAML | seeds | tasks |
-|---|---|---|---|---|---|---|
-| counting | 0.318 ± 0.003 | 0.645 ± 0.033 | 0.631 ± 0.030 | 0.571 ± 0.033 | 5 | 475 |
-| fashion-mnist | 0.444 ± 0.015 | 0.911 ± 0.005 | 0.915 ± 0.008 | 0.833 ± 0.011 | 5 | 475 |
-| digits | 0.320 ± 0.002 | 0.952 ± 0.004 | 0.935 ± 0.004 | 0.784 ± 0.021 | 5 | 475 |
-| emoji | 0.282 ± 0.006 | 0.676 ± 0.002 | 0.662 ± 0.006 | 0.618 ± 0.007 | 5 | 12000 |"""
+| dataset | ways | zero-shot | classical FT | MAMF | FOMAML | seeds | tasks |
+|---|---|---|---|---|---|---|---|
+| counting | 2 | 0.496 ± 0.013 | 0.815 ± 0.080 | 0.782 ± 0.069 | 0.730 ± 0.079 | 5 | 155 |
+| counting | 3 | 0.334 ± 0.009 | 0.694 ± 0.050 | 0.678 ± 0.032 | 0.607 ± 0.069 | 5 | 95 |
+| counting | 4 | 0.248 ± 0.004 | 0.607 ± 0.071 | 0.593 ± 0.075 | 0.543 ± 0.044 | 5 | 70 |
+| counting | 5 | 0.199 ± 0.014 | 0.542 ± 0.023 | 0.549 ± 0.017 | 0.463 ± 0.031 | 5 | 50 |
+| counting | 6 | 0.165 ± 0.006 | 0.490 ± 0.070 | 0.480 ± 0.035 | 0.406 ± 0.029 | 5 | 40 |
+| counting | 7 | 0.143 (no spread) | 0.414 ± 0.037 | 0.429 ± 0.043 | 0.395 ± 0.022 | 5 | 30 |
+| counting | 8 | 0.125 (no spread) | 0.374 ± 0.060 | 0.386 ± 0.034 | 0.332 ± 0.037 | 5 | 20 |
+| counting | 9 | 0.111 (no spread) | 0.343 ± 0.043 | 0.356 ± 0.018 | 0.317 ± 0.015 | 5 | 15 |
+| fashion-mnist | 2 | 0.633 ± 0.029 | 0.964 ± 0.013 | 0.962 ± 0.012 | 0.934 ± 0.029 | 5 | 155 |
+| fashion-mnist | 3 | 0.466 ± 0.043 | 0.920 ± 0.027 | 0.928 ± 0.019 | 0.858 ± 0.028 | 5 | 95 |
+| fashion-mnist | 4 | 0.362 ± 0.016 | 0.904 ± 0.028 | 0.904 ± 0.028 | 0.833 ± 0.070 | 5 | 70 |
+| fashion-mnist | 5 | 0.340 ± 0.023 | 0.890 ± 0.017 | 0.900 ± 0.025 | 0.786 ± 0.027 | 5 | 50 |
+| fashion-mnist | 6 | 0.277 ± 0.020 | 0.852 ± 0.038 | 0.861 ± 0.043 | 0.731 ± 0.054 | 5 | 40 |
+| fashion-mnist | 7 | 0.254 ± 0.020 | 0.847 ± 0.027 | 0.853 ± 0.024 | 0.674 ± 0.068 | 5 | 30 |
+| fashion-mnist | 8 | 0.227 ± 0.023 | 0.819 ± 0.050 | 0.829 ± 0.039 | 0.651 ± 0.058 | 5 | 20 |
+| fashion-mnist | 9 | 0.203 ± 0.024 | 0.819 ± 0.007 | 0.825 ± 0.022 | 0.621 ± 0.020 | 5 | 15 |
+| digits | 2 | 0.501 ± 0.003 | 0.980 ± 0.006 | 0.956 ± 0.005 | 0.848 ± 0.054 | 5 | 155 |
+| digits | 3 | 0.334 ± 0.004 | 0.960 ± 0.008 | 0.933 ± 0.017 | 0.806 ± 0.056 | 5 | 95 |
+| digits | 4 | 0.251 ± 0.003 | 0.954 ± 0.011 | 0.940 ± 0.020 | 0.802 ± 0.059 | 5 | 70 |
+| digits | 5 | 0.199 ± 0.003 | 0.938 ± 0.012 | 0.922 ± 0.016 | 0.738 ± 0.050 | 5 | 50 |
+| digits | 6 | 0.168 ± 0.001 | 0.916 ± 0.011 | 0.919 ± 0.020 | 0.742 ± 0.027 | 5 | 40 |
+| digits | 7 | 0.142 ± 0.003 | 0.912 ± 0.013 | 0.906 ± 0.010 | 0.706 ± 0.026 | 5 | 30 |
+| digits | 8 | 0.126 ± 0.003 | 0.904 ± 0.017 | 0.904 ± 0.017 | 0.643 ± 0.060 | 5 | 20 |
+| digits | 9 | 0.1140 ± 0.0002 | 0.892 ± 0.013 | 0.884 ± 0.024 | 0.501 ± 0.077 | 5 | 15 |
+| emoji | 2 | 0.565 ± 0.011 | 0.885 ± 0.005 | 0.873 ± 0.012 | 0.845 ± 0.010 | 5 | 3000 |
+| emoji | 5 | 0.283 ± 0.014 | 0.727 ± 0.005 | 0.704 ± 0.004 | 0.654 ± 0.016 | 5 | 3000 |
+| emoji | 10 | 0.173 ± 0.004 | 0.601 ± 0.008 | 0.595 ± 0.006 | 0.540 ± 0.014 | 5 | 3000 |
+| emoji | 20 | 0.109 ± 0.002 | 0.489 ± 0.003 | 0.476 ± 0.009 | 0.435 ± 0.012 | 5 | 3000 |"""
 FULL_SETTINGS = (
     "counting: paper, 2,3,4,5,6,7,8,9-way, 6-shot, 95 tasks per method and seed; fashion-mnist: "
     "paper, 2,3,4,5,6,7,8,9-way, 10-shot, 95 tasks per method and seed; digits: paper, "
@@ -170,7 +195,7 @@ def test_report_counts_a_repeated_row_once(tmp_path, caplog):
     rows = quick_start_rows()
     out = tmp_path / "results"
     out.mkdir()
-    lines = [json.dumps(r) for r in rows]
+    lines = [json.dumps(r.to_json()) for r in rows]
     (out / "results.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["report", str(out)]) == 0
     once = (out / "report.md").read_text()
@@ -211,7 +236,7 @@ class _Elements(HTMLParser):
 
 def test_html_report_is_real_html_with_tables_and_inline_figures(tmp_path):
     rows = [r for r in read_rows(PAPER_OFFLINE / "results.jsonl")
-            if r["experiment_dataset"] == "counting"]
+            if r.experiment_dataset == "counting"]
     rows.append(row("zeroshot", 5, [0.2] * 10, dataset="a|b<c>"))  # a name to escape
     rows.append(row("zeroshot", 5, [0.2] * 10, seed=999))  # a cell no other method has
     files = write_report(rows, tmp_path, "counting <only>")
@@ -223,7 +248,7 @@ def test_html_report_is_real_html_with_tables_and_inline_figures(tmp_path):
     assert {"h1", "h2", "thead", "tbody", "tr", "th", "td", "figure", "style"} <= set(parsed.tags)
     assert "pre" not in parsed.tags and "script" not in parsed.tags
     assert "| dataset |" not in page and "|---|" not in page  # no markdown left over
-    assert "0.318 ± 0.003" in parsed.cells and "a|b<c>" in parsed.cells
+    assert "0.496 ± 0.013" in parsed.cells and "a|b<c>" in parsed.cells  # zero-shot, 2-way
     # every figure inline as a PNG; nothing fetched from anywhere
     # summary, counting's curve, claim 2's figure; no curve for a|b<c>'s single task size
     assert len(parsed.images) == len([f for f in files if f not in ("md", "html")]) == 3
@@ -235,7 +260,7 @@ def test_html_report_is_real_html_with_tables_and_inline_figures(tmp_path):
     assert "<strong>Claim 1: MAMF beats classical fine-tuning.</strong>" in page
 
 
-def _seeded(method: str, shift: float, seeds=(1, 2, 3), tasks: int = 6, **over) -> list[dict]:
+def _seeded(method: str, shift: float, seeds=(1, 2, 3), tasks: int = 6, **over) -> list[Row]:
     """One row per seed; each seed's tasks vary a little around 0.5 + shift + a seed effect."""
     out = []
     for s in seeds:
@@ -339,7 +364,7 @@ def test_a_report_of_base2novel_rows_only(tmp_path):
                 hm=0.6857) for m in ("zeroshot", "tip-adapter")]
     out = tmp_path / "b2n"
     out.mkdir()
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "results.jsonl").write_text("".join(json.dumps(r.to_json()) + "\n" for r in rows))
     assert main(["report", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "### base2novel: base, novel and harmonic mean" in md

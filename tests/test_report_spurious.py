@@ -10,23 +10,26 @@ import yaml
 
 from mamf.report import write_report
 from mamf.report.spurious import shortcut_strengths, sweeps
+from mamf.results import Row
 
 SEEDS = (312, 313, 314)
 RHOS = (0.1, 0.5, 1.0)
 
 
-def row(dataset: str, method: str, seed: int, acc: float, params: int) -> dict:
+def row(dataset: str, method: str, seed: int, acc: float, params: int, **over) -> Row:
     # 10 tasks: `acc` with a small task-to-task pattern that is the same for every method, so
     # the paired differences are exact and the intervals come from the seeds
     accs = [acc + d for d in (-0.02, 0.02) * 5]
-    return {"method": method, "model": "effnet-minilm", "dataset": dataset,
-            "experiment_dataset": dataset, "protocol": "paper", "ways": 5, "shots": 10,
-            "queries": 10, "seed": seed, "split": "test", "n_tasks": 10,
-            "acc_mean": sum(accs) / 10, "acc_ci95": 0.0, "task_accs": accs, "time_s": 1.0,
-            "host": "vm", "run": None, "trainable_params": None if method == "zeroshot" else params}
+    return Row.from_json({
+        "method": method, "model": "effnet-minilm", "dataset": dataset,
+        "experiment_dataset": dataset, "protocol": "paper", "ways": 5, "shots": 10,
+        "queries": 10, "seed": seed, "split": "test", "n_tasks": 10,
+        "acc_mean": sum(accs) / 10, "acc_ci95": 0.0, "task_accs": accs, "time_s": 1.0,
+        "host": "vm", "run": None, "trainable_params": None if method == "zeroshot" else params,
+        **over})
 
 
-def grid() -> list[dict]:
+def grid() -> list[Row]:
     """Classical loses 0.2 x rho, MAMF 0.05 x rho on the small head; on the big one classical
     loses 0.4 x rho and MAMF 0.1 x rho. Seeds shift everything alike (by 0.01 a seed)."""
     rows = []
@@ -42,7 +45,7 @@ def grid() -> list[dict]:
 
 
 def experiment(folder, rows):
-    names = sorted({r["dataset"] for r in rows})
+    names = sorted({r.dataset for r in rows})
     datasets = {n: {"build": "spurious", "build_options": {"rho": float(n.split("-")[1])},
                     "ways": [5]} for n in names}
     (folder / "experiment.yaml").write_text(yaml.safe_dump(
@@ -90,13 +93,13 @@ def test_rho_from_the_data_folders_record_without_an_experiment(tmp_path):
     (data / ".mamf-dataset.json").write_text(json.dumps({"builder": "spurious", "rho": 0.8}))
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "abc.yaml").write_text(yaml.safe_dump({"data": {"root": str(data)}}))
-    rows = [dict(row("shapes", "classical", 312, 0.9, 10), config_id="abc"),
-            dict(row("other", "classical", 312, 0.9, 10), config_id="missing")]
+    rows = [row("shapes", "classical", 312, 0.9, 10, config_id="abc"),
+            row("other", "classical", 312, 0.9, 10, config_id="missing")]
     assert shortcut_strengths(rows, tmp_path) == {"shapes": 0.8}
 
 
 def test_no_section_without_two_strengths(tmp_path):
-    rows = [r for r in grid() if r["dataset"] == "rho-0.5-frozen"]
+    rows = [r for r in grid() if r.dataset == "rho-0.5-frozen"]
     experiment(tmp_path, rows)
     assert sweeps(rows, shortcut_strengths(rows, tmp_path)) == []
     write_report(rows, tmp_path, "one rho")

@@ -85,7 +85,7 @@ def test_read_rows_skips_damaged_lines_with_one_counted_warning(tmp_path, caplog
         b"[" * 100_000, b"1" * 5000, dumps(good[2]), dumps(row(ways=5))[:40]])  # torn last line
     with caplog.at_level(logging.WARNING):
         got = read_rows(path)
-    assert got == good
+    assert [r.to_json() for r in got] == good
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "skipped 9 line(s)" in warnings[0] and "line 2" in warnings[0]
@@ -97,7 +97,7 @@ def test_read_rows_keeps_the_first_of_repeated_rows_and_counts_the_rest(tmp_path
     path = write(tmp_path / "results.jsonl", [dumps(x) for x in (first, other, again, first)])
     with caplog.at_level(logging.WARNING):
         got = read_rows(path)
-    assert got == [first, other]
+    assert [r.to_json() for r in got] == [first, other]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 2 row(s)" in warnings[0] and "3, 4" in warnings[0]
 
@@ -135,7 +135,7 @@ lines = st.one_of(
 def test_fuzz_read_rows_never_raises_and_returns_only_valid_unique_rows(tmp_path, content):
     content = [x.replace(b"\n", b" ") for x in content]
     path = write(tmp_path / "results.jsonl", content)
-    got = read_rows(path)
+    got = [r.to_json() for r in read_rows(path)]
     assert all(valid_row(r) for r in got)
     keys = [row_key(r) for r in got]
     assert len(keys) == len(set(keys))
@@ -168,7 +168,7 @@ def test_rows_record_their_environment(colour_folder, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
                  "--out", str(out), "--ways", "3", "--quiet"]) == 0
-    got = read_rows(out / "results.jsonl")[0]
+    got = read_rows(out / "results.jsonl")[0].environment
     assert set(ENVIRONMENT_FIELDS) <= set(got)
     assert got["mamf"] == mamf.__version__ and got["torch"] == torch.__version__
     for package in ("transformers", "peft", "onnxruntime"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mamf.report.compare import cell_of
-from mamf.report.overfitting import main_rows
+from mamf.report.selection import unmixed
 from mamf.results import (
     GRID_LEAVES_OUT,
     KEY_FIELDS,
@@ -52,7 +52,10 @@ def test_every_committed_row_is_written_back_as_it_was(path):
         written = row.to_json()
         assert json.dumps(written) == json.dumps(obj)
         assert Row.from_json(written) == row
-    assert [row_key(r) for r in read_rows(path)] == [Row.from_json(r).key for r in read_rows(path)]
+    rows = read_rows(path)  # every reader gets Rows, each written back as it was read
+    assert rows and all(isinstance(r, Row) for r in rows)
+    assert [json.dumps(r.to_json()) for r in rows] == [json.dumps(o) for o in lines(path)]
+    assert [row_key(r) for r in rows] == [row_key(o) for o in lines(path)]
 
 
 def test_a_row_from_before_samplers_and_wiseft_reads_as_what_it_measured():
@@ -118,13 +121,14 @@ def test_evaluate_and_the_report_group_by_the_same_key():
     row = full_row()
     assert cell_key(row) == row_key(row)._replace(queries=None)  # evaluate: one cell, once
     # the report's cell: the test tasks, whatever method, sampler, model or run met them
-    cell = cell_of(row)
+    cell = cell_of(Row.from_json(row))
     assert {f for f, v in cell._asdict().items() if v is not None} == \
         {"dataset", "ways", "shots", "seed", "split"}
-    assert cell_of(full_row(method="fomaml", sampler=None, run=None, alpha=None)) == cell
-    assert cell_of(full_row(seed=313)) != cell
+    other = full_row(method="fomaml", sampler=None, run=None, alpha=None)
+    assert cell_of(Row.from_json(other)) == cell
+    assert cell_of(Row.from_json(full_row(seed=313))) != cell
     # the main tables: an alpha-1 row stands in for its unmixed twin only where there is none
-    plain, mixed = full_row(alpha=None), full_row(alpha=1.0)
-    assert main_rows([plain, mixed]) == [plain]
-    assert main_rows([mixed, full_row(alpha=None, sampler="uniform")]) == \
-        [mixed, full_row(alpha=None, sampler="uniform")]
+    plain, mixed, uniform = (Row.from_json(full_row(alpha=a, **s)) for a, s in
+                             ((None, {}), (1.0, {}), (None, {"sampler": "uniform"})))
+    assert unmixed([plain, mixed]) == [plain]
+    assert unmixed([mixed, uniform]) == [mixed, uniform]

@@ -286,15 +286,15 @@ def test_an_experiment_runs_the_samplers_axis_and_reports_it(tmp_path, colour_fo
     exp = load_experiment(_experiment(tmp_path, colour_folder))
     out = tmp_path / "out"
     rows = run_experiment(exp, out, progress=False)
-    keys = sorted((r["method"], str(r["sampler"]), r["ways"]) for r in rows)
+    keys = sorted((r.method, str(r.sampler), r.ways) for r in rows)
     assert keys == sorted([("classical", "None", 2), ("classical", "None", 3)]
                           + [("mamf", s, n) for s in ("uniform", "similar", "confusion")
                              for n in (2, 3)])
     # every row of one task size met the same test tasks and measured them the same way
     for n in (2, 3):
-        same = [r for r in rows if r["ways"] == n]
-        assert len({json.dumps(r["task_similarity"]) for r in same}) == 1
-        assert len(same[0]["task_similarity"]) == same[0]["n_tasks"]
+        same = [r for r in rows if r.ways == n]
+        assert len({json.dumps(r.task_similarity) for r in same}) == 1
+        assert len(same[0].task_similarity) == same[0].n_tasks
     assert run_experiment(exp, out, progress=False) == rows  # the row key holds the sampler
 
     from mamf.report import write_report
@@ -337,11 +337,14 @@ def test_rows_from_before_samplers_read_as_uniform_for_methods_that_draw_tasks()
 
 
 def test_samplers_against_uniform_pairs_task_by_task():
-    from mamf.report.samplers import against_uniform, baseline_rows, by_tertile, tertile_bounds
+    from mamf.report.samplers import against_uniform, by_tertile, tertile_bounds
+    from mamf.report.selection import uniform_sampling
+    from mamf.results import Row
 
-    rows = [_row("mamf", "uniform", accs=(0.5, 0.5, 0.5), sims=(0.1, 0.5, 0.9)),
-            _row("mamf", "similar", accs=(0.4, 0.5, 0.8), sims=(0.1, 0.5, 0.9)),
-            _row("classical", None, accs=(0.2, 0.2, 0.2), sims=(0.1, 0.5, 0.9))]
+    rows = [Row.from_json(r) for r in (
+        _row("mamf", "uniform", accs=(0.5, 0.5, 0.5), sims=(0.1, 0.5, 0.9)),
+        _row("mamf", "similar", accs=(0.4, 0.5, 0.8), sims=(0.1, 0.5, 0.9)),
+        _row("classical", None, accs=(0.2, 0.2, 0.2), sims=(0.1, 0.5, 0.9)))]
     result = against_uniform(rows)
     assert list(result) == [("d", "mamf", "similar")]
     c = result[("d", "mamf", "similar")]
@@ -349,7 +352,7 @@ def test_samplers_against_uniform_pairs_task_by_task():
     # one seed: differences -0.1, 0, 0.3, sample std 0.2082, t(2) 4.303 * 0.2082 / sqrt(3)
     assert c["ci95"] == pytest.approx(0.51711, abs=1e-4) and c["verdict"] == "inconclusive"
     assert c["seeds"] == 1 and c["estimate"].one_run
-    assert [r["method"] for r in baseline_rows(rows)] == ["mamf", "classical"]
+    assert [r.method for r in uniform_sampling(rows)] == ["mamf", "classical"]
     bounds = tertile_bounds(rows, "d")
     cells = by_tertile(rows, "d", bounds)[("mamf", "similar")]
     assert cells["accs"] == [{1: [0.4]}, {1: [0.5]}, {1: [0.8]}]

@@ -57,7 +57,7 @@ def test_siglip_trains_evaluates_and_exports(colour_folder, tmp_path):
     assert main(["evaluate", "--run", str(run), "--data", str(colour_folder), "--out", str(out),
                  "--ways", "3", "--quiet", "--set", "metatest.epochs=1"]) == 0
     row = read_rows(out / "results.jsonl")[0]
-    assert row["model"] == "tiny-random-siglip" and row["n_tasks"] > 0
+    assert row.model == "tiny-random-siglip" and row.n_tasks > 0
 
     export_run(run, "hf", tmp_path / "hf")  # checks itself within 1e-5
     loaded = SiglipModel.from_pretrained(str(tmp_path / "hf"), use_safetensors=True)

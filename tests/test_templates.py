@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mamf.config import build_config
 from mamf.data.prompts import resolve_templates, templates_tag
+from mamf.results import Row
 from mamf.runs.measure import evaluate_prepared
 from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
@@ -81,10 +82,10 @@ def test_rows_and_the_reports_setup_say_what_gave_the_prompts(colour_folder, tmp
                                          **over})
         model, dataset, inputs = prepare(config)
         return evaluate_prepared(model, dataset, inputs, config, "zeroshot", 3,
-                                 progress=False).to_json()
+                                 progress=False)
 
     def prompts_column(rows):
-        head, body, _, _ = setup_grid(rows, None)
+        (head, body), _, _ = setup_grid(rows, None)
         return body[0][head.index("prompts")]
 
     named = tmp_path / "named"
@@ -92,12 +93,12 @@ def test_rows_and_the_reports_setup_say_what_gave_the_prompts(colour_folder, tmp
     classes = sorted(p.name for p in named.iterdir() if p.is_dir())
     (named / "label_to_text.json").write_text(json.dumps({c: f"A {c} square." for c in classes}))
     own = zeroshot_row(named)
-    assert own["prompts"] == "label_to_text.json"
+    assert own.prompts == "label_to_text.json"
     assert prompts_column([own]) == "the data's label_to_text.json"
-    assert zeroshot_row(colour_folder)["prompts"] == "template"
-    assert zeroshot_row(named, **{"data.templates": TWO})["prompts"] == "label_to_text.json"
-    assert zeroshot_row(colour_folder, **{"data.templates": TWO})["prompts"] == "templates"
-    old = {k: v for k, v in own.items() if k != "prompts"}  # a row from before the field
+    assert zeroshot_row(colour_folder).prompts == "template"
+    assert zeroshot_row(named, **{"data.templates": TWO}).prompts == "label_to_text.json"
+    assert zeroshot_row(colour_folder, **{"data.templates": TWO}).prompts == "templates"
+    old = Row.from_json({k: v for k, v in own.to_json().items() if k != "prompts"})  # from before
     assert prompts_column([old]).endswith("or label_to_text.json (not recorded)")
     from mamf.report.setup import setup_section
 

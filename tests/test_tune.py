@@ -86,13 +86,13 @@ def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, f
     monkeypatch.undo()
     rows = run_experiment(exp, tmp_path / "out", progress=False)
     for r in rows:
-        if r["method"] == "zeroshot":
-            assert "tuned_on_dev" not in r
+        if r.method == "zeroshot":
+            assert "tuned_on_dev" not in r.to_json()
             continue
-        assert r["tuned_on_dev"] == chosen[("colours", r["method"])]
-        config = yaml.safe_load((tmp_path / "out" / "configs" / f"{r['config_id']}.yaml")
+        assert r.tuned_on_dev == chosen[("colours", r.method)]
+        config = yaml.safe_load((tmp_path / "out" / "configs" / f"{r.config_id}.yaml")
                                 .read_text())
-        values = r["tuned_on_dev"]["values"]
+        values = r.tuned_on_dev["values"]
         assert config["train"]["lr"] == values["train.lr"]
         assert config["metatest"]["lr"] == values["metatest.lr"]
         assert config["seed"] == 1
@@ -126,7 +126,7 @@ def test_a_dataset_entry_may_run_some_methods_only(tmp_path, folder):
                                              "methods": ["classical", "mamf"],
                                              "settings": {"train": {"schedule": "sequential"}}}
     rows = run_experiment(parse_experiment(raw), tmp_path / "out", progress=False)
-    ran = sorted((r["experiment_dataset"], r["method"]) for r in rows)
+    ran = sorted((r.experiment_dataset, r.method) for r in rows)
     assert ran == [("colours", "classical"), ("colours", "mamf"), ("colours", "zeroshot"),
                    ("colours-sequential", "classical"), ("colours-sequential", "mamf")]
     with pytest.raises(MamfError, match="'methods' must list methods of the experiment"):

@@ -119,10 +119,14 @@ def test_levels_bad_options(tmp_path, emoji_root):
 
 
 def row(method, dataset, seed, accs):
-    return {"method": method, "model": "m", "dataset": dataset, "protocol": "episodic", "ways": 5,
-            "shots": 1, "queries": 1, "seed": seed, "split": "test", "n_tasks": len(accs),
-            "acc_mean": float(np.mean(accs)), "acc_ci95": 0.0, "task_accs": accs, "time_s": 1.0,
-            "host": "vm", "run": None}
+    from mamf.results import Row
+
+    accs = [float(a) for a in accs]
+    return Row.from_json({
+        "method": method, "model": "m", "dataset": dataset, "protocol": "episodic", "ways": 5,
+        "shots": 1, "queries": 1, "seed": seed, "split": "test", "n_tasks": len(accs),
+        "acc_mean": float(np.mean(accs)), "acc_ci95": 0.0, "task_accs": accs, "time_s": 1.0,
+        "host": "vm", "run": None})
 
 
 def test_claim2_figure_plots_the_paired_gains(tmp_path, monkeypatch):
@@ -155,7 +159,7 @@ def test_claim2_figure_plots_the_paired_gains(tmp_path, monkeypatch):
     assert [c.dataset for c in judged] == ["level0", "level1", "level2"]
 
     def by_seed(method, d):
-        return {r["seed"]: r["task_accs"] for r in rows if r["method"] == method and r["dataset"] == d}
+        return {r.seed: r.task_accs for r in rows if r.method == method and r.dataset == d}
 
     levels = ("level0", "level1", "level2")
     fomaml_gain = [paired(by_seed("fomaml", d), by_seed("zeroshot", d)).mean for d in levels]
@@ -182,7 +186,7 @@ def test_the_claims_contrast_tests_each_difference_from_the_lowest_to_the_highes
                      row("mamf", d, seed, list(z + 0.1 + lead + noise + rng.normal(0, 0.02, 6)))]
 
     def gain(a, b, d, seed):
-        pick = {m: next(r["task_accs"] for r in rows if (r["method"], r["dataset"], r["seed"])
+        pick = {m: next(r.task_accs for r in rows if (r.method, r.dataset, r.seed)
                         == (m, d, seed)) for m in (a, b)}
         return float(np.mean(np.subtract(pick[a], pick[b])))
 

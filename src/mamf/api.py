@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from mamf.models.base import DualEncoder
+    from mamf.results import Row
 
 
 PRESETS = ("cpu", "clip-lora")  # shipped settings files: src/mamf/configs/<name>.yaml
@@ -94,11 +95,12 @@ def load_run(run: str | Path) -> tuple[Config, DualEncoder]:
 
 def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str | None = None,
              ways: int | str | Sequence[int] | None = None, progress: bool = True,
-             settings: dict | None = None, overrides: dict | None = None) -> list[dict]:
+             settings: dict | None = None, overrides: dict | None = None) -> list[Row]:
     """Meta-test a trained run (a run folder) or a model zero-shot (a config, dict or YAML);
-    rows are appended to out/results.jsonl and returned. `ways`: n, a list, or 'all'; `method`:
-    a test-time method (default: the run's own, or zeroshot without a run). With a run,
-    `settings` (nested) and `overrides` (dotted) change its config; otherwise `overrides` do."""
+    rows are appended to out/results.jsonl and returned as `mamf.results.Row`s. `ways`: n, a
+    list, or 'all'; `method`: a test-time method (default: the run's own, or zeroshot without a
+    run). With a run, `settings` (nested) and `overrides` (dotted) change its config; otherwise
+    `overrides` do."""
     from mamf.config import deep_merge
     from mamf.data.folder import scan_folder
     from mamf.methods import names

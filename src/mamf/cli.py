@@ -7,11 +7,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mamf.catalogue import CORE
 from mamf.config import build_config, deep_merge, to_dict
 from mamf.settings import Setting
 from mamf.system.errors import MamfError
+
+if TYPE_CHECKING:
+    from mamf.results import Row
 
 
 def settings_file(path: str) -> dict:
@@ -309,9 +313,8 @@ def cmd_evaluate(args) -> None:
     if not _is_main():
         return
     for r in rows:
-        print(f"{r['method']:>9} {r['dataset']} {r['protocol']} {r['ways']}-way "
-              f"{r['split']}: acc {r['acc_mean']:.3f} ± {r['acc_ci95']:.3f} "
-              f"over {r['n_tasks']} tasks")
+        print(f"{r.method:>9} {r.dataset} {r.protocol} {r.ways}-way "
+              f"{r.split}: acc {r.acc_mean:.3f} ± {r.acc_ci95:.3f} over {r.n_tasks} tasks")
     print(f"results appended to {Path(args.out) / 'results.jsonl'}")
 
 
@@ -418,7 +421,7 @@ def _failures_line(out: Path, since: str | None) -> str:
             "of the experiment retries what has no rows" if times else "")
 
 
-def _summarise(rows: list[dict], out: Path, title: str, reference: str | None = None,
+def _summarise(rows: list[Row], out: Path, title: str, reference: str | None = None,
                cell: tuple | None = None, since: str | None = None) -> None:
     from mamf.report import comparison_note, main_rows, settings_line, summary_table, write_report
     from mamf.report.tables import summary_notes

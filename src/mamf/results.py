@@ -6,9 +6,10 @@ for every field), and in Python a `Row`, whose `key` (a `RowKey`) says which mea
 Everything that reads `results.jsonl` goes through `read_rows`, so a torn, damaged or repeated
 line is skipped the same way everywhere and no row is ever counted twice.
 
-    rows = read_rows(out / "results.jsonl")      # valid rows, one per row_key, in file order
-    done = {row_key(r) for r in rows}            # what a rerun may skip
-    Row.from_json(rows[0]).to_json() == rows[0]  # a row read and written back is unchanged
+    rows = read_rows(out / "results.jsonl")   # valid Rows, one per key, in file order
+    done = {r.key for r in rows}              # what a rerun may skip
+    rows[0].acc_mean, rows[0].dataset_name    # read by attribute, never by string key
+    Row.from_json(obj).to_json() == obj       # a row read and written back is unchanged
 """
 
 from __future__ import annotations
@@ -178,6 +179,11 @@ class Row:
     train_images: int | None = None
     train_budget: str | None = None
     train_time_s: float | None = None
+    train_log: str | None = None  # a grid's training log, relative to the results folder
+    tuned_on_dev: dict | None = None  # what `mamf tune` chose, where it chose
+    prompts: str | None = None  # what gave the prompts: template, templates or label_to_text.json
+    class_names: list[str] | None = None  # with `metatest.save_predictions`
+    predictions: list | None = None  # per test task, `metatest.decode_predictions` reads it
     experiment: str | None = None
     host: str | None = None
     extra: dict = field(default_factory=dict)  # every other field (environment, protocol's own)
@@ -191,6 +197,22 @@ class Row:
         fields["dataset"] = self.experiment_dataset or self.dataset
         fields["alpha"] = row_alpha(self)
         return RowKey(**fields)
+
+    @property
+    def dataset_name(self) -> str:
+        """The dataset the row belongs to: the experiment's name for it, else the data
+        folder's (what `key.dataset` holds)."""
+        return self.experiment_dataset or self.dataset
+
+    @property
+    def trained(self) -> bool:
+        """Whether something was trained for this row: it records training steps, or names the
+        trained run it scored."""
+        return self.train_steps is not None or bool(self.run)
+
+    def own(self, name: str):
+        """A field the row's protocol adds (`Protocol.row_fields`), or None where absent."""
+        return self.extra.get(name)
 
     @property
     def environment(self) -> dict:
@@ -229,11 +251,6 @@ _NAMED = frozenset(f.name for f in dataclasses.fields(Row)) - {"extra", "order"}
 # what `from_json` needs: the fields of the key every row has had since the first
 _NEEDED = [f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
              and f.default_factory is dataclasses.MISSING]
-
-
-def dataset_name(row: dict) -> str:
-    """The dataset a row belongs to: the experiment's name for it, else the data folder's."""
-    return row.get("experiment_dataset") or row["dataset"]
 
 
 def row_sampler(row: dict) -> str | None:
@@ -310,8 +327,9 @@ def valid_row(obj: object) -> bool:
     return row_problem(obj) is None
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """The valid rows of a results.jsonl, in file order, at most one per `row_key` (the first).
+def read_rows(path: str | Path) -> list[Row]:
+    """The valid rows of a results.jsonl as `Row`s, in file order, at most one per key (the
+    first); `Row.to_json` gives each back field for field as it was written.
 
     Lines that are torn (a kill mid-write), not UTF-8, not JSON or not a valid row are skipped
     with one counted warning; rows repeating an earlier row's key with another. A missing file
@@ -324,7 +342,7 @@ def read_rows(path: str | Path) -> list[dict]:
         return []
     except OSError as e:
         raise MamfError(f"cannot read {path}: {e.strerror or e}") from None
-    rows: list[dict] = []
+    rows: list[Row] = []
     seen: set[tuple] = set()
     bad: list[str] = []
     repeated: list[int] = []
@@ -343,12 +361,12 @@ def read_rows(path: str | Path) -> list[dict]:
         if problem:
             bad.append(f"line {number}: {problem}")
             continue
-        key = row_key(obj)
-        if key in seen:
+        row = Row.from_json(obj)
+        if row.key in seen:
             repeated.append(number)
             continue
-        seen.add(key)
-        rows.append(obj)
+        seen.add(row.key)
+        rows.append(row)
     if bad:
         log.warning("skipped %d line(s) of %s that are not results rows (%s%s)", len(bad), path,
                     "; ".join(bad[:3]), "; ..." if len(bad) > 3 else "")

@@ -7,15 +7,17 @@ how a dataset becomes what training and the meta-test draw from:
 2. `task`: the shape of a training task drawn from a pool (the classes chosen by a task sampler);
 3. `test_tasks`: the tasks of one (dataset, split, ways, seed), identical for every method;
 4. `shots_queries`: the task sizes a results row records;
-5. `summary`: a row's headline number from its per-task accuracies, and any fields of its own.
+5. `summary`: a row's headline number from its per-task accuracies, and any fields of its own,
+   which it declares (`row_fields`) so that the report shows them without knowing the protocol.
 
 Nothing outside this package compares a protocol's name: it asks the class (`all_way`,
-`sets_shots`, `pooled`, `fixed_test_images`). A protocol's own settings are declared on its class
-(`settings`, `mamf.settings.Setting`), as a method's are.
+`sets_shots`, `pooled`, `fixed_test_images`, `shots_table`, `row_fields`). A protocol's own
+settings are declared on its class (`settings`, `mamf.settings.Setting`), as a method's are.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -61,6 +63,17 @@ def name_mask(dataset: ImageDataset, part: str) -> np.ndarray:
     return np.array([part in n for n in dataset.file_names])
 
 
+@dataclass(frozen=True)
+class RowFields:
+    """The fields a protocol's `summary` adds to every row, and how the report shows them: a
+    table of `title` under the protocol's name, one column per field (mean ± std over seeds),
+    `note` saying what the numbers are."""
+
+    fields: tuple[tuple[str, str], ...]  # (the row's field, its column's title), in order
+    title: str
+    note: str
+
+
 def get(name: str) -> Protocol:
     if name not in REGISTRY:
         raise MamfError(f"unknown protocol {name!r}: use {', '.join(names())}")
@@ -73,6 +86,8 @@ class Protocol:
     sets_shots: ClassVar[bool] = True  # `data.shots` is a setting (a grid may have a shots axis)
     pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
     fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
+    shots_table: ClassVar[bool] = False  # the report shows its rows against training shots
+    row_fields: ClassVar[RowFields | None] = None  # the fields `summary` adds to a row
     settings: ClassVar[tuple[Setting, ...]] = ()  # this protocol's own settings
 
     def pool(self, dataset: ImageDataset, data: DataConfig, split: str, seed: int) -> Pool:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from mamf.protocols.base import register
+from mamf.protocols.base import RowFields, register
 from mamf.protocols.coop import Coop
 from mamf.system.errors import MamfError
 
@@ -31,6 +31,11 @@ def harmonic_mean(base: float, novel: float) -> float:
 class Base2Novel(Coop):
     name = "base2novel"
     pooled = False  # two tasks (base, novel), summarised by their harmonic mean
+    shots_table = False  # its own table instead (`row_fields`)
+    row_fields = RowFields((("base_acc", "base"), ("novel_acc", "novel"), ("hm", "HM")),
+                           "base, novel and harmonic mean",
+                           "Accuracy (%) on the base classes' and the novel classes' test images "
+                           "and their harmonic mean (HM), mean ± std over seeds.")
 
     def train_classes(self, dataset):
         return base_novel(dataset.n_classes)[0]

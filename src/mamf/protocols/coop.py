@@ -20,6 +20,7 @@ class Coop(Protocol):
     name = "coop"
     all_way = True
     fixed_test_images = True
+    shots_table = True  # the field's form: accuracy against K, mean ± std over seeds
 
     def train_classes(self, dataset: ImageDataset) -> np.ndarray:
         """The classes training and support see."""

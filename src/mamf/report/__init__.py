@@ -1,12 +1,13 @@
 """Tables and figures from results rows: what a person reads at a glance.
 
-One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
-`claims` (the paper's two claims), `zeroshot` (claim 2's figure), `spurious` (claim 1 against
-a shortcut's strength), `reference` (every method
-against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
-WiSE-FT), `setup` (how each method was trained), `curves` (training logs), `predictions`
-(per-class accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from
-the tables; `compare` decides which rows are compared; `files` finds what lies beside the rows;
+One module a section:
+`tables` (the accuracy table, what it compares, what it leaves out), `selection` (which rows
+each section reads, and `main_rows`), `claims` (the paper's two claims), `zeroshot` (claim 2's
+figure), `spurious` (claim 1 against a shortcut's strength), `reference` (every method against
+one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split, WiSE-FT),
+`setup` (how each method was trained), `curves` (training logs), `predictions` (per-class
+accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from the
+tables; `compare` decides which rows are compared; `files` finds what lies beside the rows;
 every number comes from `mamf.stats`. report.md is the text; report.html is the same text as a
 self-contained page (`html`); the tables are also CSV and LaTeX files under tables/ (`export`).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mamf import protocols
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
@@ -24,11 +24,11 @@ from mamf.report.environment import environment_lines
 from mamf.report.export import write_tables
 from mamf.report.figures import bar_figure, curve_figure
 from mamf.report.html import markdown_html
-from mamf.report.overfitting import main_rows as _held_out_unmixed
 from mamf.report.overfitting import overfitting_sections
 from mamf.report.predictions import predictions_section
 from mamf.report.reference import check_reference, reference_section
-from mamf.report.samplers import baseline_rows, samplers_section
+from mamf.report.samplers import samplers_section
+from mamf.report.selection import main_rows, one_measurement, uniform_sampling
 from mamf.report.setup import setup_section
 from mamf.report.spurious import spurious_section
 from mamf.report.tables import (
@@ -42,42 +42,25 @@ from mamf.report.tables import (
     training_line,
 )
 from mamf.report.zeroshot import zeroshot_figure
-from mamf.results import dataset_name
+from mamf.results import Row
 from mamf.system.io import atomic_write_text
 
 __all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
            "compare", "comparison_note", "in_order", "label", "main_rows", "markdown_html",
-           "not_compared_markdown", "paired", "pooled", "pooled_rows", "settings_line",
+           "not_compared_markdown", "paired", "pooled", "settings_line",
            "summary_table", "training_line", "write_report"]
 
 
-def paper_rows(rows: list[dict]) -> list[dict]:
-    """The rows the paper's tables read: uniform task sampling, held-out tasks, the trained
-    weights unmixed (`samplers.baseline_rows`, `overfitting.main_rows`)."""
-    return _held_out_unmixed(baseline_rows(rows))
-
-
-def pooled_rows(rows: list[dict]) -> list[dict]:
-    """The rows whose task accuracies pool into the method tables: all but base2novel's, whose
-    two tasks (base, novel) are summarised by their harmonic mean in their own section."""
-    return [r for r in rows if protocols.get(r["protocol"]).pooled]
-
-
-def main_rows(rows: list[dict]) -> list[dict]:
-    """The rows of the main table, as the report and the terminal summary both show it."""
-    return pooled_rows(paper_rows(rows))
-
-
-def _header(every_row: list[dict], shown: list[dict]) -> str:
-    hosts = sorted({str(r.get("host", "?")) for r in every_row})
+def _header(every_row: list[Row], shown: list[Row]) -> str:
+    hosts = sorted({r.host or "?" for r in every_row})
     count = f"{len(every_row)} result rows"
     if len(shown) != len(every_row):
         count += f" ({len(shown)} in the accuracy table)"
     return f"{count}; hosts: {', '.join(hosts)}."
 
 
-def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
-                    extra: list[str] | None = None, every_row: list[dict] | None = None,
+def report_markdown(rows: list[Row], title: str, figures: dict[str, Path],
+                    extra: list[str] | None = None, every_row: list[Row] | None = None,
                     reference: str | None = None) -> str:
     """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
     are linked relative to the report's folder; `extra`: more sections' lines before them."""
@@ -108,22 +91,22 @@ def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
     return "\n".join(md) + "\n"
 
 
-def curve_datasets(rows: list[dict]) -> list[str]:
+def curve_datasets(rows: list[Row]) -> list[str]:
     """The datasets that get an accuracy-against-n curve: those where some compared method has
     two task sizes or more (a single size would be a one-point "curve")."""
     out = []
     for d in ordered(rows)[0]:
-        mine = [r for r in rows if dataset_name(r) == d]
+        mine = [r for r in rows if r.dataset_name == d]
         sizes = {}
-        for n in {r["ways"] for r in mine}:
-            for r in compare([r for r in mine if r["ways"] == n]).compared:
-                sizes.setdefault(r["method"], set()).add(n)
+        for n in {r.ways for r in mine}:
+            for r in compare([r for r in mine if r.ways == n]).compared:
+                sizes.setdefault(r.method, set()).add(n)
         if any(len(ns) > 1 for ns in sizes.values()):
             out.append(d)
     return out
 
 
-def write_report(rows: list[dict], out: Path, title: str = "mamf report",
+def write_report(rows: list[Row], out: Path, title: str = "mamf report",
                  reference: str | None = None, cell: tuple | None = None) -> dict[str, Path]:
     """report.md, report.html (figures embedded), the PNGs and tables/ (CSV and LaTeX), in
     `out`, which also holds what the rows point to (configs/, train_logs/). `reference`: the
@@ -135,11 +118,10 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     if reference is not None:
         check_reference(rows, reference)
     every_row = rows
-    rows = paper_rows(rows)
     out = Path(out)
     figures = out / "figures"
     overfitting, overfitting_pngs = overfitting_sections(every_row, figures)
-    fewshot, fewshot_pngs = fewshot_section(rows, figures)
+    fewshot, fewshot_pngs = fewshot_section(one_measurement(uniform_sampling(every_row)), figures)
     rows = main_rows(every_row)
     if not rows:  # base2novel alone: its own section is the report
         text = "\n".join([f"# {title}", "", _header(every_row, rows), "", *fewshot])
@@ -161,7 +143,7 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
     pngs.update(class_pngs)
     tables = {"accuracy": summary_grid(rows), "setup": setup_table, **class_tables}
     listed = ", ".join(f"tables/{name}.csv" for name in tables)
-    extra = shortcut + samplers_section(_held_out_unmixed(every_row)) + fewshot + \
+    extra = shortcut + samplers_section(one_measurement(every_row)) + fewshot + \
         ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \
         environment_lines(every_row, compare(rows).compared) + \
         [f"Tables as files: {listed} (and .tex beside each, for LaTeX)."]

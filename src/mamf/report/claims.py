@@ -11,7 +11,7 @@ import numpy as np
 from mamf import stats
 from mamf.report.common import holm_line, labels, md
 from mamf.report.compare import compare, ordered, paired, paired_tasks, pooled
-from mamf.results import dataset_name
+from mamf.results import Row
 from mamf.stats import Estimate
 
 LOW_ZERO_SHOT = 0.5  # the zero-shot accuracy below which claim 2 calls a dataset "low"
@@ -30,15 +30,15 @@ class Claim2:
     verdict: str
 
 
-def _claim2_methods(rows: list[dict]) -> list[str]:
-    return ["zeroshot", "fomaml"] + (["mamf"] if any(r["method"] == "mamf" for r in rows) else [])
+def _claim2_methods(rows: list[Row]) -> list[str]:
+    return ["zeroshot", "fomaml"] + (["mamf"] if any(r.method == "mamf" for r in rows) else [])
 
 
-def claim2(rows: list[dict]) -> list[Claim2]:
+def claim2(rows: list[Row]) -> list[Claim2]:
     """The datasets on which claim 2 can be judged, in report order."""
     found = []
     for d in ordered(rows)[0]:
-        mine = [r for r in rows if dataset_name(r) == d]
+        mine = [r for r in rows if r.dataset_name == d]
         shared = compare(mine, _claim2_methods(mine)).compared
         gain = paired(shared, "fomaml", "zeroshot").get(d)
         if gain is None:
@@ -77,9 +77,9 @@ CONTRASTS = [("FOMAML − zero-shot", "fomaml", "zeroshot", "rise", "fomaml_gain
              ("MAMF − FOMAML", "mamf", "fomaml", "fall", "mamf_gain")]
 
 
-def _task_differences(rows: list[dict], dataset: str, a: str, b: str) -> dict[int, np.ndarray]:
+def _task_differences(rows: list[Row], dataset: str, a: str, b: str) -> dict[int, np.ndarray]:
     """seed -> a − b task by task on `dataset`, over the cells claim 2 compares there."""
-    mine = [r for r in rows if dataset_name(r) == dataset]
+    mine = [r for r in rows if r.dataset_name == dataset]
     found = paired_tasks(compare(mine, _claim2_methods(mine)).compared, a, b).get(dataset)
     if found is None:
         return {}
@@ -88,7 +88,7 @@ def _task_differences(rows: list[dict], dataset: str, a: str, b: str) -> dict[in
             for s in xs}
 
 
-def claim2_contrasts(rows: list[dict], judged: list[Claim2]) -> list[Contrast]:
+def claim2_contrasts(rows: list[Row], judged: list[Claim2]) -> list[Contrast]:
     """The claim's contrast, tested: from the judged dataset of lowest zero-shot accuracy to the
     one of highest, where they lie on both sides of LOW_ZERO_SHOT; none otherwise."""
     if not judged:
@@ -129,25 +129,25 @@ def _contrast_lines(contrasts: list[Contrast]) -> list[str]:
                                   "when it goes the other way")]
 
 
-def _why_not(rows: list[dict], needed: Sequence[str], where: str) -> str:
+def _why_not(rows: list[Row], needed: Sequence[str], where: str) -> str:
     """Why a claim needing `needed` cannot be judged on `rows` ('there' or 'here')."""
-    missing = [m for m in needed if not any(r["method"] == m for r in rows)]
+    missing = [m for m in needed if not any(r.method == m for r in rows)]
     if missing:
         return f"there are no {labels(missing)} results {where}"
     return f"{labels(needed)} share no (ways, shots, seed, split) cell with equally many tasks"
 
 
-def _not_judged(rows: list[dict], judged: set[str], needed) -> list[str]:
+def _not_judged(rows: list[Row], judged: set[str], needed) -> list[str]:
     """One sentence naming the datasets a claim skips, and why; none when it skips none."""
     skipped = []
     for d in ordered(rows)[0]:
         if d not in judged:
-            mine = [r for r in rows if dataset_name(r) == d]
+            mine = [r for r in rows if r.dataset_name == d]
             skipped.append(f"{d} ({_why_not(mine, needed(mine), 'there')})")
     return [f"Not judged on {'; '.join(skipped)}."] if skipped else []
 
 
-def claims_markdown(rows: list[dict]) -> str:
+def claims_markdown(rows: list[Row]) -> str:
     lines = ["## The paper's claims on this data", ""]
     head1 = "**Claim 1: MAMF beats classical fine-tuning.**"
     claim1 = paired(rows, "mamf", "classical")

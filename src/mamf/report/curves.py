@@ -11,23 +11,23 @@ from mamf.engine.trainlog import read_csv
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.figures import pyplot, save
 from mamf.report.files import train_log_path
-from mamf.results import dataset_name
+from mamf.results import Row
 from mamf.system.errors import MamfError
 
 
-def _logs(rows: list[dict], folder: Path | None) -> tuple[dict, int]:
+def _logs(rows: list[Row], folder: Path | None) -> tuple[dict, int]:
     """(dataset, method) -> {log path: its rows}, one per training (rows sharing a log are one
     training scored at several task sizes), and how many trained rows had no readable log."""
     out: dict = OrderedDict()
     missing = 0
     for r in rows:
-        if r.get("train_steps") is None and not r.get("run"):
+        if r.train_steps is None and not r.run:
             continue  # nothing was trained for this row
         path = train_log_path(r, folder)
         if path is None:
             missing += 1
             continue
-        per = out.setdefault((dataset_name(r), r["method"]), OrderedDict())
+        per = out.setdefault((r.dataset_name, r.method), OrderedDict())
         if path not in per:
             try:
                 per[path] = read_csv(path)
@@ -70,10 +70,10 @@ def curves_figure(logs: dict, dataset: str, path: Path) -> Path:
     return save(fig, plt, path)
 
 
-def curves_section(rows: list[dict], folder: Path | None,
+def curves_section(rows: list[Row], folder: Path | None,
                    figures: Path) -> tuple[list[str], dict[str, Path]]:
     """Markdown lines and figures; nothing when no row was trained."""
-    trained = [r for r in rows if r.get("train_steps") is not None or r.get("run")]
+    trained = [r for r in rows if r.train_steps is not None or r.run]
     if not trained:
         return [], {}
     logs, missing = _logs(trained, folder)

@@ -1,6 +1,8 @@
-"""The report's "Few-shot protocols" section: coop rows as accuracy against shots (mean ± std
-over seeds, the field's form), base2novel rows as base, novel and harmonic mean, and published
-numbers beside mamf's own only where dataset, backbone and protocol match.
+"""The report's "Few-shot protocols" section: the rows of each protocol that asks for a table of
+its own, as the protocol declares (`Protocol.shots_table`: accuracy against shots, mean ± std
+over seeds, the field's form, as coop's; `Protocol.row_fields`: the fields it adds to its rows,
+as base2novel's base, novel and harmonic mean), and published numbers beside mamf's own only
+where dataset, backbone and protocol match.
 
 The published anchors (`mamf/data/anchors.json`) are averages over CoOp's 11 datasets with CLIP
 ViT-B/16: they are shown only when the rows hold coop results of that model on all 11 datasets,
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from mamf import protocols
 from mamf.report.common import colour, in_order, label, md, safe_name
 from mamf.report.compare import one_per_cell
 from mamf.report.figures import pyplot, save
-from mamf.results import dataset_name
+from mamf.results import Row
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -35,13 +38,13 @@ def _cell(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({len(values)})"
 
 
-def by_shots(rows: list[dict], field: str = "acc_mean") -> dict:
-    """(dataset, method) -> shots -> the per-seed values of `field`, one per seed: a second row
-    of a seed in one cell (`one_per_cell`) is never counted as another seed."""
+def by_shots(rows: list[Row], value: Callable[[Row], float] = lambda r: r.acc_mean) -> dict:
+    """(dataset, method) -> shots -> the per-seed values of `value` (default: the row's mean
+    accuracy), one per seed: a second row of a seed in one cell (`one_per_cell`) is never
+    counted as another seed."""
     out: dict = OrderedDict()
     for r in one_per_cell(rows)[0].values():
-        out.setdefault((dataset_name(r), r["method"]), {}).setdefault(r["shots"], []).append(
-            r[field])
+        out.setdefault((r.dataset_name, r.method), {}).setdefault(r.shots, []).append(value(r))
     return out
 
 
@@ -53,13 +56,15 @@ def load_anchors() -> dict:
     return json.loads((files("mamf") / "data" / "anchors.json").read_text(encoding="utf-8"))
 
 
-def anchor_lines(coop: list[dict], anchors: dict | None = None) -> list[str]:
-    """Published numbers beside mamf's, only for a model and a set of datasets that match."""
+def anchor_lines(rows: list[Row], anchors: dict | None = None) -> list[str]:
+    """Published numbers beside mamf's, only for a protocol, a model and a set of datasets that
+    match."""
     anchors = anchors or load_anchors()
     wanted = {_key(d) for d in anchors["datasets"]}
     models = {_key(m) for m in anchors["models"]}
-    mine = [r for r in coop if _key(r["model"]) in models and _key(dataset_name(r)) in wanted]
-    if {_key(dataset_name(r)) for r in mine} != wanted:
+    mine = [r for r in rows if r.protocol == anchors["protocol"] and _key(r.model) in models
+            and _key(r.dataset_name) in wanted]
+    if {_key(r.dataset_name) for r in mine} != wanted:
         return []
     shots = sorted({int(k) for a in anchors["methods"] for k in a["shots"]})
     lines = [f"### Published numbers beside mamf's ({anchors['backbone']}, "
@@ -73,7 +78,7 @@ def anchor_lines(coop: list[dict], anchors: dict | None = None) -> list[str]:
         lines.append(f"| {a['method']} (*published*) | " + " | ".join(cells)
                      + f" | {a['source']} |")
     table = by_shots(mine)
-    for m in in_order({r["method"] for r in mine}):
+    for m in in_order({r.method for r in mine}):
         cells = []
         for k in shots:
             means = [float(np.mean(v[k])) for (d, mm), v in table.items() if mm == m and k in v]
@@ -82,7 +87,7 @@ def anchor_lines(coop: list[dict], anchors: dict | None = None) -> list[str]:
     return lines + [""]
 
 
-def shots_figure(rows: list[dict], dataset: str, path: Path) -> Path:
+def shots_figure(rows: list[Row], dataset: str, path: Path, protocol: str) -> Path:
     """Accuracy against training shots per class (log scale), mean ± std over seeds."""
     plt = pyplot()
     table = {m: v for (d, m), v in by_shots(rows).items() if d == dataset}
@@ -97,51 +102,76 @@ def shots_figure(rows: list[dict], dataset: str, path: Path) -> Path:
     ax.set_xlabel("training shots per class")
     ax.set_ylabel("test accuracy (mean ± std over seeds)")
     ax.set_ylim(0, 1.02)
-    ax.set_title(f"{dataset} (coop protocol)")
+    ax.set_title(f"{dataset} ({protocol} protocol)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, plt, path)
 
 
-def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
-    """Markdown lines and figures for the coop and base2novel rows (none: nothing)."""
-    kinds = {p: protocols.get(p) for p in {r["protocol"] for r in rows}}
-    coop = [r for r in rows if kinds[r["protocol"]].all_way and kinds[r["protocol"]].pooled]
-    b2n = [r for r in rows if kinds[r["protocol"]].all_way and not kinds[r["protocol"]].pooled]
-    if not coop and not b2n:
+def _shots_tables(rows: list[Row], protocol: protocols.Protocol, figures: Path,
+                  prefix: str) -> tuple[list[str], dict[str, Path]]:
+    """A protocol's rows as accuracy against shots, a table and a figure per dataset."""
+    whole = " on the whole test split" if protocol.all_way else ""
+    lines = [f"### {protocol.name}: {'all-way ' if protocol.all_way else ''}accuracy against "
+             "shots", "",
+             f"Test accuracy (%){whole}, mean ± std over seeds (number of seeds in brackets).", ""]
+    pngs = {}
+    table = by_shots(rows)
+    for d in OrderedDict.fromkeys(r.dataset_name for r in rows):
+        ks = sorted({r.shots for r in rows if r.dataset_name == d})
+        lines += [f"**{d}**", "", "| method | " + " | ".join(f"{k}-shot" for k in ks) + " |",
+                  "|---|" + "---|" * len(ks)]
+        for m in in_order({mm for dd, mm in table if dd == d}):
+            v = table[(d, m)]
+            lines.append(f"| {label(m)} | "
+                         + " | ".join(_cell(v[k]) if k in v else "-" for k in ks) + " |")
+        lines.append("")
+        name = f"{prefix}{safe_name(d)}"
+        pngs[name] = shots_figure(rows, d, figures / f"{name}.png", protocol.name)
+    return lines + anchor_lines(rows), pngs
+
+
+def _own_fields_table(rows: list[Row], protocol: protocols.Protocol) -> list[str]:
+    """A protocol's rows by the fields it declares (`Protocol.row_fields`), mean ± std over
+    seeds."""
+    own = protocol.row_fields
+    titles = [title for _, title in own.fields]
+    lines = [f"### {protocol.name}: {own.title}", "", own.note, "",
+             "| dataset | method | shots | " + " | ".join(titles) + " |",
+             "|---|---|---|" + "---|" * len(titles)]
+    values = [by_shots(rows, lambda r, f=f: r.own(f)) for f, _ in own.fields]
+    for (d, m), v in values[0].items():
+        for k in sorted(v):
+            lines.append(f"| {d} | {label(m)} | {k} | "
+                         + " | ".join(_cell(field[(d, m)][k]) for field in values) + " |")
+    return lines + [""]
+
+
+def fewshot_section(rows: list[Row], figures: Path) -> tuple[list[str], dict[str, Path]]:
+    """Markdown lines and figures for the rows of every protocol that asks for a table of its
+    own: accuracy against shots (`Protocol.shots_table`) or the fields it adds to its rows
+    (`Protocol.row_fields`); nothing where no row's protocol asks."""
+    present = {r.protocol for r in rows}
+    kinds = [protocols.get(p) for p in protocols.names() if p in present]
+    shown = [p for p in kinds if p.row_fields is not None or p.shots_table]
+    if not shown:
         return [], {}
     lines, pngs = ["## Few-shot protocols", ""], {}
-    if coop:
-        lines += ["### coop: all-way accuracy against shots", "",
-                  "Test accuracy (%) on the whole test split, mean ± std over seeds (number of "
-                  "seeds in brackets).", ""]
-        table = by_shots(coop)
-        for d in OrderedDict.fromkeys(dataset_name(r) for r in coop):
-            ks = sorted({r["shots"] for r in coop if dataset_name(r) == d})
-            lines += [f"**{d}**", "", "| method | " + " | ".join(f"{k}-shot" for k in ks) + " |",
-                      "|---|" + "---|" * len(ks)]
-            for m in in_order({mm for dd, mm in table if dd == d}):
-                v = table[(d, m)]
-                lines.append(f"| {label(m)} | "
-                             + " | ".join(_cell(v[k]) if k in v else "-" for k in ks) + " |")
-            lines.append("")
-            safe = safe_name(d)
-            pngs[f"shots-{safe}"] = shots_figure(coop, d, figures / f"shots-{safe}.png")
-        lines += anchor_lines(coop)
-    if b2n:
-        lines += ["### base2novel: base, novel and harmonic mean", "",
-                  "Accuracy (%) on the base classes' and the novel classes' test images and their "
-                  "harmonic mean (HM), mean ± std over seeds.", "",
-                  "| dataset | method | shots | base | novel | HM |", "|---|---|---|---|---|---|"]
-        base, novel, hm = by_shots(b2n, "base_acc"), by_shots(b2n, "novel_acc"), by_shots(b2n, "hm")
-        for (d, m), v in hm.items():
-            for k in sorted(v):
-                lines.append(f"| {d} | {label(m)} | {k} | {_cell(base[(d, m)][k])} | "
-                             f"{_cell(novel[(d, m)][k])} | {_cell(v[k])} |")
-        lines.append("")
-    repeats = one_per_cell(coop + b2n)[1]
+    by_shots_tables = sum(1 for p in shown if p.row_fields is None)
+    counted: list[Row] = []
+    for p in shown:
+        mine = [r for r in rows if r.protocol == p.name]
+        counted += mine
+        if p.row_fields is not None:
+            lines += _own_fields_table(mine, p)
+            continue
+        prefix = "shots-" if by_shots_tables == 1 else f"shots-{safe_name(p.name)}-"
+        more, figures_of = _shots_tables(mine, p, figures, prefix)
+        lines += more
+        pngs.update(figures_of)
+    repeats = one_per_cell(counted)[1]
     if repeats:
         lines += ["Left out of these tables, since each seed counts once: "
-                  + "; ".join(f"{md(dataset_name(r))} {md(label(r['method']))} {r['shots']}-shot "
-                              f"seed {r['seed']} ({md(why)})" for r, why in repeats) + ".", ""]
+                  + "; ".join(f"{md(r.dataset_name)} {md(label(r.method))} {r.shots}-shot "
+                              f"seed {r.seed} ({md(why)})" for r, why in repeats) + ".", ""]
     return lines, pngs

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mamf.config import load_yaml
 from mamf.engine.trainlog import CSV_NAME
+from mamf.results import Row
 from mamf.system.errors import MamfError
 
 
@@ -18,15 +19,15 @@ def _found(folder: Path, relative: str) -> Path | None:
     return None
 
 
-def row_config(row: dict, folder: Path | None) -> dict | None:
+def row_config(row: Row, folder: Path | None) -> dict | None:
     """The settings of a row as written beside it (configs/<config_id>.yaml, or the trained
     run's config.yaml), None when neither is there (`grid_config` rebuilds them from the
     grid's file)."""
     candidates = []
-    if folder is not None and row.get("config_id"):
-        candidates.append(_found(folder, f"configs/{row['config_id']}.yaml"))
-    if row.get("run"):
-        candidates.append(Path(row["run"]) / "config.yaml")
+    if folder is not None and row.config_id:
+        candidates.append(_found(folder, f"configs/{row.config_id}.yaml"))
+    if row.run:
+        candidates.append(Path(row.run) / "config.yaml")
     for path in candidates:
         if path is not None and path.is_file():
             try:
@@ -36,18 +37,18 @@ def row_config(row: dict, folder: Path | None) -> dict | None:
     return None
 
 
-def train_log_path(row: dict, folder: Path | None) -> Path | None:
+def train_log_path(row: Row, folder: Path | None) -> Path | None:
     """A row's training log: its grid's train_logs/ file, or its trained run's train_log.csv."""
-    if folder is not None and row.get("train_log"):
-        found = _found(folder, row["train_log"])
+    if folder is not None and row.train_log:
+        found = _found(folder, row.train_log)
         if found is not None:
             return found
-    if row.get("run") and (Path(row["run"]) / CSV_NAME).is_file():
-        return Path(row["run"]) / CSV_NAME
+    if row.run and (Path(row.run) / CSV_NAME).is_file():
+        return Path(row.run) / CSV_NAME
     return None
 
 
-def grid_config(row: dict, folder: Path | None) -> dict | None:
+def grid_config(row: Row, folder: Path | None) -> dict | None:
     """A grid row's settings rebuilt from the experiment.yaml beside it, for rows written before
     grids kept configs/; None without one. What tuning chose for the row (its `tuned_on_dev`)
     goes over the file's settings, as it did when the row ran. The data folder is not known
@@ -57,20 +58,20 @@ def grid_config(row: dict, folder: Path | None) -> dict | None:
     from mamf.runs.experiment import run_config
     from mamf.runs.tune_spec import nested
 
-    if folder is None or not row.get("experiment_dataset") or \
+    if folder is None or not row.experiment_dataset or \
             not (Path(folder) / "experiment.yaml").is_file():
         return None
     try:
         exp = _experiment(str(Path(folder) / "experiment.yaml"))
-        ds = next((d for d in exp.datasets if d.name == row["experiment_dataset"]), None)
+        ds = next((d for d in exp.datasets if d.name == row.experiment_dataset), None)
         if ds is None:
             return None
-        tuned = row.get("tuned_on_dev")
+        tuned = row.tuned_on_dev
         extra = nested(tuned["values"]) if isinstance(tuned, dict) and tuned.get("values") \
             else None
-        return to_dict(run_config(exp, ds, row["method"], row["seed"], ds.root or ".",
-                                  ways=row["ways"], sampler=row.get("sampler"),
-                                  split=row["split"], extra=extra))
+        return to_dict(run_config(exp, ds, row.method, row.seed, ds.root or ".",
+                                  ways=row.ways, sampler=row.sampler,
+                                  split=row.split, extra=extra))
     except (MamfError, KeyError, TypeError, ValueError):
         return None
 

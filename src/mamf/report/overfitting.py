@@ -3,7 +3,8 @@ accuracy against the WiSE-FT alpha (`metatest.interpolate`).
 
 The report's main tables keep one measurement of the trained weights per cell: rows on the
 test (or dev) split, at alpha None (no mix), or at alpha 1 where a method has no unmixed row
-(the same weights). Rows on the training split and at other alphas appear only here.
+(the same weights; `selection.one_measurement`). Rows on the training split and at other
+alphas appear only here.
 """
 
 from __future__ import annotations
@@ -14,33 +15,24 @@ from pathlib import Path
 from mamf import stats
 from mamf.report.common import in_order, label, safe_name
 from mamf.report.figures import method_lines, pyplot, save
-from mamf.results import dataset_name, row_alpha, row_key
+from mamf.results import Row, row_alpha
 
 
-def main_rows(rows: list[dict]) -> list[dict]:
-    """The rows the main tables compare (see the module's docstring): an alpha-1 row stands in
-    for its measurement unmixed (its key with alpha blank) where there is none."""
-    held_out = [r for r in rows if r["split"] != "train"] or rows
-    plain = {row_key(r) for r in held_out if row_alpha(r) is None}
-    return [r for r in held_out if row_alpha(r) is None or
-            (row_alpha(r) == 1.0 and row_key(r).without("alpha") not in plain)]
-
-
-def _trained_weights(rows: list[dict]) -> list[dict]:
+def _trained_weights(rows: list[Row]) -> list[Row]:
     return [r for r in rows if row_alpha(r) in (None, 1.0)]
 
 
-def split_table(rows: list[dict]) -> list[str]:
+def split_table(rows: list[Row]) -> list[str]:
     """Per dataset and method: accuracy on training-split tasks, on held-out tasks, the gap."""
     rows = _trained_weights(rows)
-    if not any(r["split"] == "train" for r in rows):
+    if not any(r.split == "train" for r in rows):
         return []
-    held = sorted({r["split"] for r in rows} - {"train"})
+    held = sorted({r.split for r in rows} - {"train"})
     groups: dict[tuple, dict[str, dict[int, list[float]]]] = OrderedDict()
     for r in rows:
-        groups.setdefault((dataset_name(r), r["method"]), {}).setdefault(
-            "train" if r["split"] == "train" else "held", {}).setdefault(r["seed"], []).extend(
-            r["task_accs"])
+        groups.setdefault((r.dataset_name, r.method), {}).setdefault(
+            "train" if r.split == "train" else "held", {}).setdefault(r.seed, []).extend(
+            r.task_accs)
     lines = ["## Training-split against test-split tasks", "",
              "Accuracy on tasks drawn from the training split (images or classes the methods "
              f"trained on) beside tasks from the {'/'.join(held) or 'test'} split; a large gap "
@@ -64,14 +56,14 @@ def split_table(rows: list[dict]) -> list[str]:
     return lines + (["", stats.coverage_line(gaps)] if gaps else [])
 
 
-def alpha_curves(rows: list[dict]) -> dict[str, dict[str, dict[float, list[float]]]]:
+def alpha_curves(rows: list[Row]) -> dict[str, dict[str, dict[float, list[float]]]]:
     """dataset -> method -> alpha -> seed -> held-out task accuracies, for methods scored at two
     or more alphas."""
     out: dict[str, dict[str, dict[float, dict[int, list[float]]]]] = OrderedDict()
     for r in rows:
-        if row_alpha(r) is not None and r["split"] != "train":
-            out.setdefault(dataset_name(r), {}).setdefault(r["method"], {}).setdefault(
-                row_alpha(r), {}).setdefault(r["seed"], []).extend(r["task_accs"])
+        if row_alpha(r) is not None and r.split != "train":
+            out.setdefault(r.dataset_name, {}).setdefault(r.method, {}).setdefault(
+                row_alpha(r), {}).setdefault(r.seed, []).extend(r.task_accs)
     return {d: {m: a for m, a in ms.items() if len(a) >= 2} for d, ms in out.items()
             if any(len(a) >= 2 for a in ms.values())}
 
@@ -90,7 +82,7 @@ def alpha_figure(curves: dict[str, dict[float, dict[int, list[float]]]], dataset
     return save(fig, plt, path)
 
 
-def overfitting_sections(rows: list[dict], figures: Path) -> tuple[list[str], dict[str, Path]]:
+def overfitting_sections(rows: list[Row], figures: Path) -> tuple[list[str], dict[str, Path]]:
     """The sections' markdown lines and their figures (none when the rows hold neither)."""
     lines, pngs = split_table(rows), {}
     curves = alpha_curves(rows)

@@ -10,44 +10,56 @@ from pathlib import Path
 import numpy as np
 
 from mamf.report.common import in_order, label, md, safe_name
+from mamf.report.export import Grid
 from mamf.report.figures import pyplot, save
-from mamf.results import dataset_name, decode_predictions
+from mamf.results import Row, decode_predictions
 from mamf.system.errors import MamfError
 
 Choice = tuple  # (dataset, method, ways)
 
 
-def with_predictions(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("predictions") and r.get("class_names")]
+def with_predictions(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.predictions and r.class_names]
 
 
-def choose(rows: list[dict], cell: Choice | None = None) -> Choice | None:
+def choose(rows: list[Row], cell: Choice | None = None) -> Choice | None:
     """The cell shown: `cell` when given (it must have predictions), else the first dataset's
     first method in table order that has them, at its largest task size."""
     kept = with_predictions(rows)
     if cell is not None:
-        if not any((dataset_name(r), r["method"], r["ways"]) == tuple(cell) for r in kept):
+        if not any((r.dataset_name, r.method, r.ways) == tuple(cell) for r in kept):
             raise MamfError(f"no rows with stored predictions for {cell[0]} {cell[1]} "
                             f"{cell[2]}-way (evaluate with --set metatest.save_predictions=true)")
         return tuple(cell)
     if not kept:
         return None
-    d = dataset_name(kept[0])
-    m = in_order({r["method"] for r in kept if dataset_name(r) == d})[0]
-    return d, m, max(r["ways"] for r in kept if dataset_name(r) == d and r["method"] == m)
+    d = kept[0].dataset_name
+    m = in_order({r.method for r in kept if r.dataset_name == d})[0]
+    return d, m, max(r.ways for r in kept if r.dataset_name == d and r.method == m)
 
 
-def confusion(rows: list[dict]) -> tuple[list[str], np.ndarray]:
+def confusion(rows: list[Row]) -> tuple[list[str], np.ndarray]:
     """(class names, counts[true, given]) over every stored task of `rows`, the classes that
     occur as a true class in some task, in the dataset's order."""
-    names = rows[0]["class_names"]
+    names = rows[0].class_names
     counts = np.zeros((len(names), len(names)), dtype=np.int64)
     for r in rows:
-        for record in r["predictions"]:
+        for record in r.predictions:
             truth, given = decode_predictions(record)
             np.add.at(counts, (truth, given), 1)
     seen = np.flatnonzero(counts.sum(1))
     return [names[i] for i in seen], counts[np.ix_(seen, seen)]
+
+
+def rows_by_class(rows: list[Row]) -> dict[str, list[Row]]:
+    """Class name -> the rows with a stored test task that has query images of that class (the
+    rows behind its line in tables/per-class.csv and tables/confusion.csv)."""
+    out: dict[str, list[Row]] = {}
+    for r in rows:
+        truths = {int(t) for record in r.predictions for t in decode_predictions(record)[0]}
+        for t in sorted(truths):
+            out.setdefault(r.class_names[t], []).append(r)
+    return out
 
 
 def per_class(names: list[str], counts: np.ndarray) -> tuple[list[str], list[list[str]]]:
@@ -80,8 +92,8 @@ def confusion_figure(names: list[str], counts: np.ndarray, title: str, path: Pat
     return save(fig, plt, path)
 
 
-def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = None
-                        ) -> tuple[list[str], dict[str, Path], dict[str, tuple]]:
+def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = None
+                        ) -> tuple[list[str], dict[str, Path], dict[str, Grid]]:
     """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen cell; rows with no
     stored predictions get one line saying so."""
     chosen = choose(rows, cell)
@@ -92,10 +104,10 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
                         "metatest.save_predictions=true` to keep them.", ""], {}, {}
     d, m, ways = chosen
     mine = [r for r in with_predictions(rows)
-            if (dataset_name(r), r["method"], r["ways"]) == chosen]
+            if (r.dataset_name, r.method, r.ways) == chosen]
     names, counts = confusion(mine)
-    tasks = sum(len(r["predictions"]) for r in mine)
-    seeds = sorted({r["seed"] for r in mine})
+    tasks = sum(len(r.predictions) for r in mine)
+    seeds = sorted({r.seed for r in mine})
     head, body = per_class(names, counts)
     lines += [f"{label(m)} on {d}, {ways}-way: the {tasks} test tasks of seed"
               f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} pooled "
@@ -109,6 +121,8 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
     safe = safe_name(f"{d}-{m}-{ways}")
     png = confusion_figure(names, counts, f"{label(m)} on {d}, {ways}-way",
                            figures / f"confusion-{safe}.png")
-    matrix = (["true \\ given", *names],
-              [[n, *map(str, counts[i])] for i, n in enumerate(names)])
-    return lines, {f"confusion-{safe}": png}, {"per-class": (head, body), "confusion": matrix}
+    behind = [{0: rows_by_class(mine)[n]} for n in names]
+    matrix = Grid(["true \\ given", *names],
+                  [[n, *map(str, counts[i])] for i, n in enumerate(names)], behind)
+    return lines, {f"confusion-{safe}": png}, {"per-class": Grid(head, body, behind),
+                                               "confusion": matrix}

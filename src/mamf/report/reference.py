@@ -6,34 +6,34 @@ from __future__ import annotations
 from mamf import stats
 from mamf.report.common import holm_line, in_order, label, md
 from mamf.report.compare import ordered, paired
-from mamf.results import dataset_name
+from mamf.results import Row
 from mamf.system.errors import MamfError
 
 DEFAULT_REFERENCES = ("classical", "zeroshot")
 
 
-def default_reference(rows: list[dict]) -> str | None:
+def default_reference(rows: list[Row]) -> str | None:
     """Classical fine-tuning where it ran, else zero-shot, else none."""
-    present = {r["method"] for r in rows}
+    present = {r.method for r in rows}
     return next((m for m in DEFAULT_REFERENCES if m in present), None)
 
 
-def check_reference(rows: list[dict], reference: str) -> None:
-    present = {r["method"] for r in rows}
+def check_reference(rows: list[Row], reference: str) -> None:
+    present = {r.method for r in rows}
     if reference not in present:
         raise MamfError(f"--reference {reference!r} has no rows here; the methods present are "
                         f"{', '.join(in_order(present))}")
 
 
-def reference_section(rows: list[dict], reference: str | None = None) -> list[str]:
+def reference_section(rows: list[Row], reference: str | None = None) -> list[str]:
     """Markdown lines of the table; none when there is no reference or nothing to pair."""
     reference = reference or default_reference(rows)
     if reference is None:
         return []
     found = []
     for d in ordered(rows)[0]:
-        mine = [r for r in rows if dataset_name(r) == d]
-        for m in in_order({r["method"] for r in mine} - {reference}):
+        mine = [r for r in rows if r.dataset_name == d]
+        for m in in_order({r.method for r in mine} - {reference}):
             e = paired(mine, m, reference).get(d)
             if e is not None:
                 found.append((d, m, e))

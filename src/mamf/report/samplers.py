@@ -18,19 +18,10 @@ from mamf.methods.presentation import ordered as method_order
 from mamf.report.common import holm_line
 from mamf.report.common import label as _label
 from mamf.report.compare import cell_of
-from mamf.results import dataset_name as _dataset
-from mamf.results import row_key, row_sampler
+from mamf.results import Row
 from mamf.tasks import DEFAULT_SAMPLER as BASELINE  # the other samplers are compared with it
 
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
-
-
-def baseline_rows(rows: list[dict]) -> list[dict]:
-    """The rows the paper's tables read: uniform sampling where a method also ran with others
-    (a method that ran with one sampler only keeps its rows)."""
-    with_uniform = {(_dataset(r), r["method"]) for r in rows if row_sampler(r) == BASELINE}
-    return [r for r in rows if row_sampler(r) in (None, BASELINE)
-            or (_dataset(r), r["method"]) not in with_uniform]
 
 
 NOT_PAIRED_BY = ("run", "alpha")
@@ -38,45 +29,45 @@ NOT_PAIRED_BY = ("run", "alpha")
 each trained into, and the mix (the rows here are the trained weights, unmixed or at alpha 1)."""
 
 
-def _pairs(rows: list[dict]):
+def _pairs(rows: list[Row]):
     """(dataset, method, sampler, seed, its row, uniform's row) for every row of a sampler
     other than uniform whose uniform twin (the same key but for the sampler and NOT_PAIRED_BY)
     is there."""
-    index = {row_key(r).without(*NOT_PAIRED_BY): r for r in rows}
+    index = {r.key.without(*NOT_PAIRED_BY): r for r in rows}
     for k, row in index.items():
         if k.sampler in (None, BASELINE):
             continue
         twin = index.get(k._replace(sampler=BASELINE))
-        if twin is not None and len(twin["task_accs"]) == len(row["task_accs"]):
+        if twin is not None and len(twin.task_accs) == len(row.task_accs):
             yield k.dataset, k.method, k.sampler, k.seed, row, twin
 
 
-def _ordered_samplers(rows: list[dict]) -> list[str]:
-    present = OrderedDict.fromkeys(row_sampler(r) for r in rows)
+def _ordered_samplers(rows: list[Row]) -> list[str]:
+    present = OrderedDict.fromkeys(r.sampler for r in rows)
     return [BASELINE] * (BASELINE in present) + [s for s in present if s not in (None, BASELINE)]
 
 
-def against_uniform(rows: list[dict]) -> dict[tuple, dict]:
+def against_uniform(rows: list[Row]) -> dict[tuple, dict]:
     """(dataset, method, sampler) -> the seed-level estimate of sampler - uniform over the same
     test tasks (`estimate`), its mean, 95 % half-width, seeds and pairs, and its verdict,
     Holm-adjusted over every comparison returned."""
     diffs: dict[tuple, dict[int, list[float]]] = OrderedDict()
     for d, m, s, seed, row, twin in _pairs(rows):
         diffs.setdefault((d, m, s), {}).setdefault(seed, []).extend(
-            a - b for a, b in zip(row["task_accs"], twin["task_accs"]))
+            a - b for a, b in zip(row.task_accs, twin.task_accs))
     est = {key: stats.estimate(by_seed) for key, by_seed in diffs.items()}
     adjusted = stats.verdicts(list(est.values()))
     return {key: {"estimate": e, "mean": e.mean, "ci95": e.ci95, "seeds": e.seeds,
                   "pairs": e.tasks, "verdict": v} for (key, e), v in zip(est.items(), adjusted)}
 
 
-def tertile_bounds(rows: list[dict], dataset: str) -> tuple[float, float] | None:
+def tertile_bounds(rows: list[Row], dataset: str) -> tuple[float, float] | None:
     """The 1/3 and 2/3 quantiles of the dataset's test tasks' prompt similarity (each task
     counted once, however many methods and samplers met it); None without similarities."""
     tasks = {}
     for r in rows:
-        if _dataset(r) == dataset and r.get("task_similarity") is not None:
-            tasks[cell_of(r)] = r["task_similarity"]
+        if r.dataset_name == dataset and r.task_similarity is not None:
+            tasks[cell_of(r)] = r.task_similarity
     values = [v for sims in tasks.values() for v in sims if v is not None]
     if len(values) < 3:
         return None
@@ -88,23 +79,23 @@ def tertile(similarity: float, bounds: tuple[float, float]) -> int:
     return 0 if similarity <= bounds[0] else 1 if similarity <= bounds[1] else 2
 
 
-def by_tertile(rows: list[dict], dataset: str, bounds: tuple[float, float]) -> dict:
+def by_tertile(rows: list[Row], dataset: str, bounds: tuple[float, float]) -> dict:
     """(method, sampler) -> per tertile: seed -> the accuracies, and (samplers other than
     uniform) seed -> the paired differences to uniform, of the dataset's test tasks there."""
     accs: dict[tuple, list[dict]] = OrderedDict()
     for r in rows:
-        if _dataset(r) != dataset or r.get("task_similarity") is None:
+        if r.dataset_name != dataset or r.task_similarity is None:
             continue
-        cells = accs.setdefault((r["method"], row_sampler(r)), [{}, {}, {}])
-        for acc, sim in zip(r["task_accs"], r["task_similarity"]):
+        cells = accs.setdefault((r.method, r.sampler), [{}, {}, {}])
+        for acc, sim in zip(r.task_accs, r.task_similarity):
             if sim is not None:  # a one-class task has no pairwise similarity
-                cells[tertile(sim, bounds)].setdefault(r["seed"], []).append(acc)
+                cells[tertile(sim, bounds)].setdefault(r.seed, []).append(acc)
     diffs: dict[tuple, list[dict]] = {}
     for d, m, s, seed, row, twin in _pairs(rows):
-        if d != dataset or row.get("task_similarity") is None:
+        if d != dataset or row.task_similarity is None:
             continue
         cells = diffs.setdefault((m, s), [{}, {}, {}])
-        for a, b, sim in zip(row["task_accs"], twin["task_accs"], row["task_similarity"]):
+        for a, b, sim in zip(row.task_accs, twin.task_accs, row.task_similarity):
             if sim is not None:
                 cells[tertile(sim, bounds)].setdefault(seed, []).append(a - b)
     return {key: {"accs": value, "diffs": diffs.get(key)} for key, value in accs.items()}
@@ -119,12 +110,12 @@ def _cell(accs: dict, diffs: dict | None) -> str:
     return text
 
 
-def samplers_section(rows: list[dict]) -> list[str]:
+def samplers_section(rows: list[Row]) -> list[str]:
     """Markdown lines of the section; none when no method ran with a sampler besides uniform."""
     compared = against_uniform(rows)
     if not compared:
         return []
-    datasets = list(OrderedDict.fromkeys(map(_dataset, rows)))
+    datasets = list(OrderedDict.fromkeys(r.dataset_name for r in rows))
     order = {m: i for i, m in enumerate(method_order())}
     samplers = _ordered_samplers(rows)
     keys = sorted(compared, key=lambda k: (datasets.index(k[0]), order.get(k[1], len(order)),

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from mamf.report.common import in_order, label, md, numbers
+from mamf.report.export import Grid
 from mamf.report.files import grid_config, row_config
+from mamf.results import Row
 
 COLUMNS = ("method", "model", "trainable parameters", "training steps", "training images",
            "lr (train / test)", "epochs (train / test)", "prompts", "seeds")
@@ -38,24 +40,24 @@ def _declared(method: str) -> tuple[str | None, str | None, str | None]:
     return shown.train_rate, shown.adapt_rate, shown.adapt_epochs
 
 
-def _templates(pairs: list[tuple[dict, dict | None]]) -> str:
+def _templates(pairs: list[tuple[Row, dict | None]]) -> str:
     """What gave the prompts of these (row, config) pairs: the data's label_to_text.json, an
     ensemble, or the template. Rows from before rows said so (no `prompts` field) cannot tell
     the file from the template."""
     from mamf.data.prompts import LABEL_TO_TEXT
 
-    sources = {r.get("prompts") for r, _ in pairs}
+    sources = {r.prompts for r, _ in pairs}
     parts = [f"the data's {LABEL_TO_TEXT}"] if LABEL_TO_TEXT in sources else []
-    rest = [(r, c) for r, c in pairs if r.get("prompts") != LABEL_TO_TEXT]
+    rest = [(r, c) for r, c in pairs if r.prompts != LABEL_TO_TEXT]
     if rest:
         named = _configured([r for r, _ in rest], [c for _, c in rest if c is not None])
         parts.append(f"{named} or {LABEL_TO_TEXT} (not recorded)" if None in sources else named)
     return ", ".join(parts)
 
 
-def _configured(rows: list[dict], configs: list[dict]) -> str:
+def _configured(rows: list[Row], configs: list[dict]) -> str:
     """The ensemble or template these rows' configs name."""
-    tags = {r["templates"] for r in rows if r.get("templates")}
+    tags = {r.templates for r in rows if r.templates}
     if tags:
         return ", ".join(sorted(tags))
     data = [c.get("data", {}) for c in configs if isinstance(c.get("data"), dict)]
@@ -66,7 +68,7 @@ def _configured(rows: list[dict], configs: list[dict]) -> str:
     return ", ".join(sorted(single)) if single else "–"
 
 
-def _config(row: dict, folder: Path | None, rebuilt: list) -> dict | None:
+def _config(row: Row, folder: Path | None, rebuilt: list) -> dict | None:
     config = row_config(row, folder)
     if config is None:
         config = grid_config(row, folder)
@@ -75,33 +77,35 @@ def _config(row: dict, folder: Path | None, rebuilt: list) -> dict | None:
     return config
 
 
-def setup_grid(rows: list[dict], folder: Path | None
-               ) -> tuple[list[str], list[list[str]], int, int]:
-    """(header, one row per method, how many rows had no settings file beside them, how many
-    of those had theirs rebuilt from the grid's experiment.yaml)."""
-    body, missing, rebuilt = [], 0, []
-    for m in in_order({r["method"] for r in rows}):
-        mine = [r for r in rows if r["method"] == m]
+def setup_grid(rows: list[Row], folder: Path | None) -> tuple[Grid, int, int]:
+    """(the table, one row per method with its rows behind its name, how many rows had no
+    settings file beside them, how many of those had theirs rebuilt from the grid's
+    experiment.yaml)."""
+    body, behind, missing, rebuilt = [], [], 0, []
+    for m in in_order({r.method for r in rows}):
+        mine = [r for r in rows if r.method == m]
         pairs = [(r, _config(r, folder, rebuilt)) for r in mine]
         configs = [c for _, c in pairs if c is not None]
         missing += len(mine) - len(configs) + sum(1 for r in rebuilt if r in mine)
-        trains = any(r.get("train_steps") is not None for r in mine)
+        trains = any(r.train_steps is not None for r in mine)
         train_rate, adapt_rate, adapt_epochs = _declared(m)
         lr = f"{_span(_setting(configs, train_rate)) if trains else '–'} / " \
              f"{_span(_setting(configs, adapt_rate))}"
         epochs = f"{_span(_setting(configs, 'train.epochs')) if trains else '–'} / " \
                  f"{_span(_setting(configs, adapt_epochs))}"
-        body.append([label(m), ", ".join(sorted({r["model"] for r in mine})),
-                     _span([r.get("trainable_params") for r in mine]),
-                     _span([r.get("train_steps") for r in mine]),
-                     _span([r.get("train_images") for r in mine]), lr, epochs,
-                     _templates(pairs), numbers(r["seed"] for r in mine)])
-    return list(COLUMNS), body, missing, len(rebuilt)
+        body.append([label(m), ", ".join(sorted({r.model for r in mine})),
+                     _span([r.trainable_params for r in mine]),
+                     _span([r.train_steps for r in mine]),
+                     _span([r.train_images for r in mine]), lr, epochs,
+                     _templates(pairs), numbers(r.seed for r in mine)])
+        behind.append({0: mine})
+    return Grid(list(COLUMNS), body, behind), missing, len(rebuilt)
 
 
-def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tuple]:
+def setup_section(rows: list[Row], folder: Path | None) -> tuple[list[str], Grid]:
     """The section's markdown and its grid (for the CSV and LaTeX copies)."""
-    head, body, missing, rebuilt = setup_grid(rows, folder)
+    grid, missing, rebuilt = setup_grid(rows, folder)
+    head, body = grid
     lines = ["## Setup", "",
              "Per method: the trainable parameters are those training and test-time adaptation "
              "change; steps and images are the training's (– for methods that do not train, "
@@ -118,12 +122,12 @@ def setup_section(rows: list[dict], folder: Path | None) -> tuple[list[str], tup
                      "data folders their settings' hash cannot be checked)" if rebuilt else "")
                   + (": the others' rates, epochs and templates are not known here."
                      if missing > rebuilt else ".")]
-    if any(r.get("prompts") is None for r in rows):
+    if any(r.prompts is None for r in rows):
         lines += ["", "Prompts \"not recorded\": rows written before rows named their prompts' "
                   "source do not say whether a label_to_text.json beside the data (which every "
                   "builder writes, and which wins over any template) or the template shown gave "
                   "them."]
-    if any(r.get("trainable_params") is None for r in rows):
+    if any(r.trainable_params is None for r in rows):
         lines += ["", "Rows written before rows recorded it carry no trainable-parameter "
                   "count."]
-    return lines + [""], (head, body)
+    return lines + [""], grid

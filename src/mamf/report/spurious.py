@@ -25,7 +25,7 @@ from mamf.report.common import colour, holm_line, label, md
 from mamf.report.compare import by_seed, compare, paired, pooled
 from mamf.report.figures import _whisker, pyplot, save
 from mamf.report.files import _experiment, row_config
-from mamf.results import dataset_name
+from mamf.results import Row
 from mamf.stats import Estimate
 
 BUILDER = "spurious"
@@ -53,7 +53,7 @@ def _from_experiment(folder: Path) -> dict[str, float]:
             if d.build == BUILDER}
 
 
-def _from_data(row: dict, folder: Path) -> float | None:
+def _from_data(row: Row, folder: Path) -> float | None:
     """rho as the row's data folder records it (`.mamf-dataset.json`, written by the builder)."""
     config = row_config(row, folder)
     root = ((config or {}).get("data") or {}).get("root")
@@ -67,7 +67,7 @@ def _from_data(row: dict, folder: Path) -> float | None:
     return float(meta["rho"]) if meta.get("builder") == BUILDER and "rho" in meta else None
 
 
-def shortcut_strengths(rows: list[dict], folder: Path | None) -> dict[str, float]:
+def shortcut_strengths(rows: list[Row], folder: Path | None) -> dict[str, float]:
     """Dataset -> rho, for the datasets built by the spurious builder (others are left out)."""
     if folder is None:
         return {}
@@ -75,7 +75,7 @@ def shortcut_strengths(rows: list[dict], folder: Path | None) -> dict[str, float
     found = _from_experiment(folder)
     first = {}  # one row a dataset: its rows share a data folder, so its record is read once
     for r in rows:
-        first.setdefault(dataset_name(r), r)
+        first.setdefault(r.dataset_name, r)
     for d, r in first.items():
         if d not in found:
             rho = _from_data(r, folder)
@@ -97,27 +97,27 @@ class Sweep:
     cost_gap: Estimate | None                   # MAMF's cost - classical's, by seed
 
 
-def _capacity(rows: list[dict]) -> int | None:
+def _capacity(rows: list[Row]) -> int | None:
     """The values classical fine-tuning (else any trained method) trains on these rows."""
     for method in TRAINED:
-        counts = {r.get("trainable_params") for r in rows if r["method"] == method}
+        counts = {r.trainable_params for r in rows if r.method == method}
         counts.discard(None)
         if counts:
             return max(counts)
     return None
 
 
-def _seed_means(rows: list[dict], method: str) -> dict[int, float]:
-    return {s: float(np.mean(v)) for s, v in by_seed([r for r in rows if r["method"] == method])
+def _seed_means(rows: list[Row], method: str) -> dict[int, float]:
+    return {s: float(np.mean(v)) for s, v in by_seed([r for r in rows if r.method == method])
             .items() if v}
 
 
-def sweeps(rows: list[dict], strengths: dict[str, float]) -> list[Sweep]:
+def sweeps(rows: list[Row], strengths: dict[str, float]) -> list[Sweep]:
     """The sweeps over rho, one per capacity (smallest first), each with at least two values of
     rho."""
     groups: dict[int, list[str]] = OrderedDict()
     for d in sorted(strengths, key=lambda d: strengths[d]):
-        mine = [r for r in rows if dataset_name(r) == d]
+        mine = [r for r in rows if r.dataset_name == d]
         capacity = _capacity(mine)
         if capacity is not None:
             groups.setdefault(capacity, []).append(d)
@@ -125,15 +125,15 @@ def sweeps(rows: list[dict], strengths: dict[str, float]) -> list[Sweep]:
     for capacity, datasets in sorted(groups.items()):
         if len({strengths[d] for d in datasets}) < 2:
             continue
-        mine = [r for r in rows if dataset_name(r) in datasets]
-        shared = compare(mine, [m for m in METHODS if any(r["method"] == m for r in mine)]).compared
+        mine = [r for r in rows if r.dataset_name in datasets]
+        shared = compare(mine, [m for m in METHODS if any(r.method == m for r in mine)]).compared
         accuracy = pooled(shared)
         gap = paired(shared, "mamf", "classical")
         low, high = datasets[0], datasets[-1]
         cost, ends = {}, {}
         for method in TRAINED:
-            a = _seed_means([r for r in shared if dataset_name(r) == high], method)
-            b = _seed_means([r for r in shared if dataset_name(r) == low], method)
+            a = _seed_means([r for r in shared if r.dataset_name == high], method)
+            b = _seed_means([r for r in shared if r.dataset_name == low], method)
             seeds = sorted(set(a) & set(b))
             if seeds:
                 ends[method] = {s: a[s] - b[s] for s in seeds}
@@ -153,7 +153,7 @@ def _values(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 10**5 else f"{n:,}"
 
 
-def spurious_section(rows: list[dict], folder: Path | None,
+def spurious_section(rows: list[Row], folder: Path | None,
                      figures: Path) -> tuple[list[str], dict[str, Path]]:
     """The section's markdown lines and its figure; nothing where no spurious sweep is found."""
     found = sweeps(rows, shortcut_strengths(rows, folder))

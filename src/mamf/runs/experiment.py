@@ -55,7 +55,7 @@ from mamf.tasks import samplers
 log = logging.getLogger(__name__)
 
 
-def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[dict]:
+def run_experiment(exp: Experiment, out: str | Path, progress: bool = True) -> list[Row]:
     """Run every missing row of the grid; returns all rows of `out/results.jsonl`.
 
     Under torchrun every rank runs the grid together (training data-parallel, test tasks
@@ -83,7 +83,7 @@ class Plan(NamedTuple):
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
-        -> list[dict]:
+        -> list[Row]:
     """The grid's missing rows, in-process; `job`: only the unit `unit_id` names, its rows
     appended to its own `jobs/<id>/results.jsonl` (`mamf.runs.launcher`), never to the shared file."""
     from tqdm import tqdm
@@ -135,10 +135,10 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
     return distributed.from_main(read_rows(results) if distributed.is_main() else None)
 
 
-def _claim(exp: Experiment, out: Path, rows: list[dict], job: str | None) -> None:
+def _claim(exp: Experiment, out: Path, rows: list[Row], job: str | None) -> None:
     """Refuse a folder of another experiment's rows; keep the experiment file beside the rows
     (warning when it changed since they were started)."""
-    others = sorted({r["experiment"] for r in rows if r.get("experiment", exp.name) != exp.name})
+    others = sorted({r.experiment for r in rows if r.experiment not in (None, exp.name)})
     if others:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
                         "choose another --out")

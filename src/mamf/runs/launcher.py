@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mamf.results import grid_key, read_rows, row_key
+from mamf.results import Row, grid_key, read_rows
 from mamf.system.errors import MamfError
 from mamf.system.io import append_jsonl, atomic_write_bytes
 from mamf.system.lock import exclusive
@@ -46,7 +46,7 @@ def merge_jobs(out: Path, order: list[str] = ()) -> int:
     from mamf.runs.measure import RESULTS
 
     results = out / RESULTS
-    seen = {row_key(r) for r in read_rows(results)}
+    seen = {r.key for r in read_rows(results)}
     folders = sorted(p.name for p in (out / "jobs").glob("*") if p.is_dir()) \
         if (out / "jobs").is_dir() else []
     added = 0
@@ -55,9 +55,9 @@ def merge_jobs(out: Path, order: list[str] = ()) -> int:
             if not (out / "configs" / config.name).exists():  # the rows' settings, by hash
                 atomic_write_bytes(out / "configs" / config.name, config.read_bytes())
         for row in read_rows(job_results(out, job)):
-            if row_key(row) not in seen:
-                append_jsonl(results, row)
-                seen.add(row_key(row))
+            if row.key not in seen:
+                append_jsonl(results, row.to_json())
+                seen.add(row.key)
                 added += 1
     return added
 
@@ -73,7 +73,7 @@ def run_job(source: str, out: str, job: str) -> int:
         return len(_run_experiment(load_experiment(source), out_path, False, job=job))
 
 
-def launch(exp, out: Path, slurm: SlurmSettings) -> list[dict]:
+def launch(exp, out: Path, slurm: SlurmSettings) -> list[Row]:
     """Submit the grid's missing units and wait for them; returns the merged rows."""
     try:
         import submitit

@@ -50,8 +50,9 @@ def shots_queries(dataset: ImageDataset, config: Config, split: str) -> tuple[in
 
 def evaluate(config: Config, out: Path, method: str, model: DualEncoder | None = None,
              ways: list[int] | None = None, run_dir: Path | None = None,
-             progress: bool = True, trained_by: str | None = None) -> list[dict]:
-    """Meta-test `method` for each task size; append one row per size to out/results.jsonl.
+             progress: bool = True, trained_by: str | None = None) -> list[Row]:
+    """Meta-test `method` for each task size; append one row per size to out/results.jsonl and
+    return them (a size already measured with these settings: its row as written).
 
     `trained_by`: the method that trained the run's weights, when another method (a baseline's
     test time) scores them; the rows are then named `<trained_by>+<method>`."""
@@ -66,7 +67,7 @@ def row_method(method: str, trained_by: str | None) -> str:
     return method if trained_by in (None, method) else f"{trained_by}+{method}"
 
 
-def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[dict]:
+def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -> list[Row]:
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts. With
     `metatest.interpolate`, a trained run is scored at each alpha (`mamf.engine.wiseft`)."""
@@ -97,8 +98,8 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
                                    "run": str(run_dir) if run_dir else None})
             at = "" if alpha is None else f" alpha {alpha}"
             done = finished.get(cell_key(probe))
-            if done is not None and done.get("config_id") == settings and \
-                    done["queries"] == probe.queries:
+            if done is not None and done.config_id == settings and \
+                    done.queries == probe.queries:
                 log.info("%s %d-way seed %d%s is already in %s: skipped", probe.method, n,
                          config.seed, at, out / RESULTS)
                 rows.append(done)
@@ -115,7 +116,7 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
                 row.update(run_training(Path(run_dir)))
             if is_main():
                 append_jsonl(out / RESULTS, row.to_json())
-            rows.append(row.to_json())
+            rows.append(row)
     return rows
 
 
