@@ -5,7 +5,8 @@ registration order below is the order in which a config lists their settings.
 """
 
 from mamf.methods import classical, mamf, fomaml, zeroshot  # noqa: F401, I001  (registration)
-from mamf.methods import linear_probe, prototype, tip_adapter, gda, lp_plus_plus  # noqa: F401, I001
+from mamf.methods import zs_probe, linear_probe_clip, prototype, tip_adapter, gda  # noqa: F401, I001
+from mamf.methods import lp_plus_plus  # noqa: F401, I001
 from mamf.methods import clap, taskres, prolip, ape, coop, cocoop  # noqa: F401, I001
 from mamf.methods.base import (
     EXTENSION,
