@@ -5,7 +5,9 @@ linear probe whose class weights blend visual prototypes with the text embedding
     logits = f @ W.T + b + alpha_c * (f @ T.T)
 
 As the official code runs it: W starts at the per-class sums of the support embeddings, b as
-torch's linear layer starts it (uniform in +-1/sqrt(D), drawn from the task's seeded stream), alpha
+torch's linear layer starts it (uniform in +-1/sqrt(D), drawn from a stream of the run's seed and
+the task's number of classes, so that a dev task and a test task of one support set start alike,
+as the official code's one run does for validation and test), alpha
 at 250 times the mean over classes of the class's images' similarity to their own prompt; the step
 sizes come from the data, not from a search: W and b move by full-batch SGD (momentum 0.9) with
 step 4N / lambda_max(F.T F), alpha by a gradient step of size N / (4 max_c sum_i (f_i . t_c)^2)
@@ -116,8 +118,9 @@ class LPPlusPlus(Method):
         super().__init__(config)
         self.epochs = config.baseline.lpp_epochs
 
-    def fit(self, task: Embedded, epochs: int, rng, watch=None):
+    def fit(self, task: Embedded, epochs: int, watch=None):
         b = self.config.baseline
+        rng = np.random.default_rng([self.config.seed, 151, task.ways])  # the bias's draw
         return fit_lpp(task, epochs, b.lpp_alpha_every, rng,
                        b.lpp_alpha_grad == "accumulated", watch)
 
@@ -126,12 +129,11 @@ class LPPlusPlus(Method):
         if not b.lpp_select_epoch or b.lpp_epochs == 0:
             return {}
         totals, used = np.zeros(b.lpp_epochs), 0
-        for i, dev_task in enumerate(dev_tasks):
+        for dev_task in dev_tasks:
             task = embed_task(model, inputs, dev_task)
             if len(task.support) == 0 or len(task.query) == 0:
                 continue
-            rng = np.random.default_rng([self.config.seed, 151, i])
-            _, accuracies = self.fit(task, b.lpp_epochs, rng, (task.query, task.query_labels))
+            _, accuracies = self.fit(task, b.lpp_epochs, (task.query, task.query_labels))
             totals += accuracies
             used += 1
         if used:
@@ -142,7 +144,7 @@ class LPPlusPlus(Method):
 
     def adapt(self, model, inputs, task, rng) -> None:
         self.task = embed_task(model, inputs, task)
-        self.params, _ = self.fit(self.task, self.epochs, rng)
+        self.params, _ = self.fit(self.task, self.epochs)
 
     def predict(self, model, inputs, task) -> np.ndarray:
         return predicted(lpp_logits(self.task, self.task.query, *self.params))
