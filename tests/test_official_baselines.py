@@ -466,3 +466,22 @@ def test_linear_probe_clip_follows_coops_lpclip_script():
     assert given.tolist() == expected.tolist()
     # the raw features, not the unit ones: at a weak C the probe's answer depends on the norms
     assert method.probe.coef_.shape == (WAYS, D)
+
+
+def test_the_official_preset_pins_the_defaults_and_the_official_grids():
+    """`--preset official-baselines` names every baseline's official values; mamf's defaults are
+    the same, so a study at defaults runs the official hyper-parameters too."""
+    from mamf.api import make_config, preset
+    from mamf.config import to_dict
+
+    pinned = preset("official-baselines")["baseline"]
+    defaults = to_dict(build_config())["baseline"]
+    assert {k: defaults[k] for k in pinned} == pinned
+    config = make_config("official-baselines")
+    tip = methods.create("tip-adapter", config)
+    assert tip.betas[:2] == pytest.approx([0.1, 0.1345]) and len(tip.betas) == 200
+    assert tip.alphas[-1] == pytest.approx(0.1 + 19 * 2.9 / 20) and len(tip.alphas) == 20
+    ape = methods.create("ape", config)
+    assert (len(ape.betas), len(ape.alphas), len(ape.gammas)) == (200, 20, 20)
+    assert ape.alphas[-1] == pytest.approx(0.1 + 19 * 6.9 / 20)
+    assert ape.gammas[:3] == pytest.approx([0.0, 0.05, 0.1])
