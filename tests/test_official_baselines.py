@@ -485,3 +485,107 @@ def test_the_official_preset_pins_the_defaults_and_the_official_grids():
     assert (len(ape.betas), len(ape.alphas), len(ape.gammas)) == (200, 20, 20)
     assert ape.alphas[-1] == pytest.approx(0.1 + 19 * 6.9 / 20)
     assert ape.gammas[:3] == pytest.approx([0.0, 0.05, 0.1])
+
+
+def gda_reference(inputs: Inputs, test: Task, dev: Task):
+    """GDA's main_few_shots.py (run): class means; the KS estimator cov_inv = D * pinv((N - 1)
+    cov + tr(cov) I) of the class-centred features; W = mu cov_inv, b = log(1/n) - mu cov_inv mu
+    / 2; logits 100 f @ clip_weights + alpha (f @ W + b), alpha the first of [1e-4, ..., 100]
+    whose validation accuracy beats the best so far."""
+    x, y, q, t = (v.float() if v.is_floating_point() else v for v in parts(inputs, test))
+    _, _, v, _ = parts(inputs, dev)
+    vecs, fq, fv, w = unit(x), unit(q), unit(v.float()), unit(t).T
+    vy = torch.as_tensor(dev.query_labels)
+    mus = torch.cat([vecs[y == i].mean(dim=0, keepdim=True) for i in range(WAYS)])
+    center = torch.cat([vecs[y == i] - mus[i].unsqueeze(0) for i in range(WAYS)])
+    cov = center.T.cov()
+    cov_inv = center.shape[1] * torch.linalg.pinv((center.shape[0] - 1) * cov
+                                                   + cov.trace() * torch.eye(D))
+    ps = torch.ones(WAYS) / WAYS
+    weight = torch.einsum("nd, dc -> cn", mus, cov_inv)
+    bias = ps.log() - torch.einsum("nd, dc, nc -> n", mus, cov_inv, mus) / 2
+    best, best_alpha = 0.0, 0.1
+    for alpha in [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0]:
+        acc = float(((100.0 * fv @ w + alpha * (fv @ weight + bias)).argmax(1) == vy).float()
+                    .mean())
+        if acc > best:
+            best, best_alpha = acc, alpha
+    return best_alpha, (100.0 * fq @ w + best_alpha * (fq @ weight + bias)).argmax(1).numpy()
+
+
+def test_gda_follows_the_official_code():
+    inputs, test, dev = case(shots=8)
+    _, chosen, given = run("gda", inputs, test, dev, shots=8)
+    alpha, expected = gda_reference(inputs, test, dev)
+    assert chosen["alpha"] == alpha
+    assert given.tolist() == expected.tolist()
+
+
+class HeadModel(Model):
+    """A model whose image head is a linear projection (RN50's attention-pool c_proj: a weight
+    that trains and a bias that stays) over cached backbone features."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.proj = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        self.proj.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+        self.proj.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)
+
+    def head_parameters(self):
+        return [self.proj.weight, self.proj.bias]
+
+    def image_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class BackboneInputs(Inputs):
+    """Cached backbone outputs (before the projection) by image index."""
+
+    features = True
+    image_top_blocks = 0
+
+    def frozen_features(self, indices) -> torch.Tensor:
+        return self.feats[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+
+
+def test_prolip_follows_the_official_code():
+    """ProLIP's methods/ProLIP.py with the few_shot_no_val_lr1e-3_lambda_1_N config: only the
+    projection's weight trains (the bias stays), full batch, Adam (eps 1e-4) at 1e-3 with cosine
+    decay over 300 epochs, loss CE(100 normalise(P x) @ text_weights) + (1 / shots) * the summed
+    squared distance of P from its start; then normalise(P x) @ text_weights scores the test set."""
+    g = torch.Generator().manual_seed(5)
+    inputs, test, dev = case()
+    width = 24
+    backbone = torch.randn(len(inputs.feats), width, generator=g) + inputs.feats @ torch.randn(
+        D, width, generator=g) * 0.1
+    weight0, bias0 = torch.randn(D, width, generator=g) / math.sqrt(width), torch.randn(D,
+                                                                                      generator=g)
+    model = HeadModel(weight0, bias0)
+    cached = BackboneInputs(backbone, inputs.text)
+    config = build_config(overrides={"data.shots": SHOTS})
+    method = methods.create("prolip", config)
+    method.adapt(model, cached, test, np.random.default_rng(0))
+    given = method.predict(model, cached, test)
+    assert torch.equal(model.proj.weight, weight0)  # the model itself is unchanged
+
+    # the reference
+    x = backbone[torch.as_tensor(test.support)]
+    y = torch.as_tensor(test.support_labels)
+    text_weights = unit(inputs.text.float()).T
+    proj = torch.nn.Linear(width, D)
+    proj.weight = torch.nn.Parameter(weight0.clone())
+    proj.bias = torch.nn.Parameter(bias0.clone(), requires_grad=False)
+    start = weight0.clone()
+    mse = torch.nn.MSELoss(reduction="sum")
+    optimizer = torch.optim.Adam([proj.weight], lr=1e-3, eps=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 300)
+    for _ in range(300):
+        logits = 100.0 * F.normalize(proj(x), dim=-1) @ text_weights
+        loss = F.cross_entropy(logits, y) + (1 / SHOTS) * mse(start.view(-1), proj.weight.view(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    q = backbone[torch.as_tensor(test.query)]
+    expected = (F.normalize(proj(q), dim=-1) @ text_weights).argmax(1).numpy()
+    assert torch.allclose(method.weights[0], proj.weight.detach(), atol=1e-5)
+    assert given.tolist() == expected.tolist()

@@ -83,9 +83,11 @@ def first_best(totals: torch.Tensor) -> tuple[int, ...] | None:
 
 def hits(zero_shot: torch.Tensor, cache: torch.Tensor, alphas: torch.Tensor,
          labels: torch.Tensor) -> torch.Tensor:
-    """Accuracy [A] of zero-shot + alpha * cache for every alpha at once."""
+    """Accuracy [A] (on the CPU, where the search adds them up) of zero-shot + alpha * cache
+    for every alpha at once."""
+    alphas = alphas.to(cache.device)
     logits = zero_shot.unsqueeze(0) + cache.unsqueeze(0) * alphas[:, None, None]
-    return (logits.argmax(-1) == labels).float().mean(-1)
+    return (logits.argmax(-1) == labels).float().mean(-1).cpu()
 
 
 @register
@@ -141,7 +143,7 @@ class TipAdapter(Method):
             values = one_hot(task.support_labels, task.ways)
             for j, beta in enumerate(self.betas):
                 cache = torch.exp(-(beta - beta * affinity)) @ values
-                totals[j] += hits(zero_shot, cache, alphas.to(cache.device), task.query_labels)
+                totals[j] += hits(zero_shot, cache, alphas, task.query_labels)
         best = first_best(totals)
         self.beta, self.alpha = (0.0, 0.0) if best is None else \
             (self.betas[best[0]], self.alphas[best[1]])
