@@ -589,3 +589,16 @@ def test_prolip_follows_the_official_code():
     expected = (F.normalize(proj(q), dim=-1) @ text_weights).argmax(1).numpy()
     assert torch.allclose(method.weights[0], proj.weight.detach(), atol=1e-5)
     assert given.tolist() == expected.tolist()
+
+
+def test_a_grid_of_the_wrong_shape_and_the_old_probe_name_are_refused_in_one_line():
+    from mamf.errors import MamfError
+
+    with pytest.raises(MamfError, match=r"^config baseline.tip_search_scale and .tip_search_step "
+                                        r"must each hold two values"):
+        methods.create("tip-adapter", build_config(overrides={"baseline.tip_search_step": "[200]"}))
+    with pytest.raises(MamfError, match=r"^config baseline.ape_search_scale and .ape_search_step "
+                                        r"must each hold three values"):
+        methods.create("ape", build_config(overrides={"baseline.ape_search_scale": "[7, 7]"}))
+    with pytest.raises(MamfError, match=r"^method 'linear-probe' was renamed: use zs-probe"):
+        methods.create("linear-probe", build_config())
