@@ -33,7 +33,7 @@ def cases():
 
     yield "defaults", Config()
     yield "built defaults", build_config({})
-    for name in ("cpu", "clip-lora"):
+    for name in ("cpu", "clip-lora", "official-baselines"):
         yield f"preset {name}", build_config(preset(name))
     for i, over in enumerate(OVERRIDES):
         yield f"overrides {i}", build_config(overrides=over)

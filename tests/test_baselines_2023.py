@@ -75,7 +75,8 @@ def test_lp_plus_plus_initial_blend_and_step_sizes_match_numpy():
     x, y, t = unit(SUPPORT), np.array(LABELS), unit(TEXTS)
     sums = np.stack([x[y == c].sum(0) for c in range(3)])
     text_logits = x @ t.T
-    alpha0 = 250 * np.stack([text_logits[y == c].mean(0) for c in range(3)]).mean()
+    # each class's images against their own prompt (the official compute_centroids_alpha)
+    alpha0 = 250 * np.mean([text_logits[y == c, c].mean() for c in range(3)])
     lr_w = 4 * 6 / np.linalg.eigvalsh(x.T @ x).max()
     lr_alpha = 6 / (4 * (text_logits ** 2).sum(0).max())
     weight, alpha, got_lr_w, got_lr_alpha = lpp_init(task)
@@ -85,9 +86,10 @@ def test_lp_plus_plus_initial_blend_and_step_sizes_match_numpy():
     assert got_lr_alpha == pytest.approx(lr_alpha, rel=1e-5)
     q = task.query.numpy().astype(np.float64)
     blend = q @ sums.T + alpha0 * (q @ t.T)
-    params = fit_lpp(task, epochs=0, alpha_every=10)
-    assert np.allclose(lpp_logits(task, task.query, *params).numpy(), blend, atol=1e-3)
-    w, b, a = fit_lpp(task, epochs=30, alpha_every=10)
+    (w0, b0, a0), _ = fit_lpp(task, 0, 10, np.random.default_rng(0))
+    assert np.allclose(lpp_logits(task, task.query, w0, b0 * 0, a0).numpy(), blend, atol=1e-3)
+    assert (b0.abs() <= 1 / np.sqrt(3)).all() and b0.abs().sum() > 0  # torch's uniform start
+    (w, b, a), _ = fit_lpp(task, 30, 10, np.random.default_rng(0))
     logits = lpp_logits(task, task.support, w, b, a)
     assert (logits.argmax(1) == task.support_labels).all()
 
@@ -97,7 +99,7 @@ def test_lp_plus_plus_without_support_is_zero_shot():
     # by zero there, and LP++ must fall back to the text classifier
     task = task_of(np.zeros((0, len(TEXTS[0]))), [], [[0.9, 0.2, 0.2], [0.1, 0.2, 0.9]], [0, 2],
                    TEXTS)
-    params = fit_lpp(task, epochs=30, alpha_every=10)
+    params, _ = fit_lpp(task, 30, 10, np.random.default_rng(0))
     assert torch.equal(lpp_logits(task, task.query, *params).argmax(1),
                        task.zero_shot_logits(task.query).argmax(1))
 
@@ -115,23 +117,25 @@ def test_clap_multipliers_and_penalty_match_numpy():
     assert float(clap_penalty(moved, task.texts, torch.tensor(lam, dtype=torch.float32))) == \
         pytest.approx(expected, rel=1e-5)
     # the penalty keeps the prototypes nearer the prompts than the unconstrained probe does
-    free = fit_prototypes(task, 100, 0.1, constrained=False)
-    held = fit_prototypes(task, 100, 0.1, constrained=True)
+    rng = np.random.default_rng(0)
+    free = fit_prototypes(task, 100, 0.1, constrained=False, rng=rng)
+    held = fit_prototypes(task, 100, 0.1, constrained=True, rng=rng)
     assert (held - task.texts).norm() < (free - task.texts).norm()
-    assert torch.equal(fit_prototypes(task, 0, 0.1, True), task.texts)
+    assert torch.equal(fit_prototypes(task, 0, 0.1, True, rng), task.texts)
 
 
 def test_taskres_starts_at_zero_shot_and_its_residual_fits_the_support_set():
     task = task_of(SUPPORT, LABELS, [[0.9, 0.2, 0.2]], [0], TEXTS, scale=10.0)
-    zero = fit_residual(task, 0, 2e-3, 0.5)
+    rng = np.random.default_rng(0)
+    zero = fit_residual(task, 0, 2e-3, 0.5, 5e-4, rng)
     assert torch.equal(zero, torch.zeros_like(task.texts))
-    assert torch.allclose(taskres_classifier(task, zero, 0.5), task.texts)
+    assert torch.allclose(taskres_classifier(task.texts, zero, 0.5), task.texts)
 
     def loss(r):
-        logits = task.scale * task.support @ taskres_classifier(task, r, 0.5).T
+        logits = task.scale * task.support @ taskres_classifier(task.texts, r, 0.5).T
         return float(F.cross_entropy(logits, task.support_labels))
 
-    assert loss(fit_residual(task, 50, 2e-2, 0.5)) < loss(zero)
+    assert loss(fit_residual(task, 50, 2e-2, 0.5, 5e-4, rng)) < loss(zero)
 
 
 def test_ape_criterion_matches_the_pairwise_loop_and_reduces_to_tip_adapter():

@@ -201,7 +201,7 @@ def test_one_task_size_draws_no_curve(grid, tmp_path):
 def test_the_summary_legend_fits_the_figure_with_one_dataset(tmp_path, monkeypatch):
     from mamf.report import figures
 
-    methods = ["zeroshot", "classical", "mamf", "prototype", "linear-probe", "tip-adapter",
+    methods = ["zeroshot", "classical", "mamf", "prototype", "zs-probe", "tip-adapter",
                "tip-adapter-f"]
     rows = [results_row(method=m, n_tasks=2, task_accs=[0.2, 0.4]) for m in methods]
     seen = {}

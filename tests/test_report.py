@@ -307,10 +307,10 @@ def test_degenerate_rows_are_flagged_not_shown_as_certain(tmp_path):
 
 
 def test_every_method_is_paired_against_a_reference_with_holm(tmp_path):
-    rows = (_seeded("zeroshot", 0.0) + _seeded("prototype", 0.05) + _seeded("linear-probe", 0.05)
+    rows = (_seeded("zeroshot", 0.0) + _seeded("prototype", 0.05) + _seeded("zs-probe", 0.05)
             + _seeded("tip-adapter", 0.0005))
-    md = write_report(rows, tmp_path, "ref", reference="linear-probe")["md"].read_text()
-    section = md.split("## Every method against linear probe")[1].split("## ")[0]
+    md = write_report(rows, tmp_path, "ref", reference="zs-probe")["md"].read_text()
+    section = md.split("## Every method against ZS-init probe")[1].split("## ")[0]
     lines = [x for x in section.splitlines() if x.startswith("| counting")]
     assert [x.split(" | ")[1] for x in lines] == ["zero-shot", "prototype", "Tip-Adapter"]
     assert lines[0].endswith("| 3 | 18 | does not hold |")  # -0.05 in every task

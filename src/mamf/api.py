@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mamf.results import Row
 
 
-PRESETS = ("cpu", "clip-lora")  # shipped settings files: src/mamf/configs/<name>.yaml
+PRESETS = ("cpu", "clip-lora", "official-baselines")  # shipped: src/mamf/configs/<name>.yaml
 
 
 def preset(name: str) -> dict:

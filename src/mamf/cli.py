@@ -65,8 +65,9 @@ def _setting(p: argparse.ArgumentParser, flag: str, key: str, help: str | None =
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings (sections: data, train, metatest), "
                    "or the shipped preset 'cpu' (frozen towers, minutes on a CPU)")
-    p.add_argument("--preset", help="a shipped preset: cpu (frozen towers, minutes on a CPU) "
-                   "or clip-lora (CLIP-LoRA's recipe); --config and --set apply over it")
+    p.add_argument("--preset", help="a shipped preset: cpu (frozen towers, minutes on a CPU), "
+                   "clip-lora (CLIP-LoRA's recipe) or official-baselines (the baselines at their "
+                   "official hyper-parameters); --config and --set apply over it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set train.lr=1e-5 or --set "
                    "baseline.coop_lr=0.01 (repeatable); `mamf methods` lists the methods' and "

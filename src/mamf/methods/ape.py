@@ -10,20 +10,23 @@ prompts, keys and queries are renormalised on them (primed). Then
     logits = s * f @ T.T + alpha * exp(-beta * (1 - f' @ K'.T)) @ (L * exp(gamma * KL_i))
 
 KL_i = sum_c L_ic log2(L_ic / softmax(K'_i @ T'.T)_c), with 1e-6 added as the official code does.
-alpha, beta, gamma are chosen on dev-split tasks from `baseline.ape_*` grids; the row records them.
+alpha, beta, gamma are chosen on dev-split tasks by the official search: beta in the outer loop,
+then alpha, then gamma, the first of equal best mean dev accuracies kept, over the official grid
+(`baseline.ape_search_scale`, `.ape_search_step`, the Caltech101 config's) or explicit ones
+(`baseline.ape_alphas`, `.ape_betas`, `.ape_gammas`); the row records them.
 """
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
+from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.methods.tip_adapter import first_best, grid, hits
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
 
 
 def ape_channels(task: Embedded, share: float, weights: list[float]) -> torch.Tensor:
@@ -56,8 +59,8 @@ def ape_logits(task: Embedded, features, parts, alpha: float, beta: float, gamma
     if len(keys) == 0:
         return logits
     affinity = F.normalize(features[:, channels], dim=-1) @ keys.T
-    values = one_hot(task.support_labels, task.ways) * torch.exp(gamma * divergence).unsqueeze(1)
-    return logits + alpha * torch.exp(-beta * (1 - affinity)) @ values
+    values = one_hot(task.support_labels, task.ways) * torch.exp(divergence * gamma).unsqueeze(1)
+    return logits + (torch.exp(-(beta - beta * affinity)) @ values) * alpha
 
 
 @register
@@ -67,42 +70,64 @@ class APE(Method):
     baseline = True
     tunes_on_dev = True
     settings = (
-        Setting("baseline.ape_channels", float, 0.8, "the share of channels kept", minimum=0,
-                above=True, maximum=1),
+        Setting("baseline.ape_channels", float, 0.78125, "the share of channels kept (the "
+                "official 800 of RN50's 1024)", minimum=0, above=True, maximum=1),
         Setting("baseline.ape_weights", list[float], [0.5, 0.5], "the channel criterion's "
                 "weights (similarity across classes, variance across prompts)"),
-        Setting("baseline.ape_alphas", list[float], [0.1, 0.5, 1.0, 2.0, 4.0, 7.0], "the alpha "
-                "grid searched on dev-split tasks", nonempty=True),
-        Setting("baseline.ape_betas", list[float], [0.1, 1.0, 2.0, 3.5, 5.0, 7.0], "the beta grid "
-                "searched on dev-split tasks", nonempty=True),
-        Setting("baseline.ape_gammas", list[float], [0.0, 0.1, 0.25, 0.5, 0.75], "the gamma grid "
-                "searched on dev-split tasks", nonempty=True),
+        Setting("baseline.ape_alphas", list[float] | None, None, "an explicit alpha grid "
+                "searched on dev-split tasks (unset: the official grid)", nonempty=True),
+        Setting("baseline.ape_betas", list[float] | None, None, "an explicit beta grid "
+                "searched on dev-split tasks (unset: the official grid)", nonempty=True),
+        Setting("baseline.ape_gammas", list[float] | None, None, "an explicit gamma grid "
+                "searched on dev-split tasks (unset: the official grid)", nonempty=True),
+        Setting("baseline.ape_search_scale", list[float], [7.0, 7.0, 1.0], "the official grid's "
+                "largest beta, alpha and gamma (its search_scale: the Caltech101 config's)",
+                minimum=0),
+        Setting("baseline.ape_search_step", list[int], [200, 20, 20], "the official grid's "
+                "numbers of betas, alphas and gammas (its search_step)", minimum=0, above=True),
     )
 
     def __init__(self, config):
         super().__init__(config)
         b = config.baseline
-        self.alpha, self.beta, self.gamma = b.ape_alphas[0], b.ape_betas[0], b.ape_gammas[0]
+        if len(b.ape_search_scale) != 3 or len(b.ape_search_step) != 3:
+            raise MamfError("config baseline.ape_search_scale and .ape_search_step must each "
+                            "hold three values (beta's, alpha's, then gamma's)")
+        scale, step = b.ape_search_scale, b.ape_search_step
+        self.betas = grid(b.ape_betas, scale[0], step[0])
+        self.alphas = grid(b.ape_alphas, scale[1], step[1])
+        self.gammas = grid(b.ape_gammas, scale[2], step[2], start=0.0)
+        self.alpha, self.beta, self.gamma = 0.0, 0.0, 0.0
 
     def parts(self, task: Embedded):
         b = self.config.baseline
         return ape_parts(task, b.ape_channels, b.ape_weights)
 
     def tune(self, model, inputs, dev_tasks) -> dict:
-        b = self.config.baseline
-        grid = list(itertools.product(b.ape_alphas, b.ape_betas, b.ape_gammas))
-        totals = torch.zeros(len(grid))
+        alphas = torch.tensor(self.alphas)
+        totals = torch.zeros(len(self.betas), len(self.alphas), len(self.gammas))
         for dev_task in dev_tasks:
             task = embed_task(model, inputs, dev_task)
-            parts = self.parts(task)
-            for i, (a, be, g) in enumerate(grid):
-                totals[i] += accuracy(ape_logits(task, task.query, parts, a, be, g),
-                                      task.query_labels)
-        best = int(torch.argmax(totals))
-        self.alpha, self.beta, self.gamma = grid[best]
+            zero_shot = task.zero_shot_logits(task.query)
+            if len(task.support) == 0:
+                totals += hits(zero_shot, torch.zeros_like(zero_shot), alphas,
+                               task.query_labels)[None, :, None]
+                continue
+            channels, keys, divergence = self.parts(task)
+            affinity = F.normalize(task.query[:, channels], dim=-1) @ keys.T
+            values = one_hot(task.support_labels, task.ways)
+            weighted = [values * torch.exp(divergence * g).unsqueeze(1) for g in self.gammas]
+            for j, beta in enumerate(self.betas):
+                kernel = torch.exp(-(beta - beta * affinity))
+                for k, soft in enumerate(weighted):
+                    totals[j, :, k] += hits(zero_shot, kernel @ soft, alphas, task.query_labels)
+        best = first_best(totals)
+        if best is not None:
+            self.beta, self.alpha, self.gamma = (self.betas[best[0]], self.alphas[best[1]],
+                                                 self.gammas[best[2]])
         return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
                 "dev_tasks": len(dev_tasks),
-                "dev_acc": round(float(totals[best]) / max(1, len(dev_tasks)), 6)}
+                "dev_acc": round(float(totals.max()) / max(1, len(dev_tasks)), 6)}
 
     def adapt(self, model, inputs, task, rng) -> None:
         self.task = embed_task(model, inputs, task)

@@ -89,10 +89,18 @@ def settings() -> list[Setting]:
     return gather(cls.settings for cls in REGISTRY.values())
 
 
+# names a method no longer goes by, and what to use instead
+RENAMED = {"linear-probe": "zs-probe (mamf's zero-shot-initialised probe, which this name meant "
+                           "until issue 41) or linear-probe-clip (CoOp's, the field's 'Linear "
+                           "probe')"}
+
+
 catalogue.join("methods", names=names, settings=settings)
 
 
 def method_class(name: str) -> type[Method]:
+    if name in RENAMED:
+        raise MamfError(f"method {name!r} was renamed: use {RENAMED[name]}")
     if name not in REGISTRY:
         raise MamfError(f"unknown method {name!r}: use {', '.join(REGISTRY)}")
     return REGISTRY[name]

@@ -1,9 +1,11 @@
 """What the test-time baselines share: a task's support and query embeddings, computed once.
 
-The baselines (linear probe, prototype, Tip-Adapter) never change the model; they work on its
-normalised image embeddings of the support and query sets and its class prompts' text
-embeddings. With both towers frozen these come from the cached features, so a task costs a few
-matrix products.
+The baselines (Tip-Adapter, GDA, LP++, ...) never change the model; most work on its normalised
+image embeddings of the support and query sets and its class prompts' text embeddings. Some
+official code keeps the model's raw scale where the rule depends on it: CLAP and TaskRes move the
+unnormalised text features (their norm sets how far a step turns a class's direction), and
+CoOp's linear probe fits the unnormalised image features. So a task carries both. With both
+towers frozen these come from the cached features, so a task costs a few matrix products.
 """
 
 from __future__ import annotations
@@ -16,27 +18,41 @@ import torch.nn.functional as F
 
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
+from mamf.settings import Setting
 from mamf.tasks.task import Task
 
 
 @torch.no_grad()
-def embed_images(model: DualEncoder, inputs: ModelInputs, indices: np.ndarray, dim: int,
-                 batch_size: int = 256) -> torch.Tensor:
-    """Unit-norm float32 image embeddings [len(indices), dim] (an empty set is [0, dim])."""
+def raw_images(model: DualEncoder, inputs: ModelInputs, indices: np.ndarray, dim: int,
+               batch_size: int = 256) -> torch.Tensor:
+    """The model's float32 image embeddings [len(indices), dim] as its head gives them (not
+    normalised; an empty set is [0, dim])."""
     chunks = []
     with autocast(inputs.device, inputs.precision):
         for start in range(0, len(indices), batch_size):
             chunks.append(inputs.images(model, indices[start : start + batch_size]).float())
     if not chunks:
         return torch.zeros(0, dim, device=inputs.device)
-    return F.normalize(torch.cat(chunks), dim=-1)
+    return torch.cat(chunks)
+
+
+def embed_images(model: DualEncoder, inputs: ModelInputs, indices: np.ndarray, dim: int,
+                 batch_size: int = 256) -> torch.Tensor:
+    """Unit-norm float32 image embeddings [len(indices), dim] (an empty set is [0, dim])."""
+    return F.normalize(raw_images(model, inputs, indices, dim, batch_size), dim=-1)
 
 
 @torch.no_grad()
+def raw_texts(model: DualEncoder, inputs: ModelInputs, classes: np.ndarray) -> torch.Tensor:
+    """The classes' float32 text embeddings [n, D] as the text tower gives them (not normalised;
+    under a prompt ensemble the mean of the prompts' unit embeddings, as `inputs.texts`)."""
+    with autocast(inputs.device, inputs.precision):
+        return inputs.texts(model, classes).float()
+
+
 def class_texts(model: DualEncoder, inputs: ModelInputs, classes: np.ndarray) -> torch.Tensor:
     """Unit-norm float32 text embeddings of the classes' prompts [n, D]."""
-    with autocast(inputs.device, inputs.precision):
-        return F.normalize(inputs.texts(model, classes).float(), dim=-1)
+    return F.normalize(raw_texts(model, inputs, classes), dim=-1)
 
 
 @dataclass
@@ -49,6 +65,15 @@ class Embedded:
     query_labels: torch.Tensor  # [Q]
     texts: torch.Tensor  # [n, D], unit norm
     scale: float  # the model's logit scale, exp(log scale)
+    # the same before normalising; left out (a task built by hand), the unit ones stand in
+    raw_texts: torch.Tensor | None = None  # [n, D]
+    raw_support: torch.Tensor | None = None  # [S, D]
+    raw_query: torch.Tensor | None = None  # [Q, D]
+
+    def __post_init__(self):
+        self.raw_texts = self.texts if self.raw_texts is None else self.raw_texts
+        self.raw_support = self.support if self.raw_support is None else self.raw_support
+        self.raw_query = self.query if self.raw_query is None else self.raw_query
 
     @property
     def ways(self) -> int:
@@ -61,13 +86,16 @@ class Embedded:
 @torch.no_grad()
 def embed_task(model: DualEncoder, inputs: ModelInputs, task: Task) -> Embedded:
     device = inputs.device
-    texts = class_texts(model, inputs, task.classes)
+    texts = raw_texts(model, inputs, task.classes)
     dim = texts.shape[1]
-    return Embedded(embed_images(model, inputs, task.support, dim),
+    support = raw_images(model, inputs, task.support, dim)
+    query = raw_images(model, inputs, task.query, dim)
+    return Embedded(F.normalize(support, dim=-1),
                     torch.as_tensor(task.support_labels, device=device),
-                    embed_images(model, inputs, task.query, dim),
-                    torch.as_tensor(task.query_labels, device=device), texts,
-                    float(model.logit_scale().float()))
+                    F.normalize(query, dim=-1),
+                    torch.as_tensor(task.query_labels, device=device),
+                    F.normalize(texts, dim=-1), float(model.logit_scale().float()),
+                    texts, support, query)
 
 
 def predicted(logits: torch.Tensor) -> np.ndarray:
@@ -81,3 +109,18 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def one_hot(labels: torch.Tensor, ways: int) -> torch.Tensor:
     return F.one_hot(labels, ways).float()
+
+
+# CLAP, ZS-LP and TaskRes move the text features as the text tower gives them: their norm (for
+# CLIP far from 1) sets how far a step turns a class's direction, so normalising them first
+# changes the method (docs/method.md, "CLAP")
+TEXT_FEATURES = Setting(
+    "baseline.text_features", str, "raw", "the text features CLAP, ZS-LP and TaskRes start from "
+    "and move: raw (the text tower's unnormalised output, as their official code) or unit "
+    "(normalised first: mamf's earlier variant, whose steps act as if scaled by the norm)",
+    choices=("raw", "unit"))
+
+
+def start_texts(task: Embedded, which: str) -> torch.Tensor:
+    """The text features a method moves: the raw ones, or the unit ones (`TEXT_FEATURES`)."""
+    return task.raw_texts if which == "raw" else task.texts

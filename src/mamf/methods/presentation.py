@@ -37,9 +37,12 @@ BUILTIN: dict[str, Presentation] = {
                            adapt_rate="metatest.inner_lr", adapt_epochs="metatest.inner_epochs"),
     "prototype": Presentation("prototype", "nearest support class mean, mixed with the prompt "
                               "embedding (baseline)", "#8c564b", 10, **CLOSED_FORM),
-    "linear-probe": Presentation("linear probe", "logistic regression on image embeddings from "
-                                 "the prompt embeddings (baseline)", "#e377c2", 11,
-                                 adapt_rate="baseline.probe_lr", adapt_epochs=None),
+    "linear-probe-clip": Presentation("Linear-probe CLIP", "CoOp's linear probe: logistic "
+                                      "regression on raw image features, C on dev (baseline)",
+                                      "#f7b6d2", 9, **CLOSED_FORM),
+    "zs-probe": Presentation("ZS-init probe", "mamf's probe: Adam steps on unit image embeddings "
+                             "from the prompt embeddings (baseline)", "#e377c2", 11,
+                             adapt_rate="baseline.probe_lr", adapt_epochs=None),
     "tip-adapter": Presentation("Tip-Adapter", "training-free cache of support embeddings; "
                                 "alpha, beta chosen on dev (baseline)", "#17becf", 12,
                                 **CLOSED_FORM),

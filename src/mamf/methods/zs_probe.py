@@ -1,5 +1,9 @@
-"""Linear probe: a logistic-regression head on the image embeddings, initialised from the class
-prompts' text embeddings and fit on each test task's support set (docs/method.md, "Baselines").
+"""ZS-init probe: mamf's own probe, a logistic-regression head on the unit image embeddings,
+initialised from the class prompts' text embeddings and fit by a few Adam steps on each test
+task's support set (docs/method.md, "Baselines"). It is not the field's "linear probe" (CoOp's,
+`linear-probe-clip`): it starts at zero-shot and stays near it, where CoOp's fits the raw
+features from scratch to convergence with a searched regulariser. Until issue 41 it was called
+`linear-probe`.
 
 logits = s * normalise(f) @ W.T + b, W initialised to the prompts' unit text embeddings and b to
 0, s the model's logit scale: before any step the probe is zero-shot. Full-batch Adam
@@ -36,8 +40,8 @@ def fit_probe(task: Embedded, steps: int, lr: float,
 
 
 @register
-class LinearProbe(Method):
-    name = "linear-probe"
+class ZSProbe(Method):
+    name = "zs-probe"
     trains = False
     baseline = True
     settings = (
