@@ -284,9 +284,9 @@ def _train_sizes(config, value) -> list[int]:
         return [config.data.ways]
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
-    from mamf.data.folder import scan_folder
+    from mamf.data.dataset import class_count
 
-    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
+    n_classes = class_count(config.data.root, config.data.subdataset)
     return ways_list(config, n_classes, value)
 
 

@@ -157,13 +157,16 @@ def _prepare_dataset(exp: Experiment, p: Plan, clock: _Clock, plans: list[Plan])
     def reads(dataset) -> np.ndarray | None:
         try:
             return np.unique(np.concatenate([
-                images_read(dataset, run_config(exp, q.ds, q.method, q.seed, q.root), q.method,
+                images_read(dataset, run_config(exp, q.ds, q.method, q.seed, q.root,
+                                                shots=q.shots), q.method,
                             {split for _, split, _ in q.missing}) for q in plans]))
         except MamfError:  # a split the protocol cannot form: every image, and the row that
             return None    # reads that split reports it, as it always did
 
     with clock.apart() as one_off:
-        model, dataset, inputs = prepare(config, reads=reads)
+        draws = {(run_config(exp, q.ds, q.method, q.seed, q.root, shots=q.shots).data.shots,
+                  q.seed) for q in plans}
+        model, dataset, inputs = prepare(config, reads=reads, draws=draws)
         prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     log.info("%s: model and caches ready in %.1f s (once; not counted in the time left)",
              p.ds.name, one_off())
@@ -211,10 +214,10 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
         try:
             with distributed.main_first():
                 root = dataset_root(ds, out, exp.datasets)
-            from mamf.data.folder import scan_folder
+            from mamf.data.dataset import class_count
 
             base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
-            n_classes = len(scan_folder(root, base.data.subdataset).classes)
+            n_classes = class_count(root, base.data.subdataset)
             ways = ways_list(base, n_classes, ds.ways)
         except MamfError as e:
             log.error("dataset %s skipped: %s", ds.name, e)
@@ -292,13 +295,13 @@ class _Clock:
 
 def _planned(exp: Experiment, plans: list[Plan]) -> tuple[Eta, list[list[tuple]]]:
     """The grid's clock and each unit's work (`unit_work`), in the order the units run."""
-    from mamf.data.folder import scan_folder
+    from mamf.data.dataset import class_count
 
     eta, works, classes = Eta(), [], {}
     for p in plans:
         if p.root not in classes:
             base = run_config(exp, p.ds, p.method, p.seed, p.root)
-            classes[p.root] = len(scan_folder(p.root, base.data.subdataset).classes)
+            classes[p.root] = class_count(p.root, base.data.subdataset)
         for unit in units_of(p):
             works.append(unit_work(exp, p, unit, classes[p.root]))
             for kind, units, _ in works[-1]:

@@ -121,12 +121,15 @@ def images_read(dataset: ImageDataset, config: Config, method: str,
 
 
 def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False,
-            reads: Callable[[ImageDataset], np.ndarray] | None = None):
+            reads: Callable[[ImageDataset], np.ndarray] | None = None,
+            draws: Iterable[tuple[int, int]] = ()):
     """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs.
 
     `fresh`: the model is about to be trained from its pretrained weights, so `heads=random`
     applies (before any frozen tower's outputs are cached). `reads(dataset)`: the images the
-    caller will read (`images_read`); a frozen tower may compute only those now.
+    caller will read (`images_read`); a frozen tower may compute only those now. `draws`: the
+    (shots, seed) pairs the caller will run besides `config`'s (CoOp's ImageNet reads only the
+    training images they draw).
     """
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
@@ -144,7 +147,8 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template, config.data.templates)
+                                config.data.template, config.data.templates,
+                                draws={(config.data.shots, config.seed), *draws})
     image_blocks, text_layers = unfrozen(config.train)
     inputs = ModelInputs(model, dataset, device, config.precision, image_blocks == 0,
                          text_layers == 0, config.train.crop_scale, seed=config.seed,
@@ -482,8 +486,9 @@ def row_head(dataset: ImageDataset, config: Config, method: str, ways: int,
             "seed": config.seed, "split": split,
             "sampler": trained_sampler(config, trained_by or method),
             "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
-            "prompts": dataset.prompt_source,
-            "split_file_sha256": split_file_sha256(config.data.split_file), "alpha": alpha}
+            "prompts": dataset.prompt_source, **dataset.row_fields(),
+            "split_file_sha256": split_file_sha256(config.data.split_file) or
+            (dataset.coop.sha256 if dataset.coop else None), "alpha": alpha}
 
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,
