@@ -224,7 +224,7 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
             _failure(out, {"dataset": ds.name, "error": str(e)})
             skipped.append(ds.name)
             continue
-        for shots in exp.shots or [None]:
+        for shots in ds.shots or exp.shots or [None]:
             for seed in exp.seeds:
                 for method in exp.methods:
                     if ds.methods is not None and method not in ds.methods:

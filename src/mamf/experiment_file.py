@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits", "tune"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
-                "methods", "tune"}
+                "methods", "tune", "shots"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -59,6 +60,9 @@ class DatasetSpec:
     # this dataset's own tuning grids (`grid`, `method_grid`) over the experiment's `tune:`: a
     # capacity that trains more values wants lower rates than the head alone
     tune: dict | None = None
+    # this dataset's own shots axis, over the experiment's (base-to-novel's K = 16 beside the
+    # few-shot table's 1..16)
+    shots: list[int] | None = None
 
 
 @dataclass
@@ -152,7 +156,10 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                 for split in exp.splits or [None]:
                     config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,
                                         split=split)
-                    if shots and not protocols.get(config.data.protocol).sets_shots:
+                    if ds.shots and not shots:
+                        raise MamfError(f"dataset {ds.name!r}: its own 'shots' need the "
+                                        "experiment's 'shots' axis (rows are told apart by it)")
+                    if (ds.shots or shots) and not protocols.get(config.data.protocol).sets_shots:
                         raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
                                         "with set shots (episodic, coop, base2novel), not paper")
     return exp
@@ -174,7 +181,7 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
             raise MamfError(f"dataset {name!r}: {key!r} must be a string, got {shown(value)}")
     if bool(root) == bool(build):
         raise MamfError(f"dataset {name!r} needs exactly one of 'root' (a folder) or 'build'")
-    if root and source is not None:
+    if root and source is not None and not names_data_root(root):
         root = str((source.parent / root).expanduser())
     options = _mapping(entry.get("build_options"), f"dataset {name!r}: 'build_options'")
     if options and not build:
@@ -194,19 +201,48 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                                         f"datasets.{name}.method_settings", registry.names()),
                        entry.get("methods"),
                        None if entry.get("tune") is None else
-                       _mapping(entry["tune"], f"dataset {name!r}: 'tune'"))
+                       _mapping(entry["tune"], f"dataset {name!r}: 'tune'"),
+                       _axis(entry, "shots", lambda k: is_int(k) and 1 <= k <= AT_MOST["data.shots"],
+                             "positive integers", f"dataset {name!r}: "))
 
 
-def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
+DATA_ROOT = "MAMF_DATA"  # `${MAMF_DATA}` in a dataset's root: the data root given once
+
+
+DATA_MARKS = ("${" + DATA_ROOT + "}", "$" + DATA_ROOT)
+
+
+def names_data_root(root: str) -> bool:
+    return root.startswith(DATA_MARKS)
+
+
+def data_root_in(root: str, name: str) -> str:
+    """A dataset root with a leading `${MAMF_DATA}` replaced by the data root (`--data-root`,
+    which sets the variable, so that torchrun's and the launcher's processes inherit it);
+    resolved when the grid is planned, so that a file is checked without it."""
+    if not names_data_root(root):
+        return root
+    marks = DATA_MARKS
+    value = os.environ.get(DATA_ROOT)
+    if not value:
+        raise MamfError(f"dataset {name!r}: its root {root!r} names the data root: pass "
+                        f"--data-root DATA (or set {DATA_ROOT})")
+    for m in marks:
+        if root.startswith(m):
+            return str(Path(value).expanduser() / root[len(m):].lstrip("/"))
+    return root
+
+
+def _axis(raw: dict, key: str, valid, expected: str, where: str = "") -> list | None:
     """A grid axis (`shots`, `splits`): absent (None), or a non-empty list of distinct values
-    that `valid` accepts."""
+    that `valid` accepts. `where`: whose axis (a dataset's own), for the error."""
     values = raw.get(key)
     if values is None:
         return None
     if not isinstance(values, list) or not values or not all(valid(v) for v in values):
-        raise MamfError(f"experiment {key!r} must be a non-empty list of {expected}, got "
-                        f"{shown(values)}")
-    _refuse_duplicates(values, f"experiment {key!r}")
+        raise MamfError(f"{where or 'experiment '}{key!r} must be a non-empty list of "
+                        f"{expected}, got {shown(values)}")
+    _refuse_duplicates(values, f"{where or 'experiment '}{key!r}")
     return values
 
 
@@ -335,7 +371,7 @@ def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -
     that build the same thing (builder and options) share the first one's folder, so a dataset
     studied under several settings (another training match, frozen or not) is built once."""
     if ds.root:
-        return ds.root
+        return data_root_in(ds.root, ds.name)
     from mamf.data.builders import build
 
     same = [d for d in datasets if not d.root and d.build == ds.build and

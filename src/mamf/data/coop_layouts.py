@@ -399,3 +399,83 @@ def count_classes(root: Path, layout: Layout) -> int:
     """How many classes the layout at `root` has, reading as little as can say it."""
     return len(read(root, layout, (), check_files=False).classes) if layout.reader != "imagenet" else \
         len(_subfolders(root / "images" / "train"))
+
+
+@dataclass
+class Survey:
+    """What `mamf data check` says of one of the 15 folders."""
+
+    layout: Layout
+    path: Path
+    state: str  # "ok", "absent", "incomplete" or "unreadable"
+    detail: str = ""
+    classes: int = 0
+    counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # split: (present, named)
+
+
+def survey(root: str | Path) -> list[Survey]:
+    """Each of the 15 layouts under the data root `root` (or `root` alone, when it is one):
+    present, complete (every image its split names on disk) and readable (each such image's
+    header opens). ImageNet's training images are counted, not opened (1.28 million)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MamfError(f"data folder {root} does not exist")
+    alone = recognise(root)
+    targets = [(alone, root)] if alone else [(x, root / x.folder) for x in layouts()]
+    return [_survey_one(layout, path) for layout, path in targets]
+
+
+def _survey_one(layout: Layout, path: Path) -> Survey:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_dir():
+        return Survey(layout, path, "absent")
+    try:
+        data = read(path, layout, (), check_files=False)
+    except MamfError as e:
+        return Survey(layout, path, "incomplete", str(e))
+    out = Survey(layout, path, "ok", classes=len(data.classes))
+    absent, unreadable = [], []
+    for split, pairs in data.splits.items():
+        files = [data.files[i] for _, i in pairs]
+        here = [f for f in files if f.is_file()]
+        absent += [f for f in files if not f.is_file()]
+        out.counts[split] = (len(here), len(files))
+        for f in here:
+            try:
+                with Image.open(f):
+                    pass
+            except (OSError, UnidentifiedImageError, ValueError):
+                unreadable.append(f)
+    if layout.reader == "imagenet":
+        train = path / "images" / "train"
+        n = sum(len(_images(train / w)) for w in data.wnids or [])
+        out.counts["train"] = (n, n)
+    if absent:
+        out.state = "incomplete"
+        out.detail = (f"{len(absent)} image(s) its split names are absent, e.g. "
+                      f"{printable(str(absent[0]))}")
+    elif unreadable:
+        out.state = "unreadable"
+        out.detail = (f"{len(unreadable)} image(s) do not open as images, e.g. "
+                      f"{printable(str(unreadable[0]))}")
+    return out
+
+
+def survey_lines(results: list[Survey]) -> list[str]:
+    """`mamf data check`'s table: one line a dataset, then what is wrong, one line each."""
+    lines = [f"{'dataset':<21}{'folder':<24}{'state':<12}{'classes':>8}{'train':>18}"
+             f"{'dev':>14}{'test':>16}"]
+    for s in results:
+        cells = [f"{s.counts[k][0]}/{s.counts[k][1]}" if k in s.counts and s.counts[k][1]
+                 else "-" for k in SPLITS]
+        lines.append(f"{s.layout.name:<21}{s.layout.folder + '/':<24}{s.state:<12}"
+                     f"{s.classes or '-':>8}{cells[0]:>18}{cells[1]:>14}{cells[2]:>16}")
+    for s in results:
+        if s.detail:
+            lines.append(f"{s.layout.name}: {s.detail}")
+    ok = sum(s.state == "ok" for s in results)
+    lines.append(f"{ok} of {len(results)} ready (images present / named by the split; "
+                 "ImageNet's dev is drawn from its training images, CoOp's variants are "
+                 "test-only)")
+    return lines
