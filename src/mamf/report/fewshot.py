@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mamf import protocols
+from mamf.report.benchmark import benchmark_section
 from mamf.report.common import colour, in_order, label, md, safe_name
 from mamf.report.compare import one_per_cell
 from mamf.report.figures import pyplot, save
@@ -71,7 +72,7 @@ def anchor_lines(coop: list[dict], anchors: dict | None = None) -> list[str]:
     for a in anchors["methods"]:
         cells = [f"{a['shots'][str(k)]:.1f}" if str(k) in a["shots"] else "-" for k in shots]
         lines.append(f"| {a['method']} (*published*) | " + " | ".join(cells)
-                     + f" | {a['source']} |")
+                     + f" | {a['source']} ({a['read']}) |")
     table = by_shots(mine)
     for m in in_order({r["method"] for r in mine}):
         cells = []
@@ -127,7 +128,8 @@ def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[st
             lines.append("")
             safe = safe_name(d)
             pngs[f"shots-{safe}"] = shots_figure(coop, d, figures / f"shots-{safe}.png")
-        lines += anchor_lines(coop)
+        if not any(r.get("coop_dataset") for r in coop):  # else the benchmark section has them
+            lines += anchor_lines(coop)
     if b2n:
         lines += ["### base2novel: base, novel and harmonic mean", "",
                   "Accuracy (%) on the base classes' and the novel classes' test images and their "
@@ -139,6 +141,7 @@ def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[st
                 lines.append(f"| {d} | {label(m)} | {k} | {_cell(base[(d, m)][k])} | "
                              f"{_cell(novel[(d, m)][k])} | {_cell(v[k])} |")
         lines.append("")
+    lines += benchmark_section(rows)
     repeats = one_per_cell(coop + b2n)[1]
     if repeats:
         lines += ["Left out of these tables, since each seed counts once: "
