@@ -30,9 +30,12 @@ def test_the_benchmark_config_is_the_fields_grid(data, monkeypatch):
     exp = load_experiment(BENCHMARK)
     assert exp.model == "openai/clip-vit-base-patch16"
     assert exp.seeds == [1, 2, 3] and exp.shots == [1, 2, 4, 8, 16]
-    eleven, _ = coop_layouts.benchmark_keys()
+    eleven, variants = coop_layouts.benchmark_keys()
     by_name = {d.name: d for d in exp.datasets}
-    assert [d for d in by_name if "-" not in d] == eleven
+    assert [d for d in by_name if "-" not in d] == eleven + variants
+    for v in variants:
+        assert by_name[v].runs_of == "imagenet"
+        assert by_name[f"{v}-clip-lora"].runs_of == "imagenet-clip-lora"
     with pytest.raises(MamfError, match="names the data root: pass --data-root DATA"):
         dataset_root(by_name["imagenet"], Path("/out"))
     monkeypatch.setenv("MAMF_DATA", str(data))
@@ -152,3 +155,70 @@ def test_an_imagenet_run_is_scored_on_a_variant_over_its_own_classes(data, tmp_p
                  str(data / "imagenet-adversarial"), "--protocol", "coop", "--shots", "2",
                  "--steps", "1", "--out", str(tmp_path / "no")]) != 0
     assert "test-only dataset (CoOp's ImageNetA)" in capsys.readouterr().err
+
+
+VARIANTS = """\
+name: tiny-variants
+model: tiny-random-clip
+methods: [zeroshot, classical]
+seeds: [1]
+shots: [1, 2]
+settings:
+  data: {protocol: coop}
+  train: {freeze_image_backbone: true, freeze_text_tower: true, steps: 2, lr: 0.01}
+datasets:
+  imagenet:
+    root: ${MAMF_DATA}/imagenet
+  imagenet_a:
+    root: ${MAMF_DATA}/imagenet-adversarial
+    runs_of: imagenet
+  imagenetv2:
+    root: ${MAMF_DATA}/imagenetv2
+    runs_of: imagenet
+"""
+
+
+def test_imagenets_runs_are_scored_on_the_variants_in_the_grid_and_resume(data, tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MAMF_DATA", str(data))
+    config = tmp_path / "variants.yaml"
+    config.write_text(VARIANTS)
+    out = tmp_path / "out"
+    assert main(["experiment", str(config), "--out", str(out), "--quiet"]) == 0
+    results = out / "results.jsonl"
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    by_entry = {}
+    for r in rows:
+        by_entry.setdefault(r["experiment_dataset"], []).append(r)
+    assert sorted(by_entry) == ["imagenet", "imagenet_a", "imagenetv2"]
+    assert {(r["method"], r["shots"]) for r in by_entry["imagenet_a"]} == \
+        {(m, k) for m in ("zeroshot", "classical") for k in (1, 2)}
+    assert {r["ways"] for r in by_entry["imagenet_a"]} == {200}
+    assert {r["ways"] for r in by_entry["imagenetv2"]} == {4}
+    assert all(r["coop_dataset"] == "ImageNetA" for r in by_entry["imagenet_a"])
+    trained = [r for r in by_entry["imagenet_a"] if r["method"] == "classical"]
+    assert all(r["train_steps"] == 2 for r in trained)  # scored with the run's trained weights
+    # the variants' rows lost: a rerun trains again and writes exactly them, the same numbers
+    kept = [r for r in rows if r["experiment_dataset"] == "imagenet"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert main(["experiment", str(config), "--out", str(out), "--quiet"]) == 0
+    again = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(again) == len(rows)
+
+    def scores(rs):
+        return sorted((r["experiment_dataset"], r["method"], r["shots"], r["acc_mean"])
+                      for r in rs)
+
+    assert scores(again) == scores(rows)
+
+
+def test_runs_of_must_name_a_training_entry_and_hold_only_a_root(tmp_path):
+    for text, message in (
+            (VARIANTS.replace("runs_of: imagenet\n", "runs_of: nowhere\n", 1),
+             "'runs_of' must name a dataset entry that trains"),
+            (VARIANTS.replace("    runs_of: imagenet\n", "    runs_of: imagenet\n    ways: 3\n",
+                              1), "an entry with 'runs_of' holds only its 'root'")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(MamfError, match=message):
+            load_experiment(bad)

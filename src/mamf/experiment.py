@@ -76,6 +76,12 @@ class Plan(NamedTuple):
     ways: list[int]  # every task size of the dataset
     missing: list[tuple[int, str, float | None]]  # (ways, split, alpha) of each missing row
     shots: int | None  # the grid's shots axis value, if it has one
+    # the entries scoring this run's weights too (`runs_of`): (entry, its folder, its class
+    # count, its missing (split, alpha) cells)
+    also: tuple = ()
+
+    def also_missing(self) -> int:
+        return sum(len(cells) for *_, cells in self.also)
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
@@ -98,7 +104,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
         if not plans:
             raise MamfError(f"job {job}: no such unit left in the grid of {out}")
         done |= {grid_key(r, bool(exp.shots)) for r in read_rows(results)}
-    total = sum(len(p.missing) for p in plans)
+    total = sum(len(p.missing) + p.also_missing() for p in plans)
     if total == 0:
         if skipped:
             log.warning("nothing computed: dataset(s) %s skipped (see above); the rest of the "
@@ -178,7 +184,8 @@ def _run_recorded(exp: Experiment, out: Path, p: Plan, unit: list[int], prepared
     """One unit's rows, logged as they come; a failure is recorded and the grid goes on."""
     model, dataset, inputs, pretrained, prompts = prepared
     name = p.method if p.sampler is None else f"{p.method} ({p.sampler})"
-    left = sum(1 for n, _, _ in p.missing if n in unit)
+    left = sum(1 for n, _, _ in p.missing if n in unit) + \
+        (p.also_missing() if unit == units_of(p)[-1] else 0)
     work = clock.unit()
     try:
         for row in _run_unit(exp, p, unit, model, dataset, inputs, pretrained, prompts,
@@ -210,7 +217,10 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
     """Every method run with rows not in `done`, building datasets that are not yet built; and
     the names of the datasets skipped (they could not be built or read)."""
     plans, skipped = [], []
+    scorers = _scorers(exp, out, skipped)
     for ds in exp.datasets:
+        if ds.runs_of is not None:
+            continue  # planned with the runs it scores
         try:
             with distributed.main_first():
                 root = dataset_root(ds, out, exp.datasets)
@@ -235,10 +245,37 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                                    if grid_cell(ds, method, sampler, seed, shots, n, split,
                                                 alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
+                        tests = [c for c in cells(exp, ds, root, method, seed, sampler)
+                                 if c[0] == "test"]  # what a test-only variant can score
+                        also = tuple(
+                            (v, v_root, n, tuple(c for c in tests if grid_cell(
+                                v, method, sampler, seed, shots, n, *c) not in done))
+                            for v, v_root, n in scorers.get(ds.name, []))
+                        also = tuple(a for a in also if a[3])
+                        if also and not todo:
+                            todo = ways[:1]  # the run trains again for the entries it scores
                         if todo:
                             plans.append(Plan(ds, root, seed, method, sampler, todo, ways,
-                                              missing, shots))
+                                              missing, shots, also))
     return plans, skipped
+
+
+def _scorers(exp: Experiment, out: Path, skipped: list[str]) -> dict[str, list[tuple]]:
+    """Per training entry, the `runs_of` entries that score its runs: (entry, folder, classes)."""
+    from mamf.data.dataset import class_count
+
+    found: dict[str, list[tuple]] = {}
+    for v in exp.datasets:
+        if v.runs_of is None:
+            continue
+        try:
+            root = dataset_root(v, out, exp.datasets)
+            found.setdefault(v.runs_of, []).append((v, root, class_count(root)))
+        except MamfError as e:
+            log.error("dataset %s skipped: %s", v.name, e)
+            _failure(out, {"dataset": v.name, "error": str(e)})
+            skipped.append(v.name)
+    return found
 
 
 def grid_cell(ds: DatasetSpec, method: str, sampler: str | None, seed: int, shots: int | None,
@@ -384,14 +421,33 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
             with mix.at(alpha) if mix else contextlib.nullcontext():
                 row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
                                         prompts, alpha=alpha)
-            row.update(train_info)
-            row.update({"experiment": exp.name, "experiment_dataset": ds.name})
-            if distributed.is_main():
-                config_file = results.parent / "configs" / f"{row.config_id}.yaml"
-                if not config_file.exists():
-                    atomic_write_text(config_file, dump_yaml(config))
-                append_jsonl(results, row.to_json())
-            yield row
+            yield _recorded(exp, ds, row, train_info, config, results)
+    if unit == units_of(p)[-1]:  # the entries that score this run (`runs_of`), last
+        for v, v_root, n, v_cells in p.also:
+            _, v_dataset, v_inputs = prepare(run_config(exp, ds, method, seed, v_root, ways=n,
+                                                        sampler=sampler, shots=shots), model)
+            for split, alpha in v_cells:
+                if grid_cell(v, method, sampler, seed, shots, n, split, alpha) in done:
+                    continue
+                config = run_config(exp, ds, method, seed, v_root, ways=n, sampler=sampler,
+                                    shots=shots, split=split)
+                with mix.at(alpha) if mix else contextlib.nullcontext():
+                    row = evaluate_prepared(model, v_dataset, v_inputs, config, method, n,
+                                            progress, alpha=alpha)
+                yield _recorded(exp, v, row, train_info, config, results)
+
+
+def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, config,
+              results: Path) -> Row:
+    """A unit's row, with what its training was, appended to the results (and its config)."""
+    row.update(train_info)
+    row.update({"experiment": exp.name, "experiment_dataset": ds.name})
+    if distributed.is_main():
+        config_file = results.parent / "configs" / f"{row.config_id}.yaml"
+        if not config_file.exists():
+            atomic_write_text(config_file, dump_yaml(config))
+        append_jsonl(results, row.to_json())
+    return row
 
 
 def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits", "tune"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
-                "methods", "tune", "shots"}
+                "methods", "tune", "shots", "runs_of"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -63,6 +63,9 @@ class DatasetSpec:
     # this dataset's own shots axis, over the experiment's (base-to-novel's K = 16 beside the
     # few-shot table's 1..16)
     shots: list[int] | None = None
+    # a test-only dataset that scores another entry's runs (ImageNet's, on its variants): it
+    # trains nothing; each method run of that entry is scored here too, with its weights
+    runs_of: str | None = None
 
 
 @dataclass
@@ -132,6 +135,12 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
     datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    names = {ds.name: ds for ds in datasets}
+    for ds in datasets:
+        if ds.runs_of is not None and (ds.runs_of not in names or names[ds.runs_of].runs_of):
+            raise MamfError(f"dataset {ds.name!r}: 'runs_of' must name a dataset entry that "
+                            f"trains (one of {', '.join(n for n in names if not names[n].runs_of)}"
+                            f"), got {shown(ds.runs_of)}")
     for ds in datasets:
         if ds.methods is not None and (not isinstance(ds.methods, list) or not ds.methods or
                                        any(m not in methods for m in ds.methods)):
@@ -151,6 +160,10 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
     for ds in datasets:
+        if ds.runs_of and not protocols.get(run_config(
+                exp, names[ds.runs_of], methods[0], seeds[0], "/placeholder").data.protocol).all_way:
+            raise MamfError(f"dataset {ds.name!r}: 'runs_of' scores runs of an all-way protocol "
+                            "(coop): one task of all the variant's classes")
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
                 for split in exp.splits or [None]:
@@ -203,7 +216,8 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        None if entry.get("tune") is None else
                        _mapping(entry["tune"], f"dataset {name!r}: 'tune'"),
                        _axis(entry, "shots", lambda k: is_int(k) and 1 <= k <= AT_MOST["data.shots"],
-                             "positive integers", f"dataset {name!r}: "))
+                             "positive integers", f"dataset {name!r}: "),
+                       _runs_of(name, entry))
 
 
 DATA_ROOT = "MAMF_DATA"  # `${MAMF_DATA}` in a dataset's root: the data root given once
@@ -231,6 +245,22 @@ def data_root_in(root: str, name: str) -> str:
         if root.startswith(m):
             return str(Path(value).expanduser() / root[len(m):].lstrip("/"))
     return root
+
+
+def _runs_of(name: str, entry: dict) -> str | None:
+    """`runs_of: <entry>`: only a folder (`root`) goes with it; what is scored and how is the
+    other entry's."""
+    source = entry.get("runs_of")
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise MamfError(f"dataset {name!r}: 'runs_of' names another dataset entry, got "
+                        f"{shown(source)}")
+    other = set(entry) - {"root", "runs_of"}
+    if other or not entry.get("root"):
+        raise MamfError(f"dataset {name!r}: an entry with 'runs_of' holds only its 'root' (the "
+                        f"runs of {source!r} are scored on it with {source!r}'s settings)")
+    return source
 
 
 def _axis(raw: dict, key: str, valid, expected: str, where: str = "") -> list | None:
