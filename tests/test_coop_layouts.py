@@ -272,3 +272,13 @@ def test_labels_first_appear_out_of_order_in_the_pets_replica(data):
     first = list(dict.fromkeys(e[1] for e in split["train"]))
     assert first != sorted(first)
     assert np.all(np.diff([e[1] for e in split["test"]]) >= 0)
+
+
+def test_a_split_file_beside_a_layout_is_refused_not_ignored(data, tmp_path):
+    root = data / "oxford_pets"
+    dataset = ImageDataset.load(root, 32)
+    other = tmp_path / "split.json"
+    other.write_text("{}")
+    config = config_for(root, **{"data.split_file": str(other)})
+    with pytest.raises(MamfError, match="brings its own split: drop data.split_file"):
+        evaluation_tasks(dataset, config, "test", dataset.n_classes)

@@ -30,6 +30,7 @@ SHOTS_STREAM = 104  # the seeded stream that draws the K training shots
 def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> list[np.ndarray]:
     """Per class (dataset order), the image indices of `split` (of a CoOp layout: all of it)."""
     if dataset.coop is not None:
+        own_split(dataset, split_file)
         return dataset.coop.per_class(dataset.coop.splits[split])
     if split_file:
         return _from_split_file(dataset, Path(split_file))[split]
@@ -124,6 +125,13 @@ def _overlap(raw: dict, where: dict, a: str, b: str) -> int:
     return len(images(a) & images(b))
 
 
+def own_split(dataset: ImageDataset, split_file: str | None) -> None:
+    """A CoOp layout brings its split: a `data.split_file` beside it would go unread."""
+    if split_file:
+        raise MamfError(f"{dataset.root} is CoOp's {dataset.coop.layout.name} folder, which "
+                        f"brings its own split: drop data.split_file ({split_file})")
+
+
 def drawn_split(dataset: ImageDataset, data, split: str, seed: int) -> list[np.ndarray]:
     """What the coop protocol's `split` offers per class: the K shots (train), the dev images
     (of a CoOp layout: CoOp's min(K, 4) validation shots) and every test image."""
@@ -144,6 +152,7 @@ def split_size(dataset: ImageDataset, data, split: str) -> int:
 def training_shots(dataset: ImageDataset, data, seed: int) -> list[np.ndarray]:
     """K training images per class drawn by `seed` (all classes; in file order)."""
     if dataset.coop is not None:
+        own_split(dataset, data.split_file)
         short = coop_layouts.short_classes(dataset.coop, data.shots)
         if short and not dataset.coop.layout.test_only:
             log.warning("%d class(es) of %s have fewer than %d training images, e.g. %r: all of "
