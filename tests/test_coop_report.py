@@ -12,6 +12,7 @@ from mamf.report.benchmark import benchmark_section, hm_conventions, load_anchor
 
 ELEVEN = [coop_layouts.by_key(k).name for k in coop_layouts.benchmark_keys()[0]]
 KEYS = dict(zip(ELEVEN, coop_layouts.benchmark_keys()[0]))
+ALL_KEYS = {x.name: x.key for x in coop_layouts.layouts()}
 B16 = "openai/clip-vit-base-patch16"
 
 
@@ -96,3 +97,24 @@ def test_imagenet_runs_on_the_variants_line_up_by_run():
     text = "\n".join(benchmark_section(rows))
     assert "### ImageNet to its variants" in text
     assert "| classical FT | 16 | 70.0 | 60.0 | 45.0 | 40.0 | 70.0 | 53.8 |" in text
+
+
+def test_a_grids_imagenet_rows_line_up_with_its_variant_rows_by_method_shots_and_seed():
+    rows = [row("ImageNet", "mamf", 4, 1, 0.66, experiment="bench"),
+            row("ImageNet", "classical", 4, 1, 0.70, experiment="bench",
+                entry="imagenet-clip-lora")]
+    for v in ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"):
+        rows.append({**row(v, "mamf", 4, 1, 0.5, experiment="bench"), "dataset": v.lower()})
+        rows.append({**row(v, "classical", 4, 1, 0.6, experiment="bench"),
+                     "dataset": v.lower(), "experiment_dataset": f"{ALL_KEYS[v]}-clip-lora"})
+    text = "\n".join(benchmark_section(rows))
+    assert "| MAMF | 4 | 66.0 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 |" in text
+    assert "| classical FT (clip-lora) | 4 | 70.0 | 60.0 | 60.0 | 60.0 | 60.0 | 60.0 |" in text
+
+
+def test_the_setup_names_coops_templates_from_the_rows():
+    from mamf.report.setup import _templates
+
+    pairs = [({"prompts": "coop", "template": "{} texture."}, None),
+             ({"prompts": "coop", "template": "a photo of a {}."}, None)]
+    assert _templates(pairs) == "CoOp's template per dataset (a photo of a {}.; {} texture.)"

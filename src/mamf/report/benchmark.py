@@ -196,13 +196,16 @@ def base2novel_lines(rows: list[dict], anchors: dict, eleven: list[str]) -> list
 
 def variant_lines(rows: list[dict], variants: list[str]) -> list[str]:
     """ImageNet-trained runs on the variants: one line per (method, shots), by the run."""
-    source = {(r["run"], r["seed"]): r for r in rows
-              if r.get("coop_dataset") == "ImageNet" and r.get("run")}
+    def run_of(r: dict) -> tuple:  # the training a row scored: its run folder, or in a grid
+        return (row_label(r), r["shots"], r["seed"], r.get("run"), r.get("experiment"))
+
+    source = {run_of(r): r for r in rows if r.get("coop_dataset") == "ImageNet"
+              and r["protocol"] == "coop"}
     table: dict = {}
     for r in one_per_cell([r for r in rows if r["coop_dataset"] in variants])[0].values():
         table.setdefault((row_label(r), r["shots"]), {}).setdefault(
             r["coop_dataset"], []).append(float(r["acc_mean"]))
-        src = source.get((r.get("run"), r["seed"]))
+        src = source.get(run_of(r))
         if src is not None:
             table[(row_label(r), r["shots"])].setdefault("ImageNet", []).append(
                 float(src["acc_mean"]))
