@@ -246,6 +246,9 @@ def test_a_plain_folder_stays_plain_even_with_a_class_named_images(tmp_path):
     dataset = ImageDataset.load(root, 32)
     assert dataset.coop is None and dataset.classes == ["blue", "green", "images"]
     assert dataset.prompt_source == "template" and dataset.row_fields() == {}
+    named = make_folder(tmp_path / "named", n_classes=3, per_class=4)
+    (named / "classnames.txt").write_text("blue the blue one\n")  # a file of its own
+    assert coop_layouts.recognise(named) is None
     # a plain folder that happens to carry a layout's name, without its image folder, too
     plain = make_folder(tmp_path / "eurosat", n_classes=3, per_class=4)
     assert coop_layouts.recognise(plain) is None

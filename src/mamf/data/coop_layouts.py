@@ -83,15 +83,17 @@ def _present(root: Path, name: str) -> bool:
     return (root / name).exists()
 
 
-GENERIC = frozenset({"images", "jpg", "."})  # image folders too common to tell a layout alone
+# names too common to tell a layout alone (a plain folder may hold a class `images`, or a file
+# `classnames.txt`); two of them together do
+GENERIC = frozenset({"images", "jpg", ".", "classnames.txt"})
 
 
 def recognise(root: str | Path) -> Layout | None:
     """The layout `root` has, or None (a plain folder). A layout is a candidate when one of its
-    own files is present (a generic image folder such as images/ is not enough), or when the
-    folder carries its name and its image folder, so that a folder missing its split file is
-    told so; the candidate with the most of its files present (its name counting one) wins,
-    the first in DATASETS.md's order on a tie."""
+    own files is present (one generic name such as images/ or classnames.txt is not enough,
+    two are), or when the folder carries its name and its image folder, so that a folder
+    missing its split file is told so; the candidate with the most of its files present (its
+    name counting one) wins, the first in DATASETS.md's order on a tie."""
     root = Path(root)
     if not root.is_dir():
         return None
@@ -99,7 +101,7 @@ def recognise(root: str | Path) -> Layout | None:
     for layout in layouts():
         present = [m for m in layout.markers if _present(root, m)]
         named = root.resolve().name == layout.folder
-        if not any(m not in GENERIC for m in present) and \
+        if not any(m not in GENERIC for m in present) and len(present) < 2 and \
                 not (named and _present(root, layout.image_dir)):
             continue
         if len(present) + named > score:
