@@ -31,9 +31,10 @@ class Coop(Protocol):
         return np.arange(dataset.n_classes)
 
     def pool(self, dataset, data, split, seed):
-        """The training split is the K-shot training set (of `train_classes`); the dev and test
-        splits hold every image of every class."""
-        if split != "test" and test_only(dataset):
+        """The training split is the K-shot training set (of `train_classes`); the test split
+        holds every image of every class, and so does dev but of a CoOp folder (CoOp's
+        min(K, 4) validation shots per class)."""
+        if split != "test" and is_test_only(dataset):
             raise MamfError(f"{dataset.name} is a test-only dataset (CoOp's "
                             f"{dataset.coop.layout.name}): train on ImageNet, then score the run "
                             "on it with `mamf evaluate --run RUN --data FOLDER`")
@@ -50,7 +51,7 @@ class Coop(Protocol):
 
     def parts(self, dataset: ImageDataset) -> list[tuple[np.ndarray, bool]]:
         """The test tasks' classes, and whether each task has a support set."""
-        return [(np.arange(dataset.n_classes), not test_only(dataset))]
+        return [(np.arange(dataset.n_classes), not is_test_only(dataset))]
 
     def test_tasks(self, dataset, config, split, ways):
         """All-way, whatever `ways`: support the K shots, query every image of the split."""
@@ -71,6 +72,6 @@ class Coop(Protocol):
         return data.shots, split_size(dataset, data, split)
 
 
-def test_only(dataset: ImageDataset) -> bool:
+def is_test_only(dataset: ImageDataset) -> bool:
     """Whether the dataset has only a test split (an ImageNet variant of CoOp's benchmark)."""
     return dataset.coop is not None and dataset.coop.layout.test_only
