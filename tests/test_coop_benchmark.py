@@ -98,6 +98,18 @@ def test_a_benchmark_grid_runs_from_the_data_root_and_resumes(data, tmp_path, mo
     assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
 
 
+def test_a_grid_under_the_data_root_without_it_is_one_line_before_anything_runs(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MAMF_DATA", raising=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    assert main(["experiment", str(config), "--out", str(tmp_path / "out"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "3 dataset(s) of tiny-benchmark (oxford_pets, ...) live under the data root: pass " \
+        "--data-root DATA" in err
+    assert not (tmp_path / "out" / "failures.jsonl").exists()
+
+
 def test_a_datasets_own_shots_need_the_experiments_axis(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("shots: [1, 2]\n", ""))

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -27,11 +28,13 @@ from mamf import methods as registry
 from mamf.config import dump_yaml
 from mamf.errors import MamfError
 from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
+    DATA_ROOT,
     DatasetSpec,
     Experiment,
     cells,
     dataset_root,
     load_experiment,
+    names_data_root,
     parse_experiment,
     run_config,
     samplers_of,
@@ -217,6 +220,7 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
     """Every method run with rows not in `done`, building datasets that are not yet built; and
     the names of the datasets skipped (they could not be built or read)."""
     plans, skipped = [], []
+    need_root(exp)
     scorers = _scorers(exp, out, skipped)
     for ds in exp.datasets:
         if ds.runs_of is not None:
@@ -258,6 +262,15 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                             plans.append(Plan(ds, root, seed, method, sampler, todo, ways,
                                               missing, shots, also))
     return plans, skipped
+
+
+def need_root(exp: Experiment) -> None:
+    """The data root is given once for the whole grid: without it, one line before anything runs
+    (not one failure per dataset)."""
+    named = [ds.name for ds in exp.datasets if ds.root and names_data_root(ds.root)]
+    if named and not os.environ.get(DATA_ROOT):
+        raise MamfError(f"{len(named)} dataset(s) of {exp.name} ({named[0]}, ...) live under the "
+                        f"data root: pass --data-root DATA (or set {DATA_ROOT})")
 
 
 def _scorers(exp: Experiment, out: Path, skipped: list[str]) -> dict[str, list[tuple]]:
