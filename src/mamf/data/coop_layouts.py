@@ -64,6 +64,7 @@ def _table() -> dict:
     return json.loads((FILES / "layouts.json").read_text(encoding="utf-8"))
 
 
+@cache
 def layouts() -> tuple[Layout, ...]:
     fields_ = Layout.__dataclass_fields__
     return tuple(Layout(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()
