@@ -133,6 +133,20 @@ def test_base2novel_splits_classes_in_coops_label_order(data):
     assert list(base_novel(dataset.n_classes)[0]) == [0, 1]
 
 
+def test_base2novel_tunes_on_the_base_classes_only_as_cocoop_validates(data):
+    """CoCoOp subsamples its validation set to the base classes: the dev split's tasks (what
+    tuning scores) hold no novel class, and a dev row is the base accuracy."""
+    from mamf.protocols import get
+
+    root = data / "caltech-101"
+    dataset = ImageDataset.load(root, 32)
+    config = config_for(root, **{"data.protocol": "base2novel"})
+    (dev,) = evaluation_tasks(dataset, config, "dev", dataset.n_classes)
+    assert [dataset.classes[c] for c in dev.classes] == ["face", "leopard"]
+    assert len(evaluation_tasks(dataset, config, "test", dataset.n_classes)) == 2
+    assert get("base2novel").summary([0.75]) == (0.75, 0.0, {"base_acc": 0.75})
+
+
 def test_imagenet_reads_only_the_drawn_training_images(data):
     root = data / "imagenet"
     dataset = ImageDataset.load(root, 32, draws=[(2, 1), (4, 2)])

@@ -84,7 +84,7 @@ def benchmark_section(rows: list[dict], anchors: dict | None = None) -> list[str
     anchors = anchors or load_anchors()
     eleven, variants = _benchmark_names()
     coop = [r for r in rows if r["protocol"] == "coop" and r["coop_dataset"] in eleven]
-    b2n = [r for r in rows if r["protocol"] == "base2novel"]
+    b2n = [r for r in rows if r["protocol"] == "base2novel" and r.get("hm") is not None]
     shifted = [r for r in rows if r["coop_dataset"] in variants]
     lines = ["## The field's benchmark", "",
              "Rows measured on the folders of CoOp's DATASETS.md, read as CoOp reads them "

@@ -108,7 +108,9 @@ def fewshot_section(rows: list[dict], figures: Path) -> tuple[list[str], dict[st
     """Markdown lines and figures for the coop and base2novel rows (none: nothing)."""
     kinds = {p: protocols.get(p) for p in {r["protocol"] for r in rows}}
     coop = [r for r in rows if kinds[r["protocol"]].all_way and kinds[r["protocol"]].pooled]
-    b2n = [r for r in rows if kinds[r["protocol"]].all_way and not kinds[r["protocol"]].pooled]
+    # (a base2novel row of the dev split scores the base classes alone: no HM to tabulate)
+    b2n = [r for r in rows if kinds[r["protocol"]].all_way and not kinds[r["protocol"]].pooled
+           and r.get("hm") is not None]
     if not coop and not b2n:
         return [], {}
     lines, pngs = ["## Few-shot protocols", ""], {}
