@@ -102,7 +102,7 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
     run). With a run, `settings` (nested) and `overrides` (dotted) change its config; otherwise
     `overrides` do."""
     from mamf.config import deep_merge
-    from mamf.data.folder import scan_folder
+    from mamf.data.dataset import class_count
     from mamf.methods import names
     from mamf.runs.measure import evaluate as meta_test
     from mamf.runs.ways import ways_list
@@ -130,7 +130,7 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
         method = method or test_time[0]
     if not config.data.root:
         raise MamfError("no data folder given: set data.root (--data DIR)")
-    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
+    n_classes = class_count(config.data.root, config.data.subdataset)
     sizes = ways_list(config, n_classes, list(ways) if isinstance(ways, (list, tuple)) else ways)
     with _bars(progress):
         return meta_test(config, Path(out), method, model, sizes, run_dir, progress=progress,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -154,6 +155,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("config", help="experiment YAML (see configs/)")
     ex.add_argument("--out", required=True, help="folder for results.jsonl and the report")
     ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--data-root", metavar="DATA", help="the folder that ${MAMF_DATA} stands for "
+                    "in the datasets' roots (CoOp's $DATA: configs/coop-benchmark.yaml)")
     ex.add_argument("--launcher", choices=["local", "submitit"], default="local",
                     help="local: this process (default); submitit: one cluster job per unit "
                     "(Slurm where sbatch exists), rows merged when they end; a rerun submits "
@@ -175,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     tu.add_argument("config", help="experiment YAML with a tune: section")
     tu.add_argument("--out", required=True, help="the experiment's output folder")
     tu.add_argument("--quiet", action="store_true", help="no progress bars")
+    tu.add_argument("--data-root", metavar="DATA", help="the folder that ${MAMF_DATA} stands for "
+                    "in the datasets' roots")
 
     xp = sub.add_parser("export", help="a trained run as a transformers, peft or ONNX folder",
                         description="Write the run's model in a standard form and check it, "
@@ -196,11 +201,15 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     da = sub.add_parser("data", help="build an offline benchmark dataset in the standard layout, "
-                        "or import one of the paper's from its archive")
+                        "import one of the paper's from its archive, or check the field's "
+                        "(`mamf data check DATA`)")
     da.add_argument("name", help="build emoji, emoji-levels, counting, spurious, fashion-mnist or "
                     "digits; import cub, "
-                    "mini-imagenet, fungi, clevr-counting or abo-material (with --from)")
-    da.add_argument("--out", required=True, help="folder to write the dataset to")
+                    "mini-imagenet, fungi, clevr-counting or abo-material (with --from); check: "
+                    "which of CoOp's 15 datasets DATA holds, complete and readable")
+    da.add_argument("data", nargs="?", help="check: the folder holding CoOp's datasets "
+                    "(DATASETS.md's $DATA), or one of them")
+    da.add_argument("--out", help="folder to write the dataset to")
     da.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="builder option, e.g. --set per_class=100 (repeatable)")
     da.add_argument("--from", dest="sources", action="append", default=[], metavar="PATH",
@@ -292,9 +301,9 @@ def _train_sizes(config, value) -> list[int]:
         return [config.data.ways]
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
-    from mamf.data.folder import scan_folder
+    from mamf.data.dataset import class_count
 
-    n_classes = len(scan_folder(config.data.root, config.data.subdataset).classes)
+    n_classes = class_count(config.data.root, config.data.subdataset)
     return ways_list(config, n_classes, value)
 
 
@@ -372,6 +381,7 @@ def methods_listing() -> str:
 def cmd_experiment(args) -> None:
     from mamf.runs.experiment import load_experiment, run_experiment
 
+    _data_root(args)
     experiment = load_experiment(args.config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if args.launcher == "submitit":
@@ -386,11 +396,25 @@ def cmd_experiment(args) -> None:
         _summarise(rows, Path(args.out), experiment.name, since=started)
 
 
+def _data_root(args) -> None:
+    """`--data-root DATA`: what `${MAMF_DATA}` stands for in an experiment's dataset roots; an
+    environment variable, so that every process of the run (torchrun, the launcher's jobs)
+    reads the same."""
+    from mamf.runs.experiment_file import DATA_ROOT
+
+    if args.data_root:
+        root = Path(args.data_root).expanduser()
+        if not root.is_dir():
+            raise MamfError(f"--data-root {args.data_root}: no such folder")
+        os.environ[DATA_ROOT] = str(root.resolve())
+
+
 def cmd_tune(args) -> None:
     from mamf.runs.experiment import load_experiment
     from mamf.runs.tune import TUNE_FILE, tune_experiment
     from mamf.system.lock import exclusive
 
+    _data_root(args)
     experiment = load_experiment(args.config)
     if experiment.tune is None:
         raise MamfError(f"{args.config} has no tune: section (see docs/method.md, \"Tuning\")")
@@ -467,6 +491,14 @@ def cmd_data(args) -> None:
     from mamf.data.builders import build
     from mamf.data.importers import IMPORTERS
 
+    if args.name == "check":
+        _check_data(args)
+        return
+    if args.data is not None:
+        raise MamfError(f"unexpected argument {args.data!r}: only `mamf data check DATA` takes a "
+                        "folder after the name")
+    if not args.out:
+        raise MamfError(f"mamf data {args.name} needs --out FOLDER")
     if args.name in IMPORTERS:
         _import_data(args, IMPORTERS[args.name])
         return
@@ -484,6 +516,16 @@ def cmd_data(args) -> None:
         options[key.strip()] = _literal(value)
     root = build(args.name, Path(args.out), log=lambda m: print(f"mamf: {m}"), **options)
     print(f"{args.name} is ready in {root}")
+
+
+def _check_data(args) -> None:
+    """`mamf data check DATA`: which of CoOp's 15 folders are present, complete and readable."""
+    from mamf.data.coop_layouts import survey, survey_lines
+
+    if not args.data:
+        raise MamfError("mamf data check needs the data folder: mamf data check DATA")
+    for line in survey_lines(survey(args.data)):
+        print(line)
 
 
 def _import_data(args, importer) -> None:

@@ -181,9 +181,11 @@ class Row:
     train_time_s: float | None = None
     train_log: str | None = None  # a grid's training log, relative to the results folder
     tuned_on_dev: dict | None = None  # what `mamf tune` chose, where it chose
-    prompts: str | None = None  # what gave the prompts: template, templates or label_to_text.json
+    prompts: str | None = None  # what gave the prompts: template, templates, label_to_text.json, coop
+    template: str | None = None  # with prompts `coop`: CoOp's template for the dataset
+    coop_dataset: str | None = None  # the CoOp DATASETS.md folder the row's data came from
     class_names: list[str] | None = None  # with `metatest.save_predictions`
-    predictions: list | None = None  # per test task, `metatest.decode_predictions` reads it
+    predictions: list | None = None  # per test task, `results.decode_predictions` reads it
     experiment: str | None = None
     host: str | None = None
     extra: dict = field(default_factory=dict)  # every other field (environment, protocol's own)

@@ -2,6 +2,9 @@
 split into train/dev/test, from a CoOp split file (`data.split_file`, `split_zhou_<Dataset>.json`)
 when one is given, else 60/20/20 in file-name order as in the paper protocol; and the K =
 `data.shots` training images per class the seed draws.
+
+A folder of CoOp's DATASETS.md (`mamf.data.coop_layouts`) brings its own split, and its shots are
+drawn as CoOp draws them: K training and min(K, 4) dev images per class (`coop_layouts.draw`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mamf.data import coop_layouts
 from mamf.data.dataset import ImageDataset
 from mamf.data.splits import paper_image_split
 from mamf.system.errors import MamfError
@@ -24,7 +28,10 @@ SHOTS_STREAM = 104  # the seeded stream that draws the K training shots
 
 
 def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> list[np.ndarray]:
-    """Per class (dataset order), the image indices of `split`."""
+    """Per class (dataset order), the image indices of `split` (of a CoOp layout: all of it)."""
+    if dataset.coop is not None:
+        own_split(dataset, split_file)
+        return dataset.coop.per_class(dataset.coop.splits[split])
     if split_file:
         return _from_split_file(dataset, Path(split_file))[split]
     return [x[paper_image_split(len(x))[split]] for x in dataset.class_images]
@@ -118,8 +125,40 @@ def _overlap(raw: dict, where: dict, a: str, b: str) -> int:
     return len(images(a) & images(b))
 
 
+def own_split(dataset: ImageDataset, split_file: str | None) -> None:
+    """A CoOp layout brings its split: a `data.split_file` beside it would go unread."""
+    if split_file:
+        raise MamfError(f"{dataset.root} is CoOp's {dataset.coop.layout.name} folder, which "
+                        f"brings its own split: drop data.split_file ({split_file})")
+
+
+def drawn_split(dataset: ImageDataset, data, split: str, seed: int) -> list[np.ndarray]:
+    """What the coop protocol's `split` offers per class: the K shots (train), the dev images
+    (of a CoOp layout: CoOp's min(K, 4) validation shots) and every test image."""
+    if split == "train":
+        return training_shots(dataset, data, seed)
+    if dataset.coop is not None and split == "dev":
+        return dataset.coop.per_class(coop_layouts.draw(dataset.coop, data.shots, seed)["dev"])
+    return image_split(dataset, split, data.split_file)
+
+
+def split_size(dataset: ImageDataset, data, split: str) -> int:
+    """How many images `drawn_split` gives for dev or test (the same for every seed)."""
+    if dataset.coop is not None and split == "dev":
+        return coop_layouts.dev_count(dataset.coop, data.shots)
+    return sum(len(x) for x in image_split(dataset, split, data.split_file))
+
+
 def training_shots(dataset: ImageDataset, data, seed: int) -> list[np.ndarray]:
     """K training images per class drawn by `seed` (all classes; in file order)."""
+    if dataset.coop is not None:
+        own_split(dataset, data.split_file)
+        short = coop_layouts.short_classes(dataset.coop, data.shots)
+        if short and not dataset.coop.layout.test_only:
+            log.warning("%d class(es) of %s have fewer than %d training images, e.g. %r: all of "
+                        "theirs are taken, as CoOp takes them", len(short), dataset.name,
+                        data.shots, short[0])
+        return dataset.coop.per_class(coop_layouts.draw(dataset.coop, data.shots, seed)["train"])
     train = image_split(dataset, "train", data.split_file)
     rng = np.random.default_rng([seed, SHOTS_STREAM])
     shots = []

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mamf.data import coop_layouts
 from mamf.data.cache import load_or_build
-from mamf.data.folder import scan_folder
+from mamf.data.folder import printable, scan_folder
 from mamf.data.prompts import (
     DEFAULT_TEMPLATE,
     LABEL_TO_TEXT,
     class_prompts,
     ensemble_prompts,
+    label_text,
     prompt_file,
     resolve_templates,
 )
@@ -26,6 +28,24 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+
+def coop_prompts(template: str, classes: list[str]) -> list[str]:
+    """CoOp's prompts: the dataset's template with each class name, underscores as spaces."""
+    prompts = [template.replace("{}", label_text(c)) for c in classes]
+    if len(set(prompts)) < len(prompts):
+        log.warning("%d classes share a prompt with another (as in CoOp's own class names)",
+                    len(prompts) - len(set(prompts)))
+    log.info("prompts from CoOp's template %r, e.g. %r", template, prompts[0])
+    return prompts
+
+
+def class_count(root: str | Path, subdataset: str | None = None) -> int:
+    """How many classes the data folder has, without reading its images."""
+    layout = None if subdataset else coop_layouts.recognise(Path(root).expanduser())
+    if layout is not None:
+        return coop_layouts.count_classes(Path(root).expanduser(), layout)
+    return len(scan_folder(root, subdataset).classes)
 
 
 def group_labels(groups) -> np.ndarray:
@@ -62,12 +82,21 @@ class ImageDataset:
         # what gave the prompts (rows record it): the data's label_to_text.json, or the
         # config's `template` or `templates`
         self.prompt_source = "template"
+        # a folder of CoOp's DATASETS.md, as read (its splits and draws); None for a plain one
+        self.coop: coop_layouts.CoopData | None = None
+        self.template: str | None = None  # the one template of the prompts, where rows name it
 
     @classmethod
     def load(cls, root: str | Path, image_size: int, subdataset: str | None = None,
              template: str = DEFAULT_TEMPLATE,
-             templates: list[str] | None = None) -> ImageDataset:
-        """`templates`: an ensemble (`data.templates`), used instead of `template`."""
+             templates: list[str] | None = None, draws=()) -> ImageDataset:
+        """`templates`: an ensemble (`data.templates`), used instead of `template`. A folder of
+        CoOp's DATASETS.md is read as CoOp reads it (`from_layout`); `draws`: the (shots, seed)
+        pairs the caller will use (ImageNet reads only the training images they draw)."""
+        layout = None if subdataset else coop_layouts.recognise(Path(root).expanduser())
+        if layout is not None:
+            return cls.from_layout(coop_layouts.read(Path(root).expanduser(), layout, draws),
+                                   image_size, template, templates)
         scan = scan_folder(root, subdataset)
         scan.warn_skipped()
         templates = resolve_templates(templates)
@@ -98,6 +127,52 @@ class ImageDataset:
         dataset.prompt_source = LABEL_TO_TEXT if prompt_file(scan.root, scan.top) else \
             "templates" if ensemble else "template"
         return dataset
+
+    @classmethod
+    def from_layout(cls, data: coop_layouts.CoopData, image_size: int, template: str,
+                    templates: list[str] | None) -> ImageDataset:
+        """CoOp's class names, in its label order; its template for the dataset (the config's
+        `data.template` where set to other than the default, or an ensemble, instead)."""
+        layout = data.layout
+        templates = resolve_templates(templates)
+        own = template == DEFAULT_TEMPLATE
+        if templates:
+            ensemble = ensemble_prompts(data.root, data.classes, templates)
+            prompts = [group[0] for group in ensemble] if ensemble else \
+                class_prompts(data.root, data.classes, template)
+        else:
+            ensemble = None
+            prompts = coop_prompts(layout.template, data.classes) if own else \
+                class_prompts(data.root, data.classes, template)
+        images, ok = load_or_build(data.files, image_size, name=f"coop-{layout.key}",
+                                   workers=_threads())
+        if not ok.all():
+            bad = data.files[int(np.flatnonzero(~ok)[0])]
+            raise MamfError(f"{data.root}: {int((~ok).sum())} of the images CoOp's {layout.name} "
+                            f"split names are unreadable, e.g. {printable(str(bad))}")
+        labels = np.full(len(data.files), -1, dtype=np.int64)
+        for pairs in data.splits.values():
+            for label, i in pairs:
+                labels[i] = label
+        class_images = [np.flatnonzero(labels == c) for c in range(len(data.classes))]
+        names = [printable(str(f.relative_to(data.root))) for f in data.files]
+        dataset = cls(printable(data.root.resolve().name), data.root, list(data.classes),
+                      prompts, images, class_images, names)
+        dataset.coop = data
+        dataset.ensemble = ensemble
+        if ensemble is None and own:
+            dataset.prompt_source, dataset.template = "coop", layout.template
+        else:
+            dataset.prompt_source = LABEL_TO_TEXT if prompt_file(data.root) else \
+                "templates" if ensemble else "template"
+        return dataset
+
+    def row_fields(self) -> dict:
+        """What a row records of a CoOp layout: which of CoOp's datasets, and its template."""
+        if self.coop is None:
+            return {}
+        return {"coop_dataset": self.coop.layout.name,
+                **({"template": self.template} if self.template else {})}
 
     @property
     def n_classes(self) -> int:

@@ -2,7 +2,8 @@
 ceil(N/2) are base, the rest novel. Training and support use K shots of the base classes only;
 the test is two all-way tasks, base classes on their test images (with the base support) and
 novel classes on theirs (no support: nothing of a novel class is ever seen). Rows carry both
-accuracies and their harmonic mean."""
+accuracies and their harmonic mean. The dev split, as CoCoOp's validation set, holds the base
+classes only: tuning never sees a novel class either."""
 
 from __future__ import annotations
 
@@ -44,7 +45,16 @@ class Base2Novel(Coop):
         base, novel = base_novel(dataset.n_classes)
         return [(base, True), (novel, False)]
 
+    def test_tasks(self, dataset, config, split, ways):
+        """Base, then novel on the test split; the base task alone on dev (CoCoOp subsamples
+        its validation set to the base classes)."""
+        tasks = super().test_tasks(dataset, config, split, ways)
+        return tasks if split == "test" else tasks[:1]
+
     def summary(self, accs):
-        """The tasks are base, then novel: the row's number is their harmonic mean."""
+        """The tasks are base, then novel: the row's number is their harmonic mean (a dev row
+        has the base task alone: its number is the base accuracy)."""
+        if len(accs) == 1:
+            return accs[0], 0.0, {"base_acc": accs[0]}
         hm = harmonic_mean(*accs)
         return hm, 0.0, {"base_acc": accs[0], "novel_acc": accs[1], "hm": hm}

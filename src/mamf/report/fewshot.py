@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mamf import protocols
+from mamf.report.benchmark import benchmark_section
 from mamf.report.common import colour, in_order, label, md, safe_name
 from mamf.report.compare import one_per_cell
 from mamf.report.figures import pyplot, save
@@ -76,7 +77,7 @@ def anchor_lines(rows: list[Row], anchors: dict | None = None) -> list[str]:
     for a in anchors["methods"]:
         cells = [f"{a['shots'][str(k)]:.1f}" if str(k) in a["shots"] else "-" for k in shots]
         lines.append(f"| {a['method']} (*published*) | " + " | ".join(cells)
-                     + f" | {a['source']} |")
+                     + f" | {a['source']} ({a['read']}) |")
     table = by_shots(mine)
     for m in in_order({r.method for r in mine}):
         cells = []
@@ -128,7 +129,9 @@ def _shots_tables(rows: list[Row], protocol: protocols.Protocol, figures: Path,
         lines.append("")
         name = f"{prefix}{safe_name(d)}"
         pngs[name] = shots_figure(rows, d, figures / f"{name}.png", protocol.name)
-    return lines + anchor_lines(rows), pngs
+    # CoOp folders' rows: the benchmark section puts the published numbers beside them
+    anchors = [] if any(r.coop_dataset for r in rows) else anchor_lines(rows)
+    return lines + anchors, pngs
 
 
 def _own_fields_table(rows: list[Row], protocol: protocols.Protocol) -> list[str]:
@@ -163,12 +166,16 @@ def fewshot_section(rows: list[Row], figures: Path) -> tuple[list[str], dict[str
         mine = [r for r in rows if r.protocol == p.name]
         counted += mine
         if p.row_fields is not None:
-            lines += _own_fields_table(mine, p)
+            # (a base2novel row of the dev split scores the base classes alone: nothing to add)
+            mine = [r for r in mine if all(r.own(f) is not None for f, _ in p.row_fields.fields)]
+            if mine:
+                lines += _own_fields_table(mine, p)
             continue
         prefix = "shots-" if by_shots_tables == 1 else f"shots-{safe_name(p.name)}-"
         more, figures_of = _shots_tables(mine, p, figures, prefix)
         lines += more
         pngs.update(figures_of)
+    lines += benchmark_section(rows)
     repeats = one_per_cell(counted)[1]
     if repeats:
         lines += ["Left out of these tables, since each seed counts once: "

@@ -48,7 +48,10 @@ def _templates(pairs: list[tuple[Row, dict | None]]) -> str:
 
     sources = {r.prompts for r, _ in pairs}
     parts = [f"the data's {LABEL_TO_TEXT}"] if LABEL_TO_TEXT in sources else []
-    rest = [(r, c) for r, c in pairs if r.prompts != LABEL_TO_TEXT]
+    if "coop" in sources:  # a folder of CoOp's DATASETS.md: its own template (the row names it)
+        parts.append("CoOp's template per dataset (" + "; ".join(sorted(
+            {r.template for r, _ in pairs if r.prompts == "coop"})) + ")")
+    rest = [(r, c) for r, c in pairs if r.prompts not in (LABEL_TO_TEXT, "coop")]
     if rest:
         named = _configured([r for r, _ in rest], [c for _, c in rest if c is not None])
         parts.append(f"{named} or {LABEL_TO_TEXT} (not recorded)" if None in sources else named)

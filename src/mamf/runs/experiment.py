@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -33,11 +34,13 @@ from mamf.models.registry import prefetch
 from mamf.parallel import distributed
 from mamf.results import Row, RowKey, grid_key, read_rows
 from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
+    DATA_ROOT,
     DatasetSpec,
     Experiment,
     cells,
     dataset_root,
     load_experiment,
+    names_data_root,
     parse_experiment,
     run_config,
     samplers_of,
@@ -80,6 +83,12 @@ class Plan(NamedTuple):
     ways: list[int]  # every task size of the dataset
     missing: list[tuple[int, str, float | None]]  # (ways, split, alpha) of each missing row
     shots: int | None  # the grid's shots axis value, if it has one
+    # the entries scoring this run's weights too (`runs_of`): (entry, its folder, its class
+    # count, its missing (split, alpha) cells)
+    also: tuple = ()
+
+    def also_missing(self) -> int:
+        return sum(len(cells) for *_, cells in self.also)
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
@@ -102,7 +111,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
         if not plans:
             raise MamfError(f"job {job}: no such unit left in the grid of {out}")
         done |= {grid_key(r, bool(exp.shots)) for r in read_rows(results)}
-    total = sum(len(p.missing) for p in plans)
+    total = sum(len(p.missing) + p.also_missing() for p in plans)
     if total == 0:
         if skipped:
             log.warning("nothing computed: dataset(s) %s skipped (see above); the rest of the "
@@ -161,13 +170,16 @@ def _prepare_dataset(exp: Experiment, p: Plan, clock: _Clock, plans: list[Plan])
     def reads(dataset) -> np.ndarray | None:
         try:
             return np.unique(np.concatenate([
-                images_read(dataset, run_config(exp, q.ds, q.method, q.seed, q.root), q.method,
+                images_read(dataset, run_config(exp, q.ds, q.method, q.seed, q.root,
+                                                shots=q.shots), q.method,
                             {split for _, split, _ in q.missing}) for q in plans]))
         except MamfError:  # a split the protocol cannot form: every image, and the row that
             return None    # reads that split reports it, as it always did
 
     with clock.apart() as one_off:
-        model, dataset, inputs = prepare(config, reads=reads)
+        draws = {(run_config(exp, q.ds, q.method, q.seed, q.root, shots=q.shots).data.shots,
+                  q.seed) for q in plans}
+        model, dataset, inputs = prepare(config, reads=reads, draws=draws)
         prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     log.info("%s: model and caches ready in %.1f s (once; not counted in the time left)",
              p.ds.name, one_off())
@@ -179,7 +191,8 @@ def _run_recorded(exp: Experiment, out: Path, p: Plan, unit: list[int], prepared
     """One unit's rows, logged as they come; a failure is recorded and the grid goes on."""
     model, dataset, inputs, pretrained, prompts = prepared
     name = p.method if p.sampler is None else f"{p.method} ({p.sampler})"
-    left = sum(1 for n, _, _ in p.missing if n in unit)
+    left = sum(1 for n, _, _ in p.missing if n in unit) + \
+        (p.also_missing() if unit == units_of(p)[-1] else 0)
     work = clock.unit()
     try:
         for row in _run_unit(exp, p, unit, model, dataset, inputs, pretrained, prompts,
@@ -211,21 +224,25 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
     """Every method run with rows not in `done`, building datasets that are not yet built; and
     the names of the datasets skipped (they could not be built or read)."""
     plans, skipped = [], []
+    need_root(exp)
+    scorers = _scorers(exp, out, skipped)
     for ds in exp.datasets:
+        if ds.runs_of is not None:
+            continue  # planned with the runs it scores
         try:
             with distributed.main_first():
                 root = dataset_root(ds, out, exp.datasets)
-            from mamf.data.folder import scan_folder
+            from mamf.data.dataset import class_count
 
             base = run_config(exp, ds, exp.methods[0], exp.seeds[0], root)
-            n_classes = len(scan_folder(root, base.data.subdataset).classes)
+            n_classes = class_count(root, base.data.subdataset)
             ways = ways_list(base, n_classes, ds.ways)
         except MamfError as e:
             log.error("dataset %s skipped: %s", ds.name, e)
             _failure(out, {"dataset": ds.name, "error": str(e)})
             skipped.append(ds.name)
             continue
-        for shots in exp.shots or [None]:
+        for shots in ds.shots or exp.shots or [None]:
             for seed in exp.seeds:
                 for method in exp.methods:
                     if ds.methods is not None and method not in ds.methods:
@@ -236,10 +253,46 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                                    if grid_cell(ds, method, sampler, seed, shots, n, split,
                                                 alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
+                        tests = [c for c in cells(exp, ds, root, method, seed, sampler)
+                                 if c[0] == "test"]  # what a test-only variant can score
+                        also = tuple(
+                            (v, v_root, n, tuple(c for c in tests if grid_cell(
+                                v, method, sampler, seed, shots, n, *c) not in done))
+                            for v, v_root, n in scorers.get(ds.name, []))
+                        also = tuple(a for a in also if a[3])
+                        if also and not todo:
+                            todo = ways[:1]  # the run trains again for the entries it scores
                         if todo:
                             plans.append(Plan(ds, root, seed, method, sampler, todo, ways,
-                                              missing, shots))
+                                              missing, shots, also))
     return plans, skipped
+
+
+def need_root(exp: Experiment) -> None:
+    """The data root is given once for the whole grid: without it, one line before anything runs
+    (not one failure per dataset)."""
+    named = [ds.name for ds in exp.datasets if ds.root and names_data_root(ds.root)]
+    if named and not os.environ.get(DATA_ROOT):
+        raise MamfError(f"{len(named)} dataset(s) of {exp.name} ({named[0]}, ...) live under the "
+                        f"data root: pass --data-root DATA (or set {DATA_ROOT})")
+
+
+def _scorers(exp: Experiment, out: Path, skipped: list[str]) -> dict[str, list[tuple]]:
+    """Per training entry, the `runs_of` entries that score its runs: (entry, folder, classes)."""
+    from mamf.data.dataset import class_count
+
+    found: dict[str, list[tuple]] = {}
+    for v in exp.datasets:
+        if v.runs_of is None:
+            continue
+        try:
+            root = dataset_root(v, out, exp.datasets)
+            found.setdefault(v.runs_of, []).append((v, root, class_count(root)))
+        except MamfError as e:
+            log.error("dataset %s skipped: %s", v.name, e)
+            _failure(out, {"dataset": v.name, "error": str(e)})
+            skipped.append(v.name)
+    return found
 
 
 def grid_cell(ds: DatasetSpec, method: str, sampler: str | None, seed: int, shots: int | None,
@@ -296,13 +349,13 @@ class _Clock:
 
 def _planned(exp: Experiment, plans: list[Plan]) -> tuple[Eta, list[list[tuple]]]:
     """The grid's clock and each unit's work (`unit_work`), in the order the units run."""
-    from mamf.data.folder import scan_folder
+    from mamf.data.dataset import class_count
 
     eta, works, classes = Eta(), [], {}
     for p in plans:
         if p.root not in classes:
             base = run_config(exp, p.ds, p.method, p.seed, p.root)
-            classes[p.root] = len(scan_folder(p.root, base.data.subdataset).classes)
+            classes[p.root] = class_count(p.root, base.data.subdataset)
         for unit in units_of(p):
             works.append(unit_work(exp, p, unit, classes[p.root]))
             for kind, units, _ in works[-1]:
@@ -385,14 +438,33 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
             with mix.at(alpha) if mix else contextlib.nullcontext():
                 row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
                                         prompts, alpha=alpha)
-            row.update(train_info)
-            row.update({"experiment": exp.name, "experiment_dataset": ds.name})
-            if distributed.is_main():
-                config_file = results.parent / "configs" / f"{row.config_id}.yaml"
-                if not config_file.exists():
-                    atomic_write_text(config_file, dump_yaml(config))
-                append_jsonl(results, row.to_json())
-            yield row
+            yield _recorded(exp, ds, row, train_info, config, results)
+    if unit == units_of(p)[-1]:  # the entries that score this run (`runs_of`), last
+        for v, v_root, n, v_cells in p.also:
+            _, v_dataset, v_inputs = prepare(run_config(exp, ds, method, seed, v_root, ways=n,
+                                                        sampler=sampler, shots=shots), model)
+            for split, alpha in v_cells:
+                if grid_cell(v, method, sampler, seed, shots, n, split, alpha) in done:
+                    continue
+                config = run_config(exp, ds, method, seed, v_root, ways=n, sampler=sampler,
+                                    shots=shots, split=split)
+                with mix.at(alpha) if mix else contextlib.nullcontext():
+                    row = evaluate_prepared(model, v_dataset, v_inputs, config, method, n,
+                                            progress, alpha=alpha)
+                yield _recorded(exp, v, row, train_info, config, results)
+
+
+def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, config,
+              results: Path) -> Row:
+    """A unit's row, with what its training was, appended to the results (and its config)."""
+    row.update(train_info)
+    row.update({"experiment": exp.name, "experiment_dataset": ds.name})
+    if distributed.is_main():
+        config_file = results.parent / "configs" / f"{row.config_id}.yaml"
+        if not config_file.exists():
+            atomic_write_text(config_file, dump_yaml(config))
+        append_jsonl(results, row.to_json())
+    return row
 
 
 def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
             "datasets", "device", "precision", "shots", "splits", "tune"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
-                "methods", "tune"}
+                "methods", "tune", "shots", "runs_of"}
 # settings a method may change without invalidating a dataset's cached tower outputs
 METHOD_SECTIONS = {"train", "metatest", "baseline"}
 SAFE_NAME = re.compile(r"(?!\.)[A-Za-z0-9._-]{1,64}")
@@ -64,6 +65,12 @@ class DatasetSpec:
     # this dataset's own tuning grids (`grid`, `method_grid`) over the experiment's `tune:`: a
     # capacity that trains more values wants lower rates than the head alone
     tune: dict | None = None
+    # this dataset's own shots axis, over the experiment's (base-to-novel's K = 16 beside the
+    # few-shot table's 1..16)
+    shots: list[int] | None = None
+    # a test-only dataset that scores another entry's runs (ImageNet's, on its variants): it
+    # trains nothing; each method run of that entry is scored here too, with its weights
+    runs_of: str | None = None
 
 
 @dataclass
@@ -133,6 +140,12 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
     datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    names = {ds.name: ds for ds in datasets}
+    for ds in datasets:
+        if ds.runs_of is not None and (ds.runs_of not in names or names[ds.runs_of].runs_of):
+            raise MamfError(f"dataset {ds.name!r}: 'runs_of' must name a dataset entry that "
+                            f"trains (one of {', '.join(n for n in names if not names[n].runs_of)}"
+                            f"), got {shown(ds.runs_of)}")
     for ds in datasets:
         if ds.methods is not None and (not isinstance(ds.methods, list) or not ds.methods or
                                        any(m not in methods for m in ds.methods)):
@@ -152,12 +165,19 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
     for ds in datasets:
+        if ds.runs_of and not protocols.get(run_config(
+                exp, names[ds.runs_of], methods[0], seeds[0], "/placeholder").data.protocol).all_way:
+            raise MamfError(f"dataset {ds.name!r}: 'runs_of' scores runs of an all-way protocol "
+                            "(coop): one task of all the variant's classes")
         for m in methods:
             for sampler in samplers_of(exp, ds, m):
                 for split in exp.splits or [None]:
                     config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,
                                         split=split)
-                    if shots and not protocols.get(config.data.protocol).sets_shots:
+                    if ds.shots and not shots:
+                        raise MamfError(f"dataset {ds.name!r}: its own 'shots' need the "
+                                        "experiment's 'shots' axis (rows are told apart by it)")
+                    if (ds.shots or shots) and not protocols.get(config.data.protocol).sets_shots:
                         raise MamfError(f"dataset {ds.name!r}: the 'shots' axis needs a protocol "
                                         "with set shots (episodic, coop, base2novel), not paper")
     return exp
@@ -179,7 +199,7 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
             raise MamfError(f"dataset {name!r}: {key!r} must be a string, got {shown(value)}")
     if bool(root) == bool(build):
         raise MamfError(f"dataset {name!r} needs exactly one of 'root' (a folder) or 'build'")
-    if root and source is not None:
+    if root and source is not None and not names_data_root(root):
         root = str((source.parent / root).expanduser())
     options = _mapping(entry.get("build_options"), f"dataset {name!r}: 'build_options'")
     if options and not build:
@@ -199,19 +219,65 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                                         f"datasets.{name}.method_settings", registry.names()),
                        entry.get("methods"),
                        None if entry.get("tune") is None else
-                       _mapping(entry["tune"], f"dataset {name!r}: 'tune'"))
+                       _mapping(entry["tune"], f"dataset {name!r}: 'tune'"),
+                       _axis(entry, "shots", lambda k: is_int(k) and 1 <= k <= AT_MOST["data.shots"],
+                             "positive integers", f"dataset {name!r}: "),
+                       _runs_of(name, entry))
 
 
-def _axis(raw: dict, key: str, valid, expected: str) -> list | None:
+DATA_ROOT = "MAMF_DATA"  # `${MAMF_DATA}` in a dataset's root: the data root given once
+
+
+DATA_MARKS = ("${" + DATA_ROOT + "}", "$" + DATA_ROOT)
+
+
+def names_data_root(root: str) -> bool:
+    return root.startswith(DATA_MARKS)
+
+
+def data_root_in(root: str, name: str) -> str:
+    """A dataset root with a leading `${MAMF_DATA}` replaced by the data root (`--data-root`,
+    which sets the variable, so that torchrun's and the launcher's processes inherit it);
+    resolved when the grid is planned, so that a file is checked without it."""
+    if not names_data_root(root):
+        return root
+    marks = DATA_MARKS
+    value = os.environ.get(DATA_ROOT)
+    if not value:
+        raise MamfError(f"dataset {name!r}: its root {root!r} names the data root: pass "
+                        f"--data-root DATA (or set {DATA_ROOT})")
+    for m in marks:
+        if root.startswith(m):
+            return str(Path(value).expanduser() / root[len(m):].lstrip("/"))
+    return root
+
+
+def _runs_of(name: str, entry: dict) -> str | None:
+    """`runs_of: <entry>`: only a folder (`root`) goes with it; what is scored and how is the
+    other entry's."""
+    source = entry.get("runs_of")
+    if source is None:
+        return None
+    if not isinstance(source, str):
+        raise MamfError(f"dataset {name!r}: 'runs_of' names another dataset entry, got "
+                        f"{shown(source)}")
+    other = set(entry) - {"root", "runs_of"}
+    if other or not entry.get("root"):
+        raise MamfError(f"dataset {name!r}: an entry with 'runs_of' holds only its 'root' (the "
+                        f"runs of {source!r} are scored on it with {source!r}'s settings)")
+    return source
+
+
+def _axis(raw: dict, key: str, valid, expected: str, where: str = "") -> list | None:
     """A grid axis (`shots`, `splits`): absent (None), or a non-empty list of distinct values
-    that `valid` accepts."""
+    that `valid` accepts. `where`: whose axis (a dataset's own), for the error."""
     values = raw.get(key)
     if values is None:
         return None
     if not isinstance(values, list) or not values or not all(valid(v) for v in values):
-        raise MamfError(f"experiment {key!r} must be a non-empty list of {expected}, got "
-                        f"{shown(values)}")
-    _refuse_duplicates(values, f"experiment {key!r}")
+        raise MamfError(f"{where or 'experiment '}{key!r} must be a non-empty list of "
+                        f"{expected}, got {shown(values)}")
+    _refuse_duplicates(values, f"{where or 'experiment '}{key!r}")
     return values
 
 
@@ -340,7 +406,7 @@ def dataset_root(ds: DatasetSpec, out: Path, datasets: list[DatasetSpec] = ()) -
     that build the same thing (builder and options) share the first one's folder, so a dataset
     studied under several settings (another training match, frozen or not) is built once."""
     if ds.root:
-        return ds.root
+        return data_root_in(ds.root, ds.name)
     from mamf.data.builders import build
 
     same = [d for d in datasets if not d.root and d.build == ds.build and

@@ -140,8 +140,9 @@ def row_head(dataset: ImageDataset, config: Config, method: str, ways: int,
             "seed": config.seed, "split": split,
             "sampler": trained_sampler(config, trained_by or method),
             "templates": templates_tag(config.data.templates) if dataset.ensemble else None,
-            "prompts": dataset.prompt_source,
-            "split_file_sha256": split_file_sha256(config.data.split_file), "alpha": alpha}
+            "prompts": dataset.prompt_source, **dataset.row_fields(),
+            "split_file_sha256": split_file_sha256(config.data.split_file) or
+            (dataset.coop.sha256 if dataset.coop else None), "alpha": alpha}
 
 
 def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelInputs,

@@ -57,12 +57,15 @@ def images_read(dataset: ImageDataset, config: Config, method: str,
 
 
 def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = False,
-            reads: Callable[[ImageDataset], np.ndarray] | None = None):
+            reads: Callable[[ImageDataset], np.ndarray] | None = None,
+            draws: Iterable[tuple[int, int]] = ()):
     """Model on its device (eval mode: frozen batch-norm statistics, no dropout), dataset, inputs.
 
     `fresh`: the model is about to be trained from its pretrained weights, so `heads=random`
     applies (before any frozen tower's outputs are cached). `reads(dataset)`: the images the
-    caller will read (`images_read`); a frozen tower may compute only those now.
+    caller will read (`images_read`); a frozen tower may compute only those now. `draws`: the
+    (shots, seed) pairs the caller will run besides `config`'s (CoOp's ImageNet reads only the
+    training images they draw).
     """
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
@@ -80,7 +83,8 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,
-                                config.data.template, config.data.templates)
+                                config.data.template, config.data.templates,
+                                draws={(config.data.shots, config.seed), *draws})
     image_blocks, text_layers = unfrozen(config.train)
     inputs = ModelInputs(model, dataset, device, config.precision, image_blocks == 0,
                          text_layers == 0, config.train.crop_scale, seed=config.seed,

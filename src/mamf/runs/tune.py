@@ -74,6 +74,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                         f"{spec.seed}: delete it to tune again")
     chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
     for ds in exp.datasets:
+        if ds.runs_of is not None:
+            continue  # it trains nothing: the runs it scores are tuned on their own data
         root = None
         for method in spec.methods_of(exp.methods):
             grid = spec.grid_of(method, ds.name)
