@@ -166,7 +166,7 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, SiglipModel
 
-    from mamf.models.hf_clip import _json_object
+    from mamf.models.hf_clip import _json_object, check_tokenizer
 
     path = Path(name_or_path).expanduser()
     pre = None
@@ -176,6 +176,7 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
                             "pickles)")
         if (path / "preprocessor_config.json").is_file():
             pre = _json_object(path / "preprocessor_config.json")
+    check_tokenizer(name_or_path)
     try:
         siglip = SiglipModel.from_pretrained(str(path) if path.exists() else name_or_path,
                                              use_safetensors=True)
@@ -187,18 +188,6 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
     return HFSiglip(siglip, _FixedLengthTokenizer(tokenizer, max_len), name=name_or_path,
                     image_mean=pre.get("image_mean") if pre else None,
                     image_std=pre.get("image_std") if pre else None)
-
-
-class _TinyTokenizer:
-    """The tiny CLIP's byte vocabulary, padded to a fixed length as SigLIP pads."""
-
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        from mamf.models.tiny import MAX_LENGTH, PAD, ByteTokenizer
-
-        ids = ByteTokenizer()(texts)["input_ids"]
-        fixed = torch.full((len(texts), MAX_LENGTH), PAD, dtype=torch.long)
-        fixed[:, : ids.shape[1]] = ids
-        return {"input_ids": fixed}
 
 
 @register_builtin("tiny-random-siglip", "small randomly initialised SigLIP built in code "
@@ -224,4 +213,7 @@ def build_tiny(seed: int = 0) -> HFSiglip:
         siglip.logit_scale.fill_(math.log(10.0))
         siglip.logit_bias.fill_(-10.0)
     siglip.eval()
-    return HFSiglip(siglip, _TinyTokenizer(), name="tiny-random-siglip")
+    from mamf.models.tiny import byte_tokenizer
+
+    return HFSiglip(siglip, _FixedLengthTokenizer(byte_tokenizer(), MAX_LENGTH),
+                    name="tiny-random-siglip")
