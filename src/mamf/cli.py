@@ -262,7 +262,7 @@ def cmd_train(args) -> None:
     for ways in sizes:
         out = Path(args.out) if len(sizes) == 1 else Path(args.out) / f"ways-{ways}"
         sized = build_config(to_dict(config), {"data.ways": ways})
-        summary = train(sized, out, progress=not args.quiet)
+        summary = train(sized, out, progress=not args.quiet).summary
         if not _is_main():
             continue
         processes = summary.get("processes", 1)

@@ -88,9 +88,12 @@ class EffnetMiniLM(DualEncoder):
         # sharp the training loss starts, and it is learned from there.
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
 
+    def text_tokenizer(self):
+        return self.tokenizer, {"padding": "longest", "truncation": True,
+                                "max_length": TEXT_MAX_LENGTH}
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=TEXT_MAX_LENGTH,
-                                return_tensors="pt")
+        tokens = self.tokenizer(list(texts), **self.text_tokenizer()[1], return_tensors="pt")
         device = self.log_logit_scale.device
         return {k: tokens[k].to(device) for k in ("input_ids", "attention_mask")}
 

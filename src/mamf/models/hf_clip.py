@@ -138,6 +138,9 @@ class HFClip(DualEncoder):
     def transformers_model(self):
         return self.clip
 
+    def text_tokenizer(self):
+        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -149,9 +152,12 @@ class _HFTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
+    @property
+    def kwargs(self) -> dict:
+        return {"padding": "longest", "truncation": True, "max_length": self.max_length}
+
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt"))
+        return dict(self.tokenizer(texts, **self.kwargs, return_tensors="pt"))
 
 
 @register_family("clip", "a transformers CLIPModel (local folder, or a hub id with network)")

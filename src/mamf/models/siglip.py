@@ -143,6 +143,9 @@ class HFSiglip(DualEncoder):
     def transformers_model(self):
         return self.siglip
 
+    def text_tokenizer(self):
+        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -155,9 +158,12 @@ class _FixedLengthTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
+    @property
+    def kwargs(self) -> dict:
+        return {"padding": "max_length", "truncation": True, "max_length": self.max_length}
+
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding="max_length", truncation=True,
-                                   max_length=self.max_length, return_tensors="pt"))
+        return dict(self.tokenizer(texts, **self.kwargs, return_tensors="pt"))
 
 
 @register_family("siglip", "a transformers SiglipModel (local folder, or a hub id with network)")
@@ -215,5 +221,6 @@ def build_tiny(seed: int = 0) -> HFSiglip:
     siglip.eval()
     from mamf.models.tiny import byte_tokenizer
 
-    return HFSiglip(siglip, _FixedLengthTokenizer(byte_tokenizer(), MAX_LENGTH),
+    # SigLIP's text tower takes no attention mask: its tokenizer gives the ids alone
+    return HFSiglip(siglip, _FixedLengthTokenizer(byte_tokenizer(["input_ids"]), MAX_LENGTH),
                     name="tiny-random-siglip")

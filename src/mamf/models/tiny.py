@@ -27,9 +27,10 @@ def _byte_chars() -> dict[int, str]:
     return {**{b: chr(b) for b in shown}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
 
 
-def byte_tokenizer():
+def byte_tokenizer(inputs: list[str] | None = None):
     """The tiny models' tokenizer: byte b -> id b, [BOS] bytes [EOS], padded with PAD. A
-    special token's spelling inside a prompt is read as its bytes (`split_special_tokens`)."""
+    special token's spelling inside a prompt is read as its bytes (`split_special_tokens`).
+    `inputs`: what it returns (default: the ids and the attention mask)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -42,7 +43,8 @@ def byte_tokenizer():
         special_tokens=[("<|startoftext|>", BOS), ("<|endoftext|>", EOS)])
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|startoftext|>",
                                    eos_token="<|endoftext|>", pad_token="<|pad|>",
-                                   model_max_length=MAX_LENGTH, split_special_tokens=True)
+                                   model_max_length=MAX_LENGTH, split_special_tokens=True,
+                                   model_input_names=inputs or ["input_ids", "attention_mask"])
 
 
 def ByteTokenizer() -> _HFTokenizer:  # noqa: N802 (was a class; bench/ builds it by this name)
