@@ -119,14 +119,15 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                     exp, p, clock, [q for q in plans if q.ds.name == p.ds.name])
             except MamfError as e:
                 log.error("dataset %s skipped: %s", p.ds.name, e)
-                _failure(out, {"dataset": p.ds.name, "error": str(e)})
+                _failure(results.parent, {"dataset": p.ds.name, "error": str(e)})
                 bar.update(len(p.missing))
                 for unit in units_of(p):
                     clock.drop(clock.unit(), sum(1 for n, _, _ in p.missing if n in unit))
                 continue
         for unit in units_of(p):
-            _run_recorded(exp, out, p, unit, prepared[p.ds.name], results, progress, done, bar,
-                          clock)
+            # a job's failures go to its own folder, beside its rows (the launcher reports them)
+            _run_recorded(exp, results.parent, p, unit, prepared[p.ds.name], results, progress,
+                          done, bar, clock)
     bar.close()
     return distributed.from_main(read_rows(results) if distributed.is_main() else None)
 
