@@ -12,6 +12,7 @@ before any training.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ import numpy as np
 
 from mamf import distributed, protocols, samplers
 from mamf import methods as registry
-from mamf.config import dump_yaml
+from mamf.config import Config, dump_yaml
 from mamf.errors import MamfError
 from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
     DatasetSpec,
@@ -363,7 +364,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         started = time.perf_counter()
         logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
                                 unit[0] if kind.trains_per_ways else None)
-        result = train(model, inputs, dataset, config, progress,
+        result = train(model, inputs, dataset, _own_log_dir(config, logs.name), progress,
                        log_folder=logs if distributed.is_main() else None)
         train_info |= {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),
                        "train_steps": result.steps, "train_images": result.images,
@@ -390,6 +391,15 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                     atomic_write_text(config_file, dump_yaml(config))
                 append_jsonl(results, row.to_json())
             yield row
+
+
+def _own_log_dir(config: Config, name: str) -> Config:
+    """The training's config with its TensorBoard run in `train.log_dir`/`name`: one run per
+    training, named by its cell (the log folder is no setting of the measurement)."""
+    if not config.train.log_dir:
+        return config
+    log_dir = str(Path(config.train.log_dir).expanduser() / name)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, log_dir=log_dir))
 
 
 def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,
