@@ -146,3 +146,33 @@ def test_a_model_folder_without_a_tokenizer_is_refused_not_given_a_placeholder(t
     with pytest.raises(MamfError, match="no tokenizer files") as e:
         load_model(str(folder))
     assert "\n" not in str(e.value)
+
+
+def test_effnet_minilms_class_embeddings_are_kept_and_read_back_bit_for_bit(monkeypatch):
+    """Embedding the 1000 ImageNet prompts is most of an effnet-minilm build: the first build
+    keeps them in the cache, a later one (same text weights, prompts, torch, threads) reads
+    them; other text weights or another thread count compute their own."""
+    from mamf.models import effnet_minilm
+
+    calls = []
+
+    def embed(text_model, tokenizer, names):
+        calls.append(len(names))
+        return torch.randn(len(names), 4, generator=torch.Generator().manual_seed(len(calls)))
+
+    monkeypatch.setattr(effnet_minilm, "class_prompt_embeddings", embed)
+    tower = torch.nn.Linear(3, 4)
+    names = ["tench", "goldfish", "great white shark"]
+    first = effnet_minilm.cached_class_embeddings(tower, None, names)
+    again = effnet_minilm.cached_class_embeddings(tower, None, names)
+    assert len(calls) == 1 and torch.equal(first, again)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        effnet_minilm.cached_class_embeddings(tower, None, names)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        tower.weight.add_(1.0)
+    effnet_minilm.cached_class_embeddings(tower, None, names)
+    assert len(calls) == 3
