@@ -118,8 +118,9 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
         eta.plan(("test", "mamf"), 10)
     clock.now += 10.0
     eta.done(("test", "zeroshot"), 10.0, 10)
-    assert eta.seconds_left() is None  # mamf has not run yet: no ETA rather than a wrong one
-    assert eta.line(1, 6) == "1/6"
+    assert eta.seconds_left() is None  # mamf has not run yet: no whole ETA, not a wrong one
+    # but the part that is known, labelled as such: 2 zero-shot rows of 10 s
+    assert eta.line(1, 6) == "1/6, at least 20.0 s left (partial: 2 kinds of work not timed yet)"
     clock.now += 210.0
     eta.done(("train", "mamf"), 200.0)
     eta.done(("test", "mamf"), 10.0, 10)
@@ -134,6 +135,13 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
     eta.forget(("train", "mamf"))  # a training that failed is not waited for
     eta.forget(("test", "mamf"), 10)
     assert eta.seconds_left() == pytest.approx(220.0)
+
+
+def test_nothing_timed_yet_gives_the_count_alone(monkeypatch):
+    monkeypatch.setattr(progress, "_clock", FakeClock())
+    eta = progress.Eta()
+    eta.plan("row", 3)
+    assert eta.line(0, 3) == "0/3" and eta.seconds_left() is None
 
 
 def test_the_eta_scales_for_time_between_the_measured_parts(monkeypatch):
