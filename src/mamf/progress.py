@@ -193,5 +193,7 @@ class Eta:
         if not untimed:
             return f"{done}/{total}, about {seconds(known)} left"
         kinds = "1 kind" if untimed == 1 else f"{untimed} kinds"
+        if not known > 0:  # what is left is all untimed
+            return f"{done}/{total}, time left unknown ({kinds} of work not timed yet)"
         return (f"{done}/{total}, at least {seconds(known)} left (partial: {kinds} of work not "
                 "timed yet)")
