@@ -160,3 +160,32 @@ def test_first_models_built_by_two_threads_at_once(tmp_path):
                               timeout=300)
         assert done.returncode == 0, done.stderr[-1500:]
         assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_api_docs_example_runs(tmp_path, monkeypatch):
+    """docs/api.md's example, unchanged, on 25 generated classes with the tiny model in place of
+    the cpu preset's effnet-minilm."""
+    import re
+
+    from PIL import Image
+
+    from mamf import api
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    code = re.search(r"```python\n(.*?)```", docs, re.S)
+    rng = np.random.default_rng(0)
+    for c in range(25):
+        folder = tmp_path / "data" / "emoji" / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(0, 256, 3)
+        for i in range(4):
+            pixels = np.clip(colour + rng.normal(0, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    preset = api.settings_file
+    monkeypatch.setattr(api, "settings_file", lambda path: {**preset(path),
+                                                            "model": "tiny-random-clip"})
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code.group(1), "docs/api.md", "exec"), scope)
+    assert scope["probs"].shape == (1, 3) and scope["trained"][0]["run"] == "runs/emoji-mamf"
+    assert len((tmp_path / "results" / "results.jsonl").read_text().splitlines()) == 2
