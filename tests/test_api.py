@@ -126,6 +126,8 @@ def test_classify_reads_float_images_in_0_1_and_refuses_values_it_would_wrap(tra
     lambda m, run: m.train({"model": "tiny-random-clip"}, None),
     lambda m, run: m.load_run(7),
     lambda m, run: m.report(["results"]),
+    lambda m, run: m.make_config(42),
+    lambda m, run: m.make_config({}, ["train.lr=1"]),
 ])
 def test_a_wrong_argument_is_one_error_line(trained, call, tmp_path, monkeypatch):
     import mamf

@@ -53,6 +53,10 @@ def make_config(settings: dict | str | Path | Config | None = None,
     """A validated Config from a nested dict, a YAML file's path, or a Config; then `overrides`
     (dotted keys, `{"train.lr": 1e-5}`) and keywords with `.` written as `__` (`train__lr=1e-5`).
     A string may name a shipped preset: `make_config("cpu")`."""
+    if settings is not None:
+        _need(settings, (dict, str, Path, Config), "settings")
+    if overrides is not None:
+        _need(overrides, dict, "overrides")
     if isinstance(settings, Config):
         settings = to_dict(settings)
     elif isinstance(settings, (str, Path)):
