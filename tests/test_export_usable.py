@@ -157,6 +157,19 @@ def test_an_interrupted_export_leaves_no_folder_and_a_rerun_succeeds(runs, tmp_p
     assert (out / MANIFEST).is_file() and not stale.exists()
 
 
+def test_a_second_export_into_the_same_folder_at_once_is_refused_and_harms_neither(runs,
+                                                                                   tmp_path):
+    from mamf.lock import exclusive
+
+    staging = tmp_path / ".hf.exporting"
+    with exclusive(staging):  # an export into tmp_path/hf is under way
+        (staging / "config.json").write_text("{}")
+        with pytest.raises(MamfError, match="another mamf process"):
+            export_run(runs["clip"], "hf", tmp_path / "hf")
+        assert (staging / "config.json").is_file()  # the other export's files are kept
+    assert not (tmp_path / "hf").exists()
+
+
 def test_an_out_that_is_a_file_is_one_error_line(runs, tmp_path, capsys):
     target = tmp_path / "model.bin"
     target.write_text("keep me")

@@ -86,8 +86,8 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
     expected = _embeddings(model, examples)
     out = out.resolve()
     staging = make_folder(out.parent) / f".{out.name}.exporting"
-    try:
-        with exclusive(staging):
+    with exclusive(staging):  # another export into `out` is refused here, its folder kept
+        try:
             for path in staging.iterdir():  # what a killed export into `out` left
                 if path.name != LOCK_NAME:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -98,9 +98,9 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
                     follow_umask(path)  # save_pretrained's safetensors are 0600
             os.replace(staging, out)  # `out` is absent or an empty folder
             fsync_path(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # ours: the lock is still held
+            raise
     return written
 
 
