@@ -2,8 +2,9 @@
 
     from mamf import make_config, train, evaluate, report, classify
     config = make_config({"data": {"root": "data/emoji"}, "train": {"steps": 20}})
-    train(config, "runs/emoji")
-    rows = evaluate("runs/emoji", "results", ways=[5])
+    run = train(config, "runs/emoji")          # a Run: folder, config, model, summary
+    rows = evaluate(run, "results", ways=[5])
+    probs = classify(run, ["a.png"], ["cat", "dog"])  # with the run's prompts
     report("results")
 
 Nothing here changes the process (no allocator tuning, no logging setup): that is the CLI's job,
