@@ -98,3 +98,81 @@ def test_effnet_weights_are_unpickled_once_then_read_as_safetensors(tmp_path, mo
     assert set(again) == set(weights) and converted.is_file()
     assert all(torch.equal(again[k], weights[k]) and torch.equal(first[k], weights[k])
                for k in weights)
+
+
+def _bytes_reference(texts: list[str], fixed: bool = False) -> torch.Tensor:
+    """The tiny models' ids by their definition: [BOS] UTF-8 bytes [EOS], cut at MAX_LENGTH,
+    padded with PAD (to the longest, or to MAX_LENGTH)."""
+    from mamf.models.tiny import BOS, EOS, MAX_LENGTH, PAD
+
+    rows = [[BOS, *t.encode("utf-8")[: MAX_LENGTH - 2], EOS] for t in texts]
+    width = MAX_LENGTH if fixed else max(len(r) for r in rows)
+    return torch.tensor([r + [PAD] * (width - len(r)) for r in rows])
+
+
+@pytest.mark.parametrize("name", ["tiny-random-clip", "tiny-random-siglip"])
+def test_the_tiny_tokenizer_is_a_transformers_tokenizer_giving_the_byte_ids(name, tmp_path):
+    """A transformers tokenizer (so an export carries it) with exactly the bytes' ids: a
+    special token's spelling in a prompt, long, empty and non-ASCII prompts included."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from transformers import AutoTokenizer
+
+    model = load_model(name)
+    fixed = name.endswith("siglip")
+    texts = ["A photo of a café.", "x" * 100, " two  spaces\tand a tab\n", "日本語 😀", "",
+             "<|endoftext|> <|pad|> <|startoftext|>"]
+    assert torch.equal(model.tokenize(texts)["input_ids"], _bytes_reference(texts, fixed))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.text(max_size=60), min_size=1, max_size=4))
+    def same(batch):
+        assert torch.equal(model.tokenize(batch)["input_ids"], _bytes_reference(batch, fixed))
+
+    same()
+    model.tokenizer.tokenizer.save_pretrained(str(tmp_path))
+    again = AutoTokenizer.from_pretrained(str(tmp_path))
+    got = again(texts, padding="max_length" if fixed else True, truncation=True, max_length=48,
+                return_tensors="pt")["input_ids"]
+    assert torch.equal(got, _bytes_reference(texts, fixed))
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_model_folder_without_a_tokenizer_is_refused_not_given_a_placeholder(tmp_path, family):
+    """transformers makes an empty-vocabulary tokenizer for such a folder: every prompt the same
+    tokens, zero-shot at chance, no warning. mamf refuses it in one line."""
+    folder = tmp_path / family
+    load_model(f"tiny-random-{family}").transformers_model().save_pretrained(str(folder))
+    with pytest.raises(MamfError, match="no tokenizer files") as e:
+        load_model(str(folder))
+    assert "\n" not in str(e.value)
+
+
+def test_effnet_minilms_class_embeddings_are_kept_and_read_back_bit_for_bit(monkeypatch):
+    """Embedding the 1000 ImageNet prompts is most of an effnet-minilm build: the first build
+    keeps them in the cache, a later one (same text weights, prompts, torch, threads) reads
+    them; other text weights or another thread count compute their own."""
+    from mamf.models import effnet_minilm
+
+    calls = []
+
+    def embed(text_model, tokenizer, names):
+        calls.append(len(names))
+        return torch.randn(len(names), 4, generator=torch.Generator().manual_seed(len(calls)))
+
+    monkeypatch.setattr(effnet_minilm, "class_prompt_embeddings", embed)
+    tower = torch.nn.Linear(3, 4)
+    names = ["tench", "goldfish", "great white shark"]
+    first = effnet_minilm.cached_class_embeddings(tower, None, names)
+    again = effnet_minilm.cached_class_embeddings(tower, None, names)
+    assert len(calls) == 1 and torch.equal(first, again)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        effnet_minilm.cached_class_embeddings(tower, None, names)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        tower.weight.add_(1.0)
+    effnet_minilm.cached_class_embeddings(tower, None, names)
+    assert len(calls) == 3

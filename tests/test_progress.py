@@ -119,8 +119,9 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
         eta.plan(("test", "mamf"), 10)
     clock.now += 10.0
     eta.done(("test", "zeroshot"), 10.0, 10)
-    assert eta.seconds_left() is None  # mamf has not run yet: no ETA rather than a wrong one
-    assert eta.line(1, 6) == "1/6"
+    assert eta.seconds_left() is None  # mamf has not run yet: no whole ETA, not a wrong one
+    # but the part that is known, labelled as such: 2 zero-shot rows of 10 s
+    assert eta.line(1, 6) == "1/6, at least 20.0 s left (partial: 2 kinds of work not timed yet)"
     clock.now += 210.0
     eta.done(("train", "mamf"), 200.0)
     eta.done(("test", "mamf"), 10.0, 10)
@@ -135,6 +136,13 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
     eta.forget(("train", "mamf"))  # a training that failed is not waited for
     eta.forget(("test", "mamf"), 10)
     assert eta.seconds_left() == pytest.approx(220.0)
+
+
+def test_nothing_timed_yet_gives_the_count_alone(monkeypatch):
+    monkeypatch.setattr(progress, "_clock", FakeClock())
+    eta = progress.Eta()
+    eta.plan("row", 3)
+    assert eta.line(0, 3) == "0/3" and eta.seconds_left() is None
 
 
 def test_the_eta_scales_for_time_between_the_measured_parts(monkeypatch):
@@ -168,7 +176,8 @@ def test_the_experiment_times_the_cache_build_apart(tmp_path, colour_folder, mon
     assert any(re.match(r"colours: model and caches ready in 6\d\d\.\d s", m) for m in messages)
     lines = [re.search(r"\[(\d+)/6(.*)\]", m) for m in messages if "/6" in m]
     assert [int(m.group(1)) for m in lines] == [1, 2, 3, 4, 5, 6]
-    assert all(m.group(2) == "" for m in lines[:3])  # classical not yet run: no time left shown
+    # classical not yet run: no whole time left, the known part labelled partial
+    assert all("not timed yet" in m.group(2) and "about" not in m.group(2) for m in lines[:3])
     left = re.search(r"about ([\d.]+) (s|min) left", lines[3].group(2))
     assert left and (left.group(2) == "s" or float(left.group(1)) < 5)  # not 2 x 10 min
 

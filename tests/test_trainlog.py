@@ -65,6 +65,59 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
     assert logged[-1]["lr"] is None
 
 
+def test_a_resumed_run_keeps_its_checkpoint_step_in_tensorboard(tmp_path):
+    """TensorBoard drops the events at and past `purge_step`: the resumed run purges from the
+    step after its checkpoint, so the checkpoint's own step (the last one it kept) stays."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mamf.engine.trainlog import TrainLog
+
+    first = TrainLog(None, str(tmp_path / "tb"))
+    for step in range(1, 6):
+        first.step(step, 1.0 / step, 0.1, 8)
+    first.close()  # killed after step 5, the newest checkpoint at step 3
+    again = TrainLog(None, str(tmp_path / "tb"), start=3)
+    for step in (4, 5, 6):
+        again.step(step, 2.0, 0.1, 8)
+    again.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = events.Scalars("train/loss")
+    assert [s.step for s in scalars] == [1, 2, 3, 4, 5, 6]
+    assert [s.value for s in scalars] == pytest.approx([1.0, 0.5, 1 / 3, 2.0, 2.0, 2.0])
+
+
+def test_each_training_of_a_grid_is_its_own_tensorboard_run(colour_folder, tmp_path):
+    """One subfolder per training, named as its train_logs/ folder (its cell)."""
+    pytest.importorskip("tensorboard")
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mamf.runs.experiment import load_experiment, run_experiment
+
+    logs = tmp_path / "tb"
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tb", "model": "tiny-random-clip", "methods": ["classical", "mamf"],
+        "seeds": [1, 2], "settings": {"train": {"lr": 1e-3, "steps": 3, "batch_size": 6,
+                                                 "log_dir": str(logs)},
+                                       "metatest": {"epochs": 1}, "data": {"tasks": 2}},
+        "datasets": {"colours": {"root": str(colour_folder), "ways": [2]}}}))
+    out = tmp_path / "out"
+    rows = run_experiment(load_experiment(path), out, progress=False)
+    trainings = sorted(p.name for p in (out / "train_logs").iterdir())
+    assert len(trainings) == 4 and sorted(p.name for p in logs.iterdir()) == trainings
+    assert not list(logs.glob("events.*"))  # nothing in the shared folder itself
+    for name in trainings:
+        events = EventAccumulator(str(logs / name))
+        events.Reload()
+        assert [s.step for s in events.Scalars("train/loss")] == [1, 2, 3]
+    assert len(rows) == 4
+    for kept in (out / "configs").glob("*.yaml"):  # the settings as asked, not per training
+        assert yaml.safe_load(kept.read_text())["train"]["log_dir"] == str(logs)
+
+
 def test_eval_every_logs_dev_accuracy_at_its_steps_and_changes_nothing_else(colour_folder,
                                                                             tmp_path):
     pytest.importorskip("tensorboard")

@@ -1,8 +1,9 @@
 """mamf: few-shot transfer of vision-language models by model-agnostic multitask fine-tuning.
 
-The Python API (`train`, `evaluate`, `load_run`, `report`, `classify`, `make_config`, `Config`)
-is imported on first use, so `import mamf` stays light and changes nothing process-wide: glibc's
-malloc tuning is the CLI's, or a script's explicit `mamf.keep_freed_memory()`.
+The Python API (`train`, `evaluate`, `load_run`, `report`, `classify`, `make_config`, `Run`,
+`Config`) is imported on first use, so `import mamf` stays light and changes nothing
+process-wide: glibc's malloc tuning is the CLI's, or a script's explicit
+`mamf.keep_freed_memory()`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ __version__ = "0.1.0"
 
 _API = {"train": "mamf.api", "evaluate": "mamf.api", "load_run": "mamf.api",
         "report": "mamf.api", "classify": "mamf.api", "predict": "mamf.api",
-        "make_config": "mamf.api", "Config": "mamf.config",
+        "make_config": "mamf.api", "Run": "mamf.api", "Config": "mamf.config",
         "keep_freed_memory": "mamf.system.allocator"}
 __all__ = [*_API, "__version__"]
 

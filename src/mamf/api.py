@@ -2,8 +2,9 @@
 
     from mamf import make_config, train, evaluate, report, classify
     config = make_config({"data": {"root": "data/emoji"}, "train": {"steps": 20}})
-    train(config, "runs/emoji")
-    rows = evaluate("runs/emoji", "results", ways=[5])
+    run = train(config, "runs/emoji")          # a Run: folder, config, model, summary
+    rows = evaluate(run, "results", ways=[5])
+    probs = classify(run, ["a.png"], ["cat", "dog"])  # with the run's prompts
     report("results")
 
 Nothing here changes the process (no allocator tuning, no logging setup): that is the CLI's job,
@@ -56,6 +57,10 @@ def make_config(settings: dict | str | Path | Config | None = None,
     """A validated Config from a nested dict, a YAML file's path, or a Config; then `overrides`
     (dotted keys, `{"train.lr": 1e-5}`) and keywords with `.` written as `__` (`train__lr=1e-5`).
     A string may name a shipped preset: `make_config("cpu")`."""
+    if settings is not None:
+        _need(settings, (dict, str, Path, Config), "settings")
+    if overrides is not None:
+        _need(overrides, dict, "overrides")
     if isinstance(settings, Config):
         settings = to_dict(settings)
     elif isinstance(settings, (str, Path)):
@@ -77,43 +82,129 @@ def _bars(progress: bool) -> Iterator[None]:
         bars.set_quiet(before)
 
 
-def train(config: Config | dict | str | Path, out: str | Path, progress: bool = True) -> dict:
-    """Train `config.train.method` into the run folder `out`; returns its summary (train.json)."""
+class Run:
+    """A trained run: its `folder`, its `config` and its `model` (the trained weights, loaded
+    from the folder on first use), and train.json's `summary` (also as `run["steps"]`).
+
+    `evaluate(run, ...)` scores the model in memory, `classify(run, ...)` with the run's
+    prompts. A model changed in memory after it was loaded is scored as an in-memory model,
+    not under the run's name."""
+
+    def __init__(self, folder: str | Path, config: Config | None = None,
+                 summary: dict | None = None):
+        from mamf.runs.run_folder import load_run as load
+        from mamf.runs.run_folder import read_summary
+
+        self.folder = Path(folder)
+        if config is None:
+            config, self._model = load(self.folder)
+            self._digest = _weights_digest(self._model)
+        else:
+            self._model, self._digest = None, None
+        self.config = config
+        self.summary = summary if summary is not None else (
+            read_summary(self.folder / "train.json") if (self.folder / "train.json").is_file()
+            else {})
+
+    @property
+    def model(self) -> DualEncoder:
+        if self._model is None:
+            from mamf.runs.run_folder import load_run as load
+
+            self._model = load(self.folder)[1]
+            self._digest = _weights_digest(self._model)
+        return self._model
+
+    def unchanged(self) -> bool:
+        """Whether the model, where loaded, still holds the folder's weights."""
+        return self._model is None or _weights_digest(self._model) == self._digest
+
+    def __getitem__(self, key: str):
+        return self.summary[key]
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.folder)!r}, method={self.config.train.method!r})"
+
+
+def _weights_digest(model: DualEncoder) -> str:
+    from mamf.features.frozen_engine import _digest
+
+    return _digest(p for _, p in sorted(model.state_dict().items()))
+
+
+def _need(value, types, what: str) -> None:
+    """A wrong type is one error line naming the argument, not a traceback further in."""
+    if not isinstance(value, types) or isinstance(value, bool):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise MamfError(f"{what} must be {names}, got {type(value).__name__}")
+
+
+def train(config: Config | dict | str | Path, out: str | Path, progress: bool = True) -> Run:
+    """Train `config.train.method` into the run folder `out`; returns the Run (folder, config,
+    model, and train.json's summary as `run["steps"]`)."""
     from mamf.runs.run_folder import train_run
 
+    _need(out, (str, Path), "out")
     config = make_config(config)
     with _bars(progress):
-        return train_run(config, Path(out), progress=progress)
+        summary = train_run(config, Path(out), progress=progress)
+    return Run(out, config, summary)
 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:
     """A finished run's config and its model with the trained weights."""
     from mamf.runs.run_folder import load_run as load
 
+    _need(run, (str, Path), "run")
     return load(Path(run))
 
 
-def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str | None = None,
-             ways: int | str | Sequence[int] | None = None, progress: bool = True,
-             settings: dict | None = None, overrides: dict | None = None) -> list[Row]:
-    """Meta-test a trained run (a run folder) or a model zero-shot (a config, dict or YAML);
-    rows are appended to out/results.jsonl and returned as `mamf.results.Row`s. `ways`: n, a
-    list, or 'all'; `method`: a test-time method (default: the run's own, or zeroshot without a
-    run). With a run, `settings` (nested) and `overrides` (dotted) change its config; otherwise
-    `overrides` do."""
+def evaluate(source: Config | dict | str | Path | Run | DualEncoder, out: str | Path, *,
+             method: str | None = None, ways: int | str | Sequence[int] | None = None,
+             progress: bool = True, settings: dict | None = None, overrides: dict | None = None,
+             config: Config | dict | str | Path | None = None) -> list[Row]:
+    """Meta-test a trained run (a run folder or the Run `train` returned), a model in memory
+    (with the `config` that says its data and settings) or a model zero-shot (a config, dict or
+    YAML); rows are appended to out/results.jsonl and returned as `mamf.results.Row`s. `ways`:
+    n, a list, or 'all';
+    `method`: a test-time method (default: the run's own, or zeroshot without a run). With a
+    run, `settings` (nested) and `overrides` (dotted) change its config; otherwise `overrides`
+    do. A model in memory is not changed; its rows' `run` names its weights' hash
+    (`memory:<hash>`), so no row of another model is taken for its own."""
     from mamf.config import deep_merge
     from mamf.data.dataset import class_count
     from mamf.methods import names
+    from mamf.models.base import DualEncoder
     from mamf.runs.measure import evaluate as meta_test
     from mamf.runs.ways import ways_list
 
-    model, run_dir, trained_by = None, None, None
+    _need(out, (str, Path), "out")
+    for value, what in ((method, "method"), (settings, "settings"), (overrides, "overrides")):
+        if value is not None:
+            _need(value, str if what == "method" else dict, what)
+    if ways is not None and not isinstance(ways, (int, str, list, tuple)) or \
+            isinstance(ways, bool):
+        raise MamfError(f"ways must be an int, a list of ints or 'all', got {type(ways).__name__}")
+    model, run_dir, trained_by, memory = None, None, None, None
     test_time = names(trained=False)
     if method is not None and method not in names():
         raise MamfError(f"unknown method {method!r}; choose from {', '.join(names())}")
-    if isinstance(source, (str, Path)) and Path(source).is_dir():
-        run_dir = Path(source)
-        run_config, model = load_run(run_dir)
+    if isinstance(source, Run) and not source.unchanged():
+        source, config = source.model, config or source.config
+    if isinstance(source, DualEncoder):
+        if config is None:
+            raise MamfError("evaluate(model, ...) needs config= (its data and settings)")
+        import copy
+
+        memory = f"memory:{_weights_digest(source)[:12]}"
+        model = copy.deepcopy(source)  # the meta-test adapts and restores its own copy
+        source = config
+    elif config is not None:
+        raise MamfError("config= goes with a model in memory; a run or a config is the source")
+    if isinstance(source, Run) or (isinstance(source, (str, Path)) and Path(source).is_dir()):
+        run = source if isinstance(source, Run) else None
+        run_dir = run.folder if run else Path(source)
+        run_config, model = (run.config, run.model) if run else load_run(run_dir)
         trained_by = run_config.train.method
         config = make_config(deep_merge(to_dict(run_config), settings or {}), overrides)
         if config.model != run_config.model:
@@ -122,9 +213,17 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
             raise MamfError(f"--method {method} trains: evaluate a run it trained with --run, "
                             f"or pick a test-time method ({', '.join(test_time)})")
         method = method or trained_by
+        if run is not None:
+            import copy
+
+            model = copy.deepcopy(model)  # the Run's own model stays as it was
     else:
+        if not isinstance(source, (Config, dict, str, Path)):
+            raise MamfError("evaluate's source must be a run folder, a Run, a model (with "
+                            f"config=), a Config, a dict or a YAML path; got "
+                            f"{type(source).__name__}")
         config = make_config(source, overrides)
-        if method and method not in test_time:
+        if method and method not in test_time and memory is None:
             raise MamfError(f"--method {method} trains: evaluate a run it trained with --run, "
                             f"or pick a test-time method ({', '.join(test_time)})")
         method = method or test_time[0]
@@ -133,8 +232,8 @@ def evaluate(source: Config | dict | str | Path, out: str | Path, *, method: str
     n_classes = class_count(config.data.root, config.data.subdataset)
     sizes = ways_list(config, n_classes, list(ways) if isinstance(ways, (list, tuple)) else ways)
     with _bars(progress):
-        return meta_test(config, Path(out), method, model, sizes, run_dir, progress=progress,
-                         trained_by=trained_by)
+        return meta_test(config, Path(out), method, model, sizes, run_dir or memory,
+                         progress=progress, trained_by=trained_by)
 
 
 def report(folder: str | Path, title: str | None = None, reference: str | None = None) -> dict:
@@ -144,6 +243,7 @@ def report(folder: str | Path, title: str | None = None, reference: str | None =
     from mamf.report import write_report
     from mamf.results import read_rows
 
+    _need(folder, (str, Path), "folder")
     folder = Path(folder)
     if not (folder / "results.jsonl").is_file():
         raise MamfError(f"{folder} holds no results.jsonl")
@@ -153,43 +253,125 @@ def report(folder: str | Path, title: str | None = None, reference: str | None =
     return write_report(rows, folder, title or folder.name, reference)
 
 
-def classify(model: DualEncoder | str | Path, images: Sequence, labels: Sequence[str],
-             template: str = "A photo of a {label}.") -> np.ndarray:
-    """Zero-shot scores of `images` (paths, or uint8 H x W x 3 arrays) against the prompts of
-    `labels`, with a model or a trained run folder: probabilities, one row per image."""
+def classify(model: DualEncoder | Run | str | Path, images: Sequence, labels: Sequence[str],
+             template: str | None = None) -> np.ndarray:
+    """Zero-shot scores of `images` against the prompts of `labels`: probabilities, one row per
+    image. `model`: a run folder, a Run or a model. `images`: paths, PIL images, or H x W x 3
+    (or H x W) arrays of uint8 0..255 or floats in [0, 1]; each is resized and centre-cropped as
+    mamf's image cache does. Prompts: `template` where given; else a run's own (its data
+    folder's `label_to_text.json` where it names every label, else its template or ensemble);
+    else "A photo of a {label}."."""
     import numpy as np
     import torch
+    import torch.nn.functional as F
 
-    from mamf.data.cache import decode
+    from mamf.methods import EXTENSION
+    from mamf.models.base import DualEncoder
 
-    if isinstance(model, (str, Path)):
-        model = load_run(model)[1]
+    run_config = None
+    if isinstance(model, Run):
+        run_config, model = model.config, model.model
+    elif isinstance(model, (str, Path)):
+        run_config, model = load_run(model)
+    elif not isinstance(model, DualEncoder):
+        raise MamfError("classify's model must be a run folder, a Run or a model from load_run, "
+                        f"got {type(model).__name__}")
+    extension = getattr(model, EXTENSION, None)
+    if extension is not None:
+        raise MamfError(f"this model's method learned a part outside the model's towers "
+                        f"({type(extension).__name__}) that classify's prompts cannot use: score "
+                        "it with mamf evaluate --run")
+    for value, what in ((images, "images"), (labels, "labels")):
+        if isinstance(value, (str, bytes, Path)) or not hasattr(value, "__len__"):
+            raise MamfError(f"{what} must be a list, got {type(value).__name__}")
     if not labels:
         raise MamfError("classify needs at least one label")
-    if "{label}" not in template:
-        raise MamfError(f"template {template!r} has no {{label}}")
-    size = model.image_size
-    pixels = []
-    for image in images:
-        if isinstance(image, (str, Path)):
-            pixels.append(decode(Path(image), size))
-        else:
-            from PIL import Image
-
-            arr = np.asarray(image, dtype=np.uint8)
-            if arr.ndim != 3 or arr.shape[2] != 3:
-                raise MamfError(f"an image array must be H x W x 3, got shape {arr.shape}")
-            pixels.append(np.asarray(Image.fromarray(arr).resize((size, size), Image.BICUBIC)))
+    if not all(isinstance(x, str) and x.strip() for x in labels):
+        raise MamfError("labels must be non-empty strings")
+    if template is not None:
+        _need(template, str, "template")
+    prompts = _class_prompts(list(labels), template, run_config)
+    pixels = [_pixels(image, model.image_size) for image in images]
     if not pixels:
         return np.zeros((0, len(labels)), np.float32)
     model.eval()
     with torch.no_grad():
         x = model.preprocess(torch.from_numpy(np.stack(pixels)))
-        img = torch.nn.functional.normalize(model.encode_images(x).float(), dim=-1)
-        tokens = model.tokenize([template.format(label=label) for label in labels])
-        txt = torch.nn.functional.normalize(model.encode_texts(tokens).float(), dim=-1)
+        img = F.normalize(model.encode_images(x).float(), dim=-1)
+        flat = [p for group in prompts for p in group]
+        txt = F.normalize(model.encode_texts(model.tokenize(flat)).float(), dim=-1)
+        groups = torch.split(txt, [len(group) for group in prompts])
+        txt = F.normalize(torch.stack([g.mean(dim=0) for g in groups]), dim=-1)
         logits = model.logit_scale().float() * img @ txt.T
     return logits.softmax(dim=-1).cpu().numpy()
+
+
+def _class_prompts(labels: list[str], template: str | None,
+                   run_config: Config | None) -> list[list[str]]:
+    """Each label's prompts (several for a template ensemble), as the run made its own."""
+    from mamf.data.prompts import (
+        DEFAULT_TEMPLATE,
+        _from_json,
+        _from_template,
+        prompt_file,
+        resolve_templates,
+    )
+
+    if template is not None or run_config is None:
+        return [[p] for p in _from_template(template or DEFAULT_TEMPLATE, labels)]
+    data = run_config.data
+    root = Path(data.root).expanduser() if data.root else None
+    if root is not None and root.is_dir():
+        found = prompt_file(root / data.subdataset if data.subdataset else root,
+                            root if data.subdataset else None)
+        if found is not None:
+            try:
+                return [[p] for p in _from_json(found, labels)]
+            except MamfError:
+                log.info("%s does not name every label: the run's template gives the prompts",
+                         found)
+    templates = resolve_templates(data.templates)
+    if templates:
+        per_template = [_from_template(t, labels) for t in templates]
+        return [list(group) for group in zip(*per_template)]
+    return [[p] for p in _from_template(data.template, labels)]
+
+
+def _pixels(image, size: int):
+    """One image as uint8 size x size x 3, cropped as the image cache crops."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from mamf.data.cache import UNREADABLE, decode, fit, to_rgb
+
+    if isinstance(image, (str, Path)):
+        try:
+            return decode(Path(image), size)
+        except UNREADABLE as e:
+            raise MamfError(f"cannot read image {image}: {type(e).__name__}: {e}") from None
+    if isinstance(image, Image.Image):
+        return fit(to_rgb(ImageOps.exif_transpose(image)), size)
+    try:
+        arr = np.asarray(image)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise MamfError(f"an image must be a path, a PIL image or an array: {e}") from None
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise MamfError(f"an image array must be H x W x 3 or H x W, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise MamfError("a float image array must hold values in [0, 1] (got "
+                            f"{np.nanmin(arr):.3g} to {np.nanmax(arr):.3g}): give floats in "
+                            "[0, 1] or uint8 0..255")
+        arr = np.rint(arr * 255)
+    elif arr.dtype.kind in "iu":
+        if arr.min() < 0 or arr.max() > 255:
+            raise MamfError(f"an integer image array must hold 0..255 (got {arr.min()} to "
+                            f"{arr.max()})")
+    else:
+        raise MamfError(f"an image array must hold numbers, got dtype {arr.dtype}")
+    return fit(Image.fromarray(arr.astype(np.uint8)), size)
 
 
 predict = classify

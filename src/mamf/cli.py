@@ -168,6 +168,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--slurm-mem-gb", type=int, help="memory per job in GB")
     ex.add_argument("--submitit-cluster", choices=["slurm", "local"],
                     help="force submitit's executor (default: slurm if sbatch is found)")
+    ex.add_argument("--max-jobs", type=int,
+                    help="jobs running at once (local default: what the cores and the memory "
+                    "hold; Slurm: the array's parallelism, default unlimited)")
 
     tu = sub.add_parser("tune", help="choose each method's rates on dev-split tasks (an "
                         "experiment's tune: section)",
@@ -279,7 +282,7 @@ def cmd_train(args) -> None:
     for ways in sizes:
         out = Path(args.out) if len(sizes) == 1 else Path(args.out) / f"ways-{ways}"
         sized = build_config(to_dict(config), {"data.ways": ways})
-        summary = train(sized, out, progress=not args.quiet)
+        summary = train(sized, out, progress=not args.quiet).summary
         if not _is_main():
             continue
         processes = summary.get("processes", 1)
@@ -388,7 +391,8 @@ def cmd_experiment(args) -> None:
         from mamf.runs.launcher import SlurmSettings, launch
 
         slurm = SlurmSettings(args.slurm_partition, args.slurm_time, args.slurm_cpus,
-                              args.slurm_gpus, args.slurm_mem_gb, args.submitit_cluster)
+                              args.slurm_gpus, args.slurm_mem_gb, args.submitit_cluster,
+                              args.max_jobs)
         rows = launch(experiment, Path(args.out), slurm)
     else:
         rows = run_experiment(experiment, Path(args.out), progress=not args.quiet)

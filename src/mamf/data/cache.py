@@ -68,7 +68,11 @@ def decode(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
         img.load()
-    img = to_rgb(img)
+    return fit(to_rgb(img), size)
+
+
+def fit(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image's shorter side resized to `size` and its centre square cropped (`decode`)."""
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))  # the resized image

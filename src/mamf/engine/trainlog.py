@@ -1,6 +1,9 @@
 """Training logs a user can open during a run: a CSV in the run folder, always, and TensorBoard
 scalars where `train.log_dir` (`--tensorboard DIR`) is set.
 
+In an experiment each training writes its own TensorBoard run: a subfolder of `train.log_dir`
+named as its `train_logs/` folder (dataset, method, sampler, seed, shots, task size).
+
 Each step logs its loss, the learning rate of the optimiser's first group and the images per
 second the step embedded (forward passes through `ModelInputs.images`, cached or not); with
 `train.eval_every` set, every that many steps also the dev split's accuracy (`dev_acc`, empty in
@@ -47,8 +50,10 @@ class TrainLog:
                 raise MamfError("train.log_dir needs TensorBoard: pip install tensorboard") \
                     from None
             try:
+                # TensorBoard drops the events at and past purge_step: those after the
+                # checkpoint, which this run logs again (the checkpoint's own step stays)
                 self.writer = SummaryWriter(log_dir=str(Path(log_dir).expanduser()),
-                                            purge_step=start if start else None)
+                                            purge_step=start + 1 if start else None)
             except OSError as e:
                 raise MamfError(f"cannot write TensorBoard logs to {log_dir}: "
                                 f"{e.strerror or e}") from None

@@ -149,6 +149,12 @@ class DualEncoder(nn.Module):
         """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""
         raise NotImplementedError(f"{type(self).__name__} has no projection heads to reset")
 
+    def text_tokenizer(self):
+        """(the transformers tokenizer, the keywords `tokenize` calls it with), which an export
+        saves and records so that prompts are tokenised there as here; None where `tokenize`
+        is no transformers tokenizer."""
+        return None
+
     def transformers_model(self):
         """The transformers `PreTrainedModel` this encoder is (for `mamf export --format hf` and
         `peft`), or None for a model with no standard transformers form."""

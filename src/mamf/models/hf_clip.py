@@ -138,6 +138,9 @@ class HFClip(DualEncoder):
     def transformers_model(self):
         return self.clip
 
+    def text_tokenizer(self):
+        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -149,9 +152,12 @@ class _HFTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
+    @property
+    def kwargs(self) -> dict:
+        return {"padding": "longest", "truncation": True, "max_length": self.max_length}
+
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt"))
+        return dict(self.tokenizer(texts, **self.kwargs, return_tensors="pt"))
 
 
 @register_family("clip", "a transformers CLIPModel (local folder, or a hub id with network)")
@@ -182,6 +188,7 @@ def load_hf_clip(name_or_path: str) -> HFClip:
         source = str(path)
     else:
         source = name_or_path
+    check_tokenizer(name_or_path)
     try:
         clip = CLIPModel.from_pretrained(source, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -197,6 +204,21 @@ def load_hf_clip(name_or_path: str) -> HFClip:
     max_len = int(clip.config.text_config.max_position_embeddings)
     return HFClip(clip, _HFTokenizer(tokenizer, max_len), name=name_or_path, image_mean=mean,
                   image_std=std)
+
+
+# what a transformers tokenizer is saved as (fast, BPE, SentencePiece, WordPiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model",
+                   "vocab.txt", "sentencepiece.bpe.model")
+
+
+def check_tokenizer(name_or_path: str) -> None:
+    """Refuse a model folder with no tokenizer files: transformers would build a placeholder
+    with an empty vocabulary, every prompt would become the same tokens and zero-shot would
+    sit at chance, silently."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise MamfError(f"model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}"
+                        "): copy the model's tokenizer into it")
 
 
 def _json_object(path: Path) -> dict:

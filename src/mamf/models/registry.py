@@ -26,6 +26,9 @@ _WARM: dict[str, Callable[[], None]] = {}
 _FAMILIES: dict[str, tuple[str, Callable[[str], DualEncoder]]] = {}
 # a built-in name's or family's own settings (a family's under `<model_type> folder`)
 DECLARED: dict[str, tuple[Setting, ...]] = {}
+# one model build at a time: transformers imports its classes lazily, and two threads making
+# their first model at once get "cannot import name 'CLIPConfig'" from one of those imports
+_BUILDING = threading.RLock()
 
 
 def register_builtin(name: str, description: str, settings: tuple[Setting, ...] = (),
@@ -66,6 +69,11 @@ def model_names() -> dict[str, str]:
             **{f"{k} folder": v[0] for k, v in _FAMILIES.items()}}
 
 
+def is_builtin(name: str) -> bool:
+    """A name mamf builds in code: it means nothing to another library."""
+    return name in _BUILTIN
+
+
 def families() -> tuple[str, ...]:
     return tuple(_FAMILIES)
 
@@ -80,6 +88,11 @@ catalogue.join("models", names=names, settings=settings)
 
 def load_model(name: str) -> DualEncoder:
     """Build a model by built-in name, local transformers folder, or hub id (needs network)."""
+    with _BUILDING:
+        return _load_model(name)
+
+
+def _load_model(name: str) -> DualEncoder:
     if not name:
         raise MamfError("no model given: pass --model (e.g. effnet-minilm or a CLIP folder)")
     if name in _BUILTIN:
@@ -106,7 +119,7 @@ def prefetch(name: str) -> threading.Thread | None:
         return None
 
     def quietly() -> None:
-        with contextlib.suppress(Exception):  # reported by the load that needs it
+        with contextlib.suppress(Exception), _BUILDING:  # reported by the load that needs it
             warm()
 
     thread = threading.Thread(target=quietly, name=f"mamf-prefetch-{name}", daemon=True)

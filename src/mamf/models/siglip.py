@@ -143,6 +143,9 @@ class HFSiglip(DualEncoder):
     def transformers_model(self):
         return self.siglip
 
+    def text_tokenizer(self):
+        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+
     def describe(self) -> dict:
         return {"name": self.name}
 
@@ -155,9 +158,12 @@ class _FixedLengthTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
+    @property
+    def kwargs(self) -> dict:
+        return {"padding": "max_length", "truncation": True, "max_length": self.max_length}
+
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding="max_length", truncation=True,
-                                   max_length=self.max_length, return_tensors="pt"))
+        return dict(self.tokenizer(texts, **self.kwargs, return_tensors="pt"))
 
 
 @register_family("siglip", "a transformers SiglipModel (local folder, or a hub id with network)")
@@ -166,7 +172,7 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
     from safetensors import SafetensorError
     from transformers import AutoTokenizer, SiglipModel
 
-    from mamf.models.hf_clip import _json_object
+    from mamf.models.hf_clip import _json_object, check_tokenizer
 
     path = Path(name_or_path).expanduser()
     pre = None
@@ -176,6 +182,7 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
                             "pickles)")
         if (path / "preprocessor_config.json").is_file():
             pre = _json_object(path / "preprocessor_config.json")
+    check_tokenizer(name_or_path)
     try:
         siglip = SiglipModel.from_pretrained(str(path) if path.exists() else name_or_path,
                                              use_safetensors=True)
@@ -187,18 +194,6 @@ def load_hf_siglip(name_or_path: str) -> HFSiglip:
     return HFSiglip(siglip, _FixedLengthTokenizer(tokenizer, max_len), name=name_or_path,
                     image_mean=pre.get("image_mean") if pre else None,
                     image_std=pre.get("image_std") if pre else None)
-
-
-class _TinyTokenizer:
-    """The tiny CLIP's byte vocabulary, padded to a fixed length as SigLIP pads."""
-
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        from mamf.models.tiny import MAX_LENGTH, PAD, ByteTokenizer
-
-        ids = ByteTokenizer()(texts)["input_ids"]
-        fixed = torch.full((len(texts), MAX_LENGTH), PAD, dtype=torch.long)
-        fixed[:, : ids.shape[1]] = ids
-        return {"input_ids": fixed}
 
 
 @register_builtin("tiny-random-siglip", "small randomly initialised SigLIP built in code "
@@ -224,4 +219,8 @@ def build_tiny(seed: int = 0) -> HFSiglip:
         siglip.logit_scale.fill_(math.log(10.0))
         siglip.logit_bias.fill_(-10.0)
     siglip.eval()
-    return HFSiglip(siglip, _TinyTokenizer(), name="tiny-random-siglip")
+    from mamf.models.tiny import byte_tokenizer
+
+    # SigLIP's text tower takes no attention mask: its tokenizer gives the ids alone
+    return HFSiglip(siglip, _FixedLengthTokenizer(byte_tokenizer(["input_ids"]), MAX_LENGTH),
+                    name="tiny-random-siglip")

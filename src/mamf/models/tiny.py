@@ -1,33 +1,56 @@
 """`tiny-random-clip`: a small, randomly initialised CLIPModel built in code, for tests and smoke runs.
 
-It is UNTRAINED: its zero-shot accuracy is chance. Its tokenizer is a byte-level vocabulary built in
-code, so it needs no files and no network.
+It is UNTRAINED: its zero-shot accuracy is chance. Its tokenizer maps each UTF-8 byte of a prompt
+to its own id (0-255) between BOS and EOS; it is built in code as a transformers tokenizer, so it
+needs no files and no network, and an export saves it beside the model for
+`AutoTokenizer.from_pretrained` to load without mamf.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mamf.models.hf_clip import HFClip
+from mamf.models.hf_clip import HFClip, _HFTokenizer
 from mamf.models.registry import register_builtin
 
 PAD, BOS, EOS = 256, 257, 258
 VOCAB_SIZE = 259
 MAX_LENGTH = 48
+SPECIAL = {"<|pad|>": PAD, "<|startoftext|>": BOS, "<|endoftext|>": EOS}
 
 
-class ByteTokenizer:
-    """UTF-8 bytes as tokens, with BOS/EOS/PAD; CLIP pools the text at the EOS position."""
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte: what a byte-level pre-tokenizer emits."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+             *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in shown]
+    return {**{b: chr(b) for b in shown}, **{b: chr(256 + i) for i, b in enumerate(rest)}}
 
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        rows = [[BOS, *t.encode("utf-8")[: MAX_LENGTH - 2], EOS] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+
+def byte_tokenizer(inputs: list[str] | None = None):
+    """The tiny models' tokenizer: byte b -> id b, [BOS] bytes [EOS], padded with PAD. A
+    special token's spelling inside a prompt is read as its bytes (`split_special_tokens`).
+    `inputs`: what it returns (default: the ids and the attention mask)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: b for b, char in _byte_chars().items()} | SPECIAL
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", BOS), ("<|endoftext|>", EOS)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|pad|>",
+                                   model_max_length=MAX_LENGTH, split_special_tokens=True,
+                                   model_input_names=inputs or ["input_ids", "attention_mask"])
+
+
+def ByteTokenizer() -> _HFTokenizer:  # noqa: N802 (was a class; bench/ builds it by this name)
+    """`texts -> {input_ids, attention_mask}`, padded to the longest prompt, at most MAX_LENGTH
+    tokens; CLIP pools the text at the EOS position."""
+    return _HFTokenizer(byte_tokenizer(), MAX_LENGTH)
 
 
 @register_builtin("tiny-random-clip", "small randomly initialised CLIP built in code (UNTRAINED; "

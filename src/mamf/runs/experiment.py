@@ -12,6 +12,7 @@ before any training.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import numpy as np
 
 from mamf import methods as registry
 from mamf import protocols
+from mamf.catalogue import Config
 from mamf.config import dump_yaml
 from mamf.engine.metatest import WeightSnapshot
 from mamf.engine.training import train
@@ -132,14 +134,15 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                     exp, p, clock, [q for q in plans if q.ds.name == p.ds.name])
             except MamfError as e:
                 log.error("dataset %s skipped: %s", p.ds.name, e)
-                _failure(out, {"dataset": p.ds.name, "error": str(e)})
+                _failure(results.parent, {"dataset": p.ds.name, "error": str(e)})
                 bar.update(len(p.missing))
                 for unit in units_of(p):
                     clock.drop(clock.unit(), sum(1 for n, _, _ in p.missing if n in unit))
                 continue
         for unit in units_of(p):
-            _run_recorded(exp, out, p, unit, prepared[p.ds.name], results, progress, done, bar,
-                          clock)
+            # a job's failures go to its own folder, beside its rows (the launcher reports them)
+            _run_recorded(exp, results.parent, p, unit, prepared[p.ds.name], results, progress,
+                          done, bar, clock)
     bar.close()
     return distributed.from_main(read_rows(results) if distributed.is_main() else None)
 
@@ -419,7 +422,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         started = time.perf_counter()
         logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
                                 unit[0] if kind.trains_per_ways else None)
-        result = train(model, inputs, dataset, config, progress,
+        result = train(model, inputs, dataset, _own_log_dir(config, logs.name), progress,
                        log_folder=logs if distributed.is_main() else None)
         train_info |= {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),
                        "train_steps": result.steps, "train_images": result.images,
@@ -465,6 +468,15 @@ def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, conf
             atomic_write_text(config_file, dump_yaml(config))
         append_jsonl(results, row.to_json())
     return row
+
+
+def _own_log_dir(config: Config, name: str) -> Config:
+    """The training's config with its TensorBoard run in `train.log_dir`/`name`: one run per
+    training, named by its cell (the log folder is no setting of the measurement)."""
+    if not config.train.log_dir:
+        return config
+    log_dir = str(Path(config.train.log_dir).expanduser() / name)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, log_dir=log_dir))
 
 
 def train_log_folder(out: Path, dataset: str, method: str, sampler: str | None, seed: int,

@@ -166,15 +166,34 @@ class Eta:
             self.one_off += _clock() - started
 
     def seconds_left(self) -> float | None:
+        """The whole time left; None while a kind still to do has not been measured."""
+        known, untimed = self.known_left()
+        return None if untimed else known
+
+    def known_left(self) -> tuple[float | None, int]:
+        """The time left of the kinds measured so far (None before any), and how many kinds
+        still to do have not been measured once."""
         left = [(kind, units) for kind, units in self.todo.items() if units > 0]
-        if any(kind not in self.spent or self.spent[kind][1] <= 0 for kind, _ in left):
-            return None
-        estimate = sum(self.spent[k][0] / self.spent[k][1] * units for k, units in left)
+        timed = [(k, units) for k, units in left if k in self.spent and self.spent[k][1] > 0]
         measured = sum(seconds for seconds, _ in self.spent.values())
+        if not measured > 0 and not (left and len(timed) == len(left)):
+            return None, len(left) - len(timed)
+        estimate = sum(self.spent[k][0] / self.spent[k][1] * units for k, units in timed)
         wall = _clock() - self.started - self.one_off
-        return estimate * max(1.0, wall / measured) if measured > 0 else estimate
+        scaled = estimate * max(1.0, wall / measured) if measured > 0 else estimate
+        return scaled, len(left) - len(timed)
 
     def line(self, done: int, total: int) -> str:
-        """`12/36, about 1.5 min left`, or only the count while the time left is unknown."""
-        left = self.seconds_left()
-        return f"{done}/{total}" + ("" if left is None else f", about {seconds(left)} left")
+        """`12/36, about 1.5 min left`; while kinds of work still to do have not run once,
+        `3/36, at least 20 s left (partial: 2 kinds of work not timed yet)`; the count alone
+        before anything was timed."""
+        known, untimed = self.known_left()
+        if known is None:
+            return f"{done}/{total}"
+        if not untimed:
+            return f"{done}/{total}, about {seconds(known)} left"
+        kinds = "1 kind" if untimed == 1 else f"{untimed} kinds"
+        if not known > 0:  # what is left is all untimed
+            return f"{done}/{total}, time left unknown ({kinds} of work not timed yet)"
+        return (f"{done}/{total}, at least {seconds(known)} left (partial: {kinds} of work not "
+                "timed yet)")
