@@ -49,8 +49,8 @@ def test_evaluate_scores_a_run_and_a_model_in_memory(trained, tmp_path):
     by_run = evaluate(run, out, ways=2, progress=False, overrides=settings)
     by_folder = evaluate(run.folder, tmp_path / "res2", ways=2, progress=False,
                          overrides=settings)
-    assert by_run[0]["task_accs"] == by_folder[0]["task_accs"]
-    assert by_run[0]["run"] == str(run.folder)
+    assert by_run[0].task_accs == by_folder[0].task_accs
+    assert by_run[0].run == str(run.folder)
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
     # a model changed in memory is scored as itself, never as the run or as the pristine model
     zeroshot = evaluate(run.config, out, ways=2, progress=False, overrides={"data.tasks": 3})
@@ -58,11 +58,11 @@ def test_evaluate_scores_a_run_and_a_model_in_memory(trained, tmp_path):
         run.model.clip.visual_projection.weight.mul_(-1.0)
     changed = evaluate(run.model, out, config=run.config, ways=2, progress=False,
                        overrides={"data.tasks": 3})
-    assert changed[0]["run"].startswith("memory:") and changed[0]["run"] != zeroshot[0]["run"]
+    assert changed[0].run.startswith("memory:") and changed[0].run != zeroshot[0].run
     assert len((out / "results.jsonl").read_text().splitlines()) == 3
     again = evaluate(run, out, ways=2, progress=False, method="zeroshot",
                      overrides={"data.tasks": 3})  # the changed Run: in memory, not the folder
-    assert again[0]["run"] == changed[0]["run"]
+    assert again[0].run == changed[0].run
     with torch.no_grad():
         run.model.clip.visual_projection.weight.mul_(-1.0)  # as trained again
     assert all(torch.equal(v, before[k]) for k, v in run.model.state_dict().items())
@@ -189,5 +189,5 @@ def test_the_api_docs_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(code.group(1), "docs/api.md", "exec"), scope)
-    assert scope["probs"].shape == (1, 3) and scope["trained"][0]["run"] == "runs/emoji-mamf"
+    assert scope["probs"].shape == (1, 3) and scope["trained"][0].run == "runs/emoji-mamf"
     assert len((tmp_path / "results" / "results.jsonl").read_text().splitlines()) == 2
