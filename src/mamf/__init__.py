@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _API = {"train": "mamf.api", "evaluate": "mamf.api", "load_run": "mamf.api",
         "report": "mamf.api", "classify": "mamf.api", "predict": "mamf.api",
-        "make_config": "mamf.api", "Run": "mamf.api", "Config": "mamf.config",
+        "make_config": "mamf.api", "Run": "mamf.api", "Config": "mamf.catalogue",
         "keep_freed_memory": "mamf.system.allocator"}
 __all__ = [*_API, "__version__"]
 

@@ -127,9 +127,9 @@ class Run:
 
 
 def _weights_digest(model: DualEncoder) -> str:
-    from mamf.features.frozen_engine import _digest
+    from mamf.models.base import parameters_digest
 
-    return _digest(p for _, p in sorted(model.state_dict().items()))
+    return parameters_digest(p for _, p in sorted(model.state_dict().items()))
 
 
 def _need(value, types, what: str) -> None:

@@ -23,6 +23,7 @@ from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.engine.chance import warn_if_chance
 from mamf.engine.checkpoint import Checkpointer
+from mamf.engine.data_parallel import DataParallel
 from mamf.engine.metatest import evaluation_tasks, score
 from mamf.engine.trainlog import TrainLog
 from mamf.features.inputs import ModelInputs
@@ -30,7 +31,6 @@ from mamf.methods.base import PastTheEnd
 from mamf.models import adapters
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
-from mamf.parallel.data_parallel import DataParallel
 from mamf.protocols.base import name_mask
 from mamf.system import denormals
 from mamf.system.errors import MamfError
@@ -101,7 +101,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     """Run `config.train.method`; deterministic given `config.seed` on CPU.
 
     Under torchrun, methods that are `data_parallel` train over shares of each global batch
-    (`mamf.parallel.data_parallel`); the others (FOMAML) split their work across the ranks themselves. Either
+    (`mamf.engine.data_parallel`); the others (FOMAML) split their work across the ranks themselves. Either
     way the steps are a single process's.
 
     With a `checkpointer`, state is saved every `checkpointer.every` steps and a run resumes from

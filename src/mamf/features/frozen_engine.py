@@ -22,7 +22,6 @@ once). `MAMF_FROZEN_ENGINE=torch` forces PyTorch.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from mamf.data.cache import cache_root
-from mamf.models.base import DualEncoder
+from mamf.models.base import DualEncoder, parameters_digest
 from mamf.system import denormals
 from mamf.system.io import atomic_write_bytes
 
@@ -56,23 +55,15 @@ def _log_once(message: str, level: int = logging.WARNING) -> None:
         log.log(level, message)
 
 
-def _digest(parameters) -> str:
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for p in parameters:
-            h.update(p.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
 def weights_digest(model: DualEncoder, parameters=None) -> str:
     """A hash of the image backbone's exact weights, or of `parameters` (the frozen bottom's)
     where given (names them in cache files)."""
-    return _digest(model.image_backbone_parameters() if parameters is None else parameters)
+    return parameters_digest(model.image_backbone_parameters() if parameters is None else parameters)
 
 
 def text_digest(model: DualEncoder) -> str:
     """A hash of the text tower's exact weights (names its exported graph)."""
-    return _digest(model.text_parameters())
+    return parameters_digest(model.text_parameters())
 
 
 def engine_for(model: DualEncoder, device: torch.device, precision: str) -> str:

@@ -63,7 +63,7 @@ def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch
          observe: Observer | None = None) -> float:
     """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run.
 
-    With `parallel` (a `mamf.parallel.data_parallel.DataParallel`) the batch is the global one: each rank
+    With `parallel` (a `mamf.engine.data_parallel.DataParallel`) the batch is the global one: each rank
     computes its share and the gradients are all-reduced before the step. `observe` sees the
     logits of the rows this process computed (`batch_loss`).
     """

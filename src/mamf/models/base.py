@@ -7,6 +7,8 @@ cache; `preprocess` turns them into the float input the image tower expects.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch import nn
 
@@ -163,3 +165,13 @@ class DualEncoder(nn.Module):
     def describe(self) -> dict:
         """A JSON-able description sufficient to rebuild this model before loading its weights."""
         raise NotImplementedError
+
+
+def parameters_digest(parameters) -> str:
+    """sha256 of the parameters' values in order: names a cache by the weights it came from."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for p in parameters:
+            h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+

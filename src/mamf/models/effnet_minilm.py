@@ -239,11 +239,11 @@ def cached_class_embeddings(text_model: nn.Module, tokenizer, names: list[str]) 
     from safetensors.torch import load_file, save
 
     from mamf.data.cache import cache_root
-    from mamf.features.frozen_engine import _digest
+    from mamf.models.base import parameters_digest
     from mamf.system import denormals
     from mamf.system.io import atomic_write_bytes
 
-    key = json.dumps({"weights": _digest(text_model.parameters()), "prompt": CLASS_PROMPT,
+    key = json.dumps({"weights": parameters_digest(text_model.parameters()), "prompt": CLASS_PROMPT,
                       "names": names, "max_length": TEXT_MAX_LENGTH, "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "flush": denormals.flushing()})
     path = cache_root() / "weights" / (
