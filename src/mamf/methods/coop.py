@@ -25,8 +25,8 @@ from torch import nn
 
 from mamf import distributed
 from mamf.budget import classical_steps
-from mamf.data.prompts import label_text
-from mamf.errors import MamfError
+from mamf.data.prompts import cut_short, label_text, refuse_shared_tokens
+from mamf.errors import MamfError, shown
 from mamf.finetune import EpochStream, check_finite
 from mamf.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
@@ -35,9 +35,11 @@ from mamf.settings import Setting
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # CoOp's SGD
+MAX_CONTEXT = 1024  # above any text tower's length (CLIP's is 77): a bound before any allocation
 # the random context's length M, which CoCoOp reads too
 CONTEXT = Setting("baseline.coop_context", int, 16, "M, the context vectors drawn from N(0, 0.02) "
-                  "when the init words are \"\"", minimum=0, above=True)
+                  "when the init words are \"\"", minimum=0, above=True,
+                  maximum=MAX_CONTEXT)
 
 
 class PromptContext(nn.Module):
@@ -75,7 +77,15 @@ class Prompts:
     what the prefix shares with the empty text), the same in every class's prompt."""
 
     def __init__(self, model, names: list[str], prefix: str):
-        self.tokens = model.tokenize([f"{prefix} {name}." for name in names])
+        texts = [f"{prefix} {name}." for name in names]
+        cut = [t for t, short in zip(texts, cut_short(model, texts)) if short]
+        if cut:
+            raise MamfError(f"the prompt context ({len(prefix.split())} words) leaves no room "
+                            f"for the class names: this model's tokenizer cuts {len(cut)} "
+                            f"class prompt(s) short, e.g. {shown(cut[0][-60:])}; use fewer "
+                            "init words or a smaller baseline.coop_context")
+        self.tokens = model.tokenize(texts)
+        refuse_shared_tokens(self.tokens, names, texts)
         empty = model.tokenize([""])["input_ids"][0]
         alone = model.tokenize([prefix])["input_ids"][0]
         self.start = _common(empty, alone)
