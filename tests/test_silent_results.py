@@ -8,6 +8,8 @@ import unicodedata
 
 import pytest
 from conftest import make_folder
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from mamf.cli import main
 from mamf.errors import MamfError
@@ -107,3 +109,99 @@ def test_a_context_that_fits_still_trains():
     assert Prompts(model, ["red", "green"], " ".join(["X"] * 19)).length == 37  # 44 bytes
     with pytest.raises(MamfError, match="no room"):
         Prompts(model, ["red", "green"], " ".join(["X"] * 22))
+
+
+# -- 5. settings given per method or per grid point: the value used is the value asked ---------
+
+_FOLDER: dict = {}
+
+
+def _folder(tmp_path_factory):
+    if "f" not in _FOLDER:
+        _FOLDER["f"] = make_folder(tmp_path_factory.mktemp("asked") / "colours", n_classes=4,
+                                   per_class=8)
+    return _FOLDER["f"]
+
+
+@pytest.fixture
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _record_training(monkeypatch) -> list[tuple]:
+    """(method, crop scale of every augmented batch, lr, batch size) of each training."""
+    import mamf.experiment
+    import mamf.inputs
+    import mamf.training
+
+    used: list[tuple] = []
+    crops: list[float] = []
+    real_crop, real_train = mamf.inputs.random_crop_flip, mamf.training.train
+
+    def crop(pixels, rows, crop_scale=0.8):
+        crops.append(crop_scale)
+        return real_crop(pixels, rows, crop_scale)
+
+    def train(model, inputs, dataset, config, *args, **kwargs):
+        crops.clear()
+        result = real_train(model, inputs, dataset, config, *args, **kwargs)
+        used.append((config.train.method, sorted(set(crops)), config.train.lr,
+                     config.train.batch_size))
+        return result
+
+    monkeypatch.setattr(mamf.inputs, "random_crop_flip", crop)
+    monkeypatch.setattr(mamf.experiment, "train", train)
+    monkeypatch.setattr(mamf.training, "train", train)
+    return used
+
+
+def _experiment(folder, **extra) -> dict:
+    return {"name": "asked", "model": "tiny-random-clip", "methods": ["classical", "mamf"],
+            "seeds": [1], "settings": {"train": {"freeze_image_backbone": False,
+                                                 "freeze_text_tower": True, "augment": True,
+                                                 "steps": 1, "batch_size": 8},
+                                       "metatest": {"epochs": 1}},
+            "datasets": {"colours": {"root": str(folder), "ways": [2]}}, **extra}
+
+
+_TRAIN = st.fixed_dictionaries({"crop_scale": st.sampled_from([0.1, 0.35, 0.6, 1.0]),
+                                "lr": st.sampled_from([1e-4, 3e-3, 0.05]),
+                                "batch_size": st.sampled_from([4, 6, 8])})
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.generate])
+@given(st.fixed_dictionaries({"classical": _TRAIN, "mamf": _TRAIN}))
+def test_settings_given_per_method_are_the_settings_used(tmp_path_factory, monkeypatch_module,
+                                                         asked):
+    from mamf.experiment import parse_experiment, run_experiment
+
+    folder = _folder(tmp_path_factory)
+    used = _record_training(monkeypatch_module)
+    exp = parse_experiment(_experiment(folder, method_settings={
+        m: {"train": dict(v)} for m, v in asked.items()}))
+    run_experiment(exp, tmp_path_factory.mktemp("out"), progress=False)
+    assert sorted(m for m, *_ in used) == ["classical", "mamf"]
+    for method, crops, lr, batch in used:
+        want = asked[method]
+        assert (lr, batch) == (want["lr"], want["batch_size"])
+        assert crops == [want["crop_scale"]]
+    monkeypatch_module.undo()
+
+
+def test_settings_given_per_grid_point_are_the_settings_used(tmp_path, monkeypatch):
+    from mamf.tune import tune_experiment
+
+    folder = make_folder(tmp_path / "colours", n_classes=4, per_class=8)
+    used = _record_training(monkeypatch)
+    from mamf.experiment import parse_experiment
+
+    grid = {"train.crop_scale": [0.9, 0.3], "train.lr": [1e-3, 2e-2], "metatest.lr": [1e-3]}
+    exp = parse_experiment(_experiment(folder, methods=["classical"],
+                                       tune={"seed": 0, "grid": grid}))
+    tune_experiment(exp, tmp_path / "out")
+    points = [(crops, lr) for _, crops, lr, _ in used]
+    assert sorted(points) == sorted(([c], lr) for c in grid["train.crop_scale"]
+                                    for lr in grid["train.lr"])

@@ -61,6 +61,7 @@ def fresh_start(model, inputs, pretrained, config: Config, trains: bool) -> None
     pretrained.restore()
     seed_everything(config.seed)
     inputs.generator.manual_seed(config.seed)
+    inputs.crop_scale = config.train.crop_scale  # set per method and per grid point
     if trains:
         apply_heads(model, config)
         if adapters.enabled(config.train):
@@ -496,6 +497,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
     embeddings `prompts` (all classes; default: the model's as it is now)."""
+    inputs.crop_scale = config.train.crop_scale  # the row's own (test-time augmentation)
     head = row_head(dataset, config, method, ways, trained_by, alpha)
     tasks = evaluation_tasks(dataset, config, config.metatest.split, ways)
     if prompts is None:
