@@ -205,3 +205,53 @@ def test_settings_given_per_grid_point_are_the_settings_used(tmp_path, monkeypat
     points = [(crops, lr) for _, crops, lr, _ in used]
     assert sorted(points) == sorted(([c], lr) for c in grid["train.crop_scale"]
                                     for lr in grid["train.lr"])
+
+
+# -- 6. a diverging test-time fit ---------------------------------------------------------------
+
+@pytest.mark.parametrize("method,sets", [
+    ("clap", ["baseline.clap_lr=1e30"]), ("zs-lp", ["baseline.clap_lr=1e38"]),
+    ("taskres", ["baseline.taskres_lr=1e30", "baseline.taskres_scale=1e10"]),
+    ("prolip", ["baseline.prolip_lr=1e30"]), ("tip-adapter-f", ["baseline.tip_f_lr=1e30"])])
+def test_a_diverging_test_time_fit_is_an_error_not_an_accuracy(tmp_path, capsys, method, sets):
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    code = main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                 str(tmp_path / "o"), "--ways", "2", "--quiet", "--method", method,
+                 *[x for s in sets for x in ("--set", s)]])
+    assert code == 2
+    assert "test-time fit diverged" in one_error_line(capsys)
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_a_fine_tuned_model_that_diverged_is_an_error_not_an_accuracy(tmp_path):
+    import torch
+
+    from mamf.config import build_config
+    from mamf.errors import Diverged
+    from mamf.metatest import evaluation_tasks
+    from mamf.methods.base import predict
+    from mamf.run import prepare
+
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    config = build_config({"model": "tiny-random-clip", "data": {"root": str(folder), "ways": 2}})
+    model, dataset, inputs = prepare(config)
+    task = evaluation_tasks(dataset, config, "test", 2)[0]
+    assert len(predict(model, inputs, task)) == len(task.query)
+    with torch.no_grad():
+        model.log_logit_scale.fill_(float("nan"))
+    with pytest.raises(Diverged, match="test-time fit diverged"):
+        predict(model, inputs, task)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("baseline.gda_alphas", [0.1, -1.0], "gda_alphas (each value) must not be negative"),
+    ("baseline.ape_weights", [], "ape_weights must hold exactly 2 values"),
+    ("baseline.ape_weights", [0.5], "ape_weights must hold exactly 2 values"),
+    ("baseline.ape_weights", [0.5, 0.5, 1.0], "ape_weights must hold exactly 2 values")])
+def test_method_settings_out_of_their_domain_are_refused(key, value, message):
+    """A negative GDA weight turns the discriminant around (every score 0.000); APE's criterion
+    reads exactly two weights (one or none was an IndexError)."""
+    from mamf.config import build_config
+
+    with pytest.raises(MamfError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config(overrides={key: value})

@@ -33,6 +33,7 @@ class Setting:
     below: bool = False
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
     nonempty: bool = False  # a list must hold a value
+    length: int | None = None  # a list must hold exactly this many values
     # added after results rows were first written: at its default it is left out of the
     # settings' hash (`config_id`), so the rows of every config that predates it keep theirs.
     # Every setting added from now on is `later` (tests/test_settings.py checks)
@@ -64,6 +65,9 @@ class Setting:
                             f"got {shown(value)}")
         if self.nonempty and not value:
             raise MamfError(f"config {self.key} must not be empty")
+        if self.length is not None and len(value) != self.length:
+            raise MamfError(f"config {self.key} must hold exactly {self.length} values, got "
+                            f"{shown(value)}")
         each = isinstance(value, list)
         for v in value if each else [value]:
             broken = self._broken(v)

@@ -75,7 +75,7 @@ class APE(Method):
         Setting("baseline.ape_channels", float, 0.8, "the share of channels kept", minimum=0,
                 above=True, maximum=1),
         Setting("baseline.ape_weights", list[float], [0.5, 0.5], "the channel criterion's "
-                "weights (similarity across classes, variance across prompts)"),
+                "weights (similarity across classes, variance across prompts)", length=2),
         Setting("baseline.ape_alphas", list[float], [0.1, 0.5, 1.0, 2.0, 4.0, 7.0], "the alpha "
                 "grid searched on dev-split tasks", nonempty=True),
         Setting("baseline.ape_betas", list[float], [0.1, 1.0, 2.0, 3.5, 5.0, 7.0], "the beta grid "

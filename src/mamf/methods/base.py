@@ -33,6 +33,7 @@ from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
 from mamf.inputs import autocast
 from mamf.loss import task_logits
+from mamf.methods.embedded import finite
 from mamf.settings import Setting, gather
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def predict(model: DualEncoder, inputs: ModelInputs, task: Task,
         for start in range(0, len(task.query), batch_size):
             idx = task.query[start : start + batch_size]
             logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
-            out.append(logits.argmax(1).cpu().numpy())
+            out.append(finite(logits).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
