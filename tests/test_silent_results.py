@@ -255,3 +255,39 @@ def test_method_settings_out_of_their_domain_are_refused(key, value, message):
 
     with pytest.raises(MamfError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_config(overrides={key: value})
+
+
+# -- 7. the report shows what was measured --------------------------------------------------------
+
+def test_a_trained_runs_training_settings_cannot_change_at_evaluation(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "classical", "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(run), "--steps", "1", "--lr", "0.001", "--quiet",
+                 "--set", "train.freeze_image_backbone=true"]) == 0
+    out = tmp_path / "o"
+    assert main(["evaluate", "--run", str(run), "--out", str(out), "--quiet", "--ways", "2",
+                 "--set", "train.lr=0.5"]) == 2
+    line = one_error_line(capsys)
+    assert "train.lr cannot change at evaluation" in line and "0.001" in line
+    assert not (out / "results.jsonl").exists()
+    assert main(["evaluate", "--run", str(run), "--out", str(out), "--quiet", "--ways", "2",
+                 "--set", "metatest.lr=0.5"]) == 0  # test-time settings are the evaluation's
+
+
+def test_a_chosen_cell_pools_one_protocols_rows_only(tmp_path):
+    from mamf.report.predictions import predictions_section
+    from mamf.results import read_rows
+
+    folder = make_folder(tmp_path / "d", n_classes=12, per_class=10)
+    out = tmp_path / "o"
+    for protocol in ("paper", "episodic"):
+        assert evaluate(folder, out, "--protocol", protocol, "--tasks", "3", "--shots", "1",
+                        "--queries", "4", "--set", "metatest.save_predictions=true") == 0
+    rows = read_rows(out / "results.jsonl")
+    assert sorted(r["protocol"] for r in rows) == ["episodic", "paper"]
+    lines, _, _ = predictions_section(rows, tmp_path / "figures", ("d", "zeroshot", 2))
+    text = "\n".join(lines)
+    first = rows[0]
+    assert f"the {first['n_tasks']} test tasks of seed" in text
+    assert "1 other row(s)" in text

@@ -13,7 +13,7 @@ from mamf.errors import MamfError
 from mamf.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.figures import pyplot, save
-from mamf.results import dataset_name
+from mamf.results import dataset_name, row_key
 
 Choice = tuple  # (dataset, method, ways)
 
@@ -36,6 +36,18 @@ def choose(rows: list[dict], cell: Choice | None = None) -> Choice | None:
     d = dataset_name(kept[0])
     m = in_order({r["method"] for r in kept if dataset_name(r) == d})[0]
     return d, m, max(r["ways"] for r in kept if dataset_name(r) == d and r["method"] == m)
+
+
+def one_setting(rows: list[dict]) -> tuple[list[dict], int]:
+    """The rows that measured the first row's setting (its key but the seed), one per seed,
+    and how many others were left out: tasks of other protocols or splits are not one test."""
+    first = row_key(rows[0]).without("seed", "queries")
+    kept: dict = {}
+    for r in rows:
+        key = row_key(r)
+        if key.without("seed", "queries") == first:
+            kept.setdefault(key.seed, r)
+    return list(kept.values()), len(rows) - len(kept)
 
 
 def confusion(rows: list[dict]) -> tuple[list[str], np.ndarray]:
@@ -92,8 +104,8 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
                         "confusion matrix cannot be computed: evaluate with `--set "
                         "metatest.save_predictions=true` to keep them.", ""], {}, {}
     d, m, ways = chosen
-    mine = [r for r in with_predictions(rows)
-            if (dataset_name(r), r["method"], r["ways"]) == chosen]
+    mine, others = one_setting([r for r in with_predictions(rows)
+                                if (dataset_name(r), r["method"], r["ways"]) == chosen])
     names, counts = confusion(mine)
     tasks = sum(len(r["predictions"]) for r in mine)
     seeds = sorted({r["seed"] for r in mine})
@@ -104,6 +116,10 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
               f"{np.trace(counts) / counts.sum():.3f} of them given their own class.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+    if others:
+        lines += ["", f"{others} other row(s) of {label(m)} on {d}, {ways}-way measured another "
+                  "setting (protocol, model, run, shots, split, sampler or alpha) or a seed "
+                  "again, and are not pooled with these."]
     lines += ["", "The confusion matrix (rows: true class, columns: given class, each row as "
               "shares of its query images) is under *Figures*, and as counts in "
               "tables/confusion.csv.", ""]
