@@ -291,3 +291,17 @@ def test_a_chosen_cell_pools_one_protocols_rows_only(tmp_path):
     first = rows[0]
     assert f"the {first['n_tasks']} test tasks of seed" in text
     assert "1 other row(s)" in text
+
+
+# -- 8. a builder's dataset rebuilt in place with other options ---------------------------------
+
+def test_a_builders_dataset_is_never_rebuilt_in_place_with_other_options(tmp_path):
+    from mamf.data.builders.spurious import build_spurious
+
+    out = tmp_path / "spurious"
+    build_spurious(out, log=lambda _: None, rho=0.9, per_class=10, size=16)
+    before = sorted((p.name, p.read_bytes()) for p in out.rglob("*.png"))
+    with pytest.raises(MamfError, match="built with rho=0.9: building it with other options"):
+        build_spurious(out, log=lambda _: None, rho=0.1, per_class=10, size=16)
+    assert sorted((p.name, p.read_bytes()) for p in out.rglob("*.png")) == before
+    build_spurious(out, log=lambda _: None, rho=0.9, per_class=10, size=16)  # the same: kept
