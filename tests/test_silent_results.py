@@ -305,3 +305,66 @@ def test_a_builders_dataset_is_never_rebuilt_in_place_with_other_options(tmp_pat
         build_spurious(out, log=lambda _: None, rho=0.1, per_class=10, size=16)
     assert sorted((p.name, p.read_bytes()) for p in out.rglob("*.png")) == before
     build_spurious(out, log=lambda _: None, rho=0.9, per_class=10, size=16)  # the same: kept
+
+
+# -- 9. the rest ----------------------------------------------------------------------------------
+
+def test_an_image_rewritten_with_its_old_size_and_mtime_is_decoded_again(tmp_path):
+    """BMP files of one shape have one size; the old modification time is put back."""
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from mamf.data.dataset import ImageDataset
+
+    folder = tmp_path / "d"
+    for name, value in (("a", 40), ("b", 200)):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), value + i, np.uint8)).save(
+                folder / name / f"{i}.bmp")
+    first = ImageDataset.load(folder, 8)
+    assert int(first.images[0].mean()) == 40
+    path = folder / "a" / "0.bmp"
+    st = path.stat()
+    Image.fromarray(np.full((8, 8, 3), 123, np.uint8)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = ImageDataset.load(folder, 8)
+    assert int(again.images[0].mean()) == 123
+
+
+def test_an_all_way_protocol_on_one_class_is_refused_not_a_1_way_row(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=1)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "coop", "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(run), "--steps", "1", "--protocol", "coop",
+                 "--shots", "2", "--quiet"]) == 0
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "needs at least 2, the data has 1" in one_error_line(capsys)
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("protocol", ["paper", "episodic"])
+def test_steps_per_shot_outside_a_shots_protocol_is_refused(protocol):
+    """Under paper and episodic data.shots is no training pool's size: k x shots would quietly
+    be k x 1 steps."""
+    from mamf.api import make_config
+
+    with pytest.raises(MamfError, match=f"steps_per_shot .* under {protocol} set train.steps"):
+        make_config("clip-lora", {"data.protocol": protocol})
+    with pytest.raises(MamfError, match="needs a protocol that trains on data.shots"):
+        make_config({"data": {"protocol": protocol}, "train": {"steps_per_shot": 10}})
+    assert make_config("clip-lora", {"data.protocol": "base2novel", "data.shots": 2}) \
+        .train.steps_per_shot == 500
+
+
+def test_an_empty_preset_name_is_refused_not_ignored(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=3)
+    assert main(["train", "--preset", "", "--model", "tiny-random-clip", "--data", str(folder),
+                 "--out", str(tmp_path / "r"), "--steps", "1", "--quiet"]) == 2
+    assert "unknown preset ''" in one_error_line(capsys)
+    assert main(["evaluate", "--preset", "", "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(tmp_path / "o"), "--quiet", "--ways", "2"]) == 2
+    assert "unknown preset ''" in one_error_line(capsys)

@@ -434,6 +434,14 @@ def validate(config: Config) -> Config:
     if config.train.steps is not None and config.train.steps_per_shot is not None:
         raise MamfError("config train.steps and train.steps_per_shot both set the step count: "
                         "set one of them")
+    if config.train.steps_per_shot is not None:
+        from mamf import protocols
+
+        if not protocols.get(config.data.protocol).trains_on_shots:
+            fit = ", ".join(p for p in protocols.names() if protocols.get(p).trains_on_shots)
+            raise MamfError(f"config train.steps_per_shot (the clip-lora preset's k x shots "
+                            f"steps) needs a protocol that trains on data.shots images a class "
+                            f"({fit}); under {config.data.protocol} set train.steps instead")
     return config
 
 

@@ -67,6 +67,9 @@ class Protocol:
     name: ClassVar[str]
     all_way: ClassVar[bool] = False  # every task classifies all N classes: its only size is N
     sets_shots: ClassVar[bool] = True  # `data.shots` is a setting (a grid may have a shots axis)
+    # the training pool is `data.shots` images per class (so `train.steps_per_shot` means
+    # something: CLIP-LoRA's budget of k x K steps)
+    trains_on_shots: ClassVar[bool] = False
     pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
     fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
     settings: ClassVar[tuple[Setting, ...]] = ()  # this protocol's own settings

@@ -18,6 +18,7 @@ from mamf.tasks import Task
 @register
 class Coop(Protocol):
     name = "coop"
+    trains_on_shots = True
     all_way = True
     fixed_test_images = True
 
