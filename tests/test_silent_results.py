@@ -368,3 +368,15 @@ def test_an_empty_preset_name_is_refused_not_ignored(tmp_path, capsys):
     assert main(["evaluate", "--preset", "", "--model", "tiny-random-clip", "--data",
                  str(folder), "--out", str(tmp_path / "o"), "--quiet", "--ways", "2"]) == 2
     assert "unknown preset ''" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("method", ["coop", "cocoop"])
+def test_a_prompt_learner_with_lora_is_refused_before_training(tmp_path, capsys, method):
+    """CoOp trains its context alone: LoRA's adapters would be attached, saved untrained, and
+    the run could not be evaluated ("does not match the adapters")."""
+    folder = make_folder(tmp_path / "d", n_classes=3)
+    assert main(["train", "--method", method, "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(tmp_path / "run"), "--steps", "1", "--quiet",
+                 "--set", "train.adapter=lora"]) == 2
+    assert "the adapters would never train" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -421,6 +421,14 @@ def validate(config: Config) -> Config:
         raise MamfError(f"{which}=true cannot go with train.unfreeze_image_blocks="
                         f"{image_blocks}: augmentation acts on pixels and the frozen blocks' "
                         f"outputs are cached; set {which}=false")
+    if config.train.adapter != "none":
+        from mamf import methods
+
+        kind = methods.method_class(config.train.method)
+        if kind.trains and not kind.trains_adapters:
+            raise MamfError(f"train.adapter={config.train.adapter} cannot go with "
+                            f"train.method={config.train.method}: it trains only what it adds "
+                            "to the model, so the adapters would never train")
     if config.train.adapter != "none" and config.train.parallel == "fsdp":
         raise MamfError("train.adapter=lora cannot go with train.parallel=fsdp: adapters train "
                         "few enough values for ddp")

@@ -119,6 +119,10 @@ class Method:
     # a method whose trained part is not among the model's weights when training begins (CoOp's
     # context) is scored as trained, at alpha null
     interpolates: ClassVar[bool] = True
+    # training updates the model's trainable weights (LoRA's adapters under train.adapter=lora);
+    # False for a method that trains only what it adds (CoOp's context): adapters would be
+    # attached, kept and never trained
+    trains_adapters: ClassVar[bool] = True
     # this method's settings (a subclass lists those it shares with its parent too)
     settings: ClassVar[tuple[Setting, ...]] = ()
 

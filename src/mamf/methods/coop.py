@@ -144,6 +144,7 @@ class CoOp(Method):
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start
+    trains_adapters = False  # the context alone trains
     settings = (
         CONTEXT,
         Setting("baseline.coop_init", str, "a photo of a", "the words the context starts at "
