@@ -380,3 +380,72 @@ def test_a_prompt_learner_with_lora_is_refused_before_training(tmp_path, capsys,
                  "--set", "train.adapter=lora"]) == 2
     assert "the adapters would never train" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+# -- unbounded: a matched budget of a huge step count -------------------------------------------
+
+def _budget(images: int, batch: int, steps: int):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mamf.budget import Budget
+
+    pool = SimpleNamespace(images=[np.arange(images)])
+    return Budget(pool, SimpleNamespace(steps=steps, epochs=1.0, batch_size=batch))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 70), st.integers(1, 300), st.floats(0.5, 40))
+def test_a_budgets_totals_are_the_sums_over_its_updates(images, batch, steps, per_task):
+    import math
+
+    b = _budget(images, batch, steps)
+    assert b.total() == sum(b.size(i) for i in range(steps))
+    assert b.draws(per_task) == sum(math.ceil(b.size(i) / max(1.0, per_task))
+                                    for i in range(steps))
+
+
+def test_a_budget_of_a_trillion_updates_is_planned_without_walking_them(monkeypatch):
+    from mamf.budget import Budget
+
+    b = _budget(50, 8, 10**12)
+    calls = []
+    real = Budget.size
+
+    def size(self, i):
+        calls.append(i)
+        assert len(calls) < 100, "the budget walks its updates one by one"
+        return real(self, i)
+
+    monkeypatch.setattr(Budget, "size", size)
+    assert b.total() == 10**12 // 7 * 50 + 10**12 % 7 * 8
+    assert b.draws(3) == 10**12 // 7 * (6 * 3 + 1) + 10**12 % 7 * 3
+
+
+def test_a_cosine_rate_over_any_step_count():
+    from mamf.training import cosine_lr
+
+    assert cosine_lr(1.0, 0, 10**400) == 1.0
+    assert cosine_lr(1.0, 10**400, 10**400) == 0.0
+    assert cosine_lr(2.0, 5 * 10**399, 10**400) == pytest.approx(1.0)
+
+
+# -- tracebacks that are now one line ---------------------------------------------------------------
+
+def test_random_heads_on_a_model_without_heads_is_one_line(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=3)
+    assert main(["train", "--model", "tiny-random-siglip", "--data", str(folder), "--out",
+                 str(tmp_path / "run"), "--steps", "1", "--ways", "2", "--quiet",
+                 "--set", "train.heads=random"]) == 2
+    assert "train.heads=random cannot go with model tiny-random-siglip" in \
+        one_error_line(capsys)
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.weight_decay", "metatest.lr"])
+def test_rates_past_float32_are_refused(key):
+    from mamf.config import build_config
+
+    with pytest.raises(MamfError, match=f"config {key} must be at most 1000000, got 1e.308"):
+        build_config(overrides={key: 1e308})
+    build_config(overrides={key: 1e6})

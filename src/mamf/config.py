@@ -28,6 +28,9 @@ SECTIONS = ("data", "train", "metatest", "baseline")
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
            "data.tasks": 10**7}
+# rates and weight decay past any that trains: float32 arithmetic overflows near 3e38 (an
+# optimiser's step raised a RuntimeError), and a rate this large diverges at the first step
+MAX_RATE = 1e6
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
 # range's top keeps a seed valid for both and for any tool that stores it as an int64
 MAX_SEED = 2**63 - 1
@@ -100,7 +103,8 @@ CORE = (
     Setting("train.method", str, "mamf", "the method that trains (`mamf methods`)",
             choices=_trained_methods),
     Slot("samplers"),  # train.sampler and the task samplers' own settings
-    Setting("train.lr", float, 1e-6, "Adam learning rate", minimum=0, above=True),
+    Setting("train.lr", float, 1e-6, "Adam learning rate", minimum=0, above=True,
+            maximum=MAX_RATE),
     Setting("train.epochs", float, 8.0, "passes over the training pool", minimum=0, above=True),
     Setting("train.batch_size", int, 32, "images per step", minimum=0, above=True),
     Setting("train.steps", int | None, None, "optimiser steps (unset: from train.epochs)",
@@ -128,7 +132,8 @@ CORE = (
             "(end to end); unset: train.freeze_image_backbone decides", later=True),
     Setting("train.unfreeze_text_layers", int | str | None, None, "the last k layers of the text "
             "tower train: k >= 0 or all; unset: train.freeze_text_tower decides", later=True),
-    Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0),
+    Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0,
+            maximum=MAX_RATE),
     Setting("train.lr_schedule", str, "constant", "the rate over the steps: constant, or cosine "
             "decay from train.lr to 0 at the last step", choices=("constant", "cosine"), later=True),
     Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
@@ -154,7 +159,7 @@ CORE = (
     Setting("metatest.split", str, "test", "which split's tasks are scored (train: "
             "overfitting)", choices=("train", "dev", "test")),
     Setting("metatest.lr", float, 1e-7, "Adam rate of the adaptation to a test task's support "
-            "set", minimum=0),
+            "set", minimum=0, maximum=MAX_RATE),
     Setting("metatest.epochs", int, 5, "passes over the support set (0: no adaptation)",
             minimum=0),
     Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),

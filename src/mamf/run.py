@@ -157,7 +157,11 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
 def apply_heads(model: DualEncoder, config: Config) -> None:
     """`train.heads=random` (the official code): fresh projection heads drawn from the run's seed."""
     if config.train.heads == "random":
-        model.reset_heads(torch.Generator().manual_seed(config.seed))
+        try:
+            model.reset_heads(torch.Generator().manual_seed(config.seed))
+        except NotImplementedError as e:  # SigLIP: its towers end in no separate projection
+            raise MamfError(f"train.heads=random cannot go with model {config.model}: "
+                            f"{e}") from None
 
 
 def weights_file(config: Config) -> str:

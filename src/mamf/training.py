@@ -218,7 +218,8 @@ def with_steps(config: Config) -> Config:
 def cosine_lr(base: float, step: int, steps: int) -> float:
     """Cosine decay (Loshchilov & Hutter 2017, SGDR without restarts): `base` at step 0, 0 after
     the last step, base * (1 + cos(pi * step / steps)) / 2 between."""
-    return base * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+    return base * (1 + math.cos(math.pi * (min(step, steps) / steps))) / 2  # (int / int: any
+    # step count, however large, is divided exactly before it meets a float)
 
 
 class LRSchedule:
