@@ -446,6 +446,53 @@ def test_random_heads_on_a_model_without_heads_is_one_line(tmp_path, capsys):
 def test_rates_past_float32_are_refused(key):
     from mamf.config import build_config
 
-    with pytest.raises(MamfError, match=f"config {key} must be at most 1000000, got 1e.308"):
+    with pytest.raises(MamfError, match=f"config {key} must be at most 1e.30, got 1e.308"):
         build_config(overrides={key: 1e308})
-    build_config(overrides={key: 1e6})
+    build_config(overrides={key: 1e30})
+
+
+_GOOD_SCORE = {"train": {"train.lr": 0.001}, "metatest": {"metatest.lr": 0.001}, "ways": [2],
+               "dev_acc": 0.5}
+
+
+@pytest.mark.parametrize("entry", [
+    5, {"grid": {}}, {"grid": {}, "scores": [3]},
+    {"grid": {}, "scores": [{**_GOOD_SCORE, "train": None}]},
+    {"grid": {}, "scores": [{**_GOOD_SCORE, "dev_acc": "high"}]},
+    {"grid": {}, "scores": [{k: v for k, v in _GOOD_SCORE.items() if k != "ways"}]}])
+def test_a_damaged_tune_file_is_one_line(tmp_path, capsys, entry):
+    import yaml
+
+    from mamf.tune import TUNE_FILE
+
+    folder = make_folder(tmp_path / "colours", n_classes=4)
+    raw = _experiment(folder, methods=["classical"],
+                      tune={"seed": 0, "grid": {"train.lr": [1e-3], "metatest.lr": [1e-3]}})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / TUNE_FILE).write_text(json.dumps({"seed": 0, "entries": {"colours/classical": entry}}))
+    assert main(["tune", str(tmp_path / "exp.yaml"), "--out", str(out), "--quiet"]) == 2
+    assert "is damaged (colours/classical" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: "abc",                                   # not a list
+    lambda p: [p[0][:2]] + p[1:],                      # a record of two parts
+    lambda p: [[p[0][0], p[0][1], "zz" + p[0][2][2:]]] + p[1:],  # labels past the task
+    lambda p: [[[10**6, 0], *p[0][1:]]] + p[1:],       # a class id past the dataset
+    lambda p: [[p[0][0], p[0][1], [-1] * len(p[0][2])]] + p[1:],  # negative labels
+    lambda p: p[:-1],                                  # a task's record missing
+    lambda p: [[p[0][0], p[0][1], "".join("1" if c == "0" else "0" for c in p[0][1])]] + p[1:],
+])
+def test_damaged_predictions_in_a_results_file_are_left_out_and_said(tmp_path, capsys, damage):
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    out = tmp_path / "o"
+    assert evaluate(folder, out, "--set", "metatest.save_predictions=true", "--tasks", "3") == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    row["predictions"] = damage(row["predictions"])
+    (out / "results.jsonl").write_text(json.dumps(row) + "\n")
+    assert main(["report", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "1 row(s) hold damaged predictions" in (out / "report.md").read_text()

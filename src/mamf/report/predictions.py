@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mamf.errors import MamfError
+from mamf.metatest import _DIGITS as DIGITS
 from mamf.metatest import decode_predictions
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.figures import pyplot, save
@@ -19,7 +20,47 @@ Choice = tuple  # (dataset, method, ways)
 
 
 def with_predictions(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("predictions") and r.get("class_names")]
+    """The rows whose stored predictions can be read (`damaged` says which cannot)."""
+    return [r for r in rows if r.get("predictions") and r.get("class_names") and not damaged(r)]
+
+
+def damaged(row: dict) -> bool:
+    """Whether a row's stored predictions are unreadable or disagree with the row: one record
+    [classes, truth, given] per test task, global class ids within `class_names`, task-local
+    labels within the task's classes (encoded as `encode_predictions` writes them), and each
+    task's share of truth == given its recorded accuracy."""
+    names, records = row.get("class_names"), row.get("predictions")
+    accs = row.get("task_accs")
+    if not isinstance(names, list) or not isinstance(records, list) or \
+            not isinstance(accs, list) or len(records) != len(accs):
+        return True
+    for record, acc in zip(records, accs):
+        if not isinstance(record, list) or len(record) != 3:
+            return True
+        classes, truth, given = record
+        if not _ints(classes, len(names)):
+            return True
+        local = [_labels(x, len(classes)) for x in (truth, given)]
+        if local[0] is None or local[1] is None or len(local[0]) != len(local[1]):
+            return True
+        right = sum(a == b for a, b in zip(*local))
+        if not local[0] or not isinstance(acc, (int, float)) or \
+                abs(right / len(local[0]) - acc) > 1e-6:
+            return True
+    return False
+
+
+def _ints(values, bound: int) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound for v in values)
+
+
+def _labels(encoded, ways: int) -> list[int] | None:
+    """Task-local labels as `encode_predictions` wrote them (a string, or a list of ints)."""
+    if isinstance(encoded, str):
+        digits = [DIGITS.find(c) for c in encoded]
+        return digits if all(0 <= d < ways for d in digits) else None
+    return list(encoded) if _ints(encoded, ways) else None
 
 
 def choose(rows: list[dict], cell: Choice | None = None) -> Choice | None:
@@ -99,10 +140,13 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
     stored predictions get one line saying so."""
     chosen = choose(rows, cell)
     lines = ["## Per-class accuracy and confusion", ""]
+    unreadable = sum(1 for r in rows if r.get("predictions") and damaged(r))
+    said = [f"{unreadable} row(s) hold damaged predictions (unreadable, or not giving the "
+            "row's accuracies) and are left out."] if unreadable else []
     if chosen is None:
         return lines + ["No row holds its test tasks' predictions, so per-class accuracy and a "
                         "confusion matrix cannot be computed: evaluate with `--set "
-                        "metatest.save_predictions=true` to keep them.", ""], {}, {}
+                        "metatest.save_predictions=true` to keep them.", *said, ""], {}, {}
     d, m, ways = chosen
     mine, others = one_setting([r for r in with_predictions(rows)
                                 if (dataset_name(r), r["method"], r["ways"]) == chosen])
@@ -116,6 +160,7 @@ def predictions_section(rows: list[dict], figures: Path, cell: Choice | None = N
               f"{np.trace(counts) / counts.sum():.3f} of them given their own class.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+    lines += ["", *said] if said else []
     if others:
         lines += ["", f"{others} other row(s) of {label(m)} on {d}, {ways}-way measured another "
                   "setting (protocol, model, run, shots, split, sampler or alpha) or a seed "
