@@ -496,3 +496,17 @@ def test_damaged_predictions_in_a_results_file_are_left_out_and_said(tmp_path, c
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "1 row(s) hold damaged predictions" in (out / "report.md").read_text()
+
+
+def test_a_240_character_dataset_name_reports(tmp_path, capsys):
+    folder = make_folder(tmp_path / ("n" * 240), n_classes=4)
+    out = tmp_path / "o"
+    assert evaluate(folder, out, "--set", "metatest.save_predictions=true", "--tasks", "3") == 0
+    assert main(["train", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                 str(out / "run"), "--quiet", "--ways", "2", "--steps", "2",
+                 "--set", "train.eval_every=1", "--set", "train.freeze_image_backbone=true"]) == 0
+    assert main(["evaluate", "--run", str(out / "run"), "--out", str(out), "--quiet",
+                 "--ways", "2", "--set", "data.tasks=3"]) == 0
+    assert main(["report", str(out)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert all(len(p.name.encode()) < 120 for p in (out / "figures").iterdir())
