@@ -510,3 +510,14 @@ def test_a_240_character_dataset_name_reports(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     assert "Traceback" not in capsys.readouterr().err
     assert all(len(p.name.encode()) < 120 for p in (out / "figures").iterdir())
+
+
+@pytest.mark.parametrize("value", ["abc", "", "-5", "0", "nan", "inf", "1e300"])
+def test_a_malformed_dist_timeout_is_one_line(monkeypatch, value):
+    from mamf.distributed import timeout_seconds
+
+    monkeypatch.setenv("MAMF_DIST_TIMEOUT", value)
+    with pytest.raises(MamfError, match="MAMF_DIST_TIMEOUT must be seconds"):
+        timeout_seconds()
+    monkeypatch.setenv("MAMF_DIST_TIMEOUT", "90")
+    assert timeout_seconds() == 90.0
