@@ -521,3 +521,37 @@ def test_a_malformed_dist_timeout_is_one_line(monkeypatch, value):
         timeout_seconds()
     monkeypatch.setenv("MAMF_DIST_TIMEOUT", "90")
     assert timeout_seconds() == 90.0
+
+
+def _embedded(support, texts):
+    import torch
+
+    from mamf.methods.embedded import Embedded
+
+    return Embedded(support, torch.tensor([0, 0, 1, 1]), support[:2].clone(),
+                    torch.tensor([0, 1]), texts, 100.0)
+
+
+def test_lp_plus_plus_on_zero_embeddings_is_one_line():
+    import torch
+
+    from mamf.methods.lp_plus_plus import fit_lpp
+
+    texts = torch.nn.functional.normalize(torch.randn(2, 8, generator=torch.Generator()
+                                                      .manual_seed(0)), dim=-1)
+    with pytest.raises(MamfError, match="lp\\+\\+ sets its step sizes .* all zero"):
+        fit_lpp(_embedded(torch.zeros(4, 8), texts), 10, 2)
+    weight, _, _ = fit_lpp(_embedded(texts.repeat_interleave(2, 0), texts), 10, 2)
+    assert torch.isfinite(weight).all()
+
+
+def test_prolip_on_classes_with_no_support_image_is_zero_shot(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    out = tmp_path / "o"
+    for method in ("prolip", "zeroshot"):
+        assert main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                     str(out), "--quiet", "--method", method, "--protocol", "base2novel",
+                     "--shots", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    novel = {r["method"]: r["novel_acc"] for r in rows}  # the novel task: no support image
+    assert novel["prolip"] == novel["zeroshot"]

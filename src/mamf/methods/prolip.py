@@ -118,6 +118,9 @@ class ProLIP(Method):
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline
         self.texts = class_texts(model, inputs, task.classes)
+        if len(task.support) == 0:  # base2novel's novel classes: nothing to fit, zero-shot
+            self.params, self.weights = [], []
+            return
         feats = backbone_features(model, inputs, task.support)
         self.params = projection_weights(model, feats)
         labels = torch.as_tensor(task.support_labels, device=feats.device)
