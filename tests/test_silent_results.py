@@ -555,3 +555,16 @@ def test_prolip_on_classes_with_no_support_image_is_zero_shot(tmp_path, capsys):
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     novel = {r["method"]: r["novel_acc"] for r in rows}  # the novel task: no support image
     assert novel["prolip"] == novel["zeroshot"]
+
+
+@pytest.mark.parametrize("builder,options,message", [
+    ("spurious", {"size": 300000}, "size must be an integer of at least 16 and at most 4096"),
+    ("spurious", {"per_class": 10**9}, "per_class must be an integer of at least 5 and at most"),
+    ("counting", {"size": 10**6}, "size must be an integer of at least 16 and at most 4096"),
+    ("digits", {"per_class": 10**7}, "per_class must be an integer of at least 1 and at most")])
+def test_a_builders_huge_sizes_are_refused_before_allocating(tmp_path, builder, options, message):
+    from mamf.data.builders import BUILDERS
+
+    with pytest.raises(MamfError, match=message):
+        BUILDERS[builder](tmp_path / builder, log=lambda _: None, **options)
+    assert not (tmp_path / builder).exists()

@@ -84,13 +84,22 @@ def unique_slugs(names: list[str], **kw) -> list[str]:
     return out
 
 
+# what a drawn dataset may ask for: larger is a typo, refused before memory is allocated
+MAX_SIZE = 4096  # pixels a side
+MAX_PER_CLASS = 100_000  # images a class
+
+
 def check_int(builder: str, option: str, value: Any, *, minimum: int = 1,
-              allow_none: bool = False) -> None:
-    """A MamfError unless `value` is an int >= minimum (or None when allowed); bools are refused."""
+              allow_none: bool = False, maximum: int | None = None) -> None:
+    """A MamfError unless `value` is an int in [minimum, maximum] (or None when allowed); bools
+    are refused."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an integer of at least {minimum}" + (" or None" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            maximum is not None and value > maximum:
+        what = f"an integer of at least {minimum}" + \
+            (f" and at most {maximum}" if maximum is not None else "") + \
+            (" or None" if allow_none else "")
         raise MamfError(f"{builder}: {option} must be {what}, not {shown(value)}")
 
 
