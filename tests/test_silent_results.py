@@ -568,3 +568,22 @@ def test_a_builders_huge_sizes_are_refused_before_allocating(tmp_path, builder, 
     with pytest.raises(MamfError, match=message):
         BUILDERS[builder](tmp_path / builder, log=lambda _: None, **options)
     assert not (tmp_path / builder).exists()
+
+
+def test_a_tgz_truncated_inside_an_image_is_one_line(tmp_path, capsys):
+    """The metadata first, then the archive ends inside an image (a download cut short): the
+    read in the image copy was a tarfile.ReadError traceback."""
+    import os
+
+    from test_importers import cub_files, write_tar
+
+    files = cub_files()
+    meta = {k: v for k, v in files.items() if "/images/" not in k}
+    images = {k: v + os.urandom(40_000) for k, v in files.items() if "/images/" in k}
+    full = write_tar(tmp_path / "full.tgz", {**meta, **images}).read_bytes()
+    cut = tmp_path / "cut" / "CUB_200_2011.tgz"
+    cut.parent.mkdir()
+    cut.write_bytes(full[: len(full) // 4])
+    assert main(["data", "cub", "--from", str(cut), "--out", str(tmp_path / "cub")]) == 2
+    assert "is damaged or truncated (ReadError" in one_error_line(capsys)
+    assert not (tmp_path / "cub").exists()
