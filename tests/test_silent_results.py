@@ -4,6 +4,7 @@ right result or one clear error line."""
 from __future__ import annotations
 
 import json
+import os
 import unicodedata
 
 import pytest
@@ -587,3 +588,52 @@ def test_a_tgz_truncated_inside_an_image_is_one_line(tmp_path, capsys):
     assert main(["data", "cub", "--from", str(cut), "--out", str(tmp_path / "cub")]) == 2
     assert "is damaged or truncated (ReadError" in one_error_line(capsys)
     assert not (tmp_path / "cub").exists()
+
+
+# -- writes outside --out ---------------------------------------------------------------------------
+
+def test_an_empty_cache_dir_is_the_default_not_the_current_folder(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from mamf.data.cache import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MAMF_CACHE_DIR", "")
+    assert cache_root() == tmp_path / "home" / ".cache" / "mamf" != Path("")
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+
+
+def test_third_party_caches_go_to_mamfs_cache_unless_set(monkeypatch, tmp_path):
+    from mamf.data.cache import third_party_caches
+
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)
+    third_party_caches()
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "c" / "matplotlib")
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
+    monkeypatch.setenv("MPLCONFIGDIR", "/somewhere/mine")
+    third_party_caches()
+    assert os.environ["MPLCONFIGDIR"] == "/somewhere/mine"
+
+
+@pytest.mark.slow  # fresh processes: onnxruntime and matplotlib write once per process
+def test_nothing_is_written_under_the_home_folder(tmp_path):
+    import subprocess
+    import sys
+
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "MAMF_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    for key in ("MPLCONFIGDIR", "ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        env.pop(key, None)
+    out = tmp_path / "o"
+    for args in (["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                  str(out), "--ways", "2", "--quiet", "--set", "train.freeze_image_backbone=true",
+                  "--set", "train.freeze_text_tower=true"], ["report", str(out)]):
+        subprocess.run([sys.executable, "-m", "mamf", *args], env=env, check=True,
+                       capture_output=True)
+    assert list(home.rglob("*")) == []

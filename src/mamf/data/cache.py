@@ -29,7 +29,18 @@ CACHE_HINT = " (the image cache: set MAMF_CACHE_DIR to a writable folder with fr
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MAMF_CACHE_DIR", Path.home() / ".cache" / "mamf"))
+    """MAMF_CACHE_DIR, else ~/.cache/mamf. Set but empty is unset (as XDG reads its own
+    variables): an empty path would be the current folder."""
+    return Path(os.environ.get("MAMF_CACHE_DIR") or Path.home() / ".cache" / "mamf")
+
+
+def third_party_caches() -> None:
+    """Before onnxruntime or matplotlib is imported: onnxruntime's telemetry, which keeps a
+    device id and a database under ~/.cache, is off, and matplotlib keeps its configuration
+    and font cache in `<cache>/matplotlib`, not under the home folder. Each only where the
+    user has not set it (ORT_DISABLE_TELEMETRY, MPLCONFIGDIR)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))
 
 
 def _key(files: list[Path], size: int) -> str:

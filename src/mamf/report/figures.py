@@ -15,6 +15,9 @@ from mamf.results import dataset_name
 
 
 def pyplot():
+    from mamf.data.cache import third_party_caches
+
+    third_party_caches()
     import matplotlib
 
     matplotlib.use("Agg")
