@@ -637,3 +637,46 @@ def test_nothing_is_written_under_the_home_folder(tmp_path):
         subprocess.run([sys.executable, "-m", "mamf", *args], env=env, check=True,
                        capture_output=True)
     assert list(home.rglob("*")) == []
+
+
+# -- misleading messages ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [2, 5, 20, 300])
+def test_siglips_chance_loss_is_its_sigmoid_loss_of_a_uniform_guess(k):
+    import math
+
+    import torch
+
+    from mamf.chance import at_chance
+    from mamf.loss import sigmoid_loss
+
+    model = load_model("tiny-random-siglip")
+    labels = torch.arange(k) % k
+    guess = math.log(1 / (k - 1))  # logit of 1/k: every pair's probability 1/k
+    loss = float(sigmoid_loss(torch.full((k, k), guess, dtype=torch.float64), labels))
+    assert model.chance_loss(k) == pytest.approx(loss)
+    for other in (guess - 0.5, guess + 0.5):  # the best constant guess: no other does better
+        assert float(sigmoid_loss(torch.full((k, k), other, dtype=torch.float64), labels)) > loss
+    assert load_model("tiny-random-clip").chance_loss(k) == pytest.approx(math.log(k))
+    if k == 20:  # the SigLIP run: 3.4 is learning (ln 20 = 3.0 would call it chance)
+        assert at_chance([3.4] * 10, 20) is not None
+        assert at_chance([3.4] * 10, 20, model.chance_loss) is None
+
+
+def test_eval_every_on_a_method_that_draws_no_tasks_names_the_setting(tmp_path, capsys):
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    assert main(["train", "--method", "classical", "--model", "tiny-random-clip", "--data",
+                 str(folder), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet",
+                 "--set", "train.eval_every=1"]) == 2
+    assert "train.eval_every scores 5-way dev tasks (data.ways, --ways): ways=5 is more" in \
+        one_error_line(capsys)
+
+
+def test_a_model_folder_in_the_current_folder_loads_by_its_bare_name(tmp_path, monkeypatch):
+    from test_models import save_clip_folder
+
+    save_clip_folder(tmp_path / "m_clip")
+    monkeypatch.chdir(tmp_path)
+    assert load_model("m_clip").image_size == 32
+    with pytest.raises(MamfError, match="unknown model 'nothing_here'"):
+        load_model("nothing_here")

@@ -200,7 +200,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             parallel.close()
     if distributed.is_main():
         warn_if_chance(config, method.name, losses, method.chance_classes(pool),
-                       method.chance_hint())
+                       method.chance_hint(), model.chance_loss)
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
                        None if uncounted else method.images, t.budget)
 
@@ -256,7 +256,11 @@ class DevScore:
                             "model has no whole copy to score")
         self.model, self.inputs = model, inputs
         self.dropout = adapters.enabled(config.train) and config.train.lora_dropout > 0
-        self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+        try:
+            self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+        except MamfError as e:  # a method that trains on no tasks never asked for data.ways
+            raise MamfError(f"train.eval_every scores {config.data.ways}-way dev tasks "
+                            f"(data.ways, --ways): {e}") from None
 
     def __call__(self) -> float:
         if self.dropout:

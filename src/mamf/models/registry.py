@@ -75,7 +75,8 @@ def load_model(name: str) -> DualEncoder:
         raise MamfError("no model given: pass --model (e.g. effnet-minilm or a CLIP folder)")
     if name in _BUILTIN:
         return _BUILTIN[name][1]()
-    if "/" not in name and "\\" not in name and not name.startswith("."):
+    bare = "/" not in name and "\\" not in name and not name.startswith(".")
+    if bare and not Path(name).expanduser().is_dir():  # a folder in the current one loads
         known = ", ".join(_BUILTIN)
         raise MamfError(f"unknown model {name!r}: use one of {known}, a CLIP or SigLIP model "
                         "folder, or a hub id such as openai/clip-vit-base-patch32")
