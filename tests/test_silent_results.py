@@ -211,7 +211,7 @@ def test_settings_given_per_grid_point_are_the_settings_used(tmp_path, monkeypat
 # -- 6. a diverging test-time fit ---------------------------------------------------------------
 
 @pytest.mark.parametrize("method,sets", [
-    ("clap", ["baseline.clap_lr=1e30"]), ("zs-lp", ["baseline.clap_lr=1e38"]),
+    ("clap", ["baseline.clap_lr=1e30"]),  # (ZS-LP, CLAP unconstrained, stays finite at 1e30)
     ("taskres", ["baseline.taskres_lr=1e30", "baseline.taskres_scale=1e10"]),
     ("prolip", ["baseline.prolip_lr=1e30"]), ("tip-adapter-f", ["baseline.tip_f_lr=1e30"])])
 def test_a_diverging_test_time_fit_is_an_error_not_an_accuracy(tmp_path, capsys, method, sets):
@@ -443,7 +443,11 @@ def test_random_heads_on_a_model_without_heads_is_one_line(tmp_path, capsys):
         one_error_line(capsys)
 
 
-@pytest.mark.parametrize("key", ["train.lr", "train.weight_decay", "metatest.lr"])
+@pytest.mark.parametrize("key", ["train.lr", "train.weight_decay", "metatest.lr",
+                                 "baseline.probe_lr", "baseline.probe_weight_decay",
+                                 "baseline.prolip_lr", "baseline.taskres_lr", "baseline.tip_f_lr",
+                                 "baseline.clap_lr", "baseline.coop_lr", "baseline.cocoop_lr",
+                                 "train.inner_lr", "metatest.inner_lr"])
 def test_rates_past_float32_are_refused(key):
     from mamf.config import build_config
 
@@ -680,3 +684,13 @@ def test_a_model_folder_in_the_current_folder_loads_by_its_bare_name(tmp_path, m
     assert load_model("m_clip").image_size == 32
     with pytest.raises(MamfError, match="unknown model 'nothing_here'"):
         load_model("nothing_here")
+
+
+def test_a_baselines_largest_rate_is_no_traceback(tmp_path, capsys):
+    """Adam's first step divides the rate by 0.1: at 1e38 that overflowed float32."""
+    folder = make_folder(tmp_path / "d", n_classes=4)
+    code = main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                 str(tmp_path / "o"), "--ways", "2", "--quiet", "--method", "linear-probe",
+                 "--set", "baseline.probe_lr=1e30"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (code == 0 or "test-time fit diverged" in err)

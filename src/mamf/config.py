@@ -21,17 +21,13 @@ from pathlib import Path
 import yaml
 
 from mamf.errors import MamfError, shown
-from mamf.settings import Setting, gather
+from mamf.settings import MAX_RATE, Setting, gather
 
 SECTIONS = ("data", "train", "metatest", "baseline")
 # counts of classes and images per task: anything larger is a typo, and is refused before it
 # reaches a loop or a message
 AT_MOST = {"data.ways": 10**6, "data.start_n": 10**6, "data.shots": 10**6, "data.queries": 10**6,
            "data.tasks": 10**7}
-# rates and weight decay: float32 holds at most 3.4e38, and an optimiser's step raised a
-# RuntimeError past it (Adam divides the rate by its bias correction, 0.1 at the first step).
-# 1e30 leaves that headroom and still diverges at once where a test wants divergence
-MAX_RATE = 1e30
 # numpy's SeedSequence takes any n >= 0 and torch.manual_seed any n < 2**64: the signed 64-bit
 # range's top keeps a seed valid for both and for any tool that stores it as an int64
 MAX_SEED = 2**63 - 1

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 
 from mamf.errors import MamfError, shown
 
+# the bound of every rate and weight decay (`maximum=MAX_RATE`): float32 holds at most 3.4e38,
+# and an optimiser's step raised a RuntimeError past it (Adam divides its rate by the bias
+# correction, 0.1 at the first step). 1e30 leaves that headroom and still diverges at once
+# where a test wants divergence
+MAX_RATE = 1e30
+
 
 @dataclass(frozen=True, eq=False)
 class Setting:

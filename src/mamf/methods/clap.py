@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 
 def clap_multipliers(task: Embedded) -> torch.Tensor:
@@ -71,7 +71,8 @@ class CLAP(Method):
     settings = (
         Setting("baseline.clap_epochs", int, 300, "full-batch SGD epochs, cosine decay (no "
                 "validation)", minimum=0),
-        Setting("baseline.clap_lr", float, 0.1, "the SGD rate (momentum 0.9)", minimum=0),
+        Setting("baseline.clap_lr", float, 0.1, "the SGD rate (momentum 0.9)", minimum=0,
+                maximum=MAX_RATE),
     )
     constrained = True
 

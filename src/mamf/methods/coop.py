@@ -31,7 +31,7 @@ from mamf.finetune import EpochStream, check_finite
 from mamf.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
 from mamf.methods.embedded import accuracy
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # CoOp's SGD
@@ -152,7 +152,8 @@ class CoOp(Method):
         Setting("baseline.coop_class_specific", bool, False, "one context per class (CoOp's CSC) "
                 "instead of one shared"),
         Setting("baseline.coop_lr", float, 2e-3, "the context's SGD rate (momentum 0.9, weight "
-                "decay 5e-4) over train.steps / train.epochs", minimum=0, above=True),
+                "decay 5e-4) over train.steps / train.epochs", minimum=0, above=True,
+                        maximum=MAX_RATE),
     )
 
     # what differs in CoCoOp (`mamf.methods.cocoop`)

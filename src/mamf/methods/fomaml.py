@@ -26,7 +26,7 @@ from mamf.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
 from mamf.models.base import DualEncoder
 from mamf.samplers import Confusion, sum_over_ranks
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 from mamf.tasks import Task, check_ways
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ class FOMAML(Method):
     draws_tasks = True
     data_parallel = False  # under torchrun the ranks split each meta-batch of tasks instead
     settings = (
-        Setting("train.inner_lr", float, 1e-7, "the inner loop's SGD rate", minimum=0),
+        Setting("train.inner_lr", float, 1e-7, "the inner loop's SGD rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("train.inner_epochs", int, 1, "the inner loop's passes over a task's support set",
                 minimum=0, above=True),
         Setting("train.meta_batch", int, 1, "tasks per outer step", minimum=0, above=True),
@@ -158,7 +159,7 @@ class FOMAML(Method):
                 above=True),
         # a test task is adapted to as the inner loop does: plain SGD
         Setting("metatest.inner_lr", float, 1e-7, "the test-time inner loop's SGD rate",
-                minimum=0),
+                minimum=0, maximum=MAX_RATE),
         Setting("metatest.inner_epochs", int, 1, "the test-time inner loop's passes", minimum=0),
         Setting("metatest.inner_batch_size", int, 8, "the test-time inner loop's batch size",
                 minimum=0, above=True),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mamf.errors import MamfError
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 
 @torch.no_grad()
@@ -112,7 +112,8 @@ class ProLIP(Method):
     settings = (
         Setting("baseline.prolip_epochs", int, 300, "full-batch Adam epochs on the image "
                 "projection, cosine decay (lambda = 1 / shots)", minimum=0),
-        Setting("baseline.prolip_lr", float, 1e-3, "the projection's Adam rate", minimum=0),
+        Setting("baseline.prolip_lr", float, 1e-3, "the projection's Adam rate", minimum=0,
+                maximum=MAX_RATE),
     )
 
     def adapt(self, model, inputs, task, rng) -> None:

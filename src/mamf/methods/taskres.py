@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 
 def taskres_classifier(task: Embedded, residual: torch.Tensor, scale: float) -> torch.Tensor:
@@ -52,7 +52,8 @@ class TaskRes(Method):
     settings = (
         Setting("baseline.taskres_epochs", int, 200, "Adam epochs on the residual, cosine decay "
                 "(no validation)", minimum=0),
-        Setting("baseline.taskres_lr", float, 2e-3, "the residual's Adam rate", minimum=0),
+        Setting("baseline.taskres_lr", float, 2e-3, "the residual's Adam rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("baseline.taskres_scale", float, 0.5, "the residual's scale a"),
     )
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 
 def tip_logits(task: Embedded, features: torch.Tensor, keys: torch.Tensor, alpha: float,
@@ -117,7 +117,8 @@ class TipAdapterF(TipAdapter):
         *TipAdapter.settings,
         Setting("baseline.tip_f_epochs", int, 20, "full-batch AdamW epochs fine-tuning the cache "
                 "keys on the support set", minimum=0),
-        Setting("baseline.tip_f_lr", float, 1e-3, "the keys' AdamW rate", minimum=0),
+        Setting("baseline.tip_f_lr", float, 1e-3, "the keys' AdamW rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("baseline.tip_f_alpha", float, 1.0, "alpha while the keys train", minimum=0),
         Setting("baseline.tip_f_beta", float, 1.0, "beta while the keys train", minimum=0),
     )
