@@ -122,7 +122,12 @@ def test_counting_layout_idempotent_and_deterministic(tmp_path):
     # Images of the same class differ from one another.
     assert len({(root / "05_five" / f"{i:04d}.png").read_bytes() for i in range(3)}) == 3
 
-    # New options rebuild in place; earlier images do not depend on per_class.
+    # New options never rebuild in place (results measured on the folder would be taken for
+    # the new data's); removed, the folder is rebuilt. Earlier images do not depend on per_class.
+    with pytest.raises(MamfError, match="built with per_class=3: building it with other options"):
+        BUILDERS["counting"](root, log=Log(), per_class=4, size=48, seed=0)
+    check_layout(root, 10, 30)
+    shutil.rmtree(root)
     log = Log()
     BUILDERS["counting"](root, log=log, per_class=4, size=48, seed=0)
     assert not any("already built" in line for line in log)

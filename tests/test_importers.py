@@ -177,9 +177,13 @@ def test_rerun_does_nothing_and_another_input_is_refused(cub_tgz, tmp_path, monk
     with pytest.raises(MamfError, match="already holds cub imported from .*CUB_200_2011.tgz; another input"):
         IMPORTERS["cub"](other, root, classes=2, log=Log())
     assert snapshot(root) == before
-    # other options on the same input rebuild in place
-    IMPORTERS["cub"](moved, root, classes=1, log=Log())
-    check_layout(root, 1, len(list(root.glob("*/*.jpg"))))
+    # other options on the same input never rebuild in place (results measured on the folder
+    # would be taken for the new data's); into another folder they do
+    with pytest.raises(MamfError, match="built with classes=2: building it with other options"):
+        IMPORTERS["cub"](moved, root, classes=1, log=Log())
+    assert snapshot(root) == before
+    other_root = IMPORTERS["cub"](moved, tmp_path / "cub-1", classes=1, log=Log())
+    check_layout(other_root, 1, len(list(other_root.glob("*/*.jpg"))))
 
 
 def test_wrong_inputs_are_refused_in_one_line(cub_tgz, tmp_path):

@@ -187,13 +187,13 @@ def test_cosine_needs_a_known_step_count(colour_folder, tmp_path, capsys):
 
 
 def test_the_clip_lora_preset_is_the_papers_recipe():
-    config = make_config("clip-lora", {"data.shots": 4})
+    config = make_config("clip-lora", {"data.shots": 4, "data.protocol": "coop"})
     t = config.train
     assert (t.adapter, t.lora_rank, t.lora_alpha, t.lora_dropout, t.lr, t.lr_schedule,
             t.batch_size, t.method) == ("lora", 2, 1.0, 0.25, 2e-4, "cosine", 32, "classical")
     assert with_steps(config).train.steps == 2000  # 500 x 4 shots
     with pytest.raises(MamfError, match="steps_per_shot both"):
-        make_config("clip-lora", {"train.steps": 10})
+        make_config("clip-lora", {"train.steps": 10, "data.protocol": "coop"})
 
 
 def test_preset_flag_loads_the_shipped_preset(colour_folder, tmp_path, capsys):

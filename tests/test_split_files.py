@@ -1,13 +1,15 @@
 """Split files and prompt templates that would change the numbers: repeated or foreign entries,
 overlapping splits, a changed file under one path, templates that give classes one prompt, and
-one-class tasks (issue 25, items 1-5)."""
+one-class tasks (issue 25, items 1-5); no two classes with one tokenised prompt (issue 42)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import make_folder
@@ -218,3 +220,53 @@ def test_a_run_trained_on_another_split_file_content_is_not_resumed(shared_colou
     capsys.readouterr()
     assert main(args) == 2
     assert "holds a training run with other settings" in capsys.readouterr().err
+
+
+_SPELLINGS = ["café", unicodedata.normalize("NFD", "café"), "cafe", "Café", "red", "a_b", "a b",
+              "x" * 44 + "1", "x" * 44 + "2", "zebra", "<unk>"]
+_MODELS: dict = {}
+
+
+def _model(kind: str, tmp_path_factory):
+    """The tiny model's byte tokenizer (cuts at 46 bytes), or a word-level one that normalises
+    to NFC and maps unknown words to one token, as a real CLIP tokenizer's vocabulary would."""
+    if kind not in _MODELS:
+        from test_silent_results import normalising_clip_folder
+
+        from mamf.models.registry import load_model
+
+        _MODELS[kind] = load_model("tiny-random-clip") if kind == "bytes" else \
+            load_model(str(normalising_clip_folder(tmp_path_factory.mktemp("nfc") / "clip")))
+    return _MODELS[kind]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(_SPELLINGS), min_size=2, max_size=5, unique=True),
+       st.sampled_from(["bytes", "words"]),
+       st.one_of(st.sampled_from(["{label}", "A photo of a {label}.", "{label:.3}"]),
+                 st.lists(st.sampled_from(["a photo of a cat.", "a photo.", "red", "café",
+                                           unicodedata.normalize("NFD", "café"), "x" * 60]),
+                          min_size=5, max_size=5)))
+def test_no_two_classes_ever_get_one_tokenised_prompt(tmp_path_factory, names, kind, given_by):
+    """Whatever gives the prompts (a template, a label_to_text.json) and whatever the tokenizer
+    does to them, the classes' tokenised prompts are distinct or the data is refused."""
+    import torch
+
+    from mamf.data.prompts import token_rows
+    from mamf.features.inputs import ModelInputs
+
+    root = tmp_path_factory.mktemp("prompts")
+    template = "{label}"
+    if isinstance(given_by, str):
+        template = given_by
+    else:
+        (root / "label_to_text.json").write_text(json.dumps(dict(zip(names, given_by))))
+    model = _model(kind, tmp_path_factory)
+    try:
+        prompts = class_prompts(root, names, template)
+        dataset = SimpleNamespace(classes=names, prompts=prompts, ensemble=None)
+        inputs = ModelInputs(model, dataset, torch.device("cpu"))
+    except MamfError as e:
+        assert "prompt" in str(e)
+        return
+    assert len(set(token_rows(inputs.tokens))) == len(names)

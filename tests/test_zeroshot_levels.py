@@ -85,7 +85,8 @@ def emoji_root(tmp_path) -> Path:
 def test_levels_partition_the_classes_by_score(emoji_root, tmp_path):
     logs = [Log() for _ in range(3)]
     built = [BUILDERS["emoji-levels"](tmp_path / "data" / f"level{k}", log=logs[k], level=k,
-                                      levels=3, model="tiny-random-clip") for k in range(3)]
+                                      levels=3, model="tiny-random-clip", source=emoji_root)
+             for k in range(3)]
     assert any("scoring 9 classes" in line for line in logs[0])
     assert all(any("using the zero-shot scores kept" in line for line in log) for log in logs[1:])
     classes = [json.loads((root / "classes.json").read_text()) for root in built]
@@ -113,7 +114,11 @@ def test_levels_bad_options(tmp_path, emoji_root):
             BUILDERS["emoji-levels"](tmp_path / "x", log=Log(), model="tiny-random-clip", **bad)
     with pytest.raises(MamfError, match="no 'openmoji' images"):
         BUILDERS["emoji-levels"](tmp_path / "data" / "y", log=Log(), model="tiny-random-clip",
-                                 style="openmoji")
+                                 style="openmoji", source=emoji_root)
+    with pytest.raises(MamfError, match="levels=5 cuts the source's 9 classes into groups of "
+                                        "fewer than 2"):
+        BUILDERS["emoji-levels"](tmp_path / "data" / "w", log=Log(), model="tiny-random-clip",
+                                 level=0, levels=5, source=emoji_root)
     with pytest.raises(MamfError, match="not a finished emoji build"):
         BUILDERS["emoji-levels"](tmp_path / "z", log=Log(), source=tmp_path)
 
@@ -221,3 +226,15 @@ def test_the_zeroshot_levels_study_config():
     for ds in exp.datasets:
         config = run_config(exp, ds, "fomaml", 312, "/data")
         assert (config.data.support_match, config.data.query_match) == ("google", "twitter")
+
+
+def test_levels_write_nothing_beside_their_output_or_source(tmp_path, emoji_root, monkeypatch):
+    """The scores (and a default source, with its downloads) go to mamf's cache folder."""
+    monkeypatch.setenv("MAMF_CACHE_DIR", str(tmp_path / "mamf-cache"))
+    before = sorted(p.name for p in emoji_root.parent.iterdir())
+    out = tmp_path / "elsewhere" / "level0"
+    BUILDERS["emoji-levels"](out, log=Log(), level=0, levels=3, model="tiny-random-clip",
+                             source=emoji_root)
+    assert sorted(p.name for p in emoji_root.parent.iterdir()) == before
+    assert [p.name for p in out.parent.iterdir()] == ["level0"]
+    assert len(list((tmp_path / "mamf-cache" / "zeroshot-scores").iterdir())) == 1

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from mamf import plugins  # noqa: F401  (every plug-in joins the catalogue before a config is built)
 from mamf.catalogue import Config
 from mamf.config import build_config, load_yaml, to_dict
-from mamf.system.errors import MamfError
+from mamf.system.errors import MamfError, shown
 
 log = logging.getLogger("mamf")
 
@@ -209,6 +209,7 @@ def evaluate(source: Config | dict | str | Path | Run | DualEncoder, out: str | 
         config = make_config(deep_merge(to_dict(run_config), settings or {}), overrides)
         if config.model != run_config.model:
             raise MamfError("a trained run's model cannot be changed at evaluation")
+        _refuse_training_changes(run_dir, run_config, config)
         if method and method not in test_time and method != trained_by:
             raise MamfError(f"--method {method} trains: evaluate a run it trained with --run, "
                             f"or pick a test-time method ({', '.join(test_time)})")
@@ -234,6 +235,23 @@ def evaluate(source: Config | dict | str | Path | Run | DualEncoder, out: str | 
     with _bars(progress):
         return meta_test(config, Path(out), method, model, sizes, run_dir or memory,
                          progress=progress, trained_by=trained_by)
+
+
+def _refuse_training_changes(run_dir: Path, trained: Config, asked: Config) -> None:
+    """A trained run's training settings (train.*, and its method's own training rate) are
+    what trained it: changed at evaluation they would train nothing, yet its rows and the
+    report's Setup would show them as the run's."""
+    from mamf.catalogue import value_of
+    from mamf.methods import method_class
+
+    keys = [f"train.{k}" for k in to_dict(trained)["train"]]
+    rate = method_class(trained.train.method).presentation.train_rate
+    keys += [rate] if rate and rate not in keys else []
+    for key in keys:
+        was, now = value_of(trained, key), value_of(asked, key)
+        if was != now:
+            raise MamfError(f"{key} cannot change at evaluation: {run_dir} was trained with "
+                            f"{shown(was)}, not {shown(now)} (train another run to change it)")
 
 
 def report(folder: str | Path, title: str | None = None, reference: str | None = None) -> dict:

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mamf.settings import Setting, gather
+from mamf.settings import MAX_RATE, Setting, gather
 from mamf.system.errors import MamfError, shown
 
 SECTIONS = ("data", "train", "metatest", "baseline")
@@ -49,9 +49,7 @@ class Registered:
         self.kind, self.which = kind, which
 
     def __call__(self) -> tuple[str, ...]:
-        if self.kind not in _PLUGINS:
-            raise MamfError(f"no {self.kind} are registered: import mamf.plugins first")
-        return _PLUGINS[self.kind].names(**self.which)
+        return names_of(self.kind, **self.which)
 
 
 # the core settings, in the order a config lists them (docs/method.md, "Defaults")
@@ -94,7 +92,8 @@ CORE = (
     Setting("train.method", str, "mamf", "the method that trains (`mamf methods`)",
             choices=Registered("methods", trained=True)),
     Slot("samplers"),  # train.sampler and the task samplers' own settings
-    Setting("train.lr", float, 1e-6, "Adam learning rate", minimum=0, above=True),
+    Setting("train.lr", float, 1e-6, "Adam learning rate", minimum=0, above=True,
+            maximum=MAX_RATE),
     Setting("train.epochs", float, 8.0, "passes over the training pool", minimum=0, above=True),
     Setting("train.batch_size", int, 32, "images per step", minimum=0, above=True),
     Setting("train.steps", int | None, None, "optimiser steps (unset: from train.epochs)",
@@ -122,7 +121,8 @@ CORE = (
             "(end to end); unset: train.freeze_image_backbone decides"),
     Setting("train.unfreeze_text_layers", int | str | None, None, "the last k layers of the text "
             "tower train: k >= 0 or all; unset: train.freeze_text_tower decides"),
-    Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0),
+    Setting("train.weight_decay", float, 0.0, "Adam's weight decay", minimum=0,
+            maximum=MAX_RATE),
     Setting("train.lr_schedule", str, "constant", "the rate over the steps: constant, or cosine "
             "decay from train.lr to 0 at the last step", choices=("constant", "cosine")),
     Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
@@ -148,7 +148,7 @@ CORE = (
     Setting("metatest.split", str, "test", "which split's tasks are scored (train: "
             "overfitting)", choices=("train", "dev", "test")),
     Setting("metatest.lr", float, 1e-7, "Adam rate of the adaptation to a test task's support "
-            "set", minimum=0),
+            "set", minimum=0, maximum=MAX_RATE),
     Setting("metatest.epochs", int, 5, "passes over the support set (0: no adaptation)",
             minimum=0),
     Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),
@@ -207,6 +207,7 @@ class PlugIns:
 
     names: Callable[..., tuple[str, ...]]
     settings: Callable[[], list[Setting]]
+    get: Callable[[str], object]
 
 
 # kind -> its registry's answers, in the order the kinds joined (the composition root,
@@ -216,11 +217,29 @@ KINDS = ("methods", "samplers", "protocols", "models")
 
 
 def join(kind: str, names: Callable[..., tuple[str, ...]],
-         settings: Callable[[], list[Setting]]) -> None:
-    """A registry of plug-ins joins the catalogue (called once, by the registry's module)."""
+         settings: Callable[[], list[Setting]], get: Callable[[str], object]) -> None:
+    """A registry of plug-ins joins the catalogue (called once, by the registry's module): its
+    names, its plug-ins' settings, and the plug-in of a name (for rules between settings that
+    ask a plug-in what it does, as `config.validate`'s)."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of plug-in {kind!r}")
-    _PLUGINS[kind] = PlugIns(names, settings)
+    _PLUGINS[kind] = PlugIns(names, settings, get)
+
+
+def _joined(kind: str) -> PlugIns:
+    if kind not in _PLUGINS:
+        raise MamfError(f"no {kind} are registered: import mamf.plugins first")
+    return _PLUGINS[kind]
+
+
+def names_of(kind: str, **which) -> tuple[str, ...]:
+    """The names a kind of plug-in has registered."""
+    return _joined(kind).names(**which)
+
+
+def plugin(kind: str, name: str):
+    """The plug-in registered as `name` (its class, or a protocol's instance)."""
+    return _joined(kind).get(name)
 
 
 def plugin_settings() -> dict[str, list[Setting]]:

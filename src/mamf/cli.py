@@ -258,7 +258,7 @@ def _config(args, flags: dict, base: dict | None = None):
     from mamf import plugins  # noqa: F401  (every plug-in joins the catalogue)
 
     merged = dict(base or {})
-    if getattr(args, "preset", None):
+    if getattr(args, "preset", None) is not None:  # "" is refused, not ignored
         from mamf.api import preset
 
         merged = deep_merge(merged, preset(args.preset))
@@ -314,7 +314,7 @@ def cmd_evaluate(args) -> None:
     from mamf.api import evaluate
 
     settings = settings_file(args.config) if args.config else {}
-    if args.preset:
+    if args.preset is not None:
         from mamf.api import preset
 
         settings = deep_merge(preset(args.preset), settings)

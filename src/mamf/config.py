@@ -19,7 +19,17 @@ from pathlib import Path
 
 import yaml
 
-from mamf.catalogue import SECTIONS, SEEDS, Config, check_seed, declared, unfrozen, value_of
+from mamf.catalogue import (
+    SECTIONS,
+    SEEDS,
+    Config,
+    check_seed,
+    declared,
+    names_of,
+    plugin,
+    unfrozen,
+    value_of,
+)
 from mamf.settings import Setting
 from mamf.system.errors import MamfError, shown
 
@@ -159,6 +169,12 @@ def validate(config: Config) -> Config:
         raise MamfError(f"{which}=true cannot go with train.unfreeze_image_blocks="
                         f"{image_blocks}: augmentation acts on pixels and the frozen blocks' "
                         f"outputs are cached; set {which}=false")
+    if config.train.adapter != "none":
+        kind = plugin("methods", config.train.method)
+        if kind.trains and not kind.trains_adapters:
+            raise MamfError(f"train.adapter={config.train.adapter} cannot go with "
+                            f"train.method={config.train.method}: it trains only what it adds "
+                            "to the model, so the adapters would never train")
     if config.train.adapter != "none" and config.train.parallel == "fsdp":
         raise MamfError("train.adapter=lora cannot go with train.parallel=fsdp: adapters train "
                         "few enough values for ddp")
@@ -172,6 +188,12 @@ def validate(config: Config) -> Config:
     if config.train.steps is not None and config.train.steps_per_shot is not None:
         raise MamfError("config train.steps and train.steps_per_shot both set the step count: "
                         "set one of them")
+    if config.train.steps_per_shot is not None and \
+            not plugin("protocols", config.data.protocol).trains_on_shots:
+        fit = ", ".join(p for p in names_of("protocols") if plugin("protocols", p).trains_on_shots)
+        raise MamfError(f"config train.steps_per_shot (the clip-lora preset's k x shots "
+                        f"steps) needs a protocol that trains on data.shots images a class "
+                        f"({fit}); under {config.data.protocol} set train.steps instead")
     return config
 
 

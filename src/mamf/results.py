@@ -381,7 +381,7 @@ def read_rows(path: str | Path) -> list[Row]:
 
 
 # a row's `predictions` (metatest.save_predictions): written by the meta-test, read by the report
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PREDICTION_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def encode_predictions(task, predicted: np.ndarray) -> list:
@@ -390,7 +390,8 @@ def encode_predictions(task, predicted: np.ndarray) -> list:
     each ("0"-"9", "a"-"z", "A"-"Z") for tasks of up to 62 classes, else lists of integers."""
     def code(labels) -> str | list[int]:
         labels = [int(x) for x in labels]
-        return "".join(_DIGITS[x] for x in labels) if task.ways <= len(_DIGITS) else labels
+        fits = task.ways <= len(PREDICTION_DIGITS)
+        return "".join(PREDICTION_DIGITS[x] for x in labels) if fits else labels
 
     return [[int(c) for c in task.classes], code(task.query_labels), code(predicted)]
 
@@ -401,7 +402,7 @@ def decode_predictions(record: list) -> tuple[np.ndarray, np.ndarray]:
     classes = np.asarray(classes, dtype=np.int64)
 
     def local(labels) -> np.ndarray:
-        return np.array([_DIGITS.index(c) for c in labels] if isinstance(labels, str)
+        return np.array([PREDICTION_DIGITS.index(c) for c in labels] if isinstance(labels, str)
                         else labels, dtype=np.int64)
 
     return classes[local(truth)], classes[local(given)]

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 
 from mamf.system.errors import MamfError, shown
 
+# the bound of every rate and weight decay (`maximum=MAX_RATE`): float32 holds at most 3.4e38,
+# and an optimiser's step raised a RuntimeError past it (Adam divides its rate by the bias
+# correction, 0.1 at the first step). 1e30 leaves that headroom and still diverges at once
+# where a test wants divergence
+MAX_RATE = 1e30
+
 
 @dataclass(frozen=True, eq=False)
 class Setting:
@@ -33,6 +39,7 @@ class Setting:
     below: bool = False
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
     nonempty: bool = False  # a list must hold a value
+    length: int | None = None  # a list must hold exactly this many values
 
     @property
     def section(self) -> str:
@@ -60,6 +67,9 @@ class Setting:
                             f"got {shown(value)}")
         if self.nonempty and not value:
             raise MamfError(f"config {self.key} must not be empty")
+        if self.length is not None and len(value) != self.length:
+            raise MamfError(f"config {self.key} must hold exactly {self.length} values, got "
+                            f"{shown(value)}")
         each = isinstance(value, list)
         for v in value if each else [value]:
             broken = self._broken(v)

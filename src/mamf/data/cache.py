@@ -1,8 +1,9 @@
 """Decode every image once per (file set, resolution) into a memory-mapped uint8 array.
 
 Training never decodes an image file: it slices this array. Memory stays flat as datasets grow
-because the array is read lazily from disk. The cache key hashes paths, sizes and mtimes, so an
-edited folder gets a fresh cache; the array is written to a temporary file and renamed into place.
+because the array is read lazily from disk. The cache key hashes paths, sizes, mtimes, inodes
+and ctimes (`_key`), so an edited folder gets a fresh cache; the array is written to a temporary
+file and renamed into place.
 """
 
 from __future__ import annotations
@@ -28,14 +29,32 @@ CACHE_HINT = " (the image cache: set MAMF_CACHE_DIR to a writable folder with fr
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MAMF_CACHE_DIR", Path.home() / ".cache" / "mamf"))
+    """MAMF_CACHE_DIR, else ~/.cache/mamf. Set but empty is unset (as XDG reads its own
+    variables): an empty path would be the current folder."""
+    return Path(os.environ.get("MAMF_CACHE_DIR") or Path.home() / ".cache" / "mamf")
+
+
+def third_party_caches() -> None:
+    """Before onnxruntime or matplotlib is imported: onnxruntime's telemetry, which keeps a
+    device id and a database under ~/.cache, is off, and matplotlib keeps its configuration
+    and font cache in `<cache>/matplotlib`, not under the home folder. Each only where the
+    user has not set it (ORT_DISABLE_TELEMETRY, MPLCONFIGDIR)."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_root() / "matplotlib"))
 
 
 def _key(files: list[Path], size: int) -> str:
-    h = hashlib.sha256(f"v2:{size}".encode())  # v2: decode crops before it resizes
+    """Each file's path, size, modification time, inode and status-change time (ctime), all
+    in nanoseconds. A file rewritten in place with its old size and modification time put
+    back (`touch -r`, `cp --preserve`, `rsync -t`) keeps the first two, but the kernel moves
+    its ctime (no call sets it) and a file replaced by a rename has a new inode: the cache is
+    rebuilt. Hashing the content would be exact too but reads every byte of the data on every
+    load; a chmod or a new hard link moves the ctime as well, costing one rebuild."""
+    h = hashlib.sha256(f"v3:{size}".encode())  # v2: decode crops before it resizes
     for f in files:
         st = f.stat()  # the path as the file system's bytes: a name need not be UTF-8
-        h.update(os.fsencode(f.resolve()) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(f.resolve()) + f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+                 f"\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:20]
 
 

@@ -134,14 +134,45 @@ def _from_template(template: str, classes) -> list[str]:
         prompts = [template.format(label=label_text(c)) for c in classes]
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
         raise malformed(f"{type(e).__name__}: {e}") from None
-    first: dict[str, str] = {}
-    for c, p in zip(classes, prompts):
-        if p in first:
-            raise MamfError(f"prompt template {shown(template)} gives the classes "
-                            f"{shown(first[p])} and {shown(c)} the same prompt {shown(p)}: "
-                            "zero-shot could not tell them apart")
-        first[p] = c
+    refuse_shared(classes, prompts, prompts, f"prompt template {shown(template)}")
     return prompts
+
+
+def refuse_shared(classes, keys, prompts, source: str, how: str = "the same prompt") -> None:
+    """One error line where two classes' `keys` (their prompts, or their tokenised prompts)
+    are equal: zero-shot, and any method that reads the prompts, could not tell them apart."""
+    first: dict = {}
+    for c, key, p in zip(classes, keys, prompts):
+        if key in first:
+            raise MamfError(f"{source} gives the classes {shown(first[key])} and {shown(c)} "
+                            f"{how} {shown(p)}: zero-shot could not tell them apart")
+        first[key] = c
+
+
+def token_rows(tokens: dict) -> list[tuple[int, ...]]:
+    """Each text's token ids without its padding."""
+    ids = tokens["input_ids"].tolist()
+    mask = tokens["attention_mask"].tolist() if "attention_mask" in tokens else None
+    return [tuple(t for t, m in zip(row, mask[i]) if m) if mask else tuple(row)
+            for i, row in enumerate(ids)]
+
+
+def cut_short(model, texts: list[str]) -> list[bool]:
+    """Which texts the model's tokenizer cuts at its length: words added at the end change
+    nothing. (A text that fills the length exactly reads as cut too.)"""
+    rows = token_rows(model.tokenize([*texts, *(f"{t} and more" for t in texts)]))
+    return [a == b for a, b in zip(rows[:len(texts)], rows[len(texts):])]
+
+
+def refuse_shared_tokens(tokens: dict, classes, prompts, per_class: int = 1) -> None:
+    """Two classes whose prompts the model's tokenizer makes one token sequence are refused,
+    whatever gave the prompts: a tokenizer may normalise two spellings (NFC and NFD "café",
+    case, accents) to one, map unknown words to one token, or cut long prompts at its length.
+    `tokens`: the tokenizer's output for every class's `per_class` prompts, class by class."""
+    rows = token_rows(tokens)
+    groups = [tuple(rows[k * per_class:(k + 1) * per_class]) for k in range(len(classes))]
+    refuse_shared(classes, groups, prompts, "this model's tokenizer",
+                  "one tokenised prompt for their prompts, e.g.")
 
 
 def _from_json(path: Path, classes) -> list[str]:
@@ -161,4 +192,6 @@ def _from_json(path: Path, classes) -> list[str]:
     bad = [c for c in classes if not isinstance(mapping[c], str) or not mapping[c].strip()]
     if bad:
         raise MamfError(f"{path}: the prompt for {shown(bad[0])} is not a non-empty string")
-    return [mapping[c] for c in classes]
+    prompts = [mapping[c] for c in classes]
+    refuse_shared(classes, prompts, prompts, str(path))
+    return prompts

@@ -1,6 +1,7 @@
 """A training loss that stays at chance: the warning that names its likely cause.
 
-A loss of ln(k) is a uniform guess over the k classes a method's loss spreads over (MAMF's and
+A loss of ln(k) (softmax cross-entropy's; each model says its own, `chance_loss`: SigLIP's
+sigmoid loss has another) is a uniform guess over the k classes a method's loss spreads over (MAMF's and
 FOMAML's n task classes, classical fine-tuning's N training classes). A run that ends there
 learned nothing, and its rows would look like a method's failure rather than a setting's: most
 often the rate is far too low for what trains (the paper's 1e-6 for CLIP end to end, used on
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,11 +25,13 @@ PAPER_CLIP_LR = 1e-6  # the paper's rate for CLIP fine-tuned end to end
 HEAD_LR = 1e-2  # the cpu preset's rate for the heads over frozen towers
 
 
-def at_chance(losses: list[float], classes: int | None) -> float | None:
-    """ln(classes) when the mean loss of the last tenth of steps is at or above it, else None."""
+def at_chance(losses: list[float], classes: int | None,
+              level: Callable[[int], float] = math.log) -> float | None:
+    """The chance loss `level(classes)` (softmax cross-entropy's: ln(classes)) when the mean
+    loss of the last tenth of steps is at or above it, else None."""
     if not losses or classes is None or classes < 2:
         return None
-    chance = math.log(classes)
+    chance = level(classes)
     last = float(np.mean(losses[-max(1, len(losses) // 10):]))
     return chance if last >= NEAR * chance else None
 
@@ -56,13 +60,16 @@ def likely_cause(config: Config, also: str = "") -> str:
 
 
 def warn_if_chance(config: Config, method: str, losses: list[float], classes: int | None,
-                   also: str = "") -> bool:
-    """Warn (and return True) when the run's loss ended at or above ln(classes)."""
-    chance = at_chance(losses, classes)
+                   also: str = "", level: Callable[[int], float] = math.log) -> bool:
+    """Warn (and return True) when the run's loss ended at or above the model's loss of a
+    uniform guess over `classes` (`level`, the model's `chance_loss`)."""
+    chance = at_chance(losses, classes, level)
     if chance is None:
         return False
     last = float(np.mean(losses[-max(1, len(losses) // 10):]))
+    against = f"ln({classes}) = {chance:.3f} (a uniform guess)" \
+        if math.isclose(chance, math.log(classes)) else \
+        f"{chance:.3f} (a uniform guess over {classes} classes, under the model's own loss)"
     log.warning("%s: training loss stayed at chance, %.3f over the last tenth of steps against "
-                "ln(%d) = %.3f (a uniform guess): %s", method, last, classes, chance,
-                likely_cause(config, also))
+                "%s: %s", method, last, against, likely_cause(config, also))
     return True

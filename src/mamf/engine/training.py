@@ -204,7 +204,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             parallel.close()
     if distributed.is_main():
         warn_if_chance(config, method.name, losses, method.chance_classes(pool),
-                       method.chance_hint())
+                       method.chance_hint(), model.chance_loss)
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
                        None if uncounted else method.images, t.budget)
 
@@ -222,7 +222,8 @@ def with_steps(config: Config) -> Config:
 def cosine_lr(base: float, step: int, steps: int) -> float:
     """Cosine decay (Loshchilov & Hutter 2017, SGDR without restarts): `base` at step 0, 0 after
     the last step, base * (1 + cos(pi * step / steps)) / 2 between."""
-    return base * (1 + math.cos(math.pi * min(step, steps) / steps)) / 2
+    return base * (1 + math.cos(math.pi * (min(step, steps) / steps))) / 2  # (int / int: any
+    # step count, however large, is divided exactly before it meets a float)
 
 
 class LRSchedule:
@@ -259,7 +260,11 @@ class DevScore:
                             "model has no whole copy to score")
         self.model, self.inputs = model, inputs
         self.dropout = adapters.enabled(config.train) and config.train.lora_dropout > 0
-        self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+        try:
+            self.tasks = evaluation_tasks(dataset, config, "dev", config.data.ways)
+        except MamfError as e:  # a method that trains on no tasks never asked for data.ways
+            raise MamfError(f"train.eval_every scores {config.data.ways}-way dev tasks "
+                            f"(data.ways, --ways): {e}") from None
 
     def __call__(self) -> float:
         if self.dropout:

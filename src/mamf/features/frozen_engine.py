@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamf.data.cache import cache_root
+from mamf.data.cache import cache_root, third_party_caches
 from mamf.models.base import DualEncoder, parameters_digest
 from mamf.system import denormals
 from mamf.system.io import atomic_write_bytes
@@ -73,6 +73,7 @@ def engine_for(model: DualEncoder, device: torch.device, precision: str) -> str:
         return TORCH
     if device.type != "cpu" or precision != "fp32" or model.training:
         return TORCH
+    third_party_caches()
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
         import onnxruntime  # noqa: F401
@@ -125,6 +126,7 @@ def _export(module: torch.nn.Module, example: tuple[torch.Tensor, ...],
 
 
 def _session(graph: bytes):
+    third_party_caches()
     import onnxruntime as ort
 
     options = ort.SessionOptions()

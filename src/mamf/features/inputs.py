@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
+from mamf.data.prompts import refuse_shared_tokens
 from mamf.features import frozen_engine
 from mamf.features.augment import draws, random_crop_flip
 from mamf.models.base import DualEncoder
@@ -84,6 +85,7 @@ class ModelInputs:
         prompts = dataset.ensemble or [[p] for p in dataset.prompts]
         self.per_class = len(prompts[0])
         tokens = model.tokenize([p for group in prompts for p in group])
+        refuse_shared_tokens(tokens, dataset.classes, dataset.prompts, self.per_class)
         self.tokens = {k: v.to(device) for k, v in tokens.items()}
         if freeze_image_backbone and image_top_blocks or freeze_text_tower and text_top_layers:
             raise ValueError("a frozen tower has no trainable top blocks")

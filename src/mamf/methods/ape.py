@@ -73,7 +73,7 @@ class APE(Method):
         Setting("baseline.ape_channels", float, 0.78125, "the share of channels kept (the "
                 "official 800 of RN50's 1024)", minimum=0, above=True, maximum=1),
         Setting("baseline.ape_weights", list[float], [0.5, 0.5], "the channel criterion's "
-                "weights (similarity across classes, variance across prompts)"),
+                "weights (similarity across classes, variance across prompts)", length=2),
         Setting("baseline.ape_alphas", list[float] | None, None, "an explicit alpha grid "
                 "searched on dev-split tasks (unset: the official grid)", nonempty=True),
         Setting("baseline.ape_betas", list[float] | None, None, "an explicit beta grid "

@@ -32,6 +32,7 @@ import torch
 from mamf import catalogue
 from mamf.features.inputs import autocast
 from mamf.methods import presentation
+from mamf.methods.embedded import finite
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.models.loss import task_logits
 from mamf.settings import Setting, gather
@@ -95,8 +96,6 @@ RENAMED = {"linear-probe": "zs-probe (mamf's zero-shot-initialised probe, which 
                            "probe')"}
 
 
-catalogue.join("methods", names=names, settings=settings)
-
 
 def method_class(name: str) -> type[Method]:
     if name in RENAMED:
@@ -138,6 +137,10 @@ class Method:
     # a method whose trained part is not among the model's weights when training begins (CoOp's
     # context) is scored as trained, at alpha null
     interpolates: ClassVar[bool] = True
+    # training updates the model's trainable weights (LoRA's adapters under train.adapter=lora);
+    # False for a method that trains only what it adds (CoOp's context): adapters would be
+    # attached, kept and never trained
+    trains_adapters: ClassVar[bool] = True
     # this method's settings (a subclass lists those it shares with its parent too)
     settings: ClassVar[tuple[Setting, ...]] = ()
 
@@ -247,7 +250,7 @@ def predict(model: DualEncoder, inputs: ModelInputs, task: Task,
         for start in range(0, len(task.query), batch_size):
             idx = task.query[start : start + batch_size]
             logits = task_logits(model.logit_scale(), inputs.images(model, idx), text_emb)
-            out.append(logits.argmax(1).cpu().numpy())
+            out.append(finite(logits).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
@@ -259,3 +262,6 @@ def accuracy(predicted: np.ndarray, task: Task) -> float:
 def score(model: DualEncoder, inputs: ModelInputs, task: Task, batch_size: int = 256) -> float:
     """Accuracy of the query images against the task's n class prompts."""
     return accuracy(predict(model, inputs, task, batch_size), task)
+
+
+catalogue.join("methods", names=names, settings=settings, get=method_class)

@@ -46,16 +46,24 @@ class Budget:
         j = i % self.per_epoch
         return min(self.batch_size, self.images - j * self.batch_size)
 
+    def _over_run(self, f) -> int:
+        """The sum of f(size(i)) over the run's updates, in closed form (a run may take 10^12
+        updates): whole passes, then the first `rest` updates of one, which all hold a full
+        batch (only a pass's last update holds less, and `rest` stops before it)."""
+        full, rest = divmod(self.steps, self.per_epoch)
+        last = self.size(self.per_epoch - 1)
+        per_pass = (self.per_epoch - 1) * f(self.batch_size) + f(last)
+        return full * per_pass + rest * f(self.batch_size)
+
     def total(self) -> int:
         """Images over the whole run."""
-        full, rest = divmod(self.steps, self.per_epoch)
-        return full * self.images + sum(self.size(j) for j in range(rest))
+        return self._over_run(lambda n: n)
 
     def draws(self, per_task: float) -> int:
         """Tasks a method draws in all when it fills each update with tasks of `per_task` images
         (exact when every task holds that many; the curriculum sampler reads it)."""
         per_task = max(1.0, per_task)
-        return sum(math.ceil(self.size(i) / per_task) for i in range(self.steps))
+        return self._over_run(lambda n: math.ceil(n / per_task))
 
 
 def matched(train: TrainConfig) -> bool:

@@ -32,7 +32,7 @@ from mamf.methods.embedded import (
     start_texts,
 )
 from mamf.methods.official import BATCH, dassl_rate
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 VIEWS = 20  # the official code's copies of the support set per epoch (its augmented views)
 
@@ -94,7 +94,8 @@ class CLAP(Method):
     settings = (
         Setting("baseline.clap_epochs", int, 300, "SGD epochs, Dassl's warm-up and cosine "
                 "schedule (no validation)", minimum=0),
-        Setting("baseline.clap_lr", float, 0.1, "the SGD rate (momentum 0.9)", minimum=0),
+        Setting("baseline.clap_lr", float, 0.1, "the SGD rate (momentum 0.9)", minimum=0,
+                maximum=MAX_RATE),
         TEXT_FEATURES,
     )
     constrained = True

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import register
 from mamf.methods.coop import CONTEXT, CoOp, class_embeddings, meta_network
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 PROMPTS_PER_CHUNK = 1024  # (image, class) prompts a test-time text forward takes at most
 
@@ -31,7 +31,7 @@ class CoCoOp(CoOp):
         Setting("baseline.cocoop_init", str, "a photo of a", "the words the context starts at "
                 "(the paper's M = 4); \"\": M random vectors"),
         Setting("baseline.cocoop_lr", float, 2e-3, "the SGD rate of the context and the "
-                "meta-net", minimum=0, above=True),
+                "meta-net", minimum=0, above=True, maximum=MAX_RATE),
     )
 
     def init_words(self) -> str:

@@ -23,21 +23,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from mamf.data.prompts import label_text
+from mamf.data.prompts import cut_short, label_text, refuse_shared_tokens
 from mamf.features.inputs import autocast
 from mamf.methods.base import EXTENSION, Method, register
 from mamf.methods.budget import classical_steps
 from mamf.methods.embedded import accuracy
 from mamf.methods.finetune import EpochStream, check_finite
 from mamf.parallel import distributed
-from mamf.settings import Setting
-from mamf.system.errors import MamfError
+from mamf.settings import MAX_RATE, Setting
+from mamf.system.errors import MamfError, shown
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)
 MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4  # CoOp's SGD
+MAX_CONTEXT = 1024  # above any text tower's length (CLIP's is 77): a bound before any allocation
 # the random context's length M, which CoCoOp reads too
 CONTEXT = Setting("baseline.coop_context", int, 16, "M, the context vectors drawn from N(0, 0.02) "
-                  "when the init words are \"\"", minimum=0, above=True)
+                  "when the init words are \"\"", minimum=0, above=True,
+                  maximum=MAX_CONTEXT)
 
 
 class PromptContext(nn.Module):
@@ -75,7 +77,15 @@ class Prompts:
     what the prefix shares with the empty text), the same in every class's prompt."""
 
     def __init__(self, model, names: list[str], prefix: str):
-        self.tokens = model.tokenize([f"{prefix} {name}." for name in names])
+        texts = [f"{prefix} {name}." for name in names]
+        cut = [t for t, short in zip(texts, cut_short(model, texts)) if short]
+        if cut:
+            raise MamfError(f"the prompt context ({len(prefix.split())} words) leaves no room "
+                            f"for the class names: this model's tokenizer cuts {len(cut)} "
+                            f"class prompt(s) short, e.g. {shown(cut[0][-60:])}; use fewer "
+                            "init words or a smaller baseline.coop_context")
+        self.tokens = model.tokenize(texts)
+        refuse_shared_tokens(self.tokens, names, texts)
         empty = model.tokenize([""])["input_ids"][0]
         alone = model.tokenize([prefix])["input_ids"][0]
         self.start = _common(empty, alone)
@@ -129,6 +139,7 @@ class CoOp(Method):
     baseline = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start
+    trains_adapters = False  # the context alone trains
     settings = (
         CONTEXT,
         Setting("baseline.coop_init", str, "a photo of a", "the words the context starts at "
@@ -136,7 +147,8 @@ class CoOp(Method):
         Setting("baseline.coop_class_specific", bool, False, "one context per class (CoOp's CSC) "
                 "instead of one shared"),
         Setting("baseline.coop_lr", float, 2e-3, "the context's SGD rate (momentum 0.9, weight "
-                "decay 5e-4) over train.steps / train.epochs", minimum=0, above=True),
+                "decay 5e-4) over train.steps / train.epochs", minimum=0, above=True,
+                        maximum=MAX_RATE),
     )
 
     # what differs in CoCoOp (`mamf.methods.cocoop`)

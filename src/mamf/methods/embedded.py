@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
 from mamf.settings import Setting
+from mamf.system.errors import Diverged
 from mamf.tasks.task import Task
 
 
@@ -100,7 +101,16 @@ def embed_task(model: DualEncoder, inputs: ModelInputs, task: Task) -> Embedded:
 
 def predicted(logits: torch.Tensor) -> np.ndarray:
     """The class (0..n-1) each query image is given: its largest logit's."""
-    return logits.argmax(1).cpu().numpy()
+    return finite(logits).argmax(1).cpu().numpy()
+
+
+def finite(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, refused when any is NaN or infinite: argmax would give every such query class
+    0 and a made-up accuracy. What diverged is the test-time fit (the weights it adapts)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise Diverged("the query images' logits became NaN or infinite: the test-time fit "
+                       "diverged; lower the method's test-time rate")
+    return logits
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ from mamf.methods.budget import Budget, matched
 from mamf.methods.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import Diverged
 from mamf.tasks.samplers import Confusion, sum_over_ranks
 from mamf.tasks.task import Task, check_ways
@@ -146,7 +146,8 @@ class FOMAML(Method):
     draws_tasks = True
     data_parallel = False  # under torchrun the ranks split each meta-batch of tasks instead
     settings = (
-        Setting("train.inner_lr", float, 1e-7, "the inner loop's SGD rate", minimum=0),
+        Setting("train.inner_lr", float, 1e-7, "the inner loop's SGD rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("train.inner_epochs", int, 1, "the inner loop's passes over a task's support set",
                 minimum=0, above=True),
         Setting("train.meta_batch", int, 1, "tasks per outer step", minimum=0, above=True),
@@ -154,7 +155,7 @@ class FOMAML(Method):
                 above=True),
         # a test task is adapted to as the inner loop does: plain SGD
         Setting("metatest.inner_lr", float, 1e-7, "the test-time inner loop's SGD rate",
-                minimum=0),
+                minimum=0, maximum=MAX_RATE),
         Setting("metatest.inner_epochs", int, 1, "the test-time inner loop's passes", minimum=0),
         Setting("metatest.inner_batch_size", int, 8, "the test-time inner loop's batch size",
                 minimum=0, above=True),

@@ -54,7 +54,8 @@ class GDA(Method):
     tunes_on_dev = True
     settings = (Setting("baseline.gda_alphas", list[float],
                         [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "the grid of the "
-                        "discriminant's weight, searched on dev-split tasks", nonempty=True),)
+                        "discriminant's weight, searched on dev-split tasks", nonempty=True,
+                        minimum=0),)
 
     def __init__(self, config):
         super().__init__(config)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 from mamf.settings import Setting
+from mamf.system.errors import MamfError
 
 
 def lpp_init(task: Embedded) -> tuple[torch.Tensor, torch.Tensor, float, float]:
@@ -39,8 +40,13 @@ def lpp_init(task: Embedded) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     alpha = torch.full((task.ways,), 250.0 * float(own[counts > 0].mean()),
                        device=task.support.device)
     top = float(torch.linalg.eigvalsh((task.support.T @ task.support).double()).max())
+    spread = float((text_logits ** 2).sum(0).max())
+    if not top > 0 or not spread > 0:  # zero embeddings (or NaN): the steps would be 1 / 0
+        raise MamfError("lp++ sets its step sizes from the support images' embeddings, which "
+                        "are all zero (or not finite) here: the model embeds these images as "
+                        "nothing")
     lr_w = 4 * count / top
-    lr_alpha = count / (4 * float((text_logits ** 2).sum(0).max()))
+    lr_alpha = count / (4 * spread)
     return weight, alpha, lr_w, lr_alpha
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
 
@@ -107,12 +107,16 @@ class ProLIP(Method):
     settings = (
         Setting("baseline.prolip_epochs", int, 300, "full-batch Adam epochs on the image "
                 "projection, cosine decay (lambda = 1 / shots)", minimum=0),
-        Setting("baseline.prolip_lr", float, 1e-3, "the projection's Adam rate", minimum=0),
+        Setting("baseline.prolip_lr", float, 1e-3, "the projection's Adam rate", minimum=0,
+                maximum=MAX_RATE),
     )
 
     def adapt(self, model, inputs, task, rng) -> None:
         b = self.config.baseline
         self.texts = class_texts(model, inputs, task.classes)
+        if len(task.support) == 0:  # base2novel's novel classes: nothing to fit, zero-shot
+            self.params, self.weights = [], []
+            return
         feats = backbone_features(model, inputs, task.support)
         self.params = projection_weights(model, feats)
         labels = torch.as_tensor(task.support_labels, device=feats.device)

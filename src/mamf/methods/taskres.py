@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import TEXT_FEATURES, Embedded, embed_task, predicted, start_texts
 from mamf.methods.official import dassl_rate, shuffled_batches
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 LOW_SHOT = 4  # the official script trains `taskres_epochs_low_shot` epochs up to this many shots
 
@@ -63,7 +63,8 @@ class TaskRes(Method):
                 "4 shots, Dassl's warm-up and cosine schedule (no validation)", minimum=0),
         Setting("baseline.taskres_epochs_low_shot", int, 100, "the epochs at 1 to 4 shots (the "
                 "official script's)", minimum=0),
-        Setting("baseline.taskres_lr", float, 2e-3, "the residual's Adam rate", minimum=0),
+        Setting("baseline.taskres_lr", float, 2e-3, "the residual's Adam rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("baseline.taskres_weight_decay", float, 5e-4, "Adam's weight decay (Dassl's "
                 "default, which the official configs keep)", minimum=0),
         Setting("baseline.taskres_scale", float, 0.5, "the residual's scale a"),

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 from mamf.methods.official import BATCH, search_grid, shuffled_batches
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
 
@@ -162,7 +162,8 @@ class TipAdapterF(TipAdapter):
         *TipAdapter.settings,
         Setting("baseline.tip_f_epochs", int, 20, "AdamW epochs fine-tuning the cache keys on "
                 "the support set, in shuffled batches of 256", minimum=0),
-        Setting("baseline.tip_f_lr", float, 1e-3, "the keys' AdamW rate", minimum=0),
+        Setting("baseline.tip_f_lr", float, 1e-3, "the keys' AdamW rate", minimum=0,
+                maximum=MAX_RATE),
         Setting("baseline.tip_f_alpha", float, 1.17, "alpha while the keys train (the ImageNet "
                 "config's init_alpha)", minimum=0),
         Setting("baseline.tip_f_beta", float, 1.0, "beta while the keys train", minimum=0),

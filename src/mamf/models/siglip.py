@@ -140,6 +140,14 @@ class HFSiglip(DualEncoder):
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return sigmoid_loss(logits, labels)
 
+    def chance_loss(self, classes: int) -> float:
+        """The sigmoid loss of the best guess that knows nothing: every pair's probability
+        1/k, so -ln(1/k) for the image's class and -ln(1 - 1/k) for each of the k - 1 others,
+        ln k + (k - 1) ln(k / (k - 1)) (2 ln 2 for k = 2; about ln k + 1 for large k)."""
+        import math
+
+        return math.log(classes) + (classes - 1) * math.log(classes / (classes - 1))
+
     def transformers_model(self):
         return self.siglip
 

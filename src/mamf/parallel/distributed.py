@@ -8,6 +8,7 @@ out (MAMF_DIST_TIMEOUT seconds, default 600) so a failed rank ends the job inste
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from datetime import timedelta
 
@@ -34,8 +35,22 @@ def init(device: torch.device) -> None:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
 
 
+MAX_TIMEOUT = 7 * 24 * 3600  # timedelta takes more, but a collective never waits a week
+
+
 def timeout_seconds() -> float:
-    return float(os.environ.get("MAMF_DIST_TIMEOUT", "600"))
+    """MAMF_DIST_TIMEOUT: seconds, a positive number (one error line otherwise)."""
+    text = os.environ.get("MAMF_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN fails too
+        from mamf.system.errors import MamfError, shown
+
+        raise MamfError(f"MAMF_DIST_TIMEOUT must be seconds, a number above 0 and at most "
+                        f"{MAX_TIMEOUT:g} (a week); got {shown(text)}")
+    return seconds
 
 
 def timed_out(error: BaseException) -> bool:

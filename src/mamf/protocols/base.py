@@ -55,8 +55,6 @@ def settings() -> list[Setting]:
     return gather(cls.settings for cls in REGISTRY.values())
 
 
-catalogue.join("protocols", names=names, settings=settings)
-
 
 def name_mask(dataset: ImageDataset, part: str) -> np.ndarray:
     """Per image: whether its file name holds `part` (the `data.*_match` filters)."""
@@ -84,6 +82,9 @@ class Protocol:
     name: ClassVar[str]
     all_way: ClassVar[bool] = False  # every task classifies all N classes: its only size is N
     sets_shots: ClassVar[bool] = True  # `data.shots` is a setting (a grid may have a shots axis)
+    # the training pool is `data.shots` images per class (so `train.steps_per_shot` means
+    # something: CLIP-LoRA's budget of k x K steps)
+    trains_on_shots: ClassVar[bool] = False
     pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
     fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
     shots_table: ClassVar[bool] = False  # the report shows its rows against training shots
@@ -131,3 +132,6 @@ class Protocol:
         check_ways(len(pool.classes), ways, f"classes in the {split} split of {dataset.name}",
                    least=1)
         return pool, rng
+
+
+catalogue.join("protocols", names=names, settings=settings, get=get)

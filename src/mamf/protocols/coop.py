@@ -23,6 +23,7 @@ from mamf.tasks.task import Task
 @register
 class Coop(Protocol):
     name = "coop"
+    trains_on_shots = True
     all_way = True
     fixed_test_images = True
     shots_table = True  # the field's form: accuracy against K, mean ± std over seeds

@@ -3,6 +3,7 @@ text that is safe inside a markdown table."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 from mamf.methods import presentation
@@ -54,9 +55,17 @@ def md(text: object) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+SAFE_NAME_CHARS = 80  # a file name holds 255 bytes; a figure's adds a prefix and a suffix
+
+
 def safe_name(name: str) -> str:
-    """A dataset's name as part of a figure's file name."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    """A dataset's name as part of a figure's file name: ASCII letters, digits, - and _ (one
+    byte each); a long name is cut, with a short hash of the whole so two stay apart."""
+    safe = "".join(c if c.isascii() and c.isalnum() or c in "-_" else "_" for c in name)
+    if len(safe) <= SAFE_NAME_CHARS:
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{safe[:SAFE_NAME_CHARS - 13]}-{digest}"
 
 
 def holm_line(count: int, holds: str = "the difference is above 0",

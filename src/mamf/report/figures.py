@@ -15,6 +15,9 @@ from mamf.system.io import make_folder, writing
 
 
 def pyplot():
+    from mamf.data.cache import third_party_caches
+
+    third_party_caches()
     import matplotlib
 
     matplotlib.use("Agg")

@@ -12,6 +12,7 @@ import numpy as np
 from mamf.report.common import in_order, label, md, safe_name
 from mamf.report.export import Grid
 from mamf.report.figures import pyplot, save
+from mamf.results import PREDICTION_DIGITS as DIGITS
 from mamf.results import Row, decode_predictions
 from mamf.system.errors import MamfError
 
@@ -19,7 +20,46 @@ Choice = tuple  # (dataset, method, ways)
 
 
 def with_predictions(rows: list[Row]) -> list[Row]:
-    return [r for r in rows if r.predictions and r.class_names]
+    """The rows whose stored predictions can be read (`damaged` says which cannot)."""
+    return [r for r in rows if r.predictions and r.class_names and not damaged(r)]
+
+
+def damaged(row: Row) -> bool:
+    """Whether a row's stored predictions are unreadable or disagree with the row: one record
+    [classes, truth, given] per test task, global class ids within `class_names`, task-local
+    labels within the task's classes (encoded as `encode_predictions` writes them), and each
+    task's share of truth == given its recorded accuracy."""
+    names, records, accs = row.class_names, row.predictions, row.task_accs
+    if not isinstance(names, list) or not isinstance(records, list) or \
+            not isinstance(accs, list) or len(records) != len(accs):
+        return True
+    for record, acc in zip(records, accs):
+        if not isinstance(record, list) or len(record) != 3:
+            return True
+        classes, truth, given = record
+        if not _ints(classes, len(names)):
+            return True
+        local = [_labels(x, len(classes)) for x in (truth, given)]
+        if local[0] is None or local[1] is None or len(local[0]) != len(local[1]):
+            return True
+        right = sum(a == b for a, b in zip(*local))
+        if not local[0] or not isinstance(acc, (int, float)) or \
+                abs(right / len(local[0]) - acc) > 1e-6:
+            return True
+    return False
+
+
+def _ints(values, bound: int) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound for v in values)
+
+
+def _labels(encoded, ways: int) -> list[int] | None:
+    """Task-local labels as `encode_predictions` wrote them (a string, or a list of ints)."""
+    if isinstance(encoded, str):
+        digits = [DIGITS.find(c) for c in encoded]
+        return digits if all(0 <= d < ways for d in digits) else None
+    return list(encoded) if _ints(encoded, ways) else None
 
 
 def choose(rows: list[Row], cell: Choice | None = None) -> Choice | None:
@@ -36,6 +76,18 @@ def choose(rows: list[Row], cell: Choice | None = None) -> Choice | None:
     d = kept[0].dataset_name
     m = in_order({r.method for r in kept if r.dataset_name == d})[0]
     return d, m, max(r.ways for r in kept if r.dataset_name == d and r.method == m)
+
+
+def one_setting(rows: list[Row]) -> tuple[list[Row], int]:
+    """The rows that measured the first row's setting (its key but the seed), one per seed,
+    and how many others were left out: tasks of other protocols or splits are not one test."""
+    first = rows[0].key.without("seed", "queries")
+    kept: dict = {}
+    for r in rows:
+        key = r.key
+        if key.without("seed", "queries") == first:
+            kept.setdefault(key.seed, r)
+    return list(kept.values()), len(rows) - len(kept)
 
 
 def confusion(rows: list[Row]) -> tuple[list[str], np.ndarray]:
@@ -98,13 +150,16 @@ def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = No
     stored predictions get one line saying so."""
     chosen = choose(rows, cell)
     lines = ["## Per-class accuracy and confusion", ""]
+    unreadable = sum(1 for r in rows if r.predictions and damaged(r))
+    said = [f"{unreadable} row(s) hold damaged predictions (unreadable, or not giving the "
+            "row's accuracies) and are left out."] if unreadable else []
     if chosen is None:
         return lines + ["No row holds its test tasks' predictions, so per-class accuracy and a "
                         "confusion matrix cannot be computed: evaluate with `--set "
-                        "metatest.save_predictions=true` to keep them.", ""], {}, {}
+                        "metatest.save_predictions=true` to keep them.", *said, ""], {}, {}
     d, m, ways = chosen
-    mine = [r for r in with_predictions(rows)
-            if (r.dataset_name, r.method, r.ways) == chosen]
+    mine, others = one_setting([r for r in with_predictions(rows)
+                                if (r.dataset_name, r.method, r.ways) == chosen])
     names, counts = confusion(mine)
     tasks = sum(len(r.predictions) for r in mine)
     seeds = sorted({r.seed for r in mine})
@@ -115,6 +170,11 @@ def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = No
               f"{np.trace(counts) / counts.sum():.3f} of them given their own class.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in body]
+    lines += ["", *said] if said else []
+    if others:
+        lines += ["", f"{others} other row(s) of {label(m)} on {d}, {ways}-way measured another "
+                  "setting (protocol, model, run, shots, split, sampler or alpha) or a seed "
+                  "again, and are not pooled with these."]
     lines += ["", "The confusion matrix (rows: true class, columns: given class, each row as "
               "shares of its query images) is under *Figures*, and as counts in "
               "tables/confusion.csv.", ""]

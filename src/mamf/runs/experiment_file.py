@@ -165,11 +165,13 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
     for ds in datasets:
-        if ds.runs_of and not protocols.get(run_config(
-                exp, names[ds.runs_of], methods[0], seeds[0], "/placeholder").data.protocol).all_way:
+        source = names[ds.runs_of] if ds.runs_of else None
+        if source and not protocols.get(run_config(
+                exp, source, (source.methods or methods)[0], seeds[0],
+                "/placeholder").data.protocol).all_way:
             raise MamfError(f"dataset {ds.name!r}: 'runs_of' scores runs of an all-way protocol "
                             "(coop): one task of all the variant's classes")
-        for m in methods:
+        for m in ds.methods or methods:  # the methods this entry runs
             for sampler in samplers_of(exp, ds, m):
                 for split in exp.splits or [None]:
                     config = run_config(exp, ds, m, seeds[0], "/placeholder", sampler=sampler,

@@ -155,6 +155,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     The row names the task sampler the method trained with (None for methods that draw no
     tasks) and, per test task, the mean pairwise cosine similarity of its classes' prompt
     embeddings `prompts` (all classes; default: the model's as it is now)."""
+    inputs.crop_scale = config.train.crop_scale  # the row's own (test-time augmentation)
     head = row_head(dataset, config, method, ways, trained_by, alpha)
     tasks = evaluation_tasks(dataset, config, config.metatest.split, ways)
     if prompts is None:

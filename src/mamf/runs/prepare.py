@@ -26,6 +26,7 @@ def fresh_start(model, inputs, pretrained, config: Config, trains: bool) -> None
     pretrained.restore()
     seed_everything(config.seed)
     inputs.generator.manual_seed(config.seed)
+    inputs.crop_scale = config.train.crop_scale  # set per method and per grid point
     if trains:
         apply_heads(model, config)
         if adapters.enabled(config.train):
@@ -96,7 +97,11 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
 def apply_heads(model: DualEncoder, config: Config) -> None:
     """`train.heads=random` (the official code): fresh projection heads drawn from the run's seed."""
     if config.train.heads == "random":
-        model.reset_heads(torch.Generator().manual_seed(config.seed))
+        try:
+            model.reset_heads(torch.Generator().manual_seed(config.seed))
+        except NotImplementedError as e:  # SigLIP: its towers end in no separate projection
+            raise MamfError(f"train.heads=random cannot go with model {config.model}: "
+                            f"{e}") from None
 
 
 def starting_model(config: Config) -> DualEncoder:

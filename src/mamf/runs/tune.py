@@ -24,7 +24,7 @@ from mamf import methods as registry
 from mamf.catalogue import Config
 from mamf.runs.experiment_file import dataset_root, run_config
 from mamf.runs.tune_spec import TuneSpec, nested
-from mamf.system.errors import Diverged, MamfError
+from mamf.system.errors import Diverged, MamfError, shown
 from mamf.system.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,30 @@ def read_tune(out: Path) -> dict:
         raise MamfError(f"{path} is unreadable ({e}): delete it to tune again") from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise MamfError(f"{path} is damaged: delete it to tune again")
+    for key, entry in data["entries"].items():
+        broken = _broken_entry(entry)
+        if broken:
+            raise MamfError(f"{path} is damaged ({key}: {broken}): delete it to tune again")
     return data
+
+
+def _broken_entry(entry) -> str | None:
+    """What is wrong with one entry of tune.json as `tune_experiment` reads it, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    if not isinstance(entry.get("grid"), dict) or not isinstance(entry.get("scores"), list):
+        return "no grid or no scores list"
+    for score in entry["scores"]:
+        if not isinstance(score, dict) or not isinstance(score.get("train"), dict) \
+                or not isinstance(score.get("metatest"), dict):
+            return "a score without its grid point"
+        if not isinstance(score.get("ways"), list):
+            return "a score without its task sizes"
+        acc = score.get("dev_acc", "missing")
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float))
+                                or not 0 <= acc <= 1):
+            return f"a dev accuracy of {shown(acc)}"
+    return None
 
 
 def choose(scores: list[dict], where: str = "") -> dict:

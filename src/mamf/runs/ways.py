@@ -12,6 +12,9 @@ def ways_list(config: Config, n_classes: int, value) -> list[int]:
     """`ways` may be one n, a list, or 'all' (n = start_n .. N-1, the paper's sweep). The coop
     and base2novel protocols classify all N classes at once: their only size is N."""
     if protocols.get(config.data.protocol).all_way:
+        if n_classes < 2:  # a 1-way task has one answer: its rows would say 1.000
+            raise MamfError(f"the {config.data.protocol} protocol classifies all the data's "
+                            f"classes at once: it needs at least 2, the data has {n_classes}")
         if value not in (None, "") and str(value).strip().lower() not in ("all", "paper",
                                                                            str(n_classes)):
             raise MamfError(f"the {config.data.protocol} protocol classifies all {n_classes} "

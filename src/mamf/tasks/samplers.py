@@ -60,7 +60,12 @@ def settings() -> list[Setting]:
     return gather([(SAMPLER,), *(cls.settings for cls in REGISTRY.values())])
 
 
-catalogue.join("samplers", names=names, settings=settings)
+
+def sampler_class(name: str) -> type[TaskSampler]:
+    """The task sampler registered as `name`."""
+    if name not in REGISTRY:
+        raise MamfError(f"unknown task sampler {name!r}: use {', '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def create(name: str, pool: Pool, config: Config,
@@ -68,9 +73,7 @@ def create(name: str, pool: Pool, config: Config,
     """`class_embeddings`: a callable giving the pool classes' normalised prompt embeddings
     [C, D] from the model as training starts; samplers that need them call it once, at once
     (so a resumed run sees the same embeddings as the run it resumes)."""
-    if name not in REGISTRY:
-        raise MamfError(f"unknown task sampler {name!r}: use {', '.join(REGISTRY)}")
-    return REGISTRY[name](pool, config, class_embeddings)
+    return sampler_class(name)(pool, config, class_embeddings)
 
 
 # -- prompt similarity -------------------------------------------------------------------------
@@ -385,3 +388,6 @@ class AdaptiveConfusion(TaskSampler):
         for a, b, value in state.get("log_potential", []):
             self.log_potential[a, b] = self.log_potential[b, a] = value
         self.refresh_rows(range(self.pool_size))
+
+
+catalogue.join("samplers", names=names, settings=settings, get=sampler_class)

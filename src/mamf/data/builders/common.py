@@ -84,13 +84,22 @@ def unique_slugs(names: list[str], **kw) -> list[str]:
     return out
 
 
+# what a drawn dataset may ask for: larger is a typo, refused before memory is allocated
+MAX_SIZE = 4096  # pixels a side
+MAX_PER_CLASS = 100_000  # images a class
+
+
 def check_int(builder: str, option: str, value: Any, *, minimum: int = 1,
-              allow_none: bool = False) -> None:
-    """A MamfError unless `value` is an int >= minimum (or None when allowed); bools are refused."""
+              allow_none: bool = False, maximum: int | None = None) -> None:
+    """A MamfError unless `value` is an int in [minimum, maximum] (or None when allowed); bools
+    are refused."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = f"an integer of at least {minimum}" + (" or None" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or \
+            maximum is not None and value > maximum:
+        what = f"an integer of at least {minimum}" + \
+            (f" and at most {maximum}" if maximum is not None else "") + \
+            (" or None" if allow_none else "")
         raise MamfError(f"{builder}: {option} must be {what}, not {shown(value)}")
 
 
@@ -140,7 +149,10 @@ def rebuild_command(builder: str, out: Path, options: dict[str, Any]) -> str:
     return shlex.join(["python", "-m", "mamf.data.builders", builder, str(out), *args])
 
 
-def _check_replaceable(out: Path, builder: str) -> None:
+def _check_replaceable(out: Path, builder: str, options: dict[str, Any] | None = None) -> None:
+    """A finished build is replaced only by its own builder with its own options (an older
+    builder version, or a damaged build): other options make other data, and rows measured
+    on the folder (which name it, not its options) would be taken for the new data's."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -150,6 +162,13 @@ def _check_replaceable(out: Path, builder: str) -> None:
         if manifest.get("builder") != builder:
             raise MamfError(f"{out} holds the {manifest.get('builder')!r} dataset, not {builder!r}; "
                             "choose another output folder or remove it")
+        before = manifest.get("options")
+        if options is not None and isinstance(before, dict) and before != options:
+            changed = sorted(k for k in {*before, *options} if before.get(k) != options.get(k))
+            was = ", ".join(f"{k}={json.dumps(before.get(k))}" for k in changed)
+            raise MamfError(f"{out} holds the {builder} dataset built with {was}: building it "
+                            "with other options in place would change the data under results "
+                            "already measured on it; choose another output folder or remove it")
         return
     if any(out.iterdir()):
         raise MamfError(f"{out} exists, is not empty and was not built by mamf; "
@@ -157,9 +176,10 @@ def _check_replaceable(out: Path, builder: str) -> None:
 
 
 @contextmanager
-def staging(out: Path, builder: str, log: Log) -> Iterator[Path]:
+def staging(out: Path, builder: str, log: Log,
+            options: dict[str, Any] | None = None) -> Iterator[Path]:
     """A fresh hidden sibling folder of `out`; removed again if the build fails."""
-    _check_replaceable(out, builder)
+    _check_replaceable(out, builder, options)
     make_folder(out.parent)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         log(f"{builder}: removing a leftover partial build {stale}")
@@ -247,7 +267,7 @@ def build_with(builder: str, out: str | os.PathLike, options: dict[str, Any], lo
         log(f"{builder}: already built at {out}")
         return out
     start = time.perf_counter()
-    with staging(out, builder, log) as tmp:
+    with staging(out, builder, log, options) as tmp:
         log(f"{builder}: building into {out}")
         info = make(tmp)
         finish_build(tmp, out, builder, options, info, log, version)

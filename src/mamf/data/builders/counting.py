@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
+from mamf.data.builders.common import MAX_PER_CLASS, MAX_SIZE, BuiltDataset, Log, build_with, check_int
 
 NAME = "counting"
 VERSION = 1
@@ -162,8 +162,8 @@ def build_counting(out: str | os.PathLike, *, log: Log = print, per_class: int =
     Classes are the folders `01_one` ... `10_ten`; prompts are "An image of one object." and
     "An image of {two..ten} objects.". Same `seed` (and Pillow/zlib) -> byte-identical files.
     """
-    check_int(NAME, "per_class", per_class)
-    check_int(NAME, "size", size, minimum=16)
+    check_int(NAME, "per_class", per_class, maximum=MAX_PER_CLASS)
+    check_int(NAME, "size", size, minimum=16, maximum=MAX_SIZE)
     check_int(NAME, "seed", seed, minimum=-(2**63))
     options = {"per_class": per_class, "size": size, "seed": seed}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
+from mamf.data.builders.common import MAX_PER_CLASS, MAX_SIZE, BuiltDataset, Log, build_with, check_int
 from mamf.system.errors import MamfError
 
 NAME = "digits"
@@ -26,8 +26,8 @@ def build_digits(out: str | os.PathLike, *, log: Log = print, per_class: int | N
     `per_class`: the first that many images of each digit in `load_digits` order (None = all,
     about 180 each). Values 0..16 are scaled to 0..255, inverted, and upscaled bilinearly.
     """
-    check_int(NAME, "per_class", per_class, allow_none=True)
-    check_int(NAME, "size", size, minimum=8)
+    check_int(NAME, "per_class", per_class, allow_none=True, maximum=MAX_PER_CLASS)
+    check_int(NAME, "size", size, minimum=8, maximum=MAX_SIZE)
     options = {"per_class": per_class, "size": size}
 
     def make(tmp: Path) -> BuiltDataset:

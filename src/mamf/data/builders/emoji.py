@@ -32,6 +32,7 @@ from mamf.data.builders.common import (
     resolve_out,
     unique_slugs,
 )
+from mamf.data.cache import cache_root
 from mamf.system.errors import MamfError
 
 NAME = "emoji"
@@ -217,12 +218,14 @@ def build_emoji(out: str | os.PathLike, *, log: Log = print, limit: int | None =
     `limit`: keep only the first N classes in sorted folder order (for tests). `drop_duplicates`:
     of emoji whose images are pixel-identical in either set (flags of the same design, family
     variants Twemoji draws alike), keep only the oldest (`added_in`, then sort order), so no two
-    classes share an image. `cache_dir`: where the npm .tgz files are kept (default `<out>/../.downloads`).
+    classes share an image. `cache_dir`: where the npm .tgz files are kept (default
+    `downloads/` in mamf's cache folder: nothing is written outside `out` but the cache).
     """
     check_int(NAME, "limit", limit, allow_none=True)
     check_folder(NAME, "cache_dir", cache_dir)
     root = resolve_out(out)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else root.parent / ".downloads"
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else \
+        cache_root() / "downloads"
     if not isinstance(openmoji, bool):
         raise MamfError(f"{NAME}: openmoji must be true or false, not {openmoji!r}")
     options = {"limit": limit, "drop_duplicates": bool(drop_duplicates)}

@@ -34,6 +34,7 @@ from mamf.data.builders.common import (
     read_manifest,
     resolve_out,
 )
+from mamf.data.cache import cache_root
 from mamf.system.errors import MamfError, shown
 from mamf.system.io import atomic_write_text
 
@@ -67,12 +68,13 @@ def class_scores(model, images: list[Path], prompts: list[str]) -> np.ndarray:
 
 def cached_scores(src: Path, model: str, style: str, labels: list[str], prompts: list[str],
                   log: Log) -> np.ndarray:
-    """`class_scores` of the source's classes, kept in `<source>/../.zeroshot-scores/` under a key
-    of the source's manifest, the model name and the style: every level of one ranking (one
-    build each) scores the classes once, not once a level."""
+    """`class_scores` of the source's classes, kept in mamf's cache folder (`zeroshot-scores/`,
+    never beside the source or the output) under a key of the source's manifest, the model name
+    and the style: every level of one ranking (one build each) scores the classes once, not
+    once a level."""
     key = hashlib.sha256(json.dumps([(src / ".mamf-dataset.json").read_text(encoding="utf-8"),
                                      model, style]).encode()).hexdigest()[:20]
-    path = src.parent / ".zeroshot-scores" / f"{src.name}-{key}.json"
+    path = cache_root() / "zeroshot-scores" / f"{src.name}-{key}.json"
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
         if kept.get("labels") == labels:
@@ -97,8 +99,10 @@ def _licence_of(source: Path) -> str:
     return m.group(1).strip() if m else "As the source emoji dataset's DATASET.md says."
 
 
-def _source(out: Path, source: str | os.PathLike | None, log: Log) -> Path:
-    """The full emoji dataset: `source`, or `<out>/../emoji` (built there when absent)."""
+def _source(source: str | os.PathLike | None, log: Log) -> Path:
+    """The full emoji dataset: `source`, or `emoji/` in mamf's cache folder (built there, its
+    downloads beside it, when absent): nothing is written outside the output folder but
+    the cache."""
     if source is not None:
         root = Path(source).expanduser().absolute()
         manifest = read_manifest(root)
@@ -108,7 +112,7 @@ def _source(out: Path, source: str | os.PathLike | None, log: Log) -> Path:
         return root
     from mamf.data.builders.emoji import build_emoji
 
-    return build_emoji(out.parent / "emoji", log=log)
+    return build_emoji(cache_root() / "emoji", log=log)
 
 
 def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int = 0,
@@ -118,7 +122,8 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
 
     `model`: the pretrained model whose zero-shot scores rank the classes (any `mamf` model name).
     `style`: which image of a class is scored for the ranking (score queries in another).
-    `source`: a finished emoji build (default: `<out>/../emoji`, built there if absent).
+    `source`: a finished emoji build (default: `emoji/` in mamf's cache folder, built there if
+    absent).
     """
     check_int(NAME, "levels", levels, minimum=2)
     check_int(NAME, "level", level, minimum=0)
@@ -133,7 +138,7 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
     options = {"level": level, "levels": levels, "model": model, "style": style}
 
     def make(tmp: Path) -> BuiltDataset:
-        src = _source(root, source, log)
+        src = _source(source, log)
         classes = json.loads((src / "classes.json").read_text(encoding="utf-8"))
         prompts = json.loads((src / LABEL_TO_TEXT).read_text(encoding="utf-8"))
         labels = sorted(classes)
@@ -142,6 +147,10 @@ def build_emoji_levels(out: str | os.PathLike, *, log: Log = print, level: int =
         if missing:
             raise MamfError(f"{NAME}: {missing[0]} is missing; the source has no {style!r} images"
                             + (" (build emoji with openmoji=true)" if style == "openmoji" else ""))
+        if len(labels) < 2 * levels:
+            raise MamfError(f"{NAME}: levels={levels} cuts the source's {len(labels)} classes "
+                            "into groups of fewer than 2 (a task needs 2 classes): use at most "
+                            f"{len(labels) // 2} levels")
         scores = cached_scores(src, model, style, labels, [prompts[c] for c in labels], log)
         order = sorted(range(len(labels)), key=lambda i: (scores[i], labels[i]))
         groups = np.array_split(np.array(order), levels)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mamf.data.builders.common import BuiltDataset, Log, build_with, check_int
+from mamf.data.builders.common import MAX_PER_CLASS, MAX_SIZE, BuiltDataset, Log, build_with, check_int
 from mamf.data.builders.counting import SUPERSAMPLE, _hls, _polygon, _Rng
 from mamf.data.splits import paper_image_split
 from mamf.system.errors import MamfError, shown
@@ -167,8 +167,8 @@ def build_spurious(out: str | os.PathLike, *, log: Log = print, rho: float = 0.9
         raise MamfError(f"{NAME}: rho must be a number from 0 to 1, not {shown(rho)}")
     if shift not in SHIFTS:
         raise MamfError(f"{NAME}: shift must be one of {', '.join(SHIFTS)}, not {shown(shift)}")
-    check_int(NAME, "per_class", per_class, minimum=5)
-    check_int(NAME, "size", size, minimum=16)
+    check_int(NAME, "per_class", per_class, minimum=5, maximum=MAX_PER_CLASS)
+    check_int(NAME, "size", size, minimum=16, maximum=MAX_SIZE)
     check_int(NAME, "seed", seed, minimum=-(2**63))
     rho = float(rho)
     options = {"rho": rho, "shift": shift, "per_class": per_class, "size": size, "seed": seed}

@@ -85,7 +85,7 @@ class Archive:
                 if member.isfile() and want(path):
                     f = tar.extractfile(member)
                     if f is not None:
-                        yield path, io.BufferedReader(_Sequential(f))
+                        yield path, io.BufferedReader(_Sequential(f, self.path))
 
     def fingerprint(self) -> dict:
         """What identifies the input cheaply: path, kind, and for a file its size and mtime."""
@@ -114,16 +114,21 @@ class Archive:
 
 class _Sequential(io.RawIOBase):
     """A member of a streamed tar as a plain forward-only stream (tarfile's own object breaks
-    io.TextIOWrapper in stream mode: it asks its stream whether it can seek)."""
+    io.TextIOWrapper in stream mode: it asks its stream whether it can seek). The archive ending
+    inside the member (a truncated download) is a MamfError here, where the reader reads it."""
 
-    def __init__(self, member: IO[bytes]):
-        self._member = member
+    def __init__(self, member: IO[bytes], archive: Path):
+        self._member, self._archive = member, archive
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._member.read(len(buffer))
+        try:
+            data = self._member.read(len(buffer))
+        except READ_ERRORS as e:
+            raise MamfError(f"{self._archive} is damaged or truncated ({type(e).__name__}: "
+                            f"{e}); download it again") from None
         buffer[: len(data)] = data
         return len(data)
 
