@@ -8,7 +8,7 @@ import logging
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mamf.results import KEY_FIELDS, read_rows, row_key, row_problem, valid_row
+from mamf.results import KEY_FIELDS, read_rows, row_key, row_problem
 
 
 def row(**over) -> dict:
@@ -31,7 +31,7 @@ def dumps(obj) -> bytes:
 
 def test_a_written_row_is_valid_and_its_key_names_the_measurement():
     r = row()
-    assert valid_row(r)
+    assert row_problem(r) is None
     # a MAMF row from before rows named their sampler was drawn uniformly; one from before
     # WiSE-FT scored the trained weights (alpha None)
     assert row_key(r) == ("colours", "mamf", "tiny-random-clip", None, "paper", 3, 2, 2, 312,
@@ -62,13 +62,13 @@ def test_rows_that_are_not_rows_are_named():
         "n_tasks disagrees": row(n_tasks=3), "experiment_dataset list": row(experiment_dataset=[]),
     }
     for name, obj in bad.items():
-        assert not valid_row(obj), name
+        assert row_problem(obj) is not None, name
         assert isinstance(row_problem(obj), str), name
     assert "task_accs" in row_problem(bad["no task_accs"])
     assert row_problem(row()) is None
-    assert valid_row(row(task_accs=[0, 1]))  # whole numbers are accuracies too
+    assert row_problem(row(task_accs=[0, 1])) is None  # whole numbers are accuracies too
     # a plug-in method registered where the rows were made, not here, is still a row
-    assert valid_row(row(method="my-plugin"))
+    assert row_problem(row(method="my-plugin")) is None
 
 
 def _without(key: str) -> dict:
@@ -136,7 +136,7 @@ def test_fuzz_read_rows_never_raises_and_returns_only_valid_unique_rows(tmp_path
     content = [x.replace(b"\n", b" ") for x in content]
     path = write(tmp_path / "results.jsonl", content)
     got = [r.to_json() for r in read_rows(path)]
-    assert all(valid_row(r) for r in got)
+    assert all(row_problem(r) is None for r in got)
     keys = [row_key(r) for r in got]
     assert len(keys) == len(set(keys))
     # and no valid row is lost: every valid line's key is there, held by its first occurrence
@@ -146,7 +146,7 @@ def test_fuzz_read_rows_never_raises_and_returns_only_valid_unique_rows(tmp_path
             obj = json.loads(x.decode("utf-8"))
         except (ValueError, RecursionError):
             continue
-        if valid_row(obj):
+        if row_problem(obj) is None:
             first.setdefault(row_key(obj), obj)
     assert [json.dumps(r) for r in got] == [json.dumps(r) for r in first.values()]  # NaN-proof
 

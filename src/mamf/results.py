@@ -324,11 +324,6 @@ def row_problem(obj: object) -> str | None:
     return None
 
 
-def valid_row(obj: object) -> bool:
-    """Whether `obj` is a results row mamf can use (see `row_problem` for why not)."""
-    return row_problem(obj) is None
-
-
 def read_rows(path: str | Path) -> list[Row]:
     """The valid rows of a results.jsonl as `Row`s, in file order, at most one per key (the
     first); `Row.to_json` gives each back field for field as it was written.

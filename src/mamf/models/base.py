@@ -169,7 +169,8 @@ class DualEncoder(nn.Module):
         return None
 
     def describe(self) -> dict:
-        """A JSON-able description sufficient to rebuild this model before loading its weights."""
+        """A JSON-able description of the model (its name and family), which the LoRA adapters
+        and exports record beside the weights; loading a run rebuilds the model from its config."""
         raise NotImplementedError
 
 

