@@ -27,7 +27,6 @@ import numpy as np
 from mamf import methods as registry
 from mamf import protocols
 from mamf.catalogue import Config
-from mamf.config import dump_yaml
 from mamf.engine.metatest import WeightSnapshot
 from mamf.engine.training import train
 from mamf.engine.trainlog import CSV_NAME
@@ -47,12 +46,12 @@ from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for ca
     run_config,
     samplers_of,
 )
-from mamf.runs.measure import RESULTS, evaluate_prepared
+from mamf.runs.measure import RESULTS, evaluate_prepared, record
 from mamf.runs.prepare import fresh_start, images_read, prepare
 from mamf.runs.tune import tune_experiment
 from mamf.runs.ways import ways_list
 from mamf.system.errors import MamfError
-from mamf.system.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
+from mamf.system.io import append_jsonl, atomic_write_bytes, make_folder
 from mamf.system.lock import exclusive
 from mamf.system.progress import Eta
 from mamf.tasks import samplers
@@ -460,14 +459,8 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
 def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, config,
               results: Path) -> Row:
     """A unit's row, with what its training was, appended to the results (and its config)."""
-    row.update(train_info)
-    row.update({"experiment": exp.name, "experiment_dataset": ds.name})
-    if distributed.is_main():
-        config_file = results.parent / "configs" / f"{row.config_id}.yaml"
-        if not config_file.exists():
-            atomic_write_text(config_file, dump_yaml(config))
-        append_jsonl(results, row.to_json())
-    return row
+    return record(row, results, config,
+                  {**train_info, "experiment": exp.name, "experiment_dataset": ds.name})
 
 
 def _own_log_dir(config: Config, name: str) -> Config:

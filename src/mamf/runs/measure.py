@@ -71,10 +71,6 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
     """Under torchrun the tasks are sharded across ranks and only rank 0 writes. The rows'
     `task_similarity` is measured with the evaluated model's prompts. With
     `metatest.interpolate`, a trained run is scored at each alpha (`mamf.engine.wiseft`)."""
-    if is_main():  # one file per config_id, as an experiment keeps them: a row's settings
-        kept = out / "configs" / f"{config_id(config)}.yaml"
-        if not kept.exists():
-            atomic_write_text(kept, dump_yaml(config))
     model, dataset, inputs = prepare(config, model)
     mix = None
     if alphas(config, method) != [None]:
@@ -111,13 +107,24 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
             with mix.at(alpha) if mix else contextlib.nullcontext():
                 row = evaluate_prepared(model, dataset, inputs, config, method, n, progress,
                                         prompts, trained_by, alpha)
-            row.update({"run": probe.run})
-            if run_dir is not None:
-                row.update(run_training(Path(run_dir)))
-            if is_main():
-                append_jsonl(out / RESULTS, row.to_json())
-            rows.append(row)
+            training = run_training(Path(run_dir)) if run_dir is not None else {}
+            rows.append(record(row, out / RESULTS, config, {"run": probe.run, **training}))
     return rows
+
+
+def record(row: Row, results: Path, config: Config, context: dict) -> Row:
+    """The one way a measured row is finished and kept, for `evaluate` and experiments alike:
+    what it was measured in (`context`: the run it scored and its training, or the experiment and
+    its training) joins the row, which is appended to `results`, with its settings written once
+    per config_id beside it (configs/<config_id>.yaml, what the report's Setup reads). Under
+    torchrun only rank 0 writes."""
+    row.update(context)
+    if is_main():
+        kept = results.parent / "configs" / f"{row.config_id}.yaml"
+        if not kept.exists():
+            atomic_write_text(kept, dump_yaml(config))
+        append_jsonl(results, row.to_json())
+    return row
 
 
 def trained_sampler(config: Config, method: str) -> str | None:
