@@ -1,0 +1,77 @@
+"""Device consistency without a GPU: every registered method trains, tunes, adapts and scores
+with its model on the stand-in device (`tests/standin.py`), where an op that mixes a device tensor
+with a host tensor fails as it does on CUDA. A new method that builds a tensor on the CPU and adds
+it to the model's fails here, in CI, not on a user's GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from standin import DEVICE, Device, on_device
+
+from mamf import methods
+from mamf.config import build_config
+from mamf.metatest import evaluation_tasks, meta_test, tuned_method
+from mamf.methods.embedded import Embedded
+from mamf.methods.gda import gda_classifier
+from mamf.run import prepare
+from mamf.training import train
+
+pytestmark = pytest.mark.device
+
+SMALL = {"model": "tiny-random-clip", "data.ways": 3, "train.steps": 2, "train.batch_size": 8,
+         "train.augment": True, "metatest.epochs": 1, "train.inner_epochs": 1,
+         "baseline.lpp_epochs": 2, "baseline.clap_epochs": 2, "baseline.taskres_epochs": 2,
+         "baseline.prolip_epochs": 2, "baseline.tip_f_epochs": 2, "baseline.probe_steps": 2}
+# how each kind of method is run: the frozen-tower baselines on frozen towers, CoOp's family under
+# its own protocol (a few shots), the fine-tuning methods on the whole model
+FROZEN = {"train.freeze_image_backbone": True, "train.freeze_text_tower": True}
+PROMPTED = {"data.protocol": "coop", "data.shots": 2}
+
+
+def settings_for(name: str) -> dict:
+    cls = methods.method_class(name)
+    if name in ("coop", "cocoop"):  # noqa: the test names its cases, the library does not
+        return PROMPTED
+    if cls.baseline and not cls.trains:
+        return FROZEN
+    return {}
+
+
+def on_stand_in(monkeypatch, folder, **over):
+    """`prepare` with the model and the inputs on the stand-in device."""
+    monkeypatch.setattr("mamf.run.resolve_device", lambda name: DEVICE)
+    config = build_config(overrides={**SMALL, "data.root": str(folder), **over})
+    return config, *prepare(config)
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_each_method_trains_tunes_adapts_and_scores_on_the_device(monkeypatch, colour_folder,
+                                                                  name):
+    trains = methods.method_class(name).trains
+    with on_device():
+        config, model, dataset, inputs = on_stand_in(
+            monkeypatch, colour_folder, **({"train.method": name} if trains else {}),
+            **settings_for(name))
+        assert all(isinstance(p, Device) for p in model.parameters())
+        if trains:
+            result = train(model, inputs, dataset, config, progress=False)
+            assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+        plugin, _ = tuned_method(model, inputs, dataset, name, config, 3)
+        tasks = evaluation_tasks(dataset, config, "test", 3)[:2]
+        accs = meta_test(model, inputs, tasks, plugin, config, 3, progress=False)
+    assert len(accs) == len(tasks) and all(0 <= a <= 1 for a in accs)
+
+
+def test_the_stand_in_refuses_a_host_tensor_as_cuda_does():
+    """The check the tests above rely on: GDA's identity once came from the CPU."""
+    with on_device():
+        support = torch.randn(6, 4).to(DEVICE)
+        task = Embedded(support, torch.tensor([0, 0, 1, 1, 2, 2]).to(DEVICE), support,
+                        torch.tensor([0, 0, 1, 1, 2, 2]).to(DEVICE),
+                        torch.randn(3, 4).to(DEVICE), 10.0)
+        weight, bias = gda_classifier(task)
+        assert isinstance(weight, Device) and isinstance(bias, Device)
+        with pytest.raises(RuntimeError, match="same device"):
+            support + torch.eye(6, 4)
