@@ -32,7 +32,7 @@ PROMPTED = {"data.protocol": "coop", "data.shots": 2}
 
 def settings_for(name: str) -> dict:
     cls = methods.method_class(name)
-    if name in ("coop", "cocoop"):  # noqa: the test names its cases, the library does not
+    if name in ("coop", "cocoop"):  # a test names its cases; the library does not
         return PROMPTED
     if cls.baseline and not cls.trains:
         return FROZEN
@@ -75,3 +75,47 @@ def test_the_stand_in_refuses_a_host_tensor_as_cuda_does():
         assert isinstance(weight, Device) and isinstance(bias, Device)
         with pytest.raises(RuntimeError, match="same device"):
             support + torch.eye(6, 4)
+
+
+def test_auto_means_the_cpu_in_tests_even_where_a_gpu_is_seen(monkeypatch):
+    from mamf.device import resolve_device, resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_precision("auto", resolve_device("auto")) == "fp32"
+    monkeypatch.delenv("MAMF_DEVICE")
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
+    from mamf.device import resolve_precision
+
+    cuda = torch.device("cuda")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native: native)
+        assert resolve_precision("auto", cuda) == expected
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_fp16_is_refused_in_one_line(colour_folder, capsys):
+    from mamf.cli import main
+
+    code = main(["evaluate", "--model", "tiny-random-clip", "--data", str(colour_folder),
+                 "--out", "unused", "--precision", "fp16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "fp16" in err[0] and "loss scaling" in err[0]
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    from mamf import distributed
+    from mamf.errors import MamfError
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(MamfError, match=r"started 4 processes on this node, which has 2 GPU"):
+        distributed.local_device(torch.device("cuda"))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.local_device(torch.device("cuda")) == torch.device("cuda", 1)

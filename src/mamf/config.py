@@ -66,7 +66,8 @@ CORE = (
             "model folder, or a hub id"),
     Setting("seed", int, 312, "seed for tasks, training and adaptation"),
     Setting("device", str, "auto", "where to run", choices=("auto", "cpu", "cuda")),
-    Setting("precision", str, "auto", "autocast precision (auto: bf16 on a GPU, fp32 on a CPU)",
+    Setting("precision", str, "auto", "autocast precision (auto: bf16 on a GPU that has it "
+            "natively, fp32 elsewhere; fp16 is refused: it needs loss scaling)",
             choices=("auto", "fp32", "bf16", "fp16")),
     # data: which images, which prompts, which protocol and task shape
     Setting("data.root", str, "", "image folder: <root>/<label>/<image> or "
@@ -410,6 +411,10 @@ def validate(config: Config) -> Config:
         setting.check(value_of(config, key))
     for key in SEEDS:
         check_seed(f"config {key}", value_of(config, key))
+    if config.precision == "fp16":
+        from mamf.device import FP16_REFUSED
+
+        raise MamfError(FP16_REFUSED)
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
     image_blocks, text_layers = unfrozen(config.train)

@@ -11,7 +11,6 @@ only the top k blocks.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -25,38 +24,12 @@ from mamf import distributed, frozen_engine, progress
 from mamf.augment import draws, random_crop_flip
 from mamf.data.cache import CACHE_HINT
 from mamf.data.dataset import ImageDataset
+from mamf.device import autocast, host_to_device, resolve_device, resolve_precision  # noqa: F401
 from mamf.errors import MamfError
 from mamf.io import writing
 from mamf.models.base import DualEncoder
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from mamf.errors import MamfError
-
-        raise MamfError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 autocast on a GPU (where it pays), plain fp32 on a CPU (exact, reproducible)."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast where asked for (on CPU only bf16 is offered); fp32 otherwise."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype is torch.float16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class ModelInputs:
