@@ -119,3 +119,20 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
         distributed.local_device(torch.device("cuda"))
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.local_device(torch.device("cuda")) == torch.device("cuda", 1)
+
+
+def test_tf32_is_a_setting_applied_on_cuda_only_and_recorded_in_rows():
+    from mamf.device import set_tf32
+    from mamf.results import environment
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        set_tf32(torch.device("cpu"), not before)
+        assert torch.backends.cuda.matmul.allow_tf32 == before  # a CPU's fp32 is never touched
+        for on in (True, False):
+            set_tf32(torch.device("cuda"), on)
+            assert environment("cuda:0")["tf32"] is on
+        assert environment("cpu")["tf32"] is None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert build_config().train.tf32 is True

@@ -135,6 +135,13 @@ CORE = (
     Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
             "\"500 x shots iterations\"); not with train.steps", minimum=0, above=True, later=True),
     Setting("train.checkpoint_every", int, 100, "steps between checkpoints", minimum=0),
+    Setting("train.checkpoint_minutes", float | None, None, "minutes of training between "
+            "checkpoints, written in the background (unset: train.checkpoint_every steps)",
+            minimum=0, above=True, later=True),
+    Setting("train.tf32", bool, True, "TF32 tensor cores for fp32 matmuls and convolutions on "
+            "a CUDA GPU, in training and the meta-test (no effect on a CPU)", later=True),
+    Setting("train.compile", bool, False, "torch.compile the model's towers on a CUDA GPU (no "
+            "effect on a CPU)", later=True),
     Setting("train.log_dir", str | None, None, "TensorBoard scalars (loss, lr, images/s) go "
             "here (train_log.csv always has them); not a setting of the measurement"),
     Setting("train.eval_every", int | None, None, "every this many steps the dev split's tasks "

@@ -33,10 +33,11 @@ from mamf.config import (
 from mamf.data.coop_splits import split_file_sha256
 from mamf.data.dataset import ImageDataset
 from mamf.data.prompts import templates_tag
+from mamf.device import resolve_device, set_tf32
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.finetune import trainable
-from mamf.inputs import ModelInputs, resolve_device
+from mamf.inputs import ModelInputs
 from mamf.io import append_jsonl, atomic_write_text, follow_umask, fsync_path, writing
 from mamf.lock import exclusive
 from mamf.metatest import evaluation_tasks, meta_test, tuned_method
@@ -131,6 +132,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
     device = distributed.local_device(resolve_device(config.device))
+    set_tf32(device, config.train.tf32)
     distributed.init(device)
     seed_everything(config.seed)
     built = model is None
