@@ -71,8 +71,11 @@ class Resume:
     optimizer_state: dict
     stream_state: dict
     generator_state: torch.Tensor
-    # torch's global CPU generator (LoRA dropout draws from it); None in older checkpoints
+    # torch's global CPU generator (LoRA dropout drew from it before it had its own); None in
+    # older checkpoints
     global_generator_state: torch.Tensor | None = None
+    # the run's LoRA-dropout generator (`adapters.SeededDropout`), bytes of any device's state
+    dropout_generator_state: list[int] | None = None
 
 
 class Checkpointer:
@@ -86,7 +89,8 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0
 
     def save(self, step: int, model: torch.nn.Module, optimizer_state: dict,
-             stream_state: dict, generator: torch.Generator, losses: list[float]) -> None:
+             stream_state: dict, generator: torch.Generator, losses: list[float],
+             dropout: torch.Generator | None = None) -> None:
         """`optimizer_state`: the optimiser's state_dict(), keyed by trainable-parameter index;
         `stream_state`: what the method's data stream has drawn (JSON: generators, task sampler)."""
         make_folder(self.folder)
@@ -102,7 +106,8 @@ class Checkpointer:
         meta = {"step": step, "losses": losses, "stream_state": stream_state,
                 "generator_state": generator.get_state().tolist(),
                 "global_generator_state": torch.get_rng_state().tolist(),
-                "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars}
+                "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars,
+                **({"dropout_generator_state": dropout.get_state().tolist()} if dropout else {})}
         with writing(self.folder):
             shutil.rmtree(tmp, ignore_errors=True)
             try:
@@ -169,7 +174,13 @@ class Checkpointer:
             global_state = _generator_state(meta["global_generator_state"])
             if global_state is None:
                 raise self._damaged(f"{folder.name}/{STATE} holds no valid torch generator state")
-        return Resume(step, losses, optimizer_state, stream_state, generator_state, global_state)
+        dropout_state = meta.get("dropout_generator_state")
+        if dropout_state is not None and not (
+                isinstance(dropout_state, list) and all(is_int(x) and 0 <= x < 256
+                                                        for x in dropout_state)):
+            raise self._damaged(f"{folder.name}/{STATE} holds no valid dropout generator state")
+        return Resume(step, losses, optimizer_state, stream_state, generator_state, global_state,
+                      dropout_state)
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict,
                        load: Callable[[dict], None] | None = None) -> None:

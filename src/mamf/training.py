@@ -130,10 +130,12 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
     dev = DevScore(model, inputs, dataset, config) if t.eval_every else None
-    dropout = adapters.enabled(t) and t.lora_dropout > 0
+    # LoRA's dropout masks: from the run's own generator, on its own seed (not the crops')
+    dropout = adapters.dropout_generator(inputs.device, int(np.random.default_rng(
+        [config.seed, 17]).integers(2**62))) if adapters.enabled(t) and t.lora_dropout > 0 else None
     try:
-        if dropout:  # the model stays in eval mode; only the adapters' dropout trains
-            adapters.dropout_active(model, True)
+        if dropout is not None:  # the model stays in eval mode; only the adapters' dropout trains
+            adapters.dropout_active(model, True, dropout)
         method.begin(model, inputs, pool, rng, sampler, parallel)
         schedule = LRSchedule(method, t.lr_schedule)
         schedule.at(start)  # before a resumed optimiser state, which holds the same rate
@@ -157,6 +159,14 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             inputs.generator.set_state(resume.generator_state)
             if resume.global_generator_state is not None:
                 torch.set_rng_state(resume.global_generator_state)
+            if dropout is not None and resume.dropout_generator_state is not None:
+                try:
+                    dropout.set_state(torch.tensor(resume.dropout_generator_state,
+                                                   dtype=torch.uint8))
+                except RuntimeError:
+                    raise MamfError(f"the checkpoint in {checkpointer.folder} is damaged: its "
+                                    "dropout generator state is not one of this device's; "
+                                    "delete it to start over") from None
         total = None if method.steps is None else method.steps - start
         seen = inputs.images_seen
         bar = progress_bar(total=total, enabled=progress, desc=f"training {method.name}", unit="step",
@@ -188,13 +198,13 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 if distributed.is_main():
                     stream_state = {**method.stream_state(), IMAGES: method.images}
                     checkpointer.save(i + 1, model, state, stream_state, inputs.generator,
-                                      losses)
+                                      losses, dropout)
         bar.close()
         if parallel:
             parallel.sync()
     finally:
         trainlog.close()
-        if dropout:
+        if dropout is not None:
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
