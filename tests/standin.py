@@ -23,8 +23,10 @@ device fails here as it would on one.
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -66,17 +68,29 @@ class Device(torch.Tensor):
 
 
 class Syncs:
-    """Host synchronisations counted, by kind."""
+    """Host synchronisations counted, by kind, and where: the innermost frame outside torch and
+    the tests ("mamf/file:line" in mamf's own code, "file:line" in a library's)."""
 
     def __init__(self) -> None:
         self.by_kind: Counter[str] = Counter()
+        self.by_place: Counter[tuple[str, str]] = Counter()
 
     @property
     def total(self) -> int:
         return sum(self.by_kind.values())
 
+    def in_mamf(self) -> Counter[tuple[str, str]]:
+        return Counter({k: v for k, v in self.by_place.items() if k[1].startswith("mamf/")})
+
     def add(self, kind: str) -> None:
         self.by_kind[kind] += 1
+        frames = [f for f in traceback.extract_stack() if "/tests/" not in f.filename
+                  and "/torch/" not in f.filename]
+        frame = frames[-1] if frames else None
+        place = "?" if frame is None else \
+            f"{'mamf/' if '/mamf/' in frame.filename else ''}{Path(frame.filename).name}:" \
+            f"{frame.lineno}"
+        self.by_place[(kind, place)] += 1
 
 
 _ACTIVE: list[Syncs] = []
@@ -172,8 +186,9 @@ class _Mode(TorchDispatchMode):
 
 
 class _Factories(TorchFunctionMode):
-    """Factories asked for the device: made on the host, then held as device tensors (a plain
-    meta tensor, which torch would otherwise make, has no values)."""
+    """Factories asked for the device from host data or none (`torch.eye(n, device=...)`,
+    `torch.tensor(list, device=...)`): made on the host, then held as device tensors (torch
+    would make a meta tensor, which has no values, without dispatching a copy)."""
 
     def __init__(self, syncs: Syncs):
         super().__init__()
@@ -181,10 +196,9 @@ class _Factories(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _device_of(kwargs) != DEVICE:
-            return func(*args, **kwargs)
-        if func in (torch.tensor, torch.as_tensor) and args and isinstance(args[0], Device):
-            return args[0].to(dtype=kwargs.get("dtype") or args[0].dtype)
+        if _device_of(kwargs) != DEVICE or any(
+                isinstance(t, torch.Tensor) for t in tree_flatten((args, kwargs))[0]):
+            return func(*args, **kwargs)  # moving a tensor: the dispatch mode sees its copy
         out = func(*args, **dict(kwargs, device=torch.device("cpu")))
         if func in (torch.tensor, torch.as_tensor):
             self.syncs.add("pageable host to device copy")

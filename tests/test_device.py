@@ -136,3 +136,27 @@ def test_tf32_is_a_setting_applied_on_cuda_only_and_recorded_in_rows():
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
     assert build_config().train.tf32 is True
+
+
+@pytest.mark.parametrize("method", ["classical", "mamf"])
+@pytest.mark.parametrize("frozen_text", [False, True])
+def test_a_training_step_makes_no_host_synchronisation(monkeypatch, colour_folder, method,
+                                                       frozen_text):
+    """Losses stay on the device until the loop reads them (once here: 10 steps, fewer than its
+    read interval); indices, labels and images reach the device from pinned memory without the
+    host waiting. What remains is transformers' CLIP text tower checking its padding mask for
+    a shortcut (two reads a forward), absent with a frozen text tower."""
+    with on_device() as syncs:
+        config, model, dataset, inputs = on_stand_in(
+            monkeypatch, colour_folder, **{"train.method": method, "train.steps": 10,
+                                           "train.checkpoint_every": 0,
+                                           "train.freeze_text_tower": frozen_text})
+        syncs.by_kind.clear()
+        syncs.by_place.clear()
+        result = train(model, inputs, dataset, config, progress=False)
+    assert len(result.losses) == 10 and all(np.isfinite(result.losses))
+    ours = syncs.in_mamf()
+    # once a run: the normalisation statistics reach the device; once at the end: the losses
+    assert sum(ours.values()) <= 3, ours
+    if frozen_text:
+        assert syncs.total == sum(ours.values()), syncs.by_place

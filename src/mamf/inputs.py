@@ -55,6 +55,9 @@ class ModelInputs:
         prompts = dataset.ensemble or [[p] for p in dataset.prompts]
         self.per_class = len(prompts[0])
         tokens = model.tokenize([p for group in prompts for p in group])
+        # each prompt's length, on the host: a step cuts its prompts' padding without a read
+        mask = tokens.get("attention_mask")
+        self.token_lengths = None if mask is None else mask.sum(1).cpu().numpy()
         self.tokens = {k: v.to(device) for k, v in tokens.items()}
         if freeze_image_backbone and image_top_blocks or freeze_text_tower and text_top_layers:
             raise ValueError("a frozen tower has no trainable top blocks")
@@ -209,7 +212,7 @@ class ModelInputs:
         outside the `reads` a run declared: read after all, they get a full pass's numbers)."""
         if self._missing is not None:
             self._complete(np.asarray(indices, dtype=np.int64))
-        return self.features[torch.as_tensor(indices, device=self.device)]
+        return self.features[host_to_device(np.asarray(indices, dtype=np.int64), self.device)]
 
     def _complete(self, indices: np.ndarray) -> None:
         todo = np.unique(indices[self._missing[indices]])
@@ -276,7 +279,7 @@ class ModelInputs:
             if self.image_top_blocks:
                 cached = model.image_top(cached, self.image_top_blocks)
             return model.image_head(cached)
-        pixels = model.preprocess(self.dataset.batch(indices).to(self.device))
+        pixels = model.preprocess(host_to_device(self.dataset.batch(indices), self.device))
         if augment:
             start, total = within or (0, len(indices))
             rows = draws(self.generator, total)[start : start + len(indices)]
@@ -290,12 +293,12 @@ class ModelInputs:
 
     def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         if self.text_cache is not None:
-            return self.text_cache[torch.as_tensor(np.asarray(class_ids), device=self.device)]
+            return self.text_cache[host_to_device(np.asarray(class_ids), self.device)]
         if self.text_boundary is not None:
             ids = np.asarray(class_ids)
             prompts = self._prompt_rows(ids)
             tokens = self._tokens(prompts)
-            rows = torch.as_tensor(prompts, device=self.device)
+            rows = host_to_device(prompts, self.device)
             width = next(iter(tokens.values())).shape[1]
             top = model.text_top(self.text_boundary[rows, :width], tokens, self.text_top_layers)
             return self._class_means(top, len(ids))
@@ -322,11 +325,12 @@ class ModelInputs:
         return unit.view(n, self.per_class, -1).mean(1)
 
     def _tokens(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """These prompts' tokens, cut to the longest of them."""
-        rows = torch.as_tensor(np.asarray(rows), device=self.device)
-        tokens = {k: v[rows] for k, v in self.tokens.items()}
-        if "attention_mask" in tokens:
-            width = int(tokens["attention_mask"].sum(1).max())
+        """These prompts' tokens, cut to the longest of them (known on the host: no wait for
+        the device)."""
+        rows = np.asarray(rows)
+        tokens = {k: v[host_to_device(rows, self.device)] for k, v in self.tokens.items()}
+        if self.token_lengths is not None:
+            width = int(self.token_lengths[rows].max())
             tokens = {k: v[:, :width] for k, v in tokens.items()}
         return tokens
 

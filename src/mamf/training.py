@@ -24,6 +24,7 @@ from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
 from mamf.errors import MamfError
+from mamf.finetune import read_losses
 from mamf.inputs import ModelInputs
 from mamf.metatest import evaluation_tasks, score
 from mamf.methods.base import PastTheEnd
@@ -36,6 +37,7 @@ from mamf.trainlog import TrainLog
 log = logging.getLogger(__name__)
 
 IMAGES = "train_images"  # the images counted so far, kept beside a checkpoint's stream state
+READ_EVERY = 50  # steps whose losses a GPU run reads from the device at once
 
 
 @dataclass
@@ -171,25 +173,39 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         seen = inputs.images_seen
         bar = progress_bar(total=total, enabled=progress, desc=f"training {method.name}", unit="step",
                            leave=False)
+        # the losses stay on the device until read, every `read_every` steps (each step on a
+        # CPU, where reading costs nothing), before a dev score and a checkpoint, and at the end
+        read_every = 1 if inputs.device.type == "cpu" else READ_EVERY
+        pending: list[tuple] = []
+
+        def read() -> None:
+            values = read_losses([row[1] for row in pending])
+            losses.extend(values)
+            trainlog.steps([(row[0], v, *row[2:]) for row, v in zip(pending, values)])
+            if values:
+                bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+            pending.clear()
+
         for i in itertools.count(start):
             if method.steps is not None and i >= method.steps:
                 break
             loss = method.step(i)
             if loss is None:  # a stream of unknown length has ended
                 break
-            losses.append(loss)
             images = inputs.images_seen - seen
             dev_acc = None
+            due = checkpointer is not None and checkpointer.due(i + 1)
             if dev and (i + 1) % t.eval_every == 0:
                 scoring = time.perf_counter()
                 dev_acc = dev()
                 trainlog.exclude(time.perf_counter() - scoring)
-            trainlog.step(i + 1, loss, _lr(method), images, dev_acc)
+            pending.append((i + 1, loss, _lr(method), images, dev_acc))
+            if len(pending) >= read_every or due or dev_acc is not None:
+                read()
             schedule.at(i + 1)
             seen = inputs.images_seen
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            if checkpointer and checkpointer.due(i + 1):
+            if due:
                 # every rank holds the same weights, optimiser state and streams: rank 0
                 # writes them (under FSDP all ranks first gather the whole state)
                 state = method.optimizer_state()
@@ -199,6 +215,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                     stream_state = {**method.stream_state(), IMAGES: method.images}
                     checkpointer.save(i + 1, model, state, stream_state, inputs.generator,
                                       losses, dropout)
+        read()
         bar.close()
         if parallel:
             parallel.sync()
