@@ -219,7 +219,11 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
         bar.close()
         if parallel:
             parallel.sync()
+        if checkpointer:
+            checkpointer.wait()  # the last checkpoint on the disk before the run goes on
     finally:
+        if checkpointer:
+            checkpointer.wait(raise_error=False)
         trainlog.close()
         if dropout is not None:
             adapters.dropout_active(model, False)
