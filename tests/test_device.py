@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from standin import DEVICE, Device, on_device
+from standin import DEVICE, Device, host, on_device
 
 from mamf import methods
 from mamf.config import build_config
@@ -160,3 +160,46 @@ def test_a_training_step_makes_no_host_synchronisation(monkeypatch, colour_folde
     assert sum(ours.values()) <= 3, ours
     if frozen_text:
         assert syncs.total == sum(ours.values()), syncs.by_place
+
+
+def test_the_boundary_caches_are_held_on_the_host_and_streamed_from_pinned_memory(
+        monkeypatch, colour_folder):
+    """Below the last blocks the frozen outputs are [images, tokens, width] (tens of GB at
+    ImageNet's scale): held on the host, each batch's rows gathered there and copied to the
+    device from pinned memory, without the host waiting."""
+    with on_device() as syncs:
+        config, model, dataset, inputs = on_stand_in(
+            monkeypatch, colour_folder, **{"train.method": "mamf", "train.steps": 3,
+                                           "train.augment": False,
+                                           "train.unfreeze_image_blocks": 1,
+                                           "train.unfreeze_text_layers": 1})
+        assert not isinstance(inputs.features, Device) and inputs.features.device.type == "cpu"
+        assert not isinstance(inputs.text_boundary, Device)
+        syncs.by_place.clear()
+        result = train(model, inputs, dataset, config, progress=False)
+        rows = inputs.frozen_features(np.arange(4))
+    assert isinstance(rows, Device) and torch.equal(host(rows), inputs.features[:4])
+    assert len(result.losses) == 3
+    assert sum(syncs.in_mamf().values()) <= 3, syncs.in_mamf()
+
+
+def test_prompts_are_encoded_in_chunks_on_a_gpu(monkeypatch, colour_folder):
+    """1,000 classes x 80 templates do not fit one batch: a GPU encodes its prompts in chunks,
+    to the embeddings of one batch."""
+    import mamf.inputs
+
+    config = build_config(overrides={**SMALL, "data.root": str(colour_folder)})
+    model, dataset, inputs = prepare(config)
+    whole = inputs.texts(model, np.arange(6))  # at once: fewer prompts than a chunk
+    seen = []
+    encode = model.encode_texts
+    monkeypatch.setattr(model, "encode_texts",
+                        lambda tokens: seen.append(len(tokens["input_ids"])) or encode(tokens))
+    monkeypatch.setattr(mamf.inputs, "PROMPT_CHUNK", 4)
+    with on_device():
+        model.to(DEVICE)
+        inputs.device = DEVICE
+        inputs.tokens = {k: v.to(DEVICE) for k, v in inputs.tokens.items()}
+        chunked = host(inputs.texts(model, np.arange(6)))
+    assert seen == [4, 2]
+    assert torch.allclose(chunked, whole, atol=1e-5)
