@@ -167,6 +167,9 @@ CORE = (
             minimum=0),
     Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),
     Setting("metatest.reset", bool, True, "the trained weights are restored before each task"),
+    Setting("metatest.batched", bool, False, "adapt many test tasks at once where both towers "
+            "are cached (torch.func; the same updates, an accuracy may differ by rounding)",
+            later=True),
     Setting("metatest.augment", bool, False, "random crops and flips of support images"),
     Slot("methods"),  # a method's own metatest settings (fomaml's test-time inner loop)
     Setting("metatest.interpolate", list[float], [], "WiSE-FT: score (1 - alpha) x zero-shot + "

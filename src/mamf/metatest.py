@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mamf import denormals, methods, protocols
+from mamf import batched, denormals, methods, protocols
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset
 from mamf.distributed import gather_by_index, is_main, rank, world_size
@@ -65,6 +65,15 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     shard = config.metatest.reset
     mine = [i for i in range(len(tasks)) if not shard or i % world_size() == rank()]
     local = {}
+    tuning = plugin.fine_tuning() if config.metatest.batched else None
+    if batched.applies(inputs, tuning, config.metatest.augment, config.metatest.reset):
+        rngs = {i: np.random.default_rng([config.seed, 103, ways, i]) for i in mine}
+        given = batched.predictions(model, inputs, {i: tasks[i] for i in mine}, rngs, tuning)
+        for i in mine:
+            local[i] = (accuracy(given[i], tasks[i]),
+                        encode_predictions(tasks[i], given[i]) if predictions is not None
+                        else None)
+        mine = []  # nothing left for the loop
     bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
                        leave=False)
     try:  # a task whose adaptation diverges must not leave its weights behind
@@ -79,7 +88,7 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
                         else None)
     finally:
         snapshot.restore()
-    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in sorted(local)]
     if predictions is not None:
         predictions.extend(p for _, p in both)
     return [a for a, _ in both]

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from mamf.batched import FineTuning
 from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
 from mamf.inputs import autocast
@@ -202,6 +203,15 @@ class Method:
     def score(self, model: DualEncoder, inputs: ModelInputs, task: Task) -> float:
         """Accuracy on the task's query set (`predict` against the query labels)."""
         return accuracy(self.predict(model, inputs, task), task)
+
+    def fine_tuning(self) -> FineTuning | None:
+        """How `adapt` fine-tunes, for the batched meta-test (`mamf.batched`); None where this
+        method adapts or predicts otherwise."""
+        cls = type(self)
+        if cls.adapt is not Method.adapt or cls.predict is not Method.predict:
+            return None
+        m = self.config.metatest
+        return FineTuning("adam", m.lr, m.epochs, m.batch_size)
 
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mamf import distributed, protocols
+from mamf.batched import FineTuning
 from mamf.budget import Budget, matched
 from mamf.errors import Diverged
 from mamf.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
@@ -243,6 +244,10 @@ class FOMAML(Method):
         self.rng.bit_generator.state = state["rng"]
         self.sampler.load_state_dict(state["sampler"])
         self.owed = int(state.get("owed", 0))
+
+    def fine_tuning(self) -> FineTuning | None:
+        m = self.config.metatest
+        return FineTuning("sgd", m.inner_lr, m.inner_epochs, m.inner_batch_size)
 
     def adapt(self, model, inputs, task, rng) -> None:
         # 3. test time: the inner loop's plain SGD on the support set, with its own settings
