@@ -203,3 +203,40 @@ def test_prompts_are_encoded_in_chunks_on_a_gpu(monkeypatch, colour_folder):
         chunked = host(inputs.texts(model, np.arange(6)))
     assert seen == [4, 2]
     assert torch.allclose(chunked, whole, atol=1e-5)
+
+
+def test_adam_is_fused_on_a_gpu_only_and_a_checkpoint_crosses_devices(tmp_path):
+    """Fused Adam where it cannot change a CPU row; a checkpoint's optimiser written by fused
+    Adam on a GPU resumes into the loop on a CPU (how the update runs is not a setting)."""
+    from types import SimpleNamespace
+
+    from mamf.checkpoint import Checkpointer
+    from mamf.device import fused_optimizer_options
+    from mamf.methods.base import make_optimizer
+
+    on_gpu = [SimpleNamespace(device=torch.device("cuda"))]
+    assert fused_optimizer_options(on_gpu) == {"fused": True}
+    param = torch.nn.Parameter(torch.ones(3))
+    cpu = make_optimizer([param], lr=0.1)
+    assert not cpu.defaults.get("fused")
+    param.grad = torch.ones(3)
+    cpu.step()
+    state = cpu.state_dict()
+    state["param_groups"][0]["fused"] = True  # as a GPU run wrote it
+    again = make_optimizer([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    Checkpointer(tmp_path, 1).load_optimizer(again, state)
+    assert not again.param_groups[0]["fused"]
+    assert torch.equal(again.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+
+
+def test_train_compile_compiles_the_towers_in_place_on_a_gpu_only():
+    from mamf.device import compile_towers
+    from mamf.models.tiny import build
+
+    model = build()
+    names = list(model.state_dict())
+    compile_towers(model, torch.device("cpu"), True)
+    assert all(getattr(c, "_compiled_call_impl", None) is None for c in model.children())
+    compile_towers(model, torch.device("cuda"), True)  # lazily: nothing runs until a call
+    assert all(c._compiled_call_impl is not None for c in model.children())
+    assert list(model.state_dict()) == names

@@ -255,8 +255,13 @@ class Checkpointer:
         is known to fit: this run's hyperparameters, and per parameter the entries this optimiser
         keeps, shaped like the parameter. A mismatch would otherwise crash mid-training."""
         groups = state["param_groups"]
-        if _plain(groups) != _plain(optimizer.state_dict()["param_groups"]):
+        own = optimizer.state_dict()["param_groups"]
+        if _settings(groups) != _settings(own):
             raise self._damaged("its optimiser settings are not this run's")
+        # how the update runs (fused on a GPU, the loop on a CPU) is this run's own
+        state = {**state, "param_groups": [
+            {**g, **{k: o[k] for k in IMPLEMENTATION if k in o}} if isinstance(g, dict) else g
+            for g, o in zip(groups, own)]}
         params = [p for group in optimizer.param_groups for p in group["params"]]
         layout = _entry_layout(optimizer)
         for index, entry in state["state"].items():
@@ -361,6 +366,17 @@ def _generator_state(value) -> torch.Tensor | None:
     except RuntimeError:
         return None
     return tensor if torch.equal(scratch.get_state(), tensor) else None
+
+
+IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+"""Optimiser options that choose how an update is computed, not what it is: a checkpoint
+written on a GPU (fused Adam) resumes on a CPU and the other way round."""
+
+
+def _settings(groups) -> list:
+    """The param groups' settings as JSON holds them, without the IMPLEMENTATION options."""
+    return [{k: v for k, v in g.items() if k not in IMPLEMENTATION} if isinstance(g, dict)
+            else g for g in _plain(groups)]
 
 
 def _plain(value):

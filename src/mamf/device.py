@@ -82,3 +82,12 @@ def fused_optimizer_options(params: list[torch.nn.Parameter]) -> dict:
     if params and all(p.device.type == "cuda" for p in params):
         return {"fused": True}
     return {}
+
+
+def compile_towers(model: torch.nn.Module, device: torch.device, on: bool) -> None:
+    """`train.compile`: torch.compile each of the model's direct submodules (its towers) in
+    place, on a CUDA GPU only; the parameters and their names stay as they are, so checkpoints
+    and weights files do not change. Compilation happens at the first call of each."""
+    if on and device.type == "cuda":
+        for child in model.children():
+            child.compile()

@@ -33,7 +33,7 @@ from mamf.config import (
 from mamf.data.coop_splits import split_file_sha256
 from mamf.data.dataset import ImageDataset
 from mamf.data.prompts import templates_tag
-from mamf.device import resolve_device, set_tf32
+from mamf.device import compile_towers, resolve_device, set_tf32
 from mamf.distributed import is_main, main_only
 from mamf.errors import MamfError, shown
 from mamf.finetune import trainable
@@ -143,6 +143,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if built and adapters.enabled(config.train):
         adapters.attach(model, config.train, config.seed)
     model.to(device).eval()
+    compile_towers(model, device, config.train.compile)
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,

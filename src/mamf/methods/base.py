@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mamf.batched import FineTuning
+from mamf.device import fused_optimizer_options
 from mamf.errors import MamfError
 from mamf.finetune import epoch_batches, run_batches, trainable
 from mamf.inputs import autocast
@@ -86,7 +87,8 @@ def create(name: str, config: Config) -> Method:
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
     if not params:
         raise MamfError("nothing to train: every parameter is frozen")
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                            **fused_optimizer_options(params))
 
 
 class Method:
@@ -221,7 +223,8 @@ class Method:
             return
         if m.augment:
             inputs.reseed(rng)
-        optimizer = torch.optim.Adam(self.trainable(model), lr=m.lr)
+        params = self.trainable(model)
+        optimizer = torch.optim.Adam(params, lr=m.lr, **fused_optimizer_options(params))
         batches = epoch_batches(rng, task.support, task.support_labels, task.classes,
                                 m.batch_size, m.epochs)
         run_batches(model, inputs, batches, optimizer, augment=m.augment)
