@@ -49,7 +49,11 @@ def test_each_task_gets_the_updates_of_one_task_at_a_time(shared_colour_folder, 
     assert all(torch.equal(p, before[n]) for n, p in named)  # the model itself is untouched
 
 
-def test_the_batched_meta_test_scores_as_the_one_at_a_time(shared_colour_folder):
+def test_the_batched_meta_test_scores_as_the_one_at_a_time(shared_colour_folder, monkeypatch):
+    monkeypatch.setattr(batched, "FEWEST", 1)
+    calls = []
+    adapted = batched._chunks
+    monkeypatch.setattr(batched, "_chunks", lambda *a: calls.append(1) or adapted(*a))
     rows = {}
     for on in (False, True):
         config, model, inputs, tasks = setup(shared_colour_folder, **{"metatest.batched": on})
@@ -57,6 +61,19 @@ def test_the_batched_meta_test_scores_as_the_one_at_a_time(shared_colour_folder)
         rows[on] = (meta_test(model, inputs, tasks, "classical", config, 3, progress=False,
                               predictions=predictions), predictions)
     assert rows[True] == rows[False]
+    assert calls  # the batched path did score them
+
+
+def test_a_shape_too_few_tasks_share_is_left_to_the_one_at_a_time_loop(shared_colour_folder,
+                                                                       monkeypatch):
+    config, model, inputs, tasks = setup(shared_colour_folder, **{"metatest.batched": True})
+    monkeypatch.setattr(batched, "FEWEST", len(tasks) + 1)
+    fine_tuning = methods.create("classical", config).fine_tuning()
+    rngs = {i: np.random.default_rng(i) for i in range(len(tasks))}
+    assert batched.predictions(model, inputs, dict(enumerate(tasks)), rngs, fine_tuning) == {}
+    accs = meta_test(model, inputs, tasks, "classical", config, 3, progress=False)
+    monkeypatch.setattr(batched, "FEWEST", 1)
+    assert meta_test(model, inputs, tasks, "classical", config, 3, progress=False) == accs
 
 
 def test_without_cached_towers_the_meta_test_goes_one_task_at_a_time(shared_colour_folder,

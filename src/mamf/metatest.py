@@ -69,11 +69,11 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     if batched.applies(inputs, tuning, config.metatest.augment, config.metatest.reset):
         rngs = {i: np.random.default_rng([config.seed, 103, ways, i]) for i in mine}
         given = batched.predictions(model, inputs, {i: tasks[i] for i in mine}, rngs, tuning)
-        for i in mine:
-            local[i] = (accuracy(given[i], tasks[i]),
-                        encode_predictions(tasks[i], given[i]) if predictions is not None
+        for i, predicted in given.items():
+            local[i] = (accuracy(predicted, tasks[i]),
+                        encode_predictions(tasks[i], predicted) if predictions is not None
                         else None)
-        mine = []  # nothing left for the loop
+        mine = [i for i in mine if i not in given]  # left to the loop
     bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
                        leave=False)
     try:  # a task whose adaptation diverges must not leave its weights behind
