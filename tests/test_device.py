@@ -24,16 +24,12 @@ SMALL = {"model": "tiny-random-clip", "data.ways": 3, "train.steps": 2, "train.b
          "train.augment": True, "metatest.epochs": 1, "train.inner_epochs": 1,
          "baseline.lpp_epochs": 2, "baseline.clap_epochs": 2, "baseline.taskres_epochs": 2,
          "baseline.prolip_epochs": 2, "baseline.tip_f_epochs": 2, "baseline.probe_steps": 2}
-# how each kind of method is run: the frozen-tower baselines on frozen towers, CoOp's family under
-# its own protocol (a few shots), the fine-tuning methods on the whole model
+# the test-time baselines run on frozen towers (their usual base), the others on the whole model
 FROZEN = {"train.freeze_image_backbone": True, "train.freeze_text_tower": True}
-PROMPTED = {"data.protocol": "coop", "data.shots": 2}
 
 
 def settings_for(name: str) -> dict:
     cls = methods.method_class(name)
-    if name in ("coop", "cocoop"):  # a test names its cases; the library does not
-        return PROMPTED
     if cls.baseline and not cls.trains:
         return FROZEN
     return {}
