@@ -34,7 +34,10 @@ from mamf.loss import task_logits
 from mamf.models.base import DualEncoder
 from mamf.tasks import Task
 
-FLOATS_A_CHUNK = 2**26  # stacked parameters, gradients and optimiser moments a chunk holds
+# stacked parameters, gradients and optimiser moments a chunk holds: a chunk that stays in a CPU's
+# cache (about 5 tasks of a 384,000-value head) ran the demo's 300 emoji tasks in 3.9 s on one
+# thread, against 7.7 s at 2**26 (43 tasks a chunk)
+FLOATS_A_CHUNK = 2**23
 # tasks of one shape worth batching: the paper protocol's few tasks a size (95 over n = 2..9 on
 # the demo's counting) ran 2.2x slower batched on 2 CPU cores, the episodic 600 5.1x faster
 FEWEST = 64
