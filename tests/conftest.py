@@ -6,6 +6,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `auto` means the CPU in tests, subprocesses and torchrun's workers included: the tests assert
+# bit-exact fp32 numbers, which a GPU in bf16 would not give (a device test asks for its device)
+os.environ["MAMF_DEVICE"] = "cpu"
 
 from pathlib import Path
 

@@ -180,3 +180,25 @@ def test_failures_line_names_only_this_passes_failures(tmp_path):
     # a report (no pass) says what the file holds
     assert "holds 2 failure record(s), the latest at 2026-12-03T07:31:05" in \
         _failures_line(tmp_path, since=None)
+
+
+def test_no_option_of_mamf_is_one_torchrun_takes_for_its_own():
+    """torchrun's parser checks every argument, the script's included, against its own options
+    and their abbreviations: a mamf option that begins one of them never reaches mamf under
+    torchrun. `evaluate --run` (an abbreviation of --run-path) is kept for plain `mamf evaluate`;
+    its torchrun-safe spelling is --run-dir."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from mamf.cli import parser
+
+    theirs = [o for a in get_args_parser()._actions for o in a.option_strings]
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    taken = [(name, o) for name, p in sub.choices.items() for a in p._actions
+             for o in a.option_strings if o not in ("-h", "--help")
+             and any(t.startswith(o) for t in theirs)]
+    assert taken == [("evaluate", "--run")]
+    ev = sub.choices["evaluate"]
+    assert ev.parse_args(["--run-dir", "r", "--out", "o"]).run == "r"
+    assert ev.parse_args(["--run", "r", "--out", "o"]).run == "r"

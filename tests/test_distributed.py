@@ -336,3 +336,21 @@ def test_gradients_are_summed_over_ranks_only_under_torchrun():
     assert torch.equal(t, torch.ones(3))
     assert distributed.sum_scalar(2.5) == 2.5
     assert distributed.from_main({"a": 1}) == {"a": 1}
+
+
+def test_torchrun_evaluates_a_trained_run_with_the_readme_command(shared_colour_folder, tmp_path):
+    """`torchrun ... -m mamf evaluate --run-dir RUN`: torchrun's parser lets the flag through
+    (it took `--run` for its own --run-path), and the rows are those of one process."""
+    run = tmp_path / "run"
+    assert main(["train", "--method", "mamf", "--model", "tiny-random-clip", "--data",
+                 str(shared_colour_folder), "--out", str(run), "--ways", "3", "--steps", "3",
+                 "--quiet"]) == 0
+    common = ["evaluate", "--run-dir", str(run), "--data", str(shared_colour_folder),
+              "--ways", "3", "--quiet", "--set", "metatest.epochs=1"]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    done = _torchrun([*common, "--out", str(tmp_path / "two")], tmp_path)
+    assert done.returncode == 0, done.stderr
+    one, two = ([json.loads(x) for x in (tmp_path / name / "results.jsonl").read_text()
+                 .splitlines()] for name in ("one", "two"))
+    assert len(one) == len(two) == 1
+    assert {k: one[0][k] for k in KEYS} == {k: two[0][k] for k in KEYS}

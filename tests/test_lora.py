@@ -164,7 +164,7 @@ def test_a_damaged_adapter_file_is_one_line(colour_folder, tmp_path, capsys):
                                            ("mamf", ("--set", "train.lora_dropout=0.25"))])
 def test_lora_resumes_to_the_same_adapter(shared_colour_folder, tmp_path, method, extra):
     """Stopped after a checkpoint (the checkpoints kept) and run again: the same adapter, bit for
-    bit, dropout's global generator included."""
+    bit, the run's dropout generator included."""
     args = ["train", "--method", method, "--model", "tiny-random-clip", "--data",
             str(shared_colour_folder), "--ways", "3", "--lr", "1e-2", "--steps", "12",
             "--batch-size", "8", "--quiet", "--set", "train.adapter=lora", "--set",
@@ -344,3 +344,34 @@ def test_a_rank_above_the_layers_dimensions_is_refused_before_allocating(colour_
     assert code == 2 and "\n" not in err
     assert __import__("re").search(r"train.lora_rank=1000000000 is more than layer \S+ can "
                                    r"take: at most \d+", err), err
+
+
+def test_two_threads_training_lora_with_dropout_give_the_runs_of_one_after_the_other(
+        colour_folder):
+    """Dropout's masks come from the run's own generator, not torch's global one, which threads
+    share (and which a GPU run's checkpoints would not hold)."""
+    import threading
+
+    config = lora_config(colour_folder, lora_dropout=0.5, steps=6)
+
+    def run() -> tuple:
+        return prepare(config, fresh=True)
+
+    def trained(prepared) -> dict:
+        model, dataset, inputs = prepared
+        train(model, inputs, dataset, config, progress=False)
+        return {k: v.clone() for k, v in adapters.trained_state(model).items()}
+
+    alone = [trained(run()), trained(run())]
+    assert all(torch.equal(alone[0][k], alone[1][k]) for k in alone[0])
+    prepared = [run(), run()]
+    together: list = [None, None]
+    threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, trained(prepared[i])))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in together:
+        assert got.keys() == alone[0].keys()
+        assert all(torch.equal(got[k], alone[0][k]) for k in got)

@@ -58,7 +58,8 @@ CORE = (
             "model folder, or a hub id"),
     Setting("seed", int, 312, "seed for tasks, training and adaptation"),
     Setting("device", str, "auto", "where to run", choices=("auto", "cpu", "cuda")),
-    Setting("precision", str, "auto", "autocast precision (auto: bf16 on a GPU, fp32 on a CPU)",
+    Setting("precision", str, "auto", "autocast precision (auto: bf16 on a GPU that has it "
+            "natively, fp32 elsewhere; fp16 is refused: it needs loss scaling)",
             choices=("auto", "fp32", "bf16", "fp16")),
     # data: which images, which prompts, which protocol and task shape
     Setting("data.root", str, "", "image folder: <root>/<label>/<image> or "
@@ -128,6 +129,13 @@ CORE = (
     Setting("train.steps_per_shot", int | None, None, "steps = this x data.shots (CLIP-LoRA's "
             "\"500 x shots iterations\"); not with train.steps", minimum=0, above=True),
     Setting("train.checkpoint_every", int, 100, "steps between checkpoints", minimum=0),
+    Setting("train.checkpoint_minutes", float | None, None, "minutes of training between "
+            "checkpoints, written in the background (unset: train.checkpoint_every steps)",
+            minimum=0, above=True),
+    Setting("train.tf32", bool, True, "TF32 tensor cores for fp32 matmuls and convolutions on "
+            "a CUDA GPU, in training and the meta-test (no effect on a CPU)"),
+    Setting("train.compile", bool, False, "torch.compile the model's towers on a CUDA GPU (no "
+            "effect on a CPU)"),
     Setting("train.log_dir", str | None, None, "TensorBoard scalars (loss, lr, images/s) go "
             "here (train_log.csv always has them); not a setting of the measurement"),
     Setting("train.eval_every", int | None, None, "every this many steps the dev split's tasks "
@@ -153,6 +161,8 @@ CORE = (
             minimum=0),
     Setting("metatest.batch_size", int, 8, "the adaptation's batch size", minimum=0, above=True),
     Setting("metatest.reset", bool, True, "the trained weights are restored before each task"),
+    Setting("metatest.batched", bool, False, "adapt many test tasks at once where both towers "
+            "are cached (torch.func; the same updates, an accuracy may differ by rounding)"),
     Setting("metatest.augment", bool, False, "random crops and flips of support images"),
     Slot("methods"),  # a method's own metatest settings (fomaml's test-time inner loop)
     Setting("metatest.interpolate", list[float], [], "WiSE-FT: score (1 - alpha) x zero-shot + "

@@ -137,7 +137,10 @@ def parser() -> argparse.ArgumentParser:
                         description="Adapt on each test task's support set and score its query "
                         "set; appends rows to --out/results.jsonl.")
     src = ev.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="a folder written by `mamf train`")
+    # torchrun's parser takes --run for an abbreviation of its --run-path before mamf sees it:
+    # --run-dir starts no torchrun option; --run stays for a plain `mamf evaluate`
+    src.add_argument("--run-dir", "--run", dest="run", metavar="DIR",
+                     help="a folder written by `mamf train` (--run also works outside torchrun)")
     src.add_argument("--model", help=f"evaluate this model zero-shot ({models})")
     ev.add_argument("--out", required=True, help="folder for results.jsonl")
     ev.add_argument("--ways", help="task size(s): n, a comma list, or 'all' (start_n..N-1); "
@@ -145,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
     _setting(ev, "--split", "metatest.split")
     ev.add_argument("--method",
                     help="the test-time method: with --model one that does not train (default "
-                    "zeroshot; e.g. tip-adapter); with --run the run's own (default) or one that "
+                    "zeroshot; e.g. tip-adapter); with --run-dir the run's own (default) or one that "
                     "does not train, scoring the trained weights")
     _common(ev)
 

@@ -158,6 +158,10 @@ def validate(config: Config) -> Config:
         setting.check(value_of(config, key))
     for key in SEEDS:
         check_seed(f"config {key}", value_of(config, key))
+    if config.precision == "fp16":
+        from mamf.system.device import FP16_REFUSED
+
+        raise MamfError(FP16_REFUSED)
     if (config.data.support_match is None) != (config.data.query_match is None):
         raise MamfError("config data.support_match and data.query_match go together")
     image_blocks, text_layers = unfrozen(config.train)

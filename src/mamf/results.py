@@ -87,7 +87,7 @@ GRID_LEAVES_OUT = ("model", "run", "protocol", "queries")
 model, protocol and run, and the query count follows from the data."""
 
 ENVIRONMENT_FIELDS = ("mamf", "mamf_commit", "torch", "transformers", "peft", "onnxruntime",
-                      "python", "device", "threads", "denormals", "date")
+                      "python", "device", "tf32", "threads", "denormals", "date")
 """What `environment` adds to every row: the software and machine a number was measured on, so
 that two rows that differ can be told apart by more than their settings (on a CPU the thread
 count changes the floating-point reductions, hence the last digits)."""
@@ -128,13 +128,15 @@ def _git_commit() -> str | None:
 
 
 def environment(device: str | None = None) -> dict:
-    """The ENVIRONMENT_FIELDS of a row measured now on `device` (None: the CPU)."""
+    """The ENVIRONMENT_FIELDS of a row measured now on `device` (None: the CPU); `tf32`: whether
+    fp32 matmuls ran in TF32 (`train.tf32`; None off CUDA)."""
     import torch
 
     device = device or "cpu"
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if device.startswith("cuda") else None
     if device.startswith("cuda") and torch.cuda.is_available():
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return {**_static_environment(), "torch": torch.__version__, "device": device,
+    return {**_static_environment(), "torch": torch.__version__, "device": device, "tf32": tf32,
             "threads": torch.get_num_threads(), "denormals": denormals.mode(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 

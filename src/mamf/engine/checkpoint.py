@@ -16,6 +16,8 @@ import logging
 import re
 import reprlib
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import _remove_duplicate_names, load_file, load_model, save_file
 
 from mamf.system.errors import MamfError, is_int
 from mamf.system.io import atomic_write_text, fsync_path, make_folder, writing
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 LATEST = "latest.json"
 MODEL, OPTIMIZER, STATE = "model.safetensors", "optimizer.safetensors", "state.json"
 NAME = re.compile(r"checkpoint-\d{9,}")
+TIME_CHECK_EVERY = 10  # under torchrun, steps between the ranks' checks of a checkpoint's time
 STATE_KEYS = ("step", "losses", "stream_state", "generator_state", "param_groups",
               "optimizer_scalars")
 
@@ -71,43 +74,112 @@ class Resume:
     optimizer_state: dict
     stream_state: dict
     generator_state: torch.Tensor
-    # torch's global CPU generator (LoRA dropout draws from it); None in older checkpoints
+    # torch's global CPU generator (LoRA dropout drew from it before it had its own); None in
+    # older checkpoints
     global_generator_state: torch.Tensor | None = None
+    # the run's LoRA-dropout generator (`adapters.SeededDropout`), bytes of any device's state
+    dropout_generator_state: list[int] | None = None
+
+
+def model_snapshot(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's tensors copied to the host, as safetensors' `save_model` would write them
+    (a tensor shared under several names kept once, the others named in the metadata)."""
+    state = model.state_dict()
+    metadata: dict[str, str] = {}
+    for kept, removed in _remove_duplicate_names(state).items():
+        for name in removed:
+            metadata.setdefault(name, kept)
+            del state[name]
+    return {k: _host_copy(v) for k, v in state.items()}, metadata
+
+
+def _host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy on the host that training, going on, cannot change."""
+    return tensor.detach().to("cpu", copy=True).contiguous()
 
 
 class Checkpointer:
-    """Saves every `every` steps into `folder`; `restore` loads the newest into a model."""
+    """Saves into `folder` every `every` steps, or with `minutes` every that many minutes of
+    training; `restore` loads the newest into a model.
 
-    def __init__(self, folder: str | Path, every: int):
+    A save copies the state to host memory (the training waits for that alone); with
+    `background`, a thread writes and fsyncs it while training goes on, one write at a time, and
+    `wait` (which the training loop calls as it ends) joins the last and raises its error."""
+
+    def __init__(self, folder: str | Path, every: int, minutes: float | None = None,
+                 background: bool = False):
         self.folder = Path(folder)
         self.every = every
+        self.minutes = minutes
+        self.background = background
+        self.last = time.monotonic()
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+        if self.minutes is None:
+            return self.every > 0 and step % self.every == 0
+        from mamf.parallel import distributed
+
+        if distributed.world_size() > 1 and step % TIME_CHECK_EVERY:
+            return False  # the ranks agree through a collective: not every step
+        return distributed.from_main(time.monotonic() - self.last >= self.minutes * 60)
 
     def save(self, step: int, model: torch.nn.Module, optimizer_state: dict,
-             stream_state: dict, generator: torch.Generator, losses: list[float]) -> None:
+             stream_state: dict, generator: torch.Generator, losses: list[float],
+             dropout: torch.Generator | None = None) -> None:
         """`optimizer_state`: the optimiser's state_dict(), keyed by trainable-parameter index;
         `stream_state`: what the method's data stream has drawn (JSON: generators, task sampler)."""
-        make_folder(self.folder)
-        name = f"checkpoint-{step:09d}"
-        tmp = self.folder / f".{name}.tmp"
         tensors, scalars = {}, {}
         for index, entry in optimizer_state["state"].items():
             for key, value in entry.items():
                 if torch.is_tensor(value):
-                    tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+                    tensors[f"{index}.{key}"] = _host_copy(value)
                 else:
                     scalars[f"{index}.{key}"] = value
-        meta = {"step": step, "losses": losses, "stream_state": stream_state,
+        meta = {"step": step, "losses": list(losses), "stream_state": stream_state,
                 "generator_state": generator.get_state().tolist(),
                 "global_generator_state": torch.get_rng_state().tolist(),
-                "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars}
+                "param_groups": optimizer_state["param_groups"], "optimizer_scalars": scalars,
+                **({"dropout_generator_state": dropout.get_state().tolist()} if dropout else {})}
+        weights = model_snapshot(model)
+        meta = json.loads(json.dumps(meta))  # what the thread writes: nothing the run changes
+        self.wait()
+        self.last = time.monotonic()
+        if not self.background:
+            self._write(step, weights, tensors, meta)
+            return
+        self._writer = threading.Thread(target=self._write_in_background,
+                                        args=(step, weights, tensors, meta),
+                                        name="mamf-checkpoint")
+        self._writer.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Until the checkpoint being written is on the disk; its error, if any, raised here."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
+
+    def _write_in_background(self, step: int, weights: tuple, tensors: dict, meta: dict) -> None:
+        try:
+            self._write(step, weights, tensors, meta)
+        except BaseException as e:  # raised by `wait`, in the training's thread
+            self._error = e
+
+    def _write(self, step: int, weights: tuple, tensors: dict, meta: dict) -> None:
+        make_folder(self.folder)
+        name = f"checkpoint-{step:09d}"
+        tmp = self.folder / f".{name}.tmp"
         with writing(self.folder):
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 tmp.mkdir()
-                save_model(model, str(tmp / MODEL))
+                model_tensors, metadata = weights
+                save_file(model_tensors, str(tmp / MODEL),
+                          **({"metadata": metadata} if metadata else {}))
                 save_file(tensors, str(tmp / OPTIMIZER))
                 (tmp / STATE).write_text(json.dumps(meta))
                 for file in (MODEL, OPTIMIZER, STATE):  # on the disk before the pointer moves
@@ -169,7 +241,13 @@ class Checkpointer:
             global_state = _generator_state(meta["global_generator_state"])
             if global_state is None:
                 raise self._damaged(f"{folder.name}/{STATE} holds no valid torch generator state")
-        return Resume(step, losses, optimizer_state, stream_state, generator_state, global_state)
+        dropout_state = meta.get("dropout_generator_state")
+        if dropout_state is not None and not (
+                isinstance(dropout_state, list) and all(is_int(x) and 0 <= x < 256
+                                                        for x in dropout_state)):
+            raise self._damaged(f"{folder.name}/{STATE} holds no valid dropout generator state")
+        return Resume(step, losses, optimizer_state, stream_state, generator_state, global_state,
+                      dropout_state)
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer, state: dict,
                        load: Callable[[dict], None] | None = None) -> None:
@@ -177,8 +255,13 @@ class Checkpointer:
         is known to fit: this run's hyperparameters, and per parameter the entries this optimiser
         keeps, shaped like the parameter. A mismatch would otherwise crash mid-training."""
         groups = state["param_groups"]
-        if _plain(groups) != _plain(optimizer.state_dict()["param_groups"]):
+        own = optimizer.state_dict()["param_groups"]
+        if _settings(groups) != _settings(own):
             raise self._damaged("its optimiser settings are not this run's")
+        # how the update runs (fused on a GPU, the loop on a CPU) is this run's own
+        state = {**state, "param_groups": [
+            {**g, **{k: o[k] for k in IMPLEMENTATION if k in o}} if isinstance(g, dict) else g
+            for g, o in zip(groups, own)]}
         params = [p for group in optimizer.param_groups for p in group["params"]]
         layout = _entry_layout(optimizer)
         for index, entry in state["state"].items():
@@ -283,6 +366,17 @@ def _generator_state(value) -> torch.Tensor | None:
     except RuntimeError:
         return None
     return tensor if torch.equal(scratch.get_state(), tensor) else None
+
+
+IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+"""Optimiser options that choose how an update is computed, not what it is: a checkpoint
+written on a GPU (fused Adam) resumes on a CPU and the other way round."""
+
+
+def _settings(groups) -> list:
+    """The param groups' settings as JSON holds them, without the IMPLEMENTATION options."""
+    return [{k: v for k, v in g.items() if k not in IMPLEMENTATION} if isinstance(g, dict)
+            else g for g in _plain(groups)]
 
 
 def _plain(value):

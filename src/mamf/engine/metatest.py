@@ -15,6 +15,7 @@ import torch
 from mamf import methods, protocols
 from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset
+from mamf.engine import batched
 from mamf.features.inputs import ModelInputs
 from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
 from mamf.methods.finetune import trainable
@@ -66,6 +67,15 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     shard = config.metatest.reset
     mine = [i for i in range(len(tasks)) if not shard or i % world_size() == rank()]
     local = {}
+    tuning = plugin.fine_tuning() if config.metatest.batched else None
+    if batched.applies(inputs, tuning, config.metatest.augment, config.metatest.reset):
+        rngs = {i: np.random.default_rng([config.seed, 103, ways, i]) for i in mine}
+        given = batched.predictions(model, inputs, {i: tasks[i] for i in mine}, rngs, tuning)
+        for i, predicted in given.items():
+            local[i] = (accuracy(predicted, tasks[i]),
+                        encode_predictions(tasks[i], predicted) if predictions is not None
+                        else None)
+        mine = [i for i in mine if i not in given]  # left to the loop
     bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
                        leave=False)
     try:  # a task whose adaptation diverges must not leave its weights behind
@@ -80,7 +90,7 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
                         else None)
     finally:
         snapshot.restore()
-    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in mine]
+    both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in sorted(local)]
     if predictions is not None:
         predictions.extend(p for _, p in both)
     return [a for a, _ in both]

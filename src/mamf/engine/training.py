@@ -28,6 +28,7 @@ from mamf.engine.metatest import evaluation_tasks, score
 from mamf.engine.trainlog import TrainLog
 from mamf.features.inputs import ModelInputs
 from mamf.methods.base import PastTheEnd
+from mamf.methods.finetune import read_losses
 from mamf.models import adapters
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
@@ -40,6 +41,7 @@ from mamf.tasks import samplers
 log = logging.getLogger(__name__)
 
 IMAGES = "train_images"  # the images counted so far, kept beside a checkpoint's stream state
+READ_EVERY = 50  # steps whose losses a GPU run reads from the device at once
 
 
 @dataclass
@@ -134,10 +136,12 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     main = distributed.is_main()
     trainlog = TrainLog(log_folder if main else None, t.log_dir if main else None, start)
     dev = DevScore(model, inputs, dataset, config) if t.eval_every else None
-    dropout = adapters.enabled(t) and t.lora_dropout > 0
+    # LoRA's dropout masks: from the run's own generator, on its own seed (not the crops')
+    dropout = adapters.dropout_generator(inputs.device, int(np.random.default_rng(
+        [config.seed, 17]).integers(2**62))) if adapters.enabled(t) and t.lora_dropout > 0 else None
     try:
-        if dropout:  # the model stays in eval mode; only the adapters' dropout trains
-            adapters.dropout_active(model, True)
+        if dropout is not None:  # the model stays in eval mode; only the adapters' dropout trains
+            adapters.dropout_active(model, True, dropout)
         method.begin(model, inputs, pool, rng, sampler, parallel)
         schedule = LRSchedule(method, t.lr_schedule)
         schedule.at(start)  # before a resumed optimiser state, which holds the same rate
@@ -161,29 +165,51 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             inputs.generator.set_state(resume.generator_state)
             if resume.global_generator_state is not None:
                 torch.set_rng_state(resume.global_generator_state)
+            if dropout is not None and resume.dropout_generator_state is not None:
+                try:
+                    dropout.set_state(torch.tensor(resume.dropout_generator_state,
+                                                   dtype=torch.uint8))
+                except RuntimeError:
+                    raise MamfError(f"the checkpoint in {checkpointer.folder} is damaged: its "
+                                    "dropout generator state is not one of this device's; "
+                                    "delete it to start over") from None
         total = None if method.steps is None else method.steps - start
         seen = inputs.images_seen
         bar = progress_bar(total=total, enabled=progress, desc=f"training {method.name}", unit="step",
                            leave=False)
+        # the losses stay on the device until read, every `read_every` steps (each step on a
+        # CPU, where reading costs nothing), before a dev score and a checkpoint, and at the end
+        read_every = 1 if inputs.device.type == "cpu" else READ_EVERY
+        pending: list[tuple] = []
+
+        def read() -> None:
+            values = read_losses([row[1] for row in pending])
+            losses.extend(values)
+            trainlog.steps([(row[0], v, *row[2:]) for row, v in zip(pending, values)])
+            if values:
+                bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+            pending.clear()
+
         for i in itertools.count(start):
             if method.steps is not None and i >= method.steps:
                 break
             loss = method.step(i)
             if loss is None:  # a stream of unknown length has ended
                 break
-            losses.append(loss)
             images = inputs.images_seen - seen
             dev_acc = None
+            due = checkpointer is not None and checkpointer.due(i + 1)
             if dev and (i + 1) % t.eval_every == 0:
                 scoring = time.perf_counter()
                 dev_acc = dev()
                 trainlog.exclude(time.perf_counter() - scoring)
-            trainlog.step(i + 1, loss, _lr(method), images, dev_acc)
+            pending.append((i + 1, loss, _lr(method), images, dev_acc))
+            if len(pending) >= read_every or due or dev_acc is not None:
+                read()
             schedule.at(i + 1)
             seen = inputs.images_seen
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-            if checkpointer and checkpointer.due(i + 1):
+            if due:
                 # every rank holds the same weights, optimiser state and streams: rank 0
                 # writes them (under FSDP all ranks first gather the whole state)
                 state = method.optimizer_state()
@@ -192,13 +218,18 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
                 if distributed.is_main():
                     stream_state = {**method.stream_state(), IMAGES: method.images}
                     checkpointer.save(i + 1, model, state, stream_state, inputs.generator,
-                                      losses)
+                                      losses, dropout)
+        read()
         bar.close()
         if parallel:
             parallel.sync()
+        if checkpointer:
+            checkpointer.wait()  # the last checkpoint on the disk before the run goes on
     finally:
+        if checkpointer:
+            checkpointer.wait(raise_error=False)
         trainlog.close()
-        if dropout:
+        if dropout is not None:
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()

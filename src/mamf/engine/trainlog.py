@@ -62,9 +62,20 @@ class TrainLog:
              dev_acc: float | None = None) -> None:
         """Log step `step` (1-based: the optimiser steps taken) that embedded `images` images;
         `dev_acc`: the dev accuracy after it, where one was measured."""
+        self.steps([(step, loss, lr, images, dev_acc)])
+
+    def steps(self, rows: list[tuple[int, float, float | None, int, float | None]]) -> None:
+        """Log several steps read at once (a GPU's losses are read every few steps, not every
+        step): each gets their mean images/s since the last rows logged."""
         now = time.perf_counter()
+        images = sum(row[3] for row in rows)
         rate = images / (now - self.last) if now > self.last else 0.0
         self.last = now
+        for step, loss, lr, _, dev_acc in rows:
+            self._write(step, loss, lr, rate, dev_acc)
+
+    def _write(self, step: int, loss: float, lr: float | None, rate: float,
+               dev_acc: float | None) -> None:
         if self.file is not None:
             self.csv.writerow([step, repr(loss), "" if lr is None else repr(lr), f"{rate:.3f}",
                                "" if dev_acc is None else repr(dev_acc)])

@@ -11,7 +11,6 @@ only the top k blocks.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -29,37 +28,13 @@ from mamf.features.augment import draws, random_crop_flip
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
 from mamf.system import progress
+from mamf.system.device import autocast, host_to_device, resolve_device, resolve_precision  # noqa: F401
 from mamf.system.errors import MamfError
 from mamf.system.io import writing
 
 log = logging.getLogger(__name__)
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from mamf.system.errors import MamfError
-
-        raise MamfError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 autocast on a GPU (where it pays), plain fp32 on a CPU (exact, reproducible)."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16/fp16 autocast where asked for (on CPU only bf16 is offered); fp32 otherwise."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype is torch.float16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+PROMPT_CHUNK = 1024  # prompts a GPU encodes at once
 
 
 class ModelInputs:
@@ -86,6 +61,9 @@ class ModelInputs:
         self.per_class = len(prompts[0])
         tokens = model.tokenize([p for group in prompts for p in group])
         refuse_shared_tokens(tokens, dataset.classes, dataset.prompts, self.per_class)
+        # each prompt's length, on the host: a step cuts its prompts' padding without a read
+        mask = tokens.get("attention_mask")
+        self.token_lengths = None if mask is None else mask.sum(1).cpu().numpy()
         self.tokens = {k: v.to(device) for k, v in tokens.items()}
         if freeze_image_backbone and image_top_blocks or freeze_text_tower and text_top_layers:
             raise ValueError("a frozen tower has no trainable top blocks")
@@ -97,6 +75,10 @@ class ModelInputs:
             _check_count(model, "text", model.text_layers, text_top_layers)
         # the frozen image part's outputs: the backbone's, or the boundary below the top blocks
         self.features: torch.Tensor | None = None
+        # where the frozen outputs are held: a boundary below the top blocks, [images, tokens,
+        # width], on the host (tens of GB at ImageNet's scale) and each batch's rows streamed
+        # to the device; a backbone's [images, dim] on the device
+        self.store = torch.device("cpu") if image_top_blocks else device
         self._missing: np.ndarray | None = None  # images whose frozen outputs are not computed
         self._fill: tuple | None = None  # what computes them when first read
         self._fill_engine: tuple | None = None  # (backbone, on onnxruntime), made on first use
@@ -152,8 +134,8 @@ class ModelInputs:
         with torch.no_grad(), autocast(self.device, self.precision):
             for i in starts:
                 hidden = model.text_bottom(self._tokens(ids[i : i + batch]), k).float()
-                chunks.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])))
-        return torch.cat(chunks)
+                chunks.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])).cpu())
+        return torch.cat(chunks)  # on the host, as the image boundary: a step streams its rows
 
     def _backbone_features(self, model: DualEncoder, batch: int, top_blocks: int = 0,
                            reads: np.ndarray | None = None) -> torch.Tensor:
@@ -200,9 +182,9 @@ class ModelInputs:
         todo = np.flatnonzero(wanted & ~have) if have is not None else np.flatnonzero(wanted)
         computed = self._compute_backbone_features(model, backbone, batch, on_engine, todo)
         features = torch.zeros((n, *computed.shape[1:]), dtype=computed.dtype,
-                               device=self.device) if have is None else self._load(path)
+                               device=self.store) if have is None else self._load(path)
         have = np.zeros(n, dtype=bool) if have is None else have.copy()
-        features[torch.as_tensor(todo, device=self.device)] = computed
+        features[torch.as_tensor(todo, device=self.store)] = computed.to(self.store)
         have[todo] = True
         if path is not None and distributed.is_main():
             _write_features(path, features, have)
@@ -226,7 +208,7 @@ class ModelInputs:
         return backbone, False
 
     def _load(self, path: Path) -> torch.Tensor:
-        return torch.from_numpy(_stored_features(path)).to(self.device)
+        return torch.from_numpy(_stored_features(path)).to(self.store)
 
     def _keep(self, features: torch.Tensor, have: np.ndarray, fill: tuple | None) \
             -> torch.Tensor:
@@ -240,7 +222,10 @@ class ModelInputs:
         outside the `reads` a run declared: read after all, they get a full pass's numbers)."""
         if self._missing is not None:
             self._complete(np.asarray(indices, dtype=np.int64))
-        return self.features[torch.as_tensor(indices, device=self.device)]
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.store != self.device:  # gathered on the host, copied from pinned memory
+            return host_to_device(self.features[torch.from_numpy(indices)], self.device)
+        return self.features[host_to_device(indices, self.device)]
 
     def _complete(self, indices: np.ndarray) -> None:
         todo = np.unique(indices[self._missing[indices]])
@@ -252,8 +237,8 @@ class ModelInputs:
         backbone, on_engine = self._fill_engine
         log.info("computing the frozen image features of %d more image(s), read though not "
                  "declared", len(todo))
-        self.features[torch.as_tensor(todo, device=self.device)] = \
-            self._compute_backbone_features(model, backbone, batch, on_engine, todo, share=False)
+        self.features[torch.as_tensor(todo, device=self.store)] = self._compute_backbone_features(
+            model, backbone, batch, on_engine, todo, share=False).to(self.store)
         self._missing[todo] = False
         if path is not None and distributed.is_main():
             _write_features(path, self.features, ~self._missing)
@@ -289,12 +274,13 @@ class ModelInputs:
                                       leave=False):
                 idx = todo[start : start + batch]
                 px = model.preprocess(self.dataset.batch(idx).to(self.device), contiguous)
-                chunks.append(backbone(px).float().to(self.device))
+                chunks.append(backbone(px).float().to(self.store))
         local = torch.cat(chunks) if chunks else torch.zeros(0)
         if world == 1:
             return local
         sizes = [min(n, (f + c) * batch) - f * batch for f, c in spans]
-        return distributed.gather_rows(local, sizes)
+        # NCCL gathers on the device
+        return distributed.gather_rows(local.to(self.device), sizes).to(self.store)
 
     def images(self, model: DualEncoder, indices: np.ndarray, augment: bool = False,
                within: tuple[int, int] | None = None) -> torch.Tensor:
@@ -307,7 +293,7 @@ class ModelInputs:
             if self.image_top_blocks:
                 cached = model.image_top(cached, self.image_top_blocks)
             return model.image_head(cached)
-        pixels = model.preprocess(self.dataset.batch(indices).to(self.device))
+        pixels = model.preprocess(host_to_device(self.dataset.batch(indices), self.device))
         if augment:
             start, total = within or (0, len(indices))
             rows = draws(self.generator, total)[start : start + len(indices)]
@@ -321,14 +307,15 @@ class ModelInputs:
 
     def texts(self, model: DualEncoder, class_ids: np.ndarray) -> torch.Tensor:
         if self.text_cache is not None:
-            return self.text_cache[torch.as_tensor(np.asarray(class_ids), device=self.device)]
+            return self.text_cache[host_to_device(np.asarray(class_ids), self.device)]
         if self.text_boundary is not None:
             ids = np.asarray(class_ids)
             prompts = self._prompt_rows(ids)
             tokens = self._tokens(prompts)
-            rows = torch.as_tensor(prompts, device=self.device)
             width = next(iter(tokens.values())).shape[1]
-            top = model.text_top(self.text_boundary[rows, :width], tokens, self.text_top_layers)
+            below = host_to_device(self.text_boundary[torch.as_tensor(prompts), :width],
+                                   self.device)
+            top = model.text_top(below, tokens, self.text_top_layers)
             return self._class_means(top, len(ids))
         return self._encode_texts(model, class_ids)
 
@@ -338,7 +325,14 @@ class ModelInputs:
         embeddings (through `encode`, by default the text tower as it is, trainable or not)."""
         ids = np.asarray(class_ids)
         encode = encode or model.encode_texts
-        return self._class_means(encode(self._tokens(self._prompt_rows(ids))), len(ids))
+        rows = self._prompt_rows(ids)
+        if self.device.type == "cpu" or len(rows) <= PROMPT_CHUNK:
+            return self._class_means(encode(self._tokens(rows)), len(ids))
+        # on a GPU, in chunks of prompts (1,000 classes x 80 templates at once would not fit);
+        # a CPU encodes them at once, as it always has (its numbers depend on the batch)
+        parts = [encode(self._tokens(rows[i : i + PROMPT_CHUNK]))
+                 for i in range(0, len(rows), PROMPT_CHUNK)]
+        return self._class_means(torch.cat(parts), len(ids))
 
     def _prompt_rows(self, class_ids: np.ndarray) -> np.ndarray:
         """The rows of `tokens` that hold these classes' prompts (`per_class` a class)."""
@@ -353,11 +347,12 @@ class ModelInputs:
         return unit.view(n, self.per_class, -1).mean(1)
 
     def _tokens(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        """These prompts' tokens, cut to the longest of them."""
-        rows = torch.as_tensor(np.asarray(rows), device=self.device)
-        tokens = {k: v[rows] for k, v in self.tokens.items()}
-        if "attention_mask" in tokens:
-            width = int(tokens["attention_mask"].sum(1).max())
+        """These prompts' tokens, cut to the longest of them (known on the host: no wait for
+        the device)."""
+        rows = np.asarray(rows)
+        tokens = {k: v[host_to_device(rows, self.device)] for k, v in self.tokens.items()}
+        if self.token_lengths is not None:
+            width = int(self.token_lengths[rows].max())
             tokens = {k: v[:, :width] for k, v in tokens.items()}
         return tokens
 

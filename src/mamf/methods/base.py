@@ -32,10 +32,12 @@ import torch
 from mamf import catalogue
 from mamf.features.inputs import autocast
 from mamf.methods import presentation
+from mamf.methods.batched import FineTuning
 from mamf.methods.embedded import finite
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.models.loss import task_logits
 from mamf.settings import Setting, gather
+from mamf.system.device import fused_optimizer_options
 from mamf.system.errors import MamfError
 
 if TYPE_CHECKING:
@@ -112,7 +114,8 @@ def create(name: str, config: Config) -> Method:
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0):
     if not params:
         raise MamfError("nothing to train: every parameter is frozen")
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
+                            **fused_optimizer_options(params))
 
 
 class Method:
@@ -226,6 +229,15 @@ class Method:
         """Accuracy on the task's query set (`predict` against the query labels)."""
         return accuracy(self.predict(model, inputs, task), task)
 
+    def fine_tuning(self) -> FineTuning | None:
+        """How `adapt` fine-tunes, for the batched meta-test (`mamf.methods.batched`); None where this
+        method adapts or predicts otherwise."""
+        cls = type(self)
+        if cls.adapt is not Method.adapt or cls.predict is not Method.predict:
+            return None
+        m = self.config.metatest
+        return FineTuning("adam", m.lr, m.epochs, m.batch_size)
+
     def adapt(self, model: DualEncoder, inputs: ModelInputs, task: Task,
               rng: np.random.Generator) -> None:
         """Fine-tune on the support set with Adam (`metatest.lr`, `.epochs`, `.batch_size`)."""
@@ -234,7 +246,8 @@ class Method:
             return
         if m.augment:
             inputs.reseed(rng)
-        optimizer = torch.optim.Adam(self.trainable(model), lr=m.lr)
+        params = self.trainable(model)
+        optimizer = torch.optim.Adam(params, lr=m.lr, **fused_optimizer_options(params))
         batches = epoch_batches(rng, task.support, task.support_labels, task.classes,
                                 m.batch_size, m.epochs)
         run_batches(model, inputs, batches, optimizer, augment=m.augment)

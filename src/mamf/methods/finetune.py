@@ -16,6 +16,7 @@ import torch
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
 from mamf.models.loss import restrict_to_batch
+from mamf.system.device import host_to_device
 from mamf.system.errors import Diverged
 
 # sees a loss's logits [B, C], labels [B] and the C candidate classes' global ids
@@ -47,7 +48,7 @@ def batch_loss(model: DualEncoder, inputs: ModelInputs, batch: Batch, candidates
     with autocast(inputs.device, inputs.precision):
         image_emb = inputs.images(model, batch.images, augment=augment, within=within)
         text_emb = inputs.texts(model, classes)
-    target = torch.as_tensor(labels, dtype=torch.long, device=image_emb.device)
+    target = host_to_device(np.asarray(labels, dtype=np.int64), image_emb.device)
     logits = model.task_logits(image_emb, text_emb)
     if observe is not None:
         observe(logits.detach(), target, classes)
@@ -58,10 +59,40 @@ def trainable(model: DualEncoder) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+class StepLoss:
+    """A step's loss, left on the device until read: reading it waits for the GPU to finish
+    every kernel queued, so the training loop reads its steps' losses together, every few steps
+    (`read_losses`). Its batches' mean losses and their weights, summed in Python floats as read
+    (the numbers of a loss read at once)."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, float]]):
+        self.parts = parts
+
+
+Loss = float | StepLoss
+
+
+def read_losses(losses: list[Loss]) -> list[float]:
+    """The values of `losses` (floats as they are), with one read from the device for all;
+    NaN/inf stops the run."""
+    pending = [t for loss in losses if isinstance(loss, StepLoss) for t, _ in loss.parts]
+    values = iter(torch.stack([t.float() for t in pending]).cpu().tolist() if pending else [])
+    out = []
+    for loss in losses:
+        if isinstance(loss, StepLoss):
+            value = 0.0
+            for _, weight in loss.parts:
+                value += check_finite(next(values)) * weight
+            loss = value
+        out.append(check_finite(loss))
+    return out
+
+
 def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch.optim.Optimizer,
          candidates: str = "task", augment: bool = False, parallel=None,
-         observe: Observer | None = None) -> float:
-    """One forward, loss, backward and optimiser step. Returns the loss; NaN/inf stops the run.
+         observe: Observer | None = None) -> Loss:
+    """One forward, loss, backward and optimiser step. Returns the loss (`read_losses` reads
+    it; NaN/inf stops the run).
 
     With `parallel` (a `mamf.engine.data_parallel.DataParallel`) the batch is the global one: each rank
     computes its share and the gradients are all-reduced before the step. `observe` sees the
@@ -74,7 +105,7 @@ def step(model: DualEncoder, inputs: ModelInputs, batch: Batch, optimizer: torch
 def step_tasks(model: DualEncoder, inputs: ModelInputs, batches: list[Batch],
                optimizer: torch.optim.Optimizer, candidates: str = "task",
                augment: bool = False, parallel=None,
-               observers: list[Observer | None] | None = None) -> float:
+               observers: list[Observer | None] | None = None) -> Loss:
     """One optimiser step on several tasks' minibatches at once (a matched budget fills a step
     with tasks, docs/method.md, "Budgets"): each batch's mean loss over its own candidates,
     weighted by its share of the step's images, so the step's loss is the mean over all its
@@ -82,6 +113,7 @@ def step_tasks(model: DualEncoder, inputs: ModelInputs, batches: list[Batch],
     optimizer.zero_grad(set_to_none=True)
     total = sum(len(b.images) for b in batches)
     value = 0.0
+    parts = []
     for batch, observe in zip(batches, observers or [None] * len(batches)):
         weight = len(batch.images) / total
         if parallel is not None:
@@ -89,10 +121,10 @@ def step_tasks(model: DualEncoder, inputs: ModelInputs, batches: list[Batch],
                 * weight
         else:
             loss = batch_loss(model, inputs, batch, candidates, augment, observe=observe)
-            value += check_finite(float(loss.detach())) * weight
+            parts.append((loss.detach(), weight))
             (loss * weight if weight != 1 else loss).backward()
     optimizer.step()
-    return value
+    return StepLoss(parts) if parallel is None else value
 
 
 def check_finite(value: float) -> float:
@@ -172,4 +204,5 @@ class EpochStream:
 def run_batches(model: DualEncoder, inputs: ModelInputs, batches: Iterable[Batch],
                 optimizer: torch.optim.Optimizer, candidates: str = "task",
                 augment: bool = False) -> list[float]:
-    return [step(model, inputs, b, optimizer, candidates, augment) for b in batches]
+    """Steps over `batches`; their losses are read once, after the last."""
+    return read_losses([step(model, inputs, b, optimizer, candidates, augment) for b in batches])

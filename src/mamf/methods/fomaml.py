@@ -21,6 +21,7 @@ import torch
 from mamf import protocols
 from mamf.features.inputs import ModelInputs
 from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.batched import FineTuning
 from mamf.methods.budget import Budget, matched
 from mamf.methods.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.models.base import DualEncoder
@@ -240,6 +241,10 @@ class FOMAML(Method):
         self.rng.bit_generator.state = state["rng"]
         self.sampler.load_state_dict(state["sampler"])
         self.owed = int(state.get("owed", 0))
+
+    def fine_tuning(self) -> FineTuning | None:
+        m = self.config.metatest
+        return FineTuning("sgd", m.inner_lr, m.inner_epochs, m.inner_batch_size)
 
     def adapt(self, model, inputs, task, rng) -> None:
         # 3. test time: the inner loop's plain SGD on the support set, with its own settings

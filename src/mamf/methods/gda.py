@@ -35,8 +35,10 @@ def gda_classifier(task: Embedded) -> tuple[torch.Tensor, torch.Tensor]:
     scatter = centred.T @ centred
     count, dim = task.support.shape
     shrink = torch.trace(scatter) / max(1, count - 1)
-    precision = dim * torch.linalg.pinv(scatter + shrink * torch.eye(dim, dtype=scatter.dtype))
+    precision = dim * torch.linalg.pinv(scatter + shrink * torch.eye(dim, dtype=scatter.dtype,
+                                                                         device=scatter.device))
     weight = (means.double() @ precision).float()
+    # a host 0-dim scalar: CUDA kernels take it beside device tensors
     bias = torch.log(torch.tensor(1.0 / task.ways)) - 0.5 * (weight * means).sum(1)
     return weight, bias
 

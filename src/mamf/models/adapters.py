@@ -137,15 +137,42 @@ def lora_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
             for key in m.lora_A]
 
 
-def dropout_active(model: nn.Module, on: bool) -> None:
-    """LoRA's dropout draws only in training steps (from torch's global generator, kept in
-    checkpoints); the rest of the model stays in eval mode, and test-time adaptation runs without
-    it."""
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from a run's own generator, as `nn.Dropout` computes them
+    (keep with probability 1 - p, scale by 1 / (1 - p)). torch's global generators are shared by
+    every thread, and a GPU's is not in a checkpoint: a run's own generator makes a resumed run
+    the run it resumes, and two runs in two threads the runs they are one after the other."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__()
+        self.p, self.generator = p, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep.div_(1 - self.p)
+
+
+def dropout_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A run's dropout generator, on the device the masks are drawn on (a CPU's otherwise)."""
+    generator = torch.Generator(device) if device.type == "cuda" else torch.Generator()
+    return generator.manual_seed(seed)
+
+
+def dropout_active(model: nn.Module, on: bool, generator: torch.Generator | None = None) -> None:
+    """LoRA's dropout draws only in training steps, from `generator` (the run's, kept in its
+    checkpoints) once given; the rest of the model stays in eval mode, and test-time adaptation
+    runs without it."""
     from peft.tuners.lora import LoraLayer
 
     for m in model.modules():
         if isinstance(m, LoraLayer):
-            for d in m.lora_dropout.values():
+            for key, d in m.lora_dropout.items():
+                if generator is not None and isinstance(d, nn.Dropout):
+                    d = m.lora_dropout[key] = SeededDropout(d.p, generator)
+                elif generator is not None and isinstance(d, SeededDropout):
+                    d.generator = generator
                 d.train(on)
 
 

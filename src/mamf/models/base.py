@@ -38,12 +38,21 @@ class DualEncoder(nn.Module):
         `contiguous`: the same values in NCHW memory, what an inference engine reads; the
         uint8 images are laid out first and the arithmetic done in place, about twice as fast."""
         x = images.to(self.log_logit_scale.device).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+        mean, std = self._statistics(x.device)
         if contiguous:
             return x.contiguous().float().div_(255.0).sub_(mean).div_(std)
         x = x.float().div_(255.0)
         return (x - mean) / std
+
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalisation's mean and std [1, 3, 1, 1] on `device`, made once a device (a copy
+        to a GPU each batch would make the host wait)."""
+        key = (device, self.image_mean, self.image_std)
+        held = self.__dict__.setdefault("_held_statistics", {})
+        if key not in held:
+            held[key] = tuple(torch.tensor(v, device=device).view(1, 3, 1, 1)
+                              for v in (self.image_mean, self.image_std))
+        return held[key]
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

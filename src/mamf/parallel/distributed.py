@@ -15,15 +15,25 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mamf.system.errors import MamfError
+
 
 def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def local_device(device: torch.device) -> torch.device:
-    """Under torchrun each process takes the GPU named by LOCAL_RANK."""
+    """Under torchrun each process takes the GPU named by LOCAL_RANK; more processes on a node
+    than it has GPUs is one clear error, not CUDA's "invalid device ordinal"."""
     if device.type == "cuda" and launched() and device.index is None:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        count = torch.cuda.device_count()
+        if local >= count:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(local + 1))
+            raise MamfError(f"torchrun started {per_node} processes on this node, which has "
+                            f"{count} GPU(s): use --nproc_per_node={count} or fewer, or "
+                            "--device cpu")
+        return torch.device("cuda", local)
     return device
 
 

@@ -11,11 +11,12 @@ import torch
 from mamf import methods, protocols
 from mamf.catalogue import Config, unfrozen
 from mamf.data.dataset import ImageDataset
-from mamf.features.inputs import ModelInputs, resolve_device
+from mamf.features.inputs import ModelInputs
 from mamf.models import adapters
 from mamf.models import load_model as build_model
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
+from mamf.system.device import compile_towers, resolve_device, set_tf32
 from mamf.system.errors import MamfError
 
 
@@ -71,6 +72,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if not config.data.root:
         raise MamfError("no data folder given: pass --data DIR")
     device = distributed.local_device(resolve_device(config.device))
+    set_tf32(device, config.train.tf32)
     distributed.init(device)
     seed_everything(config.seed)
     built = model is None
@@ -81,6 +83,7 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
     if built and adapters.enabled(config.train):
         adapters.attach(model, config.train, config.seed)
     model.to(device).eval()
+    compile_towers(model, device, config.train.compile)
     # under torchrun every rank reads (or decodes) the image cache itself, with no rank waiting
     # on another past the collective timeout; frozen-backbone features are computed in shares
     dataset = ImageDataset.load(config.data.root, model.image_size, config.data.subdataset,

@@ -115,7 +115,8 @@ def _train_run(config: Config, out: Path, progress: bool) -> dict:
         atomic_write_text(out / RUN_CONFIG, resolved)
         if config.data.split_file:
             atomic_write_text(out / SPLIT_SHA, split_file_sha256(config.data.split_file) + "\n")
-    checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every)
+    checkpointer = Checkpointer(out / "checkpoints", config.train.checkpoint_every,
+                                config.train.checkpoint_minutes, background=True)
     if (out / "checkpoints" / "latest.json").is_file():
         log.info("resuming from the checkpoint in %s", out / "checkpoints")
     model, dataset, inputs = prepare(config, fresh=True)
