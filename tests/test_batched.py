@@ -9,7 +9,7 @@ import torch
 
 from mamf import methods
 from mamf.config import build_config
-from mamf.engine import batched
+from mamf.methods import batched
 from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test
 from mamf.runs.prepare import prepare
 

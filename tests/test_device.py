@@ -37,7 +37,7 @@ def settings_for(name: str) -> dict:
 
 def on_stand_in(monkeypatch, folder, **over):
     """`prepare` with the model and the inputs on the stand-in device."""
-    monkeypatch.setattr("mamf.runs.run.resolve_device", lambda name: DEVICE)
+    monkeypatch.setattr("mamf.runs.prepare.resolve_device", lambda name: DEVICE)
     config = build_config(overrides={**SMALL, "data.root": str(folder), **over})
     return config, *prepare(config)
 

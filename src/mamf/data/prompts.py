@@ -151,8 +151,8 @@ def refuse_shared(classes, keys, prompts, source: str, how: str = "the same prom
 
 def token_rows(tokens: dict) -> list[tuple[int, ...]]:
     """Each text's token ids without its padding."""
-    ids = tokens["input_ids"].tolist()
-    mask = tokens["attention_mask"].tolist() if "attention_mask" in tokens else None
+    ids = tokens["input_ids"].cpu().tolist()
+    mask = tokens["attention_mask"].cpu().tolist() if "attention_mask" in tokens else None
     return [tuple(t for t, m in zip(row, mask[i]) if m) if mask else tuple(row)
             for i, row in enumerate(ids)]
 
