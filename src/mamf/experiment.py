@@ -37,6 +37,7 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
     samplers_of,
 )
 from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
+from mamf.hypotheses import digest
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.models.registry import prefetch
@@ -89,6 +90,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
     prefetch(exp.model)  # the model loads while the datasets are built
     if exp.tune is not None:  # rates chosen on dev tasks before any row is computed
         exp.tuned = tune_experiment(exp, out, progress, compute=job is None and distributed.is_main())
+        _refuse_other_tuning(exp, rows, out)
     done = {grid_key(r, bool(exp.shots)) for r in rows}
     plans, skipped = plan(exp, out, done)
     results = out / RESULTS
@@ -129,6 +131,17 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                           clock)
     bar.close()
     return distributed.from_main(read_rows(results) if distributed.is_main() else None)
+
+
+def _refuse_other_tuning(exp: Experiment, rows: list[dict], out: Path) -> None:
+    """Rows trained with another choice than tune.json's (a re-tune's earlier rows) would mix
+    two tunings in one table: they must leave results.jsonl first."""
+    for r in rows:
+        chosen = exp.tuned.get((r.get("experiment_dataset") or r["dataset"], r["method"]))
+        if chosen and r.get("tuned_on_dev", {}).get("values") != chosen["values"]:
+            raise MamfError(f"{out / RESULTS} holds {r['method']} rows on "
+                            f"{r.get('experiment_dataset') or r['dataset']} tuned otherwise than "
+                            f"{out}/tune.json says (a re-tune): move them aside to keep them")
 
 
 def _claim(exp: Experiment, out: Path, rows: list[dict], job: str | None) -> None:
@@ -368,7 +381,8 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                        "train_steps": result.steps, "train_images": result.images,
                        "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
-                      "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
+                      "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1],
+                      "train_at_chance": result.at_chance, "train_collapsed": result.collapsed}
         mix = Interpolation(model, start) if start is not None else None
     for n in unit:
         for split, alpha in cells(exp, ds, root, method, seed, sampler):
@@ -383,6 +397,8 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                                         prompts, alpha=alpha)
             row.update(train_info)
             row.update({"experiment": exp.name, "experiment_dataset": ds.name})
+            if exp.hypotheses:  # what the study declared as these rows were computed
+                row.update({"hypotheses_sha256": digest(exp.hypotheses)})
             if distributed.is_main():
                 config_file = results.parent / "configs" / f"{row.config_id}.yaml"
                 if not config_file.exists():

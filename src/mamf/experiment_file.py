@@ -20,13 +20,20 @@ from mamf import protocols, samplers
 from mamf.config import AT_MOST, Config, build_config, check_seed, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
 from mamf.errors import MamfError, is_int, shown
-from mamf.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune
+from mamf.hypotheses import Hypothesis, parse_hypotheses
+from mamf.tune_spec import (
+    TuneSpec,
+    check_symmetric,
+    nested,
+    parse_dataset_grids,
+    parse_tune,
+)
 from mamf.wiseft import alphas
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision", "shots", "splits", "tune"}
+            "datasets", "device", "precision", "shots", "splits", "tune", "hypotheses"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
                 "methods", "tune"}
 # settings a method may change without invalidating a dataset's cached tower outputs
@@ -78,6 +85,8 @@ class Experiment:
     splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
     tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.tune`)
     tuned: dict = field(default_factory=dict)  # (dataset, method) -> what tuning chose
+    # the comparisons the study is for, declared before it runs (`mamf.hypotheses`)
+    hypotheses: list[Hypothesis] = field(default_factory=list)
 
 
 def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
@@ -138,6 +147,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
                      source, sampler_axis, shots, splits)
+    exp.hypotheses = parse_hypotheses(raw.get("hypotheses"), methods,
+                                      [ds.name for ds in datasets])
     if raw.get("tune") is not None:
         exp.tune = parse_tune(raw["tune"], methods, seeds, CACHE_KEYS)
     for ds in datasets:
@@ -146,6 +157,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                 raise MamfError(f"dataset {ds.name!r}: 'tune' gives this dataset's own grids, "
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
+    if exp.tune is not None:
+        check_symmetric(exp.tune, methods, {ds.name: ds.methods for ds in datasets})
     for ds in datasets:
         for m in methods:
             for sampler in samplers_of(exp, ds, m):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mamf import adapters, denormals, distributed, methods, protocols, samplers
-from mamf.chance import warn_if_chance
+from mamf.chance import at_chance, collapsed, warn_if_chance
 from mamf.checkpoint import Checkpointer
 from mamf.config import Config
 from mamf.data.dataset import ImageDataset, Pool
@@ -46,6 +46,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     images: int | None = None  # back-propagated images (None: resumed from an older checkpoint)
     budget: str = "native"
+    # the loss ended at a uniform guess (`mamf.chance`), and got there from below (collapsed)
+    at_chance: bool = False
+    collapsed: bool = False
 
 
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
@@ -198,11 +201,12 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
+    classes = method.chance_classes(pool)
     if distributed.is_main():
-        warn_if_chance(config, method.name, losses, method.chance_classes(pool),
-                       method.chance_hint())
+        warn_if_chance(config, method.name, losses, classes, method.chance_hint())
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
-                       None if uncounted else method.images, t.budget)
+                       None if uncounted else method.images, t.budget,
+                       at_chance(losses, classes) is not None, collapsed(losses, classes))
 
 
 def with_steps(config: Config) -> Config:

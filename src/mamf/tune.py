@@ -53,14 +53,46 @@ def read_tune(out: Path) -> dict:
     return data
 
 
+def eligible(scores: list[dict]) -> list[dict]:
+    """The points that may be chosen: neither diverged (dev_acc null) nor collapsed (training
+    went to chance on some tune seed, `mamf.chance.collapsed`), the same rule for every
+    method."""
+    return [s for s in scores if s["dev_acc"] is not None and not s.get("collapsed")]
+
+
 def choose(scores: list[dict], where: str = "") -> dict:
-    """The grid point with the best mean dev accuracy; ties go to the first in grid order.
-    Diverged points (dev_acc null) are never chosen."""
-    finite = [s for s in scores if s["dev_acc"] is not None]
+    """The grid point with the best mean dev accuracy among the `eligible`; ties go to the
+    first in grid order."""
+    finite = eligible(scores)
     if not finite:
-        raise MamfError(f"every tuning grid point of {where or 'this entry'} diverged: "
-                        "give the grid lower rates")
+        raise MamfError(f"every tuning grid point of {where or 'this entry'} diverged or "
+                        "trained to chance: give the grid lower rates")
     return max(finite, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
+
+
+def _tested(out: Path) -> set[str]:
+    """The datasets of the experiment rows already in `out` (their test rows exist)."""
+    from mamf.results import read_rows
+    from mamf.run import RESULTS
+
+    if not (out / RESULTS).is_file():
+        return set()
+    return {r.get("experiment_dataset") or r["dataset"] for r in read_rows(out / RESULTS)}
+
+
+def _retune(state: dict, spec: TuneSpec, tested: set[str], out: Path) -> None:
+    """A re-tune the file asks for (`tune.retune`, a reason): every method's entries on the
+    datasets with rows are tuned again, the earlier ones kept under `before_retune`; then the
+    rows of the earlier tuning must leave results.jsonl before new ones are computed."""
+    if not spec.retune or state.get("retune") == spec.retune:
+        return
+    dropped = {k: v for k, v in state["entries"].items() if k.split("/")[0] in tested}
+    state.setdefault("before_retune", []).append({"entries": dropped,
+                                                  "retune": state.get("retune")})
+    state["entries"] = {k: v for k, v in state["entries"].items() if k not in dropped}
+    state["retune"] = spec.retune
+    atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+    log.warning("re-tuning every method on %s: %s", ", ".join(sorted(tested)), spec.retune)
 
 
 def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True) -> dict:
@@ -72,6 +104,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
     if state.get("seed") != spec.seed:
         raise MamfError(f"{out / TUNE_FILE} was tuned with seed {state.get('seed')}, not "
                         f"{spec.seed}: delete it to tune again")
+    tested = _tested(out) if compute else set()
+    _retune(state, spec, tested, out)
     chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
     for ds in exp.datasets:
         root = None
@@ -88,6 +122,11 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                     if not any(s["train"] == p for s in entry["scores"])]
             if todo and not compute:
                 raise MamfError(f"{out / TUNE_FILE} lacks {ds.name} {method}: run `mamf tune`")
+            if todo and ds.name in tested:
+                raise MamfError(
+                    f"{ds.name} {method}: tuning again after its test rows exist is refused; "
+                    "say why in the file's tune.retune (every method is then re-tuned), or "
+                    "choose another --out")
             for point in todo:
                 if root is None:
                     root = dataset_root(ds, out, exp.datasets)
@@ -98,6 +137,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
             entry["chosen"] = {**best["train"], **best["metatest"]}
             chosen[(ds.name, method)] = {"values": entry["chosen"], "seed": spec.seed,
                                          "dev_acc": best["dev_acc"], "ways": best["ways"]}
+            if spec.retune:
+                chosen[(ds.name, method)]["retune"] = spec.retune
             log.info("%s %s: chosen on dev %s (dev accuracy %.3f)", ds.name, method,
                      entry["chosen"], best["dev_acc"])
     if compute:
@@ -131,6 +172,7 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     # grid point -> tune seed -> dev accuracies (one per tuned size)
     accs: dict[int, dict[int, list[float]]] = {k: {} for k in range(len(tests))}
     diverged: dict[int, str] = {}  # grid point -> where its loss became NaN or infinite
+    collapsed: set[int] = set()  # tune seeds whose training collapsed to chance
     for seed in spec.seeds:
         if len(diverged) == len(tests):
             break  # diverged under an earlier seed: no mean can be formed
@@ -139,7 +181,9 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
             fresh_start(model, inputs, pretrained, config, kind.trains)
             if kind.trains:
                 try:
-                    train(model, inputs, dataset, config, progress)
+                    result = train(model, inputs, dataset, config, progress)
+                    if result.collapsed:  # one rule for every method (`mamf.chance`)
+                        collapsed.add(seed)
                 except Diverged as e:
                     log.info("tune %s %s %s seed %d: diverged in training (%s)", ds.name,
                              method, train_point, seed, e)
@@ -165,7 +209,8 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
              **({"dev_acc": None, "diverged": diverged[k]} if k in diverged else
-                _dev_acc(accs[k]))}
+                _dev_acc(accs[k])),
+             **({"collapsed": sorted(collapsed)} if collapsed and k not in diverged else {})}
             for k, test_point in enumerate(tests)]
 
 

@@ -14,9 +14,10 @@ from mamf.methods.base import (
     create,
     method_class,
     names,
+    rates,
     register,
     settings,
 )
 
-__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register",
-           "settings"]
+__all__ = ["EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "rates",
+           "register", "settings"]

@@ -78,6 +78,14 @@ def method_class(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
+def rates(name: str) -> list[str]:
+    """The rates a method's results depend on (training, inner, test-time): what symmetric
+    tuning must put in its grid."""
+    cls = method_class(name)
+    found = [cls.train_rate if cls.trains else None, cls.inner_rate, cls.adapt_rate]
+    return [r for r in found if r is not None]
+
+
 def create(name: str, config: Config) -> Method:
     return method_class(name)(config)
 
@@ -108,6 +116,9 @@ class Method:
     train_rate: ClassVar[str | None] = "train.lr"
     adapt_rate: ClassVar[str | None] = "metatest.lr"
     adapt_epochs: ClassVar[str | None] = "metatest.epochs"
+    # a rate of its training besides `train_rate` (FOMAML's inner SGD rate): symmetric tuning
+    # (`mamf.tune_spec`) tunes every rate a method declares
+    inner_rate: ClassVar[str | None] = None
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch
