@@ -36,8 +36,8 @@ from mamf.experiment_file import (  # noqa: F401  (the grid's parts, for callers
     run_config,
     samplers_of,
 )
-from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.hypotheses import digest
+from mamf.io import append_jsonl, atomic_write_bytes, atomic_write_text, make_folder
 from mamf.lock import exclusive
 from mamf.metatest import WeightSnapshot
 from mamf.models.registry import prefetch
