@@ -173,6 +173,7 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     accs: dict[int, dict[int, list[float]]] = {k: {} for k in range(len(tests))}
     diverged: dict[int, str] = {}  # grid point -> where its loss became NaN or infinite
     collapsed: set[int] = set()  # tune seeds whose training collapsed to chance
+    dev_tasks: dict[int, int] = {}  # grid point -> dev tasks each scoring drew (the caveats')
     for seed in spec.seeds:
         if len(diverged) == len(tests):
             break  # diverged under an earlier seed: no mean can be formed
@@ -204,13 +205,15 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
                         diverged[k] = "meta-test"
                         continue
                     accs[k].setdefault(seed, []).append(row.acc_mean)
+                    dev_tasks[k] = row.n_tasks
                     log.info("tune %s %s %d-way %s %s seed %d: dev %.3f", ds.name, method, n,
                              train_point, test_point, seed, row.acc_mean)
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
              **({"dev_acc": None, "diverged": diverged[k]} if k in diverged else
                 _dev_acc(accs[k])),
-             **({"collapsed": sorted(collapsed)} if collapsed and k not in diverged else {})}
+             **({"collapsed": sorted(collapsed)} if collapsed and k not in diverged else {}),
+             **({"dev_tasks": dev_tasks[k]} if k in dev_tasks else {})}
             for k, test_point in enumerate(tests)]
 
 
