@@ -101,8 +101,10 @@ def parse_hypotheses(raw, methods: list[str], datasets: list[str]) -> list[Hypot
 
 
 def digest(hypotheses: list[Hypothesis]) -> str | None:
-    """sha256 of the hypotheses as parsed (order and names included); None for none declared."""
+    """sha256 of the hypotheses as parsed, names included, in name order (writing them in
+    another order declares the same); None for none declared."""
     if not hypotheses:
         return None
-    text = json.dumps([asdict(h) for h in hypotheses], sort_keys=True)
+    text = json.dumps(sorted((asdict(h) for h in hypotheses), key=lambda h: h["name"]),
+                      sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

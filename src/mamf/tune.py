@@ -80,6 +80,12 @@ def _tested(out: Path) -> set[str]:
     return {r.get("experiment_dataset") or r["dataset"] for r in read_rows(out / RESULTS)}
 
 
+def _refuse_retune(dataset: str, method: str) -> None:
+    raise MamfError(f"{dataset} {method}: tuning again after its test rows exist is refused; "
+                    "say why in the file's tune.retune (every method is then re-tuned), or "
+                    "choose another --out")
+
+
 def _retune(state: dict, spec: TuneSpec, tested: set[str], out: Path) -> None:
     """A re-tune the file asks for (`tune.retune`, a reason): every method's entries on the
     datasets with rows are tuned again, the earlier ones kept under `before_retune`; then the
@@ -106,6 +112,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                         f"{spec.seed}: delete it to tune again")
     tested = _tested(out) if compute else set()
     _retune(state, spec, tested, out)
+    if spec.retune and state.get("retune") == spec.retune:
+        tested = set()  # a re-tune the file asks for, every method's entries tuned again
     chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
     for ds in exp.datasets:
         root = None
@@ -115,6 +123,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                 continue
             entry = state["entries"].setdefault(entry_key(ds.name, method),
                                                 {"grid": grid, "scores": []})
+            if ds.name in tested and (entry["grid"] != grid or not entry["scores"]):
+                _refuse_retune(ds.name, method)
             if entry["grid"] != grid:
                 raise MamfError(f"{out / TUNE_FILE} holds another grid for {ds.name} {method}: "
                                 "delete it to tune again")
@@ -123,10 +133,7 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
             if todo and not compute:
                 raise MamfError(f"{out / TUNE_FILE} lacks {ds.name} {method}: run `mamf tune`")
             if todo and ds.name in tested:
-                raise MamfError(
-                    f"{ds.name} {method}: tuning again after its test rows exist is refused; "
-                    "say why in the file's tune.retune (every method is then re-tuned), or "
-                    "choose another --out")
+                _refuse_retune(ds.name, method)
             for point in todo:
                 if root is None:
                     root = dataset_root(ds, out, exp.datasets)

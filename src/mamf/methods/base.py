@@ -119,6 +119,7 @@ class Method:
     # a rate of its training besides `train_rate` (FOMAML's inner SGD rate): symmetric tuning
     # (`mamf.tune_spec`) tunes every rate a method declares
     inner_rate: ClassVar[str | None] = None
+    adapt_optimizer: ClassVar[str] = "Adam"  # what `adapt` steps with (the report's caveats)
     trains_per_ways: ClassVar[bool] = False  # training depends on the task size n
     draws_tasks: ClassVar[bool] = False  # training draws n-way tasks from `train.sampler`
     data_parallel: ClassVar[bool] = True  # under torchrun: DDP/FSDP over shares of each batch

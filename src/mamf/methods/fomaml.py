@@ -143,6 +143,7 @@ class FOMAML(Method):
     name = "fomaml"
     adapt_rate, adapt_epochs = "metatest.inner_lr", "metatest.inner_epochs"
     inner_rate = "train.inner_lr"
+    adapt_optimizer = "SGD"
     label = "FOMAML"
     summary = "first-order MAML: inner SGD on each task's support set, outer Adam on its query loss"
     colour = "#2ca02c"

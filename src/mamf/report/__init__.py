@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mamf import protocols
 from mamf.io import atomic_write_text
+from mamf.report.caveats import caveats_section
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
@@ -25,6 +26,7 @@ from mamf.report.environment import environment_lines
 from mamf.report.export import write_tables
 from mamf.report.figures import bar_figure, curve_figure
 from mamf.report.html import markdown_html
+from mamf.report.hypotheses import hypotheses_section
 from mamf.report.overfitting import main_rows as _held_out_unmixed
 from mamf.report.overfitting import overfitting_sections
 from mamf.report.predictions import predictions_section
@@ -78,13 +80,13 @@ def _header(every_row: list[dict], shown: list[dict]) -> str:
 
 def report_markdown(rows: list[dict], title: str, figures: dict[str, Path],
                     extra: list[str] | None = None, every_row: list[dict] | None = None,
-                    reference: str | None = None) -> str:
+                    reference: str | None = None, first: list[str] | None = None) -> str:
     """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
     are linked relative to the report's folder; `extra`: more sections' lines before them."""
     note = comparison_note(rows)
     # what the interval is over (seeds, or one run's tasks) is the coverage line's to say
     over = ", on the test tasks every method has" if note else ""
-    md = [f"# {title}", "", _header(every_row or rows, rows), "",
+    md = [f"# {title}", "", _header(every_row or rows, rows), "", *(first or []),
           f"## Accuracy (mean ± 95 % interval{over})", "", summary_table(rows), "",
           *summary_notes(rows)]
     if note:
@@ -165,7 +167,8 @@ def write_report(rows: list[dict], out: Path, title: str = "mamf report",
         ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \
         environment_lines(every_row, compare(rows).compared) + \
         [f"Tables as files: {listed} (and .tex beside each, for LaTeX)."]
-    text = report_markdown(rows, title, pngs, extra, every_row, reference)
+    first = hypotheses_section(every_row, out) + caveats_section(every_row, out)
+    text = report_markdown(rows, title, pngs, extra, every_row, reference, first)
     written = _write(out, title, text, pngs)
     write_tables(out, tables)
     return written
