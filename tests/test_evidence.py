@@ -173,6 +173,8 @@ def test_tuning_is_symmetric_unless_the_file_says_why(folder):
         parse_experiment(experiment(folder, **over, asymmetric="a test of the mechanics only"))
     with pytest.raises(MamfError, match="must say why"):
         parse_experiment(experiment(folder, seed=0, asymmetric="no"))
+    # a file kept beside rows from before the rule still reads, for their report
+    assert parse_experiment(experiment(folder, seed=0), strict=False).tune.seeds == [0]
 
 
 def test_a_retune_after_rows_is_refused_unless_said_why_and_then_covers_every_method(

@@ -89,8 +89,10 @@ class Experiment:
     hypotheses: list[Hypothesis] = field(default_factory=list)
 
 
-def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
+def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True) -> Experiment:
     """Validate an experiment mapping; every run's config is built once here to catch errors early.
+    `strict`: refuse asymmetric tuning (`tune_spec.check_symmetric`); False reads a file kept
+    beside rows computed before that rule, to report them.
 
     Every value is type-checked before use: a YAML alias can make a tiny file hold a structure
     whose `str()` never ends, so nothing from the file is printed or converted unchecked.
@@ -157,7 +159,7 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                 raise MamfError(f"dataset {ds.name!r}: 'tune' gives this dataset's own grids, "
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
-    if exp.tune is not None:
+    if exp.tune is not None and strict:
         check_symmetric(exp.tune, methods, {ds.name: ds.methods for ds in datasets})
     for ds in datasets:
         for m in methods:
@@ -286,9 +288,9 @@ def _refuse_duplicates(items: list, what: str) -> None:
         seen.append(item)
 
 
-def load_experiment(path: str | Path) -> Experiment:
+def load_experiment(path: str | Path, strict: bool = True) -> Experiment:
     path = Path(path)
-    return parse_experiment(load_yaml(path), path)
+    return parse_experiment(load_yaml(path), path, strict)
 
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,
