@@ -62,6 +62,7 @@ def fit_prototypes(task: Embedded, epochs: int, lr: float, constrained: bool) ->
 class CLAP(Method):
     name = "clap"
     adapt_rate, adapt_epochs = "baseline.clap_lr", "baseline.clap_epochs"
+    adapt_optimizer = "SGD"
     label = "CLAP"
     summary = "zero-shot-initialised linear probe held near the prompts, class-wise (baseline)"
     colour = "#8c6d31"

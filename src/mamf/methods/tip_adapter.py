@@ -109,6 +109,7 @@ class TipAdapter(Method):
 class TipAdapterF(TipAdapter):
     name = "tip-adapter-f"
     adapt_rate, adapt_epochs = "baseline.tip_f_lr", "baseline.tip_f_epochs"
+    adapt_optimizer = "AdamW"
     label = "Tip-Adapter-F"
     summary = "Tip-Adapter with cache keys fine-tuned on the support set (baseline)"
     colour = "#bcbd22"
