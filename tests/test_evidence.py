@@ -45,6 +45,8 @@ def test_hypotheses_are_checked_and_their_hash_changes_when_one_is_added():
            ({"x": {"compare": ["mamf", "fomaml"], "expect": "falls"}}, "need 'along'"),
            ({"x": {"compare": ["mamf", "fomaml"], "expect": "greater", "along": "zeroshot"}},
             "need 'along'"),
+           ({"x": {"compare": ["mamf", "fomaml"], "expect": "falls", "along": "nope"}},
+            "along must name a method"),
            ({"x": {"compare": ["mamf", "fomaml"], "expect": "falls", "along": "zeroshot",
                    "datasets": ["a", "b"]}}, "at least 3 datasets")]
     for h, match in bad:

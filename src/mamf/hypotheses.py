@@ -10,9 +10,10 @@ is for:
       claim2: {compare: [mamf, fomaml], expect: falls, along: zeroshot} # slope of a - b
 
 `expect: greater` or `less` tests a - b on each dataset both ran (or on those `datasets:` lists);
-`expect: rises` or `falls` with `along: zeroshot` tests the slope of a - b against the datasets'
-zero-shot accuracy. The report's first section tests exactly these, Holm over all of them, and
-calls every other comparison exploratory. Every row records `hypotheses_sha256`, the hash of the
+`expect: rises` or `falls` with `along: <method>` tests the slope of a - b against that method's
+accuracy on each dataset (`along: zeroshot`: the datasets' zero-shot accuracy). The report's
+first section tests exactly these, Holm over all of them, and calls every other comparison
+exploratory. Every row records `hypotheses_sha256`, the hash of the
 section as the rows were computed, so a hypothesis added after the fact shows.
 """
 
@@ -27,7 +28,6 @@ from mamf.errors import MamfError, shown
 
 PAIRWISE = ("greater", "less")
 TRENDS = ("rises", "falls")
-ALONG = ("zeroshot",)  # what a trend is along: the datasets' zero-shot accuracy
 KEYS = {"compare", "expect", "along", "datasets"}
 NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -38,7 +38,7 @@ class Hypothesis:
     a: str
     b: str
     expect: str  # greater, less (per dataset), rises, falls (a trend)
-    along: str | None = None
+    along: str | None = None  # the method whose accuracy per dataset a trend runs along
     datasets: tuple[str, ...] | None = None  # None: every dataset both methods ran
 
     @property
@@ -53,7 +53,7 @@ class Hypothesis:
     def text(self) -> str:
         """The hypothesis in words, as the report states it."""
         if self.trend:
-            return f"{self.a} − {self.b} {self.expect} with the datasets' zero-shot accuracy"
+            return f"{self.a} − {self.b} {self.expect} with {self.along}'s accuracy"
         where = f" on {', '.join(self.datasets)}" if self.datasets else " on each dataset"
         return f"{self.a} − {self.b} is {'above' if self.sign > 0 else 'below'} 0{where}"
 
@@ -81,13 +81,11 @@ def parse_hypotheses(raw, methods: list[str], datasets: list[str]) -> list[Hypot
             raise MamfError(f"{where}.expect must be one of {', '.join(PAIRWISE + TRENDS)}, got "
                             f"{shown(expect)}")
         if (expect in TRENDS) != (along is not None):
-            raise MamfError(f"{where}: 'rises' and 'falls' need 'along' (zeroshot), and only "
-                            "they take it")
-        if along is not None and along not in ALONG:
-            raise MamfError(f"{where}.along must be one of {', '.join(ALONG)}, got {shown(along)}")
-        if along == "zeroshot" and "zeroshot" not in methods:
-            raise MamfError(f"{where}: a trend along zero-shot accuracy needs the zeroshot "
-                            "method in the experiment's methods")
+            raise MamfError(f"{where}: 'rises' and 'falls' need 'along' (a method, e.g. "
+                            "zeroshot), and only they take it")
+        if along is not None and along not in methods:
+            raise MamfError(f"{where}.along must name a method of the experiment (zeroshot: "
+                            f"along the datasets' zero-shot accuracy), got {shown(along)}")
         chosen = h.get("datasets")
         if chosen is not None and (not isinstance(chosen, list) or not chosen or
                                    any(d not in datasets for d in chosen)):

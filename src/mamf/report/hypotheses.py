@@ -68,10 +68,9 @@ def declared_tests(rows: list[dict], hypotheses: list[Hypothesis]) -> list[Test]
         if not h.trend:
             found += [Test(h, d, stats.estimate(x)) for d, x in diffs.items()]
             continue
-        zero = {d: pooled([r for r in rows if dataset_name(r) == d and
-                           r["method"] == "zeroshot"])[(d, "zeroshot")].mean
-                for d in diffs if any(r["method"] == "zeroshot" and dataset_name(r) == d
-                                      for r in rows)}
+        axis = {d: [r for r in rows if dataset_name(r) == d and r["method"] == h.along]
+                for d in diffs}  # the accuracy of `along` on each dataset: the trend's x
+        zero = {d: pooled(rs)[(d, h.along)].mean for d, rs in axis.items() if rs}
         try:
             found.append(Test(h, ", ".join(zero), stats.slope(zero, diffs)))
         except ValueError:
@@ -112,7 +111,7 @@ def hypotheses_section(rows: list[dict], folder: Path | None) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for t in done:
         h = t.hypothesis
-        what = (f"slope of {label(h.a)} − {label(h.b)} against zero-shot accuracy"
+        what = (f"slope of {label(h.a)} − {label(h.b)} against {label(h.along)} accuracy"
                 if h.trend else f"{label(h.a)} − {label(h.b)}")
         lines.append(f"| {md(h.name)} | {what}: expect {h.expect} | {md(t.where)} | "
                      f"{stats.interval(t.estimate, signed=True)} | {t.estimate.seeds} | "
@@ -122,9 +121,9 @@ def hypotheses_section(rows: list[dict], folder: Path | None) -> list[str]:
     lines += ["", f"Verdicts are Holm-adjusted over the {len(done)} tests declared (family-wise "
               "error 5 %): *holds* when the difference (or slope) goes the way the hypothesis "
               "expects, *does not hold* when it goes the other way, *inconclusive* otherwise. "
-              "A slope is fitted per seed over the datasets' zero-shot accuracies (the mean of "
-              "zero-shot's seeds on each), then t over the seeds' slopes; its unit is accuracy "
-              "per unit of zero-shot accuracy."]
+              "A slope is fitted per seed over the datasets' accuracies of the method it runs "
+              "along (the mean of that method's seeds on each), then t over the seeds' slopes; "
+              "its unit is accuracy per unit of that accuracy."]
     if untested:
         lines.append(f"Not testable on these rows: {', '.join(map(md, untested))} (their "
                      "methods share no cell, or a trend has fewer than 3 datasets).")
