@@ -1,6 +1,8 @@
 """Tables and figures from results rows: what a person reads at a glance.
 
-One module a section: `tables` (the accuracy table, what it compares, what it leaves out),
+One module a section: `hypotheses` (first: the hypotheses the experiment file declared, tested
+as declared), `caveats` (tuning, collapses and budget differences, from the files), `tables`
+(the accuracy table, what it compares, what it leaves out),
 `claims` (the paper's two claims), `zeroshot` (claim 2's figure), `spurious` (claim 1 against
 a shortcut's strength), `reference` (every method
 against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
