@@ -78,7 +78,7 @@ def tuning_lines(folder: Path | None) -> list[str]:
         on = edges(entry["grid"], chosen)
         m = margin(entry["scores"])
         edged += bool(on)
-        thin += m is not None and m <= THIN
+        thin += m is not None and round(m, 3) <= THIN  # as the table shows it
         tasks = sorted({s["dev_tasks"] for s in entry["scores"] if "dev_tasks" in s})
         lost = sum(1 for s in entry["scores"] if s.get("collapsed"))
         lines.append(f"| {md(key)} | {_grid_text(entry['grid'])} | "
