@@ -206,3 +206,18 @@ def test_a_retune_after_rows_is_refused_unless_said_why_and_then_covers_every_me
     if changed:
         with pytest.raises(MamfError, match="tuned otherwise than"):
             run_experiment(retuned, out, progress=False)
+
+
+def test_caveats_say_where_compared_methods_differ_in_updates_images_and_adaptation():
+    from mamf.report.caveats import budget_lines
+
+    rows = [row("zeroshot", "d", 1, [0.3]),
+            row("classical", "d", 1, [0.8], train_steps=10, train_images=320),
+            row("fomaml", "d", 1, [0.7], train_steps=4, train_images=320)]
+    text = "\n".join(budget_lines(rows, None))
+    # settings files are not there: the adaptation is "not recorded" for both, so not a difference
+    assert "the methods differ in updates." in text and "classical FT: updates 10" in text
+    assert "zero-shot" not in text  # it neither trains nor adapts, by design
+    same = [r for r in rows if r["method"] != "fomaml"] + [
+        row("mamf", "d", 1, [0.8], train_steps=10, train_images=320)]
+    assert budget_lines(same, None) == []
