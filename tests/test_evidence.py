@@ -18,7 +18,7 @@ from mamf.experiment import parse_experiment, run_experiment
 from mamf.hypotheses import digest, parse_hypotheses
 from mamf.report.caveats import chance_lines, edges, margin, tuning_lines
 from mamf.report.hypotheses import declared_tests, hypotheses_section
-from mamf.tune import TUNE_FILE, choose, tune_experiment
+from mamf.tune import TUNE_FILE, choose, collapsed_seeds, tune_experiment
 
 METHODS = ["zeroshot", "classical", "mamf", "fomaml"]
 LEVELS = ["a", "b", "c"]
@@ -122,6 +122,8 @@ def test_caveats_name_edges_margins_seeds_and_collapses(tmp_path):
                "dev_acc_by_seed": {"7": 0.79, "8": 0.81}},
               {"train": {"train.lr": 1e-4}, "metatest": {}, "dev_acc": 0.797, "dev_tasks": 100},
               {"train": {"train.lr": 1e-5}, "metatest": {}, "dev_acc": None}]
+    for s in scores:
+        s["ways"] = [5]
     assert choose(scores)["dev_acc"] == 0.8  # the collapsed point is never chosen
     assert margin(scores) == pytest.approx(0.003)
     (tmp_path / TUNE_FILE).write_text(json.dumps({"seed": [7, 8], "entries": {"d/mamf": {
@@ -135,6 +137,23 @@ def test_caveats_name_edges_margins_seeds_and_collapses(tmp_path):
             for s in (1, 2)] + [row("mamf", "d", 1, [0.2], train_steps=10)]  # old: by accuracy
     text = "\n".join(chance_lines(rows))
     assert "| classical FT | d | 5 | 2 | 2 |" in text and "| MAMF | d | 5 | 1 | 1 |" in text
+
+
+def test_a_training_at_chance_at_every_test_time_rate_on_one_seed_is_never_chosen():
+    # train.lr 1e-2 trains well on seed 7 and collapses on seed 8 (0.2 = 1/5 at every
+    # test-time rate): its mean still beats 1e-3's, yet it is not chosen, for any method
+    point = {"train": {"train.lr": 1e-2}, "ways": [5]}
+    scores = [{**point, "metatest": {"metatest.lr": lr}, "dev_acc": (0.99 + acc) / 2,
+               "dev_acc_by_seed": {"7": 0.99, "8": acc}} for lr, acc in ((1e-4, 0.2),
+                                                                        (1e-3, 0.21))]
+    scores.append({"train": {"train.lr": 1e-3}, "ways": [5], "metatest": {"metatest.lr": 1e-4},
+                   "dev_acc": 0.55, "dev_acc_by_seed": {"7": 0.56, "8": 0.54}})
+    assert collapsed_seeds(scores, {"train.lr": 1e-2}) == {"8"}
+    assert collapsed_seeds(scores, {"train.lr": 1e-3}) == set()
+    assert choose(scores)["train"] == {"train.lr": 1e-3}
+    # a slow learner that adaptation lifts above chance at some rate is not a collapse
+    scores[1]["dev_acc_by_seed"]["8"] = 0.5
+    assert collapsed_seeds(scores, {"train.lr": 1e-2}) == set()
 
 
 def test_a_collapse_is_a_fall_to_chance_not_a_run_that_never_learned():

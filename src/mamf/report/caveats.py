@@ -40,10 +40,18 @@ def edges(grid: dict, chosen: dict) -> list[str]:
 
 def margin(scores: list[dict]) -> float | None:
     """Best minus runner-up dev accuracy among the points that could be chosen."""
-    from mamf.tune import eligible
+    from mamf.tune import eligible  # the rule tuning chose by (imported late: it loads torch)
 
     accs = sorted((s["dev_acc"] for s in eligible(scores)), reverse=True)
     return accs[0] - accs[1] if len(accs) > 1 else None
+
+
+def _collapsed(scores: list[dict]) -> int:
+    """How many scored points tuning may not choose because their training collapsed."""
+    from mamf.tune import eligible
+
+    kept = eligible(scores)
+    return sum(1 for s in scores if s["dev_acc"] is not None and s not in kept)
 
 
 def _tune_seeds(entry: dict, state: dict) -> str:
@@ -80,7 +88,7 @@ def tuning_lines(folder: Path | None) -> list[str]:
         edged += bool(on)
         thin += m is not None and round(m, 3) <= THIN  # as the table shows it
         tasks = sorted({s["dev_tasks"] for s in entry["scores"] if "dev_tasks" in s})
-        lost = sum(1 for s in entry["scores"] if s.get("collapsed"))
+        lost = _collapsed(entry["scores"])
         lines.append(f"| {md(key)} | {_grid_text(entry['grid'])} | "
                      f"{', '.join(f'{k} {_value(v)}' for k, v in chosen.items())} | "
                      f"{', '.join(on) or 'no'} | "
