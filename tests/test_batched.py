@@ -9,8 +9,8 @@ import torch
 
 from mamf import methods
 from mamf.config import build_config
-from mamf.methods import batched
 from mamf.engine.metatest import WeightSnapshot, evaluation_tasks, meta_test
+from mamf.methods import batched
 from mamf.runs.prepare import prepare
 
 FROZEN = {"model": "tiny-random-clip", "train.freeze_image_backbone": True,

@@ -19,6 +19,7 @@ from mamf.runs.experiment import parse_experiment, run_experiment
 from mamf.runs.tune import TUNE_FILE, tune_experiment
 from mamf.system.errors import MamfError
 
+ONE_SEED = "these tests check tuning's mechanics on one tune seed"
 GRID = {"train.lr": [1e-4, 1e-3, 1e-2, 1e-1], "metatest.lr": [1e-5, 1e-4, 1e-3, 1e-2]}
 
 
@@ -35,7 +36,7 @@ def experiment(folder, **tune):
                                                  "epochs": 1, "batch_size": 16},
                                        "metatest": {"epochs": 1}},
             "datasets": {"colours": {"root": str(folder), "ways": [3]}},
-            "tune": {"seed": 0, "grid": GRID, **tune}}
+            "tune": {"seed": 0, "grid": GRID, "asymmetric": ONE_SEED, **tune}}
 
 
 def test_tuning_reads_dev_tasks_only_and_its_choice_reaches_the_rows(tmp_path, folder,

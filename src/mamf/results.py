@@ -186,6 +186,9 @@ class Row:
     prompts: str | None = None  # what gave the prompts: template, templates, label_to_text.json, coop
     template: str | None = None  # with prompts `coop`: CoOp's template for the dataset
     coop_dataset: str | None = None  # the CoOp DATASETS.md folder the row's data came from
+    hypotheses_sha256: str | None = None  # the experiment file's declared hypotheses, hashed
+    train_at_chance: bool | None = None  # its training's loss ended at chance
+    train_collapsed: bool | None = None  # ... after beginning below it
     class_names: list[str] | None = None  # with `metatest.save_predictions`
     predictions: list | None = None  # per test task, `results.decode_predictions` reads it
     experiment: str | None = None

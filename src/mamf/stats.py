@@ -241,3 +241,28 @@ def coverage_line(estimates: Sequence[Estimate]) -> str:
     if 1 in seeds:
         text += "; entries marked *(one run)* rest on one seed: t over its tasks only"
     return text + "."
+
+
+def slope(xs: Mapping[Hashable, float],
+          by_group: Mapping[Hashable, Mapping[Hashable, Sequence[float]]]) -> Estimate:
+    """The least-squares slope of a value against `xs` (group -> x, e.g. a dataset's zero-shot
+    accuracy), fitted per seed over the groups that seed has, then t over the seeds' slopes
+    (the seed is the unit of replication). `by_group`: group -> seed -> that seed's values there
+    (their mean is the seed's point). Seeds with fewer than 3 groups are left out."""
+    seeds = {s for g in by_group.values() for s in g}
+    per_seed, tasks = {}, 0
+    for s in seeds:
+        points = [(xs[g], float(np.mean(v[s]))) for g, v in by_group.items()
+                  if g in xs and s in v and len(v[s])]
+        if len(points) < 3:
+            continue
+        x, y = np.array(points).T
+        if np.ptp(x) == 0:
+            continue
+        per_seed[s] = [float(np.polyfit(x, y, 1)[0])]
+        tasks += sum(len(v[s]) for g, v in by_group.items() if g in xs and s in v)
+    if not per_seed:
+        raise ValueError("slope needs a seed with 3 groups or more of distinct x")
+    e = estimate(per_seed)
+    return Estimate(e.mean, e.ci95, e.seeds, tasks, SEEDS if e.seeds > 1 else TASKS, e.p,
+                    e.spread)

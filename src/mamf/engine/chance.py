@@ -36,6 +36,17 @@ def at_chance(losses: list[float], classes: int | None,
     return chance if last >= NEAR * chance else None
 
 
+def collapsed(losses: list[float], classes: int | None,
+              level: Callable[[int], float] = math.log) -> bool:
+    """The run collapsed: its loss began below chance (the model knew something) and ended at
+    it (`at_chance`), a uniform guess training drove it to. A run that began at chance and
+    stayed there did not learn; that is its score's to show, not a collapse."""
+    if at_chance(losses, classes, level) is None:
+        return False
+    first = float(np.mean(losses[:max(1, len(losses) // 10)]))
+    return first < NEAR * level(classes)
+
+
 def likely_cause(config: Config, also: str = "") -> str:
     """What in the settings most likely kept the loss at chance, in one clause; `also`: what
     the method adds (FOMAML's inner rate)."""

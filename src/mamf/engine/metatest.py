@@ -15,8 +15,8 @@ import torch
 from mamf import methods, protocols
 from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset
-from mamf.methods import batched
 from mamf.features.inputs import ModelInputs
+from mamf.methods import batched
 from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
 from mamf.methods.finetune import trainable
 from mamf.models.base import DualEncoder

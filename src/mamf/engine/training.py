@@ -21,7 +21,7 @@ import torch
 from mamf import methods, protocols
 from mamf.catalogue import Config
 from mamf.data.dataset import ImageDataset, Pool
-from mamf.engine.chance import warn_if_chance
+from mamf.engine.chance import at_chance, collapsed, warn_if_chance
 from mamf.engine.checkpoint import Checkpointer
 from mamf.engine.data_parallel import DataParallel
 from mamf.engine.metatest import evaluation_tasks, score
@@ -52,6 +52,9 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     images: int | None = None  # back-propagated images (None: resumed from an older checkpoint)
     budget: str = "native"
+    # the loss ended at a uniform guess (`mamf.engine.chance`), and got there from below (collapsed)
+    at_chance: bool = False
+    collapsed: bool = False
 
 
 def train_pool(dataset: ImageDataset, config: Config) -> Pool:
@@ -233,11 +236,14 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
             adapters.dropout_active(model, False)
         if parallel:
             parallel.close()
+    classes = method.chance_classes(pool)
     if distributed.is_main():
-        warn_if_chance(config, method.name, losses, method.chance_classes(pool),
-                       method.chance_hint(), model.chance_loss)
+        warn_if_chance(config, method.name, losses, classes, method.chance_hint(),
+                       model.chance_loss)
     return TrainResult(method.name, len(losses), time.perf_counter() - started, losses,
-                       None if uncounted else method.images, t.budget)
+                       None if uncounted else method.images, t.budget,
+                       at_chance(losses, classes, model.chance_loss) is not None,
+                       collapsed(losses, classes, model.chance_loss))
 
 
 def with_steps(config: Config) -> Config:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "register",
-                 "settings")
+_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "rates",
+                 "register", "settings")
 __all__ = list(_REGISTRY_API)
 
 

@@ -107,6 +107,15 @@ def method_class(name: str) -> type[Method]:
     return REGISTRY[name]
 
 
+def rates(name: str) -> list[str]:
+    """The rates a method's results depend on (training, inner, test-time): what symmetric
+    tuning must put in its grid."""
+    cls = method_class(name)
+    shown = cls.presentation
+    found = [shown.train_rate if cls.trains else None, shown.inner_rate, shown.adapt_rate]
+    return [r for r in found if r is not None]
+
+
 def create(name: str, config: Config) -> Method:
     return method_class(name)(config)
 

@@ -20,6 +20,10 @@ class Presentation:
     train_rate: str | None = "train.lr"
     adapt_rate: str | None = "metatest.lr"
     adapt_epochs: str | None = "metatest.epochs"
+    # a rate of its training besides `train_rate` (FOMAML's inner SGD rate): symmetric tuning
+    # tunes every rate a method declares
+    inner_rate: str | None = None
+    adapt_optimizer: str = "Adam"  # what its test-time adaptation steps with (the caveats)
 
 
 CLOSED_FORM = {"adapt_rate": None, "adapt_epochs": None}
@@ -34,7 +38,8 @@ BUILTIN: dict[str, Presentation] = {
                          "the task's n classes", "#d62728", 2),
     "fomaml": Presentation("FOMAML", "first-order MAML: inner SGD on each task's support set, "
                            "outer Adam on its query loss", "#2ca02c", 3,
-                           adapt_rate="metatest.inner_lr", adapt_epochs="metatest.inner_epochs"),
+                           adapt_rate="metatest.inner_lr", adapt_epochs="metatest.inner_epochs",
+                           inner_rate="train.inner_lr", adapt_optimizer="SGD"),
     "prototype": Presentation("prototype", "nearest support class mean, mixed with the prompt "
                               "embedding (baseline)", "#8c564b", 10, **CLOSED_FORM),
     "linear-probe-clip": Presentation("Linear-probe CLIP", "CoOp's linear probe: logistic "
@@ -49,7 +54,7 @@ BUILTIN: dict[str, Presentation] = {
     "tip-adapter-f": Presentation("Tip-Adapter-F", "Tip-Adapter with cache keys fine-tuned on the "
                                   "support set (baseline)", "#bcbd22", 13,
                                   adapt_rate="baseline.tip_f_lr",
-                                  adapt_epochs="baseline.tip_f_epochs"),
+                                  adapt_epochs="baseline.tip_f_epochs", adapt_optimizer="AdamW"),
     "gda": Presentation("GDA", "Gaussian discriminant on support embeddings beside zero-shot; "
                         "alpha on dev (baseline)", "#393b79", 14, **CLOSED_FORM),
     "lp++": Presentation("LP++", "linear probe blended class-wise with the text embeddings, "
@@ -57,10 +62,10 @@ BUILTIN: dict[str, Presentation] = {
                          adapt_epochs="baseline.lpp_epochs"),
     "clap": Presentation("CLAP", "zero-shot-initialised linear probe held near the prompts, "
                          "class-wise (baseline)", "#8c6d31", 16, adapt_rate="baseline.clap_lr",
-                         adapt_epochs="baseline.clap_epochs"),
+                         adapt_epochs="baseline.clap_epochs", adapt_optimizer="SGD"),
     "zs-lp": Presentation("ZS-LP", "CLAP's zero-shot-initialised linear probe without the "
                           "constraint (baseline)", "#bd9e39", 17, adapt_rate="baseline.clap_lr",
-                          adapt_epochs="baseline.clap_epochs"),
+                          adapt_epochs="baseline.clap_epochs", adapt_optimizer="SGD"),
     "taskres": Presentation("TaskRes", "a learned residual on the prompts' text classifier "
                             "(baseline)", "#843c39", 18, adapt_rate="baseline.taskres_lr",
                             adapt_epochs="baseline.taskres_epochs"),

@@ -1,13 +1,15 @@
 """Tables and figures from results rows: what a person reads at a glance.
 
-One module a section:
-`tables` (the accuracy table, what it compares, what it leaves out), `selection` (which rows
-each section reads, and `main_rows`), `claims` (the paper's two claims), `zeroshot` (claim 2's
-figure), `spurious` (claim 1 against a shortcut's strength), `reference` (every method against
-one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split, WiSE-FT),
-`setup` (how each method was trained), `curves` (training logs), `predictions` (per-class
-accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from the
-tables; `compare` decides which rows are compared; `files` finds what lies beside the rows;
+One module a section: `hypotheses` (first: the hypotheses the experiment file declared, tested
+as declared), `caveats` (tuning, collapses and budget differences, from the files), `tables`
+(the accuracy table, what it compares, what it leaves out), `selection` (which rows each
+section reads, and `main_rows`),
+`claims` (the paper's two claims), `zeroshot` (claim 2's figure), `spurious` (claim 1 against
+a shortcut's strength), `reference` (every method
+against one), `samplers`, `fewshot` (coop and base2novel), `overfitting` (training split,
+WiSE-FT), `setup` (how each method was trained), `curves` (training logs), `predictions`
+(per-class accuracy, confusion), `environment` (versions, commit, machine); `figures` apart from
+the tables; `compare` decides which rows are compared; `files` finds what lies beside the rows;
 every number comes from `mamf.stats`. report.md is the text; report.html is the same text as a
 self-contained page (`html`); the tables are also CSV and LaTeX files under tables/ (`export`).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mamf.report.caveats import caveats_section
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
 from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
@@ -24,6 +27,7 @@ from mamf.report.environment import environment_lines
 from mamf.report.export import write_tables
 from mamf.report.figures import bar_figure, curve_figure
 from mamf.report.html import markdown_html
+from mamf.report.hypotheses import hypotheses_section
 from mamf.report.overfitting import overfitting_sections
 from mamf.report.predictions import predictions_section
 from mamf.report.reference import check_reference, reference_section
@@ -61,13 +65,13 @@ def _header(every_row: list[Row], shown: list[Row]) -> str:
 
 def report_markdown(rows: list[Row], title: str, figures: dict[str, Path],
                     extra: list[str] | None = None, every_row: list[Row] | None = None,
-                    reference: str | None = None) -> str:
+                    reference: str | None = None, first: list[str] | None = None) -> str:
     """The whole report as markdown; `figures` (name -> PNG in the report's figures/ folder)
     are linked relative to the report's folder; `extra`: more sections' lines before them."""
     note = comparison_note(rows)
     # what the interval is over (seeds, or one run's tasks) is the coverage line's to say
     over = ", on the test tasks every method has" if note else ""
-    md = [f"# {title}", "", _header(every_row or rows, rows), "",
+    md = [f"# {title}", "", _header(every_row or rows, rows), "", *(first or []),
           f"## Accuracy (mean ± 95 % interval{over})", "", summary_table(rows), "",
           *summary_notes(rows)]
     if note:
@@ -147,7 +151,8 @@ def write_report(rows: list[Row], out: Path, title: str = "mamf report",
         ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \
         environment_lines(every_row, compare(rows).compared) + \
         [f"Tables as files: {listed} (and .tex beside each, for LaTeX)."]
-    text = report_markdown(rows, title, pngs, extra, every_row, reference)
+    first = hypotheses_section(every_row, out) + caveats_section(every_row, out)
+    text = report_markdown(rows, title, pngs, extra, every_row, reference, first)
     written = _write(out, title, text, pngs)
     write_tables(out, tables)
     return written

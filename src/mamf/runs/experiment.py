@@ -46,6 +46,7 @@ from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for ca
     run_config,
     samplers_of,
 )
+from mamf.runs.hypotheses import digest
 from mamf.runs.measure import RESULTS, evaluate_prepared, record
 from mamf.runs.prepare import fresh_start, images_read, prepare
 from mamf.runs.tune import tune_experiment
@@ -103,6 +104,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
     prefetch(exp.model)  # the model loads while the datasets are built
     if exp.tune is not None:  # rates chosen on dev tasks before any row is computed
         exp.tuned = tune_experiment(exp, out, progress, compute=job is None and distributed.is_main())
+        _refuse_other_tuning(exp, rows, out)
     done = {grid_key(r, bool(exp.shots)) for r in rows}
     plans, skipped = plan(exp, out, done)
     results = out / RESULTS
@@ -144,6 +146,17 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                           done, bar, clock)
     bar.close()
     return distributed.from_main(read_rows(results) if distributed.is_main() else None)
+
+
+def _refuse_other_tuning(exp: Experiment, rows: list[Row], out: Path) -> None:
+    """Rows trained with another choice than tune.json's (a re-tune's earlier rows) would mix
+    two tunings in one table: they must leave results.jsonl first."""
+    for r in rows:
+        chosen = exp.tuned.get((r.dataset_name, r.method))
+        if chosen and (r.tuned_on_dev or {}).get("values") != chosen["values"]:
+            raise MamfError(f"{out / RESULTS} holds {r.method} rows on {r.dataset_name} tuned "
+                            f"otherwise than {out}/tune.json says (a re-tune): move them aside "
+                            "to keep them")
 
 
 def _claim(exp: Experiment, out: Path, rows: list[Row], job: str | None) -> None:
@@ -427,7 +440,8 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                        "train_steps": result.steps, "train_images": result.images,
                        "train_budget": result.budget,
                       "train_time_s": round(time.perf_counter() - started, 3),
-                      "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1]}
+                      "train_loss_first": result.losses[0], "train_loss_last": result.losses[-1],
+                      "train_at_chance": result.at_chance, "train_collapsed": result.collapsed}
         mix = Interpolation(model, start) if start is not None else None
     for n in unit:
         for split, alpha in cells(exp, ds, root, method, seed, sampler):
@@ -459,8 +473,9 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
 def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, config,
               results: Path) -> Row:
     """A unit's row, with what its training was, appended to the results (and its config)."""
-    return record(row, results, config,
-                  {**train_info, "experiment": exp.name, "experiment_dataset": ds.name})
+    declared = {"hypotheses_sha256": digest(exp.hypotheses)} if exp.hypotheses else {}
+    return record(row, results, config, {**train_info, "experiment": exp.name,
+                                         "experiment_dataset": ds.name, **declared})
 
 
 def _own_log_dir(config: Config, name: str) -> Config:

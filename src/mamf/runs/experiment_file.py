@@ -25,14 +25,21 @@ from mamf.catalogue import AT_MOST, Config, check_seed
 from mamf.config import build_config, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
 from mamf.engine.wiseft import alphas
-from mamf.runs.tune_spec import TuneSpec, nested, parse_dataset_grids, parse_tune
+from mamf.runs.hypotheses import Hypothesis, parse_hypotheses
+from mamf.runs.tune_spec import (
+    TuneSpec,
+    check_symmetric,
+    nested,
+    parse_dataset_grids,
+    parse_tune,
+)
 from mamf.system.errors import MamfError, is_int, shown
 from mamf.tasks import samplers
 
 log = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "model", "methods", "samplers", "seeds", "settings", "method_settings",
-            "datasets", "device", "precision", "shots", "splits", "tune"}
+            "datasets", "device", "precision", "shots", "splits", "tune", "hypotheses"}
 DATASET_KEYS = {"root", "build", "build_options", "settings", "method_settings", "ways",
                 "methods", "tune", "shots", "runs_of"}
 # settings a method may change without invalidating a dataset's cached tower outputs
@@ -90,10 +97,14 @@ class Experiment:
     splits: list[str] | None = None  # the meta-test's splits; None: metatest.split as set
     tune: TuneSpec | None = None  # rates chosen on dev tasks first (`mamf.runs.tune`)
     tuned: dict = field(default_factory=dict)  # (dataset, method) -> what tuning chose
+    # the comparisons the study is for, declared before it runs (`mamf.runs.hypotheses`)
+    hypotheses: list[Hypothesis] = field(default_factory=list)
 
 
-def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
+def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True) -> Experiment:
     """Validate an experiment mapping; every run's config is built once here to catch errors early.
+    `strict`: refuse asymmetric tuning (`tune_spec.check_symmetric`); False reads a file kept
+    beside rows computed before that rule, to report them.
 
     Every value is type-checked before use: a YAML alias can make a tiny file hold a structure
     whose `str()` never ends, so nothing from the file is printed or converted unchecked.
@@ -156,6 +167,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                      _mapping(raw.get("settings"), "experiment 'settings'"), method_settings,
                      datasets, _text(raw, "device", "auto"), _text(raw, "precision", "auto"),
                      source, sampler_axis, shots, splits)
+    exp.hypotheses = parse_hypotheses(raw.get("hypotheses"), methods,
+                                      [ds.name for ds in datasets])
     if raw.get("tune") is not None:
         exp.tune = parse_tune(raw["tune"], methods, seeds, CACHE_KEYS)
     for ds in datasets:
@@ -164,6 +177,8 @@ def parse_experiment(raw: dict, source: Path | None = None) -> Experiment:
                 raise MamfError(f"dataset {ds.name!r}: 'tune' gives this dataset's own grids, "
                                 "and needs the experiment's 'tune:' section (its seed)")
             exp.tune.dataset_grids[ds.name] = parse_dataset_grids(ds.tune, ds.name, CACHE_KEYS)
+    if exp.tune is not None and strict:
+        check_symmetric(exp.tune, methods, {ds.name: ds.methods for ds in datasets})
     for ds in datasets:
         source = names[ds.runs_of] if ds.runs_of else None
         if source and not protocols.get(run_config(
@@ -346,9 +361,9 @@ def _refuse_duplicates(items: list, what: str) -> None:
         seen.append(item)
 
 
-def load_experiment(path: str | Path) -> Experiment:
+def load_experiment(path: str | Path, strict: bool = True) -> Experiment:
     path = Path(path)
-    return parse_experiment(load_yaml(path), path)
+    return parse_experiment(load_yaml(path), path, strict)
 
 
 def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: str,

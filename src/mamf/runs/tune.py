@@ -23,6 +23,7 @@ import numpy as np
 from mamf import methods as registry
 from mamf.catalogue import Config
 from mamf.runs.experiment_file import dataset_root, run_config
+from mamf.runs.tune_rule import CHANCE_MARGIN, collapsed_seeds, eligible  # noqa: F401
 from mamf.runs.tune_spec import TuneSpec, nested
 from mamf.system.errors import Diverged, MamfError, shown
 from mamf.system.io import atomic_write_text
@@ -77,13 +78,44 @@ def _broken_entry(entry) -> str | None:
 
 
 def choose(scores: list[dict], where: str = "") -> dict:
-    """The grid point with the best mean dev accuracy; ties go to the first in grid order.
-    Diverged points (dev_acc null) are never chosen."""
-    finite = [s for s in scores if s["dev_acc"] is not None]
+    """The grid point with the best mean dev accuracy among the `eligible`; ties go to the
+    first in grid order."""
+    finite = eligible(scores)
     if not finite:
-        raise MamfError(f"every tuning grid point of {where or 'this entry'} diverged: "
-                        "give the grid lower rates")
+        raise MamfError(f"every tuning grid point of {where or 'this entry'} diverged or "
+                        "trained to chance: give the grid lower rates")
     return max(finite, key=lambda s: s["dev_acc"])  # max keeps the first of equal keys
+
+
+def _tested(out: Path) -> set[str]:
+    """The datasets of the experiment rows already in `out` (their test rows exist)."""
+    from mamf.results import read_rows
+    from mamf.runs.measure import RESULTS
+
+    if not (out / RESULTS).is_file():
+        return set()
+    return {r.get("experiment_dataset") or r["dataset"] for r in read_rows(out / RESULTS)}
+
+
+def _refuse_retune(dataset: str, method: str) -> None:
+    raise MamfError(f"{dataset} {method}: tuning again after its test rows exist is refused; "
+                    "say why in the file's tune.retune (every method is then re-tuned), or "
+                    "choose another --out")
+
+
+def _retune(state: dict, spec: TuneSpec, tested: set[str], out: Path) -> None:
+    """A re-tune the file asks for (`tune.retune`, a reason): every method's entries on the
+    datasets with rows are tuned again, the earlier ones kept under `before_retune`; then the
+    rows of the earlier tuning must leave results.jsonl before new ones are computed."""
+    if not spec.retune or state.get("retune") == spec.retune:
+        return
+    dropped = {k: v for k, v in state["entries"].items() if k.split("/")[0] in tested}
+    state.setdefault("before_retune", []).append({"entries": dropped,
+                                                  "retune": state.get("retune")})
+    state["entries"] = {k: v for k, v in state["entries"].items() if k not in dropped}
+    state["retune"] = spec.retune
+    atomic_write_text(out / TUNE_FILE, json.dumps(state, indent=1))
+    log.warning("re-tuning every method on %s: %s", ", ".join(sorted(tested)), spec.retune)
 
 
 def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True) -> dict:
@@ -95,6 +127,10 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
     if state.get("seed") != spec.seed:
         raise MamfError(f"{out / TUNE_FILE} was tuned with seed {state.get('seed')}, not "
                         f"{spec.seed}: delete it to tune again")
+    tested = _tested(out) if compute else set()
+    _retune(state, spec, tested, out)
+    if spec.retune and state.get("retune") == spec.retune:
+        tested = set()  # a re-tune the file asks for, every method's entries tuned again
     chosen, prepared = {}, {}  # one dataset's model and caches in memory at a time
     for ds in exp.datasets:
         if ds.runs_of is not None:
@@ -106,6 +142,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                 continue
             entry = state["entries"].setdefault(entry_key(ds.name, method),
                                                 {"grid": grid, "scores": []})
+            if ds.name in tested and (entry["grid"] != grid or not entry["scores"]):
+                _refuse_retune(ds.name, method)
             if entry["grid"] != grid:
                 raise MamfError(f"{out / TUNE_FILE} holds another grid for {ds.name} {method}: "
                                 "delete it to tune again")
@@ -113,6 +151,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
                     if not any(s["train"] == p for s in entry["scores"])]
             if todo and not compute:
                 raise MamfError(f"{out / TUNE_FILE} lacks {ds.name} {method}: run `mamf tune`")
+            if todo and ds.name in tested:
+                _refuse_retune(ds.name, method)
             for point in todo:
                 if root is None:
                     root = dataset_root(ds, out, exp.datasets)
@@ -123,6 +163,8 @@ def tune_experiment(exp, out: Path, progress: bool = False, compute: bool = True
             entry["chosen"] = {**best["train"], **best["metatest"]}
             chosen[(ds.name, method)] = {"values": entry["chosen"], "seed": spec.seed,
                                          "dev_acc": best["dev_acc"], "ways": best["ways"]}
+            if spec.retune:
+                chosen[(ds.name, method)]["retune"] = spec.retune
             log.info("%s %s: chosen on dev %s (dev accuracy %.3f)", ds.name, method,
                      entry["chosen"], best["dev_acc"])
     if compute:
@@ -158,6 +200,8 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     # grid point -> tune seed -> dev accuracies (one per tuned size)
     accs: dict[int, dict[int, list[float]]] = {k: {} for k in range(len(tests))}
     diverged: dict[int, str] = {}  # grid point -> where its loss became NaN or infinite
+    collapsed: set[int] = set()  # tune seeds whose training collapsed to chance
+    dev_tasks: dict[int, int] = {}  # grid point -> dev tasks each scoring drew (the caveats')
     for seed in spec.seeds:
         if len(diverged) == len(tests):
             break  # diverged under an earlier seed: no mean can be formed
@@ -166,7 +210,9 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
             fresh_start(model, inputs, pretrained, config, kind.trains)
             if kind.trains:
                 try:
-                    train(model, inputs, dataset, config, progress)
+                    result = train(model, inputs, dataset, config, progress)
+                    if result.collapsed:  # one rule for every method (`mamf.engine.chance`)
+                        collapsed.add(seed)
                 except Diverged as e:
                     log.info("tune %s %s %s seed %d: diverged in training (%s)", ds.name,
                              method, train_point, seed, e)
@@ -187,12 +233,15 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
                         diverged[k] = "meta-test"
                         continue
                     accs[k].setdefault(seed, []).append(row.acc_mean)
+                    dev_tasks[k] = row.n_tasks
                     log.info("tune %s %s %d-way %s %s seed %d: dev %.3f", ds.name, method, n,
                              train_point, test_point, seed, row.acc_mean)
     pretrained.restore()
     return [{"train": train_point, "metatest": test_point, "ways": sizes,
              **({"dev_acc": None, "diverged": diverged[k]} if k in diverged else
-                _dev_acc(accs[k]))}
+                _dev_acc(accs[k])),
+             **({"collapsed": sorted(collapsed)} if collapsed and k not in diverged else {}),
+             **({"dev_tasks": dev_tasks[k]} if k in dev_tasks else {})}
             for k, test_point in enumerate(tests)]
 
 

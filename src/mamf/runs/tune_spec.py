@@ -1,6 +1,13 @@
 """An experiment's `tune:` section, read and checked (`mamf.runs.tune` runs it; docs/method.md,
 "Tuning"): a seed that is none of the test seeds, a grid of dotted `train.*` / `metatest.*`
-keys, optional per-method grids, task sizes and dev-only settings."""
+keys, optional per-method grids, task sizes and dev-only settings.
+
+Tuning is symmetric unless the file says why not (`asymmetric: <reason>`): a comparison whose
+methods were tuned unequally measures the tuning as much as the methods. Symmetric means at
+least two tune seeds, every method that trains tuned, and every rate a method declares
+(`mamf.methods.rates`: training, FOMAML's inner rate, the test-time rate) in its grid on every
+dataset it runs. `retune: <reason>` is what allows tuning again after test rows exist
+(`mamf.runs.tune`)."""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from mamf import methods as registry
 from mamf.catalogue import check_seed
 from mamf.system.errors import MamfError, shown
 
-TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings"}
+TUNE_KEYS = {"seed", "ways", "grid", "method_grid", "methods", "settings", "asymmetric",
+             "retune"}
+MIN_SEEDS = 2  # tune seeds symmetric tuning needs: one seed's lucky rate is not a choice
 SECTIONS = ("train", "metatest")
 
 
@@ -24,6 +33,8 @@ class TuneSpec:
     settings: dict = field(default_factory=dict)  # for the dev runs only (e.g. fewer dev tasks)
     # dataset name -> its own {"grid", "method_grid"} (a dataset entry's `tune:`), each where given
     dataset_grids: dict[str, dict] = field(default_factory=dict)
+    asymmetric: str | None = None  # why this study tunes asymmetrically (None: it does not)
+    retune: str | None = None  # why it tunes again after test rows exist (None: refused)
 
     @property
     def seeds(self) -> list[int]:
@@ -80,10 +91,43 @@ def parse_tune(raw, exp_methods: list[str], seeds: list[int], fixed=frozenset())
     settings = raw.get("settings") or {}
     if not isinstance(settings, dict):
         raise MamfError("tune.settings must be a mapping of config sections")
-    spec = TuneSpec(seed, grid, method_grid, chosen, ways, settings)
+    reasons = {}
+    for key in ("asymmetric", "retune"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or len(value.strip()) < 10):
+            raise MamfError(f"tune.{key} must say why, in a sentence, got {shown(value)}")
+        reasons[key] = value.strip() if value else None
+    spec = TuneSpec(seed, grid, method_grid, chosen, ways, settings, **reasons)
     if not any(spec.grid_of(m) for m in spec.methods_of(exp_methods)):
         raise MamfError("experiment 'tune' has an empty grid: give tune.grid (e.g. train.lr)")
     return spec
+
+
+def check_symmetric(spec: TuneSpec, exp_methods: list[str],
+                    datasets: dict[str, list[str] | None]) -> None:
+    """Refuse asymmetric tuning unless `tune.asymmetric` says why; `datasets`: each dataset's
+    methods (None: all of the experiment's)."""
+    if spec.asymmetric:
+        return
+    why = " (or say why not in tune.asymmetric)"
+    if len(spec.seeds) < MIN_SEEDS:
+        raise MamfError(f"tune: symmetric tuning needs at least {MIN_SEEDS} tune seeds (a list "
+                        f"in tune.seed), got {len(spec.seeds)}{why}")
+    trained = [m for m in exp_methods if registry.method_class(m).trains]
+    left = [m for m in trained if m not in spec.methods_of(exp_methods)]
+    if left:
+        raise MamfError(f"tune: every method that trains is tuned, and tune.methods leaves out "
+                        f"{', '.join(left)}{why}")
+    for name, runs in datasets.items():
+        for m in spec.methods_of(exp_methods):
+            if runs is not None and m not in runs:
+                continue
+            grid = spec.grid_of(m, name)
+            missing = [r for r in registry.rates(m)
+                       if r.split(".")[0] in SECTIONS and r not in grid]
+            if missing:
+                raise MamfError(f"tune: {m}'s grid on {name} lacks {', '.join(missing)}: "
+                                f"symmetric tuning tunes every rate a method has{why}")
 
 
 def parse_dataset_grids(raw: dict, dataset: str, fixed=frozenset()) -> dict:
