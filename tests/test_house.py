@@ -141,3 +141,21 @@ def test_a_report_renders_from_rows_without_loading_torch(tmp_path):
                           timeout=600)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
     assert (tmp_path / "report.md").is_file()
+
+
+def test_the_readmes_experiment_file_example_is_a_valid_experiment(tmp_path):
+    """The door's example of an experiment file (a folder named by `root:`, a builder, declared
+    hypotheses) is one mamf reads as written."""
+    import re
+
+    from mamf.runs.experiment import parse_experiment
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert example, "README's Quick start shows an experiment file"
+    (tmp_path / "data" / "birds").mkdir(parents=True)
+    (tmp_path / "study.yaml").write_text(example.group(1))
+    exp = parse_experiment(__import__("yaml").safe_load(example.group(1)),
+                           source=tmp_path / "study.yaml")
+    assert {d.name for d in exp.datasets} == {"birds", "counting"}
+    assert exp.hypotheses
