@@ -15,6 +15,7 @@ from mamf import stats
 from mamf.engine.chance import collapsed
 from mamf.report.caveats import chance_lines, edges, margin, tuning_lines
 from mamf.report.hypotheses import declared_tests, hypotheses_section
+from mamf.results import Row
 from mamf.runs.experiment import parse_experiment, run_experiment
 from mamf.runs.hypotheses import digest, parse_hypotheses
 from mamf.runs.tune import TUNE_FILE, choose, collapsed_seeds, tune_experiment
@@ -30,7 +31,7 @@ def row(method, dataset, seed, accs, **over):
          "acc_mean": float(np.mean(accs)), "acc_ci95": 0.0, "task_accs": list(accs),
          "time_s": 1.0, "host": "vm", "run": None}
     r.update(over)
-    return r
+    return Row.from_json(r)
 
 
 def test_hypotheses_are_checked_and_their_hash_changes_when_one_is_added():
@@ -203,9 +204,10 @@ def test_a_retune_after_rows_is_refused_unless_said_why_and_then_covers_every_me
     out = tmp_path / "out"
     exp = parse_experiment(experiment(folder))
     rows = run_experiment(exp, out, progress=False)
-    assert {r["hypotheses_sha256"] for r in rows} == {digest(exp.hypotheses)}
-    trained = [r for r in rows if r["method"] != "zeroshot"]
-    assert trained and all("train_at_chance" in r and "train_collapsed" in r for r in trained)
+    assert {r.hypotheses_sha256 for r in rows} == {digest(exp.hypotheses)}
+    trained = [r for r in rows if r.method != "zeroshot"]
+    assert trained and all(r.train_at_chance is not None and r.train_collapsed is not None
+                           for r in trained)
     first = json.loads((out / TUNE_FILE).read_text())
     assert all("dev_tasks" in s for e in first["entries"].values() for s in e["scores"])
     wider = {"train.lr": [1e-2, 1e-1], "metatest.lr": [1e-3]}
@@ -237,6 +239,6 @@ def test_caveats_say_where_compared_methods_differ_in_updates_images_and_adaptat
     # settings files are not there: the adaptation is "not recorded" for both, so not a difference
     assert "the methods differ in updates." in text and "classical FT: updates 10" in text
     assert "zero-shot" not in text  # it neither trains nor adapts, by design
-    same = [r for r in rows if r["method"] != "fomaml"] + [
+    same = [r for r in rows if r.method != "fomaml"] + [
         row("mamf", "d", 1, [0.8], train_steps=10, train_images=320)]
     assert budget_lines(same, None) == []

@@ -202,7 +202,8 @@ def test_settings_given_per_grid_point_are_the_settings_used(tmp_path, monkeypat
 
     grid = {"train.crop_scale": [0.9, 0.3], "train.lr": [1e-3, 2e-2], "metatest.lr": [1e-3]}
     exp = parse_experiment(_experiment(folder, methods=["classical"],
-                                       tune={"seed": 0, "grid": grid}))
+                                       tune={"seed": 0, "grid": grid,
+                                             "asymmetric": "a test of per-point settings"}))
     tune_experiment(exp, tmp_path / "out")
     points = [(crops, lr) for _, crops, lr, _ in used]
     assert sorted(points) == sorted(([c], lr) for c in grid["train.crop_scale"]
@@ -473,7 +474,8 @@ def test_a_damaged_tune_file_is_one_line(tmp_path, capsys, entry):
 
     folder = make_folder(tmp_path / "colours", n_classes=4)
     raw = _experiment(folder, methods=["classical"],
-                      tune={"seed": 0, "grid": {"train.lr": [1e-3], "metatest.lr": [1e-3]}})
+                      tune={"seed": 0, "grid": {"train.lr": [1e-3], "metatest.lr": [1e-3]},
+                            "asymmetric": "a test of damaged files"})
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     out.mkdir()

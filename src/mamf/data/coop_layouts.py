@@ -32,6 +32,9 @@ FILES = Path(__file__).parent / "coop_files"
 SPLITS = ("train", "dev", "test")  # mamf's names; CoOp's "val" is mamf's dev
 DEV_SHOTS = 4  # CoOp's validation shots: min(K, 4) per class
 
+# what rows name as their prompts' source when a CoOp folder gave them (`prompts`)
+PROMPTS_TAG = "coop"
+
 
 @dataclass(frozen=True)
 class Layout:

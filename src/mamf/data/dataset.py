@@ -12,6 +12,7 @@ import numpy as np
 
 from mamf.data import coop_layouts
 from mamf.data.cache import load_or_build
+from mamf.data.coop_layouts import PROMPTS_TAG
 from mamf.data.folder import printable, scan_folder
 from mamf.data.prompts import (
     DEFAULT_TEMPLATE,
@@ -161,7 +162,7 @@ class ImageDataset:
         dataset.coop = data
         dataset.ensemble = ensemble
         if ensemble is None and own:
-            dataset.prompt_source, dataset.template = "coop", layout.template
+            dataset.prompt_source, dataset.template = PROMPTS_TAG, layout.template
         else:
             dataset.prompt_source = LABEL_TO_TEXT if prompt_file(data.root) else \
                 "templates" if ensemble else "template"

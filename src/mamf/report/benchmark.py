@@ -22,6 +22,7 @@ from importlib.resources import files
 
 import numpy as np
 
+from mamf import protocols
 from mamf.data import coop_layouts
 from mamf.protocols.base2novel import harmonic_mean
 from mamf.report.common import in_order, label, md
@@ -85,8 +86,10 @@ def benchmark_section(rows: list[Row], anchors: dict | None = None) -> list[str]
         return []
     anchors = anchors or load_anchors()
     eleven, variants = _benchmark_names()
-    coop = [r for r in rows if r.protocol == "coop" and r.coop_dataset in eleven]
-    b2n = [r for r in rows if r.protocol == "base2novel" and r.own("hm") is not None]
+    kinds = {p: protocols.get(p) for p in {r.protocol for r in rows}}
+    # the field's two tables: accuracy against K shots, and a protocol's own fields (base/novel)
+    coop = [r for r in rows if kinds[r.protocol].shots_table and r.coop_dataset in eleven]
+    b2n = [r for r in rows if kinds[r.protocol].row_fields is not None and r.own("hm") is not None]
     shifted = [r for r in rows if r.coop_dataset in variants]
     lines = ["## The field's benchmark", "",
              "Rows measured on the folders of CoOp's DATASETS.md, read as CoOp reads them "
@@ -198,11 +201,11 @@ def base2novel_lines(rows: list[Row], anchors: dict, eleven: list[str]) -> list[
 
 def variant_lines(rows: list[Row], variants: list[str]) -> list[str]:
     """ImageNet-trained runs on the variants: one line per (method, shots), by the run."""
-    def run_of(r: dict) -> tuple:  # the training a row scored: its run folder, or in a grid
+    def run_of(r: Row) -> tuple:  # the training a row scored: its run folder, or in a grid
         return (row_label(r), r.shots, r.seed, r.run, r.experiment)
 
     source = {run_of(r): r for r in rows if r.coop_dataset == "ImageNet"
-              and r.protocol == "coop"}
+              and protocols.get(r.protocol).shots_table}
     table: dict = {}
     for r in one_per_cell([r for r in rows if r.coop_dataset in variants])[0].values():
         table.setdefault((row_label(r), r.shots), {}).setdefault(

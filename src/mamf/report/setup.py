@@ -44,14 +44,15 @@ def _templates(pairs: list[tuple[Row, dict | None]]) -> str:
     """What gave the prompts of these (row, config) pairs: the data's label_to_text.json, an
     ensemble, or the template. Rows from before rows said so (no `prompts` field) cannot tell
     the file from the template."""
+    from mamf.data.coop_layouts import PROMPTS_TAG as COOP
     from mamf.data.prompts import LABEL_TO_TEXT
 
     sources = {r.prompts for r, _ in pairs}
     parts = [f"the data's {LABEL_TO_TEXT}"] if LABEL_TO_TEXT in sources else []
-    if "coop" in sources:  # a folder of CoOp's DATASETS.md: its own template (the row names it)
+    if COOP in sources:  # a folder of CoOp's DATASETS.md: its own template (the row names it)
         parts.append("CoOp's template per dataset (" + "; ".join(sorted(
-            {r.template for r, _ in pairs if r.prompts == "coop"})) + ")")
-    rest = [(r, c) for r, c in pairs if r.prompts not in (LABEL_TO_TEXT, "coop")]
+            {r.template for r, _ in pairs if r.prompts == COOP})) + ")")
+    rest = [(r, c) for r, c in pairs if r.prompts not in (LABEL_TO_TEXT, COOP)]
     if rest:
         named = _configured([r for r, _ in rest], [c for _, c in rest if c is not None])
         parts.append(f"{named} or {LABEL_TO_TEXT} (not recorded)" if None in sources else named)

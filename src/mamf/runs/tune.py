@@ -94,7 +94,7 @@ def _tested(out: Path) -> set[str]:
 
     if not (out / RESULTS).is_file():
         return set()
-    return {r.get("experiment_dataset") or r["dataset"] for r in read_rows(out / RESULTS)}
+    return {r.dataset_name for r in read_rows(out / RESULTS)}
 
 
 def _refuse_retune(dataset: str, method: str) -> None:
