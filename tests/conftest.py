@@ -64,3 +64,19 @@ def colour_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def shared_colour_folder(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("shared") / "colours", n_classes=10, per_class=10)
+
+
+def one_error_line(capsys) -> str:
+    """The one `mamf: error` line a refused command printed (and no traceback)."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mamf: error")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def evaluate(folder, out, *extra):
+    """`mamf evaluate` of the tiny model, 2-way, quiet; its exit code."""
+    from mamf.cli import main
+
+    return main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
+                 str(out), "--ways", "2", "--quiet", *extra])

@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import make_folder
+from conftest import evaluate, make_folder, one_error_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -28,18 +28,6 @@ from mamf.data.cache import decode
 from mamf.data.dataset import ImageDataset
 from mamf.runs.experiment import parse_experiment
 from mamf.system.errors import MamfError
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("mamf: error")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def evaluate(folder, out, *extra):
-    return main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
-                 str(out), "--ways", "2", "--quiet", *extra])
 
 
 @contextlib.contextmanager

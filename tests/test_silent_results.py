@@ -9,26 +9,13 @@ import unicodedata
 
 import numpy as np
 import pytest
-from conftest import make_folder
+from conftest import evaluate, make_folder, one_error_line
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from mamf.cli import main
 from mamf.models.registry import load_model
 from mamf.system.errors import MamfError
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("mamf: error")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def evaluate(folder, out, *extra):
-    return main(["evaluate", "--model", "tiny-random-clip", "--data", str(folder), "--out",
-                 str(out), "--ways", "2", "--quiet", *extra])
-
 
 # -- 3. classes that share one prompt -------------------------------------------------------
 
