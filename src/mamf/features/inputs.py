@@ -25,11 +25,11 @@ from mamf.data.dataset import ImageDataset
 from mamf.data.prompts import refuse_shared_tokens
 from mamf.features import frozen_engine
 from mamf.features.augment import draws, random_crop_flip
+from mamf.models import split
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
 from mamf.system import progress
 from mamf.system.device import autocast, host_to_device, resolve_device, resolve_precision  # noqa: F401
-from mamf.system.errors import MamfError
 from mamf.system.io import writing
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,10 @@ class ModelInputs:
             raise ValueError("a frozen tower has no trainable top blocks")
         self.image_top_blocks = image_top_blocks
         if image_top_blocks:
-            _check_count(model, "image", model.image_blocks, image_top_blocks)
+            split.check(model, "image", image_top_blocks)
         self.text_top_layers = text_top_layers
         if text_top_layers:
-            _check_count(model, "text", model.text_layers, text_top_layers)
+            split.check(model, "text", text_top_layers)
         # the frozen image part's outputs: the backbone's, or the boundary below the top blocks
         self.features: torch.Tensor | None = None
         # where the frozen outputs are held: a boundary below the top blocks, [images, tokens,
@@ -404,17 +404,3 @@ def freeze_except(tower, top) -> list[torch.nn.Parameter]:
     for p in frozen:
         p.requires_grad_(False)
     return frozen
-
-
-def _check_count(model: DualEncoder, tower: str, count, k: int) -> None:
-    """k top blocks (layers) must exist in a model that can split its `tower` tower."""
-    key = "unfreeze_image_blocks" if tower == "image" else "unfreeze_text_layers"
-    try:
-        n = count()
-    except NotImplementedError:
-        raise MamfError(f"train.{key}={k}: {type(model).__name__}'s {tower} tower cannot be "
-                        "partially unfrozen (use 0 or all)") from None
-    if k > n:
-        unit = "blocks" if tower == "image" else "layers"
-        raise MamfError(f"train.{key}={k} is more than the {n} {unit} of "
-                        f"{type(model).__name__}'s {tower} tower")

@@ -29,6 +29,7 @@ from mamf.methods.base import EXTENSION, Method, register
 from mamf.methods.budget import classical_steps
 from mamf.methods.embedded import accuracy
 from mamf.methods.finetune import EpochStream, check_finite
+from mamf.models.base import PromptLearnable, require
 from mamf.parallel import distributed
 from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError, shown
@@ -178,11 +179,8 @@ class CoOp(Method):
     def extend(self, model, inputs) -> None:
         """A fresh context on the model, drawn from the run's seed (or the init words)."""
         super().extend(model, inputs)
-        try:
-            model.text_input_embeddings(model.tokenize(["a"]))
-        except NotImplementedError as e:
-            raise MamfError(f"{self.name} needs a text tower that takes input embeddings: "
-                            f"{e}") from None
+        require(model, PromptLearnable, f"{self.name} needs a text tower that takes input "
+                "embeddings")
         prompts = self.make_prompts(model, inputs)
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.config.seed, 21]).generate_state(1)[0]))

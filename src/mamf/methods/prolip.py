@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
+from mamf.models.base import ProjectionHeads, require
 from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
@@ -36,10 +37,8 @@ def backbone_features(model, inputs, indices: np.ndarray) -> torch.Tensor:
 
 def projection_weights(model, sample: torch.Tensor) -> list[torch.nn.Parameter]:
     """The weight matrices `image_head` reads (found by which head parameters get a gradient)."""
-    try:
-        heads = list(model.head_parameters())
-    except NotImplementedError as e:
-        raise MamfError(f"prolip needs a projection head to fine-tune: {e}") from None
+    require(model, ProjectionHeads, "prolip needs a projection head to fine-tune")
+    heads = list(model.head_parameters())
     flags = [p.requires_grad for p in heads]
     try:
         for p in heads:

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mamf.catalogue import unfrozen
-from mamf.models.base import DualEncoder
+from mamf.models import split
+from mamf.models.base import DualEncoder, ProjectionHeads, require
 from mamf.system.errors import MamfError, shown
 
 if TYPE_CHECKING:
@@ -79,12 +80,16 @@ def cached_parameters(model: DualEncoder, train: TrainConfig) -> list[torch.nn.P
     their outputs are cached, so an adapter there would never be used."""
     image_k, text_k = unfrozen(train)
     out = []
-    for k, tower, top in ((image_k, model.image_backbone_parameters, model.image_top_parameters),
-                          (text_k, model.text_parameters, model.text_top_parameters)):
+    for k, tower, parameters in ((image_k, "image", model.image_backbone_parameters),
+                                 (text_k, "text", model.text_parameters)):
         if k is None:
             continue
-        keep = {id(p) for p in top(k)} if k else set()
-        out += [p for p in tower() if id(p) not in keep]
+        keep: set[int] = set()
+        if k:
+            split.check(model, tower, k)
+            top = model.image_top_parameters if tower == "image" else model.text_top_parameters
+            keep = {id(p) for p in top(k)}
+        out += [p for p in parameters() if id(p) not in keep]
     return out
 
 
@@ -105,6 +110,8 @@ def attach(model: DualEncoder, train: TrainConfig, seed: int) -> None:
     for p in model.loss_parameters():  # the temperature (and SigLIP's logit bias)
         p.requires_grad_(True)
     if train.heads == "random":
+        name = model.describe().get("name", type(model).__name__)
+        require(model, ProjectionHeads, f"train.heads=random cannot go with model {name}")
         for p in model.head_parameters():
             p.requires_grad_(True)
     initialise(model, seed)

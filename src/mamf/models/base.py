@@ -1,25 +1,92 @@
-"""The dual-encoder interface every model implements (CLIP, the offline default, the tiny test model).
+"""The dual-encoder interface: what every model family gives, and the capabilities some add.
 
 Methods, the loss and the meta-test only ever talk to this interface, so a new model family is one
-new file. Images arrive as uint8 tensors [B, H, W, 3] already resized to `image_size` by the image
-cache; `preprocess` turns them into the float input the image tower expects.
+new file. `DualEncoder` holds what every family must give (abstract: a subclass that misses one
+cannot be instantiated, and Python's TypeError names what is missing); each optional part is a
+capability mixin that a family lists among its bases and that callers ask for with `isinstance`:
+
+| mixin | what it lets a run do |
+|---|---|
+| `SplitImageTower` | `train.unfreeze_image_blocks: k`, the image tower's last k blocks trained |
+| `SplitTextTower` | `train.unfreeze_text_layers: k`, the text tower's last k layers trained |
+| `PromptLearnable` | CoOp and CoCoOp: the text tower run over learned input embeddings |
+| `ProjectionHeads` | `train.heads=random`, and ProLIP (which fine-tunes the image head) |
+| `TransformersTokenizer` | every `mamf export` (the tokenizer is saved beside the model) |
+| `TransformersForm` | `mamf export --format hf` and `--format peft` |
+
+A setting that needs a capability the model lacks is refused with one line (`require`) when the
+run is prepared. Images arrive as uint8 tensors [B, H, W, 3] already resized to `image_size` by
+the image cache; `preprocess` turns them into the float input the image tower expects.
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
 
+from mamf.system.errors import MamfError
 
-class DualEncoder(nn.Module):
+
+class DualEncoder(nn.Module, abc.ABC):
     """An image tower and a text tower that embed into one space, plus a learned temperature.
 
-    Subclasses set `image_size`, `image_mean`, `image_std`, own a parameter `log_logit_scale`
-    (the natural log of the logit scale, as in CLIP) and implement `tokenize`, `image_backbone`,
-    `image_head` and `encode_texts`. Embeddings need not be normalised; the loss normalises them.
+    To add a family, subclass it (and the capability mixins the family supports), set
+    `image_size`, `image_mean`, `image_std` (the pixel statistics the image tower was trained
+    with), own a parameter `log_logit_scale` (the natural log of the logit scale, as in CLIP), and
+    implement the abstract methods:
+
+    - `tokenize(texts)`: list of str -> dict of int tensors on the model's device (what
+      `encode_texts` reads: `input_ids`, and `attention_mask` where the tower takes one).
+    - `image_backbone(pixel_values)`: float [B, 3, H, W] -> [B, F], the image tower up to its
+      projection head (frozen-backbone training caches this output).
+    - `image_backbone_parameters()`: the parameters `image_backbone` uses.
+    - `image_head(features)`: [B, F] -> [B, D], backbone features into the joint space.
+    - `encode_texts(tokens)`: `tokenize`'s dict -> [B, D] text embeddings.
+    - `text_parameters()`: the parameters `encode_texts` uses.
+    - `describe()`: a JSON-able dict with at least the model's `name`, recorded beside adapters.
+
+    Embeddings need not be normalised; the loss normalises them. The loss is CLIP's (scaled
+    cosines, softmax cross-entropy) unless the family overrides `task_logits`, `task_loss`,
+    `chance_loss` and `loss_parameters` (SigLIP does). `lora_targets` names the layers
+    `train.adapter=lora` adapts by default.
+
+    Example, a family that wraps a transformers `CLIPModel` with no optional capability (every
+    method but CoOp and CoCoOp trains and evaluates it); `models/registry.py`'s
+    `register_builtin` or `register_family` makes it loadable by name:
+
+        class Plain(DualEncoder):
+            def __init__(self, clip, tokenizer):
+                super().__init__()
+                self.clip, self.tokenizer = clip, tokenizer
+                self.image_size = clip.config.vision_config.image_size
+                self.log_logit_scale = clip.logit_scale
+
+            def tokenize(self, texts):
+                return dict(self.tokenizer(texts, padding=True, return_tensors="pt"))
+
+            def image_backbone(self, pixel_values):
+                return self.clip.vision_model(pixel_values=pixel_values).pooler_output
+
+            def image_backbone_parameters(self):
+                return self.clip.vision_model.parameters()
+
+            def image_head(self, features):
+                return self.clip.visual_projection(features)
+
+            def encode_texts(self, tokens):
+                return self.clip.text_projection(self.clip.text_model(**tokens).pooler_output)
+
+            def text_parameters(self):
+                return [*self.clip.text_model.parameters(),
+                        *self.clip.text_projection.parameters()]
+
+            def describe(self):
+                return {"name": "plain-clip"}
     """
 
     image_size: int = 224
@@ -54,84 +121,39 @@ class DualEncoder(nn.Module):
                               for v in (self.image_mean, self.image_std))
         return held[key]
 
+    @abc.abstractmethod
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Prompts -> the token tensors `encode_texts` reads, on the model's device."""
 
+    @abc.abstractmethod
     def image_backbone(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The image tower up to its projection head; frozen-backbone training caches this output."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def image_backbone_parameters(self):
         """The parameters `image_backbone` uses, frozen when its outputs are cached."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def image_head(self, features: torch.Tensor) -> torch.Tensor:
         """Maps backbone features to the joint embedding space."""
-        raise NotImplementedError
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`image_head(image_backbone(pixel_values))`: [B, 3, H, W] -> [B, D]."""
         return self.image_head(self.image_backbone(pixel_values))
 
+    @abc.abstractmethod
+    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`tokenize`'s dict -> [B, D] text embeddings in the joint space."""
+
+    @abc.abstractmethod
     def text_parameters(self):
         """The parameters `encode_texts` uses, frozen when text embeddings are cached."""
-        raise NotImplementedError
 
-    # -- partial unfreezing (train.unfreeze_image_blocks / unfreeze_text_layers) ---------------
-    # A tower splits k blocks from its top: `bottom(x, k)` gives the boundary activations, which
-    # are cached, and `top(boundary, k)` the tower's output, trained. k = 0: the bottom is the
-    # whole tower and the top the identity; k = the block count: the bottom is the stem (the
-    # embeddings) alone.
-
-    def image_blocks(self) -> int:
-        """How many blocks the image tower has: the largest `unfreeze_image_blocks`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be partially unfrozen")
-
-    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
-        """The image tower below its last k blocks: the boundary activations."""
-        raise NotImplementedError
-
-    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
-        """The last k blocks and what follows them, up to `image_backbone`'s output."""
-        raise NotImplementedError
-
-    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
-        """The parameters `image_top(., k)` uses (the backbone's others are the frozen bottom)."""
-        raise NotImplementedError
-
-    def text_layers(self) -> int:
-        """How many layers the text tower has: the largest `unfreeze_text_layers`."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be partially unfrozen")
-
-    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-        """Hidden states [B, T, D] below the last k layers (k = 0: `encode_texts`)."""
-        raise NotImplementedError
-
-    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
-                 k: int) -> torch.Tensor:
-        """The last k layers over `boundary`, masked and pooled by `tokens`: `encode_texts`."""
-        raise NotImplementedError
-
-    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
-        """The parameters `text_top(., ., k)` uses (`text_parameters`' others are frozen)."""
-        raise NotImplementedError
-
-    def encode_texts(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
-
-    # -- prompt learning (CoOp, CoCoOp): the text tower over input embeddings ------------------
-
-    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The word embeddings [B, T, W] of `tokens`, before positions are added: what a learned
-        prompt context replaces, position by position."""
-        raise NotImplementedError(f"{type(self).__name__}'s text tower cannot take input "
-                                  "embeddings")
-
-    def encode_text_embeddings(self, embeddings: torch.Tensor,
-                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`encode_texts` with `embeddings` [B, T, W] in place of the word embeddings of
-        `tokens`, which still give the attention mask and the pooling position."""
-        raise NotImplementedError(f"{type(self).__name__}'s text tower cannot take input "
-                                  "embeddings")
+    @abc.abstractmethod
+    def describe(self) -> dict:
+        """A JSON-able description of the model (its `name`, and its family where it helps),
+        which the LoRA adapters and exports record beside the weights; loading a run rebuilds
+        the model from its config, not from this."""
 
     def logit_scale(self) -> torch.Tensor:
         return self.log_logit_scale.exp()
@@ -158,29 +180,153 @@ class DualEncoder(nn.Module):
         cross-entropy (what a run whose loss stays there learned nothing against)."""
         return math.log(classes)
 
-    def head_parameters(self):
-        """The projection heads `reset_heads` replaces (trained beside LoRA when random)."""
-        raise NotImplementedError(f"{type(self).__name__} has no projection heads")
 
+# -- capabilities: a family lists those it supports among its bases -------------------------------
+# Partial unfreezing (train.unfreeze_image_blocks / unfreeze_text_layers): a tower splits k blocks
+# from its top; `bottom(x, k)` gives the boundary activations, which are cached, and
+# `top(boundary, k)` the tower's output, trained. k = 0: the bottom is the whole tower and the top
+# the identity; k = the block count: the bottom is the stem (the embeddings) alone.
+
+
+class SplitImageTower(abc.ABC):
+    """An image tower that splits at a block boundary: `train.unfreeze_image_blocks: k` trains
+    its last k blocks over cached activations below them.
+
+    Implement `image_blocks()` (the count), `image_bottom(pixel_values, k)` (the boundary
+    activations, any shape), `image_top(boundary, k)` (from there to `image_backbone`'s output,
+    so that `image_top(image_bottom(x, k), k) == image_backbone(x)` for every k) and
+    `image_top_parameters(k)`. `models/split.py` runs a transformers tower's own forward over a
+    slice of its layers, e.g. `class MyCLIP(DualEncoder, SplitImageTower): ...`."""
+
+    @abc.abstractmethod
+    def image_blocks(self) -> int:
+        """How many blocks the image tower has: the largest `unfreeze_image_blocks`."""
+
+    @abc.abstractmethod
+    def image_bottom(self, pixel_values: torch.Tensor, k: int) -> torch.Tensor:
+        """The image tower below its last k blocks: the boundary activations."""
+
+    @abc.abstractmethod
+    def image_top(self, boundary: torch.Tensor, k: int) -> torch.Tensor:
+        """The last k blocks and what follows them, up to `image_backbone`'s output."""
+
+    @abc.abstractmethod
+    def image_top_parameters(self, k: int) -> list[nn.Parameter]:
+        """The parameters `image_top(., k)` uses (the backbone's others are the frozen bottom);
+        [] for k = 0."""
+
+
+class SplitTextTower(abc.ABC):
+    """A text tower that splits at a layer boundary: `train.unfreeze_text_layers: k` trains its
+    last k layers over cached hidden states below them.
+
+    Implement `text_layers()`, `text_bottom(tokens, k)` (hidden states [B, T, D]; k = 0:
+    `encode_texts`), `text_top(boundary, tokens, k)` (so that `text_top(text_bottom(t, k), t, k)
+    == encode_texts(t)`) and `text_top_parameters(k)`."""
+
+    @abc.abstractmethod
+    def text_layers(self) -> int:
+        """How many layers the text tower has: the largest `unfreeze_text_layers`."""
+
+    @abc.abstractmethod
+    def text_bottom(self, tokens: dict[str, torch.Tensor], k: int) -> torch.Tensor:
+        """Hidden states [B, T, D] below the last k layers (k = 0: `encode_texts`)."""
+
+    @abc.abstractmethod
+    def text_top(self, boundary: torch.Tensor, tokens: dict[str, torch.Tensor],
+                 k: int) -> torch.Tensor:
+        """The last k layers over `boundary`, masked and pooled by `tokens`: `encode_texts`."""
+
+    @abc.abstractmethod
+    def text_top_parameters(self, k: int) -> list[nn.Parameter]:
+        """The parameters `text_top(., ., k)` uses (`text_parameters`' others are frozen);
+        [] for k = 0."""
+
+
+class PromptLearnable(abc.ABC):
+    """A text tower that runs over given input embeddings: what CoOp and CoCoOp need, whose
+    learned context replaces some prompt tokens' word embeddings.
+
+    Implement `text_input_embeddings(tokens)` and `encode_text_embeddings(embeddings, tokens)`
+    so that `encode_text_embeddings(text_input_embeddings(t), t) == encode_texts(t)`."""
+
+    @abc.abstractmethod
+    def text_input_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The word embeddings [B, T, W] of `tokens`, before positions are added: what a learned
+        prompt context replaces, position by position."""
+
+    @abc.abstractmethod
+    def encode_text_embeddings(self, embeddings: torch.Tensor,
+                               tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`encode_texts` with `embeddings` [B, T, W] in place of the word embeddings of
+        `tokens`, which still give the attention mask and the pooling position."""
+
+
+class ProjectionHeads(abc.ABC):
+    """Projection heads into the joint space, separate from the towers, that can be replaced by
+    fresh random ones: `train.heads=random` (the official code's) and ProLIP (which fine-tunes
+    the image head's weights) need them. SigLIP's towers pool and project themselves: it has
+    none.
+
+    Implement `head_parameters()` and `reset_heads(generator)`."""
+
+    @abc.abstractmethod
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The projection heads' parameters (trained beside LoRA when random)."""
+
+    @abc.abstractmethod
     def reset_heads(self, generator: torch.Generator) -> None:
-        """Replace the projection heads by fresh random ones (the official code's `heads=random`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no projection heads to reset")
+        """Replace the projection heads by fresh random ones drawn from `generator` only."""
 
-    def text_tokenizer(self):
-        """(the transformers tokenizer, the keywords `tokenize` calls it with), which an export
-        saves and records so that prompts are tokenised there as here; None where `tokenize`
-        is no transformers tokenizer."""
-        return None
 
-    def transformers_model(self):
-        """The transformers `PreTrainedModel` this encoder is (for `mamf export --format hf` and
-        `peft`), or None for a model with no standard transformers form."""
-        return None
+class TransformersTokenizer(abc.ABC):
+    """`tokenize` is a transformers tokenizer called with fixed keywords: every `mamf export`
+    saves it (and records the keywords) so that prompts are tokenised there as here.
 
-    def describe(self) -> dict:
-        """A JSON-able description of the model (its name and family), which the LoRA adapters
-        and exports record beside the weights; loading a run rebuilds the model from its config."""
-        raise NotImplementedError
+    Implement `text_tokenizer()` -> (the `PreTrainedTokenizerBase`, the keywords `tokenize`
+    calls it with, e.g. {"padding": "longest", "truncation": True, "max_length": 77})."""
+
+    @abc.abstractmethod
+    def text_tokenizer(self) -> tuple[Any, dict]:
+        """(the transformers tokenizer, the keywords `tokenize` calls it with)."""
+
+
+class TransformersForm(TransformersTokenizer):
+    """The model is one transformers `PreTrainedModel` with `get_image_features` and
+    `get_text_features` (CLIPModel, SiglipModel): `mamf export --format hf` saves it with
+    `save_pretrained`, `--format peft` a LoRA run's adapters for it.
+
+    Implement `transformers_model()` (one of the encoder's own submodules) and, as a
+    `TransformersTokenizer`, `text_tokenizer()`."""
+
+    @abc.abstractmethod
+    def transformers_model(self) -> nn.Module:
+        """The transformers `PreTrainedModel` this encoder wraps (a submodule of it)."""
+
+
+# what a run says when a model lacks a capability, {0} the model's class
+LACKING = {
+    SplitImageTower: "{0}'s image tower cannot be partially unfrozen (use 0 or all)",
+    SplitTextTower: "{0}'s text tower cannot be partially unfrozen (use 0 or all)",
+    PromptLearnable: "{0}'s text tower cannot take input embeddings",
+    ProjectionHeads: "{0} has no projection heads",
+    TransformersTokenizer: "{0} has no transformers tokenizer",
+    TransformersForm: "{0} has no standard transformers form (its towers are not one "
+                      "transformers model)",
+}
+
+
+def capabilities(model: DualEncoder | type) -> tuple[type, ...]:
+    """The capability mixins a model (or a family's class) supports, in `LACKING`'s order."""
+    cls = model if isinstance(model, type) else type(model)
+    return tuple(c for c in LACKING if issubclass(cls, c))
+
+
+def require(model: DualEncoder, capability: type, needs: str) -> None:
+    """Refuse, in one line, a setting (`needs`, e.g. "train.heads=random cannot go with model
+    x") that the model's family cannot serve: MamfError("<needs>: <what it lacks>")."""
+    if not isinstance(model, capability):
+        raise MamfError(f"{needs}: {LACKING[capability].format(type(model).__name__)}")
 
 
 def parameters_digest(parameters) -> str:
@@ -190,4 +336,3 @@ def parameters_digest(parameters) -> str:
         for p in parameters:
             h.update(p.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
-

@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamf.models import split
-from mamf.models.base import DualEncoder
+from mamf.models.base import (
+    DualEncoder,
+    ProjectionHeads,
+    PromptLearnable,
+    SplitImageTower,
+    SplitTextTower,
+    TransformersTokenizer,
+)
 from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
@@ -52,8 +59,12 @@ def imagenet_classes() -> list[str]:
     return list(json.loads(CLASSES_FILE.read_text(encoding="utf-8"))["classes"])
 
 
-class EffnetMiniLM(DualEncoder):
+class EffnetMiniLM(DualEncoder, SplitImageTower, SplitTextTower, PromptLearnable, ProjectionHeads,
+                   TransformersTokenizer):
     """EfficientNet-Lite0 logits -> softmax -> convex mix of class-prompt embeddings (W, trainable).
+
+    Its head W is its `ProjectionHeads`; it has a transformers tokenizer but no transformers form
+    (two libraries' towers), so it exports to ONNX only.
 
     Args:
         effnet: the EfficientNet-Lite0 classifier (1000 ImageNet logits).

@@ -9,15 +9,24 @@ import torch
 from torch import nn
 
 from mamf.models import split
-from mamf.models.base import DualEncoder
+from mamf.models.base import (
+    DualEncoder,
+    ProjectionHeads,
+    PromptLearnable,
+    SplitImageTower,
+    SplitTextTower,
+    TransformersForm,
+)
 from mamf.models.registry import register_family
 from mamf.system.errors import MamfError, shown
 
 
-class HFClip(DualEncoder):
-    """Wraps a `transformers.CLIPModel` and a tokenizer callable.
+class HFClip(DualEncoder, SplitImageTower, SplitTextTower, PromptLearnable, ProjectionHeads,
+             TransformersForm):
+    """Wraps a `transformers.CLIPModel` and its tokenizer: every capability.
 
-    `tokenizer` maps a list of strings to a dict with `input_ids` (and optionally `attention_mask`).
+    `tokenizer` is a `_HFTokenizer`: a transformers tokenizer and the keywords it is called
+    with, mapping a list of strings to a dict with `input_ids` and `attention_mask`.
     """
 
     # CLIP-LoRA's (Zanella & Ben Ayed 2024): the attention's query, key and value, both towers
@@ -139,7 +148,7 @@ class HFClip(DualEncoder):
         return self.clip
 
     def text_tokenizer(self):
-        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+        return self.tokenizer.tokenizer, self.tokenizer.kwargs
 
     def describe(self) -> dict:
         return {"name": self.name}

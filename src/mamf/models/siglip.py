@@ -18,14 +18,15 @@ import torch
 from torch import nn
 
 from mamf.models import split
-from mamf.models.base import DualEncoder
+from mamf.models.base import DualEncoder, PromptLearnable, SplitImageTower, SplitTextTower, TransformersForm
 from mamf.models.loss import sigmoid_loss, task_logits
 from mamf.models.registry import register_builtin, register_family
 from mamf.system.errors import MamfError
 
 
-class HFSiglip(DualEncoder):
-    """Wraps a `transformers.SiglipModel` and a `texts -> {"input_ids"}` tokenizer callable."""
+class HFSiglip(DualEncoder, SplitImageTower, SplitTextTower, PromptLearnable, TransformersForm):
+    """Wraps a `transformers.SiglipModel` and a `_FixedLengthTokenizer` (`texts ->
+    {"input_ids"}`). No `ProjectionHeads`: its towers pool and project themselves."""
 
     lora_targets = ("q_proj", "k_proj", "v_proj")
 
@@ -152,7 +153,7 @@ class HFSiglip(DualEncoder):
         return self.siglip
 
     def text_tokenizer(self):
-        return getattr(self.tokenizer, "tokenizer", None), getattr(self.tokenizer, "kwargs", {})
+        return self.tokenizer.tokenizer, self.tokenizer.kwargs
 
     def describe(self) -> dict:
         return {"name": self.name}

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mamf.models import adapters
-from mamf.models.base import DualEncoder
+from mamf.models.base import DualEncoder, TransformersForm, TransformersTokenizer, require
 from mamf.system.errors import MamfError
 from mamf.system.io import atomic_write_bytes, atomic_write_text, follow_umask, fsync_path, make_folder
 from mamf.system.lock import LOCK_NAME, exclusive
@@ -76,12 +76,10 @@ def export_run(run_dir: Path, fmt: str, out: Path) -> list[str]:
     if fmt == "peft" and not lora:
         raise MamfError(f"{run_dir} trained without adapters (train.adapter={config.train.adapter}"
                         "): there is no peft adapter to export; use --format hf or onnx")
-    if fmt in ("hf", "peft") and model.transformers_model() is None:
-        raise MamfError(f"model {config.model!r} has no standard transformers form (its towers "
-                        "are not one transformers model): use --format onnx")
-    tokenizer = model.text_tokenizer()
-    if tokenizer is None or not hasattr(tokenizer[0], "save_pretrained"):
-        raise MamfError(f"model {config.model!r} has no transformers tokenizer to export with it")
+    if fmt in ("hf", "peft"):
+        require(model, TransformersForm, f"--format {fmt} cannot export model {config.model!r} "
+                "(use --format onnx)")
+    require(model, TransformersTokenizer, f"model {config.model!r} cannot be exported")
     examples = _examples(model)
     expected = _embeddings(model, examples)
     out = out.resolve()
@@ -188,9 +186,9 @@ def _preprocessing(model: DualEncoder) -> dict:
 def _loss_parameters(model: DualEncoder) -> dict[str, float]:
     """The loss's scalars (the temperature as `logit_scale`, SigLIP's `logit_bias`) under their
     names in the transformers model, for an adapter folder that cannot hold them."""
-    inner = model.transformers_model()
-    if inner is None:
+    if not isinstance(model, TransformersForm):
         return {}
+    inner = model.transformers_model()
     return {name: float(p.detach()) for name, p in inner.named_parameters()
             if p.numel() == 1 and any(p is q for q in model.loss_parameters())}
 

@@ -14,7 +14,7 @@ from mamf.data.dataset import ImageDataset
 from mamf.features.inputs import ModelInputs
 from mamf.models import adapters
 from mamf.models import load_model as build_model
-from mamf.models.base import DualEncoder
+from mamf.models.base import DualEncoder, ProjectionHeads, require
 from mamf.parallel import distributed
 from mamf.system.device import compile_towers, resolve_device, set_tf32
 from mamf.system.errors import MamfError
@@ -100,11 +100,8 @@ def prepare(config: Config, model: DualEncoder | None = None, fresh: bool = Fals
 def apply_heads(model: DualEncoder, config: Config) -> None:
     """`train.heads=random` (the official code): fresh projection heads drawn from the run's seed."""
     if config.train.heads == "random":
-        try:
-            model.reset_heads(torch.Generator().manual_seed(config.seed))
-        except NotImplementedError as e:  # SigLIP: its towers end in no separate projection
-            raise MamfError(f"train.heads=random cannot go with model {config.model}: "
-                            f"{e}") from None
+        require(model, ProjectionHeads, f"train.heads=random cannot go with model {config.model}")
+        model.reset_heads(torch.Generator().manual_seed(config.seed))
 
 
 def starting_model(config: Config) -> DualEncoder:
