@@ -23,6 +23,7 @@ from mamf import methods
 from mamf.config import build_config
 from mamf.methods.clap import epoch_batches
 from mamf.methods.official import dassl_rate, search_grid, shuffled_batches
+from mamf.models.base import ProjectionHeads
 from mamf.tasks.task import Task
 
 D, WAYS, SHOTS, QUERIES, NORM_TEXT, NORM_IMAGE, SCALE = 16, 4, 3, 10, 5.0, 10.0, 100.0
@@ -521,6 +522,7 @@ def test_gda_follows_the_official_code():
     assert given.tolist() == expected.tolist()
 
 
+@ProjectionHeads.register  # a stand-in (no towers, no reset): what prolip reads of one
 class HeadModel(Model):
     """A model whose image head is a linear projection (RN50's attention-pool c_proj: a weight
     that trains and a bias that stays) over cached backbone features."""

@@ -18,8 +18,6 @@ from mamf.config import build_config
 from mamf.engine.training import cosine_lr, train, with_steps
 from mamf.methods.base import EXTENSION
 from mamf.methods.coop import Prompts, class_contexts, class_embeddings
-from mamf.models.base import DualEncoder
-from mamf.models.hf_clip import HFClip
 from mamf.models.registry import load_model
 from mamf.runs.prepare import prepare
 from mamf.system.errors import MamfError
@@ -141,17 +139,6 @@ def test_a_trained_coop_run_is_scored_with_its_context(colour_folder, tmp_path, 
                  "--set", "baseline.coop_class_specific=true", *args]) == 0
     assert main(["evaluate", "--run", str(out), "--out", str(tmp_path / "res"), "--quiet"]) == 0
     assert "coop" in capsys.readouterr().out
-
-
-def test_coop_with_a_text_tower_that_takes_no_embeddings_is_one_line(colour_folder, tmp_path,
-                                                                     monkeypatch, capsys):
-    monkeypatch.setattr(HFClip, "text_input_embeddings", DualEncoder.text_input_embeddings)
-    code = main(["train", "--method", "coop", "--model", "tiny-random-clip", "--data",
-                 str(colour_folder), "--out", str(tmp_path / "run"), "--steps", "2", "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0
-    assert err[-1] == ("mamf: error: coop needs a text tower that takes input embeddings: "
-                       "HFClip's text tower cannot take input embeddings")
 
 
 def test_wise_ft_leaves_the_prompt_learners_alone():
