@@ -173,3 +173,11 @@ def test_random_heads_on_lora_without_heads_is_refused_where_the_adapters_go_on(
     model = load_model("tiny-random-clip")
     adapters.attach(model, train, seed=0)
     assert all(p.requires_grad for p in model.head_parameters())
+
+
+def test_prolip_without_projection_heads_is_one_line(plain, colour_folder, tmp_path, capsys):
+    assert main(["evaluate", "--method", "prolip", "--model", "tiny-plain", "--data",
+                 str(colour_folder), "--out", str(tmp_path / "eval"), "--ways", "2",
+                 "--quiet"]) != 0
+    assert one_error_line(capsys) == ("mamf: error: prolip needs a projection head to fine-tune: "
+                                      "Plain has no projection heads")

@@ -14,8 +14,10 @@ capability mixin that a family lists among its bases and that callers ask for wi
 | `TransformersTokenizer` | every `mamf export` (the tokenizer is saved beside the model) |
 | `TransformersForm` | `mamf export --format hf` and `--format peft` |
 
-A setting that needs a capability the model lacks is refused with one line (`require`) when the
-run is prepared. Images arrive as uint8 tensors [B, H, W, 3] already resized to `image_size` by
+A setting that needs a capability the model lacks is refused with one line (`require`) before
+the capability is used: heads and partial unfreezing when the model is prepared, CoOp and CoCoOp
+when their context is put on, ProLIP at its first task, an export before anything is written.
+Images arrive as uint8 tensors [B, H, W, 3] already resized to `image_size` by
 the image cache; `preprocess` turns them into the float input the image tower expects.
 """
 
@@ -56,7 +58,8 @@ class DualEncoder(nn.Module, abc.ABC):
     `train.adapter=lora` adapts by default.
 
     Example, a family that wraps a transformers `CLIPModel` with no optional capability (every
-    method but CoOp and CoCoOp trains and evaluates it); `models/registry.py`'s
+    method but CoOp, CoCoOp and ProLIP trains and evaluates it; add `ProjectionHeads` and the
+    others to its bases, with their methods, for more); `models/registry.py`'s
     `register_builtin` or `register_family` makes it loadable by name:
 
         class Plain(DualEncoder):

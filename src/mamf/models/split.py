@@ -1,10 +1,10 @@
 """Running a transformers tower's own forward over a slice of its layers.
 
-Partial unfreezing splits a tower at a layer boundary (`DualEncoder.image_bottom` / `image_top`,
-`text_bottom` / `text_top`). Calling the model's own forward with its layer list cut, and its
-embeddings standing in for the cached boundary, keeps the model's own attention masks, norms and
-pooling, whatever the transformers version, instead of copying them here. `check` refuses a
-split the model cannot make.
+Partial unfreezing splits a tower at a layer boundary (`SplitImageTower.image_bottom` /
+`image_top`, `SplitTextTower.text_bottom` / `text_top`). Calling the model's own forward with its
+layer list cut, and its embeddings standing in for the cached boundary, keeps the model's own
+attention masks, norms and pooling, whatever the transformers version, instead of copying them
+here. `check` refuses a split the model cannot make.
 """
 
 from __future__ import annotations
