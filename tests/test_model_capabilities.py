@@ -42,6 +42,7 @@ def test_every_registered_family_declares_its_capabilities():
     for name, expected in SUPPORTED.items():
         if name in CLASSES:  # folders to load, or the offline extra: the class says it
             assert issubclass(CLASSES[name], DualEncoder)
+            assert not CLASSES[name].__abstractmethods__, name  # it can be made
             assert set(capabilities(CLASSES[name])) == expected, name
         else:
             model = load_model(name)
