@@ -4,6 +4,8 @@ only the plug-in settings it declares."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,23 @@ def test_a_trained_prompt_context_is_what_scores_the_meta_test(shared_colour_fol
     assert expected != zero  # the context changes what is predicted
     assert meta_test(model, inputs, tasks, method, config, 3, progress=False) == \
         pytest.approx(expected, abs=1e-12)
+
+
+def test_the_documented_method_runs_as_written(prepared, monkeypatch):
+    """docs/architecture.md's example method registers, and its scorer is the nearest shrunk
+    prototype: at shrunk_weight 1 the prompts alone, so zero-shot's accuracies exactly."""
+    text = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    source = text.split("```python\n")[1].split("```")[0]
+    assert "class Shrunk(TestTimeMethod)" in source
+    config, model, dataset, inputs = prepared
+    namespace = {"__name__": "shrunk_example"}
+    exec(compile(source, "docs/architecture.md", "exec"), namespace)
+    try:
+        assert methods.method_class("shrunk").only_when_named
+        config = build_config(overrides={**SMALL, "data.root": config.data.root,
+                                         "baseline.shrunk_weight": 1.0})
+        tasks = evaluation_tasks(dataset, config, "test", 3)
+        shrunk = meta_test(model, inputs, tasks, "shrunk", config, 3, progress=False)
+        assert shrunk == meta_test(model, inputs, tasks, "zeroshot", config, 3, progress=False)
+    finally:
+        methods.base.unregister("shrunk")
