@@ -268,7 +268,7 @@ class LRSchedule:
     set before each step, so a resumed run takes the same rates (and a checkpoint's optimiser
     settings, saved after step i, hold the rate of step i + 1)."""
 
-    def __init__(self, method: methods.Method, kind: str):
+    def __init__(self, method: methods.TrainedMethod, kind: str):
         self.method, self.kind = method, kind
         # each group's rate as the method built its optimiser (before any resumed state)
         self.bases = [g["lr"] for g in method.optimizer.param_groups]
@@ -314,7 +314,7 @@ class DevScore:
         return float(np.mean(accs))
 
 
-def _lr(method: methods.Method) -> float | None:
+def _lr(method: methods.TrainedMethod) -> float | None:
     """The learning rate of the method's optimiser (its first group), None without one."""
     optimizer = getattr(method, "optimizer", None)
     groups = getattr(optimizer, "param_groups", None)

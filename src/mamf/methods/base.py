@@ -112,6 +112,7 @@ RENAMED = {"linear-probe": "zs-probe (mamf's zero-shot-initialised probe, which 
 
 
 def method_class(name: str) -> type[TestTimeMethod]:
+    """The registered class of `name` (one error line for an unknown or renamed name)."""
     if name in RENAMED:
         raise MamfError(f"method {name!r} was renamed: use {RENAMED[name]}")
     if name not in REGISTRY:
@@ -130,6 +131,21 @@ def rates(name: str) -> list[str]:
 
 
 def create(name: str, config: Config) -> TestTimeMethod:
+    """A fresh instance of the method `name`.
+
+    Args:
+        name: a registered name (`names()`; `mamf methods` lists them).
+        config: the run's settings.
+
+    Returns:
+        The method, a `TestTimeMethod` (and a `TrainedMethod` if it trains).
+
+    Example:
+
+    >>> method = create("tip-adapter", build_config({}))
+    >>> isinstance(method, TrainedMethod)
+    False
+    """
     return method_class(name)(config)
 
 
