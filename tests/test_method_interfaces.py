@@ -4,6 +4,7 @@ only the plug-in settings it declares."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,24 @@ def prepared(shared_colour_folder):
     return config, model, dataset, inputs
 
 
+@contextlib.contextmanager
+def restored(model):
+    """The model as it was, after the block: its weights, and no method's module on it."""
+    with torch.no_grad():
+        saved = [p.clone() for p in model.parameters()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved):
+                p.copy_(s)
+        if hasattr(model, methods.EXTENSION):
+            delattr(model, methods.EXTENSION)
+
+
 def ready(name: str, config, model, inputs, dataset) -> methods.TestTimeMethod:
     """The method as the meta-test meets it: its trained module on the model, tuned on dev."""
-    method = methods.create(name, config)
+    method = methods.method_class(name)(config)
     if isinstance(method, TrainedMethod):
         method.add_to_model(model, inputs)
     if method.tunes_on_dev:
@@ -76,9 +92,7 @@ def ready(name: str, config, model, inputs, dataset) -> methods.TestTimeMethod:
 def test_adapting_to_a_task_leaves_nothing_of_it_on_the_method(prepared, name):
     config, model, dataset, inputs = prepared
     tasks = evaluation_tasks(dataset, config, "test", 3)[:2]
-    with torch.no_grad():
-        saved = [p.clone() for p in model.parameters()]
-    try:
+    with restored(model):
         method = ready(name, config, model, inputs, dataset)
         first = method.adapt(model, inputs, tasks[0], np.random.default_rng(0))
         assert isinstance(first, Scorer)
@@ -90,12 +104,6 @@ def test_adapting_to_a_task_leaves_nothing_of_it_on_the_method(prepared, name):
             [k for k in before if after[k] is not before[k]]
         given = second.predict()
         assert given.shape == (len(tasks[1].query),) and given.dtype == np.int64
-    finally:
-        with torch.no_grad():
-            for p, s in zip(model.parameters(), saved):
-                p.copy_(s)
-        if hasattr(model, methods.EXTENSION):
-            delattr(model, methods.EXTENSION)
 
 
 class Reads:
@@ -121,18 +129,18 @@ class ReadConfig:
                                                         "baseline") else value
 
 
-@pytest.mark.parametrize("name", methods.names(trained=False))
+@pytest.mark.parametrize("name", methods.names())
 def test_a_method_reads_only_the_plug_in_settings_it_declares(prepared, name):
-    """Tip-Adapter read Tip-Adapter-F's baseline.tip_f_alpha and .tip_f_beta."""
+    """At test time (and, for a trained method, as its module joins the model). Tip-Adapter
+    read Tip-Adapter-F's baseline.tip_f_alpha and .tip_f_beta."""
     config, model, dataset, inputs = prepared
     cls = methods.method_class(name)
     plug_ins = {s.key for c in methods.REGISTRY.values() for s in c.settings}
     seen: set[str] = set()
-    method = cls(ReadConfig(config, seen))
-    if method.tunes_on_dev:
-        method.tune(model, inputs, evaluation_tasks(dataset, config, "dev", 3)[:2])
-    task = evaluation_tasks(dataset, config, "test", 3)[0]
-    method.adapt(model, inputs, task, np.random.default_rng(0)).predict()
+    with restored(model):
+        method = ready(name, ReadConfig(config, seen), model, inputs, dataset)
+        task = evaluation_tasks(dataset, config, "test", 3)[0]
+        method.adapt(model, inputs, task, np.random.default_rng(0)).predict()
     own = {s.key for s in cls.settings}
     assert seen & plug_ins <= own, sorted(seen & plug_ins - own)
 
