@@ -71,7 +71,7 @@ def test_a_shape_too_few_tasks_share_is_left_to_the_one_at_a_time_loop(shared_co
     monkeypatch.setattr(batched, "FEWEST", len(tasks) + 1)
     fine_tuning = methods.create("classical", config).fine_tuning()
     rngs = {i: np.random.default_rng(i) for i in range(len(tasks))}
-    assert batched.predictions(model, inputs, dict(enumerate(tasks)), rngs, fine_tuning) == {}
+    assert batched.scorers(model, inputs, dict(enumerate(tasks)), rngs, fine_tuning) == {}
     accs = meta_test(model, inputs, tasks, "classical", config, 3, progress=False)
     monkeypatch.setattr(batched, "FEWEST", 1)
     assert meta_test(model, inputs, tasks, "classical", config, 3, progress=False) == accs

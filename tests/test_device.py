@@ -30,7 +30,7 @@ FROZEN = {"train.freeze_image_backbone": True, "train.freeze_text_tower": True}
 
 def settings_for(name: str) -> dict:
     cls = methods.method_class(name)
-    if cls.baseline and not cls.trains:
+    if cls.only_when_named and not issubclass(cls, methods.TrainedMethod):
         return FROZEN
     return {}
 
@@ -45,7 +45,7 @@ def on_stand_in(monkeypatch, folder, **over):
 @pytest.mark.parametrize("name", methods.names())
 def test_each_method_trains_tunes_adapts_and_scores_on_the_device(monkeypatch, colour_folder,
                                                                   name):
-    trains = methods.method_class(name).trains
+    trains = issubclass(methods.method_class(name), methods.TrainedMethod)
     with on_device():
         config, model, dataset, inputs = on_stand_in(
             monkeypatch, colour_folder, **({"train.method": name} if trains else {}),

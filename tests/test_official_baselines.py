@@ -82,8 +82,8 @@ def run(name: str, inputs: Inputs, test: Task, dev: Task, shots: int = SHOTS, **
     config = build_config(overrides={"data.shots": shots, **settings})
     method = methods.create(name, config)
     chosen = method.tune(Model(), inputs, [dev]) if method.tunes_on_dev else {}
-    method.adapt(Model(), inputs, test, np.random.default_rng([config.seed, 103, WAYS, 0]))
-    return method, chosen, method.predict(Model(), inputs, test)
+    scorer = method.adapt(Model(), inputs, test, np.random.default_rng([config.seed, 103, WAYS, 0]))
+    return method, chosen, scorer.predict(), scorer
 
 
 def parts(inputs: Inputs, task: Task):
@@ -167,13 +167,13 @@ def clap_reference(inputs: Inputs, task: Task, constrained: bool, epochs=300, lr
 @pytest.mark.parametrize("name, constrained", [("clap", True), ("zs-lp", False)])
 def test_clap_and_zs_lp_follow_the_official_code(name, constrained):
     inputs, test, dev = case()
-    method, _, given = run(name, inputs, test, dev)
+    _, _, given, scorer = run(name, inputs, test, dev)
     prototypes, expected = clap_reference(inputs, test, constrained)
-    assert torch.allclose(method.prototypes, prototypes, rtol=1e-3, atol=1e-4)
+    assert torch.allclose(scorer.fitted["prototypes"], prototypes, rtol=1e-3, atol=1e-4)
     assert given.tolist() == expected.tolist()
     # mamf's earlier variant (unit text features) is another method here: it moves elsewhere
-    unit_method, _, _ = run(name, inputs, test, dev, **{"baseline.text_features": "unit"})
-    assert not torch.allclose(F.normalize(unit_method.prototypes, dim=-1),
+    _, _, _, unit_scorer = run(name, inputs, test, dev, **{"baseline.text_features": "unit"})
+    assert not torch.allclose(F.normalize(unit_scorer.fitted["prototypes"], dim=-1),
                               F.normalize(prototypes, dim=-1), atol=1e-2)
 
 
@@ -209,9 +209,9 @@ def taskres_reference(inputs: Inputs, task: Task, epochs: int, lr=2e-3, scale=0.
 def test_taskres_follows_the_official_code_and_script(shots, epochs):
     """The official script (train_regular.sh) trains 100 epochs at 1-4 shots, 200 above."""
     inputs, test, dev = case(shots)
-    method, _, given = run("taskres", inputs, test, dev, shots)
+    _, _, given, scorer = run("taskres", inputs, test, dev, shots)
     residual, expected = taskres_reference(inputs, test, epochs)
-    assert torch.allclose(method.residual, residual, rtol=1e-3, atol=1e-5)
+    assert torch.allclose(scorer.fitted["residual"], residual, rtol=1e-3, atol=1e-5)
     assert given.tolist() == expected.tolist()
 
 
@@ -274,11 +274,11 @@ def test_lp_plus_plus_follows_the_official_code():
     config = build_config()
     bias = np.random.default_rng([config.seed, 151, WAYS]).uniform(-1 / math.sqrt(D),
                                                                    1 / math.sqrt(D), WAYS)
-    method, chosen, given = run("lp++", inputs, test, dev)
+    method, chosen, given, scorer = run("lp++", inputs, test, dev)
     epoch, expected, bias_at, alpha_at = lpp_reference(inputs, test, dev, bias)
     assert chosen["epochs"] == epoch + 1
     assert given.tolist() == expected.tolist()
-    _, got_bias, got_alpha = method.params
+    _, got_bias, got_alpha = scorer.fitted["params"]
     assert torch.allclose(got_bias, bias_at, atol=1e-5)
     assert torch.allclose(got_alpha, alpha_at.reshape(-1), rtol=1e-4)
 
@@ -333,7 +333,7 @@ def tip_reference(inputs: Inputs, test: Task, dev: Task, keys: torch.Tensor | No
 
 def test_tip_adapter_follows_the_official_search():
     inputs, test, dev = case()
-    method, chosen, given = run("tip-adapter", inputs, test, dev)
+    method, chosen, given, _ = run("tip-adapter", inputs, test, dev)
     (alpha, beta), expected, _ = tip_reference(inputs, test, dev)
     assert (chosen["alpha"], chosen["beta"]) == pytest.approx((alpha, beta), rel=1e-12)
     assert given.tolist() == expected.tolist()
@@ -351,12 +351,12 @@ def test_tip_adapter_f_follows_the_official_code(shots):
     test_rng = np.random.default_rng([config.seed, 103, WAYS, 0])
     dev_orders = [dev_rng.permutation(WAYS * shots) for _ in range(20)]
     test_orders = [test_rng.permutation(WAYS * shots) for _ in range(20)]
-    method, chosen, given = run("tip-adapter-f", inputs, test, dev, shots)
+    method, chosen, given, scorer = run("tip-adapter-f", inputs, test, dev, shots)
     # the search sees the keys fine-tuned on the dev task's support set (the same images here)
     (alpha, beta), _, dev_keys = tip_reference(inputs, test, dev, epochs=20,
                                                order=dev_orders.__getitem__)
     _, _, test_keys = tip_reference(inputs, test, dev, epochs=20, order=test_orders.__getitem__)
-    assert torch.allclose(method.cache_keys, test_keys, atol=1e-5)
+    assert torch.allclose(scorer.fitted["keys"], test_keys, atol=1e-5)
     assert (chosen["alpha"], chosen["beta"]) == pytest.approx((alpha, beta), rel=1e-12)
     x, y, q, t = (v.float() if v.is_floating_point() else v for v in parts(inputs, test))
     cache = ((-1) * (beta - beta * unit(q) @ test_keys.T)).exp() @ F.one_hot(y, WAYS).float()
@@ -418,7 +418,7 @@ def ape_reference(inputs: Inputs, test: Task, dev: Task):
 
 def test_ape_follows_the_official_code():
     inputs, test, dev = case()
-    _, chosen, given = run("ape", inputs, test, dev)
+    _, chosen, given, _ = run("ape", inputs, test, dev)
     (alpha, beta, gamma), expected = ape_reference(inputs, test, dev)
     assert (chosen["alpha"], chosen["beta"], chosen["gamma"]) == \
         pytest.approx((alpha, beta, gamma), rel=1e-6)
@@ -461,12 +461,12 @@ def lpclip_reference(inputs: Inputs, test: Task, dev: Task):
 
 def test_linear_probe_clip_follows_coops_lpclip_script():
     inputs, test, dev = case(seed=3)
-    method, chosen, given = run("linear-probe-clip", inputs, test, dev)
+    method, chosen, given, scorer = run("linear-probe-clip", inputs, test, dev)
     c, expected = lpclip_reference(inputs, test, dev)
     assert chosen["C"] == pytest.approx(c, rel=1e-9)
     assert given.tolist() == expected.tolist()
     # the raw features, not the unit ones: at a weak C the probe's answer depends on the norms
-    assert method.probe.coef_.shape == (WAYS, D)
+    assert scorer.probe.coef_.shape == (WAYS, D)
 
 
 def test_the_official_preset_pins_the_defaults_and_the_official_grids():
@@ -516,7 +516,7 @@ def gda_reference(inputs: Inputs, test: Task, dev: Task):
 
 def test_gda_follows_the_official_code():
     inputs, test, dev = case(shots=8)
-    _, chosen, given = run("gda", inputs, test, dev, shots=8)
+    _, chosen, given, _ = run("gda", inputs, test, dev, shots=8)
     alpha, expected = gda_reference(inputs, test, dev)
     assert chosen["alpha"] == alpha
     assert given.tolist() == expected.tolist()
@@ -565,8 +565,8 @@ def test_prolip_follows_the_official_code():
     cached = BackboneInputs(backbone, inputs.text)
     config = build_config(overrides={"data.shots": SHOTS})
     method = methods.create("prolip", config)
-    method.adapt(model, cached, test, np.random.default_rng(0))
-    given = method.predict(model, cached, test)
+    scorer = method.adapt(model, cached, test, np.random.default_rng(0))
+    given = scorer.predict()
     assert torch.equal(model.proj.weight, weight0)  # the model itself is unchanged
 
     # the reference
@@ -589,7 +589,7 @@ def test_prolip_follows_the_official_code():
         scheduler.step()
     q = backbone[torch.as_tensor(test.query)]
     expected = (F.normalize(proj(q), dim=-1) @ text_weights).argmax(1).numpy()
-    assert torch.allclose(method.weights[0], proj.weight.detach(), atol=1e-5)
+    assert torch.allclose(scorer.weights[0], proj.weight.detach(), atol=1e-5)
     assert given.tolist() == expected.tolist()
 
 

@@ -54,7 +54,7 @@ def test_the_initial_context_reproduces_the_hand_written_prompt(colour_folder):
     "a photo of a <name>." exactly: CoOp starts at zero-shot with that prompt."""
     model, dataset, inputs = prepare(_config(colour_folder))
     method = methods.create("coop", _config(colour_folder))
-    method.extend(model, inputs)
+    method.add_to_model(model, inputs)
     prompts = method.make_prompts(model, inputs)
     ids = np.arange(len(dataset.classes))
     context = getattr(model, EXTENSION)
@@ -75,7 +75,7 @@ def test_coop_changes_only_its_context(colour_folder, specific):
     model, dataset, inputs = prepare(config)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     method = methods.create("coop", config)
-    method.extend(model, inputs)
+    method.add_to_model(model, inputs)
     context = getattr(model, EXTENSION)
     start = context.vectors.detach().clone()
     assert start.shape[0] == (len(dataset.classes) if specific else 12)
@@ -119,7 +119,7 @@ def test_cocoop_trains_its_meta_net_and_context(colour_folder):
     result = train(model, inputs, dataset, config, progress=False)
     context = getattr(model, EXTENSION)
     fresh = copy.deepcopy(model)
-    methods.create("cocoop", config).extend(fresh, inputs)  # the same seed: the start again
+    methods.create("cocoop", config).add_to_model(fresh, inputs)  # the same seed: the start again
     start = getattr(fresh, EXTENSION)
     assert result.steps == 1
     for (name, p), q in zip(context.named_parameters(), start.parameters()):

@@ -30,27 +30,23 @@ def test_every_recorded_config_keeps_its_keys_order_defaults_and_config_id():
 
 TOY = '''
 """A method with one setting, in a file of its own (tests/test_settings.py)."""
-from mamf.methods.base import Method, register, predict
+from mamf.methods.base import ModelScorer, TestTimeMethod, register
 from mamf.methods.presentation import Presentation
 from mamf.settings import Setting
 
 
 @register
-class Toy(Method):
+class Toy(TestTimeMethod):
     name = "toy"
     presentation = Presentation(label="Toy", order=99,
                                 summary="zero-shot, noting the scale it was given (a test's method)")
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)
     seen = []
 
     def adapt(self, model, inputs, task, rng):
-        return None
-
-    def predict(self, model, inputs, task):
         Toy.seen.append(self.config.baseline.toy_scale)
-        return predict(model, inputs, task)
+        return ModelScorer(model, inputs, task)
 '''
 
 

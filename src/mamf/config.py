@@ -175,7 +175,8 @@ def validate(config: Config) -> Config:
                         f"outputs are cached; set {which}=false")
     if config.train.adapter != "none":
         kind = plugin("methods", config.train.method)
-        if kind.trains and not kind.trains_adapters:
+        # only a TrainedMethod has `trains_adapters` (config.py imports no plug-in to ask it)
+        if not getattr(kind, "trains_adapters", True):
             raise MamfError(f"train.adapter={config.train.adapter} cannot go with "
                             f"train.method={config.train.method}: it trains only what it adds "
                             "to the model, so the adapters would never train")

@@ -1,10 +1,10 @@
 """The meta-test, shared by every method: for each test task, start from the trained weights,
 adapt on the support set the way the method prescribes, then score the query set.
 
-How a method adapts and scores is the method's own (`Method.adapt`, `Method.score`; a method
-that chooses hyper-parameters does so on dev-split tasks first, `Method.tune`); the rest is
-shared. The trained weights
-are kept in memory and copied back before each task (no disk reads, no model rebuilds).
+How a method adapts is the method's own (`TestTimeMethod.adapt`, which returns the task's
+`Scorer`; a method that chooses hyper-parameters does so on dev-split tasks first,
+`TestTimeMethod.tune`); scoring the scorer's predictions is shared. The trained weights are kept
+in memory and copied back before each task (no disk reads, no model rebuilds).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mamf.features.inputs import ModelInputs
 from mamf.methods import batched
 from mamf.methods.base import accuracy, predict, score  # noqa: F401  (default scoring)
 from mamf.methods.finetune import trainable
+from mamf.methods.scorer import Scorer
 from mamf.models.base import DualEncoder
 from mamf.parallel.distributed import gather_by_index, is_main, rank, world_size
 from mamf.results import encode_predictions
@@ -52,7 +53,7 @@ class WeightSnapshot:
 
 @denormals.flushed()  # as training: subnormal gradients are slow on a CPU
 def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
-              method: str | methods.Method, config: Config, ways: int,
+              method: str | methods.TestTimeMethod, config: Config, ways: int,
               progress: bool = True, predictions: list | None = None) -> list[float]:
     """Per-task accuracies. With `metatest.reset` off, adaptation carries over between tasks
     (the official code's behaviour); either way the model ends as it started. `method`: a name,
@@ -67,14 +68,13 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     shard = config.metatest.reset
     mine = [i for i in range(len(tasks)) if not shard or i % world_size() == rank()]
     local = {}
+    keep = predictions is not None
     tuning = plugin.fine_tuning() if config.metatest.batched else None
     if batched.applies(inputs, tuning, config.metatest.augment, config.metatest.reset):
         rngs = {i: np.random.default_rng([config.seed, 103, ways, i]) for i in mine}
-        given = batched.predictions(model, inputs, {i: tasks[i] for i in mine}, rngs, tuning)
-        for i, predicted in given.items():
-            local[i] = (accuracy(predicted, tasks[i]),
-                        encode_predictions(tasks[i], predicted) if predictions is not None
-                        else None)
+        given = batched.scorers(model, inputs, {i: tasks[i] for i in mine}, rngs, tuning)
+        for i, scorer in given.items():
+            local[i] = measured(scorer, tasks[i], keep)
         mine = [i for i in mine if i not in given]  # left to the loop
     bar = progress_bar(mine, enabled=progress and is_main(), desc=f"meta-test {method} {ways}-way",
                        leave=False)
@@ -83,11 +83,7 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
             if config.metatest.reset:
                 snapshot.restore()
             rng = np.random.default_rng([config.seed, 103, ways, i])
-            plugin.adapt(model, inputs, tasks[i], rng)
-            predicted = plugin.predict(model, inputs, tasks[i])
-            local[i] = (accuracy(predicted, tasks[i]),
-                        encode_predictions(tasks[i], predicted) if predictions is not None
-                        else None)
+            local[i] = measured(plugin.adapt(model, inputs, tasks[i], rng), tasks[i], keep)
     finally:
         snapshot.restore()
     both = gather_by_index(local, len(tasks)) if shard else [local[i] for i in sorted(local)]
@@ -96,8 +92,14 @@ def meta_test(model: DualEncoder, inputs: ModelInputs, tasks: list[Task],
     return [a for a, _ in both]
 
 
+def measured(scorer: Scorer, task: Task, keep: bool) -> tuple[float, list | None]:
+    """A task's accuracy from its scorer, and (`keep`) its `encode_predictions`."""
+    predicted = scorer.predict()
+    return accuracy(predicted, task), encode_predictions(task, predicted) if keep else None
+
+
 def tuned_method(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, method: str,
-                 config: Config, ways: int) -> tuple[methods.Method, dict | None]:
+                 config: Config, ways: int) -> tuple[methods.TestTimeMethod, dict | None]:
     """The method, its hyper-parameters chosen on the dev split's tasks (drawn as test tasks
     are) when it chooses any; returns it and what it chose (None: nothing to choose)."""
     plugin = methods.create(method, config)

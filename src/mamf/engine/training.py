@@ -78,7 +78,7 @@ def train_pool(dataset: ImageDataset, config: Config) -> Pool:
     return Pool(pool.classes[kept], tuple(images[i] for i in kept))
 
 
-def make_sampler(method: methods.Method, model: DualEncoder, inputs: ModelInputs, pool: Pool,
+def make_sampler(method: methods.TrainedMethod, model: DualEncoder, inputs: ModelInputs, pool: Pool,
                  config: Config) -> samplers.TaskSampler | None:
     """The task sampler of a method that draws tasks; it sees the model as training starts."""
     if not method.draws_tasks:
@@ -118,7 +118,7 @@ def train(model: DualEncoder, inputs: ModelInputs, dataset: ImageDataset, config
     pool = train_pool(dataset, config)
     rng = np.random.default_rng([config.seed, 11, d.ways])
     sampler = make_sampler(method, model, inputs, pool, config)  # before weights are restored
-    method.extend(model, inputs)  # what it trains beyond the model's weights (CoOp's context)
+    method.add_to_model(model, inputs)  # what it trains beyond the model's weights (CoOp's)
     resume = checkpointer.restore(model) if checkpointer else None
     start = resume.step if resume else 0
     if distributed.from_main(start) != start:
@@ -268,7 +268,7 @@ class LRSchedule:
     set before each step, so a resumed run takes the same rates (and a checkpoint's optimiser
     settings, saved after step i, hold the rate of step i + 1)."""
 
-    def __init__(self, method: methods.Method, kind: str):
+    def __init__(self, method: methods.TrainedMethod, kind: str):
         self.method, self.kind = method, kind
         # each group's rate as the method built its optimiser (before any resumed state)
         self.bases = [g["lr"] for g in method.optimizer.param_groups]
@@ -314,7 +314,7 @@ class DevScore:
         return float(np.mean(accs))
 
 
-def _lr(method: methods.Method) -> float | None:
+def _lr(method: methods.TrainedMethod) -> float | None:
     """The learning rate of the method's optimiser (its first group), None without one."""
     optimizer = getattr(method, "optimizer", None)
     groups = getattr(optimizer, "param_groups", None)

@@ -26,7 +26,8 @@ def alphas(config: Config, method: str) -> list[float | None]:
     """The alphas a method's rows are measured at; None: the trained weights as they are
     (no interpolation asked for, or a method that does not train or mix its weights)."""
     kind = methods.method_class(method)
-    if not (kind.trains and kind.interpolates) or not config.metatest.interpolate:
+    if not (issubclass(kind, methods.TrainedMethod) and kind.interpolates) \
+            or not config.metatest.interpolate:
         return [None]
     return list(config.metatest.interpolate)
 

@@ -3,7 +3,7 @@
 
 Importing this package, or `presentation`, loads no model framework: a report names and orders
 methods from the records alone. The registry's functions and classes (`method_class`, `create`,
-`names`, `Method`, ...) are taken from `mamf.methods.base` when first asked, after every built-in
+`names`, `TrainedMethod`, ...) are taken from `mamf.methods.base` when first asked, after every built-in
 method has registered itself (`mamf.methods.builtin`).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 
-_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "create", "method_class", "names", "rates",
-                 "register", "settings")
+_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "TestTimeMethod", "TrainedMethod", "create",
+                 "method_class", "names", "rates", "register", "settings")
 __all__ = list(_REGISTRY_API)
 
 

@@ -18,12 +18,11 @@ then alpha, then gamma, the first of equal best mean dev accuracies kept, over t
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.methods.tip_adapter import first_best, grid, hits
 from mamf.settings import Setting
 from mamf.system.errors import MamfError
@@ -64,10 +63,9 @@ def ape_logits(task: Embedded, features, parts, alpha: float, beta: float, gamma
 
 
 @register
-class APE(Method):
+class APE(TestTimeMethod):
     name = "ape"
-    trains = False
-    baseline = True
+    only_when_named = True
     tunes_on_dev = True
     settings = (
         Setting("baseline.ape_channels", float, 0.78125, "the share of channels kept (the "
@@ -129,11 +127,8 @@ class APE(Method):
                 "dev_tasks": len(dev_tasks),
                 "dev_acc": round(float(totals.max()) / max(1, len(dev_tasks)), 6)}
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.cache = self.parts(self.task)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        logits = ape_logits(self.task, self.task.query, self.cache, self.alpha, self.beta,
-                            self.gamma)
-        return predicted(logits)
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
+        embedded = embed_task(model, inputs, task)
+        cache, chosen = self.parts(embedded), (self.alpha, self.beta, self.gamma)
+        return EmbeddingScorer(embedded, lambda f: ape_logits(embedded, f, cache, *chosen),
+                               cache=cache)

@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.methods.finetune import Batch, epoch_batches
+from mamf.methods.scorer import Predicted
 from mamf.models.base import DualEncoder
 from mamf.models.loss import task_logits
 from mamf.system.device import host_to_device
@@ -121,12 +122,13 @@ def adapted(model: DualEncoder, inputs: ModelInputs, tasks: dict[int, Task],
             for k, i in enumerate(chunk)}
 
 
-def predictions(model: DualEncoder, inputs: ModelInputs, tasks: dict[int, Task],
-                rngs: dict[int, np.random.Generator], tuning: FineTuning) -> dict[int, np.ndarray]:
-    """Query predictions after their fine-tuning, keyed as `tasks`, of the tasks whose shape
-    FEWEST tasks or more share (the others are left to the one-at-a-time loop: a batched step
-    costs more than a small task's step, so a few tasks gain nothing); a chunk's queries scored
-    together, and its parameters let go once they are."""
+def scorers(model: DualEncoder, inputs: ModelInputs, tasks: dict[int, Task],
+            rngs: dict[int, np.random.Generator], tuning: FineTuning) -> dict[int, Predicted]:
+    """Each task's scorer after its fine-tuning (what `adapt` returns one at a time), keyed as
+    `tasks`, of the tasks whose shape FEWEST tasks or more share (the others are left to the
+    one-at-a-time loop: a batched step costs more than a small task's step, so a few tasks gain
+    nothing). A chunk's queries are classified together as it is adapted, and its parameters let
+    go once they are: each scorer holds its task's classes."""
     logits = _Logits(model, inputs)
 
     def task_logits_of(weights: dict, features, texts):
@@ -138,7 +140,7 @@ def predictions(model: DualEncoder, inputs: ModelInputs, tasks: dict[int, Task],
         for chunk, texts, params in _chunks(model, inputs, tasks, rngs, tuning, FEWEST):
             features = _features(inputs, [tasks[i].query for i in chunk])
             given = vmap(task_logits_of)(params, features, texts).argmax(-1).cpu().numpy()
-            out.update(zip(chunk, given))
+            out.update((i, Predicted(classes)) for i, classes in zip(chunk, given))
     return out
 
 

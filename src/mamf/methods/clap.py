@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
+from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import (
     TEXT_FEATURES,
     Embedded,
+    EmbeddingScorer,
     embed_task,
     one_hot,
-    predicted,
     start_texts,
 )
 from mamf.methods.official import BATCH, dassl_rate
@@ -87,10 +87,9 @@ def fit_prototypes(task: Embedded, epochs: int, lr: float, constrained: bool,
 
 
 @register
-class CLAP(Method):
+class CLAP(TestTimeMethod):
     name = "clap"
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (
         Setting("baseline.clap_epochs", int, 300, "SGD epochs, Dassl's warm-up and cosine "
                 "schedule (no validation)", minimum=0),
@@ -100,14 +99,13 @@ class CLAP(Method):
     )
     constrained = True
 
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
         b = self.config.baseline
-        self.task = embed_task(model, inputs, task)
-        self.prototypes = fit_prototypes(self.task, b.clap_epochs, b.clap_lr, self.constrained,
-                                         rng, start_texts(self.task, b.text_features))
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        return predicted(prototype_logits(self.task, self.task.query, self.prototypes))
+        embedded = embed_task(model, inputs, task)
+        prototypes = fit_prototypes(embedded, b.clap_epochs, b.clap_lr, self.constrained, rng,
+                                    start_texts(embedded, b.text_features))
+        return EmbeddingScorer(embedded, lambda f: prototype_logits(embedded, f, prototypes),
+                               prototypes=prototypes)
 
 
 @register

@@ -3,13 +3,13 @@ over all N training classes (docs/method.md, "Classical fine-tuning")."""
 
 from __future__ import annotations
 
-from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.base import TestTimeMethod, TrainedMethod, make_optimizer, register
 from mamf.methods.budget import classical_steps
 from mamf.methods.finetune import EpochStream, step
 
 
 @register
-class Classical(Method):
+class Classical(TrainedMethod, TestTimeMethod):
     name = "classical"
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
@@ -39,4 +39,4 @@ class Classical(Method):
     def load_stream_state(self, state: dict) -> None:
         self.stream.load_state_dict(state)
 
-    # 3. test time: Adam on the support set (Method.adapt)
+    # 3. test time: Adam on the support set (TestTimeMethod.adapt)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mamf.methods.base import register
-from mamf.methods.coop import CONTEXT, CoOp, class_embeddings, meta_network
+from mamf.methods.coop import CONTEXT, CoOp, Prompted, class_embeddings, meta_network
 from mamf.settings import MAX_RATE, Setting
 
 PROMPTS_PER_CHUNK = 1024  # (image, class) prompts a test-time text forward takes at most
@@ -49,12 +49,14 @@ class CoCoOp(CoOp):
     def score_batch(self, ways: int) -> int:
         return max(1, PROMPTS_PER_CHUNK // ways)
 
-    def logits(self, images: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
+    def logits(self, prompted: Prompted, images: torch.Tensor,
+               classes: np.ndarray) -> torch.Tensor:
         """Each image against the classes prompted by its own context."""
-        shift = self.context.meta_net(F.normalize(images.float(), dim=-1))  # [B, W]
-        ctx = self.context.vectors.unsqueeze(0) + shift.unsqueeze(1)  # [B, M, W]
+        context, model = prompted.context, prompted.model
+        shift = context.meta_net(F.normalize(images.float(), dim=-1))  # [B, W]
+        ctx = context.vectors.unsqueeze(0) + shift.unsqueeze(1)  # [B, M, W]
         n, b = len(classes), len(images)
         per_prompt = ctx.unsqueeze(1).expand(b, n, -1, -1).reshape(b * n, *ctx.shape[1:])
-        texts = class_embeddings(self.model, self.prompts, np.tile(classes, b), per_prompt)
+        texts = class_embeddings(model, prompted.prompts, np.tile(classes, b), per_prompt)
         texts = texts.view(b, n, -1)
-        return torch.cat([self.model.task_logits(images[i : i + 1], texts[i]) for i in range(b)])
+        return torch.cat([model.task_logits(images[i : i + 1], texts[i]) for i in range(b)])

@@ -12,12 +12,14 @@ of the training pool, the model's own loss over all its classes, SGD (momentum 0
 are (the gradient is taken with respect to the context only). Test time: no adaptation; the
 learned context goes in front of the test classes' names.
 
-The context joins the model as `model.<EXTENSION>` (checkpoints, resume and a run's weights carry
-it). Under torchrun each rank takes its share of every batch and the context's gradient is
+The context joins the model as `model.<EXTENSION>` (`add_to_model`; checkpoints, resume and a
+run's weights carry it). Under torchrun each rank takes its share of every batch and the context's gradient is
 summed over the ranks, so P ranks take one process's steps.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,10 +27,11 @@ from torch import nn
 
 from mamf.data.prompts import cut_short, label_text, refuse_shared_tokens
 from mamf.features.inputs import autocast
-from mamf.methods.base import EXTENSION, Method, register
+from mamf.methods.base import EXTENSION, TestTimeMethod, TrainedMethod, register
 from mamf.methods.budget import classical_steps
-from mamf.methods.embedded import accuracy
+from mamf.methods.embedded import predicted
 from mamf.methods.finetune import EpochStream, check_finite
+from mamf.methods.scorer import Scorer
 from mamf.models.base import PromptLearnable, require
 from mamf.parallel import distributed
 from mamf.settings import MAX_RATE, Setting
@@ -134,10 +137,37 @@ def class_embeddings(model, prompts: Prompts, class_ids: np.ndarray,
     return model.encode_text_embeddings(embeds, tokens)
 
 
+@dataclass(frozen=True)
+class Prompted:
+    """A model with its learned context, and the dataset's class prompts it goes into."""
+
+    model: nn.Module
+    context: PromptContext
+    prompts: Prompts
+
+
+class PromptedScorer(Scorer):
+    """A task's query images against its classes' prompts with the learned context, as `method`
+    (CoOp or CoCoOp) computes the logits, in chunks of `method.score_batch` images."""
+
+    def __init__(self, method: CoOp, prompted: Prompted, inputs, task):
+        self.method, self.prompted, self.inputs, self.task = method, prompted, inputs, task
+
+    @torch.no_grad()
+    def predict(self) -> np.ndarray:
+        task, inputs, model = self.task, self.inputs, self.prompted.model
+        given, batch_size = [], self.method.score_batch(task.ways)
+        with autocast(inputs.device, inputs.precision):
+            for first in range(0, len(task.query), batch_size):
+                images = inputs.images(model, task.query[first:first + batch_size])
+                given.append(predicted(self.method.logits(self.prompted, images, task.classes)))
+        return np.concatenate(given) if given else np.zeros(0, dtype=np.int64)
+
+
 @register
-class CoOp(Method):
+class CoOp(TrainedMethod, TestTimeMethod):
     name = "coop"
-    baseline = True
+    only_when_named = True
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start
     trains_adapters = False  # the context alone trains
@@ -176,9 +206,9 @@ class CoOp(Method):
         prompts.tokens = {k: v.to(inputs.device) for k, v in prompts.tokens.items()}
         return prompts
 
-    def extend(self, model, inputs) -> None:
+    def add_to_model(self, model, inputs) -> None:
         """A fresh context on the model, drawn from the run's seed (or the init words)."""
-        super().extend(model, inputs)
+        super().add_to_model(model, inputs)
         require(model, PromptLearnable, f"{self.name} needs a text tower that takes input "
                 "embeddings")
         prompts = self.make_prompts(model, inputs)
@@ -211,22 +241,28 @@ class CoOp(Method):
     # -- training ----------------------------------------------------------------------------
     def begin(self, model, inputs, pool, rng, sampler, parallel=None) -> None:
         t = self.config.train
-        self.model, self.inputs = model, inputs
-        self.context = context_of(model)
-        self.prompts = self.make_prompts(model, inputs)
-        self.check_fits(self.prompts)
+        self.inputs = inputs
+        self.prompted = self.prompted_model(model, inputs)
         # 1. data: shuffled epochs over the training pool, candidates all its classes
         images, labels = pool.all_images()
         self.stream = EpochStream(rng, images, labels, pool.classes, t.batch_size)
         self.steps = classical_steps(pool, t)  # classical's schedule, under either budget
-        self.params = list(self.context.parameters())
-        self.optimizer = torch.optim.SGD(self.params, lr=self.learning_rate(), momentum=MOMENTUM,
-                                         weight_decay=WEIGHT_DECAY)
+        self.trained = list(self.prompted.context.parameters())
+        self.optimizer = torch.optim.SGD(self.trained, lr=self.learning_rate(),
+                                         momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
-    def check_fits(self, prompts: Prompts) -> None:
-        if prompts.length != self.context.length:
-            raise MamfError(f"the learned context has {self.context.length} vectors but the "
+    def prompted_model(self, model, inputs) -> Prompted:
+        """The model's learned context and the dataset's prompts (tokenised once for `inputs`,
+        and kept for every test task after), checked to fit each other."""
+        context = context_of(model)
+        cached = getattr(self, "_prompts", None)
+        if cached is None or cached[0] is not inputs:
+            self._prompts = (inputs, self.make_prompts(model, inputs))
+        prompts = self._prompts[1]
+        if prompts.length != context.length:
+            raise MamfError(f"the learned context has {context.length} vectors but the "
                             f"prompts leave {prompts.length} places: the run's settings differ")
+        return Prompted(model, context, prompts)
 
     def step(self, i: int) -> float:
         # 2. update: this rank's share of the minibatch, the loss over the pool's classes, its
@@ -242,25 +278,26 @@ class CoOp(Method):
             rows = slice(start, start + count)
             with autocast(self.inputs.device, self.inputs.precision):
                 with torch.no_grad():
-                    images = self.inputs.images(self.model, batch.images[rows], t.augment,
-                                                within=(start, total))
-                logits = self.logits(images, batch.classes)
+                    images = self.inputs.images(self.prompted.model, batch.images[rows],
+                                                t.augment, within=(start, total))
+                logits = self.logits(self.prompted, images, batch.classes)
             labels = torch.as_tensor(batch.labels[rows], dtype=torch.long, device=logits.device)
-            loss = self.model.task_loss(logits, labels)
-            grads = torch.autograd.grad(loss * (count / total), self.params, allow_unused=True)
-            for p, g in zip(self.params, grads):
+            loss = self.prompted.model.task_loss(logits, labels)
+            grads = torch.autograd.grad(loss * (count / total), self.trained, allow_unused=True)
+            for p, g in zip(self.trained, grads):
                 p.grad = g
             value = float(loss.detach()) * count / total
-        distributed.sum_gradients(self.params)
+        distributed.sum_gradients(self.trained)
         value = check_finite(distributed.sum_scalar(value))
         self.optimizer.step()
         return value
 
-    def logits(self, images: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
+    def logits(self, prompted: Prompted, images: torch.Tensor,
+               classes: np.ndarray) -> torch.Tensor:
         """[B, n] logits of image embeddings against the classes' learned prompts."""
-        ctx = class_contexts(self.context.vectors, classes)
-        return self.model.task_logits(images, class_embeddings(self.model, self.prompts,
-                                                               classes, ctx))
+        ctx = class_contexts(prompted.context.vectors, classes)
+        return prompted.model.task_logits(images, class_embeddings(
+            prompted.model, prompted.prompts, classes, ctx))
 
     def stream_state(self) -> dict:
         return self.stream.state_dict()
@@ -269,25 +306,9 @@ class CoOp(Method):
         self.stream.load_state_dict(state)
 
     # -- test time ---------------------------------------------------------------------------
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> PromptedScorer:
         # 3. no test-time adaptation: the learned context prompts the task's classes
-        self.model, self.inputs = model, inputs
-        self.context = context_of(model)
-        if getattr(self, "prompts_for", None) is not inputs:
-            self.prompts, self.prompts_for = self.make_prompts(model, inputs), inputs
-            self.check_fits(self.prompts)
-
-    @torch.no_grad()
-    def score(self, model, inputs, task) -> float:
-        correct, batch_size = 0, self.score_batch(task.ways)
-        with autocast(inputs.device, inputs.precision):
-            for first in range(0, len(task.query), batch_size):
-                idx = task.query[first:first + batch_size]
-                logits = self.logits(inputs.images(model, idx), task.classes)
-                labels = torch.as_tensor(task.query_labels[first:first + batch_size],
-                                         device=logits.device)
-                correct += accuracy(logits, labels) * len(idx)
-        return correct / len(task.query)
+        return PromptedScorer(self, self.prompted_model(model, inputs), inputs, task)
 
 
 def meta_network(dim: int, hidden: int, width: int) -> nn.Module:

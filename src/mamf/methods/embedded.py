@@ -10,6 +10,7 @@ towers frozen these come from the cached features, so a task costs a few matrix 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mamf.features.inputs import ModelInputs, autocast
+from mamf.methods.scorer import Scorer
 from mamf.models.base import DualEncoder
 from mamf.settings import Setting
 from mamf.system.errors import Diverged
@@ -97,6 +99,24 @@ def embed_task(model: DualEncoder, inputs: ModelInputs, task: Task) -> Embedded:
                     torch.as_tensor(task.query_labels, device=device),
                     F.normalize(texts, dim=-1), float(model.logit_scale().float()),
                     texts, support, query)
+
+
+class EmbeddingScorer(Scorer):
+    """A task fitted in embedding space: `logits` maps query embeddings [Q, D] (unit norm) to
+    logits [Q, n], closing over what the method fitted on the task's support set.
+
+    Args:
+        task: the task, embedded (`embed_task`).
+        logits: the fitted classifier, e.g. `lambda f: f @ prototypes.T`.
+        fitted: what was fitted, by name (`scorer.fitted["prototypes"]`), to be looked at.
+    """
+
+    def __init__(self, task: Embedded, logits: Callable[[torch.Tensor], torch.Tensor],
+                 **fitted: object):
+        self.task, self.logits, self.fitted = task, logits, fitted
+
+    def predict(self) -> np.ndarray:
+        return predicted(self.logits(self.task.query))
 
 
 def predicted(logits: torch.Tensor) -> np.ndarray:

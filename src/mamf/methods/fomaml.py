@@ -20,7 +20,13 @@ import torch
 
 from mamf import protocols
 from mamf.features.inputs import ModelInputs
-from mamf.methods.base import Method, make_optimizer, register
+from mamf.methods.base import (
+    ModelScorer,
+    TestTimeMethod,
+    TrainedMethod,
+    make_optimizer,
+    register,
+)
 from mamf.methods.batched import FineTuning
 from mamf.methods.budget import Budget, matched
 from mamf.methods.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
@@ -141,7 +147,7 @@ def trim_task(rng: np.random.Generator, task: Task, images: int) -> Task:
 
 
 @register
-class FOMAML(Method):
+class FOMAML(TrainedMethod, TestTimeMethod):
     name = "fomaml"
     trains_per_ways = True
     draws_tasks = True
@@ -246,8 +252,9 @@ class FOMAML(Method):
         m = self.config.metatest
         return FineTuning("sgd", m.inner_lr, m.inner_epochs, m.inner_batch_size)
 
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> ModelScorer:
         # 3. test time: the inner loop's plain SGD on the support set, with its own settings
         m = self.config.metatest
         adapt_sgd(model, inputs, task, m.inner_lr, m.inner_epochs, m.inner_batch_size, rng,
                   m.augment, self.trainable(model))
+        return ModelScorer(model, inputs, task)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, accuracy, embed_task, one_hot
 from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -49,10 +48,9 @@ def gda_logits(task: Embedded, features: torch.Tensor, weight: torch.Tensor, bia
 
 
 @register
-class GDA(Method):
+class GDA(TestTimeMethod):
     name = "gda"
-    trains = False
-    baseline = True
+    only_when_named = True
     tunes_on_dev = True
     settings = (Setting("baseline.gda_alphas", list[float],
                         [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], "the grid of the "
@@ -85,10 +83,9 @@ class GDA(Method):
         return {"alpha": self.alpha, "dev_tasks": len(dev_tasks),
                 "dev_acc": round(float(totals[best]) / max(1, len(dev_tasks)), 6)}
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.weight, self.bias = self.fit(self.task)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        logits = gda_logits(self.task, self.task.query, self.weight, self.bias, self.alpha)
-        return predicted(logits)
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
+        embedded = embed_task(model, inputs, task)
+        weight, bias = self.fit(embedded)
+        alpha = self.alpha
+        return EmbeddingScorer(embedded, lambda f: gda_logits(embedded, f, weight, bias, alpha),
+                               weight=weight, bias=bias)

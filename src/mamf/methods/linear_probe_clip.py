@@ -19,8 +19,9 @@ import warnings
 
 import numpy as np
 
-from mamf.methods.base import Method, register
+from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
+from mamf.methods.scorer import Scorer
 from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,25 @@ def search_c(tasks: list[Embedded], steps: int) -> tuple[float, float]:
     return float(chosen), best
 
 
+class Probed(Scorer):
+    """A task's query images by the probe fit on its support set (`fit`); with none (a support
+    set of one class), by zero-shot."""
+
+    def __init__(self, task: Embedded, probe):
+        self.task, self.probe = task, probe
+
+    def predict(self) -> np.ndarray:
+        if self.probe is None:
+            return predicted(self.task.zero_shot_logits(self.task.query))
+        if len(self.task.query) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self.probe.predict(features(self.task.raw_query)).astype(np.int64)
+
+
 @register
-class LinearProbeCLIP(Method):
+class LinearProbeCLIP(TestTimeMethod):
     name = "linear-probe-clip"
-    trains = False
-    baseline = True
+    only_when_named = True
     tunes_on_dev = True
     settings = (Setting("baseline.lpclip_steps", int, 8, "bisection steps of the search over C "
                         "after the decades (the official script's num_step)", minimum=0),)
@@ -93,17 +108,11 @@ class LinearProbeCLIP(Method):
         self.c, best = search_c(tasks, self.config.baseline.lpclip_steps)
         return {"C": self.c, "dev_tasks": len(tasks), "dev_acc": round(best, 6)}
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.probe = fit(self.task, self.c)
-        if self.probe is None and not self._warned:
+    def adapt(self, model, inputs, task, rng) -> Probed:
+        embedded = embed_task(model, inputs, task)
+        probe = fit(embedded, self.c)
+        if probe is None and not self._warned:
             log.warning("linear-probe-clip: a support set with fewer than two classes has "
                         "nothing to fit; such a task is scored as zero-shot")
             self._warned = True
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        if self.probe is None:
-            return predicted(self.task.zero_shot_logits(self.task.query))
-        if len(self.task.query) == 0:
-            return np.zeros(0, dtype=np.int64)
-        return self.probe.predict(features(self.task.raw_query)).astype(np.int64)
+        return Probed(embedded, probe)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
@@ -97,10 +97,9 @@ def fit_lpp(task: Embedded, epochs: int, alpha_every: int, rng: np.random.Genera
 
 
 @register
-class LPPlusPlus(Method):
+class LPPlusPlus(TestTimeMethod):
     name = "lp++"
-    trains = False
-    baseline = True
+    only_when_named = True
     tunes_on_dev = True
     settings = (
         Setting("baseline.lpp_epochs", int, 300, "full-batch epochs", minimum=0),
@@ -142,9 +141,8 @@ class LPPlusPlus(Method):
         return {"epochs": self.epochs, "dev_tasks": used,
                 "dev_acc": round(float(totals[self.epochs - 1]) / max(1, used), 6)}
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.params, _ = self.fit(self.task, self.epochs)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        return predicted(lpp_logits(self.task, self.task.query, *self.params))
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
+        embedded = embed_task(model, inputs, task)
+        params, _ = self.fit(embedded, self.epochs)
+        return EmbeddingScorer(embedded, lambda f: lpp_logits(embedded, f, *params),
+                               params=params)

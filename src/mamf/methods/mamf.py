@@ -14,7 +14,13 @@ from __future__ import annotations
 import numpy as np
 
 from mamf.data.dataset import Pool, group_labels
-from mamf.methods.base import Method, PastTheEnd, make_optimizer, register
+from mamf.methods.base import (
+    PastTheEnd,
+    TestTimeMethod,
+    TrainedMethod,
+    make_optimizer,
+    register,
+)
 from mamf.methods.budget import Budget, classical_steps, matched, pool_images
 from mamf.methods.finetune import Batch, epoch_batches, sized_batches, step_tasks
 from mamf.tasks.samplers import sum_over_ranks
@@ -133,7 +139,7 @@ class SequentialStream:
 
 
 @register
-class MAMF(Method):
+class MAMF(TrainedMethod, TestTimeMethod):
     name = "mamf"
     trains_per_ways = True
     draws_tasks = True
@@ -188,4 +194,4 @@ class MAMF(Method):
     def load_stream_state(self, state: dict) -> None:
         self.stream.load_state_dict(state)
 
-    # 3. test time: Adam on the support set (Method.adapt)
+    # 3. test time: Adam on the support set (TestTimeMethod.adapt)

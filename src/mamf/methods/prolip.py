@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
+from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import class_texts, predicted
+from mamf.methods.scorer import Scorer
 from mamf.models.base import ProjectionHeads, require
 from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
@@ -98,11 +99,27 @@ def fit_projection(model, params, features, labels, texts, scale, epochs, lr, la
     return trained
 
 
+class Projected(Scorer):
+    """A task's query images through the image projection fitted on its support set (`weights`
+    swapped into `params` while they are embedded; the model keeps its own weights)."""
+
+    def __init__(self, model, inputs, task, texts: torch.Tensor,
+                 params: list[torch.nn.Parameter], weights: list[torch.Tensor]):
+        self.model, self.inputs, self.task, self.texts = model, inputs, task, texts
+        self.params, self.weights = params, weights
+
+    @torch.no_grad()
+    def predict(self) -> np.ndarray:
+        feats = backbone_features(self.model, self.inputs, self.task.query)
+        with swapped(self.params, self.weights):
+            emb = F.normalize(self.model.image_head(feats).float(), dim=-1)
+        return predicted(emb @ self.texts.T)
+
+
 @register
-class ProLIP(Method):
+class ProLIP(TestTimeMethod):
     name = "prolip"
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (
         Setting("baseline.prolip_epochs", int, 300, "full-batch Adam epochs on the image "
                 "projection, cosine decay (lambda = 1 / shots)", minimum=0),
@@ -110,23 +127,16 @@ class ProLIP(Method):
                 maximum=MAX_RATE),
     )
 
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> Projected:
         b = self.config.baseline
-        self.texts = class_texts(model, inputs, task.classes)
+        texts = class_texts(model, inputs, task.classes)
         if len(task.support) == 0:  # base2novel's novel classes: nothing to fit, zero-shot
-            self.params, self.weights = [], []
-            return
+            return Projected(model, inputs, task, texts, [], [])
         feats = backbone_features(model, inputs, task.support)
-        self.params = projection_weights(model, feats)
+        params = projection_weights(model, feats)
         labels = torch.as_tensor(task.support_labels, device=feats.device)
         shots = max(1, round(len(task.support) / len(task.classes)))
-        self.weights = fit_projection(model, self.params, feats, labels, self.texts,
-                                      float(model.logit_scale().detach()), b.prolip_epochs,
-                                      b.prolip_lr, 1.0 / shots)
-
-    @torch.no_grad()
-    def predict(self, model, inputs, task) -> np.ndarray:
-        feats = backbone_features(model, inputs, task.query)
-        with swapped(self.params, self.weights):
-            emb = F.normalize(model.image_head(feats).float(), dim=-1)
-        return predicted(emb @ self.texts.T)
+        weights = fit_projection(model, params, feats, labels, texts,
+                                 float(model.logit_scale().detach()), b.prolip_epochs,
+                                 b.prolip_lr, 1.0 / shots)
+        return Projected(model, inputs, task, texts, params, weights)

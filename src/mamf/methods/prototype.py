@@ -8,12 +8,11 @@ the plain nearest-mean classifier, m = 0 zero-shot.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.settings import Setting
 
 
@@ -27,16 +26,13 @@ def prototypes(task: Embedded, mix: float) -> torch.Tensor:
 
 
 @register
-class Prototype(Method):
+class Prototype(TestTimeMethod):
     name = "prototype"
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (Setting("baseline.prototype_mix", float, 0.5, "the support mean's weight against "
                         "the prompt embedding (1: nearest mean only)", minimum=0, maximum=1),)
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.prototypes = prototypes(self.task, self.config.baseline.prototype_mix)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        return predicted(self.task.query @ self.prototypes.T)
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
+        embedded = embed_task(model, inputs, task)
+        means = prototypes(embedded, self.config.baseline.prototype_mix)
+        return EmbeddingScorer(embedded, lambda f: f @ means.T, prototypes=means)

@@ -18,8 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import TEXT_FEATURES, Embedded, embed_task, predicted, start_texts
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import (
+    TEXT_FEATURES,
+    Embedded,
+    EmbeddingScorer,
+    embed_task,
+    start_texts,
+)
 from mamf.methods.official import dassl_rate, shuffled_batches
 from mamf.settings import MAX_RATE, Setting
 
@@ -54,10 +60,9 @@ def fit_residual(task: Embedded, epochs: int, lr: float, scale: float, weight_de
 
 
 @register
-class TaskRes(Method):
+class TaskRes(TestTimeMethod):
     name = "taskres"
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (
         Setting("baseline.taskres_epochs", int, 200, "Adam epochs on the residual at more than "
                 "4 shots, Dassl's warm-up and cosine schedule (no validation)", minimum=0),
@@ -76,15 +81,12 @@ class TaskRes(Method):
         return b.taskres_epochs_low_shot if self.config.data.shots <= LOW_SHOT else \
             b.taskres_epochs
 
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
         b = self.config.baseline
-        self.task = embed_task(model, inputs, task)
-        self.texts = start_texts(self.task, b.text_features)
-        self.residual = fit_residual(self.task, self.epochs(), b.taskres_lr, b.taskres_scale,
-                                     b.taskres_weight_decay, rng, self.texts)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        b = self.config.baseline
-        logits = self.task.scale * self.task.query @ taskres_classifier(
-            self.texts, self.residual, b.taskres_scale).T
-        return predicted(logits)
+        embedded = embed_task(model, inputs, task)
+        texts = start_texts(embedded, b.text_features)
+        residual = fit_residual(embedded, self.epochs(), b.taskres_lr, b.taskres_scale,
+                                b.taskres_weight_decay, rng, texts)
+        classifier = taskres_classifier(texts, residual, b.taskres_scale)
+        return EmbeddingScorer(embedded, lambda f: embedded.scale * f @ classifier.T,
+                               residual=residual)

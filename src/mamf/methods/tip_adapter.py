@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.methods.official import BATCH, search_grid, shuffled_batches
 from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
@@ -90,11 +90,15 @@ def hits(zero_shot: torch.Tensor, cache: torch.Tensor, alphas: torch.Tensor,
     return (logits.argmax(-1) == labels).float().mean(-1).cpu()
 
 
+# alpha and beta before any search (the official ImageNet config's init_alpha, init_beta): what a
+# method that is not tuned on dev tasks scores with
+INIT_ALPHA, INIT_BETA = 1.17, 1.0
+
+
 @register
-class TipAdapter(Method):
+class TipAdapter(TestTimeMethod):
     name = "tip-adapter"
-    trains = False
-    baseline = True
+    only_when_named = True
     tunes_on_dev = True
     settings = (
         Setting("baseline.tip_alphas", list[float] | None, None, "an explicit alpha grid "
@@ -110,7 +114,9 @@ class TipAdapter(Method):
                 "of betas and alphas (its search_step)", minimum=0, above=True),
     )
 
-    def __init__(self, config):
+    def __init__(self, config, alpha: float = INIT_ALPHA, beta: float = INIT_BETA):
+        """`alpha`, `beta`: the cache's weight and sharpness until `tune` chooses them (a
+        subclass passes its own settings' values)."""
         super().__init__(config)
         b = config.baseline
         if len(b.tip_search_scale) != 2 or len(b.tip_search_step) != 2:
@@ -118,7 +124,7 @@ class TipAdapter(Method):
                             "hold two values (beta's, then alpha's)")
         self.betas = grid(b.tip_betas, b.tip_search_scale[0], b.tip_search_step[0])
         self.alphas = grid(b.tip_alphas, b.tip_search_scale[1], b.tip_search_step[1])
-        self.alpha, self.beta = b.tip_f_alpha, b.tip_f_beta
+        self.alpha, self.beta = alpha, beta
 
     def keys(self, task: Embedded, rng: np.random.Generator) -> torch.Tensor:
         return task.support
@@ -146,13 +152,11 @@ class TipAdapter(Method):
         return {"alpha": self.alpha, "beta": self.beta, "dev_tasks": len(dev_tasks),
                 "dev_acc": round(top / max(1, len(dev_tasks)), 6)}
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        self.task = embed_task(model, inputs, task)
-        self.cache_keys = self.keys(self.task, rng)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        logits = tip_logits(self.task, self.task.query, self.cache_keys, self.alpha, self.beta)
-        return predicted(logits)
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
+        embedded = embed_task(model, inputs, task)
+        keys, alpha, beta = self.keys(embedded, rng), self.alpha, self.beta
+        return EmbeddingScorer(embedded, lambda f: tip_logits(embedded, f, keys, alpha, beta),
+                               keys=keys)
 
 
 @register
@@ -168,6 +172,10 @@ class TipAdapterF(TipAdapter):
                 "config's init_alpha)", minimum=0),
         Setting("baseline.tip_f_beta", float, 1.0, "beta while the keys train", minimum=0),
     )
+
+    def __init__(self, config):
+        b = config.baseline
+        super().__init__(config, b.tip_f_alpha, b.tip_f_beta)
 
     def keys(self, task: Embedded, rng: np.random.Generator) -> torch.Tensor:
         b = self.config.baseline

@@ -3,13 +3,12 @@ the task's class prompts (docs/method.md, "Zero-shot")."""
 
 from __future__ import annotations
 
-from mamf.methods.base import Method, register
+from mamf.methods.base import ModelScorer, TestTimeMethod, register
 
 
 @register
-class ZeroShot(Method):
+class ZeroShot(TestTimeMethod):
     name = "zeroshot"
-    trains = False
 
-    def adapt(self, model, inputs, task, rng) -> None:
-        return None
+    def adapt(self, model, inputs, task, rng) -> ModelScorer:
+        return ModelScorer(model, inputs, task)  # the pretrained model as it is

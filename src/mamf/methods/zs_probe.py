@@ -13,12 +13,11 @@ cross-entropy. The model itself is never changed.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mamf.methods.base import Method, register
-from mamf.methods.embedded import Embedded, embed_task, predicted
+from mamf.methods.base import TestTimeMethod, register
+from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task
 from mamf.settings import MAX_RATE, Setting
 
 
@@ -40,10 +39,9 @@ def fit_probe(task: Embedded, steps: int, lr: float,
 
 
 @register
-class ZSProbe(Method):
+class ZSProbe(TestTimeMethod):
     name = "zs-probe"
-    trains = False
-    baseline = True
+    only_when_named = True
     settings = (
         Setting("baseline.probe_steps", int, 100, "full-batch Adam steps on the support set, "
                 "from the class prompts' embeddings", minimum=0),
@@ -53,12 +51,9 @@ class ZSProbe(Method):
                 maximum=MAX_RATE),
     )
 
-    def adapt(self, model, inputs, task, rng) -> None:
+    def adapt(self, model, inputs, task, rng) -> EmbeddingScorer:
         b = self.config.baseline
-        self.task = embed_task(model, inputs, task)
-        self.weight, self.bias = fit_probe(self.task, b.probe_steps, b.probe_lr,
-                                           b.probe_weight_decay)
-
-    def predict(self, model, inputs, task) -> np.ndarray:
-        logits = self.task.scale * self.task.query @ self.weight.T + self.bias
-        return predicted(logits)
+        embedded = embed_task(model, inputs, task)
+        weight, bias = fit_probe(embedded, b.probe_steps, b.probe_lr, b.probe_weight_decay)
+        return EmbeddingScorer(embedded, lambda f: embedded.scale * f @ weight.T + bias,
+                               weight=weight, bias=bias)

@@ -320,7 +320,9 @@ def grid_cell(ds: DatasetSpec, method: str, sampler: str | None, seed: int, shot
 
 def units_of(p: Plan) -> list[list[int]]:
     """A plan's units, each one training: per task size, or once for all its sizes."""
-    return [[n] for n in p.todo] if registry.method_class(p.method).trains_per_ways else [p.todo]
+    kind = registry.method_class(p.method)
+    per_ways = issubclass(kind, registry.TrainedMethod) and kind.trains_per_ways
+    return [[n] for n in p.todo] if per_ways else [p.todo]
 
 
 def unit_id(p: Plan, unit: list[int]) -> str:
@@ -395,7 +397,8 @@ def unit_work(exp: Experiment, p: Plan, unit: list[int], n_classes: int) -> list
     2-way row weighs what its 100-odd tasks cost). Kinds are per dataset, method, sampler and
     shots: their costs differ by orders of magnitude."""
     kind = (p.ds.name, p.method, p.sampler, p.shots)
-    work = [(("train", *kind), 1.0, None)] if registry.method_class(p.method).trains else []
+    trains = issubclass(registry.method_class(p.method), registry.TrainedMethod)
+    work = [(("train", *kind), 1.0, None)] if trains else []
     data = run_config(exp, p.ds, p.method, p.seed, p.root).data
     protocol = protocols.get(data.protocol)
     for n, _, _ in p.missing:
@@ -418,22 +421,24 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
     ds, root, seed, method, sampler, ways, shots = \
         p.ds, p.root, p.seed, p.method, p.sampler, p.ways, p.shots
     kind = registry.method_class(method)
+    trains = issubclass(kind, registry.TrainedMethod)
+    per_ways = trains and kind.trains_per_ways
     config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots)
     if not protocols.get(config.data.protocol).all_way:  # all-way protocols train with data.ways as set
         config = run_config(exp, ds, method, seed, root, sampler=sampler, shots=shots,
-                            ways=unit[0] if kind.trains_per_ways else ways[0])
-    fresh_start(model, inputs, pretrained, config, kind.trains)
+                            ways=unit[0] if per_ways else ways[0])
+    fresh_start(model, inputs, pretrained, config, trains)
     train_info = {}
     tuned = exp.tuned.get((ds.name, method))
     if tuned:
         train_info["tuned_on_dev"] = tuned
     mix = None
-    if kind.trains:
+    if trains:
         mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
-                                unit[0] if kind.trains_per_ways else None)
+                                unit[0] if per_ways else None)
         result = train(model, inputs, dataset, _own_log_dir(config, logs.name), progress,
                        log_folder=logs if distributed.is_main() else None)
         train_info |= {"train_log": str((logs / CSV_NAME).relative_to(results.parent)),

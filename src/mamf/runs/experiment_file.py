@@ -116,7 +116,8 @@ def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True)
         raise MamfError(f"unknown experiment key(s) {', '.join(map(shown, unknown[:3]))} "
                         f"(known: {', '.join(sorted(TOP_KEYS))})")
     known = registry.names()
-    methods = raw.get("methods", [m for m in known if not registry.method_class(m).baseline])
+    methods = raw.get("methods", [m for m in known
+                                  if not registry.method_class(m).only_when_named])
     if not isinstance(methods, list) or not methods:
         raise MamfError(f"experiment 'methods' must be a non-empty list, got {shown(methods)}")
     bad = [m for m in methods if not isinstance(m, str) or m not in known]
@@ -381,7 +382,7 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
     merged = deep_merge(merged, extra)
     merged = deep_merge(merged, {"model": exp.model, "seed": seed, "device": exp.device,
                              "precision": exp.precision, "data": {"root": root}})
-    if registry.method_class(method).trains:
+    if issubclass(registry.method_class(method), registry.TrainedMethod):
         merged = deep_merge(merged, {"train": {"method": method}})
     if ways is not None:
         merged = deep_merge(merged, {"data": {"ways": ways}})
@@ -400,7 +401,8 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
 def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | None]:
     """The task samplers `method` runs with on `ds`: the grid's axis (or the configured
     `train.sampler`) for methods that draw tasks, [None] for the others."""
-    if not registry.method_class(method).draws_tasks:
+    kind = registry.method_class(method)
+    if not (issubclass(kind, registry.TrainedMethod) and kind.draws_tasks):
         return [None]
     if exp.samplers:
         return list(exp.samplers)

@@ -129,7 +129,9 @@ def record(row: Row, results: Path, config: Config, context: dict) -> Row:
 
 def trained_sampler(config: Config, method: str) -> str | None:
     """The task sampler behind a row: the run's, for a method that trains on tasks; else None."""
-    return config.train.sampler if methods.method_class(method).draws_tasks else None
+    kind = methods.method_class(method)
+    draws = issubclass(kind, methods.TrainedMethod) and kind.draws_tasks
+    return config.train.sampler if draws else None
 
 
 def row_head(dataset: ImageDataset, config: Config, method: str, ways: int,

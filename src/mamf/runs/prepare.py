@@ -46,7 +46,7 @@ def images_read(dataset: ImageDataset, config: Config, method: str,
     (`train.eval_every`). What a frozen image tower computes first (`prepare`'s `reads`)."""
     cls = methods.method_class(method)
     splits = set(scored)
-    if cls.trains:
+    if issubclass(cls, methods.TrainedMethod):
         splits.add("train")
         if config.train.eval_every:
             splits.add("dev")

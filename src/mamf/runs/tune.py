@@ -185,6 +185,7 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
 
     spec: TuneSpec = exp.tune
     kind = registry.method_class(method)
+    trains = issubclass(kind, registry.TrainedMethod)
     extra = nested(train_point)
     if _prepared.get("key") != (exp.name, ds.name, root):
         _prepared.clear()
@@ -205,10 +206,10 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
     for seed in spec.seeds:
         if len(diverged) == len(tests):
             break  # diverged under an earlier seed: no mean can be formed
-        for group in ([[n] for n in sizes] if kind.trains_per_ways else [sizes]):
+        for group in ([[n] for n in sizes] if trains and kind.trains_per_ways else [sizes]):
             config = _config(exp, ds, method, root, extra, ways=group[0], seed=seed)
-            fresh_start(model, inputs, pretrained, config, kind.trains)
-            if kind.trains:
+            fresh_start(model, inputs, pretrained, config, trains)
+            if trains:
                 try:
                     result = train(model, inputs, dataset, config, progress)
                     if result.collapsed:  # one rule for every method (`mamf.engine.chance`)

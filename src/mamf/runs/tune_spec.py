@@ -50,7 +50,8 @@ class TuneSpec:
     def methods_of(self, exp_methods: list[str]) -> list[str]:
         if self.methods is not None:
             return self.methods
-        return [m for m in exp_methods if registry.method_class(m).trains]
+        return [m for m in exp_methods
+                if issubclass(registry.method_class(m), registry.TrainedMethod)]
 
 
 def parse_tune(raw, exp_methods: list[str], seeds: list[int], fixed=frozenset()) -> TuneSpec:
@@ -113,7 +114,8 @@ def check_symmetric(spec: TuneSpec, exp_methods: list[str],
     if len(spec.seeds) < MIN_SEEDS:
         raise MamfError(f"tune: symmetric tuning needs at least {MIN_SEEDS} tune seeds (a list "
                         f"in tune.seed), got {len(spec.seeds)}{why}")
-    trained = [m for m in exp_methods if registry.method_class(m).trains]
+    trained = [m for m in exp_methods
+               if issubclass(registry.method_class(m), registry.TrainedMethod)]
     left = [m for m in trained if m not in spec.methods_of(exp_methods)]
     if left:
         raise MamfError(f"tune: every method that trains is tuned, and tune.methods leaves out "
