@@ -24,9 +24,11 @@ from mamf import stats
 from mamf.report.common import colour, holm_line, label, md
 from mamf.report.compare import by_seed, compare, paired, pooled
 from mamf.report.figures import _whisker, pyplot, save
-from mamf.report.files import _experiment, row_config
+from mamf.report.files import row_config
 from mamf.results import Row
+from mamf.runs.experiment_file import declared_datasets
 from mamf.stats import Estimate
+from mamf.system.errors import MamfError
 
 BUILDER = "spurious"
 # the paper's named methods: like the claims (report/claims.py), this section is about them
@@ -41,15 +43,16 @@ def _default_rho() -> float:
 
 
 def _from_experiment(folder: Path) -> dict[str, float]:
-    """rho of each `build: spurious` entry of the experiment.yaml beside the rows."""
+    """rho of each `build: spurious` entry of the experiment.yaml beside the rows (its entries
+    only: no plug-in, no torch)."""
     path = folder / "experiment.yaml"
     if not path.is_file():
         return {}
     try:
-        exp = _experiment(str(path))
-    except Exception:  # an unreadable file: the data folders may still say
+        entries = declared_datasets(path)
+    except MamfError:  # an unreadable file: the data folders may still say
         return {}
-    return {d.name: float(d.build_options.get("rho", _default_rho())) for d in exp.datasets
+    return {d.name: float(d.build_options.get("rho", _default_rho())) for d in entries
             if d.build == BUILDER}
 
 
