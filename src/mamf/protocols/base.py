@@ -85,7 +85,7 @@ class Protocol:
     # the training pool is `data.shots` images per class (so `train.steps_per_shot` means
     # something: CLIP-LoRA's budget of k x K steps)
     trains_on_shots: ClassVar[bool] = False
-    pooled: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
+    pools_tasks: ClassVar[bool] = True  # its rows' task accuracies pool into the method tables
     fixed_test_images: ClassVar[bool] = False  # every test task re-scores one fixed test split
     shots_table: ClassVar[bool] = False  # the report shows its rows against training shots
     row_fields: ClassVar[RowFields | None] = None  # the fields `summary` adds to a row
@@ -99,7 +99,7 @@ class Protocol:
              chosen: np.ndarray | None = None, class_names=None,
              support_ok: np.ndarray | None = None, query_ok: np.ndarray | None = None) -> Task:
         """A task of `ways` classes (`chosen` positions in the pool, else uniform). Default: each
-        class's split images halved into support then query (the paper's shape)."""
+        class's split images halved into support then query (the `paper` protocol's shape)."""
         return paper_task(rng, pool, ways, chosen)
 
     def task_images(self, data: DataConfig, pool: Pool, ways: int) -> float:
@@ -119,7 +119,7 @@ class Protocol:
                       split: str) -> tuple[int, int]:
         raise NotImplementedError
 
-    def summary(self, accs: list[float]) -> tuple[float, float, dict]:
+    def aggregate(self, accs: list[float]) -> tuple[float, float, dict]:
         """Mean, 95 % CI half-width and the row's own fields, from per-task accuracies."""
         mean, ci = mean_ci95(accs)
         return mean, ci, {}

@@ -431,10 +431,10 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
     return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
 
 
-def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
-          sampler: str | None) -> list[tuple[str, float | None]]:
-    """The (split, alpha) rows each task size of a method gets: the splits axis (or
-    metatest.split) times its alphas (`mamf.engine.wiseft.alphas`)."""
+def measurements(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
+                 sampler: str | None) -> list[tuple[str, float | None]]:
+    """The (split, alpha) measurements, one row each, that each task size of a method gets: the
+    splits axis (or metatest.split) times its alphas (`mamf.engine.wiseft.alphas`)."""
     from mamf.engine.wiseft import alphas
 
     out = []
