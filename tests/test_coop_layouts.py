@@ -144,7 +144,7 @@ def test_base2novel_tunes_on_the_base_classes_only_as_cocoop_validates(data):
     (dev,) = evaluation_tasks(dataset, config, "dev", dataset.n_classes)
     assert [dataset.classes[c] for c in dev.classes] == ["face", "leopard"]
     assert len(evaluation_tasks(dataset, config, "test", dataset.n_classes)) == 2
-    assert get("base2novel").summary([0.75]) == (0.75, 0.0, {"base_acc": 0.75})
+    assert get("base2novel").aggregate([0.75]) == (0.75, 0.0, {"base_acc": 0.75})
 
 
 def test_imagenet_reads_only_the_drawn_training_images(data):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mamf.cli import main
-from mamf.report import summary_table
+from mamf.report import accuracy_table
 from mamf.results import Row
 from mamf.runs.experiment import load_experiment, parse_experiment, run_experiment
 from mamf.system.errors import MamfError
@@ -49,7 +49,7 @@ def test_grid_runs_once_and_resumes_without_duplicates(tmp_path, colour_folder):
     redone = {r.ways: r.task_accs for r in again if r.method == "mamf" and r.seed == 2}
     first = {r.ways: r.task_accs for r in rows if r.method == "mamf" and r.seed == 2}
     assert redone == first
-    table = summary_table(again)
+    table = accuracy_table(again)
     assert "MAMF" in table and "colours" in table
 
 

@@ -129,7 +129,7 @@ def test_rows_keep_predictions_that_give_their_accuracies(grid):
 
 def test_the_report_has_the_new_sections_on_a_tiny_grid(grid):
     out, rows = grid
-    files = write_report(rows, out, "tiny", cell=("colours", "classical", 3))
+    files = write_report(rows, out, "tiny", per_class_of=("colours", "classical", 3))
     text = files["md"].read_text()
     for heading in ("## Setup", "## Training curves", "## Per-class accuracy and confusion",
                     "## Software and environment"):

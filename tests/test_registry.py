@@ -164,7 +164,7 @@ def _protocol_names_in(node: ast.AST) -> list[str]:
 
 def test_no_module_outside_protocols_branches_on_a_protocol_name():
     """What differs between protocols is asked of the protocol (`mamf.protocols`: `all_way`,
-    `pooled`, `pool`, `test_tasks`, ...), never decided by its name, so a new protocol is one
+    `pools_tasks`, `pool`, `test_tasks`, ...), never decided by its name, so a new protocol is one
     file: outside the package no comparison of a protocol with a name, and no hand-written list
     of protocol names. (A default protocol, and `ways: paper` the sweep, are names, not branches.)"""
     root = pathlib.Path(methods.__file__).parent.parent

@@ -10,10 +10,10 @@ import pytest
 
 from mamf.cli import main
 from mamf.report import (
+    accuracy_table,
     claims_markdown,
     not_compared_markdown,
     settings_line,
-    summary_table,
     write_report,
 )
 from mamf.results import Row, read_rows
@@ -47,7 +47,7 @@ def quick_start_rows() -> list[Row]:
 
 def test_methods_are_compared_over_the_cells_they_share(tmp_path):
     rows = quick_start_rows()
-    table = summary_table(rows)
+    table = accuracy_table(rows)
     # pooled over all its task sizes zero-shot read 0.316 ± 0.030, as if above MAMF; at 5-way
     # it scores chance in every task, which is flagged, not shown as ± 0.000
     assert "| counting | 0.200 (no spread) | 0.273 ± 0.015 | 1 | 10 |" in table, table
@@ -185,7 +185,7 @@ def test_a_full_grid_gives_seed_level_tables():
     """The committed paper-offline sweep (every method in every cell): the text exactly."""
     rows = read_rows(PAPER_OFFLINE / "results.jsonl")
     assert len(rows) == 560
-    assert summary_table(rows) == FULL_GRID
+    assert accuracy_table(rows) == FULL_GRID
     assert settings_line(rows) == FULL_SETTINGS
     claims = claims_markdown(rows)
     assert FULL_CLAIMS in claims and "Not judged" not in claims
@@ -298,7 +298,7 @@ def test_seeds_that_disagree_make_a_verdict_inconclusive():
 def test_degenerate_rows_are_flagged_not_shown_as_certain(tmp_path):
     rows = [row("zeroshot", 5, [0.2] * 10, seed=s) for s in (1, 2)] + \
         _seeded("mamf", 0.1, seeds=(1, 2), tasks=10)
-    table = summary_table(rows)
+    table = accuracy_table(rows)
     assert "| counting | 0.200 (no spread) |" in table and "0.200 ± 0.000" not in table
     md = write_report(rows, tmp_path, "flat")["md"].read_text()
     assert "*No spread*: every test task scored the same" in md

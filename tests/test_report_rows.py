@@ -14,10 +14,10 @@ import pytest
 from mamf import protocols
 from mamf.protocols.base import REGISTRY
 from mamf.protocols.coop import Coop
-from mamf.report import main_rows, summary_table, write_report
+from mamf.report import accuracy_table, main_rows, write_report
 from mamf.report.fewshot import fewshot_section
 from mamf.report.selection import held_out, one_measurement, pooling, uniform_sampling, unmixed
-from mamf.report.tables import summary_grid, summary_notes
+from mamf.report.tables import accuracy_grid, accuracy_notes
 from mamf.results import Row, read_rows
 from mamf.stats import estimate, interval
 from tests.conftest import results_row
@@ -43,11 +43,11 @@ def test_main_rows_are_the_named_filters_composed_and_each_keeps_what_it_says():
     assert len(main_rows(rows)) < len(rows)
 
 
-def test_a_protocols_declared_row_fields_are_what_its_summary_adds():
+def test_a_protocols_declared_row_fields_are_what_its_aggregate_adds():
     for name in protocols.names():
         p = protocols.get(name)
         declared = {f for f, _ in p.row_fields.fields} if p.row_fields else set()
-        assert declared == set(p.summary([0.75, 0.5])[2]), name
+        assert declared == set(p.aggregate([0.75, 0.5])[2]), name
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_the_headline_never_pools_two_shot_counts(tmp_path, monkeypatch):
     """A coop grid at 1 and 4 shots: a row each in the accuracy table and a bar each in the
     summary figure, each the estimate of its own shot count's rows; no number of both."""
     rows = _rows("coop")
-    table = summary_table(rows)
+    table = accuracy_table(rows)
     lines = table.splitlines()
     assert lines[0] == "| dataset | shots | zero-shot | Tip-Adapter | seeds | tasks |"
     for line, k in zip(lines[2:], (1, 4), strict=True):
@@ -100,7 +100,7 @@ def test_the_headline_never_pools_two_shot_counts(tmp_path, monkeypatch):
     both = interval(estimate({s: [a for r in rows if r.method == "tip-adapter" and r.seed == s
                                   for a in r.task_accs] for s in (1, 2)}))
     assert both not in table
-    assert summary_notes(rows)[0].startswith("Intervals: 95 % t over the per-seed means of 2")
+    assert accuracy_notes(rows)[0].startswith("Intervals: 95 % t over the per-seed means of 2")
     drawn = {}
     original = matplotlib.axes.Axes.bar
 
@@ -119,12 +119,12 @@ def test_the_headline_gives_each_protocol_and_task_size_its_own_row():
     rows = [results_row(method=m, protocol=p, ways=n, seed=s, task_accs=[acc + 0.01 * s])
             for p, n in (("paper", 2), ("paper", 3), ("episodic", 4))
             for m, acc in (("zeroshot", 0.3), ("mamf", 0.6)) for s in (1, 2)]
-    head, body = summary_grid(rows)
+    head, body = accuracy_grid(rows)
     assert head[:3] == ["dataset", "protocol", "ways"]
     assert [b[:3] for b in body] == [["counting", "paper", "2"], ["counting", "paper", "3"],
                                      ["counting", "episodic", "4"]]
     # where nothing differs within a dataset the table is as it always was
-    head, body = summary_grid([r for r in rows if r.protocol == "paper" and r.ways == 2])
+    head, body = accuracy_grid([r for r in rows if r.protocol == "paper" and r.ways == 2])
     assert head == ["dataset", "zero-shot", "MAMF", "seeds", "tasks"] and len(body) == 1
 
 

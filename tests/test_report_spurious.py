@@ -104,3 +104,21 @@ def test_no_section_without_two_strengths(tmp_path):
     assert sweeps(rows, shortcut_strengths(rows, tmp_path)) == []
     write_report(rows, tmp_path, "one rho")
     assert "spurious feature" not in (tmp_path / "report.md").read_text()
+
+
+def test_rho_is_read_from_the_entries_alone(tmp_path):
+    """The report reads the file's dataset entries without checking it against the plug-ins
+    (which would load torch): settings for a method registered only where the study ran (a
+    user's plug-in) do not hide the strengths; an entry that is not one still does."""
+    rows = grid()
+    experiment(tmp_path, rows)
+    raw = yaml.safe_load((tmp_path / "experiment.yaml").read_text())
+    raw["methods"].append("my-plugin")
+    raw["method_settings"] = {"my-plugin": {"train": {"lr": 0.1}}}
+    raw["datasets"]["rho-0.5-block"]["method_settings"] = {"my-plugin": {"train": {"lr": 0.2}}}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(raw))
+    assert shortcut_strengths(rows, tmp_path) == {f"rho-{r}-{c}": r for r in RHOS
+                                                  for c in ("frozen", "block")}
+    raw["datasets"]["rho-0.1-frozen"]["ways"] = "seven"
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(raw))
+    assert shortcut_strengths(rows, tmp_path) == {}

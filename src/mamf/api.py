@@ -37,7 +37,18 @@ PRESETS = ("cpu", "clip-lora", "official-baselines")  # shipped: src/mamf/config
 
 
 def preset(name: str) -> dict:
-    """A shipped preset's settings (`--preset NAME`)."""
+    """A shipped preset's settings, as `--preset NAME` reads them.
+
+    Args:
+        name: one of `PRESETS` (`cpu`, `clip-lora`, `official-baselines`).
+
+    Returns:
+        The preset's nested settings (a dict to give `make_config`).
+
+    Example:
+        >>> preset("cpu")["model"]
+        'effnet-minilm'
+    """
     from importlib.resources import files
 
     if name not in PRESETS:
@@ -46,7 +57,18 @@ def preset(name: str) -> dict:
 
 
 def settings_file(path: str | Path) -> dict:
-    """A YAML settings file, or a shipped preset by name (`cpu`) when no such file exists."""
+    """A YAML settings file, or a shipped preset by name (`cpu`) when no such file exists.
+
+    Args:
+        path: a YAML file's path, or a preset's name.
+
+    Returns:
+        The nested settings it holds.
+
+    Example:
+        >>> settings_file("cpu") == preset("cpu")  # no file named cpu here
+        True
+    """
     if str(path) in PRESETS and not Path(path).exists():
         return preset(str(path))
     return load_yaml(path)
@@ -54,9 +76,22 @@ def settings_file(path: str | Path) -> dict:
 
 def make_config(settings: dict | str | Path | Config | None = None,
                 overrides: dict | None = None, **dotted) -> Config:
-    """A validated Config from a nested dict, a YAML file's path, or a Config; then `overrides`
-    (dotted keys, `{"train.lr": 1e-5}`) and keywords with `.` written as `__` (`train__lr=1e-5`).
-    A string may name a shipped preset: `make_config("cpu")`."""
+    """A validated Config: the defaults, then `settings`, then `overrides`, then `dotted`.
+
+    Args:
+        settings: a nested dict, a YAML file's path, a shipped preset's name (`"cpu"`) or a
+            Config; None: the defaults alone.
+        overrides: dotted keys and values, `{"train.lr": 1e-5}`.
+        **dotted: the same as keywords, `.` written as `__` (`train__lr=1e-5`).
+
+    Returns:
+        The Config (every value checked; a bad one is one `MamfError` line).
+
+    Example:
+        >>> config = make_config("cpu", data__root="data/emoji", train__steps=20)
+        >>> config.train.steps
+        20
+    """
     if settings is not None:
         _need(settings, (dict, str, Path, Config), "settings")
     if overrides is not None:
@@ -88,7 +123,18 @@ class Run:
 
     `evaluate(run, ...)` scores the model in memory, `classify(run, ...)` with the run's
     prompts. A model changed in memory after it was loaded is scored as an in-memory model,
-    not under the run's name."""
+    not under the run's name.
+
+    Args:
+        folder: the run folder (`train`'s `out`).
+        config: the run's Config; None reads it, and the weights, from the folder.
+        summary: train.json's summary; None reads it from the folder (empty without one).
+
+    Example:
+        >>> run = Run("runs/emoji")        # a finished run, opened again
+        >>> run["steps"], run.config.train.method
+        (20, 'mamf')
+    """
 
     def __init__(self, folder: str | Path, config: Config | None = None,
                  summary: dict | None = None):
@@ -140,8 +186,24 @@ def _need(value, types, what: str) -> None:
 
 
 def train(config: Config | dict | str | Path, out: str | Path, progress: bool = True) -> Run:
-    """Train `config.train.method` into the run folder `out`; returns the Run (folder, config,
-    model, and train.json's summary as `run["steps"]`)."""
+    """Train `config.train.method` into the run folder `out` (weights, config.yaml, train.json,
+    the training log), as `mamf train` does.
+
+    Args:
+        config: a Config, or what `make_config` takes (a nested dict, a YAML path, a preset).
+        out: the run folder to write.
+        progress: False silences the progress bars.
+
+    Returns:
+        The Run: its folder, config, trained model and train.json's summary
+        (`run["steps"]`).
+
+    Example:
+        >>> config = make_config("cpu", data__root="data/emoji", train__steps=20)
+        >>> run = train(config, "runs/emoji")
+        >>> run["steps"]
+        20
+    """
     from mamf.runs.run_folder import train_run
 
     _need(out, (str, Path), "out")
@@ -152,7 +214,17 @@ def train(config: Config | dict | str | Path, out: str | Path, progress: bool = 
 
 
 def load_run(run: str | Path) -> tuple[Config, DualEncoder]:
-    """A finished run's config and its model with the trained weights."""
+    """A finished run's config and its model with the trained weights.
+
+    Args:
+        run: the run folder.
+
+    Returns:
+        (config, model); `Run(folder)` gives both with train.json's summary.
+
+    Example:
+        >>> config, model = load_run("runs/emoji")
+    """
     from mamf.runs.run_folder import load_run as load
 
     _need(run, (str, Path), "run")
@@ -163,14 +235,33 @@ def evaluate(source: Config | dict | str | Path | Run | DualEncoder, out: str | 
              method: str | None = None, ways: int | str | Sequence[int] | None = None,
              progress: bool = True, settings: dict | None = None, overrides: dict | None = None,
              config: Config | dict | str | Path | None = None) -> list[Row]:
-    """Meta-test a trained run (a run folder or the Run `train` returned), a model in memory
-    (with the `config` that says its data and settings) or a model zero-shot (a config, dict or
-    YAML); rows are appended to out/results.jsonl and returned as `mamf.results.Row`s. `ways`:
-    n, a list, or 'all';
-    `method`: a test-time method (default: the run's own, or zeroshot without a run). With a
-    run, `settings` (nested) and `overrides` (dotted) change its config; otherwise `overrides`
-    do. A model in memory is not changed; its rows' `run` names its weights' hash
-    (`memory:<hash>`), so no row of another model is taken for its own."""
+    """Meta-test a trained run, a model in memory or a model zero-shot, as `mamf evaluate` does.
+
+    Args:
+        source: a run folder or the Run `train` returned; a model in memory (with `config`);
+            or a Config, dict or YAML path (the pretrained model, zero-shot or with a
+            test-time method).
+        out: the results folder; rows are appended to out/results.jsonl (a row already there
+            is not computed again).
+        method: a test-time method (`mamf.methods.names(trained=False)`); default: the run's
+            own, or zeroshot without a run.
+        ways: task size n, a list of them, or 'all'; default: the config's `data.ways`.
+        progress: False silences the progress bars.
+        settings: with a run, nested settings over its config.
+        overrides: dotted settings over the config (`{"metatest.lr": 1e-3}`).
+        config: with a model in memory, the Config that says its data and settings.
+
+    Returns:
+        The rows, as `mamf.results.Row`s. A model in memory is not changed; its rows' `run`
+        names its weights' hash (`memory:<hash>`), so no row of another model is taken for its
+        own.
+
+    Example:
+        >>> rows = evaluate("runs/emoji", "results", ways=[2, 5])
+        >>> [(r.ways, round(r.acc_mean, 3)) for r in rows]
+        [(2, 0.81), (5, 0.6)]
+        >>> evaluate(config, "results", method="tip-adapter", ways=5)  # no training
+    """
     from mamf.config import deep_merge
     from mamf.data.dataset import class_count
     from mamf.methods import names
@@ -255,9 +346,24 @@ def _refuse_training_changes(run_dir: Path, trained: Config, asked: Config) -> N
 
 
 def report(folder: str | Path, title: str | None = None, reference: str | None = None) -> dict:
-    """Write the report of a results folder (report.md, report.html, figures), as `mamf report`;
-    `reference`: the method every other is paired against (default: classical FT, else
-    zero-shot). Returns the files written."""
+    """Write the report of a results folder (report.md, report.html, figures/, tables/), as
+    `mamf report` does; it reads the rows and the files beside them, and loads no torch.
+
+    Args:
+        folder: a folder holding results.jsonl; the report is written into it.
+        title: the report's title; default: the folder's name.
+        reference: the method every other is paired against; default: classical FT where it
+            ran, else zero-shot.
+
+    Returns:
+        What was written, by name -> path: `"md"`, `"html"` and each figure (`"summary"`,
+        ...); tables/ beside them.
+
+    Example:
+        >>> files = report("results")
+        >>> files["md"]
+        PosixPath('results/report.md')
+    """
     from mamf.report import write_report
     from mamf.results import read_rows
 
@@ -273,12 +379,26 @@ def report(folder: str | Path, title: str | None = None, reference: str | None =
 
 def classify(model: DualEncoder | Run | str | Path, images: Sequence, labels: Sequence[str],
              template: str | None = None) -> np.ndarray:
-    """Zero-shot scores of `images` against the prompts of `labels`: probabilities, one row per
-    image. `model`: a run folder, a Run or a model. `images`: paths, PIL images, or H x W x 3
-    (or H x W) arrays of uint8 0..255 or floats in [0, 1]; each is resized and centre-cropped as
-    mamf's image cache does. Prompts: `template` where given; else a run's own (its data
-    folder's `label_to_text.json` where it names every label, else its template or ensemble);
-    else "A photo of a {label}."."""
+    """Zero-shot scores of `images` against the prompts of `labels` (a softmax of the logit
+    scale times the cosines).
+
+    Args:
+        model: a run folder, a Run or a model (`load_run`'s).
+        images: paths, PIL images, or H x W x 3 (or H x W) arrays of uint8 0..255 or floats in
+            [0, 1]; each is resized and centre-cropped as mamf's image cache does.
+        labels: the class names.
+        template: a prompt template with {label}; default: a run's own prompts (its data
+            folder's `label_to_text.json` where it names every label, else its template or
+            ensemble), else "A photo of a {label}.".
+
+    Returns:
+        Probabilities, float32, one row per image and one column per label.
+
+    Example:
+        >>> probs = classify("runs/emoji", ["a.png", "b.png"], ["red heart", "rocket"])
+        >>> probs.shape
+        (2, 2)
+    """
     import numpy as np
     import torch
     import torch.nn.functional as F

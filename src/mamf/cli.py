@@ -455,15 +455,15 @@ def _failures_line(out: Path, since: str | None) -> str:
 
 def _summarise(rows: list[Row], out: Path, title: str, reference: str | None = None,
                cell: tuple | None = None, since: str | None = None) -> None:
-    from mamf.report import comparison_note, main_rows, settings_line, summary_table, write_report
-    from mamf.report.tables import summary_notes
+    from mamf.report import accuracy_table, comparison_note, main_rows, settings_line, write_report
+    from mamf.report.tables import accuracy_notes
 
     if not rows:
         raise MamfError(f"no results rows in {out}")
     main = main_rows(rows)  # the report's own accuracy table, the same rows
     if main:
-        print(summary_table(main))
-        for note in [*summary_notes(main), comparison_note(main)]:
+        print(accuracy_table(main))
+        for note in [*accuracy_notes(main), comparison_note(main)]:
             if note:
                 print(f"\n{note}")
         print(f"\n({settings_line(main)})")

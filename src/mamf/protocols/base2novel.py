@@ -31,7 +31,7 @@ def harmonic_mean(base: float, novel: float) -> float:
 @register
 class Base2Novel(Coop):
     name = "base2novel"
-    pooled = False  # two tasks (base, novel), summarised by their harmonic mean
+    pools_tasks = False  # two tasks (base, novel), summarised by their harmonic mean
     shots_table = False  # its own table instead (`row_fields`)
     row_fields = RowFields((("base_acc", "base"), ("novel_acc", "novel"), ("hm", "HM")),
                            "base, novel and harmonic mean",
@@ -51,7 +51,7 @@ class Base2Novel(Coop):
         tasks = super().test_tasks(dataset, config, split, ways)
         return tasks if split == "test" else tasks[:1]
 
-    def summary(self, accs):
+    def aggregate(self, accs):
         """The tasks are base, then novel: the row's number is their harmonic mean (a dev row
         has the base task alone: its number is the base accuracy)."""
         if len(accs) == 1:

@@ -1,4 +1,5 @@
-"""The paper's protocol: each class's images split 60/20/20 in file-name order into
+"""The protocol named `paper` (the MAMF paper's own, as opposed to "the paper's methods" or
+claims elsewhere): each class's images split 60/20/20 in file-name order into
 train/dev/test; a test task is n uniform classes, each class's split images halved into support
 then query; K(n, N) tasks per task size (`mamf.tasks.task.number_of_tasks`)."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from mamf.report.caveats import caveats_section
 from mamf.report.claims import LOW_ZERO_SHOT, claim2, claims_markdown
 from mamf.report.common import colour, in_order, label, safe_name
-from mamf.report.compare import Comparison, cell_of, compare, ordered, paired, pooled
+from mamf.report.compare import Comparison, cell_of, compare, method_estimates, ordered, paired
 from mamf.report.curves import curves_section
 from mamf.report.environment import environment_lines
 from mamf.report.export import write_tables
@@ -36,13 +36,13 @@ from mamf.report.selection import main_rows, one_measurement, uniform_sampling
 from mamf.report.setup import setup_section
 from mamf.report.spurious import spurious_section
 from mamf.report.tables import (
+    accuracy_grid,
+    accuracy_notes,
+    accuracy_table,
     comparison_note,
     fixed_images_note,
     not_compared_markdown,
     settings_line,
-    summary_grid,
-    summary_notes,
-    summary_table,
     training_line,
 )
 from mamf.report.zeroshot import zeroshot_figure
@@ -51,8 +51,8 @@ from mamf.system.io import atomic_write_text
 
 __all__ = ["LOW_ZERO_SHOT", "Comparison", "cell_of", "claim2", "claims_markdown", "colour",
            "compare", "comparison_note", "in_order", "label", "main_rows", "markdown_html",
-           "not_compared_markdown", "paired", "pooled", "settings_line",
-           "summary_table", "training_line", "write_report"]
+           "not_compared_markdown", "paired", "method_estimates", "settings_line",
+           "accuracy_table", "training_line", "write_report"]
 
 
 def _header(every_row: list[Row], shown: list[Row]) -> str:
@@ -72,8 +72,8 @@ def report_markdown(rows: list[Row], title: str, figures: dict[str, Path],
     # what the interval is over (seeds, or one run's tasks) is the coverage line's to say
     over = ", on the test tasks every method has" if note else ""
     md = [f"# {title}", "", _header(every_row or rows, rows), "", *(first or []),
-          f"## Accuracy (mean ± 95 % interval{over})", "", summary_table(rows), "",
-          *summary_notes(rows)]
+          f"## Accuracy (mean ± 95 % interval{over})", "", accuracy_table(rows), "",
+          *accuracy_notes(rows)]
     if note:
         md += [note]
     fixed = fixed_images_note(rows)
@@ -111,10 +111,11 @@ def curve_datasets(rows: list[Row]) -> list[str]:
 
 
 def write_report(rows: list[Row], out: Path, title: str = "mamf report",
-                 reference: str | None = None, cell: tuple | None = None) -> dict[str, Path]:
+                 reference: str | None = None,
+                 per_class_of: tuple | None = None) -> dict[str, Path]:
     """report.md, report.html (figures embedded), the PNGs and tables/ (CSV and LaTeX), in
     `out`, which also holds what the rows point to (configs/, train_logs/). `reference`: the
-    method every other is paired against (default: classical FT, else zero-shot); `cell`:
+    method every other is paired against (default: classical FT, else zero-shot); `per_class_of`:
     (dataset, method, ways) whose per-class accuracy and confusion are shown (default: the
     first with stored predictions)."""
     from mamf.report.fewshot import fewshot_section
@@ -142,10 +143,10 @@ def write_report(rows: list[Row], out: Path, title: str = "mamf report",
     pngs.update(overfitting_pngs)
     setup, setup_table = setup_section(rows, out)
     curves, curve_pngs = curves_section(rows, out, figures)
-    per_class, class_pngs, class_tables = predictions_section(rows, figures, cell)
+    per_class, class_pngs, class_tables = predictions_section(rows, figures, per_class_of)
     pngs.update(curve_pngs)
     pngs.update(class_pngs)
-    tables = {"accuracy": summary_grid(rows), "setup": setup_table, **class_tables}
+    tables = {"accuracy": accuracy_grid(rows), "setup": setup_table, **class_tables}
     listed = ", ".join(f"tables/{name}.csv" for name in tables)
     extra = shortcut + samplers_section(one_measurement(every_row)) + fewshot + \
         ([""] if overfitting else []) + overfitting + [""] + setup + curves + per_class + \

@@ -117,10 +117,10 @@ def few_shot_lines(rows: list[Row], anchors: dict, eleven: list[str]) -> list[st
                   "| method | " + " | ".join(here) + " | 11-dataset average | seeds |",
                   "|---|" + "---|" * (len(here) + 2)]
         for name in in_order({key[0] for key in table if key[2] == k}):
-            cells = [table.get((name, d, k)) for d in eleven]
-            average = f"{100 * np.mean([np.mean(c) for c in cells]):.1f}" \
-                if all(c is not None for c in cells) else "-"
-            seeds = sorted({len(c) for c in cells if c is not None})
+            per_seed = [table.get((name, d, k)) for d in eleven]
+            average = f"{100 * np.mean([np.mean(c) for c in per_seed]):.1f}" \
+                if all(c is not None for c in per_seed) else "-"
+            seeds = sorted({len(c) for c in per_seed if c is not None})
             lines.append(f"| {md(name)} | " + " | ".join(_pct(table.get((name, d, k)))
                                                          for d in here)
                          + f" | {average} | {'/'.join(map(str, seeds))} |")
@@ -129,9 +129,9 @@ def few_shot_lines(rows: list[Row], anchors: dict, eleven: list[str]) -> list[st
                 value = a["shots"].get(str(k))
                 if value is None:
                     continue
-                cells = [per_dataset.get(a["method"], {}).get(d, {}).get(str(k)) for d in here]
+                values = [per_dataset.get(a["method"], {}).get(d, {}).get(str(k)) for d in here]
                 lines.append(f"| {a['method']} (*published*) | "
-                             + " | ".join("-" if c is None else f"{c:.1f}" for c in cells)
+                             + " | ".join("-" if c is None else f"{c:.1f}" for c in values)
                              + f" | {value:.1f} | - |")
         lines.append("")
     if published:
@@ -187,11 +187,11 @@ def base2novel_lines(rows: list[Row], anchors: dict, eleven: list[str]) -> list[
         convention = {"hm_of_averages": "HM of averages",
                       "mean_of_hms": "mean of HMs"}[published["hm_convention"]]
         for a in published["methods"]:
-            cells = {"HM of averages": "-", "mean of HMs": "-"}
-            cells[convention] = f"{a['hm']:.2f}"
+            hm = {"HM of averages": "-", "mean of HMs": "-"}
+            hm[convention] = f"{a['hm']:.2f}"
             lines.append(f"| {a['method']} (*published*) | 16 | {a['base']:.2f} | "
-                         f"{a['novel']:.2f} | {cells['HM of averages']} | "
-                         f"{cells['mean of HMs']} |")
+                         f"{a['novel']:.2f} | {hm['HM of averages']} | "
+                         f"{hm['mean of HMs']} |")
         lines += ["", f"Published: {published['source']} ({published['read']}; its convention: "
                   f"{convention}, checked: {published['hm_checked']})."]
     if not averages:
@@ -219,9 +219,9 @@ def variant_lines(rows: list[Row], variants: list[str]) -> list[str]:
              "(200 for -A and -R), with no support set. OOD average: the mean over the four.", "",
              "| method | shots | ImageNet | " + " | ".join(variants) + " | OOD average |",
              "|---|---|---|" + "---|" * (len(variants) + 1)]
-    for (name, k), cells in sorted(table.items()):
-        ood = [np.mean(cells[v]) for v in variants if v in cells]
-        lines.append(f"| {md(name)} | {k} | {_pct(cells.get('ImageNet'))} | "
-                     + " | ".join(_pct(cells.get(v)) for v in variants)
+    for (name, k), by_variant in sorted(table.items()):
+        ood = [np.mean(by_variant[v]) for v in variants if v in by_variant]
+        lines.append(f"| {md(name)} | {k} | {_pct(by_variant.get('ImageNet'))} | "
+                     + " | ".join(_pct(by_variant.get(v)) for v in variants)
                      + f" | {f'{100 * np.mean(ood):.1f}' if len(ood) == len(variants) else '-'} |")
     return lines + [""]

@@ -133,14 +133,14 @@ def at_chance(row: Row) -> bool:
 
 
 def chance_lines(rows: list[Row]) -> list[str]:
-    cells: dict[tuple, list] = OrderedDict()
+    by_size: dict[tuple, list] = OrderedDict()  # (method, dataset, ways) -> (seed, at chance)
     for (m, d, n, s), r in _trainings(rows).items():
-        cells.setdefault((m, d, n), []).append((s, at_chance(r)))
-    bad = {k: v for k, v in cells.items() if any(c for _, c in v)}
-    if not cells:
+        by_size.setdefault((m, d, n), []).append((s, at_chance(r)))
+    bad = {k: v for k, v in by_size.items() if any(c for _, c in v)}
+    if not by_size:
         return []
     if not bad:
-        return [f"**Trainings at chance**: none of the {sum(map(len, cells.values()))} "
+        return [f"**Trainings at chance**: none of the {sum(map(len, by_size.values()))} "
                 "trainings ended at chance.", ""]
     lines = ["**Trainings at chance** (the loss ended at a uniform guess; rows from before "
              "rows recorded it: accuracy within 0.01 of 1/n), per method and cell:", "",

@@ -10,7 +10,7 @@ import numpy as np
 
 from mamf import stats
 from mamf.report.common import holm_line, labels, md
-from mamf.report.compare import compare, ordered, paired, paired_tasks, pooled
+from mamf.report.compare import compare, method_estimates, ordered, paired, paired_tasks
 from mamf.results import Row
 from mamf.stats import Estimate
 
@@ -43,7 +43,7 @@ def claim2(rows: list[Row]) -> list[Claim2]:
         gain = paired(shared, "fomaml", "zeroshot").get(d)
         if gain is None:
             continue
-        z = pooled(shared)[(d, "zeroshot")].mean
+        z = method_estimates(shared)[(d, "zeroshot")].mean
         m = paired(shared, "mamf", "fomaml").get(d)
         expect = "MAMF beats FOMAML" if z < LOW_ZERO_SHOT else "FOMAML helps"
         found.append((d, z, gain, m, expect))

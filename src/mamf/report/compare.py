@@ -92,7 +92,7 @@ def by_seed(rows: list[Row]) -> dict[int, list[float]]:
     return out
 
 
-def pooled(rows: list[Row]) -> dict[tuple[str, str], Estimate]:
+def method_estimates(rows: list[Row]) -> dict[tuple[str, str], Estimate]:
     """(dataset, method) -> the seed-level estimate over all their test tasks."""
     groups: dict[tuple, list[Row]] = OrderedDict()
     for r in rows:

@@ -1,5 +1,5 @@
 """The report's tables also as files beside report.md, for a paper: tables/<name>.csv (the
-cells as shown, and for a cell that pools rows the count and config_ids of those rows, so a
+entries as shown, and for an entry that pools rows the count and config_ids of those rows, so a
 number leads back to the rows and settings behind it) and tables/<name>.tex (a booktabs
 tabular, the text escaped for LaTeX)."""
 
@@ -16,8 +16,9 @@ from mamf.system.io import atomic_write_text, make_folder
 
 @dataclass
 class Grid:
-    """A table: its header, its rows of cells as shown, and per row of cells the results rows
-    behind some of its columns (column index -> rows), which the CSV names beside the cell."""
+    """A table: its header, its lines of entries as shown, and per line the results rows
+    behind some of its columns (column index -> rows), which the CSV names beside the entry.
+    (A *cell*, in the report, is the key of test tasks methods share: `report.compare.Cell`.)"""
 
     head: list[str]
     body: list[list[str]]
@@ -34,25 +35,25 @@ def _ids(rows: list[Row]) -> str:
 
 def linked(grid: Grid) -> tuple[list[str], list[list[str]]]:
     """The table with, after each column that has rows behind it, two more: how many rows the
-    cell pools (`<column> rows`) and their config_ids (`<column> config_ids`)."""
+    entry pools (`<column> rows`) and their config_ids (`<column> config_ids`)."""
     columns = sorted({c for row in grid.behind for c in row})
     if not columns:
         return grid.head, grid.body
 
-    def widen(cells: list[str], behind: dict[int, list[Row]] | None) -> list[str]:
+    def widen(shown: list[str], behind: dict[int, list[Row]] | None) -> list[str]:
         out = []
-        for c, cell in enumerate(cells):
-            out.append(cell)
+        for c, entry in enumerate(shown):
+            out.append(entry)
             if c in columns:
                 if behind is None:
-                    out += [f"{cell} rows", f"{cell} config_ids"]
+                    out += [f"{entry} rows", f"{entry} config_ids"]
                 else:
                     rows = behind.get(c, [])
                     out += [str(len(rows)), _ids(rows)]
         return out
 
-    body = [widen(cells, grid.behind[i] if i < len(grid.behind) else {})
-            for i, cells in enumerate(grid.body)]
+    body = [widen(shown, grid.behind[i] if i < len(grid.behind) else {})
+            for i, shown in enumerate(grid.body)]
     return widen(grid.head, None), body
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -81,7 +82,7 @@ def latex_text(head: list[str], body: list[list[str]]) -> str:
 
 def write_tables(out: Path, tables: dict[str, Grid | tuple[list[str], list[list[str]]]]
                  ) -> list[Path]:
-    """Each table as tables/<name>.csv (with the rows behind its cells, `linked`) and
+    """Each table as tables/<name>.csv (with the rows behind its entries, `linked`) and
     tables/<name>.tex under `out`; returns the paths."""
     paths = []
     for name, table in tables.items():

@@ -34,7 +34,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def _cell(values: list[float]) -> str:
+def _mean_std_pct(values: list[float]) -> str:
+    """Per-seed values as '%' mean ± std (seeds)."""
     mean, std = mean_std(values)
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({len(values)})"
 
@@ -75,16 +76,16 @@ def anchor_lines(rows: list[Row], anchors: dict | None = None) -> list[str]:
              "| method | " + " | ".join(f"{k}-shot" for k in shots) + " | source |",
              "|---|" + "---|" * (len(shots) + 1)]
     for a in anchors["methods"]:
-        cells = [f"{a['shots'][str(k)]:.1f}" if str(k) in a["shots"] else "-" for k in shots]
-        lines.append(f"| {a['method']} (*published*) | " + " | ".join(cells)
+        shown = [f"{a['shots'][str(k)]:.1f}" if str(k) in a["shots"] else "-" for k in shots]
+        lines.append(f"| {a['method']} (*published*) | " + " | ".join(shown)
                      + f" | {a['source']} ({a['read']}) |")
     table = by_shots(mine)
     for m in in_order({r.method for r in mine}):
-        cells = []
+        shown = []
         for k in shots:
             means = [float(np.mean(v[k])) for (d, mm), v in table.items() if mm == m and k in v]
-            cells.append(f"{100 * np.mean(means):.1f}" if len(means) == len(wanted) else "-")
-        lines.append(f"| {label(m)} (mamf) | " + " | ".join(cells) + " | this report |")
+            shown.append(f"{100 * np.mean(means):.1f}" if len(means) == len(wanted) else "-")
+        lines.append(f"| {label(m)} (mamf) | " + " | ".join(shown) + " | this report |")
     return lines + [""]
 
 
@@ -125,7 +126,7 @@ def _shots_tables(rows: list[Row], protocol: protocols.Protocol, figures: Path,
         for m in in_order({mm for dd, mm in table if dd == d}):
             v = table[(d, m)]
             lines.append(f"| {label(m)} | "
-                         + " | ".join(_cell(v[k]) if k in v else "-" for k in ks) + " |")
+                         + " | ".join(_mean_std_pct(v[k]) if k in v else "-" for k in ks) + " |")
         lines.append("")
         name = f"{prefix}{safe_name(d)}"
         pngs[name] = shots_figure(rows, d, figures / f"{name}.png", protocol.name)
@@ -146,7 +147,7 @@ def _own_fields_table(rows: list[Row], protocol: protocols.Protocol) -> list[str
     for (d, m), v in values[0].items():
         for k in sorted(v):
             lines.append(f"| {d} | {label(m)} | {k} | "
-                         + " | ".join(_cell(field[(d, m)][k]) for field in values) + " |")
+                         + " | ".join(_mean_std_pct(field[(d, m)][k]) for field in values) + " |")
     return lines + [""]
 
 

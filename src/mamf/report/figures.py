@@ -114,7 +114,7 @@ def method_lines(ax, by: dict[str, dict]) -> None:
 
 
 def curve_figure(rows: list[Row], dataset: str, path: Path) -> Path:
-    """Accuracy against task size n, one line per method with its 95 % band (paper's form).
+    """Accuracy against task size n, one line per method with its 95 % band (the MAMF paper's figures' form).
     At each n the methods are compared over the (shots, seed, split) cells they all have."""
     plt = pyplot()
     mine = [r for r in rows if r.dataset_name == dataset]

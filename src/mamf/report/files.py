@@ -53,9 +53,10 @@ def grid_config(row: Row, folder: Path | None) -> dict | None:
     grids kept configs/; None without one. What tuning chose for the row (its `tuned_on_dev`)
     goes over the file's settings, as it did when the row ran. The data folder is not known
     then, so the settings' hash cannot be checked against the row's: the file is taken as the
-    one that ran."""
+    one that ran. Rebuilding settings takes the plug-ins' declarations, and so loads torch: the
+    one part of a report that does, for rows of those older grids only."""
     from mamf.config import to_dict
-    from mamf.runs.experiment import run_config
+    from mamf.runs.experiment_file import run_config
     from mamf.runs.tune_spec import nested
 
     if folder is None or not row.experiment_dataset or \
@@ -78,6 +79,6 @@ def grid_config(row: Row, folder: Path | None) -> dict | None:
 
 @functools.lru_cache(maxsize=8)
 def _experiment(path: str):
-    from mamf.runs.experiment import load_experiment
+    from mamf.runs.experiment_file import load_experiment
 
     return load_experiment(path, strict=False)  # a file that ran before a later rule still reads

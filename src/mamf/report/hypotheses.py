@@ -13,7 +13,7 @@ import numpy as np
 from mamf import stats
 from mamf.config import load_yaml
 from mamf.report.common import label, md
-from mamf.report.compare import compare, ordered, paired_tasks, pooled
+from mamf.report.compare import compare, method_estimates, ordered, paired_tasks
 from mamf.results import Row
 from mamf.runs.hypotheses import Hypothesis, digest, parse_hypotheses
 from mamf.stats import Estimate
@@ -70,7 +70,7 @@ def declared_tests(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Test]:
             continue
         axis = {d: [r for r in rows if r.dataset_name == d and r.method == h.along]
                 for d in diffs}  # the accuracy of `along` on each dataset: the trend's x
-        zero = {d: pooled(rs)[(d, h.along)].mean for d, rs in axis.items() if rs}
+        zero = {d: method_estimates(rs)[(d, h.along)].mean for d, rs in axis.items() if rs}
         try:
             found.append(Test(h, ", ".join(zero), stats.slope(zero, diffs)))
         except ValueError:

@@ -45,14 +45,14 @@ def split_table(rows: list[Row]) -> list[str]:
     for d in datasets:
         for m in in_order({m for dd, m in groups if dd == d}):
             accs = groups[(d, m)]
-            cells = [stats.interval(stats.estimate(accs[k])) if k in accs else "-"
+            shown = [stats.interval(stats.estimate(accs[k])) if k in accs else "-"
                      for k in ("train", "held")]
             gap, seeds = "-", "-"
             if len(accs) == 2:
                 e = stats.difference(accs["train"], accs["held"])
                 gaps.append(e)
                 gap, seeds = stats.interval(e, signed=True), str(e.seeds)
-            lines.append(f"| {d} | {label(m)} | {cells[0]} | {cells[1]} | {gap} | {seeds} |")
+            lines.append(f"| {d} | {label(m)} | {shown[0]} | {shown[1]} | {gap} | {seeds} |")
     return lines + (["", stats.coverage_line(gaps)] if gaps else [])
 
 

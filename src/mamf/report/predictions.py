@@ -1,4 +1,4 @@
-"""The report's "Per-class accuracy and confusion" for one chosen cell (dataset, method, task
+"""The report's "Per-class accuracy and confusion" for one chosen (dataset, method, task
 size): the stored predictions of every test task of its rows (`metatest.save_predictions`)
 pooled into a confusion matrix over the dataset's classes, and each class's accuracy as the
 share of its query images given their own class."""
@@ -62,15 +62,15 @@ def _labels(encoded, ways: int) -> list[int] | None:
     return list(encoded) if _ints(encoded, ways) else None
 
 
-def choose(rows: list[Row], cell: Choice | None = None) -> Choice | None:
-    """The cell shown: `cell` when given (it must have predictions), else the first dataset's
-    first method in table order that has them, at its largest task size."""
+def choose(rows: list[Row], wanted: Choice | None = None) -> Choice | None:
+    """The (dataset, method, ways) shown: `wanted` when given (it must have predictions), else
+    the first dataset's first method in table order that has them, at its largest task size."""
     kept = with_predictions(rows)
-    if cell is not None:
-        if not any((r.dataset_name, r.method, r.ways) == tuple(cell) for r in kept):
-            raise MamfError(f"no rows with stored predictions for {cell[0]} {cell[1]} "
-                            f"{cell[2]}-way (evaluate with --set metatest.save_predictions=true)")
-        return tuple(cell)
+    if wanted is not None:
+        if not any((r.dataset_name, r.method, r.ways) == tuple(wanted) for r in kept):
+            raise MamfError(f"no rows with stored predictions for {wanted[0]} {wanted[1]} "
+                            f"{wanted[2]}-way (evaluate with --set metatest.save_predictions=true)")
+        return tuple(wanted)
     if not kept:
         return None
     d = kept[0].dataset_name
@@ -144,11 +144,11 @@ def confusion_figure(names: list[str], counts: np.ndarray, title: str, path: Pat
     return save(fig, plt, path)
 
 
-def predictions_section(rows: list[Row], figures: Path, cell: Choice | None = None
+def predictions_section(rows: list[Row], figures: Path, wanted: Choice | None = None
                         ) -> tuple[list[str], dict[str, Path], dict[str, Grid]]:
-    """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen cell; rows with no
-    stored predictions get one line saying so."""
-    chosen = choose(rows, cell)
+    """Markdown lines, figures and tables (for CSV and LaTeX) for the chosen (dataset, method,
+    ways); rows with no stored predictions get one line saying so."""
+    chosen = choose(rows, wanted)
     lines = ["## Per-class accuracy and confusion", ""]
     unreadable = sum(1 for r in rows if r.predictions and damaged(r))
     said = [f"{unreadable} row(s) hold damaged predictions (unreadable, or not giving the "

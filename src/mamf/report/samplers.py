@@ -86,22 +86,23 @@ def by_tertile(rows: list[Row], dataset: str, bounds: tuple[float, float]) -> di
     for r in rows:
         if r.dataset_name != dataset or r.task_similarity is None:
             continue
-        cells = accs.setdefault((r.method, r.sampler), [{}, {}, {}])
+        thirds = accs.setdefault((r.method, r.sampler), [{}, {}, {}])
         for acc, sim in zip(r.task_accs, r.task_similarity):
             if sim is not None:  # a one-class task has no pairwise similarity
-                cells[tertile(sim, bounds)].setdefault(r.seed, []).append(acc)
+                thirds[tertile(sim, bounds)].setdefault(r.seed, []).append(acc)
     diffs: dict[tuple, list[dict]] = {}
     for d, m, s, seed, row, twin in _pairs(rows):
         if d != dataset or row.task_similarity is None:
             continue
-        cells = diffs.setdefault((m, s), [{}, {}, {}])
+        thirds = diffs.setdefault((m, s), [{}, {}, {}])
         for a, b, sim in zip(row.task_accs, twin.task_accs, row.task_similarity):
             if sim is not None:
-                cells[tertile(sim, bounds)].setdefault(seed, []).append(a - b)
+                thirds[tertile(sim, bounds)].setdefault(seed, []).append(a - b)
     return {key: {"accs": value, "diffs": diffs.get(key)} for key, value in accs.items()}
 
 
-def _cell(accs: dict, diffs: dict | None) -> str:
+def _entry(accs: dict, diffs: dict | None) -> str:
+    """One tertile's entry: mean ± interval, and the paired difference to uniform."""
     if not accs:
         return "–"
     text = stats.interval(stats.estimate(accs))
@@ -151,7 +152,7 @@ def samplers_section(rows: list[Row]) -> list[str]:
                 entry = table.get((m, s))
                 if entry is None:
                     continue
-                cells = [_cell(entry["accs"][k], entry["diffs"][k] if entry["diffs"] else None)
+                shown = [_entry(entry["accs"][k], entry["diffs"][k] if entry["diffs"] else None)
                          for k in range(3)]
-                lines.append(f"| {_label(m)} | {s} | {' | '.join(cells)} |")
+                lines.append(f"| {_label(m)} | {s} | {' | '.join(shown)} |")
     return lines

@@ -45,9 +45,9 @@ def one_measurement(rows: list[Row]) -> list[Row]:
 
 
 def pooling(rows: list[Row]) -> list[Row]:
-    """Rows of protocols whose test tasks pool into the method tables (`Protocol.pooled`);
+    """Rows of protocols whose test tasks pool into the method tables (`Protocol.pools_tasks`);
     base2novel's two tasks (base, novel) are summarised by their harmonic mean instead."""
-    return [r for r in rows if protocols.get(r.protocol).pooled]
+    return [r for r in rows if protocols.get(r.protocol).pools_tasks]
 
 
 def main_rows(rows: list[Row]) -> list[Row]:

@@ -22,11 +22,13 @@ import numpy as np
 
 from mamf import stats
 from mamf.report.common import colour, holm_line, label, md
-from mamf.report.compare import by_seed, compare, paired, pooled
+from mamf.report.compare import by_seed, compare, method_estimates, paired
 from mamf.report.figures import _whisker, pyplot, save
-from mamf.report.files import _experiment, row_config
+from mamf.report.files import row_config
 from mamf.results import Row
+from mamf.runs.experiment_file import declared_datasets
 from mamf.stats import Estimate
+from mamf.system.errors import MamfError
 
 BUILDER = "spurious"
 # the paper's named methods: like the claims (report/claims.py), this section is about them
@@ -41,15 +43,16 @@ def _default_rho() -> float:
 
 
 def _from_experiment(folder: Path) -> dict[str, float]:
-    """rho of each `build: spurious` entry of the experiment.yaml beside the rows."""
+    """rho of each `build: spurious` entry of the experiment.yaml beside the rows (its entries
+    only: no plug-in, no torch)."""
     path = folder / "experiment.yaml"
     if not path.is_file():
         return {}
     try:
-        exp = _experiment(str(path))
-    except Exception:  # an unreadable file: the data folders may still say
+        entries = declared_datasets(path)
+    except MamfError:  # an unreadable file: the data folders may still say
         return {}
-    return {d.name: float(d.build_options.get("rho", _default_rho())) for d in exp.datasets
+    return {d.name: float(d.build_options.get("rho", _default_rho())) for d in entries
             if d.build == BUILDER}
 
 
@@ -127,7 +130,7 @@ def sweeps(rows: list[Row], strengths: dict[str, float]) -> list[Sweep]:
             continue
         mine = [r for r in rows if r.dataset_name in datasets]
         shared = compare(mine, [m for m in METHODS if any(r.method == m for r in mine)]).compared
-        accuracy = pooled(shared)
+        accuracy = method_estimates(shared)
         gap = paired(shared, "mamf", "classical")
         low, high = datasets[0], datasets[-1]
         cost, ends = {}, {}
@@ -172,10 +175,10 @@ def spurious_section(rows: list[Row], folder: Path | None,
     verdicts = dict(zip([d for _, d in gaps], stats.verdicts([s.gap[d] for s, d in gaps])))
     for s in found:
         for d, rho in zip(s.datasets, s.rhos):
-            cells = [stats.interval(s.accuracy[(d, m)]) if (d, m) in s.accuracy else "–"
+            shown = [stats.interval(s.accuracy[(d, m)]) if (d, m) in s.accuracy else "–"
                      for m in methods]
             e = s.gap.get(d)
-            table.append(f"| {_values(s.capacity)} | {rho:g} | " + " | ".join(cells) +
+            table.append(f"| {_values(s.capacity)} | {rho:g} | " + " | ".join(shown) +
                          f" | {stats.interval(e, signed=True) if e else '–'} | "
                          f"{stats.worded(verdicts[d], e) if e else '–'} |")
     lines += table + ["", holm_line(len(gaps)), ""]
@@ -188,10 +191,10 @@ def spurious_section(rows: list[Row], folder: Path | None,
                   "|---|---|---|---|---|---|---|"]
         judged = stats.verdicts([s.cost_gap for s in costs])
         for s, v in zip(costs, judged):
-            cell = [stats.interval(s.cost[m], signed=True) if m in s.cost else "–"
-                    for m in TRAINED]
+            shown = [stats.interval(s.cost[m], signed=True) if m in s.cost else "–"
+                     for m in TRAINED]
             lines.append(f"| {_values(s.capacity)} | {s.rhos[0]:g} → {s.rhos[-1]:g} | " +
-                         " | ".join(cell) + f" | {stats.interval(s.cost_gap, signed=True)} | "
+                         " | ".join(shown) + f" | {stats.interval(s.cost_gap, signed=True)} | "
                          f"{md(stats.worded(v, s.cost_gap))} |")
         lines += ["", holm_line(len(costs)), ""]
     return lines, {"spurious": spurious_figure(found, methods, figures / "spurious.png")}

@@ -11,12 +11,12 @@ from mamf.report.export import Grid
 from mamf.results import Row
 
 
-def summary_grid(rows: list[Row]) -> Grid:
+def accuracy_grid(rows: list[Row]) -> Grid:
     """The accuracy table: one row per dataset and setting, one column per method, mean ± 95 %
     interval over the cells every method of the dataset has, and the seeds and tasks the
     interval covers. A setting (protocol, ways, shots) that differs within a dataset gets a
     column, and each of its values a row: no number pools two of them (`compare.headline`).
-    Behind each method's cell: the rows it pools (for tables/accuracy.csv)."""
+    Behind each method's entry: the rows it pools (for tables/accuracy.csv)."""
     table = headline(rows)
     est = table.estimates()
     methods = ordered(rows)[1]
@@ -24,11 +24,11 @@ def summary_grid(rows: list[Row]) -> Grid:
     body, behind = [], []
     for (d, s), by_method in table.entries.items():
         mine = [est[(d, s, m)] for m in methods if m in by_method]
-        cells = [stats.interval(est[(d, s, m)]) if m in by_method else "–" for m in methods]
+        shown = [stats.interval(est[(d, s, m)]) if m in by_method else "–" for m in methods]
         seeds = numbers(e.seeds for e in mine) if mine else "–"
         tasks = numbers(e.tasks for e in mine) if mine else "–"
         where = [str(v) for v in s] or ["–"] * len(table.varying)  # "–": no compared row
-        body.append([d, *where, *cells, seeds, tasks])
+        body.append([d, *where, *shown, seeds, tasks])
         first = 1 + len(table.varying)
         behind.append({first + i: by_method[m] for i, m in enumerate(methods) if m in by_method})
     return Grid(head, body, behind)
@@ -44,14 +44,14 @@ def grid_markdown(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(md(c) for c in row) + " |" for row in body])
 
 
-def summary_table(rows: list[Row]) -> str:
-    """The accuracy table (`summary_grid`) in markdown."""
-    grid = summary_grid(rows)
+def accuracy_table(rows: list[Row]) -> str:
+    """The accuracy table (`accuracy_grid`) in markdown."""
+    grid = accuracy_grid(rows)
     return grid_markdown(grid.head, grid.body)
 
 
-def summary_notes(rows: list[Row]) -> list[str]:
-    """What the summary table's intervals cover, and which of its entries are degenerate."""
+def accuracy_notes(rows: list[Row]) -> list[str]:
+    """What the accuracy table's intervals cover, and which of its entries are degenerate."""
     table = headline(rows)
     est = table.estimates()
     lines = [stats.coverage_line(list(est.values()))]

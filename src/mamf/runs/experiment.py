@@ -38,9 +38,9 @@ from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for ca
     DATA_ROOT,
     DatasetSpec,
     Experiment,
-    cells,
     dataset_root,
     load_experiment,
+    measurements,
     names_data_root,
     parse_experiment,
     run_config,
@@ -263,13 +263,12 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                     if ds.methods is not None and method not in ds.methods:
                         continue
                     for sampler in samplers_of(exp, ds, method):
-                        missing = [(n, split, alpha) for n in ways
-                                   for split, alpha in cells(exp, ds, root, method, seed, sampler)
+                        slots = measurements(exp, ds, root, method, seed, sampler)
+                        missing = [(n, split, alpha) for n in ways for split, alpha in slots
                                    if grid_cell(ds, method, sampler, seed, shots, n, split,
                                                 alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
-                        tests = [c for c in cells(exp, ds, root, method, seed, sampler)
-                                 if c[0] == "test"]  # what a test-only variant can score
+                        tests = [c for c in slots if c[0] == "test"]  # what a test-only variant can score
                         also = tuple(
                             (v, v_root, n, tuple(c for c in tests if grid_cell(
                                 v, method, sampler, seed, shots, n, *c) not in done))
@@ -434,7 +433,8 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         train_info["tuned_on_dev"] = tuned
     mix = None
     if trains:
-        mixes = any(a is not None for _, a in cells(exp, ds, root, method, seed, sampler))
+        mixes = any(a is not None
+                    for _, a in measurements(exp, ds, root, method, seed, sampler))
         start = starting_weights(model) if mixes else None
         started = time.perf_counter()
         logs = train_log_folder(results.parent, ds.name, method, sampler, seed, shots,
@@ -449,7 +449,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
                       "train_at_chance": result.at_chance, "train_collapsed": result.collapsed}
         mix = Interpolation(model, start) if start is not None else None
     for n in unit:
-        for split, alpha in cells(exp, ds, root, method, seed, sampler):
+        for split, alpha in measurements(exp, ds, root, method, seed, sampler):
             if grid_cell(ds, method, sampler, seed, shots, n, split, alpha) in done:
                 continue
             config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler,

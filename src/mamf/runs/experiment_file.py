@@ -4,6 +4,10 @@
 An experiment file names the model, methods, task samplers, seeds, shared settings, per-method
 settings and datasets (a folder, or a builder that makes one). The samplers axis applies to the
 methods that draw tasks; the others run once. `run_config` is the settings of one run of the grid.
+
+Checking a file against the methods and samplers needs the plug-ins, and so torch: this module
+imports them only where it checks or builds (`parse_experiment`, `run_config`). A report reads
+the file beside its rows with `declared_datasets`, which checks the entries without them.
 """
 
 from __future__ import annotations
@@ -17,14 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamf import methods as registry
-from mamf import (
-    plugins,  # noqa: F401  (every plug-in joins the catalogue before a config is built)
-    protocols,
-)
+from mamf import protocols
 from mamf.catalogue import AT_MOST, Config, check_seed
 from mamf.config import build_config, deep_merge, load_yaml
 from mamf.data.splits import SPLITS
-from mamf.engine.wiseft import alphas
 from mamf.runs.hypotheses import Hypothesis, parse_hypotheses
 from mamf.runs.tune_spec import (
     TuneSpec,
@@ -34,7 +34,6 @@ from mamf.runs.tune_spec import (
     parse_tune,
 )
 from mamf.system.errors import MamfError, is_int, shown
-from mamf.tasks import samplers
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,9 @@ def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True)
     Every value is type-checked before use: a YAML alias can make a tiny file hold a structure
     whose `str()` never ends, so nothing from the file is printed or converted unchecked.
     """
+    from mamf.tasks import samplers
+
+    _plugins()
     if not isinstance(raw, dict):
         raise MamfError("an experiment file must hold a mapping of keys")
     unknown = [k for k in raw if k not in TOP_KEYS]
@@ -151,7 +153,7 @@ def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True)
     datasets_raw = raw.get("datasets")
     if not isinstance(datasets_raw, dict) or not datasets_raw:
         raise MamfError("experiment 'datasets' must map names to dataset entries")
-    datasets = [_dataset(name, entry, source) for name, entry in datasets_raw.items()]
+    datasets = [_dataset(name, entry, source, known) for name, entry in datasets_raw.items()]
     names = {ds.name: ds for ds in datasets}
     for ds in datasets:
         if ds.runs_of is not None and (ds.runs_of not in names or names[ds.runs_of].runs_of):
@@ -201,8 +203,28 @@ def parse_experiment(raw: dict, source: Path | None = None, strict: bool = True)
     return exp
 
 
-def _dataset(name, entry, source: Path | None) -> DatasetSpec:
-    """One entry of `datasets:`, checked: a folder or a builder, settings, task sizes."""
+def _plugins() -> None:
+    """Every plug-in joins the catalogue (and the registries) before a file is checked against
+    them or a config is built."""
+    from mamf import plugins  # noqa: F401
+
+
+def declared_datasets(path: str | Path) -> list[DatasetSpec]:
+    """The dataset entries of the experiment file at `path`, each checked as `parse_experiment`
+    checks it but for the methods its `method_settings` name (only the registered methods know
+    them): what a report reads beside its rows (the builders and their options), without the
+    plug-ins and so without torch."""
+    path = Path(path)
+    raw = _mapping(load_yaml(path), "an experiment file")
+    entries = raw.get("datasets")
+    if not isinstance(entries, dict) or not entries:
+        raise MamfError("experiment 'datasets' must map names to dataset entries")
+    return [_dataset(name, entry, path, methods=None) for name, entry in entries.items()]
+
+
+def _dataset(name, entry, source: Path | None, methods: tuple[str, ...] | None) -> DatasetSpec:
+    """One entry of `datasets:`, checked: a folder or a builder, settings, task sizes, and the
+    methods its `method_settings` name among `methods` (None: not checked)."""
     if is_int(name) and abs(name) < 10**9:
         name = str(name)
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
@@ -234,7 +256,7 @@ def _dataset(name, entry, source: Path | None) -> DatasetSpec:
                        _mapping(entry.get("settings"), f"dataset {name!r}: 'settings'"),
                        _ways(entry.get("ways"), name),
                        _method_settings(entry.get("method_settings"),
-                                        f"datasets.{name}.method_settings", registry.names()),
+                                        f"datasets.{name}.method_settings", methods),
                        entry.get("methods"),
                        None if entry.get("tune") is None else
                        _mapping(entry["tune"], f"dataset {name!r}: 'tune'"),
@@ -299,12 +321,13 @@ def _axis(raw: dict, key: str, valid, expected: str, where: str = "") -> list | 
     return values
 
 
-def _method_settings(raw, where: str, known) -> dict:
+def _method_settings(raw, where: str, known: tuple[str, ...] | None) -> dict:
     """`method_settings` (of the experiment, or of one dataset): per-method train, metatest and
-    baseline sections, which may not change what the dataset's prepared model depends on."""
+    baseline sections, which may not change what the dataset's prepared model depends on; the
+    methods they name are among `known` (None: not checked)."""
     settings = _mapping(raw, f"experiment {where!r}")
     for m, s in settings.items():
-        if m not in known:
+        if known is not None and m not in known:
             raise MamfError(f"{where} names unknown method {shown(m)}")
         s = _mapping(s, f"{where}.{m}")
         if set(s) - METHOD_SECTIONS:
@@ -373,6 +396,7 @@ def run_config(exp: Experiment, ds: DatasetSpec, method: str, seed: int, root: s
                extra: dict | None = None) -> Config:
     """A run's config: defaults, the experiment's settings, the dataset's, the method's, what
     tuning chose for (dataset, method), `extra` (a tuning grid point), then the grid's axes."""
+    _plugins()
     merged = deep_merge(EXPERIMENT_DEFAULTS, exp.settings)
     merged = deep_merge(merged, ds.settings)
     merged = deep_merge(merged, exp.method_settings.get(method, {}))
@@ -409,10 +433,12 @@ def samplers_of(exp: Experiment, ds: DatasetSpec, method: str) -> list[str | Non
     return [run_config(exp, ds, method, exp.seeds[0], "/placeholder").train.sampler]
 
 
-def cells(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
-          sampler: str | None) -> list[tuple[str, float | None]]:
-    """The (split, alpha) rows each task size of a method gets: the splits axis (or
-    metatest.split) times its alphas (`mamf.engine.wiseft.alphas`)."""
+def measurements(exp: Experiment, ds: DatasetSpec, root: str, method: str, seed: int,
+                 sampler: str | None) -> list[tuple[str, float | None]]:
+    """The (split, alpha) measurements, one row each, that each task size of a method gets: the
+    splits axis (or metatest.split) times its alphas (`mamf.engine.wiseft.alphas`)."""
+    from mamf.engine.wiseft import alphas
+
     out = []
     for split in exp.splits or [None]:
         config = run_config(exp, ds, method, seed, root, sampler=sampler, split=split)

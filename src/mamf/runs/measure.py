@@ -176,7 +176,7 @@ def evaluate_prepared(model: DualEncoder, dataset: ImageDataset, inputs: ModelIn
     plugin, chosen = tuned_method(model, inputs, dataset, method, config, ways)
     predictions = [] if config.metatest.save_predictions else None
     accs = meta_test(model, inputs, tasks, plugin, config, ways, progress, predictions)
-    mean, ci, extra = protocols.get(config.data.protocol).summary(accs)
+    mean, ci, extra = protocols.get(config.data.protocol).aggregate(accs)
     return Row.from_json({
         **head, "trainable_params": sum(p.numel() for p in trainable(model)),
         "n_tasks": len(tasks), "acc_mean": mean, "acc_ci95": ci,
