@@ -11,12 +11,11 @@ import pytest
 from config_cases import FIXTURE, OVERRIDES, cases, record
 
 from mamf import methods
-from mamf.catalogue import Config, declared
+from mamf.catalogue import Config, Setting, declared
 from mamf.cli import main, methods_listing
 from mamf.config import build_config, to_dict
 from mamf.methods.base import unregister
 from mamf.runs.config_id import FIRST_SETTINGS, config_id
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 from mamf.tasks import samplers
 
@@ -32,7 +31,7 @@ TOY = '''
 """A method with one setting, in a file of its own (tests/test_settings.py)."""
 from mamf.methods.base import Method, register, predict
 from mamf.methods.presentation import Presentation
-from mamf.settings import Setting
+from mamf.catalogue import Setting
 
 
 @register
@@ -130,7 +129,7 @@ def test_sections_keep_their_names_and_pickle():
 
 
 def test_the_default_sampler_is_the_registrys():
-    assert build_config({}).train.sampler == samplers.DEFAULT in samplers.names()
+    assert build_config({}).train.sampler == samplers.DEFAULT_SAMPLER in samplers.names()
 
 
 def test_protocols_and_models_declare_settings_as_methods_do(monkeypatch):

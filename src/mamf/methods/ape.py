@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, one_hot, predicted
 from mamf.methods.tip_adapter import first_best, grid, hits
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
 

@@ -12,7 +12,7 @@ the order of its pseudo-code:
    otherwise;
 5. `tune`: hyper-parameters chosen on dev-split tasks before the meta-test (default: none).
 
-A method's own settings are declared on its class (`settings`, `mamf.settings.Setting`): the
+A method's own settings are declared on its class (`settings`, `mamf.catalogue.Setting`): the
 config gains them, checks them and `mamf methods` lists them.
 
 The one training loop (`mamf.engine.training.train`) owns progress, losses, checkpoints, resume and the
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from mamf import catalogue
+from mamf.catalogue import Setting, gather
 from mamf.features.inputs import autocast
 from mamf.methods import presentation
 from mamf.methods.batched import FineTuning
 from mamf.methods.embedded import finite
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.models.loss import task_logits
-from mamf.settings import Setting, gather
 from mamf.system.device import fused_optimizer_options
 from mamf.system.errors import MamfError
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.models.base import DualEncoder
-from mamf.settings import Setting
 from mamf.system.errors import Diverged
 from mamf.tasks.task import Task
 

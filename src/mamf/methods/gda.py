@@ -20,9 +20,9 @@ import logging
 import numpy as np
 import torch
 
+from mamf.catalogue import Setting
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, accuracy, embed_task, one_hot, predicted
-from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
 

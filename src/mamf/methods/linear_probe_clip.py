@@ -19,9 +19,9 @@ import warnings
 
 import numpy as np
 
+from mamf.catalogue import Setting
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
-from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import class_texts, predicted
-from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import Method, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
-from mamf.settings import MAX_RATE, Setting
 
 
 def fit_probe(task: Embedded, steps: int, lr: float,

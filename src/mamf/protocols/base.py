@@ -12,7 +12,7 @@ how a dataset becomes what training and the meta-test draw from:
 
 Nothing outside this package compares a protocol's name: it asks the class (`all_way`,
 `sets_shots`, `pooled`, `fixed_test_images`, `shots_table`, `row_fields`). A protocol's own
-settings are declared on its class (`settings`, `mamf.settings.Setting`), as a method's are.
+settings are declared on its class (`settings`, `mamf.catalogue.Setting`), as a method's are.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from mamf import catalogue
-from mamf.settings import Setting, gather
+from mamf.catalogue import Setting, gather
 from mamf.stats import mean_ci95
 from mamf.system.errors import MamfError
-from mamf.tasks.task import check_ways, paper_task
+from mamf.tasks.task import check_ways, halved_task
 
 if TYPE_CHECKING:
     from mamf.catalogue import Config, DataConfig
@@ -100,7 +100,7 @@ class Protocol:
              support_ok: np.ndarray | None = None, query_ok: np.ndarray | None = None) -> Task:
         """A task of `ways` classes (`chosen` positions in the pool, else uniform). Default: each
         class's split images halved into support then query (the paper's shape)."""
-        return paper_task(rng, pool, ways, chosen)
+        return halved_task(rng, pool, ways, chosen)
 
     def task_images(self, data: DataConfig, pool: Pool, ways: int) -> float:
         """Images one training task holds, on average (how many tasks fill an epoch)."""

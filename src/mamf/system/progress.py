@@ -142,7 +142,8 @@ class Eta:
         self.spent: dict[Hashable, list[float]] = {}  # kind -> [seconds, units] measured
         self.started, self.one_off = _clock(), 0.0
 
-    def plan(self, kind: Hashable, units: float = 1.0) -> None:
+    def add_todo(self, kind: Hashable, units: float = 1.0) -> None:
+        """`units` more of `kind` still to do."""
         self.todo[kind] = self.todo.get(kind, 0.0) + units
 
     def done(self, kind: Hashable, seconds: float, units: float = 1.0) -> None:
