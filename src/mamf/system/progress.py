@@ -154,7 +154,7 @@ class Eta:
         self.forget(kind, units)
 
     def forget(self, kind: Hashable, units: float = 1.0) -> None:
-        """Planned work that will not be done (it failed)."""
+        """Work still to do that will not be done (it failed)."""
         self.todo[kind] = max(0.0, self.todo.get(kind, 0.0) - units)
 
     @contextlib.contextmanager
