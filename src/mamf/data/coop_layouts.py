@@ -474,10 +474,10 @@ def survey_lines(results: list[Survey]) -> list[str]:
     lines = [f"{'dataset':<21}{'folder':<24}{'state':<12}{'classes':>8}{'train':>18}"
              f"{'dev':>14}{'test':>16}"]
     for s in results:
-        cells = [f"{s.counts[k][0]}/{s.counts[k][1]}" if k in s.counts and s.counts[k][1]
-                 else "-" for k in SPLITS]
+        found = [f"{s.counts[k][0]}/{s.counts[k][1]}" if k in s.counts and s.counts[k][1]
+                 else "-" for k in SPLITS]  # images found / expected, per split
         lines.append(f"{s.layout.name:<21}{s.layout.folder + '/':<24}{s.state:<12}"
-                     f"{s.classes or '-':>8}{cells[0]:>18}{cells[1]:>14}{cells[2]:>16}")
+                     f"{s.classes or '-':>8}{found[0]:>18}{found[1]:>14}{found[2]:>16}")
     for s in results:
         if s.detail:
             lines.append(f"{s.layout.name}: {s.detail}")

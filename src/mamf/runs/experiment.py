@@ -1,8 +1,8 @@
 """Running an experiment grid (`mamf.runs.experiment_file` reads and checks it): resumable, rows
 appended as they finish.
 
-Every finished row is appended to `results.jsonl` at once; a second invocation skips the grid's
-cells that are there (`results.grid_key`). The grid is planned as method runs (`Plan`),
+Every finished row is appended to `results.jsonl` at once; a second invocation skips the rows
+of the grid that are there (by `results.grid_key`). The grid is planned as method runs (`Plan`),
 each trained once per unit (`units_of`). All methods and samplers of one (dataset, ways, seed)
 meet the same test tasks, so they compare pairwise; every row also carries each test task's
 prompt similarity under the pretrained model (`task_similarity`), computed once per dataset
@@ -86,11 +86,11 @@ class Plan(NamedTuple):
     missing: list[tuple[int, str, float | None]]  # (ways, split, alpha) of each missing row
     shots: int | None  # the grid's shots axis value, if it has one
     # the entries scoring this run's weights too (`runs_of`): (entry, its folder, its class
-    # count, its missing (split, alpha) cells)
+    # count, the (split, alpha) of each of its missing rows)
     also: tuple = ()
 
     def also_missing(self) -> int:
-        return sum(len(cells) for *_, cells in self.also)
+        return sum(len(missing) for *_, missing in self.also)
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
@@ -480,7 +480,7 @@ def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, conf
 
 def _own_log_dir(config: Config, name: str) -> Config:
     """The training's config with its TensorBoard run in `train.log_dir`/`name`: one run per
-    training, named by its cell (the log folder is no setting of the measurement)."""
+    training, named by its place in the grid (the log folder is no setting of the measurement)."""
     if not config.train.log_dir:
         return config
     log_dir = str(Path(config.train.log_dir).expanduser() / name)
