@@ -28,7 +28,7 @@ WORDS = ("baseline", "paper", "setting", "summary", "cell", "pooled", "fewshot",
 
 def texts():
     for path in [*SRC.rglob("*.py"), *(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py"),
-                 *(ROOT / "docs").glob("*.md")]:
+                 *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]:
         if path.name != Path(__file__).name:
             yield path, path.read_text(encoding="utf-8")
 
