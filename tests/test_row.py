@@ -119,7 +119,7 @@ def test_an_experiment_skips_exactly_the_rows_its_grid_wrote():
 
 def test_evaluate_and_the_report_group_by_the_same_key():
     row = full_row()
-    assert measured_key(row) == row_key(row)._replace(queries=None)  # evaluate: one cell, once
+    assert measured_key(row) == row_key(row)._replace(queries=None)  # evaluate: one measurement, once
     # the report's cell: the test tasks, whatever method, sampler, model or run met them
     cell = cell_of(Row.from_json(row))
     assert {f for f, v in cell._asdict().items() if v is not None} == \

@@ -41,7 +41,7 @@ REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
 class RowKey(NamedTuple):
     """A measurement's identity, the fields of KEY_FIELDS by name (see there); `Row.key` makes
-    it, and every coarser grouping (a grid's point, the report's comparison cell, a row without
+    it, and every coarser grouping (a grid's row, the report's comparison cell, a row without
     its WiSE-FT alpha) is this key with some fields blank (`without`), never a tuple of its own."""
 
     dataset: str

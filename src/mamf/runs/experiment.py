@@ -265,8 +265,8 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                     for sampler in samplers_of(exp, ds, method):
                         missing = [(n, split, alpha) for n in ways
                                    for split, alpha in cells(exp, ds, root, method, seed, sampler)
-                                   if planned_grid_key(ds, method, sampler, seed, shots, n, split,
-                                                alpha) not in done]
+                                   if planned_grid_key(ds, method, sampler, seed, shots, n,
+                                                       split, alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
                         tests = [c for c in cells(exp, ds, root, method, seed, sampler)
                                  if c[0] == "test"]  # what a test-only variant can score

@@ -123,9 +123,10 @@ def successive(rng: np.random.Generator, first: int, ways: int,
 class TaskSampler:
     """Draws the classes of one n-way training task, as sorted positions in `pool.classes`.
 
-    The method that trains calls `set_total_draws` once with how many tasks it will draw, then `draw` for
-    each task. A sampler that `learns` also gets `observe` after each training step on a task,
-    with the step's softmax confusion among the task's classes (a `Confusion` from `recorder`).
+    The method that trains calls `set_total_draws` once with how many tasks it will draw, then
+    `draw` for each task. A sampler that `learns` also gets `observe` after each training step on
+    a task, with the step's softmax confusion among the task's classes (a `Confusion` from
+    `recorder`).
     """
 
     name: ClassVar[str]
@@ -316,7 +317,7 @@ class AdaptiveConfusion(TaskSampler):
     softmax over the loss's candidate classes (the training loss's own logits: the task's n
     classes, or those in the minibatch under `candidates=batch`; FOMAML: the query logits after
     adaptation). `discount` is `train.sampler_discount` (Liu et al.'s tau: how fast old
-    confusion is forgotten), `scale` is `train.sampler_scale` (their alpha). Pairs not in
+    confusion is forgotten), `scale` is `train.sampler_scale` (Liu et al.'s alpha). Pairs not in
     the task keep their potential. With as many images of each class, v is the mean of the two
     directions' mean confusion, as in the authors' released code.
 
