@@ -21,6 +21,7 @@ RETIRED = {
     r"sampler\.plan": "TaskSampler.set_total_draws",
     r"eta\.plan": "Eta.add_todo",
     r"samplers\.DEFAULT": "tasks.DEFAULT_SAMPLER",
+    r"presentation\.summary": "Presentation.description",
 }
 WORDS = ("baseline", "paper", "setting", "summary", "cell", "pooled", "fewshot", "adapter", "plan",
          "extend")
@@ -45,9 +46,12 @@ def test_no_module_is_named_settings():
 
 
 def test_samplers_and_the_estimate_keep_plan_and_summary_for_their_one_meaning():
+    from mamf.methods.presentation import BUILTIN, Presentation
     from mamf.system.progress import Eta
     from mamf.tasks import samplers
 
+    assert "summary" not in Presentation.__dataclass_fields__
+    assert all(p.description for p in BUILTIN.values())
     for cls in samplers.REGISTRY.values():
         assert not hasattr(cls, "plan") and not hasattr(cls, "summary"), cls.name
         assert isinstance(cls.description, str) and cls.description, cls.name

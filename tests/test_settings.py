@@ -38,7 +38,7 @@ from mamf.catalogue import Setting
 class Toy(Method):
     name = "toy"
     presentation = Presentation(label="Toy", order=99,
-                                summary="zero-shot, noting the scale it was given (a test's method)")
+                                description="zero-shot, noting the scale it was given (a test's method)")
     trains = False
     baseline = True
     settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)

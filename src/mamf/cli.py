@@ -370,7 +370,7 @@ def methods_listing() -> str:
         kind = methods.method_class(name)
         what = ("trains per task size" if kind.trains_per_ways else "trains once") \
             if kind.trains else "no training"
-        lines.append(f"{name:{width}}{kind.presentation.summary} [{what}]")
+        lines.append(f"{name:{width}}{kind.presentation.description} [{what}]")
         own(kind.settings)
     lines.append(f"\ntask samplers ({samplers.SAMPLER.describe()}):")
     for name in samplers.names():

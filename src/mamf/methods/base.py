@@ -67,7 +67,7 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"method {cls.name!r} is registered twice")
     own = cls.__dict__.get("presentation")
     if own is None and cls.name not in presentation.BUILTIN:
-        raise ValueError(f"method {cls.name!r} needs a presentation (label, summary, ...)")
+        raise ValueError(f"method {cls.name!r} needs a presentation (label, description, ...)")
     cls.presentation = own or presentation.BUILTIN[cls.name]
     presentation.SHOWN[cls.name] = cls.presentation
     REGISTRY[cls.name] = cls
