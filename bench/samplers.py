@@ -30,7 +30,7 @@ def made(name: str, n_classes: int, ways: int):
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     pool = Pool(np.arange(n_classes), tuple(np.arange(1) for _ in range(n_classes)))
     sampler = samplers.create(name, pool, build_config({"train": {"sampler": name}}), lambda: emb)
-    sampler.plan(10**6)
+    sampler.set_total_draws(10**6)
     for _ in range(500 if sampler.learns else 0):
         chosen = sampler.draw(rng, ways)
         probs = rng.dirichlet(np.ones(ways), size=ways)

@@ -31,7 +31,7 @@ LAYERS = [
     ["mamf.data"],
     ["mamf.parallel"],
     ["mamf.config"],
-    ["mamf.catalogue", "mamf.settings"],
+    ["mamf.catalogue"],
     ["mamf.results", "mamf.stats"],
     ["mamf.system", "mamf"],  # the package itself: its version, and the API's names by string
 ]

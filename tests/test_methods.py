@@ -18,7 +18,7 @@ from mamf.methods.finetune import Batch, batch_loss, epoch_batches
 from mamf.protocols.paper import paper_pool
 from mamf.runs.prepare import prepare
 from mamf.stats import mean_ci95
-from mamf.tasks.task import paper_task
+from mamf.tasks.task import halved_task
 
 FAST = {"train.lr": 3e-3, "train.batch_size": 16, "train.epochs": 15, "train.augment": False,
         "train.inner_lr": 0.01, "train.inner_epochs": 1, "metatest.inner_lr": 0.01,
@@ -104,7 +104,7 @@ def test_weight_snapshot_round_trip(shared_colour_folder):
 def test_fomaml_applies_the_query_gradient_taken_at_the_adapted_weights(shared_colour_folder):
     _, model, dataset, inputs = setup(shared_colour_folder, **{"train.method": "fomaml"})
     pool = paper_pool(dataset, "train")
-    task = paper_task(np.random.default_rng(0), pool, 3)
+    task = halved_task(np.random.default_rng(0), pool, 3)
     lr_in, batch = 0.1, 4
     # by hand: copy, SGD on support minibatches, gradient of the query loss at the adapted copy
     manual = copy.deepcopy(model)

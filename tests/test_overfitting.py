@@ -8,7 +8,7 @@ import pytest
 from mamf import protocols
 from mamf.config import build_config
 from mamf.data.dataset import ImageDataset
-from mamf.data.splits import class_split, paper_image_split
+from mamf.data.splits import class_split, per_class_split
 from mamf.engine.metatest import evaluation_tasks
 from mamf.engine.training import train_pool
 from mamf.system.errors import MamfError
@@ -27,7 +27,7 @@ def test_train_split_tasks_use_only_training_images_and_classes(colour_folder, p
     dataset = ImageDataset.load(colour_folder, 32)
     tasks = evaluation_tasks(dataset, config, "train", 2)
     if protocol == "paper":
-        allowed = {int(i) for x in dataset.class_images for i in x[paper_image_split(len(x))["train"]]}
+        allowed = {int(i) for x in dataset.class_images for i in x[per_class_split(len(x))["train"]]}
     else:
         classes = class_split(dataset.n_classes, (0.6, 0.2, 0.2), 0)["train"]
         allowed = {int(i) for c in classes for i in dataset.class_images[c]}

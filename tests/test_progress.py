@@ -98,7 +98,7 @@ def test_the_eta_leaves_one_off_costs_out(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(progress, "_clock", clock)
     eta = progress.Eta()
-    eta.plan("row", 5)
+    eta.add_todo("row", 5)
     with eta.apart():
         clock.now += 600.0  # the cache build, in the first row
     clock.now += 60.0  # the first row itself
@@ -114,9 +114,9 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
     monkeypatch.setattr(progress, "_clock", clock)
     eta = progress.Eta()
     for _ in range(3):  # three datasets' worth: a zero-shot row of 10 tasks, a trained one
-        eta.plan(("test", "zeroshot"), 10)
-        eta.plan(("train", "mamf"), 1)
-        eta.plan(("test", "mamf"), 10)
+        eta.add_todo(("test", "zeroshot"), 10)
+        eta.add_todo(("train", "mamf"), 1)
+        eta.add_todo(("test", "mamf"), 10)
     clock.now += 10.0
     eta.done(("test", "zeroshot"), 10.0, 10)
     assert eta.seconds_left() is None  # mamf has not run yet: no whole ETA, not a wrong one
@@ -141,7 +141,7 @@ def test_the_eta_on_rows_of_two_very_different_costs(monkeypatch):
 def test_nothing_timed_yet_gives_the_count_alone(monkeypatch):
     monkeypatch.setattr(progress, "_clock", FakeClock())
     eta = progress.Eta()
-    eta.plan("row", 3)
+    eta.add_todo("row", 3)
     assert eta.line(0, 3) == "0/3" and eta.seconds_left() is None
 
 
@@ -149,7 +149,7 @@ def test_the_eta_scales_for_time_between_the_measured_parts(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(progress, "_clock", clock)
     eta = progress.Eta()
-    eta.plan("row", 3)
+    eta.add_todo("row", 3)
     clock.now += 20.0  # 10 s of the row measured, 10 s setting it up
     eta.done("row", 10.0)
     assert eta.seconds_left() == pytest.approx(40.0)

@@ -94,7 +94,7 @@ class HalfRateClassical(Classical):
     """A plug-in defined outside the package: classical fine-tuning with a lower learning rate."""
 
     name = "test-plugin"
-    presentation = Presentation(label="plug-in", summary="a method registered by a test")
+    presentation = Presentation(label="plug-in", description="a method registered by a test")
 
     def begin(self, model, inputs, pool, rng, sampler, parallel=None):
         super().begin(model, inputs, pool, rng, sampler, parallel)

@@ -16,12 +16,12 @@ from mamf.results import (
     KEY_FIELDS,
     Row,
     RowKey,
-    cell_key,
     grid_key,
+    measured_key,
     read_rows,
     row_key,
 )
-from mamf.runs.experiment import grid_cell
+from mamf.runs.experiment import planned_grid_key
 from mamf.runs.experiment_file import DatasetSpec
 from mamf.system.errors import MamfError
 
@@ -102,12 +102,12 @@ def test_the_key_is_the_rows_fields_named_by_the_key():
 
 
 def test_an_experiment_skips_exactly_the_rows_its_grid_wrote():
-    """What the grid plans (`grid_cell`) names every field of the key but GRID_LEAVES_OUT, so a
+    """What the grid plans (`planned_grid_key`) names every field of the key but GRID_LEAVES_OUT, so a
     field added to the key and to rows is either planned or declared left out: otherwise a
     finished grid would compute its rows again (or skip rows it never wrote)."""
     row = full_row()
     for by_shots in (True, False):
-        planned = grid_cell(DatasetSpec(name="colours-6"), "mamf", "similar", 312,
+        planned = planned_grid_key(DatasetSpec(name="colours-6"), "mamf", "similar", 312,
                             2 if by_shots else None, 3, "test", 0.5)
         assert grid_key(row, by_shots) == planned
         named = {f for f, v in planned._asdict().items() if v is not None}
@@ -119,7 +119,7 @@ def test_an_experiment_skips_exactly_the_rows_its_grid_wrote():
 
 def test_evaluate_and_the_report_group_by_the_same_key():
     row = full_row()
-    assert cell_key(row) == row_key(row)._replace(queries=None)  # evaluate: one cell, once
+    assert measured_key(row) == row_key(row)._replace(queries=None)  # evaluate: one measurement, once
     # the report's cell: the test tasks, whatever method, sampler, model or run met them
     cell = cell_of(Row.from_json(row))
     assert {f for f, v in cell._asdict().items() if v is not None} == \

@@ -52,7 +52,7 @@ def test_every_sampler_draws_valid_tasks_of_the_training_split_only(episodic, na
               for c in episodic_pool(dataset, split, config.data.class_split).classes}
     assert others and not others & set(pool.classes.tolist())
     sampler = make_sampler(create_method("mamf", config), model, inputs, pool, config)
-    sampler.plan(400)
+    sampler.set_total_draws(400)
     rng = np.random.default_rng(0)
     for k in range(400):
         ways = (2, 3, len(pool.classes))[k % 3]
@@ -86,7 +86,7 @@ def _sampler(name, **train):
 def test_a_sampler_is_deterministic_given_the_seed(name):
     def draws(seed):
         sampler, _ = _sampler(name)
-        sampler.plan(60)
+        sampler.set_total_draws(60)
         rng, out = np.random.default_rng(seed), []
         for _ in range(60):
             out.append(sampler.draw(rng, 4).tolist())
@@ -107,7 +107,7 @@ def test_uniform_draws_exactly_as_sample_classes():
 
 def _mean_similarity(name, draws=3000, ways=3, **train):
     sampler, emb = _sampler(name, **train)
-    sampler.plan(draws)
+    sampler.set_total_draws(draws)
     rng = np.random.default_rng(1)
     return np.array([samplers.task_similarity(emb, sampler.draw(rng, ways))
                      for _ in range(draws)])

@@ -11,12 +11,11 @@ import pytest
 from config_cases import FIXTURE, OVERRIDES, cases, record
 
 from mamf import methods
-from mamf.catalogue import Config, declared
+from mamf.catalogue import Config, Setting, declared
 from mamf.cli import main, methods_listing
 from mamf.config import build_config, to_dict
 from mamf.methods.base import unregister
 from mamf.runs.config_id import FIRST_SETTINGS, config_id
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 from mamf.tasks import samplers
 
@@ -32,14 +31,14 @@ TOY = '''
 """A method with one setting, in a file of its own (tests/test_settings.py)."""
 from mamf.methods.base import ModelScorer, TestTimeMethod, register
 from mamf.methods.presentation import Presentation
-from mamf.settings import Setting
+from mamf.catalogue import Setting
 
 
 @register
 class Toy(TestTimeMethod):
     name = "toy"
     presentation = Presentation(label="Toy", order=99,
-                                summary="zero-shot, noting the scale it was given (a test's method)")
+                                description="zero-shot, noting the scale it was given (a test's method)")
     only_when_named = True
     settings = (Setting("baseline.toy_scale", float, 2.0, "how far the toy scales", minimum=0),)
     seen = []
@@ -126,7 +125,7 @@ def test_sections_keep_their_names_and_pickle():
 
 
 def test_the_default_sampler_is_the_registrys():
-    assert build_config({}).train.sampler == samplers.DEFAULT in samplers.names()
+    assert build_config({}).train.sampler == samplers.DEFAULT_SAMPLER in samplers.names()
 
 
 def test_protocols_and_models_declare_settings_as_methods_do(monkeypatch):

@@ -13,7 +13,7 @@ from mamf.data.builders import BUILDERS, build
 from mamf.data.builders import spurious as sp
 from mamf.data.dataset import ImageDataset
 from mamf.data.folder import scan_folder
-from mamf.data.splits import paper_image_split
+from mamf.data.splits import per_class_split
 from mamf.system.errors import MamfError
 
 
@@ -24,7 +24,7 @@ def measured(root: Path) -> dict[str, list[tuple[int, int]]]:
     scan = scan_folder(root)
     out: dict[str, list[tuple[int, int]]] = {"train": [], "dev": [], "test": []}
     for k, files in enumerate(scan.files):
-        parts = paper_image_split(len(files))
+        parts = per_class_split(len(files))
         for split, sl in parts.items():
             for f in files[sl]:
                 with Image.open(f) as im:

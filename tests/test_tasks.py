@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from mamf.data.dataset import ImageDataset
-from mamf.data.splits import class_split, halves, paper_image_split
+from mamf.data.splits import class_split, halves, per_class_split
 from mamf.protocols.episodic import episodic_pool
 from mamf.protocols.paper import paper_pool
 from mamf.system.errors import MamfError
-from mamf.tasks.task import episodic_task, number_of_tasks, paper_task, sample_classes
+from mamf.tasks.task import episodic_task, halved_task, number_of_tasks, sample_classes
 
 
 def test_number_of_tasks_matches_the_paper_for_ten_classes():
@@ -74,7 +74,7 @@ def test_paper_split_is_60_20_20_in_file_order(colour_folder):
 
 
 def test_paper_split_sizes():
-    s = paper_image_split(100)
+    s = per_class_split(100)
     assert (s["train"].stop, s["dev"].stop, s["test"].stop) == (60, 80, 100)
 
 
@@ -83,7 +83,7 @@ def test_paper_tasks_support_and_query_are_disjoint_halves(colour_folder):
     pool = paper_pool(ds, "test")
     rng = np.random.default_rng(1)
     for _ in range(20):
-        task = paper_task(rng, pool, 4)
+        task = halved_task(rng, pool, 4)
         assert not set(task.support.tolist()) & set(task.query.tolist())
         for pos, c in enumerate(task.classes):
             s, q = halves(pool.images[c])

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mamf.catalogue import CORE
+from mamf.catalogue import CORE, Setting
 from mamf.config import build_config, deep_merge, to_dict
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
 if TYPE_CHECKING:
@@ -371,11 +370,11 @@ def methods_listing() -> str:
         kind = methods.method_class(name)
         what = ("trains per task size" if kind.trains_per_ways else "trains once") \
             if issubclass(kind, methods.TrainedMethod) else "no training"
-        lines.append(f"{name:{width}}{kind.presentation.summary} [{what}]")
+        lines.append(f"{name:{width}}{kind.presentation.description} [{what}]")
         own(kind.settings)
     lines.append(f"\ntask samplers ({samplers.SAMPLER.describe()}):")
     for name in samplers.names():
-        lines.append(f"{name:{width}}{samplers.REGISTRY[name].summary}")
+        lines.append(f"{name:{width}}{samplers.REGISTRY[name].description}")
         own(samplers.REGISTRY[name].settings)
     others = [*protocols.settings(), *models.settings()]
     if others:

@@ -23,6 +23,7 @@ from mamf.catalogue import (
     SECTIONS,
     SEEDS,
     Config,
+    Setting,
     check_seed,
     declared,
     names_of,
@@ -30,7 +31,6 @@ from mamf.catalogue import (
     unfrozen,
     value_of,
 )
-from mamf.settings import Setting
 from mamf.system.errors import MamfError, shown
 
 # config and experiment files nest a handful of levels; anything far deeper is a mistake or an attack

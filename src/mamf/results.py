@@ -41,7 +41,7 @@ REQUIRED = (*_TEXT, *_COUNTS, "task_accs")
 
 class RowKey(NamedTuple):
     """A measurement's identity, the fields of KEY_FIELDS by name (see there); `Row.key` makes
-    it, and every coarser grouping (a grid's cell, the report's comparison cell, a row without
+    it, and every coarser grouping (a grid's row, the report's comparison cell, a row without
     its WiSE-FT alpha) is this key with some fields blank (`without`), never a tuple of its own."""
 
     dataset: str
@@ -278,10 +278,10 @@ def row_key(row: dict | Row) -> RowKey:
     return (row if isinstance(row, Row) else Row.from_json(row)).key
 
 
-def cell_key(row: dict | Row) -> RowKey:
-    """The cell a row measures: `row_key` without `queries`, which follows from the data (a split
-    file, the images per class). Two rows of one cell with other query counts measured one seed
-    twice on different test sets; `evaluate` refuses the second."""
+def measured_key(row: dict | Row) -> RowKey:
+    """What a row measured: `row_key` without `queries`, which follows from the data (a split
+    file, the images per class). Two rows of one `measured_key` with other query counts measured
+    one seed twice on different test sets; `evaluate` refuses the second."""
     return row_key(row).without("queries")
 
 

@@ -86,7 +86,7 @@ class Estimate:
         return self.mean + self.ci95
 
 
-def _t_summary(values: np.ndarray) -> tuple[float, float, float]:
+def _one_sample_t(values: np.ndarray) -> tuple[float, float, float]:
     """Mean, 95 % t half-width and two-sided p of mean = 0 (inf and 1 for one value)."""
     mean = float(values.mean())
     if len(values) < 2:
@@ -109,9 +109,9 @@ def estimate(by_seed: Mapping[Hashable, Sequence[float]]) -> Estimate:
     tasks = sum(len(g) for g in groups)
     spread = bool(np.ptp(np.concatenate(groups)) > SAME)
     if len(groups) >= 2:
-        mean, ci, p = _t_summary(np.array([g.mean() for g in groups]))
+        mean, ci, p = _one_sample_t(np.array([g.mean() for g in groups]))
         return Estimate(mean, ci, len(groups), tasks, SEEDS, p, spread)
-    mean, ci, p = _t_summary(groups[0])
+    mean, ci, p = _one_sample_t(groups[0])
     return Estimate(mean, ci, 1, tasks, TASKS, p, spread)
 
 

@@ -5,9 +5,10 @@ A folder is one of them when it holds a layout's own files (its split file, FGVC
 variant files, ImageNet's classnames.txt with its image folders, ...), or carries the layout's
 folder name and its image folder. What the layouts are is data (`coop_files/layouts.json`, with
 its source); this module only reads them. A recognised folder that lacks something is one clear
-line saying what. The draw of K shots per class is Dassl's `generate_fewshot_dataset` as CoOp
-calls it: Python's `random` seeded with the seed, `random.sample` per label in the order the
-labels first appear, the training split first, then min(K, 4) validation shots.
+line saying what. The draw of K shots per class (`draw_shots`) is Dassl's
+`generate_fewshot_dataset` as CoOp calls it: Python's `random` seeded with the seed,
+`random.sample` per label in the order the labels first appear, the training split first, then
+min(K, 4) validation shots.
 """
 
 from __future__ import annotations
@@ -302,9 +303,9 @@ def _imagenet(root: Path, layout: Layout, draws) -> CoopData:
     drawn = {}
     for k, seed in sorted(set(draws)):
         rng = random.Random(seed)
-        shots = fewshot(train, k, rng)
+        shots = draw_shots(train, k, rng)
         taken = set(shots)
-        dev = fewshot([x for x in train if x not in taken], min(k, DEV_SHOTS), rng)
+        dev = draw_shots([x for x in train if x not in taken], min(k, DEV_SHOTS), rng)
         drawn[(k, seed)] = {"train": shots, "dev": dev}
     kept = sorted({x for d in drawn.values() for s in d.values() for x in s},
                   key=lambda x: x[1])
@@ -353,7 +354,7 @@ def _variant(root: Path, layout: Layout, draws) -> CoopData:
                     sha256=_sha(root / "classnames.txt"))
 
 
-def fewshot(pairs: list[tuple[int, int]], k: int, rng: random.Random) -> list[tuple[int, int]]:
+def draw_shots(pairs: list[tuple[int, int]], k: int, rng: random.Random) -> list[tuple[int, int]]:
     """Dassl's generate_fewshot_dataset (repeat=False): per label, in the order labels first
     appear, `rng.sample` of k of its items in their order; all of them when it has fewer."""
     by_label: dict[int, list] = {}
@@ -376,8 +377,8 @@ def draw(data: CoopData, k: int, seed: int) -> dict[str, list[tuple[int, int]]]:
                             "ImageNet was read (only its drawn training images are read)")
         return data.drawn[(k, seed)]
     rng = random.Random(seed)
-    shots = fewshot(data.splits["train"], k, rng)
-    return {"train": shots, "dev": fewshot(data.splits["dev"], min(k, DEV_SHOTS), rng)}
+    shots = draw_shots(data.splits["train"], k, rng)
+    return {"train": shots, "dev": draw_shots(data.splits["dev"], min(k, DEV_SHOTS), rng)}
 
 
 def dev_count(data: CoopData, k: int) -> int:
@@ -473,10 +474,10 @@ def survey_lines(results: list[Survey]) -> list[str]:
     lines = [f"{'dataset':<21}{'folder':<24}{'state':<12}{'classes':>8}{'train':>18}"
              f"{'dev':>14}{'test':>16}"]
     for s in results:
-        cells = [f"{s.counts[k][0]}/{s.counts[k][1]}" if k in s.counts and s.counts[k][1]
-                 else "-" for k in SPLITS]
+        found = [f"{s.counts[k][0]}/{s.counts[k][1]}" if k in s.counts and s.counts[k][1]
+                 else "-" for k in SPLITS]  # images found / expected, per split
         lines.append(f"{s.layout.name:<21}{s.layout.folder + '/':<24}{s.state:<12}"
-                     f"{s.classes or '-':>8}{cells[0]:>18}{cells[1]:>14}{cells[2]:>16}")
+                     f"{s.classes or '-':>8}{found[0]:>18}{found[1]:>14}{found[2]:>16}")
     for s in results:
         if s.detail:
             lines.append(f"{s.layout.name}: {s.detail}")

@@ -1,7 +1,8 @@
 """The data side of the coop and base2novel protocols (`mamf.protocols.coop`): each class's images
 split into train/dev/test, from a CoOp split file (`data.split_file`, `split_zhou_<Dataset>.json`)
-when one is given, else 60/20/20 in file-name order as in the paper protocol; and the K =
-`data.shots` training images per class the seed draws.
+when one is given, else 60/20/20 in file-name order as under the `paper` protocol
+(`mamf.data.splits.per_class_split`); and the K = `data.shots` training images per class the seed
+draws.
 
 A folder of CoOp's DATASETS.md (`mamf.data.coop_layouts`) brings its own split, and its shots are
 drawn as CoOp draws them: K training and min(K, 4) dev images per class (`coop_layouts.draw`).
@@ -18,7 +19,7 @@ import numpy as np
 
 from mamf.data import coop_layouts
 from mamf.data.dataset import ImageDataset
-from mamf.data.splits import paper_image_split
+from mamf.data.splits import per_class_split
 from mamf.system.errors import MamfError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def image_split(dataset: ImageDataset, split: str, split_file: str | None) -> li
         return dataset.coop.per_class(dataset.coop.splits[split])
     if split_file:
         return _from_split_file(dataset, Path(split_file))[split]
-    return [x[paper_image_split(len(x))[split]] for x in dataset.class_images]
+    return [x[per_class_split(len(x))[split]] for x in dataset.class_images]
 
 
 def split_file_sha256(split_file: str | None) -> str | None:

@@ -1,8 +1,10 @@
-"""The two protocols' splits (docs/method.md, "Protocols").
+"""The two ways a dataset is split (docs/method.md, "Protocols").
 
-paper: every split keeps all classes; each class's images, in file-name order, go 60/20/20 to
-train/dev/test, and a dev/test task uses the first half of a class's split images as support.
-episodic: classes are split disjointly (seeded shuffle) into train/dev/test.
+`per_class_split` (the `paper` protocol's, and coop's without a split file): every split keeps
+all classes; each class's images, in file-name order, go 60/20/20 to train/dev/test, and a
+dev/test task uses the first half of a class's split images as support (`halves`).
+`class_split` (the `episodic` protocol's): classes are split disjointly (seeded shuffle) into
+train/dev/test.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ from mamf.system.errors import MamfError
 SPLITS = ("train", "dev", "test")
 
 
-def paper_image_split(n_images: int) -> dict[str, slice]:
+def per_class_split(n_images: int) -> dict[str, slice]:
+    """One class's `n_images` (in file-name order) as train, dev and test slices: 60/20/20."""
     a, b = int(n_images * 0.6), int(n_images * 0.8)
     return {"train": slice(0, a), "dev": slice(a, b), "test": slice(b, n_images)}
 
 
 def halves(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First half support, second half query (the paper's shots are set by images per class)."""
+    """First half support, second half query (under `paper` the images per class set the shots)."""
     k = len(indices) // 2
     return indices[:k], indices[k:]
 
 
-def paper_min_images() -> int:
-    """The fewest images a class needs for non-empty train, and 1+1 support/query in dev and test."""
+def least_images_per_class() -> int:
+    """The fewest images a class needs under `per_class_split`: a non-empty train share, and
+    1+1 support/query in dev and test."""
     n = 1
     while True:
-        s = paper_image_split(n)
+        s = per_class_split(n)
         if s["train"].stop >= 1 and all(sl.stop - sl.start >= 2 for k, sl in s.items()
                                         if k != "train"):
             return n

@@ -256,7 +256,7 @@ class Checkpointer:
         keeps, shaped like the parameter. A mismatch would otherwise crash mid-training."""
         groups = state["param_groups"]
         own = optimizer.state_dict()["param_groups"]
-        if _settings(groups) != _settings(own):
+        if _hyperparameters(groups) != _hyperparameters(own):
             raise self._damaged("its optimiser settings are not this run's")
         # how the update runs (fused on a GPU, the loop on a CPU) is this run's own
         state = {**state, "param_groups": [
@@ -373,8 +373,8 @@ IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
 written on a GPU (fused Adam) resumes on a CPU and the other way round."""
 
 
-def _settings(groups) -> list:
-    """The param groups' settings as JSON holds them, without the IMPLEMENTATION options."""
+def _hyperparameters(groups) -> list:
+    """The param groups' hyperparameters as JSON holds them, without the IMPLEMENTATION options."""
     return [{k: v for k, v in g.items() if k not in IMPLEMENTATION} if isinstance(g, dict)
             else g for g in _plain(groups)]
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.methods.tip_adapter import first_best, grid, hits
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
 

@@ -12,7 +12,7 @@ its pseudo-code:
    query set (default: fine-tuning, then the adapted model's image embeddings against the class
    prompts' text embeddings; test-time baselines such as Tip-Adapter score otherwise).
 
-A method's own settings are declared on its class (`settings`, `mamf.settings.Setting`): the
+A method's own settings are declared on its class (`settings`, `mamf.catalogue.Setting`): the
 config gains them, checks them and `mamf methods` lists them.
 
 The one training loop (`mamf.engine.training.train`) owns progress, losses, checkpoints, resume
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mamf import catalogue
+from mamf.catalogue import Setting, gather
 from mamf.features.inputs import autocast
 from mamf.methods import presentation
 from mamf.methods.batched import FineTuning
@@ -37,7 +38,6 @@ from mamf.methods.embedded import finite
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.methods.scorer import Scorer
 from mamf.models.loss import task_logits
-from mamf.settings import Setting, gather
 from mamf.system.device import fused_optimizer_options
 from mamf.system.errors import MamfError
 
@@ -78,7 +78,7 @@ def register(cls: type[TestTimeMethod]) -> type[TestTimeMethod]:
         raise ValueError(f"method {cls.name!r} is registered twice")
     own = cls.__dict__.get("presentation")
     if own is None and cls.name not in presentation.BUILTIN:
-        raise ValueError(f"method {cls.name!r} needs a presentation (label, summary, ...)")
+        raise ValueError(f"method {cls.name!r} needs a presentation (label, description, ...)")
     cls.presentation = own or presentation.BUILTIN[cls.name]
     presentation.SHOWN[cls.name] = cls.presentation
     REGISTRY[cls.name] = cls
@@ -172,11 +172,11 @@ class Method:
     >>> from mamf.methods.embedded import EmbeddingScorer, embed_task
     >>> from mamf.methods.presentation import Presentation
     >>> from mamf.methods.prototype import prototypes
-    >>> from mamf.settings import Setting
+    >>> from mamf.catalogue import Setting
     >>> @register
     ... class Nearest(TestTimeMethod):
     ...     name = "nearest"
-    ...     presentation = Presentation(label="Nearest mean", order=90, summary="...",
+    ...     presentation = Presentation(label="Nearest mean", order=90, description="...",
     ...                                 adapt_rate=None, adapt_epochs=None)
     ...     only_when_named = True
     ...     settings = (Setting("baseline.nearest_mix", float, 1.0, "the means' weight",

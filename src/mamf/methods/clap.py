@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import (
     TEXT_FEATURES,
@@ -32,7 +33,6 @@ from mamf.methods.embedded import (
     start_texts,
 )
 from mamf.methods.official import BATCH, dassl_rate
-from mamf.settings import MAX_RATE, Setting
 
 VIEWS = 20  # the official code's copies of the support set per epoch (its augmented views)
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import register
 from mamf.methods.coop import CONTEXT, CoOp, Prompted, class_embeddings, meta_network
-from mamf.settings import MAX_RATE, Setting
 
 PROMPTS_PER_CHUNK = 1024  # (image, class) prompts a test-time text forward takes at most
 

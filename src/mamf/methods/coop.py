@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.data.prompts import cut_short, label_text, refuse_shared_tokens
 from mamf.features.inputs import autocast
 from mamf.methods.base import EXTENSION, TestTimeMethod, TrainedMethod, register
@@ -34,7 +35,6 @@ from mamf.methods.finetune import EpochStream, check_finite
 from mamf.methods.scorer import Scorer
 from mamf.models.base import PromptLearnable, require
 from mamf.parallel import distributed
-from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError, shown
 
 INIT_STD = 0.02  # CoOp's random context: N(0, 0.02^2)

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.features.inputs import ModelInputs, autocast
 from mamf.methods.scorer import Scorer
 from mamf.models.base import DualEncoder
-from mamf.settings import Setting
 from mamf.system.errors import Diverged
 from mamf.tasks.task import Task
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mamf import protocols
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.features.inputs import ModelInputs
 from mamf.methods.base import (
     ModelScorer,
@@ -32,7 +33,6 @@ from mamf.methods.budget import Budget, matched
 from mamf.methods.finetune import Batch, Observer, batch_loss, epoch_batches, run_batches, trainable
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
-from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import Diverged
 from mamf.tasks.samplers import Confusion, sum_over_ranks
 from mamf.tasks.task import Task, check_ways
@@ -186,10 +186,10 @@ class FOMAML(TrainedMethod, TestTimeMethod):
         if self.budget is None:
             n_tasks = math.ceil(t.epochs * n_images / max(1.0, per_task))
             self.steps = t.steps or math.ceil(n_tasks / t.meta_batch)
-            sampler.plan(self.steps * t.meta_batch)
+            sampler.set_total_draws(self.steps * t.meta_batch)
         else:
             self.steps = self.budget.steps
-            sampler.plan(self.budget.draws(per_task))
+            sampler.set_total_draws(self.budget.draws(per_task))
         self.learner = clone_learner(model)
         self.walked = (trainable(model), trainable(self.learner))  # once a run, not once a step
         self.optimizer = make_optimizer(self.walked[0], t.lr, t.weight_decay)

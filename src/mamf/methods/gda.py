@@ -19,9 +19,9 @@ import logging
 
 import torch
 
+from mamf.catalogue import Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, accuracy, embed_task, one_hot
-from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import warnings
 
 import numpy as np
 
+from mamf.catalogue import Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, embed_task, predicted
 from mamf.methods.scorer import Scorer
-from mamf.settings import Setting
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
-from mamf.settings import Setting
 from mamf.system.errors import MamfError
 
 

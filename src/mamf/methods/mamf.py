@@ -154,12 +154,12 @@ class MAMF(TrainedMethod, TestTimeMethod):
             self.stream = SampledStream(rng, pool, sampler, d.ways, t.batch_size, budget)
             self.steps = classical_steps(pool, t)
             per_task = pool_images(pool) * d.ways / len(pool.classes)
-            sampler.plan(budget.draws(per_task) if budget else self.steps)
+            sampler.set_total_draws(budget.draws(per_task) if budget else self.steps)
         else:
             self.stream = SequentialStream(rng, pool, sampler, d.ways, t.batch_size,
                                            max(1, round(t.epochs)), budget)
             self.steps = budget.steps if budget else None
-            sampler.plan(self.stream.tasks)
+            sampler.set_total_draws(self.stream.tasks)
         self.sampler = sampler
         self.optimizer = make_optimizer(self.params(model), t.lr, t.weight_decay)
 

@@ -14,7 +14,7 @@ class Presentation:
     it has none), which the report's Setup block states for a paper."""
 
     label: str
-    summary: str
+    description: str
     colour: str = "#7f7f7f"
     order: int = 100
     train_rate: str | None = "train.lr"

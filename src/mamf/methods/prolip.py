@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import class_texts, predicted
 from mamf.methods.scorer import Scorer
 from mamf.models.base import ProjectionHeads, require
-from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
 

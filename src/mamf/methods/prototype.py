@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
-from mamf.settings import Setting
 
 
 def prototypes(task: Embedded, mix: float) -> torch.Tensor:

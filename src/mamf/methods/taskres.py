@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import (
     TEXT_FEATURES,
@@ -27,7 +28,6 @@ from mamf.methods.embedded import (
     start_texts,
 )
 from mamf.methods.official import dassl_rate, shuffled_batches
-from mamf.settings import MAX_RATE, Setting
 
 LOW_SHOT = 4  # the official script trains `taskres_epochs_low_shot` epochs up to this many shots
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task, one_hot
 from mamf.methods.official import BATCH, search_grid, shuffled_batches
-from mamf.settings import MAX_RATE, Setting
 from mamf.system.errors import MamfError
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import Embedded, EmbeddingScorer, embed_task
-from mamf.settings import MAX_RATE, Setting
 
 
 def fit_probe(task: Embedded, steps: int, lr: float,

@@ -3,7 +3,7 @@
 Two tables: built-in names (`register_builtin`: a name and a builder, e.g. `tiny-random-clip`)
 and transformers families (`register_family`: a config.json `model_type` and a loader of a folder
 or hub id, e.g. "clip", "siglip"). A new family is one file that registers its loader, with
-the settings it reads (`settings=`, `mamf.settings.Setting`) as a method declares its own; nothing
+the settings it reads (`settings=`, `mamf.catalogue.Setting`) as a method declares its own; nothing
 here knows one family from another.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mamf import catalogue
+from mamf.catalogue import Setting, gather
 from mamf.models.base import DualEncoder
-from mamf.settings import Setting, gather
 from mamf.system.errors import MamfError, shown
 
 _BUILTIN: dict[str, tuple[str, Callable[[], DualEncoder]]] = {}

@@ -12,7 +12,7 @@ how a dataset becomes what training and the meta-test draw from:
 
 Nothing outside this package compares a protocol's name: it asks the class (`all_way`,
 `sets_shots`, `pools_tasks`, `fixed_test_images`, `shots_table`, `row_fields`). A protocol's own
-settings are declared on its class (`settings`, `mamf.settings.Setting`), as a method's are.
+settings are declared on its class (`settings`, `mamf.catalogue.Setting`), as a method's are.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from mamf import catalogue
-from mamf.settings import Setting, gather
+from mamf.catalogue import Setting, gather
 from mamf.stats import mean_ci95
 from mamf.system.errors import MamfError
-from mamf.tasks.task import check_ways, paper_task
+from mamf.tasks.task import check_ways, halved_task
 
 if TYPE_CHECKING:
     from mamf.catalogue import Config, DataConfig
@@ -102,7 +102,7 @@ class Protocol:
             what its intervals then cover).
         shots_table: the report shows its rows against training shots.
         row_fields: the fields `aggregate` adds to a row, and how the report tables them.
-        settings: its own settings (`mamf.settings.Setting`), joined to the config.
+        settings: its own settings (`mamf.catalogue.Setting`), joined to the config.
 
     Example:
         The `paper` protocol's pool, with one test task per size instead of K(n, N)::
@@ -172,7 +172,7 @@ class Protocol:
         Returns:
             The Task: its classes, support and query images and their labels 0..n-1.
         """
-        return paper_task(rng, pool, ways, chosen)
+        return halved_task(rng, pool, ways, chosen)
 
     def task_images(self, data: DataConfig, pool: Pool, ways: int) -> float:
         """Images one training task of `ways` classes holds, on average (how many tasks fill

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamf.data.dataset import ImageDataset, Pool
-from mamf.data.splits import halves, paper_image_split, paper_min_images
+from mamf.data.splits import halves, least_images_per_class, per_class_split
 from mamf.protocols.base import Protocol, register
 from mamf.system.errors import MamfError
 from mamf.tasks.task import number_of_tasks
@@ -16,7 +16,7 @@ from mamf.tasks.task import number_of_tasks
 
 def paper_pool(dataset: ImageDataset, split: str) -> Pool:
     """Every class, with its `split` share of its images (refused when a class is too small)."""
-    need = paper_min_images()
+    need = least_images_per_class()
     short = [(c, len(x)) for c, x in zip(dataset.classes, dataset.class_images) if len(x) < need]
     if short:
         label, n = short[0]
@@ -24,7 +24,7 @@ def paper_pool(dataset: ImageDataset, split: str) -> Pool:
                         f"least {need} per class (60/20/20 split, support and query in "
                         f"dev and test)" + (f"; {len(short)} labels are short"
                                             if len(short) > 1 else ""))
-    images = tuple(x[paper_image_split(len(x))[split]] for x in dataset.class_images)
+    images = tuple(x[per_class_split(len(x))[split]] for x in dataset.class_images)
     return Pool(np.arange(dataset.n_classes), images)
 
 
@@ -48,5 +48,5 @@ class Paper(Protocol):
 
     def shots_queries(self, dataset, data, split):
         """The smallest support and query halves of any class (the row reports the minimum)."""
-        sizes = [halves(x[paper_image_split(len(x))[split]]) for x in dataset.class_images]
+        sizes = [halves(x[per_class_split(len(x))[split]]) for x in dataset.class_images]
         return min(len(s) for s, _ in sizes), min(len(q) for _, q in sizes)

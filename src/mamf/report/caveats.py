@@ -154,7 +154,7 @@ def chance_lines(rows: list[Row]) -> list[str]:
 def _adaptation(method: str, config: dict | None) -> str:
     from mamf.methods.presentation import Presentation, of
 
-    cls = of(method) or Presentation(label=method, summary="")
+    cls = of(method) or Presentation(label=method, description="")
     if cls.adapt_rate is None or config is None:
         return "none" if cls.adapt_rate is None else "not recorded"
     section, key = cls.adapt_rate.split(".", 1)

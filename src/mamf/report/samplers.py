@@ -19,7 +19,7 @@ from mamf.report.common import holm_line
 from mamf.report.common import label as _label
 from mamf.report.compare import cell_of
 from mamf.results import Row
-from mamf.tasks import DEFAULT_SAMPLER as BASELINE  # the other samplers are compared with it
+from mamf.tasks import DEFAULT_SAMPLER as DEFAULT  # the other samplers are compared with it
 
 TERTILES = ("dissimilar (easy)", "middle", "similar (hard)")
 
@@ -35,16 +35,16 @@ def _pairs(rows: list[Row]):
     is there."""
     index = {r.key.without(*NOT_PAIRED_BY): r for r in rows}
     for k, row in index.items():
-        if k.sampler in (None, BASELINE):
+        if k.sampler in (None, DEFAULT):
             continue
-        twin = index.get(k._replace(sampler=BASELINE))
+        twin = index.get(k._replace(sampler=DEFAULT))
         if twin is not None and len(twin.task_accs) == len(row.task_accs):
             yield k.dataset, k.method, k.sampler, k.seed, row, twin
 
 
 def _ordered_samplers(rows: list[Row]) -> list[str]:
     present = OrderedDict.fromkeys(r.sampler for r in rows)
-    return [BASELINE] * (BASELINE in present) + [s for s in present if s not in (None, BASELINE)]
+    return [DEFAULT] * (DEFAULT in present) + [s for s in present if s not in (None, DEFAULT)]
 
 
 def against_uniform(rows: list[Row]) -> dict[tuple, dict]:

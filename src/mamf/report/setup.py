@@ -36,7 +36,7 @@ def _declared(method: str) -> tuple[str | None, str | None, str | None]:
     them; a method no longer registered is read as the default (`metatest.lr`, ...)."""
     from mamf.methods.presentation import Presentation, of
 
-    shown = of(method) or Presentation(label=method, summary="")
+    shown = of(method) or Presentation(label=method, description="")
     return shown.train_rate, shown.adapt_rate, shown.adapt_epochs
 
 

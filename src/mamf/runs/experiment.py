@@ -1,8 +1,8 @@
 """Running an experiment grid (`mamf.runs.experiment_file` reads and checks it): resumable, rows
 appended as they finish.
 
-Every finished row is appended to `results.jsonl` at once; a second invocation skips the grid's
-cells that are there (`results.grid_key`). The grid is planned as method runs (`Plan`),
+Every finished row is appended to `results.jsonl` at once; a second invocation skips the rows
+of the grid that are there (by `results.grid_key`). The grid is planned as method runs (`Plan`),
 each trained once per unit (`units_of`). All methods and samplers of one (dataset, ways, seed)
 meet the same test tasks, so they compare pairwise; every row also carries each test task's
 prompt similarity under the pretrained model (`task_similarity`), computed once per dataset
@@ -86,11 +86,11 @@ class Plan(NamedTuple):
     missing: list[tuple[int, str, float | None]]  # (ways, split, alpha) of each missing row
     shots: int | None  # the grid's shots axis value, if it has one
     # the entries scoring this run's weights too (`runs_of`): (entry, its folder, its class
-    # count, its missing (split, alpha) cells)
+    # count, the (split, alpha) of each of its missing rows)
     also: tuple = ()
 
     def also_missing(self) -> int:
-        return sum(len(cells) for *_, cells in self.also)
+        return sum(len(missing) for *_, missing in self.also)
 
 
 def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None = None) \
@@ -265,12 +265,12 @@ def plan(exp: Experiment, out: Path, done: set) -> tuple[list[Plan], list[str]]:
                     for sampler in samplers_of(exp, ds, method):
                         slots = measurements(exp, ds, root, method, seed, sampler)
                         missing = [(n, split, alpha) for n in ways for split, alpha in slots
-                                   if grid_cell(ds, method, sampler, seed, shots, n, split,
+                                   if planned_grid_key(ds, method, sampler, seed, shots, n, split,
                                                 alpha) not in done]
                         todo = sorted({n for n, _, _ in missing}, key=ways.index)
                         tests = [c for c in slots if c[0] == "test"]  # what a test-only variant can score
                         also = tuple(
-                            (v, v_root, n, tuple(c for c in tests if grid_cell(
+                            (v, v_root, n, tuple(c for c in tests if planned_grid_key(
                                 v, method, sampler, seed, shots, n, *c) not in done))
                             for v, v_root, n in scorers.get(ds.name, []))
                         also = tuple(a for a in also if a[3])
@@ -309,8 +309,8 @@ def _scorers(exp: Experiment, out: Path, skipped: list[str]) -> dict[str, list[t
     return found
 
 
-def grid_cell(ds: DatasetSpec, method: str, sampler: str | None, seed: int, shots: int | None,
-              ways: int, split: str, alpha: float | None) -> RowKey:
+def planned_grid_key(ds: DatasetSpec, method: str, sampler: str | None, seed: int,
+                     shots: int | None, ways: int, split: str, alpha: float | None) -> RowKey:
     """The `grid_key` of the row a method run of the grid writes at (ways, split, alpha), before
     it is measured: what the grid names, the rest blank."""
     return RowKey.partial(dataset=ds.name, method=method, sampler=sampler, seed=seed,
@@ -375,7 +375,7 @@ def _planned(exp: Experiment, plans: list[Plan]) -> tuple[Eta, list[list[tuple]]
         for unit in units_of(p):
             works.append(unit_work(exp, p, unit, classes[p.root]))
             for kind, units, _ in works[-1]:
-                eta.plan(kind, units)
+                eta.add_todo(kind, units)
     return eta, works
 
 
@@ -392,7 +392,7 @@ def _measured(eta: Eta, work: list[tuple], row: Row) -> None:
 
 def unit_work(exp: Experiment, p: Plan, unit: list[int], n_classes: int) -> list[tuple]:
     """The (kind, units, n) of work a unit still has, for the time left (`mamf.system.progress.Eta`): its
-    training, once, and each missing row's test tasks (K(n, N) under the paper protocol, so a
+    training, once, and each missing row's test tasks (K(n, N) under the `paper` protocol, so a
     2-way row weighs what its 100-odd tasks cost). Kinds are per dataset, method, sampler and
     shots: their costs differ by orders of magnitude."""
     kind = (p.ds.name, p.method, p.sampler, p.shots)
@@ -450,7 +450,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
         mix = Interpolation(model, start) if start is not None else None
     for n in unit:
         for split, alpha in measurements(exp, ds, root, method, seed, sampler):
-            if grid_cell(ds, method, sampler, seed, shots, n, split, alpha) in done:
+            if planned_grid_key(ds, method, sampler, seed, shots, n, split, alpha) in done:
                 continue
             config = run_config(exp, ds, method, seed, root, ways=n, sampler=sampler,
                                 shots=shots, split=split)
@@ -465,7 +465,7 @@ def _run_unit(exp: Experiment, p: Plan, unit: list[int], model, dataset, inputs,
             _, v_dataset, v_inputs = prepare(run_config(exp, ds, method, seed, v_root, ways=n,
                                                         sampler=sampler, shots=shots), model)
             for split, alpha in v_cells:
-                if grid_cell(v, method, sampler, seed, shots, n, split, alpha) in done:
+                if planned_grid_key(v, method, sampler, seed, shots, n, split, alpha) in done:
                     continue
                 config = run_config(exp, ds, method, seed, v_root, ways=n, sampler=sampler,
                                     shots=shots, split=split)
@@ -485,7 +485,7 @@ def _recorded(exp: Experiment, ds: DatasetSpec, row: Row, train_info: dict, conf
 
 def _own_log_dir(config: Config, name: str) -> Config:
     """The training's config with its TensorBoard run in `train.log_dir`/`name`: one run per
-    training, named by its cell (the log folder is no setting of the measurement)."""
+    training, named by its place in the grid (the log folder is no setting of the measurement)."""
     if not config.train.log_dir:
         return config
     log_dir = str(Path(config.train.log_dir).expanduser() / name)

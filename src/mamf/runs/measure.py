@@ -28,7 +28,7 @@ from mamf.methods.finetune import trainable
 from mamf.models.base import DualEncoder
 from mamf.parallel import distributed
 from mamf.parallel.distributed import is_main, main_only
-from mamf.results import Row, cell_key, environment, read_rows
+from mamf.results import Row, environment, measured_key, read_rows
 from mamf.runs.config_id import config_id
 from mamf.runs.prepare import prepare, starting_model
 from mamf.runs.run_folder import RUN_CONFIG, run_training
@@ -81,11 +81,12 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
         mix = Interpolation(model, starting_weights(start))
         del start
     # a measurement already in results.jsonl is not taken twice: same settings (and the same
-    # query count, which follows from the data), it is skipped; anything else in the same cell
-    # would make two numbers of one cell (one seed counted twice), so that is refused
-    finished = distributed.from_main({cell_key(r): r for r in read_rows(out / RESULTS)}
+    # query count, which follows from the data), it is skipped; anything else of the same
+    # `measured_key` would make two numbers of one measurement (one seed counted twice), so that
+    # is refused
+    finished = distributed.from_main({measured_key(r): r for r in read_rows(out / RESULTS)}
                                      if is_main() else None)
-    settings = config_id(config)
+    this_id = config_id(config)
     prompts = prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
     rows = []
     for n in ways or [config.data.ways]:
@@ -93,8 +94,8 @@ def _evaluate(config, out, method, model, ways, run_dir, progress, trained_by) -
             probe = Row.from_json({**row_head(dataset, config, method, n, trained_by, alpha),
                                    "run": str(run_dir) if run_dir else None})
             at = "" if alpha is None else f" alpha {alpha}"
-            done = finished.get(cell_key(probe))
-            if done is not None and done.config_id == settings and \
+            done = finished.get(measured_key(probe))
+            if done is not None and done.config_id == this_id and \
                     done.queries == probe.queries:
                 log.info("%s %d-way seed %d%s is already in %s: skipped", probe.method, n,
                          config.seed, at, out / RESULTS)

@@ -142,7 +142,8 @@ class Eta:
         self.spent: dict[Hashable, list[float]] = {}  # kind -> [seconds, units] measured
         self.started, self.one_off = _clock(), 0.0
 
-    def plan(self, kind: Hashable, units: float = 1.0) -> None:
+    def add_todo(self, kind: Hashable, units: float = 1.0) -> None:
+        """`units` more of `kind` still to do."""
         self.todo[kind] = self.todo.get(kind, 0.0) + units
 
     def done(self, kind: Hashable, seconds: float, units: float = 1.0) -> None:
@@ -153,7 +154,7 @@ class Eta:
         self.forget(kind, units)
 
     def forget(self, kind: Hashable, units: float = 1.0) -> None:
-        """Planned work that will not be done (it failed)."""
+        """Work still to do that will not be done (it failed)."""
         self.todo[kind] = max(0.0, self.todo.get(kind, 0.0) - units)
 
     @contextlib.contextmanager

@@ -12,7 +12,7 @@ which classes the model confuses from the training steps' own logits.
 
 A sampler is one class with `@register`, its own settings declared on it (`settings`); nothing
 outside this module branches on a sampler's name. `train.sampler` itself is declared here, its
-default the one sampler that draws as the paper does (`DEFAULT`).
+default the one sampler that draws as the paper does (`mamf.tasks.DEFAULT_SAMPLER`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mamf import catalogue
-from mamf.settings import Setting, gather
+from mamf.catalogue import Setting, gather
 from mamf.system.errors import MamfError
 from mamf.tasks import DEFAULT_SAMPLER
 from mamf.tasks.task import check_ways, sample_classes
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from mamf.models.base import DualEncoder
 
 REGISTRY: dict[str, type[TaskSampler]] = {}
-DEFAULT = DEFAULT_SAMPLER
 
 
 def register(cls: type[TaskSampler]) -> type[TaskSampler]:
@@ -51,7 +50,7 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-SAMPLER = Setting("train.sampler", str, DEFAULT, "which classes a training task gets, for "
+SAMPLER = Setting("train.sampler", str, DEFAULT_SAMPLER, "which classes a training task gets, for "
                   "methods that train on tasks", choices=names)
 
 
@@ -124,13 +123,14 @@ def successive(rng: np.random.Generator, first: int, ways: int,
 class TaskSampler:
     """Draws the classes of one n-way training task, as sorted positions in `pool.classes`.
 
-    The method that trains calls `plan` once with how many tasks it will draw, then `draw` for
-    each task. A sampler that `learns` also gets `observe` after each training step on a task,
-    with the step's softmax confusion among the task's classes (a `Confusion` from `recorder`).
+    The method that trains calls `set_total_draws` once with how many tasks it will draw, then
+    `draw` for each task. A sampler that `learns` also gets `observe` after each training step on
+    a task, with the step's softmax confusion among the task's classes (a `Confusion` from
+    `recorder`).
     """
 
     name: ClassVar[str]
-    summary: ClassVar[str]
+    description: ClassVar[str]  # one line for `mamf methods`
     learns: ClassVar[bool] = False  # observes each step's logits
     settings: ClassVar[tuple[Setting, ...]] = ()
 
@@ -141,7 +141,7 @@ class TaskSampler:
         self.total: int | None = None  # tasks to draw in the whole run (curricula read it)
         self.drawn = 0  # tasks drawn so far
 
-    def plan(self, total_draws: int | None) -> None:
+    def set_total_draws(self, total_draws: int | None) -> None:
         """How many tasks the run will draw in all (None: not known in advance)."""
         self.total = total_draws
 
@@ -209,8 +209,8 @@ class Uniform(TaskSampler):
     """The paper's sampler: n classes uniformly at random without replacement (docs/method.md,
     "Task samplers"); it draws exactly as `mamf.tasks.task.sample_classes` always has."""
 
-    name = DEFAULT
-    summary = "n classes uniformly at random without replacement (the paper's sampler)"
+    name = DEFAULT_SAMPLER
+    description = "n classes uniformly at random without replacement (the paper's sampler)"
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
         return sample_classes(rng, self.pool_size, ways)
@@ -252,7 +252,7 @@ class Similar(ByMeaning):
     """
 
     name = "similar"
-    summary = "hard tasks: classes whose prompts are close to a uniform anchor's (sampler_tau)"
+    description = "hard tasks: classes whose prompts are close to a uniform anchor's (sampler_tau)"
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
         anchor = int(rng.integers(self.pool_size))
@@ -270,7 +270,7 @@ class Diverse(ByMeaning):
     """
 
     name = "diverse"
-    summary = "easy tasks: mutually dissimilar prompts, a soft farthest-point draw (sampler_tau)"
+    description = "easy tasks: mutually dissimilar prompts, a soft farthest-point draw (sampler_tau)"
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
         anchor = int(rng.integers(self.pool_size))
@@ -281,14 +281,14 @@ class Diverse(ByMeaning):
 class Curriculum(ByMeaning):
     """From easy (dissimilar) to hard (similar) tasks over training.
 
-    Task k of K (k = 0..K-1, K from `plan`) has the progress p = k / K and the strength
+    Task k of K (k = 0..K-1, K from `set_total_draws`) has the progress p = k / K and the strength
     s = 2p - 1, from -1 to nearly +1. While s < 0 the draw is `diverse`'s with temperature
     tau / |s|, from s >= 0 on it is `similar`'s with temperature tau / s; at s = 0 both are
     uniform. The anchor is always uniform. docs/method.md, "Task samplers".
     """
 
     name = "curriculum"
-    summary = "diverse tasks first, similar ones last, linearly in the tasks drawn (sampler_tau)"
+    description = "diverse tasks first, similar ones last, linearly in the tasks drawn (sampler_tau)"
 
     def choose(self, rng: np.random.Generator, ways: int) -> np.ndarray:
         if not self.total:
@@ -316,8 +316,8 @@ class AdaptiveConfusion(TaskSampler):
     for every pair of the task's classes that both have images in the step, where p is the
     softmax over the loss's candidate classes (the training loss's own logits: the task's n
     classes, or those in the minibatch under `candidates=batch`; FOMAML: the query logits after
-    adaptation). `discount` is `train.sampler_discount` (the paper's tau: how fast old
-    confusion is forgotten), `scale` is `train.sampler_scale` (the paper's alpha). Pairs not in
+    adaptation). `discount` is `train.sampler_discount` (Liu et al.'s tau: how fast old
+    confusion is forgotten), `scale` is `train.sampler_scale` (Liu et al.'s alpha). Pairs not in
     the task keep their potential. With as many images of each class, v is the mean of the two
     directions' mean confusion, as in the authors' released code.
 
@@ -328,14 +328,14 @@ class AdaptiveConfusion(TaskSampler):
     """
 
     name = "confusion"
-    summary = ("adaptive class-pair sampling (Liu et al. 2020): pairs the model confuses "
-               "(sampler_discount, sampler_scale)")
+    description = ("adaptive class-pair sampling (Liu et al. 2020): pairs the model confuses "
+                   "(sampler_discount, sampler_scale)")
     learns = True
     settings = (
         Setting("train.sampler_discount", float, 0.5, "confusion: the share of a class pair's "
-                "old potential kept at each update (the paper's tau)", minimum=0, maximum=1),
+                "old potential kept at each update (Liu et al.'s tau)", minimum=0, maximum=1),
         Setting("train.sampler_scale", float, 1.0, "confusion: how strongly a step's confusion "
-                "raises a pair's potential (the paper's alpha)", minimum=0),
+                "raises a pair's potential (Liu et al.'s alpha)", minimum=0),
     )
 
     def __init__(self, pool, config, class_embeddings=None):

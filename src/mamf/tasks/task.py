@@ -51,10 +51,10 @@ def sample_classes(rng: np.random.Generator, pool_size: int, ways: int) -> np.nd
     return np.sort(rng.choice(pool_size, size=ways, replace=False))
 
 
-def paper_task(rng: np.random.Generator, pool: Pool, ways: int,
-               chosen: np.ndarray | None = None) -> Task:
+def halved_task(rng: np.random.Generator, pool: Pool, ways: int,
+                chosen: np.ndarray | None = None) -> Task:
     """Uniform classes (or `chosen` positions in the pool); each class's split images halved into
-    support then query."""
+    support then query (the `paper` protocol's tasks)."""
     if chosen is None:
         chosen = sample_classes(rng, len(pool.classes), ways)
     support, query = zip(*(halves(pool.images[c]) for c in chosen))

@@ -77,10 +77,10 @@ def _background(rng: _Rng, size: int, dark: bool) -> Image.Image:
             corners.putpixel((x, y), tuple(int(round(p + (q - p) * t)) for p, q in zip(a, b)))
         return corners.resize((size, size), Image.Resampling.BILINEAR)
     base = colour()
-    cells = 4 + rng.below(9)
-    noise = Image.new("RGB", (cells, cells))
-    for y in range(cells):
-        for x in range(cells):
+    side = 4 + rng.below(9)  # a coarse grid of noise, scaled up
+    noise = Image.new("RGB", (side, side))
+    for y in range(side):
+        for x in range(side):
             shade = rng.uniform(-30, 30)  # mostly lightness noise, a little colour noise
             noise.putpixel((x, y), tuple(max(0, min(255, int(c + shade + rng.uniform(-12, 12))))
                                          for c in base))

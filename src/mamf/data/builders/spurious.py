@@ -10,7 +10,7 @@ as rho says and stops paying (or misleads) at test: where a model that can read 
 replace shape, its test accuracy falls as rho grows.
 
 The splits are the paper protocol's (each class's images in file-name order: first 60 % train,
-20 % dev, 20 % test; `mamf.data.splits.paper_image_split`): file `0007_train_red.png` is image 7
+20 % dev, 20 % test; `mamf.data.splits.per_class_split`): file `0007_train_red.png` is image 7
 of its class, in the training part, on a red background. Under the episodic protocol (classes split
 disjointly) the correlation has no meaning; use `data.protocol: paper`.
 Images are drawn as in the counting builder (own seeded generator per image), so the same seed
@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from mamf.data.builders.common import MAX_PER_CLASS, MAX_SIZE, BuiltDataset, Log, build_with, check_int
 from mamf.data.builders.counting import SUPERSAMPLE, _hls, _polygon, _Rng
-from mamf.data.splits import paper_image_split
+from mamf.data.splits import per_class_split
 from mamf.system.errors import MamfError, shown
 
 NAME = "spurious"
@@ -122,7 +122,7 @@ def _shuffled(items: list, rng: _Rng) -> list:
 def assign_colours(per_class: int, rho: float, shift: str, seed: int) -> list[list[tuple[str, int]]]:
     """Per class, per image (in file order): (split, colour index). The whole design, no pixels."""
     n = len(SHAPES)
-    splits = paper_image_split(per_class)
+    splits = per_class_split(per_class)
     n_train = splits["train"].stop
     rng = _Rng(f"mamf-spurious/{seed}/design")
     agree = _spread(round(rho * n_train * n), n, rng)
@@ -192,7 +192,7 @@ def build_spurious(out: str | os.PathLike, *, log: Log = print, rho: float = 0.9
         (tmp / "attributes.json").write_text(json.dumps(attributes, indent=1, sort_keys=True) + "\n",
                                              encoding="utf-8")
         pairs = ", ".join(f"{s} {c}" for s, c in zip(SHAPES, COLOUR_NAMES))
-        splits = paper_image_split(per_class)
+        splits = per_class_split(per_class)
         return BuiltDataset(
             title=f"Spurious: shapes on class-coloured backgrounds (rho = {rho}, {shift} at test)",
             label_to_text={label_folder(k): prompt(s) for k, s in enumerate(SHAPES)},

@@ -149,7 +149,7 @@ def read_clevr(archives: list[Archive], log: Log) -> Catalogue:
         method="The label of each image is the number of objects in its scene "
                "(`len(objects)` in `scenes/CLEVR_{train,val}_scenes.json`); the label folders are "
                "the counts, the prompt is the paper's \"An image of {x} objects\". The train "
-               f"({per_split['train']:,} scenes) and val ({per_split['val']:,}) images are pooled "
+               f"({per_split['train']:,} scenes) and val ({per_split['val']:,}) images are merged "
                "and copied unchanged (PNG).",
         notes="The CLEVR test split (`images/test/`) ships without scenes, so its object counts are "
               "unknown: it is left out.",

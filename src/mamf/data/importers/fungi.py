@@ -9,8 +9,8 @@ annotations archive holds `train.json` and `val.json` in COCO style:
      "categories": [{"id", "name", "supercategory"}], "info": ..., "licenses": ...}
 
 Pass both archives (`--from` twice), or one folder holding both. The training and validation
-images (85,578 + 4,182 of 1,394 species) are pooled; the test images have no labels and are not
-read. The label folder is the species name, path-safe; the prompt "A photo of {species}".
+images (85,578 + 4,182 of 1,394 species) are merged into one set; the test images have no labels
+and are not read. The label folder is the species name, path-safe; the prompt "A photo of {species}".
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def read_fungi(archives: list[Archive], log: Log) -> Catalogue:
                 "Atlas gives no warranties, and you accept full responsibility for your use.",
         method="Labels come from the `annotations` of `train.json` and `val.json` (image id -> "
                "category id), names from their `categories`; the images of both files are "
-               f"pooled ({len(labelled):,} labelled images of {len(ids):,} species). The label "
+               f"merged ({len(labelled):,} labelled images of {len(ids):,} species). The label "
                "folder is the species name made path-safe (e.g. `abortiporus_biennis`); the "
                "prompt is \"A photo of {species}\". Images are matched by their category folder "
                "and file name and copied unchanged.",
