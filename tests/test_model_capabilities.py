@@ -4,6 +4,7 @@ missing a required method, and a setting that needs a capability the model lacks
 from __future__ import annotations
 
 import pytest
+import yaml
 from conftest import one_error_line
 
 from mamf.cli import main
@@ -190,3 +191,31 @@ def test_prolip_without_projection_heads_is_one_line(plain, colour_folder, tmp_p
                  "--quiet"]) != 0
     assert one_error_line(capsys) == ("mamf: error: prolip needs a projection head to fine-tune: "
                                       "Plain has no projection heads")
+
+
+@pytest.mark.parametrize("tune", [False, True])
+def test_an_experiment_refuses_a_method_its_model_cannot_serve_before_training(
+        plain, colour_folder, tmp_path, capsys, monkeypatch, tune):
+    """CoOp listed after classical on a family without input embeddings: the line comes as the
+    model is first ready, before classical trains (it came after classical's runs, or its
+    tuning, had been paid for)."""
+    from mamf.engine import training
+    from mamf.runs import experiment
+
+    trained = []
+    for module in (training, experiment):  # tuning imports it when it runs
+        monkeypatch.setattr(module, "train", lambda *a, **k: trained.append(1) or 1 / 0)
+    raw = {"name": "plain", "model": "tiny-plain", "methods": ["classical", "coop"],
+           "seeds": [1],
+           "settings": {"train": {"epochs": 1, "augment": False}, "metatest": {"epochs": 0}},
+           "datasets": {"colours": {"root": str(colour_folder), "ways": [2]}}}
+    if tune:
+        raw["tune"] = {"seed": [5, 6], "grid": {"train.lr": [1e-3, 1e-2]},
+                       "asymmetric": "the test checks a refusal, not a choice"}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out"), "--quiet"]) != 0
+    assert one_error_line(capsys) == ("mamf: error: coop needs a text tower that takes input "
+                                      "embeddings: Plain's text tower cannot take input "
+                                      "embeddings")
+    assert not trained

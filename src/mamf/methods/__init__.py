@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import importlib
 
-_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "TestTimeMethod", "TrainedMethod", "create",
-                 "method_class", "names", "rates", "register", "settings")
+_REGISTRY_API = ("EXTENSION", "REGISTRY", "Method", "TestTimeMethod", "TrainedMethod",
+                 "check_model", "create", "method_class", "names", "rates", "register",
+                 "settings")
 __all__ = list(_REGISTRY_API)
 
 

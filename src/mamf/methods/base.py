@@ -37,6 +37,7 @@ from mamf.methods.batched import FineTuning
 from mamf.methods.embedded import finite
 from mamf.methods.finetune import epoch_batches, run_batches, trainable
 from mamf.methods.scorer import Scorer
+from mamf.models.base import require
 from mamf.models.loss import task_logits
 from mamf.system.device import fused_optimizer_options
 from mamf.system.errors import MamfError
@@ -120,6 +121,13 @@ def method_class(name: str) -> type[TestTimeMethod]:
     return REGISTRY[name]
 
 
+def check_model(names: list[str], model: DualEncoder) -> None:
+    """One line, before anything trains, for the first of the methods `names` whose `needs`
+    the model's family lacks (CoOp without input embeddings, ProLIP without projection heads)."""
+    for name in dict.fromkeys(names):
+        method_class(name).check_model(model)
+
+
 def rates(name: str) -> list[str]:
     """The rates a method's results depend on (training, inner, test-time): what symmetric
     tuning must put in its grid."""
@@ -196,9 +204,19 @@ class Method:
     only_when_named: ClassVar[bool] = False
     # this method's settings (a subclass lists those it shares with its parent too)
     settings: ClassVar[tuple[Setting, ...]] = ()
+    # the model capabilities (`mamf.models.base` mixins, e.g. `PromptLearnable`) it cannot run
+    # without, each with what it needs it for: an experiment refuses a grid whose model lacks
+    # one before anything trains
+    needs: ClassVar[dict[type, str]] = {}
 
     def __init__(self, config: Config):
         self.config = config
+
+    @classmethod
+    def check_model(cls, model: DualEncoder) -> None:
+        """Refuse, in one line, a model whose family lacks a capability this method `needs`."""
+        for capability, what in cls.needs.items():
+            require(model, capability, f"{cls.name} needs {what}")
 
 
 class TestTimeMethod(Method):

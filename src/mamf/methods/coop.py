@@ -33,7 +33,7 @@ from mamf.methods.budget import classical_steps
 from mamf.methods.embedded import predicted
 from mamf.methods.finetune import EpochStream, check_finite
 from mamf.methods.scorer import Scorer
-from mamf.models.base import PromptLearnable, require
+from mamf.models.base import PromptLearnable
 from mamf.parallel import distributed
 from mamf.system.errors import MamfError, shown
 
@@ -171,6 +171,7 @@ class CoOp(TrainedMethod, TestTimeMethod):
     data_parallel = False  # the ranks share each batch and sum the context's gradient
     interpolates = False  # the context joins the model as training begins: no WiSE-FT start
     trains_adapters = False  # the context alone trains
+    needs = {PromptLearnable: "a text tower that takes input embeddings"}
     settings = (
         CONTEXT,
         Setting("baseline.coop_init", str, "a photo of a", "the words the context starts at "
@@ -209,8 +210,7 @@ class CoOp(TrainedMethod, TestTimeMethod):
     def add_to_model(self, model, inputs) -> None:
         """A fresh context on the model, drawn from the run's seed (or the init words)."""
         super().add_to_model(model, inputs)
-        require(model, PromptLearnable, f"{self.name} needs a text tower that takes input "
-                "embeddings")
+        self.check_model(model)
         prompts = self.make_prompts(model, inputs)
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([self.config.seed, 21]).generate_state(1)[0]))

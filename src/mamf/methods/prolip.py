@@ -22,7 +22,7 @@ from mamf.catalogue import MAX_RATE, Setting
 from mamf.methods.base import TestTimeMethod, register
 from mamf.methods.embedded import class_texts, predicted
 from mamf.methods.scorer import Scorer
-from mamf.models.base import ProjectionHeads, require
+from mamf.models.base import ProjectionHeads
 from mamf.system.errors import MamfError
 
 
@@ -38,7 +38,6 @@ def backbone_features(model, inputs, indices: np.ndarray) -> torch.Tensor:
 
 def projection_weights(model, sample: torch.Tensor) -> list[torch.nn.Parameter]:
     """The weight matrices `image_head` reads (found by which head parameters get a gradient)."""
-    require(model, ProjectionHeads, "prolip needs a projection head to fine-tune")
     heads = list(model.head_parameters())
     flags = [p.requires_grad for p in heads]
     try:
@@ -120,6 +119,7 @@ class Projected(Scorer):
 class ProLIP(TestTimeMethod):
     name = "prolip"
     only_when_named = True
+    needs = {ProjectionHeads: "a projection head to fine-tune"}
     settings = (
         Setting("baseline.prolip_epochs", int, 300, "full-batch Adam epochs on the image "
                 "projection, cosine decay (lambda = 1 / shots)", minimum=0),
@@ -128,6 +128,7 @@ class ProLIP(TestTimeMethod):
     )
 
     def adapt(self, model, inputs, task, rng) -> Projected:
+        self.check_model(model)
         b = self.config.baseline
         texts = class_texts(model, inputs, task.classes)
         if len(task.support) == 0:  # base2novel's novel classes: nothing to fit, zero-shot

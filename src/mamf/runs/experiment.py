@@ -127,6 +127,7 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                disable=None if progress else True)
     clock = _Clock(total, *_planned(exp, plans))
     prepared: dict[str, tuple] = {}
+    checked = False
     for p in plans:
         if p.ds.name not in prepared:
             prepared.clear()  # one dataset's model and caches in memory at a time
@@ -140,6 +141,9 @@ def _run_experiment(exp: Experiment, out: Path, progress: bool, job: str | None 
                 for unit in units_of(p):
                     clock.drop(clock.unit(), sum(1 for n, _, _ in p.missing if n in unit))
                 continue
+            if not checked:  # before anything trains: a method the model cannot serve
+                registry.check_model([q.method for q in plans], prepared[p.ds.name][0])
+                checked = True
         for unit in units_of(p):
             # a job's failures go to its own folder, beside its rows (the launcher reports them)
             _run_recorded(exp, results.parent, p, unit, prepared[p.ds.name], results, progress,

@@ -191,6 +191,7 @@ def _score_point(exp, ds, root: str, method: str, train_point: dict, grid: dict,
         _prepared.clear()
         config = _config(exp, ds, method, root, extra)
         model, dataset, inputs = prepare(config)
+        registry.check_model(spec.methods_of(exp.methods), model)  # before anything trains
         prompts = samplers.prompt_embeddings(model, inputs, np.arange(len(dataset.classes)))
         _prepared.update(key=(exp.name, ds.name, root),
                          value=(model, dataset, inputs, WeightSnapshot(model), prompts))
