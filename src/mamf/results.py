@@ -286,7 +286,7 @@ def measured_key(row: dict | Row) -> RowKey:
 
 
 def grid_key(row: dict | Row, by_shots: bool = False) -> RowKey:
-    """The cell of an experiment grid a row fills: `row_key` without GRID_LEAVES_OUT, and
+    """The place in an experiment grid a row fills: `row_key` without GRID_LEAVES_OUT, and
     without shots unless `by_shots` (the grid has a shots axis)."""
     return row_key(row).without(*GRID_LEAVES_OUT, *(() if by_shots else ("shots",)))
 
@@ -295,8 +295,6 @@ def row_alpha(row: dict | Row) -> float | None:
     """The WiSE-FT alpha a row was scored at; None (or absent, in older rows): no mix."""
     alpha = row.alpha if isinstance(row, Row) else row.get("alpha")
     return None if alpha is None else float(alpha)
-
-
 
 
 def row_problem(obj: object) -> str | None:
