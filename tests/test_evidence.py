@@ -242,3 +242,18 @@ def test_caveats_say_where_compared_methods_differ_in_updates_images_and_adaptat
     same = [r for r in rows if r.method != "fomaml"] + [
         row("mamf", "d", 1, [0.8], train_steps=10, train_images=320)]
     assert budget_lines(same, None) == []
+
+
+def test_declared_tests_read_the_trained_weights_not_a_wiseft_mix():
+    """An entry scored at WiSE-FT alphas 0, 0.5 and 1 (counting in expressive-matched-declared):
+    at alpha 0 both methods are their starting weights and tie with no spread. The declared test
+    read those rows (+0.000, *no spread*) where the claim-1 table read the trained ones."""
+    declared = {"c1": {"compare": ["mamf", "classical"], "expect": "greater"}}
+    rows = []
+    for s in (1, 2, 3):
+        for alpha, gap in ((0.0, 0.0), (0.5, 0.05), (1.0, 0.1 + 0.01 * s)):
+            rows += [row("classical", "a", s, [0.5, 0.6], alpha=alpha),
+                     row("mamf", "a", s, [0.5 + gap, 0.6 + gap], alpha=alpha)]
+    found = declared_tests(rows, parse_hypotheses(declared, METHODS, LEVELS))
+    assert [t.where for t in found] == ["a"]
+    assert found[0].estimate.mean == pytest.approx(0.12) and found[0].verdict == "holds"

@@ -14,6 +14,7 @@ from mamf import stats
 from mamf.config import load_yaml
 from mamf.report.common import label, md
 from mamf.report.compare import compare, method_estimates, ordered, paired_tasks
+from mamf.report.selection import main_rows
 from mamf.results import Row
 from mamf.runs.hypotheses import Hypothesis, digest, parse_hypotheses
 from mamf.stats import Estimate
@@ -59,7 +60,10 @@ def _differences(rows: list[Row], d: str, a: str, b: str) -> dict | None:
 
 def declared_tests(rows: list[Row], hypotheses: list[Hypothesis]) -> list[Test]:
     """Each hypothesis's tests (one per dataset, or one slope), Holm over all of them; a
-    verdict of *holds* is the direction the hypothesis expects."""
+    verdict of *holds* is the direction the hypothesis expects. They read the rows every
+    comparison of methods reads (`main_rows`: the trained weights on held-out tasks, uniform
+    sampling), never a WiSE-FT mix: at alpha 0 every trained method is its starting weights."""
+    rows = main_rows(rows)
     datasets = ordered(rows)[0]
     found = []
     for h in hypotheses:
