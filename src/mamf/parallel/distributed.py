@@ -39,6 +39,12 @@ def local_device(device: torch.device) -> torch.device:
 
 def init(device: torch.device) -> None:
     if launched() and not dist.is_initialized():
+        # before the group exists: torch.distributed.nn's functions take `group=group.WORLD` as
+        # a default argument, evaluated at import. Imported later (DDP does, lazily) they would
+        # hold the group past `shutdown`, so its gloo threads would outlive the interpreter and
+        # could abort a finished rank at exit ("terminate called without an active exception")
+        import torch.distributed.nn  # noqa: F401
+
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
