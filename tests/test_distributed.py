@@ -1,5 +1,8 @@
 """Under torchrun (gloo, 2 CPU processes): data-parallel training takes one process's steps,
-sharded evaluation and experiments write one process's rows, and a failing rank ends the job."""
+sharded evaluation and experiments write one process's rows, and a failing rank ends the job.
+
+The commands that must end as one process's share one launch (the `shared` fixture: starting
+torchrun is most of a case's time); those that end the job launch on their own."""
 
 from __future__ import annotations
 
@@ -212,14 +215,10 @@ def shared(shared_colour_folder, tmp_path_factory):
     return Shared(root, launch, single)
 
 
-def _weights_case(name, shared):
-    method, extra = TRAININGS[name]
-    return method, extra, shared.folder(name) / "one", shared.folder(name) / "two"
-
-
 @pytest.mark.parametrize("name", [f"weights-{i}" for i in range(len(WEIGHTS))])
 def test_two_ranks_train_the_weights_of_one_process(shared, shared_colour_folder, name):
-    method, extra, one, two = _weights_case(name, shared)
+    _, extra = TRAININGS[name]
+    one, two = shared.folder(name) / "one", shared.folder(name) / "two"
     assert shared.single[name] == 0
     done = shared.done(name)
     assert done.returncode == 0, done.stderr
@@ -241,7 +240,7 @@ def test_a_rank_leaves_no_gloo_thread_behind(shared):
     A group kept alive past `shutdown` keeps them to the interpreter's exit, whose teardown of
     them now and then aborted a finished rank ("terminate called without an active exception"):
     torch.distributed.nn, imported by DDP after the group existed, held it in its functions'
-    default arguments. FSDP's cases are left out: DTensor's caches still hold its device mesh."""
+    default arguments. FSDP's cases are left out: DTensor still holds their device mesh."""
     for name, (_, extra) in TRAININGS.items():
         if "train.parallel=fsdp" in extra:
             continue
