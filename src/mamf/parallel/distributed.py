@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -39,10 +40,32 @@ def local_device(device: torch.device) -> torch.device:
 
 def init(device: torch.device) -> None:
     if launched() and not dist.is_initialized():
+        # before the group exists: torch.distributed.nn's functions take `group=group.WORLD` as
+        # a default argument, evaluated at import. Imported later (DDP does, lazily) they would
+        # hold the group past `shutdown`, so its gloo threads would outlive the interpreter and
+        # could abort a finished rank at exit ("terminate called without an active exception")
+        import torch.distributed.nn  # noqa: F401
+
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
+        _name_the_next_group()
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_seconds()))
+
+
+_groups = 0  # process groups this process has started (a command each)
+
+
+def _name_the_next_group() -> None:
+    """torch names the default group by a counter that destroying the group resets, and the
+    ranks meet under that name in torchrun's store: a second command in the same process (a
+    script calling `main` twice) would read the addresses the first left there and fail to
+    connect. Every rank starts the same commands, so a name from their count is the same on all."""
+    from torch.distributed import distributed_c10d
+
+    global _groups
+    _groups += 1
+    distributed_c10d._world.group_count = 1000 * _groups
 
 
 MAX_TIMEOUT = 7 * 24 * 3600  # timedelta takes more, but a collective never waits a week
@@ -63,10 +86,15 @@ def timeout_seconds() -> float:
     return seconds
 
 
+# how gloo and NCCL word a collective's timeout, and torch's store a rank that came late to the
+# start (another rank still importing, on a loaded machine: "wait timeout after 10000ms, keys: ...")
+TIMEOUT_WORDS = ("timed out", "collective operation timeout", "wait timeout")
+
+
 def timed_out(error: BaseException) -> bool:
-    """Whether `error` is a collective that waited past the timeout (gloo and NCCL word it so)."""
+    """Whether `error` is this rank waiting for another past the timeout."""
     text = str(error).lower()
-    return launched() and ("timed out" in text or "collective operation timeout" in text)
+    return launched() and any(words in text for words in TIMEOUT_WORDS)
 
 
 def rank() -> int:
@@ -177,6 +205,22 @@ def main_first():
             dist.barrier()
 
 
+def _forget_meshes() -> None:
+    """Empty DTensor's caches keyed by sharding specs. A device mesh compares equal to a later
+    one over the same ranks, so a cached spec would hand the next group's tensors this group's
+    mesh, which names a destroyed group ("Could not resolve the process group")."""
+    try:
+        from torch.distributed.tensor._collective_utils import MeshTopoInfo
+        from torch.distributed.tensor._redistribute import _gen_transform_infos
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # a torch that keeps other caches, or none: nothing known to empty
+        return
+
+    _clear_sharding_prop_cache()
+    _gen_transform_infos.cache_clear()
+    MeshTopoInfo.build_from_mesh.cache_clear()
+
+
 def shutdown(ok: bool = True) -> None:
     """Leave together after success: a rank tearing down gloo while another still talks aborts
     the job. After a failure, leave at once: torchrun then stops the other ranks."""
@@ -185,4 +229,6 @@ def shutdown(ok: bool = True) -> None:
             if ok:
                 dist.barrier()
         finally:
+            if "torch.distributed.tensor" in sys.modules:  # FSDP's, when it ran
+                _forget_meshes()
             dist.destroy_process_group()
