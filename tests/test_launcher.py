@@ -160,7 +160,10 @@ def test_ctrl_c_cancels_every_job_it_started_and_says_so(tmp_path, colour_folder
     launcher = subprocess.Popen(
         [sys.executable, "-m", "mamf", "experiment", str(source), "--out", str(out),
          "--launcher", "submitit", "--submitit-cluster", "local", "--max-jobs", "2", "--quiet"],
-        env=env, stderr=subprocess.PIPE, text=True)
+        env=env, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C's default: a shell that starts a test run in the background (`&`, no job
+        # control) hands it SIGINT ignored, and the launcher would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while len(list(out.glob("jobs/*/job.json"))) < 2 and time.monotonic() < deadline:
