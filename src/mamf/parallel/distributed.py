@@ -65,7 +65,8 @@ def _name_the_next_group() -> None:
 
     global _groups
     _groups += 1
-    distributed_c10d._world.group_count = 1000 * _groups
+    if _groups > 1:  # the first command's group keeps torch's own name
+        distributed_c10d._world.group_count = 1000 * _groups
 
 
 MAX_TIMEOUT = 7 * 24 * 3600  # timedelta takes more, but a collective never waits a week
