@@ -216,3 +216,28 @@ datasets: {{gone: {{root: {tmp_path / "empty"}}}}}
         assert run_experiment(load_experiment(path), tmp_path / "out", progress=False) == []
     assert "nothing to do" not in caplog.text
     assert "nothing computed: dataset(s) gone skipped" in caplog.text
+
+
+def test_a_resume_says_which_finished_rows_another_mamf_computed(tmp_path, colour_folder,
+                                                                 caplog):
+    """Rows are kept by their place in the grid, whatever code made them, so a method whose
+    rules changed since is not recomputed: the resume says so instead of staying silent."""
+    import logging
+
+    from mamf.results import this_code
+
+    path = experiment_file(tmp_path, colour_folder, methods=["zeroshot"], seeds=[1])
+    out = tmp_path / "out"
+    rows = run_experiment(load_experiment(path), out, progress=False)
+    with caplog.at_level(logging.WARNING):
+        run_experiment(load_experiment(path), out, progress=False)
+    assert "another mamf" not in caplog.text  # this code's own rows
+    lines = (out / "results.jsonl").read_text().splitlines()
+    older = {**json.loads(lines[0]), "mamf": "0.0.1", "mamf_commit": "0123456789abcdef"}
+    (out / "results.jsonl").write_text("\n".join([json.dumps(older), *lines[1:]]) + "\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(run_experiment(load_experiment(path), out, progress=False)) == len(rows)
+    version, commit = this_code()
+    assert f"1 of the {len(rows)} finished rows" in caplog.text
+    assert "another mamf (0.0.1, commit 0123456; this one is " + version in caplog.text

@@ -110,6 +110,13 @@ def _static_environment() -> dict:
             "onnxruntime": _version("onnxruntime"), "python": platform.python_version()}
 
 
+def this_code() -> tuple[str, str | None]:
+    """(mamf's version, the commit of its source tree or None): what a row measured now records
+    as `mamf` and `mamf_commit`."""
+    found = _static_environment()
+    return found["mamf"], found["mamf_commit"]
+
+
 def _git_commit() -> str | None:
     """The commit of the source tree mamf was imported from (`+dirty` when it has changes), or
     None for an installed copy outside git."""

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +34,7 @@ from mamf.engine.trainlog import CSV_NAME
 from mamf.engine.wiseft import Interpolation, starting_weights
 from mamf.models.registry import prefetch
 from mamf.parallel import distributed
-from mamf.results import Row, RowKey, grid_key, read_rows
+from mamf.results import Row, RowKey, grid_key, read_rows, this_code
 from mamf.runs.experiment_file import (  # noqa: F401  (the grid's parts, for callers of experiments)
     DATA_ROOT,
     DatasetSpec,
@@ -165,7 +166,7 @@ def _refuse_other_tuning(exp: Experiment, rows: list[Row], out: Path) -> None:
 
 def _claim(exp: Experiment, out: Path, rows: list[Row], job: str | None) -> None:
     """Refuse a folder of another experiment's rows; keep the experiment file beside the rows
-    (warning when it changed since they were started)."""
+    (warning when it changed since they were started, or another mamf computed some)."""
     others = sorted({r.experiment for r in rows if r.experiment not in (None, exp.name)})
     if others:
         raise MamfError(f"{out} holds results of another experiment ({', '.join(others)}): "
@@ -178,6 +179,24 @@ def _claim(exp: Experiment, out: Path, rows: list[Row], job: str | None) -> None
                         "kept, missing ones are computed with the new settings", out)
         if distributed.is_main():
             atomic_write_bytes(previous, text)
+    if job is None and distributed.is_main():
+        _warn_other_code(rows, out)
+
+
+def _warn_other_code(rows: list[Row], out: Path) -> None:
+    """Say when finished rows were computed by another mamf (version or commit): they are kept
+    as finished, so a method whose rules or defaults changed since is not recomputed unless its
+    rows are deleted (its settings' hash need not change with its code)."""
+    mine = this_code()
+    other = Counter((r.environment.get("mamf"), r.environment.get("mamf_commit")) for r in rows
+                    if (r.environment.get("mamf"), r.environment.get("mamf_commit")) != mine)
+    if other:
+        (version, commit), _ = other.most_common(1)[0]
+        log.warning("%d of the %d finished rows in %s were computed by another mamf (%s%s; "
+                    "this one is %s%s): they are kept, not recomputed; delete a method's rows "
+                    "to measure it again with this code", sum(other.values()), len(rows), out,
+                    version or "version unrecorded", f", commit {commit[:7]}" if commit else "",
+                    mine[0], f", commit {mine[1][:7]}" if mine[1] else "")
 
 
 def _prepare_dataset(exp: Experiment, p: Plan, clock: _Clock, plans: list[Plan]) -> tuple:
