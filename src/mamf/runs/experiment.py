@@ -187,9 +187,11 @@ def _warn_other_code(rows: list[Row], out: Path) -> None:
     """Say when finished rows were computed by another mamf (version or commit): they are kept
     as finished, so a method whose rules or defaults changed since is not recomputed unless its
     rows are deleted (its settings' hash need not change with its code)."""
+    if not rows:
+        return
     mine = this_code()
-    other = Counter((r.environment.get("mamf"), r.environment.get("mamf_commit")) for r in rows
-                    if (r.environment.get("mamf"), r.environment.get("mamf_commit")) != mine)
+    other = Counter((r.environment.get("mamf"), r.environment.get("mamf_commit")) for r in rows)
+    other.pop(mine, None)
     if other:
         (version, commit), _ = other.most_common(1)[0]
         log.warning("%d of the %d finished rows in %s were computed by another mamf (%s%s; "
